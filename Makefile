@@ -1,0 +1,38 @@
+# The README's commands. `make demo` and `make test` set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch: a CPU build on machines without a GPU (torch==2.13.0 resolves to the local CPU wheel here).
+TORCH_SPEC ?= torch==2.13.0
+export MUJOCO_GL ?= egl
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "GPU found: installing torch with CUDA"; $(PY) -m pip install -q torch; \
+	else \
+		echo "no GPU: installing CPU torch ($(TORCH_SPEC))"; $(PY) -m pip install -q "$(TORCH_SPEC)"; \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/fleetrl run configs/local.yaml $(DEMO_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check fleetrl tests benchmarks
+	$(VENV)/bin/ruff format --check fleetrl tests benchmarks
+
+test: setup lint
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/scheduler_latency.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""The platform's configuration: composes every part's own config; loaded from YAML, frozen, strict.
+
+``load_config(path)`` turns any problem into one ``ConfigError`` whose message names the file, the
+path of each bad key and what is allowed there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fleetrl.serving.deployment import RestConfig
+from fleetrl.workers.rollout import GatewayConfig
+from fleetrl.workers.task import NAME_RE, TaskConfig
+
+
+class SimFleetConfig(BaseModel):
+    """Simulated robots that ``fleetrl run`` starts; they register over REST like real robots."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    env: str = Field(description="gymnasium environment id, e.g. Reacher-v5.")
+    task: str = Field(pattern=NAME_RE, description="Task the robots register for.")
+    count: int = Field(1, ge=0, le=1024, description="Number of robots (all in one process).")
+    control_hz: float | None = Field(None, gt=0, description="Control rate (default: the robot preset's).")
+    seed: int = Field(0, description="Seed of the first robot; robot i uses seed + i.")
+
+
+class PlatformConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field("local", pattern=NAME_RE, description="Name of this platform instance.")
+    state_dir: str = Field("~/.fleetrl/local", description="Registry database, admin token and logs live here.")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to attach to ('auto' on a cluster head); None starts a local Ray."
+    )
+    local_num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of a local Ray (default: max(8, cores)); ignored on a cluster."
+    )
+    rest: RestConfig = Field(default_factory=RestConfig, description="REST endpoint.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Robot gateway (ZeroMQ).")
+    tasks: tuple[TaskConfig, ...] = Field(description="Tasks served by this platform.")
+    sim_robots: tuple[SimFleetConfig, ...] = Field((), description="Simulated robots started by `fleetrl run`.")
+
+    @model_validator(mode="after")
+    def _references(self) -> PlatformConfig:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        for i, sim in enumerate(self.sim_robots):
+            if sim.task not in names:
+                raise ValueError(f"sim_robots[{i}].task: no task named {sim.task!r}; defined tasks: {names}")
+        return self
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Walk ``loc`` through nested models to the model that owns the last key; list its fields."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        ann = current.model_fields[part].annotation
+        while get_origin(ann) is not None:  # tuple[X, ...], dict[str, X], X | None
+            args = [a for a in get_args(ann) if a is not Ellipsis and a is not type(None)]
+            ann = args[-1] if args else None
+        current = ann
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def format_validation_error(source: str, exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the configuration:"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            hint = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
+            lines.append(f"  {path}: {hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+            lines.append(f"  {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> PlatformConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return PlatformConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc, PlatformConfig)) from None
+
+
+def load_config(path: str | Path) -> PlatformConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

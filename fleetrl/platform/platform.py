@@ -1,0 +1,131 @@
+"""The driver: places and starts the actors, wires their handles together, and serves the REST app.
+
+``Platform(config).start()`` returns once every actor answered ``ready()`` and ``/healthz`` is up, so
+"the system is up" means every part can do its work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import httpx
+import ray
+
+from fleetrl.platform.config import PlatformConfig
+from fleetrl.platform.registry import Registry
+from fleetrl.serving.deployment import deploy_rest, undeploy_rest
+from fleetrl.workers.inference import start_replicas
+from fleetrl.workers.logs import MetricsServer
+from fleetrl.workers.rollout import start_gateway
+
+log = logging.getLogger(__name__)
+
+
+def resolve_admin_token(cfg: PlatformConfig) -> str:
+    """The admin token from the environment, else from ``state_dir/admin_token`` (created on first use)."""
+    token = os.environ.get(cfg.rest.admin_token_env)
+    if token:
+        return token
+    path = cfg.state_path / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+class Platform:
+    def __init__(self, config: PlatformConfig):
+        self.cfg = config
+        self.admin_token = resolve_admin_token(config)
+        self.registry: Any = None
+        self.metrics: Any = None
+        self.gateway: Any = None
+        self.replicas: dict[str, list[Any]] = {}
+        self.rest_url: str | None = None
+        self.endpoint: str | None = None
+        self._owns_ray = False
+
+    def start(self, timeout: float = 120.0) -> Platform:
+        cfg = self.cfg
+        if not ray.is_initialized():
+            if cfg.ray_address:
+                ray.init(address=cfg.ray_address, namespace="fleetrl")
+            else:
+                ray.init(
+                    num_cpus=cfg.local_num_cpus or max(8, os.cpu_count() or 1),
+                    namespace="fleetrl",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                )
+                self._owns_ray = True
+        cfg.state_path.mkdir(parents=True, exist_ok=True)
+        self.registry = ray.remote(Registry).options(num_cpus=0, max_restarts=-1).remote(cfg.state_path / "registry.sqlite")
+        self.metrics = ray.remote(MetricsServer).options(num_cpus=0, max_restarts=-1).remote()
+        ray.get([self.registry.upsert_task.remote(t.name, t.public()) for t in cfg.tasks], timeout=timeout)
+        self.replicas = {t.name: start_replicas(t) for t in cfg.tasks}
+        self.gateway = start_gateway(cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics)
+        pending = [self.metrics.ready.remote(), self.gateway.ready.remote()]
+        pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
+        ray.get(pending, timeout=timeout)
+        self.endpoint = cfg.gateway.endpoint
+        self.rest_url = deploy_rest(
+            cfg.rest,
+            registry=self.registry,
+            gateway=self.gateway,
+            metrics=self.metrics,
+            tasks=list(cfg.tasks),
+            admin_token_sha256=hashlib.sha256(self.admin_token.encode()).hexdigest(),
+            robot_endpoint=self.endpoint,
+        )
+        self._wait_healthy(timeout)
+        log.info("platform %s up: REST %s, robots connect to %s", cfg.name, self.rest_url, self.endpoint)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.rest_url}/healthz", timeout=5)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.2)
+        raise TimeoutError(f"REST endpoint {self.rest_url} not healthy after {timeout}s: {last}")
+
+    def stats(self) -> dict[str, Any]:
+        return ray.get(self.metrics.snapshot.remote())
+
+    def stop(self) -> None:
+        undeploy_rest()
+        actors = [self.gateway, self.metrics, self.registry] + [r for p in self.replicas.values() for r in p]
+        for a in actors:
+            if a is None:
+                continue
+            try:
+                ray.get(a.stop.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - stopping is best effort
+                pass
+            ray.kill(a, no_restart=True)
+        if self._owns_ray:
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+
+    def __enter__(self) -> Platform:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,138 @@
+"""Robots and tasks, persisted in SQLite so a restart keeps them. Robot tokens are stored hashed.
+
+The platform runs one ``Registry`` as a Ray actor; the REST app and the gateway get its handle.
+Tokens are 256-bit random strings, so a plain SHA-256 is the right hash (no password stretching needed);
+comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS robots (
+    robot_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    task TEXT NOT NULL REFERENCES tasks(name),
+    token_sha256 TEXT NOT NULL,
+    observation_spec TEXT NOT NULL,
+    action_spec TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS robots_task ON robots(task);
+"""
+
+
+class NotFound(KeyError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Registry:
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def ready(self) -> str:
+        return str(self.path)
+
+    # -- tasks ---------------------------------------------------------------------------------------
+    def upsert_task(self, name: str, spec: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO tasks(name, spec, created) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec",
+            (name, json.dumps(spec), time.time()),
+        )
+
+    def list_tasks(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT t.name, t.spec, (SELECT COUNT(*) FROM robots r WHERE r.task = t.name) AS robots "
+            "FROM tasks t ORDER BY t.name"
+        ).fetchall()
+        return [{**json.loads(r["spec"]), "name": r["name"], "robots": r["robots"]} for r in rows]
+
+    def get_task(self, name: str) -> dict[str, Any]:
+        for t in self.list_tasks():
+            if t["name"] == name:
+                return t
+        raise NotFound(f"no task named {name!r}")
+
+    # -- robots --------------------------------------------------------------------------------------
+    def register_robot(
+        self, name: str, task: str, observation_spec: dict[str, Any], action_spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Create a robot; the returned record carries the plain token, which is never stored."""
+        if self._db.execute("SELECT 1 FROM tasks WHERE name = ?", (task,)).fetchone() is None:
+            raise NotFound(f"no task named {task!r}")
+        robot_id = f"rbt_{uuid.uuid4().hex[:16]}"
+        token = secrets.token_urlsafe(32)
+        created = time.time()
+        self._db.execute(
+            "INSERT INTO robots VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (robot_id, name, task, hash_token(token), json.dumps(observation_spec), json.dumps(action_spec), created),
+        )
+        return {**self.get_robot(robot_id), "token": token}
+
+    def _row(self, r: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "robot_id": r["robot_id"],
+            "name": r["name"],
+            "task": r["task"],
+            "observation_spec": json.loads(r["observation_spec"]),
+            "action_spec": json.loads(r["action_spec"]),
+            "created": r["created"],
+        }
+
+    def list_robots(self, task: str | None = None) -> list[dict[str, Any]]:
+        if task is None:
+            rows = self._db.execute("SELECT * FROM robots ORDER BY created").fetchall()
+        else:
+            rows = self._db.execute("SELECT * FROM robots WHERE task = ? ORDER BY created", (task,)).fetchall()
+        return [self._row(r) for r in rows]
+
+    def get_robot(self, robot_id: str) -> dict[str, Any]:
+        r = self._db.execute("SELECT * FROM robots WHERE robot_id = ?", (robot_id,)).fetchone()
+        if r is None:
+            raise NotFound(f"no robot with id {robot_id!r}")
+        return self._row(r)
+
+    def delete_robot(self, robot_id: str) -> None:
+        if self._db.execute("DELETE FROM robots WHERE robot_id = ?", (robot_id,)).rowcount == 0:
+            raise NotFound(f"no robot with id {robot_id!r}")
+
+    def verify(self, robot_id: str, token: str) -> dict[str, Any] | None:
+        """The robot's record if ``token`` is its token, else None."""
+        if not isinstance(robot_id, str) or not isinstance(token, str):
+            return None
+        r = self._db.execute("SELECT * FROM robots WHERE robot_id = ?", (robot_id,)).fetchone()
+        if r is None or not hmac.compare_digest(r["token_sha256"], hash_token(token)):
+            return None
+        return self._row(r)
+
+    def stop(self) -> None:
+        self._db.close()

@@ -1,0 +1,348 @@
+"""Wire protocol between robots and the gateway: msgpack frames, numpy arrays as an extension type.
+
+This module is shared by the robot SDK and the gateway, and must import with numpy and msgpack only
+(a robot PC has neither Ray nor torch). Nothing here unpickles: every frame is plain msgpack, arrays
+carry an allow-listed dtype, a bounded shape and raw bytes that are decoded zero-copy.
+
+A message is a dataclass; ``encode(msg)`` turns it into one frame and ``decode(frame)`` validates a frame
+(size, version, kind, field types, array sizes) and returns the dataclass or raises ``ProtocolError``
+with a code that the gateway sends back in an ``error`` reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+ARRAY_EXT = 1
+ALLOWED_DTYPES = frozenset(
+    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool"}
+)
+OUTCOMES = ("success", "failure", "timeout", "aborted")
+LABELLERS = ("robot", "critic", "human", "gateway")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits applied while decoding; the gateway also refuses frames over ``max_frame_bytes``."""
+
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_ndim: int = 6
+    max_str_len: int = 4096
+    max_keys: int = 64
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be accepted; ``code`` is what goes back in the ``error`` reply."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Array specs: what a task's observations and actions look like.
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape and dtype of one array; optional bounds (used for actions)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ALLOWED_DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} not allowed; use one of {sorted(ALLOWED_DTYPES)}")
+        if any((not isinstance(d, int)) or d < 0 for d in self.shape):
+            raise ValueError(f"shape {self.shape!r} must be non-negative integers")
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype}
+        if self.low is not None:
+            out["low"] = self.low
+        if self.high is not None:
+            out["high"] = self.high
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArraySpec:
+        if not isinstance(d, dict) or "shape" not in d:
+            raise ValueError(f"array spec must be a mapping with 'shape', got {d!r}")
+        unknown = set(d) - {"shape", "dtype", "low", "high"}
+        if unknown:
+            raise ValueError(f"unknown array-spec keys {sorted(unknown)}; allowed: shape, dtype, low, high")
+        return cls(tuple(int(x) for x in d["shape"]), str(d.get("dtype", "float32")), d.get("low"), d.get("high"))
+
+    def check(self, name: str, arr: Any) -> None:
+        """Raise ProtocolError('bad_observation') if ``arr`` does not match this spec."""
+        if not isinstance(arr, np.ndarray):
+            raise ProtocolError("bad_observation", f"{name}: expected an array, got {type(arr).__name__}")
+        if tuple(arr.shape) != self.shape or arr.dtype.name != self.dtype:
+            raise ProtocolError(
+                "bad_observation",
+                f"{name}: expected shape {list(self.shape)} {self.dtype}, got {list(arr.shape)} {arr.dtype.name}",
+            )
+
+
+def specs_to_dict(specs: dict[str, ArraySpec]) -> dict[str, dict[str, Any]]:
+    return {k: v.to_dict() for k, v in specs.items()}
+
+
+def specs_from_dict(d: dict[str, Any]) -> dict[str, ArraySpec]:
+    if not isinstance(d, dict) or not d:
+        raise ValueError("observation spec must be a non-empty mapping of name -> {shape, dtype}")
+    return {str(k): ArraySpec.from_dict(v) for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Array codec.
+
+
+def _ext_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.name not in ALLOWED_DTYPES:
+            raise TypeError(f"array dtype {obj.dtype.name} cannot go on the wire")
+        arr = np.ascontiguousarray(obj)
+        header = msgpack.packb([arr.dtype.name, list(arr.shape)])
+        return msgpack.ExtType(ARRAY_EXT, header + arr.tobytes())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _make_ext_hook(limits: Limits):
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != ARRAY_EXT:
+            raise ProtocolError("bad_frame", f"unknown extension type {code}")
+        unpacker = msgpack.Unpacker(max_buffer_size=len(data), max_str_len=64, max_array_len=limits.max_ndim + 1)
+        unpacker.feed(data)
+        try:
+            dtype, shape = unpacker.unpack()
+        except Exception as exc:  # noqa: BLE001 - any failure here is a malformed array header
+            raise ProtocolError("bad_frame", f"malformed array header: {exc}") from None
+        if dtype not in ALLOWED_DTYPES:
+            raise ProtocolError("bad_frame", f"array dtype {dtype!r} not allowed")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > limits.max_ndim
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+        ):
+            raise ProtocolError("bad_frame", f"bad array shape {shape!r}")
+        offset = unpacker.tell()
+        expected = math.prod(shape) * np.dtype(dtype).itemsize
+        if len(data) - offset != expected:
+            raise ProtocolError("bad_frame", f"array payload has {len(data) - offset} bytes, shape needs {expected}")
+        # Zero-copy: the array is a read-only view on the frame's bytes.
+        return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+    return ext_hook
+
+
+_EXT_HOOKS: dict[Limits, Any] = {}
+
+
+def pack(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, default=_ext_default, use_bin_type=True)
+
+
+def unpack(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    if len(frame) > limits.max_frame_bytes:
+        raise ProtocolError("frame_too_large", f"frame of {len(frame)} bytes exceeds {limits.max_frame_bytes}")
+    hook = _EXT_HOOKS.get(limits)
+    if hook is None:
+        hook = _EXT_HOOKS.setdefault(limits, _make_ext_hook(limits))
+    try:
+        return msgpack.unpackb(
+            frame,
+            ext_hook=hook,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.max_str_len,
+            max_map_len=limits.max_keys,
+            max_array_len=1 << 16,
+            max_bin_len=limits.max_frame_bytes,
+            max_ext_len=limits.max_frame_bytes,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several types for malformed input
+        raise ProtocolError("bad_frame", f"not a valid msgpack frame: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages. Field annotations double as the wire schema checked by ``decode``.
+
+_FLOAT = (int, float)
+
+
+@dataclass
+class Message:
+    KIND: ClassVar[str] = ""
+    robot_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        out = {"v": PROTOCOL_VERSION, "kind": self.KIND}
+        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return out
+
+
+@dataclass
+class Hello(Message):
+    """Robot → gateway: authenticate this connection (sent again after any ``unknown_session`` error)."""
+
+    KIND: ClassVar[str] = "hello"
+    token: str = ""
+
+
+@dataclass
+class Welcome(Message):
+    """Gateway → robot: the session is bound; what to send and what comes back."""
+
+    KIND: ClassVar[str] = "welcome"
+    task: str = ""
+    observation_spec: dict = field(default_factory=dict)
+    action_spec: dict = field(default_factory=dict)
+    chunk_len: int = 1
+    policy_version: int = 0
+    heartbeat_s: float = 1.0
+
+
+@dataclass
+class Obs(Message):
+    """Robot → gateway: an observation that asks for the next action chunk.
+
+    ``t_robot`` is the robot's monotonic clock when the observation was taken; ``last_latency_ms`` is the
+    robot-measured round trip of its previous request (observation sent → action received).
+    ``human_action`` is the action an operator executed at this step, when one is intervening.
+    """
+
+    KIND: ClassVar[str] = "obs"
+    episode_id: str = ""
+    step: int = 0
+    t_robot: float = 0.0
+    observation: dict = field(default_factory=dict)
+    human_action: np.ndarray | None = None
+    last_latency_ms: float | None = None
+
+
+@dataclass
+class Action(Message):
+    """Gateway → robot: an action chunk [chunk_len, action_dim] for the observation at ``step``."""
+
+    KIND: ClassVar[str] = "action"
+    episode_id: str = ""
+    step: int = 0
+    actions: np.ndarray | None = None
+    log_prob: float = 0.0
+    policy_version: int = 0
+    replica: str = ""
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class EpisodeEnd(Message):
+    KIND: ClassVar[str] = "episode_end"
+    episode_id: str = ""
+    outcome: str = "aborted"
+    labelled_by: str = "robot"
+    steps: int = 0
+    total_reward: float = 0.0
+
+
+@dataclass
+class Ack(Message):
+    KIND: ClassVar[str] = "ack"
+    episode_id: str = ""
+
+
+@dataclass
+class Ping(Message):
+    """Robot → gateway heartbeat when no other traffic keeps the lease alive."""
+
+    KIND: ClassVar[str] = "ping"
+
+
+@dataclass
+class Pong(Message):
+    KIND: ClassVar[str] = "pong"
+
+
+@dataclass
+class Error(Message):
+    """Either direction: a refused frame. ``step`` points at the refused observation when known."""
+
+    KIND: ClassVar[str] = "error"
+    code: str = "internal"
+    message: str = ""
+    step: int | None = None
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.KIND: cls for cls in (Hello, Welcome, Obs, Action, EpisodeEnd, Ack, Ping, Pong, Error)
+}
+
+# Accepted Python types per annotation string (annotations are strings under ``from __future__``).
+_TYPE_CHECKS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": _FLOAT,
+    "dict": (dict,),
+    "np.ndarray | None": (np.ndarray, type(None)),
+    "float | None": (int, float, type(None)),
+    "int | None": (int, type(None)),
+}
+_SCHEMAS: dict[str, list[tuple[str, tuple[type, ...], bool]]] = {}
+for _kind, _cls in MESSAGE_TYPES.items():
+    _SCHEMAS[_kind] = [
+        (f.name, _TYPE_CHECKS[f.type], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(_cls)
+    ]
+
+
+def encode(msg: Message) -> bytes:
+    return pack(msg.to_wire())
+
+
+def decode(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate one frame and return its message; raise ``ProtocolError`` with a reply code otherwise."""
+    obj = unpack(frame, limits)
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_frame", "a frame must be a msgpack map")
+    version = obj.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("version_mismatch", f"protocol version {version!r}, this side speaks {PROTOCOL_VERSION}")
+    kind = obj.pop("kind", None)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError("bad_message", f"unknown message kind {kind!r}; known: {sorted(MESSAGE_TYPES)}")
+    schema = _SCHEMAS[kind]
+    names = {name for name, _, _ in schema}
+    extra = set(obj) - names
+    if extra:
+        raise ProtocolError("bad_message", f"{kind}: unknown fields {sorted(map(str, extra))}")
+    for name, types, required in schema:
+        if name not in obj:
+            if required:
+                raise ProtocolError("bad_message", f"{kind}: missing field {name!r}")
+            continue
+        value = obj[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ProtocolError("bad_message", f"{kind}.{name}: wrong type {type(value).__name__}")
+    return cls(**obj)

@@ -1,0 +1,153 @@
+"""Simulated robots: any gymnasium environment behind the same ``RobotClient`` a real robot uses.
+
+A ``SimRobot`` exposes the ``Robot`` interface of ``fleetrl.robots.client``: one flat float32
+``state`` observation, a bounded action, a success predicate, and ``hold()`` = a zero action (what a
+real arm does when it stops and keeps its pose). ``run_sim_fleet`` registers K robots over REST and
+drives them all from one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, StepResult, register
+from fleetrl.robots.protocol import ArraySpec
+
+log = logging.getLogger(__name__)
+
+SuccessFn = Callable[[np.ndarray, dict[str, Any]], bool]
+
+
+def reacher_within_2cm(obs: np.ndarray, info: dict[str, Any]) -> bool:
+    """Reacher-v5: the last three entries of the observation are fingertip − target (x, y, z)."""
+    return bool(np.linalg.norm(obs[-3:-1]) < 0.02)
+
+
+def info_success(obs: np.ndarray, info: dict[str, Any]) -> bool:
+    """Environments that report success themselves (OGBench manipulation: ``info['success']``)."""
+    return bool(info.get("success", False))
+
+
+def never(obs: np.ndarray, info: dict[str, Any]) -> bool:
+    return False
+
+
+SUCCESS_PREDICATES: dict[str, SuccessFn] = {
+    "reacher_2cm": reacher_within_2cm,
+    "info_success": info_success,
+    "never": never,
+}
+
+
+@dataclass(frozen=True)
+class SimPreset:
+    success: str
+    control_hz: float
+    max_episode_steps: int | None = None  # None: the environment's own time limit
+
+
+# The shipped robots; any other gymnasium id works with an explicit success predicate.
+PRESETS: dict[str, SimPreset] = {
+    "Reacher-v5": SimPreset(success="reacher_2cm", control_hz=20.0, max_episode_steps=50),
+    "cube-single-singletask-task1-v0": SimPreset(success="info_success", control_hz=10.0, max_episode_steps=200),
+}
+
+
+def make_env(env_id: str, **kwargs: Any):
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        try:
+            import ogbench  # noqa: F401 - registers the OGBench environments with gymnasium
+        except ImportError:
+            pass
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown gymnasium environment {env_id!r}")
+    return gym.make(env_id, **kwargs)
+
+
+class SimRobot:
+    """A gymnasium environment with the ``Robot`` interface."""
+
+    def __init__(
+        self,
+        env_id: str,
+        seed: int = 0,
+        success: str | None = None,
+        control_hz: float | None = None,
+        max_episode_steps: int | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+    ):
+        preset = PRESETS.get(env_id, SimPreset(success="never", control_hz=10.0))
+        name = success or preset.success
+        if name not in SUCCESS_PREDICATES:
+            raise ValueError(f"unknown success predicate {name!r}; known: {sorted(SUCCESS_PREDICATES)}")
+        self.env_id = env_id
+        self.success_fn = SUCCESS_PREDICATES[name]
+        self.control_hz = float(control_hz or preset.control_hz)
+        steps = max_episode_steps or preset.max_episode_steps
+        self.env = make_env(env_id, **({"max_episode_steps": steps} if steps else {}), **(env_kwargs or {}))
+        space = self.env.observation_space
+        if getattr(space, "shape", None) is None or len(space.shape) != 1:
+            raise ValueError(f"{env_id}: only flat Box observations are supported, got {space}")
+        self.observation_spec = {"state": ArraySpec(tuple(space.shape), "float32")}
+        a = self.env.action_space
+        self.action_spec = ArraySpec(tuple(a.shape), "float32", float(np.min(a.low)), float(np.max(a.high)))
+        self._seed = seed
+        self._episodes = 0
+        self._zero = np.zeros(a.shape, dtype=np.float32)
+
+    def reset(self) -> dict[str, np.ndarray]:
+        obs, _ = self.env.reset(seed=self._seed + 100_003 * self._episodes)
+        self._episodes += 1
+        return {"state": np.asarray(obs, dtype=np.float32)}
+
+    def act(self, action: np.ndarray) -> StepResult:
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        obs = np.asarray(obs, dtype=np.float32)
+        return StepResult({"state": obs}, float(reward), bool(terminated), bool(truncated), self.success_fn(obs, info))
+
+    def hold(self) -> StepResult:
+        return self.act(self._zero)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def run_sim_fleet(
+    env_id: str,
+    n: int,
+    api_url: str,
+    admin_token: str,
+    task: str,
+    name_prefix: str = "sim",
+    seed: int = 0,
+    control_hz: float | None = None,
+    duration: float | None = None,
+    stop: threading.Event | None = None,
+    config: ClientConfig | None = None,
+    on_start: Callable[[list[RobotClient]], None] | None = None,
+) -> list[RobotClient]:
+    """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``."""
+    clients = []
+    for i in range(n):
+        robot = SimRobot(env_id, seed=seed + i, control_hz=control_hz)
+        info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot)
+        clients.append(RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config))
+    log.info("%d %s robots registered for task %s", n, env_id, task)
+    if on_start is not None:
+        on_start(clients)
+    runner = FleetRunner(clients)
+    try:
+        runner.run(duration=duration, stop=stop)
+    finally:
+        runner.close()
+        for c in clients:
+            c.robot.close()
+    return clients

@@ -1,0 +1,136 @@
+"""The REST API (FastAPI), built by ``create_app`` from injected actor handles: no globals, no platform import.
+
+Every request body is validated by pydantic; every refusal is a 4xx whose ``detail`` says what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetrl.workers.task import NAME_RE, ArraySpecConfig, TaskConfig, spec_mismatch
+
+from .auth import AdminAuth
+
+log = logging.getLogger(__name__)
+API_VERSION = "v1"
+
+
+class RobotRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_RE, description="Human-readable robot name.")
+    task: str = Field(pattern=NAME_RE, description="Task the robot works on.")
+    observation_spec: dict[str, ArraySpecConfig] = Field(description="What the robot observes.")
+    action_spec: ArraySpecConfig = Field(description="One control step's action.")
+
+
+class RobotCredentials(BaseModel):
+    robot_id: str
+    name: str
+    task: str
+    token: str = Field(description="Shown once; the platform keeps only its hash.")
+    endpoint: str = Field(description="ZeroMQ endpoint the robot connects its DEALER socket to.")
+    chunk_len: int
+
+
+def _issues(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def create_app(
+    *,
+    registry: Any,
+    gateway: Any,
+    metrics: Any,
+    tasks: list[TaskConfig],
+    admin_token_sha256: str,
+    robot_endpoint: str,
+) -> FastAPI:
+    """Build the app around actor handles (``registry``, ``gateway``, ``metrics``)."""
+    app = FastAPI(
+        title="fleetrl",
+        version="0.1.0",
+        description="Register robots, inspect tasks and the fleet, read metrics.",
+    )
+    admin = AdminAuth(admin_token_sha256)
+    by_name = {t.name: t for t in tasks}
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _issues(exc), "errors": exc.errors()}, headers=None)
+
+    async def live_robots() -> dict[str, dict[str, Any]]:
+        try:
+            stats = await gateway.stats.remote()
+        except Exception:  # noqa: BLE001 - registry data is still worth returning
+            return {}
+        return {r["robot_id"]: r for r in stats["robots"]}
+
+    def with_live(robot: dict[str, Any], live: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        row = live.get(robot["robot_id"])
+        return {**robot, "online": bool(row and row["online"]), "stats": row}
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        try:
+            await registry.ready.remote()
+            await gateway.ready.remote()
+            await metrics.ready.remote()
+        except Exception as exc:  # noqa: BLE001
+            raise HTTPException(503, f"component unavailable: {type(exc).__name__}: {exc}") from None
+        return {"status": "ok", "api": API_VERSION, "robot_endpoint": robot_endpoint}
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        body = await metrics.render.remote()
+        return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/tasks", tags=["tasks"], dependencies=[Depends(admin)])
+    async def list_tasks() -> list[dict[str, Any]]:
+        return await registry.list_tasks.remote()
+
+    @app.post("/v1/robots", status_code=201, tags=["robots"], dependencies=[Depends(admin)])
+    async def register_robot(body: RobotRegistration) -> RobotCredentials:
+        task = by_name.get(body.task)
+        if task is None:
+            raise HTTPException(404, f"no task named {body.task!r}; tasks: {sorted(by_name)}")
+        obs = {k: v.model_dump(exclude_none=True) for k, v in body.observation_spec.items()}
+        act = body.action_spec.model_dump(exclude_none=True)
+        problem = spec_mismatch(task, obs, act)
+        if problem:
+            raise HTTPException(422, problem)
+        rec = await registry.register_robot.remote(body.name, body.task, obs, act)
+        return RobotCredentials(**rec, endpoint=robot_endpoint, chunk_len=task.chunk_len)
+
+    @app.get("/v1/robots", tags=["robots"], dependencies=[Depends(admin)])
+    async def list_robots(task: str | None = None) -> list[dict[str, Any]]:
+        live = await live_robots()
+        return [with_live(r, live) for r in await registry.list_robots.remote(task)]
+
+    @app.get("/v1/robots/{robot_id}", tags=["robots"], dependencies=[Depends(admin)])
+    async def get_robot(robot_id: str) -> dict[str, Any]:
+        try:
+            robot = await registry.get_robot.remote(robot_id)
+        except KeyError:
+            raise HTTPException(404, f"no robot with id {robot_id!r}") from None
+        return with_live(robot, await live_robots())
+
+    @app.delete("/v1/robots/{robot_id}", status_code=204, tags=["robots"], dependencies=[Depends(admin)])
+    async def delete_robot(robot_id: str) -> Response:
+        try:
+            await registry.delete_robot.remote(robot_id)
+        except KeyError:
+            raise HTTPException(404, f"no robot with id {robot_id!r}") from None
+        await gateway.revoke.remote(robot_id)
+        return Response(status_code=204)
+
+    return app

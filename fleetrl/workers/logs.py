@@ -1,0 +1,124 @@
+"""The metrics and log server: one actor that every other actor reports to (VLAC's log server).
+
+Actors buffer their observations locally (``MetricsBuffer``) and flush them in one call every half
+second, so the hot paths never make a Ray call per event. The server keeps Prometheus metrics (served
+as text at ``/metrics``), a recent window of raw values per series for percentiles in the live view,
+the latest state snapshot each source published, and a ring of recent log lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+# name -> (kind, help, label names). The one list of what the platform measures.
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "queue_wait_seconds": ("histogram", "Observation arrival at the gateway to dispatch to a replica.", ("pool",)),
+    "inference_seconds": ("histogram", "Forward-pass time measured inside the replica.", ("pool",)),
+    "service_seconds": ("histogram", "Dispatch to completion of a batch (Ray call + compute).", ("pool",)),
+    "e2e_latency_seconds": ("histogram", "Robot-measured observation sent to action received.", ("task",)),
+    "batch_size": ("histogram", "Observations per replica batch.", ("pool",)),
+    "frames_refused_total": ("counter", "Frames refused by the gateway, by reason.", ("reason",)),
+    "observations_total": ("counter", "Observations accepted by the gateway.", ("task",)),
+    "episodes_total": ("counter", "Episodes ended, by outcome.", ("task", "outcome")),
+    "replica_failures_total": ("counter", "Inference calls lost to a dead replica.", ("pool",)),
+    "robots_online": ("gauge", "Robots with a live session.", ("task",)),
+    "queue_depth": ("gauge", "Observations waiting for a replica.", ("pool",)),
+    "replicas_available": ("gauge", "Replicas the scheduler can dispatch to.", ("pool",)),
+}
+
+
+class MetricsBuffer:
+    """Local accumulation of metric events in an actor; ``drain()`` hands them to ``MetricsServer.ingest``."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, tuple[str, ...], float]] = []
+        self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def observe(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        self._events.append((name, labels, value))
+
+    def inc(self, name: str, labels: tuple[str, ...], value: float = 1.0) -> None:
+        self._events.append((name, labels, value))
+
+    def set(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        self._gauges[(name, labels)] = value
+
+    def drain(self) -> tuple[list, list]:
+        events, self._events = self._events, []
+        gauges = [(n, lab, v) for (n, lab), v in self._gauges.items()]
+        return events, gauges
+
+
+class MetricsServer:
+    """Aggregates metrics, snapshots and logs from every actor. Run as a Ray actor."""
+
+    def __init__(self, window: int = 4096, log_lines: int = 2000):
+        self.registry = CollectorRegistry()
+        self._metrics: dict[str, Any] = {}
+        for name, (kind, doc, labels) in METRICS.items():
+            full = f"fleetrl_{name}"
+            if kind == "histogram":
+                buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256) if name == "batch_size" else LATENCY_BUCKETS
+                m = Histogram(full, doc, labels, registry=self.registry, buckets=buckets)
+            elif kind == "counter":
+                m = Counter(full.removesuffix("_total"), doc, labels, registry=self.registry)
+            else:
+                m = Gauge(full, doc, labels, registry=self.registry)
+            self._metrics[name] = (kind, m)
+        self._windows: dict[tuple[str, tuple[str, ...]], deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._snapshots: dict[str, dict[str, Any]] = {}
+        self._logs: deque[dict[str, Any]] = deque(maxlen=log_lines)
+
+    def ready(self) -> bool:
+        return True
+
+    def ingest(self, events: list, gauges: list) -> None:
+        for name, labels, value in events:
+            kind, m = self._metrics[name]
+            if kind == "histogram":
+                m.labels(*labels).observe(value)
+                self._windows[(name, tuple(labels))].append(value)
+            else:
+                m.labels(*labels).inc(value)
+        for name, labels, value in gauges:
+            self._metrics[name][1].labels(*labels).set(value)
+
+    def publish(self, source: str, snapshot: dict[str, Any]) -> None:
+        """Replace the state snapshot of one source (e.g. the gateway's robot table)."""
+        self._snapshots[source] = snapshot
+
+    def log(self, source: str, level: str, message: str) -> None:
+        self._logs.append({"t": time.time(), "source": source, "level": level, "message": message})
+
+    def logs(self, n: int = 100) -> list[dict[str, Any]]:
+        return list(self._logs)[-n:]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def percentiles(self, name: str, labels: tuple[str, ...], qs=(50, 99)) -> dict[str, float] | None:
+        win = self._windows.get((name, tuple(labels)))
+        if not win:
+            return None
+        arr = np.fromiter(win, dtype=np.float64)
+        out = {f"p{q}": float(np.percentile(arr, q)) for q in qs}
+        out["max"] = float(arr.max())
+        out["n"] = len(arr)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the live view needs in one call: source snapshots and latency percentiles."""
+        latency = {
+            f"{name}{{{','.join(labels)}}}": self.percentiles(name, labels) for (name, labels) in self._windows
+        }
+        return {"sources": dict(self._snapshots), "latency": latency, "t": time.time()}
+
+    def stop(self) -> None:
+        pass

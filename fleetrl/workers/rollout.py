@@ -1,0 +1,449 @@
+"""The gateway (rollout worker): a Ray actor that owns the robots' ZeroMQ ROUTER socket.
+
+It authenticates robots (token checked against the registry at ``hello``, then the connection's
+routing id is bound to the robot), validates every frame, hands observations to the scheduler and
+sends each robot its action chunk. Malformed, oversized, unauthorised or out-of-order frames get an
+``error`` reply and are counted; nothing a peer sends can raise out of the receive loop. Robots hold a
+lease: one silent for ``lease_timeout_s`` goes offline and its open episode ends as ``aborted``.
+
+The socket, the scheduler and the replica calls all live on one asyncio loop in a thread of the actor,
+so the scheduler needs no locks; Ray method calls reach that loop through ``_call``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+import zmq
+import zmq.asyncio
+from pydantic import BaseModel, ConfigDict, Field
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from fleetrl.robots import protocol as P
+from fleetrl.workers.logs import MetricsBuffer
+from fleetrl.workers.scheduler import Dispatch, Scheduler
+from fleetrl.workers.task import TaskConfig
+
+log = logging.getLogger(__name__)
+REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ address the ROUTER socket binds.")
+    advertise: str | None = Field(
+        None, description="Endpoint robots are told to connect to (default: bind, with 0.0.0.0 → 127.0.0.1)."
+    )
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest frame accepted from a robot.")
+    lease_timeout_s: float = Field(5.0, gt=0, description="A robot silent this long goes offline.")
+    heartbeat_s: float = Field(1.0, gt=0, description="How often robots should ping when otherwise idle.")
+    metrics_flush_s: float = Field(0.5, gt=0, description="How often buffered metrics go to the log server.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the gateway.")
+    max_restarts: int = Field(-1, ge=-1, description="Ray restarts of a dead gateway (-1: unlimited).")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources to require.")
+
+    @property
+    def endpoint(self) -> str:
+        return self.advertise or self.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+
+
+@dataclass
+class RobotState:
+    """What the gateway knows of one robot: its session and running counters for the live view."""
+
+    robot_id: str
+    task: TaskConfig
+    ident: bytes | None = None
+    online: bool = False
+    last_seen: float = 0.0
+    episode_id: str | None = None
+    last_step: int = -1
+    steps_done: int = 0  # steps of finished episodes
+    outcomes: Counter = field(default_factory=Counter)
+    recent_ends: deque = field(default_factory=lambda: deque(maxlen=16))
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+
+    def row(self) -> dict[str, Any]:
+        lat = np.fromiter(self.latency_ms, dtype=np.float64) if self.latency_ms else None
+        episodes = sum(self.outcomes.values())
+        return {
+            "robot_id": self.robot_id,
+            "task": self.task.name,
+            "online": self.online,
+            "steps": self.steps_done + max(self.last_step, 0),
+            "episodes": episodes,
+            "successes": self.outcomes["success"],
+            "outcomes": dict(self.outcomes),
+            "latency_ms": None
+            if lat is None
+            else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+        }
+
+
+class Gateway:
+    """Ray actor: ``ready()``, ``stats()``, ``revoke(robot_id)``, ``stop()``; the work happens on its loop."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tasks: list[TaskConfig],
+        replicas: dict[str, list[Any]],
+        registry: Any,
+        metrics: Any | None = None,
+    ):
+        self.cfg = config
+        self.tasks = {t.name: t for t in tasks}
+        self.registry = registry
+        self.metrics_server = metrics
+        self.limits = P.Limits(max_frame_bytes=config.max_frame_bytes)
+        self.metrics = MetricsBuffer()
+        self.scheduler = Scheduler()
+        self.replicas: dict[str, Any] = {}
+        self.replica_pool: dict[str, str] = {}
+        for task in tasks:
+            self.scheduler.add_pool(task.name, task.inference.max_batch)
+            for i, handle in enumerate(replicas.get(task.name, [])):
+                rid = f"{task.name}/{i}"
+                self.replicas[rid] = handle
+                self.replica_pool[rid] = task.name
+                self.scheduler.add_replica(task.name, rid)
+        self.robots: dict[str, RobotState] = {}
+        self.by_ident: dict[bytes, str] = {}
+        self.refused: Counter = Counter()
+        self._bound = threading.Event()
+        self._error: BaseException | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="fleetrl-gateway", daemon=True)
+        self._thread.start()
+
+    # -- Ray-facing methods --------------------------------------------------------------------------
+    def ready(self) -> dict[str, Any]:
+        if not self._bound.wait(timeout=30):
+            raise RuntimeError(f"gateway did not bind {self.cfg.bind}: {self._error!r}")
+        if self._error is not None:
+            raise RuntimeError(f"gateway failed to bind {self.cfg.bind}: {self._error}")
+        return {"endpoint": self.cfg.endpoint, "bind": self.cfg.bind}
+
+    def stats(self) -> dict[str, Any]:
+        return self._call(self._stats())
+
+    def revoke(self, robot_id: str) -> bool:
+        """Drop a deleted robot's session now; its next frame is refused."""
+        return self._call(self._revoke(robot_id))
+
+    def stop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def _call(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._ctx = zmq.asyncio.Context()
+        self.sock = self._ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting robot takes over its identity
+        # Hard cap far above the soft limit: larger frames are dropped by libzmq before they use memory.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.cfg.max_frame_bytes)
+        try:
+            self.sock.bind(self.cfg.bind)
+        except zmq.ZMQError as exc:
+            self._error = exc
+            self._bound.set()
+            return
+        self._bound.set()
+        self._loop.create_task(self._recv_loop())
+        self._loop.create_task(self._lease_loop())
+        if self.metrics_server is not None:
+            self._loop.create_task(self._flush_loop())
+        try:
+            self._loop.run_forever()
+        finally:
+            self.sock.close(linger=0)
+            self._ctx.term()
+
+    async def _recv_loop(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                self._on_frames(frames)
+            except Exception:  # noqa: BLE001 - the gateway never dies of one frame
+                log.exception("gateway: unexpected error handling a frame")
+                self._refuse(frames[0], "internal", "internal error", None)
+
+    # -- frame handling ------------------------------------------------------------------------------
+    def _send(self, ident: bytes, msg: P.Message) -> None:
+        try:
+            self.sock.send_multipart([ident, P.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the peer is gone (ROUTER drops unroutable frames)
+
+    def _refuse(self, ident: bytes, code: str, message: str, robot_id: str | None, step: int | None = None) -> None:
+        self.refused[code] += 1
+        self.metrics.inc("frames_refused_total", (code,))
+        self._send(ident, P.Error(robot_id=robot_id or "", code=code, message=message, step=step))
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        if len(frames) != 2:
+            self._refuse(ident, "bad_frame", f"expected one frame per message, got {len(frames) - 1}", None)
+            return
+        try:
+            msg = P.decode(frames[1], self.limits)
+        except P.ProtocolError as exc:
+            self._refuse(ident, exc.code, exc.message, None)
+            return
+        if isinstance(msg, P.Hello):
+            self._loop.create_task(self._on_hello(ident, msg))
+            return
+        robot_id = self.by_ident.get(ident)
+        if robot_id is None or robot_id != msg.robot_id:
+            self._refuse(ident, "unknown_session", "send hello first", msg.robot_id)
+            return
+        state = self.robots[robot_id]
+        state.last_seen = time.monotonic()
+        if isinstance(msg, P.Obs):
+            self._on_obs(ident, state, msg)
+        elif isinstance(msg, P.EpisodeEnd):
+            self._on_episode_end(ident, state, msg)
+        elif isinstance(msg, P.Ping):
+            self._send(ident, P.Pong(robot_id=robot_id))
+        else:
+            self._refuse(ident, "bad_message", f"robots may not send {msg.KIND!r}", robot_id)
+
+    async def _on_hello(self, ident: bytes, msg: P.Hello) -> None:
+        try:
+            record = await self.registry.verify.remote(msg.robot_id, msg.token)
+        except Exception as exc:  # noqa: BLE001 - registry unavailable: refuse, the robot retries
+            self._refuse(ident, "unavailable", f"registry unavailable: {type(exc).__name__}", msg.robot_id)
+            return
+        if record is None:
+            self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
+            return
+        task = self.tasks.get(record["task"])
+        if task is None:
+            self._refuse(ident, "unauthorized", f"task {record['task']!r} is not served here", msg.robot_id)
+            return
+        state = self.robots.get(msg.robot_id)
+        if state is None:
+            state = self.robots[msg.robot_id] = RobotState(robot_id=msg.robot_id, task=task)
+        if state.ident is not None and state.ident != ident:
+            self.by_ident.pop(state.ident, None)
+        state.ident = ident
+        state.online = True
+        state.last_seen = time.monotonic()
+        self.by_ident[ident] = msg.robot_id
+        self._send(
+            ident,
+            P.Welcome(
+                robot_id=msg.robot_id,
+                task=task.name,
+                observation_spec=task.public()["observation_spec"],
+                action_spec=task.public()["action_spec"],
+                chunk_len=task.chunk_len,
+                policy_version=0,
+                heartbeat_s=self.cfg.heartbeat_s,
+            ),
+        )
+
+    def _on_obs(self, ident: bytes, state: RobotState, msg: P.Obs) -> None:
+        task = state.task
+        if msg.episode_id != state.episode_id:
+            if not msg.episode_id or msg.episode_id in state.recent_ends:
+                self._refuse(ident, "out_of_order", f"episode {msg.episode_id!r} already ended", state.robot_id, msg.step)
+                return
+            if state.episode_id is not None:
+                self._end_episode(state, "aborted")  # a new episode began without an end for the last one
+            state.episode_id, state.last_step = msg.episode_id, -1
+        if msg.step <= state.last_step:
+            self._refuse(
+                ident, "out_of_order", f"step {msg.step} after step {state.last_step}", state.robot_id, msg.step
+            )
+            return
+        try:
+            if set(msg.observation) != set(task.observation):
+                raise P.ProtocolError(
+                    "bad_observation", f"observation keys {sorted(msg.observation)}, task needs {sorted(task.observation)}"
+                )
+            for key, spec in task.observation_spec.items():
+                spec.check(key, msg.observation[key])
+            if msg.human_action is not None:
+                task.action_spec.check("human_action", msg.human_action)
+        except P.ProtocolError as exc:
+            self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
+            return
+        state.last_step = msg.step
+        if msg.last_latency_ms is not None:
+            state.latency_ms.append(msg.last_latency_ms)
+            self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)
+        self.metrics.inc("observations_total", (task.name,))
+        self._start(self.scheduler.submit(task.name, state.robot_id, (ident, msg)))
+
+    def _on_episode_end(self, ident: bytes, state: RobotState, msg: P.EpisodeEnd) -> None:
+        if msg.outcome not in P.OUTCOMES or msg.labelled_by not in P.LABELLERS:
+            self._refuse(ident, "bad_message", f"outcome must be one of {P.OUTCOMES}", state.robot_id)
+            return
+        if msg.episode_id not in state.recent_ends:  # a re-sent end is acked again but counted once
+            if msg.episode_id == state.episode_id:
+                state.steps_done += max(msg.steps, state.last_step, 0)
+                state.episode_id, state.last_step = None, -1
+            else:
+                state.steps_done += max(msg.steps, 0)
+            self._count_outcome(state, msg.episode_id, msg.outcome)
+        self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
+
+    def _end_episode(self, state: RobotState, outcome: str) -> None:
+        state.steps_done += max(state.last_step, 0)
+        self._count_outcome(state, state.episode_id or "", outcome)
+        state.episode_id, state.last_step = None, -1
+
+    def _count_outcome(self, state: RobotState, episode_id: str, outcome: str) -> None:
+        state.recent_ends.append(episode_id)
+        state.outcomes[outcome] += 1
+        self.metrics.inc("episodes_total", (state.task.name, outcome))
+
+    # -- dispatch ------------------------------------------------------------------------------------
+    def _start(self, dispatches: list[Dispatch]) -> None:
+        for d in dispatches:
+            self._loop.create_task(self._run_batch(d))
+
+    async def _run_batch(self, d: Dispatch) -> None:
+        task = self.tasks[d.pool]
+        keys = list(task.observation)
+        batch = {k: np.stack([item.payload[1].observation[k] for item in d.items]) for k in keys}
+        try:
+            result = await self.replicas[d.replica].infer.remote(batch)
+        except REPLICA_GONE as exc:
+            self.metrics.inc("replica_failures_total", (d.pool,))
+            log.warning("gateway: replica %s gone (%s); re-queueing %d observations", d.replica, exc, len(d.items))
+            self._start(self.scheduler.remove_replica(d.replica))
+            self._loop.create_task(self._recover(d.replica))
+            return
+        except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
+            log.exception("gateway: inference failed on %s", d.replica)
+            _, more = self.scheduler.complete(d.replica)
+            self._start(more)
+            for item in d.items:
+                ident, msg = item.payload
+                self._refuse(ident, "inference_failed", f"{type(exc).__name__}", msg.robot_id, msg.step)
+            return
+        done, more = self.scheduler.complete(d.replica)
+        self._start(more)
+        pool = (d.pool,)
+        self.metrics.observe("service_seconds", pool, done.service_time)
+        self.metrics.observe("inference_seconds", pool, result["compute_s"])
+        self.metrics.observe("batch_size", pool, len(d.items))
+        compute_ms, service_ms = result["compute_s"] * 1e3, done.service_time * 1e3
+        for i, item in enumerate(d.items):
+            ident, msg = item.payload
+            self.metrics.observe("queue_wait_seconds", pool, item.queue_wait)
+            self._send(
+                ident,
+                P.Action(
+                    robot_id=msg.robot_id,
+                    episode_id=msg.episode_id,
+                    step=msg.step,
+                    actions=result["actions"][i],
+                    log_prob=float(result["log_probs"][i]),
+                    policy_version=int(result["version"]),
+                    replica=result["replica"],
+                    timings={"queue_ms": item.queue_wait * 1e3, "service_ms": service_ms, "compute_ms": compute_ms},
+                ),
+            )
+
+    async def _recover(self, replica: str, attempts: int = 60) -> None:
+        """Wait for Ray to restart a dead replica, then give it back to the scheduler."""
+        for _ in range(attempts):
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(self.replicas[replica].ready.remote().future()), 5)
+            except Exception:  # noqa: BLE001 - still restarting (or gone for good)
+                await asyncio.sleep(0.5)
+                continue
+            self._start(self.scheduler.add_replica(self.replica_pool[replica], replica))
+            log.info("gateway: replica %s is back", replica)
+            return
+        log.error("gateway: replica %s did not come back; its pool continues without it", replica)
+
+    # -- leases, stats, metrics ----------------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.cfg.lease_timeout_s / 4))
+            now = time.monotonic()
+            for state in self.robots.values():
+                if state.online and now - state.last_seen > self.cfg.lease_timeout_s:
+                    self._go_offline(state)
+
+    def _go_offline(self, state: RobotState) -> None:
+        state.online = False
+        if state.ident is not None:
+            self.by_ident.pop(state.ident, None)
+            state.ident = None
+        if state.episode_id is not None:
+            self._end_episode(state, "aborted")
+        self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
+        log.info("gateway: robot %s offline (lease expired)", state.robot_id)
+
+    async def _revoke(self, robot_id: str) -> bool:
+        state = self.robots.pop(robot_id, None)
+        if state is None:
+            return False
+        self._go_offline(state)
+        return True
+
+    async def _stats(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.cfg.endpoint,
+            "robots": [s.row() for s in self.robots.values()],
+            "refused": dict(self.refused),
+            "pools": {
+                p: {
+                    "queue_depth": self.scheduler.queue_depth(p),
+                    "idle": len(self.scheduler.idle_replicas(p)),
+                    "busy": len(self.scheduler.busy_replicas(p)),
+                }
+                for p in self.scheduler.pools()
+            },
+        }
+
+    async def _flush_loop(self) -> None:
+        last_publish = 0.0
+        while True:
+            await asyncio.sleep(self.cfg.metrics_flush_s)
+            for pool in self.scheduler.pools():
+                self.metrics.set("queue_depth", (pool,), self.scheduler.queue_depth(pool))
+                avail = len(self.scheduler.idle_replicas(pool)) + len(self.scheduler.busy_replicas(pool))
+                self.metrics.set("replicas_available", (pool,), avail)
+            for task in self.tasks:
+                online = sum(1 for s in self.robots.values() if s.online and s.task.name == task)
+                self.metrics.set("robots_online", (task,), online)
+            events, gauges = self.metrics.drain()
+            try:
+                self.metrics_server.ingest.remote(events, gauges)
+                if time.monotonic() - last_publish > 1.0:
+                    last_publish = time.monotonic()
+                    self.metrics_server.publish.remote("gateway", await self._stats())
+            except Exception:  # noqa: BLE001 - metrics are best effort
+                log.warning("gateway: metrics server unreachable")
+
+
+def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics) -> Any:
+    return (
+        ray.remote(Gateway)
+        .options(
+            num_cpus=config.num_cpus,
+            max_restarts=config.max_restarts,
+            resources=dict(config.resources) or None,
+        )
+        .remote(config, tasks, replicas, registry, metrics)
+    )

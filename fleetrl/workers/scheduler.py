@@ -1,0 +1,169 @@
+"""Dynamic dispatch of robot observations to idle inference replicas (pure logic, no Ray).
+
+Each policy pool has a FIFO of pending observations and a set of replicas that are idle or busy. An
+observation that finds an idle replica is dispatched at once; a replica that finishes takes everything
+pending for its pool, up to ``max_batch``. A replica that dies has its in-flight batch put back at the
+head of the queue. The clock is injected so the logic is tested with a fake one.
+
+The gateway calls ``submit`` / ``complete`` / ``remove_replica`` and acts on the ``Dispatch`` objects
+they return; nothing here blocks or does I/O, so the scheduler adds microseconds to the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Pending:
+    """One observation waiting for (or being served by) a replica."""
+
+    key: Hashable
+    payload: Any
+    arrived: float
+    dispatched: float | None = None
+    attempts: int = 0
+
+    @property
+    def queue_wait(self) -> float:
+        assert self.dispatched is not None
+        return self.dispatched - self.arrived
+
+
+@dataclass
+class Dispatch:
+    """A batch for one replica; the caller runs it and later calls ``complete(replica)``."""
+
+    pool: str
+    replica: Hashable
+    items: list[Pending]
+    dispatched: float
+
+
+@dataclass
+class Completion:
+    """What a finished batch was: its items and the replica's service time (dispatch → complete)."""
+
+    dispatch: Dispatch
+    service_time: float
+
+
+@dataclass
+class _Pool:
+    max_batch: int
+    queue: deque[Pending] = field(default_factory=deque)
+    # Insertion order is idle order: the longest-idle replica is served first.
+    idle: dict[Hashable, None] = field(default_factory=dict)
+    busy: dict[Hashable, Dispatch] = field(default_factory=dict)
+
+
+class UnknownReplica(KeyError):
+    pass
+
+
+class Scheduler:
+    """Per-pool FIFO queues and idle/busy replica sets; every call returns the dispatches it made."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._pools: dict[str, _Pool] = {}
+        self._replica_pool: dict[Hashable, str] = {}
+
+    # -- configuration -------------------------------------------------------------------------------
+    def add_pool(self, pool: str, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if pool in self._pools:
+            raise ValueError(f"pool {pool!r} already exists")
+        self._pools[pool] = _Pool(max_batch=max_batch)
+
+    def add_replica(self, pool: str, replica: Hashable) -> list[Dispatch]:
+        """A new (or recovered) replica joins idle and immediately takes pending work."""
+        if replica in self._replica_pool:
+            raise ValueError(f"replica {replica!r} already registered")
+        p = self._pool(pool)
+        self._replica_pool[replica] = pool
+        p.idle[replica] = None
+        return self._drain(pool, p)
+
+    def remove_replica(self, replica: Hashable) -> list[Dispatch]:
+        """A replica died or left: its in-flight batch goes back to the head of the queue, in order."""
+        pool = self._replica_pool.pop(replica, None)
+        if pool is None:
+            raise UnknownReplica(replica)
+        p = self._pools[pool]
+        p.idle.pop(replica, None)
+        lost = p.busy.pop(replica, None)
+        if lost is not None:
+            for item in reversed(lost.items):
+                item.dispatched = None
+                p.queue.appendleft(item)
+        return self._drain(pool, p)
+
+    # -- hot path ------------------------------------------------------------------------------------
+    def submit(self, pool: str, key: Hashable, payload: Any) -> list[Dispatch]:
+        p = self._pool(pool)
+        p.queue.append(Pending(key=key, payload=payload, arrived=self._clock()))
+        return self._drain(pool, p)
+
+    def complete(self, replica: Hashable) -> tuple[Completion, list[Dispatch]]:
+        """The replica finished its batch: it becomes idle and takes what is pending."""
+        pool = self._replica_pool.get(replica)
+        if pool is None:
+            raise UnknownReplica(replica)
+        p = self._pools[pool]
+        dispatch = p.busy.pop(replica, None)
+        if dispatch is None:
+            raise ValueError(f"replica {replica!r} completed but had no batch")
+        done = Completion(dispatch=dispatch, service_time=self._clock() - dispatch.dispatched)
+        p.idle[replica] = None
+        return done, self._drain(pool, p)
+
+    # -- introspection -------------------------------------------------------------------------------
+    def queue_depth(self, pool: str) -> int:
+        return len(self._pool(pool).queue)
+
+    def idle_replicas(self, pool: str) -> list[Hashable]:
+        return list(self._pool(pool).idle)
+
+    def busy_replicas(self, pool: str) -> list[Hashable]:
+        return list(self._pool(pool).busy)
+
+    def pools(self) -> list[str]:
+        return list(self._pools)
+
+    def drop(self, pool: str, predicate: Callable[[Pending], bool]) -> list[Pending]:
+        """Remove pending (not in-flight) items matching ``predicate``, e.g. those of a robot that left."""
+        p = self._pool(pool)
+        kept, dropped = deque(), []
+        for item in p.queue:
+            (dropped if predicate(item) else kept).append(item)
+        p.queue = kept
+        return dropped
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _pool(self, pool: str) -> _Pool:
+        try:
+            return self._pools[pool]
+        except KeyError:
+            raise KeyError(f"unknown pool {pool!r}; known: {sorted(self._pools)}") from None
+
+    def _drain(self, pool: str, p: _Pool) -> list[Dispatch]:
+        out: list[Dispatch] = []
+        while p.queue and p.idle:
+            replica = next(iter(p.idle))
+            del p.idle[replica]
+            now = self._clock()
+            n = min(p.max_batch, len(p.queue))
+            items = [p.queue.popleft() for _ in range(n)]
+            for item in items:
+                item.dispatched = now
+                item.attempts += 1
+            d = Dispatch(pool=pool, replica=replica, items=items, dispatched=now)
+            p.busy[replica] = d
+            out.append(d)
+        return out

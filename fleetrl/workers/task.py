@@ -1,0 +1,93 @@
+"""A task: what its robots observe and do, how long an action chunk is, and the pool that serves it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fleetrl.models.policies import PolicyConfig
+from fleetrl.robots.protocol import ArraySpec, specs_from_dict
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ArraySpecConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    shape: tuple[int, ...] = Field(description="Array shape, e.g. [10].")
+    dtype: Literal[
+        "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool"
+    ] = Field("float32", description="Array dtype.")
+    low: float | None = Field(None, description="Lower bound (actions are clipped to it on the robot).")
+    high: float | None = Field(None, description="Upper bound (actions are clipped to it on the robot).")
+
+    def to_spec(self) -> ArraySpec:
+        return ArraySpec(tuple(self.shape), self.dtype, self.low, self.high)
+
+
+class InferencePoolConfig(BaseModel):
+    """The replicas that serve one task's policy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    replicas: int = Field(2, ge=1, le=256, description="Number of inference replicas (Ray actors).")
+    max_batch: int = Field(32, ge=1, le=4096, description="Most observations one forward pass takes.")
+    backend: Literal["torch"] = Field("torch", description="Inference backend.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for each replica.")
+    num_gpus: float = Field(0, ge=0, description="GPUs Ray reserves for each replica.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
+    max_restarts: int = Field(3, ge=-1, description="Ray restarts of a dead replica (-1: unlimited).")
+
+
+class TaskConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=NAME_RE, description="Task name; robots register for a task.")
+    description: str = Field("", description="Free text shown in the REST API.")
+    observation: dict[str, ArraySpecConfig] = Field(description="Observation entries by name.")
+    action: ArraySpecConfig = Field(description="Action of one control step.")
+    chunk_len: int = Field(4, ge=1, le=256, description="Actions per chunk returned for one observation.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy network.")
+    inference: InferencePoolConfig = Field(default_factory=InferencePoolConfig, description="Inference pool.")
+
+    @field_validator("observation")
+    @classmethod
+    def _non_empty(cls, v: dict[str, ArraySpecConfig]) -> dict[str, ArraySpecConfig]:
+        if not v:
+            raise ValueError("a task needs at least one observation entry")
+        for key in v:
+            if not re.match(NAME_RE, key):
+                raise ValueError(f"observation name {key!r} must match {NAME_RE}")
+        return v
+
+    @property
+    def observation_spec(self) -> dict[str, ArraySpec]:
+        return {k: v.to_spec() for k, v in self.observation.items()}
+
+    @property
+    def action_spec(self) -> ArraySpec:
+        return self.action.to_spec()
+
+    def public(self) -> dict[str, Any]:
+        """What robots and the REST API see of a task."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "observation_spec": {k: v.to_dict() for k, v in self.observation_spec.items()},
+            "action_spec": self.action_spec.to_dict(),
+            "chunk_len": self.chunk_len,
+            "policy_family": self.policy.family,
+        }
+
+
+def spec_mismatch(task: TaskConfig, observation_spec: dict[str, Any], action_spec: dict[str, Any]) -> str | None:
+    """Why a robot's declared specs do not fit a task, or None if they do."""
+    try:
+        obs = specs_from_dict(observation_spec)
+        act = ArraySpec.from_dict(action_spec)
+    except (ValueError, TypeError) as exc:
+        return f"invalid spec: {exc}"
+    if obs != task.observation_spec:
+        return f"observation spec {observation_spec} does not match task {task.name!r}: {task.public()['observation_spec']}"
+    if act.shape != task.action_spec.shape or act.dtype != task.action_spec.dtype:
+        return f"action spec {action_spec} does not match task {task.name!r}: {task.public()['action_spec']}"
+    return None
