@@ -65,13 +65,18 @@ class ConfigError(ValueError):
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """Walk ``loc`` through nested models to the model that owns the last key; list its fields."""
     current: Any = model
+    keys_to_skip = 0  # a dict[str, X] field puts its key in ``loc`` before X's own keys
     for part in loc[:-1]:
         if isinstance(part, int):
+            continue
+        if keys_to_skip:
+            keys_to_skip -= 1
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
             return None
         ann = current.model_fields[part].annotation
         while get_origin(ann) is not None:  # tuple[X, ...], dict[str, X], X | None
+            keys_to_skip += get_origin(ann) is dict
             args = [a for a in get_args(ann) if a is not Ellipsis and a is not type(None)]
             ann = args[-1] if args else None
         current = ann

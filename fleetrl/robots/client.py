@@ -139,6 +139,21 @@ def register(
     return r.json()
 
 
+def deregister(api_url: str, admin_token: str, robot_ids: Sequence[str], timeout: float = 5.0) -> None:
+    """Best-effort removal of robots (e.g. simulated ones at shutdown); errors are logged, not raised."""
+    import httpx
+
+    for robot_id in robot_ids:
+        try:
+            httpx.delete(
+                f"{api_url.rstrip('/')}/v1/robots/{robot_id}",
+                headers={"Authorization": f"Bearer {admin_token}"},
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("could not deregister %s: %s", robot_id, exc)
+
+
 class RobotClient:
     """One robot's connection and control loop state; driven by ``FleetRunner`` (or ``run_robot``)."""
 
@@ -183,6 +198,8 @@ class RobotClient:
         self.episodes: deque[EpisodeLog] = deque(maxlen=self.cfg.keep_episodes)
         self.counters = {
             "steps": 0,
+            "requests": 0,
+            "replies": 0,
             "episodes": 0,
             "successes": 0,
             "holds": 0,
@@ -194,7 +211,8 @@ class RobotClient:
             "errors": 0,
             "resent_episode_ends": 0,
         }
-        self.latencies_ms: deque[float] = deque(maxlen=10_000)
+        # (robot-measured round trip in ms, the gateway's timings) for each answered request
+        self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=100_000)
         self.last_error: P.Error | None = None
 
     # -- public --------------------------------------------------------------------------------------
@@ -317,6 +335,7 @@ class RobotClient:
         if remaining > lookahead:
             return
         self._request = _Request(step=self._step, t_sent=now, obs_time=now)
+        self.counters["requests"] += 1
         obs = P.Obs(
             robot_id=self.robot_id,
             episode_id=self._episode.episode_id,
@@ -384,7 +403,8 @@ class RobotClient:
         rtt = now - req.t_sent
         self._latency = 0.8 * self._latency + 0.2 * rtt
         self._last_latency_ms = rtt * 1e3
-        self.latencies_ms.append(rtt * 1e3)
+        self.replies.append((rtt * 1e3, msg.timings))
+        self.counters["replies"] += 1
         self._request = None
         actions = np.asarray(msg.actions)
         if actions.ndim != 1 + len(self.robot.action_spec.shape) or actions.shape[1:] != self.robot.action_spec.shape:

@@ -119,7 +119,8 @@ def _ext_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.name not in ALLOWED_DTYPES:
             raise TypeError(f"array dtype {obj.dtype.name} cannot go on the wire")
-        arr = np.ascontiguousarray(obj)
+        # Little-endian, C order, on the wire. Not np.ascontiguousarray: it turns a 0-d array into 1-d.
+        arr = obj.astype(obj.dtype.newbyteorder("<"), order="C", copy=False)
         header = msgpack.packb([arr.dtype.name, list(arr.shape)])
         return msgpack.ExtType(ARRAY_EXT, header + arr.tobytes())
     if isinstance(obj, np.generic):
@@ -150,7 +151,7 @@ def _make_ext_hook(limits: Limits):
         if len(data) - offset != expected:
             raise ProtocolError("bad_frame", f"array payload has {len(data) - offset} bytes, shape needs {expected}")
         # Zero-copy: the array is a read-only view on the frame's bytes.
-        return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+        return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), offset=offset).reshape(shape)
 
     return ext_hook
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, StepResult, register
+from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, StepResult, deregister, register
 from fleetrl.robots.protocol import ArraySpec
 
 log = logging.getLogger(__name__)
@@ -150,4 +150,5 @@ def run_sim_fleet(
         runner.close()
         for c in clients:
             c.robot.close()
+        deregister(api_url, admin_token, [c.robot_id for c in clients])
     return clients

@@ -88,6 +88,10 @@ class RobotState:
         }
 
 
+def stack_observations(messages: list[P.Obs], keys: list[str]) -> dict[str, np.ndarray]:
+    return {k: np.stack([m.observation[k] for m in messages]) for k in keys}
+
+
 class Gateway:
     """Ray actor: ``ready()``, ``stats()``, ``revoke(robot_id)``, ``stop()``; the work happens on its loop."""
 
@@ -288,7 +292,11 @@ class Gateway:
             state.latency_ms.append(msg.last_latency_ms)
             self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)
         self.metrics.inc("observations_total", (task.name,))
-        self._start(self.scheduler.submit(task.name, state.robot_id, (ident, msg)))
+        self._submit(task, state.robot_id, ident, msg)
+
+    def _submit(self, task: TaskConfig, robot_id: str, ident: bytes, msg: P.Obs) -> None:
+        """Route one accepted observation to a replica (a subclass may route differently, e.g. for a baseline)."""
+        self._start(self.scheduler.submit(task.name, robot_id, (ident, msg, time.time())))
 
     def _on_episode_end(self, ident: bytes, state: RobotState, msg: P.EpisodeEnd) -> None:
         if msg.outcome not in P.OUTCOMES or msg.labelled_by not in P.LABELLERS:
@@ -321,7 +329,7 @@ class Gateway:
     async def _run_batch(self, d: Dispatch) -> None:
         task = self.tasks[d.pool]
         keys = list(task.observation)
-        batch = {k: np.stack([item.payload[1].observation[k] for item in d.items]) for k in keys}
+        batch = stack_observations([item.payload[1] for item in d.items], keys)
         try:
             result = await self.replicas[d.replica].infer.remote(batch)
         except REPLICA_GONE as exc:
@@ -335,32 +343,42 @@ class Gateway:
             _, more = self.scheduler.complete(d.replica)
             self._start(more)
             for item in d.items:
-                ident, msg = item.payload
+                ident, msg, _ = item.payload
                 self._refuse(ident, "inference_failed", f"{type(exc).__name__}", msg.robot_id, msg.step)
             return
         done, more = self.scheduler.complete(d.replica)
         self._start(more)
         pool = (d.pool,)
         self.metrics.observe("service_seconds", pool, done.service_time)
-        self.metrics.observe("inference_seconds", pool, result["compute_s"])
-        self.metrics.observe("batch_size", pool, len(d.items))
-        compute_ms, service_ms = result["compute_s"] * 1e3, done.service_time * 1e3
+        self._observe_result(d.pool, result, len(d.items))
         for i, item in enumerate(d.items):
-            ident, msg = item.payload
+            ident, msg, arrived = item.payload
             self.metrics.observe("queue_wait_seconds", pool, item.queue_wait)
-            self._send(
-                ident,
-                P.Action(
-                    robot_id=msg.robot_id,
-                    episode_id=msg.episode_id,
-                    step=msg.step,
-                    actions=result["actions"][i],
-                    log_prob=float(result["log_probs"][i]),
-                    policy_version=int(result["version"]),
-                    replica=result["replica"],
-                    timings={"queue_ms": item.queue_wait * 1e3, "service_ms": service_ms, "compute_ms": compute_ms},
-                ),
-            )
+            self._reply(ident, msg, result, i, arrived, {"queue_ms": item.queue_wait * 1e3})
+
+    def _observe_result(self, pool: str, result: dict[str, Any], batch: int) -> None:
+        self.metrics.observe("inference_seconds", (pool,), result["compute_s"])
+        self.metrics.observe("batch_size", (pool,), batch)
+
+    def _reply(
+        self, ident: bytes, msg: P.Obs, result: dict[str, Any], i: int, arrived: float, timings: dict[str, float]
+    ) -> None:
+        """Send row ``i`` of a replica result to the robot; ``to_replica_ms`` is arrival → forward pass start."""
+        timings["compute_ms"] = result["compute_s"] * 1e3
+        timings["to_replica_ms"] = (result["t_start"] - arrived) * 1e3
+        self._send(
+            ident,
+            P.Action(
+                robot_id=msg.robot_id,
+                episode_id=msg.episode_id,
+                step=msg.step,
+                actions=result["actions"][i],
+                log_prob=float(result["log_probs"][i]),
+                policy_version=int(result["version"]),
+                replica=result["replica"],
+                timings=timings,
+            ),
+        )
 
     async def _recover(self, replica: str, attempts: int = 60) -> None:
         """Wait for Ray to restart a dead replica, then give it back to the scheduler."""

@@ -1,0 +1,238 @@
+"""The ``fleetrl`` command.
+
+  fleetrl run configs/local.yaml        local Ray + platform + REST + the config's simulated robots, live view
+  fleetrl serve configs/local.yaml      the platform only (attach robots yourself), until Ctrl-C
+  fleetrl robot --sim Reacher-v5 --n 8 --task reach --api http://127.0.0.1:8000
+  fleetrl config check configs/local.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("fleetrl")
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum, frame):  # noqa: ARG001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _load(path: str):
+    from fleetrl.platform.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(f"{args.config}: ok — {len(cfg.tasks)} task(s): {', '.join(t.name for t in cfg.tasks)}")
+    return 0
+
+
+def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
+    """Start each sim fleet as its own process; the robots register over REST like real ones."""
+    procs = []
+    env = {**os.environ, cfg.rest.admin_token_env: platform.admin_token, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for i, sim in enumerate(cfg.sim_robots):
+        if sim.count == 0:
+            continue
+        cmd = [sys.executable, "-m", "fleetrl.cli", "robot", "--sim", sim.env, "--n", str(sim.count)]
+        cmd += ["--task", sim.task, "--api", platform.rest_url, "--seed", str(sim.seed), "--name", f"{sim.task}-{i}"]
+        cmd += ["--token-env", cfg.rest.admin_token_env]
+        if sim.control_hz:
+            cmd += ["--hz", str(sim.control_hz)]
+        out = open(log_dir / f"robots-{i}-{sim.task}.log", "w")  # noqa: SIM115 - lives as long as the process
+        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _live_view(platform, stop: threading.Event, duration: float | None, interactive: bool, procs) -> None:
+    import ray
+    from rich.console import Console
+    from rich.live import Live
+
+    from fleetrl.platform.live_view import render, summary_line
+
+    start = time.monotonic()
+    console = Console()
+
+    def frame():
+        gw, snap = ray.get([platform.gateway.stats.remote(), platform.metrics.snapshot.remote()], timeout=10)
+        return gw, snap, time.monotonic() - start
+
+    def done() -> bool:
+        if duration is not None and time.monotonic() - start >= duration:
+            return True
+        for p in procs:
+            if p.poll() not in (None, 0):
+                console.print(f"[red]robot process exited with code {p.returncode}; see its log[/red]")
+                return True
+        return stop.is_set()
+
+    if interactive:
+        with Live(render(*frame()), console=console, refresh_per_second=2) as live:
+            while not done():
+                stop.wait(1.0)
+                live.update(render(*frame()))
+    else:
+        last = 0.0
+        while not done():
+            stop.wait(1.0)
+            if time.monotonic() - last >= 5.0:
+                last = time.monotonic()
+                print(summary_line(*frame()), flush=True)
+    print(summary_line(*frame()), flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetrl.platform.platform import Platform
+
+    cfg = _load(args.config)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    print(f"starting fleetrl '{cfg.name}' from {args.config} …", flush=True)
+    platform = Platform(cfg)
+    procs: list[subprocess.Popen] = []
+    try:
+        platform.start()
+        print(f"REST {platform.rest_url} (docs {platform.rest_url}/docs) · robots connect to {platform.endpoint}")
+        print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
+        if not args.no_robots:
+            procs = _start_sim_robots(cfg, platform, cfg.state_path / "logs")
+            print(f"started {sum(s.count for s in cfg.sim_robots)} simulated robots (logs in {cfg.state_path / 'logs'})")
+        interactive = sys.stdout.isatty() and not args.plain
+        _live_view(platform, stop, args.duration, interactive, procs)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("shutting down …", flush=True)
+        _stop_processes(procs)
+        platform.stop()
+    print("stopped.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fleetrl.platform.platform import Platform
+
+    cfg = _load(args.config)
+    if args.address:
+        cfg = cfg.model_copy(update={"ray_address": args.address})
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    platform = Platform(cfg)
+    try:
+        platform.start()
+        print(f"REST {platform.rest_url} · robots connect to {platform.endpoint}", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        platform.stop()
+    return 0
+
+
+def cmd_robot(args: argparse.Namespace) -> int:
+    from fleetrl.robots.sim import run_sim_fleet
+
+    token = args.token or os.environ.get(args.token_env)
+    if not token:
+        print(f"error: no admin token: pass --token or set {args.token_env}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    clients = run_sim_fleet(
+        args.sim,
+        args.n,
+        args.api,
+        token,
+        args.task,
+        name_prefix=args.name or args.task,
+        seed=args.seed,
+        control_hz=args.hz,
+        duration=args.duration,
+        stop=stop,
+    )
+    total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
+    print(f"{len(clients)} robots stopped: {total}", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetrl", description="Asynchronous real-world RL across a robot fleet.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start a local platform with its simulated robots and a live view")
+    run.add_argument("config", help="platform YAML, e.g. configs/local.yaml")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--no-robots", action="store_true", help="do not start the config's simulated robots")
+    run.add_argument("--plain", action="store_true", help="print summary lines instead of the live table")
+    run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="start the platform only (e.g. on a Ray cluster head)")
+    serve.add_argument("config")
+    serve.add_argument("--address", default=None, help="Ray address to attach to, e.g. 'auto'")
+    serve.set_defaults(func=cmd_serve)
+
+    robot = sub.add_parser("robot", help="run simulated robots against a running platform")
+    robot.add_argument("--sim", required=True, help="gymnasium env id, e.g. Reacher-v5")
+    robot.add_argument("--n", type=int, default=1, help="number of robots (one process)")
+    robot.add_argument("--task", required=True, help="task to register for")
+    robot.add_argument("--api", required=True, help="REST base URL, e.g. http://127.0.0.1:8000")
+    robot.add_argument("--token", default=None, help="admin token (default: from --token-env)")
+    robot.add_argument("--token-env", default="FLEETRL_ADMIN_TOKEN", help="env var holding the admin token")
+    robot.add_argument("--hz", type=float, default=None, help="control rate (default: the preset's)")
+    robot.add_argument("--seed", type=int, default=0)
+    robot.add_argument("--name", default=None, help="robot name prefix")
+    robot.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    robot.set_defaults(func=cmd_robot)
+
+    config = sub.add_parser("config", help="configuration tools")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a platform YAML")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The terminal view of ``fleetrl run``: per task and per robot, steps, episodes, success, latencies."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+MAX_ROBOT_ROWS = 24
+
+
+def _ms(p: dict[str, float] | None, key: str, scale: float = 1.0) -> str:
+    return "-" if not p or p.get(key) is None else f"{p[key] * scale:.1f}"
+
+
+def _rate(successes: int, episodes: int) -> str:
+    return "-" if episodes == 0 else f"{100.0 * successes / episodes:.0f}%"
+
+
+def task_rows(gateway_stats: dict[str, Any], snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """Aggregate the gateway's robot table per task and attach latency percentiles from the log server."""
+    agg: dict[str, dict[str, Any]] = defaultdict(lambda: {"online": 0, "robots": 0, "steps": 0, "episodes": 0, "successes": 0})
+    for r in gateway_stats.get("robots", []):
+        a = agg[r["task"]]
+        a["robots"] += 1
+        a["online"] += int(r["online"])
+        a["steps"] += r["steps"]
+        a["episodes"] += r["episodes"]
+        a["successes"] += r["successes"]
+    for task in gateway_stats.get("pools", {}):
+        agg[task]  # tasks without robots still get a row  # noqa: B018
+    latency = snapshot.get("latency", {})
+    rows = []
+    for task, a in sorted(agg.items()):
+        rows.append(
+            {
+                "task": task,
+                **a,
+                "e2e": latency.get(f"e2e_latency_seconds{{{task}}}"),
+                "queue": latency.get(f"queue_wait_seconds{{{task}}}"),
+                "queue_depth": gateway_stats.get("pools", {}).get(task, {}).get("queue_depth", 0),
+            }
+        )
+    return rows
+
+
+def render(gateway_stats: dict[str, Any], snapshot: dict[str, Any], elapsed_s: float) -> Group:
+    tasks = Table(title=f"fleetrl — tasks ({elapsed_s:.0f} s)", expand=False)
+    for col in ("task", "robots online", "steps", "episodes", "success", "obs→action p50/p99 ms", "queue wait p50/p99 ms", "queued"):
+        tasks.add_column(col, justify="left" if col == "task" else "right")
+    for r in task_rows(gateway_stats, snapshot):
+        tasks.add_row(
+            r["task"],
+            f"{r['online']}/{r['robots']}",
+            str(r["steps"]),
+            str(r["episodes"]),
+            _rate(r["successes"], r["episodes"]),
+            f"{_ms(r['e2e'], 'p50', 1e3)} / {_ms(r['e2e'], 'p99', 1e3)}",
+            f"{_ms(r['queue'], 'p50', 1e3)} / {_ms(r['queue'], 'p99', 1e3)}",
+            str(r["queue_depth"]),
+        )
+    robots = Table(title="robots", expand=False)
+    for col in ("robot", "task", "state", "steps", "episodes", "success", "latency p50/p99 ms"):
+        robots.add_column(col, justify="left" if col in ("robot", "task", "state") else "right")
+    rows = gateway_stats.get("robots", [])
+    for r in rows[:MAX_ROBOT_ROWS]:
+        robots.add_row(
+            r["robot_id"],
+            r["task"],
+            "online" if r["online"] else "offline",
+            str(r["steps"]),
+            str(r["episodes"]),
+            _rate(r["successes"], r["episodes"]),
+            f"{_ms(r['latency_ms'], 'p50')} / {_ms(r['latency_ms'], 'p99')}",
+        )
+    if len(rows) > MAX_ROBOT_ROWS:
+        robots.caption = f"… and {len(rows) - MAX_ROBOT_ROWS} more robots"
+    refused = gateway_stats.get("refused") or {}
+    footer = Table.grid()
+    footer.add_row(f"frames refused: {dict(refused) if refused else 0}    Ctrl-C to stop")
+    return Group(tasks, robots, footer)
+
+
+def summary_line(gateway_stats: dict[str, Any], snapshot: dict[str, Any], elapsed_s: float) -> str:
+    """One line per refresh for non-interactive output (logs, CI)."""
+    parts = []
+    for r in task_rows(gateway_stats, snapshot):
+        parts.append(
+            f"{r['task']}: {r['online']}/{r['robots']} online, {r['steps']} steps, {r['episodes']} episodes, "
+            f"success {_rate(r['successes'], r['episodes'])}, obs→action p50 {_ms(r['e2e'], 'p50', 1e3)} ms "
+            f"p99 {_ms(r['e2e'], 'p99', 1e3)} ms"
+        )
+    return f"[{elapsed_s:5.0f}s] " + " | ".join(parts)

@@ -1,0 +1,42 @@
+"""Small networking helpers for tests and benchmarks: free ports and a raw robot-side socket."""
+
+from __future__ import annotations
+
+import socket
+
+import zmq
+
+from fleetrl.robots import protocol as P
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RawRobotSocket:
+    """A bare DEALER that sends whatever bytes a test wants and reads decoded replies (no SDK logic)."""
+
+    def __init__(self, endpoint: str):
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send_raw(self, *frames: bytes) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def send(self, msg: P.Message) -> None:
+        self.sock.send(P.encode(msg))
+
+    def recv(self, timeout_s: float = 5.0) -> P.Message:
+        if not self.sock.poll(int(timeout_s * 1000)):
+            raise TimeoutError("no reply from the gateway")
+        return P.decode(self.sock.recv())
+
+    def request(self, msg: P.Message, timeout_s: float = 5.0) -> P.Message:
+        self.send(msg)
+        return self.recv(timeout_s)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

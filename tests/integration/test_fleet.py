@@ -1,0 +1,179 @@
+"""Robots acting through the real platform: REST registration, ZeroMQ, scheduler, Ray inference replicas."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+
+from fleetrl.robots import protocol as P
+from fleetrl.robots.client import ClientConfig
+from fleetrl.testing.net import RawRobotSocket
+from tests.conftest import ADMIN_TOKEN
+from tests.integration.helpers import RunningFleet
+
+
+def _gateway_row(platform, robot_id):
+    rows = ray.get(platform.gateway.stats.remote())["robots"]
+    return next((r for r in rows if r["robot_id"] == robot_id), None)
+
+
+def test_robots_get_action_chunks_asynchronously(platform):
+    with RunningFleet(platform, n=3, hz=50.0) as fleet:
+        fleet.wait_for(lambda: fleet.total("episodes") >= 3, timeout=30, what="an episode per robot")
+    for c in fleet.clients:
+        assert c.counters["replies"] > 5 and c.counters["errors"] == 0
+        ep = c.episodes[0]
+        executed = [s for s in ep.steps if not s.held]
+        assert len(executed) >= 40  # Reacher episodes run 50 steps
+        # Every executed action came from a replica of version 0, conditioned on an earlier observation.
+        assert all(s.policy_version == 0 and s.replica.startswith("reach/") for s in executed)
+        assert all(s.obs_step <= s.step and s.obs_time <= s.action_start for s in executed)
+        # Asynchronous execution: chunks are requested before the current one ends, so the robot rarely holds.
+        assert sum(s.held for s in ep.steps) <= 5
+        # A chunk of 4 was asked for ahead of time: consecutive chunks start where the previous one ended.
+        starts = sorted({s.obs_step for s in executed})
+        assert len(starts) >= 10
+    replicas = {s.replica for c in fleet.clients for ep in c.episodes for s in ep.steps if not s.held}
+    assert replicas == {"reach/0", "reach/1"}  # both replicas of the pool served observations
+    row = _gateway_row(platform, fleet.clients[0].robot_id)
+    assert row["episodes"] >= 1 and row["steps"] >= 40
+
+
+def test_bad_frames_get_errors_and_others_keep_being_served(platform):
+    raw = RawRobotSocket(platform.endpoint)
+    with RunningFleet(platform, n=1, hz=50.0, seed=10) as fleet:
+        fleet.wait_for(lambda: fleet.total("replies") >= 5, what="first replies")
+        before = fleet.total("replies")
+        raw.send_raw(b"\xc1garbage")
+        assert raw.recv().code == "bad_frame"
+        raw.send_raw(b"a", b"b")
+        assert raw.recv().code == "bad_frame"
+        raw.send_raw(b"\x00" * 1000)  # valid msgpack int followed by trailing bytes
+        assert raw.recv().code == "bad_frame"
+        raw.send_raw(P.pack({"v": 1, "kind": "obs", "robot_id": "x", "blob": b"\x00" * (5 * 1024 * 1024)}))
+        assert raw.recv().code == "frame_too_large"
+        raw.send_raw(P.pack({"v": 99, "kind": "ping", "robot_id": "x"}))
+        assert raw.recv().code == "version_mismatch"
+        raw.send_raw(P.pack({"v": 1, "kind": "launch_missiles", "robot_id": "x"}))
+        assert raw.recv().code == "bad_message"
+        assert raw.request(P.Ping(robot_id="rbt_unknown")).code == "unknown_session"
+        assert raw.request(P.Hello(robot_id="rbt_unknown", token="nope")).code == "unauthorized"
+        victim = fleet.clients[0]
+        assert raw.request(P.Hello(robot_id=victim.robot_id, token="wrong-token")).code == "unauthorized"
+        fleet.wait_for(lambda: fleet.total("replies") >= before + 20, what="service to continue")
+    raw.close()
+    assert all(c.counters["errors"] == 0 for c in fleet.clients)
+    refused = ray.get(platform.gateway.stats.remote())["refused"]
+    assert refused["bad_frame"] >= 3 and refused["unauthorized"] >= 2 and refused["frame_too_large"] >= 1
+
+
+def _authenticated_raw(platform, api_name: str):
+    import httpx
+
+    body = {
+        "name": api_name,
+        "task": "reach",
+        "observation_spec": {"state": {"shape": [10], "dtype": "float32"}},
+        "action_spec": {"shape": [2], "dtype": "float32"},
+    }
+    creds = httpx.post(
+        f"{platform.rest_url}/v1/robots", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ).json()
+    raw = RawRobotSocket(creds["endpoint"])
+    welcome = raw.request(P.Hello(robot_id=creds["robot_id"], token=creds["token"]))
+    assert isinstance(welcome, P.Welcome) and welcome.task == "reach" and welcome.chunk_len == 4
+    return raw, creds["robot_id"]
+
+
+def _obs(robot_id, step, episode="ep1", state=None):
+    state = np.zeros(10, np.float32) if state is None else state
+    return P.Obs(robot_id=robot_id, episode_id=episode, step=step, t_robot=time.monotonic(), observation={"state": state})
+
+
+def test_out_of_order_and_bad_observations_are_refused(platform):
+    raw, rid = _authenticated_raw(platform, "raw-1")
+    reply = raw.request(_obs(rid, 5))
+    assert isinstance(reply, P.Action) and reply.step == 5 and reply.actions.shape == (4, 2)
+    assert np.isfinite(reply.log_prob) and reply.timings["queue_ms"] >= 0
+    stale = raw.request(_obs(rid, 5))
+    assert stale.code == "out_of_order" and stale.step == 5
+    assert raw.request(_obs(rid, 6, state=np.zeros(11, np.float32))).code == "bad_observation"
+    assert raw.request(_obs(rid, 6, state=np.zeros(10, np.float64))).code == "bad_observation"
+    bad_keys = P.Obs(robot_id=rid, episode_id="ep1", step=7, observation={"image": np.zeros(10, np.float32)})
+    assert raw.request(bad_keys).code == "bad_observation"
+    end = raw.request(P.EpisodeEnd(robot_id=rid, episode_id="ep1", outcome="exploded"))
+    assert end.code == "bad_message"
+    ack = raw.request(P.EpisodeEnd(robot_id=rid, episode_id="ep1", outcome="success", steps=8))
+    assert isinstance(ack, P.Ack)
+    again = raw.request(P.EpisodeEnd(robot_id=rid, episode_id="ep1", outcome="success", steps=8))
+    assert isinstance(again, P.Ack)  # a re-sent end is acked again …
+    assert _gateway_row(platform, rid)["outcomes"] == {"success": 1}  # … and counted once
+    assert raw.request(_obs(rid, 9)).code == "out_of_order"  # the episode has ended
+    assert isinstance(raw.request(_obs(rid, 0, episode="ep2")), P.Action)
+    raw.close()
+
+
+def test_silent_robot_goes_offline_and_its_episode_is_aborted(platform):
+    raw, rid = _authenticated_raw(platform, "raw-silent")
+    assert isinstance(raw.request(_obs(rid, 0, episode="lease-ep")), P.Action)
+    assert _gateway_row(platform, rid)["online"] is True
+    deadline = time.monotonic() + 10
+    while _gateway_row(platform, rid)["online"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    row = _gateway_row(platform, rid)
+    assert row["online"] is False and row["outcomes"] == {"aborted": 1}
+    # The robot may come back at any time: a new hello binds a new session.
+    assert raw.request(P.Ping(robot_id=rid)).code == "unknown_session"
+    raw.close()
+
+
+def test_deleted_robot_is_cut_off(platform):
+    import httpx
+
+    with RunningFleet(platform, n=1, hz=50.0, seed=20) as fleet:
+        fleet.wait_for(lambda: fleet.total("replies") >= 3, what="first replies")
+        rid = fleet.clients[0].robot_id
+        r = httpx.delete(f"{platform.rest_url}/v1/robots/{rid}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 204
+        fleet.wait_for(
+            lambda: fleet.clients[0].last_error is not None and fleet.clients[0].last_error.code == "unauthorized",
+            what="the gateway to refuse the deleted robot",
+        )
+        assert not fleet.clients[0].connected
+
+
+def test_dead_replica_is_requeued_and_comes_back(platform):
+    with RunningFleet(platform, n=4, hz=50.0, seed=30) as fleet:
+        fleet.wait_for(lambda: fleet.total("replies") >= 20, what="first replies")
+        ray.kill(platform.replicas["reach"][0], no_restart=False)
+        t_kill = time.monotonic()
+        before = fleet.total("replies")
+        fleet.wait_for(lambda: fleet.total("replies") >= before + 100, timeout=30, what="service after the kill")
+
+        def pool_size():
+            pool = ray.get(platform.gateway.stats.remote())["pools"]["reach"]
+            return pool["idle"] + pool["busy"]
+
+        fleet.wait_for(lambda: pool_size() == 2, timeout=60, what="the replica to be restarted and rejoin")
+        t_back = time.monotonic()
+        assert t_back - t_kill < 60
+
+        def restarted_replica_serves():
+            eps = [ep for c in fleet.clients for ep in c.episodes]
+            return any(s.replica == "reach/0" and s.action_start > t_back for ep in eps for s in ep.steps)
+
+        fleet.wait_for(restarted_replica_serves, timeout=30, what="the restarted replica to serve again")
+    assert fleet.total("watchdog_trips") <= 4
+
+
+def test_restarted_gateway_is_reconnected_to(platform):
+    cfg = ClientConfig(link_timeout_s=1.0, deadline_s=0.3, hello_retry_s=0.3)
+    with RunningFleet(platform, n=2, hz=50.0, config=cfg, seed=40) as fleet:
+        fleet.wait_for(lambda: fleet.total("replies") >= 10, what="first replies")
+        ray.kill(platform.gateway, no_restart=False)  # Ray restarts it; it binds the same endpoint
+        fleet.wait_for(lambda: fleet.total("reconnects") >= 2, timeout=60, what="both robots to reconnect")
+        before = fleet.total("replies")
+        fleet.wait_for(lambda: fleet.total("replies") >= before + 20, what="actions after the restart")
+    assert ray.get(platform.gateway.ready.remote())["endpoint"] == platform.endpoint

@@ -1,0 +1,107 @@
+"""The REST API over real HTTP (Ray Serve), backed by the real registry, gateway and metrics actors."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_TOKEN
+
+REACH_BODY = {
+    "name": "arm-1",
+    "task": "reach",
+    "observation_spec": {"state": {"shape": [10], "dtype": "float32"}},
+    "action_spec": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+}
+
+
+@pytest.fixture(scope="module")
+def api(platform):
+    with httpx.Client(base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+        yield c
+
+
+def test_register_list_get_delete(api, platform):
+    r = api.post("/v1/robots", json=REACH_BODY)
+    assert r.status_code == 201, r.text
+    creds = r.json()
+    assert creds["robot_id"].startswith("rbt_") and len(creds["token"]) >= 32
+    assert creds["endpoint"] == platform.endpoint and creds["chunk_len"] == 4
+    listed = api.get("/v1/robots").json()
+    assert creds["robot_id"] in [x["robot_id"] for x in listed]
+    one = api.get(f"/v1/robots/{creds['robot_id']}").json()
+    assert one["name"] == "arm-1" and one["task"] == "reach" and one["online"] is False
+    assert "token" not in one
+    assert api.delete(f"/v1/robots/{creds['robot_id']}").status_code == 204
+    assert api.get(f"/v1/robots/{creds['robot_id']}").status_code == 404
+    assert api.delete(f"/v1/robots/{creds['robot_id']}").status_code == 404
+
+
+def test_tokens_are_stored_hashed(api, platform):
+    creds = api.post("/v1/robots", json={**REACH_BODY, "name": "arm-hash"}).json()
+    db = sqlite3.connect(str(platform.cfg.state_path / "registry.sqlite"))
+    dump = "\n".join(db.iterdump())
+    assert creds["robot_id"] in dump and creds["token"] not in dump
+
+
+def test_tasks_listed(api):
+    tasks = api.get("/v1/tasks").json()
+    reach = next(t for t in tasks if t["name"] == "reach")
+    assert reach["chunk_len"] == 4 and reach["action_spec"]["shape"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer wrong"}, 403), ({"Authorization": "Basic abc"}, 401)],
+)
+def test_admin_calls_need_the_token(platform, headers, status):
+    r = httpx.get(f"{platform.rest_url}/v1/robots", headers=headers)
+    assert r.status_code == status
+    assert r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({**REACH_BODY, "task": "nope"}, 404, "no task named 'nope'"),
+        ({**REACH_BODY, "observation_spec": {"state": {"shape": [11]}}}, 422, "does not match task"),
+        ({**REACH_BODY, "action_spec": {"shape": [3]}}, 422, "does not match task"),
+        ({**REACH_BODY, "observation_spec": {"state": {"shape": [10], "dtype": "object"}}}, 422, "dtype"),
+        ({**REACH_BODY, "name": "bad name!"}, 422, "name"),
+        ({**REACH_BODY, "colour": "red"}, 422, "colour"),
+        ({"task": "reach"}, 422, "name"),
+    ],
+)
+def test_bad_registrations_get_4xx_with_a_reason(api, body, status, needle):
+    r = api.post("/v1/robots", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_malformed_json_is_422(api):
+    r = api.post("/v1/robots", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_health_metrics_openapi(platform):
+    h = httpx.get(f"{platform.rest_url}/healthz")
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    m = httpx.get(f"{platform.rest_url}/metrics")
+    assert m.status_code == 200 and "fleetrl_queue_wait_seconds" in m.text and "fleetrl_frames_refused" in m.text
+    spec = httpx.get(f"{platform.rest_url}/openapi.json").json()
+    assert {"/v1/robots", "/v1/robots/{robot_id}", "/v1/tasks", "/healthz", "/metrics"} <= set(spec["paths"])
+
+
+def test_registry_survives_restart(tmp_path):
+    from fleetrl.platform.registry import Registry
+
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.upsert_task("t", {"chunk_len": 1})
+    rec = reg.register_robot("a", "t", {"state": {"shape": [1]}}, {"shape": [1]})
+    reg.stop()
+    again = Registry(tmp_path / "r.sqlite")
+    assert again.get_robot(rec["robot_id"])["name"] == "a"
+    assert again.verify(rec["robot_id"], rec["token"]) is not None
+    assert again.verify(rec["robot_id"], rec["token"] + "x") is None
