@@ -1,9 +1,9 @@
 """The ``fleetrl`` command.
 
-  fleetrl run configs/local.yaml        local Ray + platform + REST + the config's simulated robots, live view
-  fleetrl serve configs/local.yaml      the platform only (attach robots yourself), until Ctrl-C
-  fleetrl robot --sim Reacher-v5 --n 8 --task reach --api http://127.0.0.1:8000
-  fleetrl config check configs/local.yaml
+fleetrl run configs/local.yaml        local Ray + platform + REST + the config's simulated robots, live view
+fleetrl serve configs/local.yaml      the platform only (attach robots yourself), until Ctrl-C
+fleetrl robot --sim Reacher-v5 --n 8 --task reach --api http://127.0.0.1:8000
+fleetrl config check configs/local.yaml
 """
 
 from __future__ import annotations
@@ -50,13 +50,26 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
     """Start each sim fleet as its own process; the robots register over REST like real ones."""
     procs = []
-    env = {**os.environ, cfg.rest.admin_token_env: platform.admin_token, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env = {
+        **os.environ,
+        cfg.rest.admin_token_env: platform.admin_token,
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+    }
     log_dir.mkdir(parents=True, exist_ok=True)
     for i, sim in enumerate(cfg.sim_robots):
         if sim.count == 0:
             continue
         cmd = [sys.executable, "-m", "fleetrl.cli", "robot", "--sim", sim.env, "--n", str(sim.count)]
-        cmd += ["--task", sim.task, "--api", platform.rest_url, "--seed", str(sim.seed), "--name", f"{sim.task}-{i}"]
+        cmd += [
+            "--task",
+            sim.task,
+            "--api",
+            platform.rest_url,
+            "--seed",
+            str(sim.seed),
+            "--name",
+            f"{sim.task}-{i}",
+        ]
         cmd += ["--token-env", cfg.rest.admin_token_env]
         if sim.control_hz:
             cmd += ["--hz", str(sim.control_hz)]
@@ -126,11 +139,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen] = []
     try:
         platform.start()
-        print(f"REST {platform.rest_url} (docs {platform.rest_url}/docs) · robots connect to {platform.endpoint}")
+        print(
+            f"REST {platform.rest_url} (docs {platform.rest_url}/docs) · robots connect to {platform.endpoint}"
+        )
         print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
         if not args.no_robots:
             procs = _start_sim_robots(cfg, platform, cfg.state_path / "logs")
-            print(f"started {sum(s.count for s in cfg.sim_robots)} simulated robots (logs in {cfg.state_path / 'logs'})")
+            print(
+                f"started {sum(s.count for s in cfg.sim_robots)} simulated robots (logs in {cfg.state_path / 'logs'})"
+            )
         interactive = sys.stdout.isatty() and not args.plain
         _live_view(platform, stop, args.duration, interactive, procs)
     except KeyboardInterrupt:
@@ -189,7 +206,9 @@ def cmd_robot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetrl", description="Asynchronous real-world RL across a robot fleet.")
+    parser = argparse.ArgumentParser(
+        prog="fleetrl", description="Asynchronous real-world RL across a robot fleet."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -229,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return args.func(args)
 

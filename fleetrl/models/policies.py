@@ -61,7 +61,9 @@ class GaussianChunkPolicy(nn.Module):
         mean = self.mean(self.body(flatten_obs(obs, self.obs_keys)))
         return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
 
-    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         dist = self.distribution(obs)
         flat = dist.mean if deterministic else dist.sample()
         log_prob = dist.log_prob(flat).sum(-1)
@@ -84,4 +86,3 @@ def build_policy(
     finally:
         torch.random.set_rng_state(gen_state)
     raise ValueError(f"unknown policy family {cfg.family!r}")
-

@@ -31,7 +31,9 @@ class SimFleetConfig(BaseModel):
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field("local", pattern=NAME_RE, description="Name of this platform instance.")
-    state_dir: str = Field("~/.fleetrl/local", description="Registry database, admin token and logs live here.")
+    state_dir: str = Field(
+        "~/.fleetrl/local", description="Registry database, admin token and logs live here."
+    )
     ray_address: str | None = Field(
         None, description="Ray cluster to attach to ('auto' on a cluster head); None starts a local Ray."
     )
@@ -41,7 +43,9 @@ class PlatformConfig(BaseModel):
     rest: RestConfig = Field(default_factory=RestConfig, description="REST endpoint.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Robot gateway (ZeroMQ).")
     tasks: tuple[TaskConfig, ...] = Field(description="Tasks served by this platform.")
-    sim_robots: tuple[SimFleetConfig, ...] = Field((), description="Simulated robots started by `fleetrl run`.")
+    sim_robots: tuple[SimFleetConfig, ...] = Field(
+        (), description="Simulated robots started by `fleetrl run`."
+    )
 
     @model_validator(mode="after")
     def _references(self) -> PlatformConfig:
@@ -72,7 +76,10 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
         if keys_to_skip:
             keys_to_skip -= 1
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+        if (
+            not (isinstance(current, type) and issubclass(current, BaseModel))
+            or part not in current.model_fields
+        ):
             return None
         ann = current.model_fields[part].annotation
         while get_origin(ann) is not None:  # tuple[X, ...], dict[str, X], X | None

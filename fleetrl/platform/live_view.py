@@ -21,7 +21,9 @@ def _rate(successes: int, episodes: int) -> str:
 
 def task_rows(gateway_stats: dict[str, Any], snapshot: dict[str, Any]) -> list[dict[str, Any]]:
     """Aggregate the gateway's robot table per task and attach latency percentiles from the log server."""
-    agg: dict[str, dict[str, Any]] = defaultdict(lambda: {"online": 0, "robots": 0, "steps": 0, "episodes": 0, "successes": 0})
+    agg: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"online": 0, "robots": 0, "steps": 0, "episodes": 0, "successes": 0}
+    )
     for r in gateway_stats.get("robots", []):
         a = agg[r["task"]]
         a["robots"] += 1
@@ -48,7 +50,16 @@ def task_rows(gateway_stats: dict[str, Any], snapshot: dict[str, Any]) -> list[d
 
 def render(gateway_stats: dict[str, Any], snapshot: dict[str, Any], elapsed_s: float) -> Group:
     tasks = Table(title=f"fleetrl — tasks ({elapsed_s:.0f} s)", expand=False)
-    for col in ("task", "robots online", "steps", "episodes", "success", "obs→action p50/p99 ms", "queue wait p50/p99 ms", "queued"):
+    for col in (
+        "task",
+        "robots online",
+        "steps",
+        "episodes",
+        "success",
+        "obs→action p50/p99 ms",
+        "queue wait p50/p99 ms",
+        "queued",
+    ):
         tasks.add_column(col, justify="left" if col == "task" else "right")
     for r in task_rows(gateway_stats, snapshot):
         tasks.add_row(

@@ -68,10 +68,14 @@ class Platform:
                 )
                 self._owns_ray = True
         cfg.state_path.mkdir(parents=True, exist_ok=True)
-        self.registry = ray.remote(Registry).options(num_cpus=0, max_restarts=-1).remote(cfg.state_path / "registry.sqlite")
+        self.registry = (
+            ray.remote(Registry)
+            .options(num_cpus=0, max_restarts=-1)
+            .remote(cfg.state_path / "registry.sqlite")
+        )
         self.metrics = ray.remote(MetricsServer).options(num_cpus=0, max_restarts=-1).remote()
         ray.get([self.registry.upsert_task.remote(t.name, t.public()) for t in cfg.tasks], timeout=timeout)
-        self.replicas = {t.name: start_replicas(t) for t in cfg.tasks}
+        self.replicas = {t.name: start_replicas(t, self.metrics) for t in cfg.tasks}
         self.gateway = start_gateway(cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics)
         pending = [self.metrics.ready.remote(), self.gateway.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]

@@ -94,7 +94,15 @@ class Registry:
         created = time.time()
         self._db.execute(
             "INSERT INTO robots VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (robot_id, name, task, hash_token(token), json.dumps(observation_spec), json.dumps(action_spec), created),
+            (
+                robot_id,
+                name,
+                task,
+                hash_token(token),
+                json.dumps(observation_spec),
+                json.dumps(action_spec),
+                created,
+            ),
         )
         return {**self.get_robot(robot_id), "token": token}
 
@@ -112,7 +120,9 @@ class Registry:
         if task is None:
             rows = self._db.execute("SELECT * FROM robots ORDER BY created").fetchall()
         else:
-            rows = self._db.execute("SELECT * FROM robots WHERE task = ? ORDER BY created", (task,)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM robots WHERE task = ? ORDER BY created", (task,)
+            ).fetchall()
         return [self._row(r) for r in rows]
 
     def get_robot(self, robot_id: str) -> dict[str, Any]:

@@ -407,7 +407,10 @@ class RobotClient:
         self.counters["replies"] += 1
         self._request = None
         actions = np.asarray(msg.actions)
-        if actions.ndim != 1 + len(self.robot.action_spec.shape) or actions.shape[1:] != self.robot.action_spec.shape:
+        if (
+            actions.ndim != 1 + len(self.robot.action_spec.shape)
+            or actions.shape[1:] != self.robot.action_spec.shape
+        ):
             self.counters["errors"] += 1
             log.warning("%s: action chunk of shape %s refused", self.robot_id, actions.shape)
             return
@@ -446,9 +449,7 @@ class FleetRunner:
     def run(self, duration: float | None = None, stop: threading.Event | None = None) -> None:
         start = time.monotonic()
         # Spread the first ticks over one period so robots do not all ask at the same instant.
-        heap = [
-            (start + i * c.control_dt / max(1, len(self.clients)), i) for i, c in enumerate(self.clients)
-        ]
+        heap = [(start + i * c.control_dt / max(1, len(self.clients)), i) for i, c in enumerate(self.clients)]
         heapq.heapify(heap)
         while heap:
             now = time.monotonic()

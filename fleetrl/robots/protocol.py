@@ -88,7 +88,10 @@ class ArraySpec:
         unknown = set(d) - {"shape", "dtype", "low", "high"}
         if unknown:
             raise ValueError(f"unknown array-spec keys {sorted(unknown)}; allowed: shape, dtype, low, high")
-        return cls(tuple(int(x) for x in d["shape"]), str(d.get("dtype", "float32")), d.get("low"), d.get("high"))
+        shape = d["shape"]
+        if not isinstance(shape, list | tuple) or not all(type(x) is int for x in shape):
+            raise ValueError(f"shape must be a list of integers, got {shape!r}")
+        return cls(tuple(shape), str(d.get("dtype", "float32")), d.get("low"), d.get("high"))
 
     def check(self, name: str, arr: Any) -> None:
         """Raise ProtocolError('bad_observation') if ``arr`` does not match this spec."""
@@ -132,7 +135,9 @@ def _make_ext_hook(limits: Limits):
     def ext_hook(code: int, data: bytes) -> Any:
         if code != ARRAY_EXT:
             raise ProtocolError("bad_frame", f"unknown extension type {code}")
-        unpacker = msgpack.Unpacker(max_buffer_size=len(data), max_str_len=64, max_array_len=limits.max_ndim + 1)
+        unpacker = msgpack.Unpacker(
+            max_buffer_size=len(data), max_str_len=64, max_array_len=limits.max_ndim + 1
+        )
         unpacker.feed(data)
         try:
             dtype, shape = unpacker.unpack()
@@ -149,7 +154,9 @@ def _make_ext_hook(limits: Limits):
         offset = unpacker.tell()
         expected = math.prod(shape) * np.dtype(dtype).itemsize
         if len(data) - offset != expected:
-            raise ProtocolError("bad_frame", f"array payload has {len(data) - offset} bytes, shape needs {expected}")
+            raise ProtocolError(
+                "bad_frame", f"array payload has {len(data) - offset} bytes, shape needs {expected}"
+            )
         # Zero-copy: the array is a read-only view on the frame's bytes.
         return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), offset=offset).reshape(shape)
 
@@ -165,7 +172,9 @@ def pack(obj: dict[str, Any]) -> bytes:
 
 def unpack(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     if len(frame) > limits.max_frame_bytes:
-        raise ProtocolError("frame_too_large", f"frame of {len(frame)} bytes exceeds {limits.max_frame_bytes}")
+        raise ProtocolError(
+            "frame_too_large", f"frame of {len(frame)} bytes exceeds {limits.max_frame_bytes}"
+        )
     hook = _EXT_HOOKS.get(limits)
     if hook is None:
         hook = _EXT_HOOKS.setdefault(limits, _make_ext_hook(limits))
@@ -312,7 +321,11 @@ _TYPE_CHECKS: dict[str, tuple[type, ...]] = {
 _SCHEMAS: dict[str, list[tuple[str, tuple[type, ...], bool]]] = {}
 for _kind, _cls in MESSAGE_TYPES.items():
     _SCHEMAS[_kind] = [
-        (f.name, _TYPE_CHECKS[f.type], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        (
+            f.name,
+            _TYPE_CHECKS[f.type],
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
         for f in dataclasses.fields(_cls)
     ]
 
@@ -327,8 +340,10 @@ def decode(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_frame", "a frame must be a msgpack map")
     version = obj.pop("v", None)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError("version_mismatch", f"protocol version {version!r}, this side speaks {PROTOCOL_VERSION}")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "version_mismatch", f"protocol version {version!r}, this side speaks {PROTOCOL_VERSION}"
+        )
     kind = obj.pop("kind", None)
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:

@@ -55,7 +55,9 @@ class SimPreset:
 # The shipped robots; any other gymnasium id works with an explicit success predicate.
 PRESETS: dict[str, SimPreset] = {
     "Reacher-v5": SimPreset(success="reacher_2cm", control_hz=20.0, max_episode_steps=50),
-    "cube-single-singletask-task1-v0": SimPreset(success="info_success", control_hz=10.0, max_episode_steps=200),
+    "cube-single-singletask-task1-v0": SimPreset(
+        success="info_success", control_hz=10.0, max_episode_steps=200
+    ),
 }
 
 
@@ -111,7 +113,9 @@ class SimRobot:
     def act(self, action: np.ndarray) -> StepResult:
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
         obs = np.asarray(obs, dtype=np.float32)
-        return StepResult({"state": obs}, float(reward), bool(terminated), bool(truncated), self.success_fn(obs, info))
+        return StepResult(
+            {"state": obs}, float(reward), bool(terminated), bool(truncated), self.success_fn(obs, info)
+        )
 
     def hold(self) -> StepResult:
         return self.act(self._zero)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,7 +66,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": _issues(exc), "errors": exc.errors()}, headers=None)
+        return JSONResponse(
+            status_code=422, content={"detail": _issues(exc), "errors": exc.errors()}, headers=None
+        )
 
     async def live_robots() -> dict[str, dict[str, Any]]:
         try:
@@ -93,6 +95,11 @@ def create_app(
     async def prometheus() -> Response:
         body = await metrics.render.remote()
         return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/logs", tags=["ops"], dependencies=[Depends(admin)])
+    async def recent_logs(n: int = Query(100, ge=1, le=2000)) -> list[dict[str, Any]]:
+        """Recent log lines from every actor (the log server's ring buffer)."""
+        return await metrics.logs.remote(n)
 
     @app.get("/v1/tasks", tags=["tasks"], dependencies=[Depends(admin)])
     async def list_tasks() -> list[dict[str, Any]]:

@@ -19,7 +19,9 @@ class AdminAuth:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(
-                401, "missing admin token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+                401,
+                "missing admin token: send 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": "Bearer"},
             )
         if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).hexdigest(), self._digest):
             raise HTTPException(403, "admin token not accepted")

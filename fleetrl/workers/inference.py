@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,15 +10,20 @@ import numpy as np
 import ray
 
 from fleetrl.workers.backends import build_backend
+from fleetrl.workers.logs import RemoteLogHandler
 from fleetrl.workers.task import TaskConfig
+
+log = logging.getLogger(__name__)
 
 
 class InferenceReplica:
     """One replica of a task's policy. Built from the task config; every replica of a pool starts with the
     same weights (version 0) and answers ``infer`` with action chunks, log-probs and the version used."""
 
-    def __init__(self, task: TaskConfig, index: int):
+    def __init__(self, task: TaskConfig, index: int, metrics: Any | None = None):
         self.name = f"{task.name}/{index}"
+        if metrics is not None:
+            RemoteLogHandler.install(metrics, f"replica {self.name}")
         self.backend = build_backend(
             task.inference.backend,
             policy=task.policy,
@@ -28,6 +34,9 @@ class InferenceReplica:
             seed=index,
         )
         self.calls = 0
+        log.info(
+            "replica %s ready (%s backend, policy %s)", self.name, task.inference.backend, task.policy.family
+        )
 
     def ready(self) -> str:
         return self.name
@@ -54,7 +63,7 @@ class InferenceReplica:
         pass
 
 
-def start_replicas(task: TaskConfig) -> list[ray.actor.ActorHandle]:
+def start_replicas(task: TaskConfig, metrics: Any | None = None) -> list[ray.actor.ActorHandle]:
     """Start a task's pool; Ray restarts a replica that dies (up to ``max_restarts``)."""
     cfg = task.inference
     cls = ray.remote(InferenceReplica)
@@ -63,6 +72,6 @@ def start_replicas(task: TaskConfig) -> list[ray.actor.ActorHandle]:
             num_cpus=cfg.num_cpus,
             num_gpus=cfg.num_gpus,
             max_restarts=cfg.max_restarts,
-        ).remote(task, i)
+        ).remote(task, i, metrics)
         for i in range(cfg.replicas)
     ]

@@ -8,6 +8,8 @@ the latest state snapshot each source published, and a ring of recent log lines.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import defaultdict, deque
 from typing import Any
@@ -19,7 +21,11 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 
 # name -> (kind, help, label names). The one list of what the platform measures.
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "queue_wait_seconds": ("histogram", "Observation arrival at the gateway to dispatch to a replica.", ("pool",)),
+    "queue_wait_seconds": (
+        "histogram",
+        "Observation arrival at the gateway to dispatch to a replica.",
+        ("pool",),
+    ),
     "inference_seconds": ("histogram", "Forward-pass time measured inside the replica.", ("pool",)),
     "service_seconds": ("histogram", "Dispatch to completion of a batch (Ray call + compute).", ("pool",)),
     "e2e_latency_seconds": ("histogram", "Robot-measured observation sent to action received.", ("task",)),
@@ -56,6 +62,43 @@ class MetricsBuffer:
         return events, gauges
 
 
+class RemoteLogHandler(logging.Handler):
+    """Ships an actor's log records to the log server in batches, from a daemon thread (never blocks)."""
+
+    def __init__(self, server: Any, source: str, level: int = logging.INFO, flush_s: float = 1.0):
+        super().__init__(level)
+        self.server, self.source = server, source
+        self._buffer: deque[tuple[float, str, str]] = deque(maxlen=1000)
+        threading.Thread(
+            target=self._flush_forever, args=(flush_s,), name="fleetrl-log-flush", daemon=True
+        ).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._buffer.append((record.created, record.levelname, self.format(record)))
+
+    def _flush_forever(self, flush_s: float) -> None:
+        while True:
+            time.sleep(flush_s)
+            batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+            if batch:
+                try:
+                    self.server.log.remote(self.source, batch)
+                except Exception:  # noqa: BLE001 - the log server is gone; drop rather than block
+                    pass
+
+    @classmethod
+    def install(cls, server: Any, source: str) -> RemoteLogHandler:
+        """Attach to the ``fleetrl`` logger of this process (once per source)."""
+        logger = logging.getLogger("fleetrl")
+        for h in logger.handlers:
+            if isinstance(h, cls) and h.source == source:
+                return h
+        handler = cls(server, source)
+        logger.addHandler(handler)
+        logger.setLevel(min(logger.level or logging.INFO, logging.INFO))
+        return handler
+
+
 class MetricsServer:
     """Aggregates metrics, snapshots and logs from every actor. Run as a Ray actor."""
 
@@ -72,7 +115,9 @@ class MetricsServer:
             else:
                 m = Gauge(full, doc, labels, registry=self.registry)
             self._metrics[name] = (kind, m)
-        self._windows: dict[tuple[str, tuple[str, ...]], deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._windows: dict[tuple[str, tuple[str, ...]], deque[float]] = defaultdict(
+            lambda: deque(maxlen=window)
+        )
         self._snapshots: dict[str, dict[str, Any]] = {}
         self._logs: deque[dict[str, Any]] = deque(maxlen=log_lines)
 
@@ -94,8 +139,10 @@ class MetricsServer:
         """Replace the state snapshot of one source (e.g. the gateway's robot table)."""
         self._snapshots[source] = snapshot
 
-    def log(self, source: str, level: str, message: str) -> None:
-        self._logs.append({"t": time.time(), "source": source, "level": level, "message": message})
+    def log(self, source: str, records: list[tuple[float, str, str]]) -> None:
+        """Append ``(unix time, level, message)`` records from one source."""
+        for t, level, message in records:
+            self._logs.append({"t": t, "source": source, "level": level, "message": message})
 
     def logs(self, n: int = 100) -> list[dict[str, Any]]:
         return list(self._logs)[-n:]
@@ -116,7 +163,8 @@ class MetricsServer:
     def snapshot(self) -> dict[str, Any]:
         """Everything the live view needs in one call: source snapshots and latency percentiles."""
         latency = {
-            f"{name}{{{','.join(labels)}}}": self.percentiles(name, labels) for (name, labels) in self._windows
+            f"{name}{{{','.join(labels)}}}": self.percentiles(name, labels)
+            for (name, labels) in self._windows
         }
         return {"sources": dict(self._snapshots), "latency": latency, "t": time.time()}
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from fleetrl.robots import protocol as P
-from fleetrl.workers.logs import MetricsBuffer
+from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.scheduler import Dispatch, Scheduler
 from fleetrl.workers.task import TaskConfig
 
@@ -107,6 +107,8 @@ class Gateway:
         self.tasks = {t.name: t for t in tasks}
         self.registry = registry
         self.metrics_server = metrics
+        if metrics is not None:
+            RemoteLogHandler.install(metrics, "gateway")
         self.limits = P.Limits(max_frame_bytes=config.max_frame_bytes)
         self.metrics = MetricsBuffer()
         self.scheduler = Scheduler()
@@ -193,7 +195,9 @@ class Gateway:
         except zmq.ZMQError:
             pass  # the peer is gone (ROUTER drops unroutable frames)
 
-    def _refuse(self, ident: bytes, code: str, message: str, robot_id: str | None, step: int | None = None) -> None:
+    def _refuse(
+        self, ident: bytes, code: str, message: str, robot_id: str | None, step: int | None = None
+    ) -> None:
         self.refused[code] += 1
         self.metrics.inc("frames_refused_total", (code,))
         self._send(ident, P.Error(robot_id=robot_id or "", code=code, message=message, step=step))
@@ -265,20 +269,31 @@ class Gateway:
         task = state.task
         if msg.episode_id != state.episode_id:
             if not msg.episode_id or msg.episode_id in state.recent_ends:
-                self._refuse(ident, "out_of_order", f"episode {msg.episode_id!r} already ended", state.robot_id, msg.step)
+                self._refuse(
+                    ident,
+                    "out_of_order",
+                    f"episode {msg.episode_id!r} already ended",
+                    state.robot_id,
+                    msg.step,
+                )
                 return
             if state.episode_id is not None:
                 self._end_episode(state, "aborted")  # a new episode began without an end for the last one
             state.episode_id, state.last_step = msg.episode_id, -1
         if msg.step <= state.last_step:
             self._refuse(
-                ident, "out_of_order", f"step {msg.step} after step {state.last_step}", state.robot_id, msg.step
+                ident,
+                "out_of_order",
+                f"step {msg.step} after step {state.last_step}",
+                state.robot_id,
+                msg.step,
             )
             return
         try:
             if set(msg.observation) != set(task.observation):
                 raise P.ProtocolError(
-                    "bad_observation", f"observation keys {sorted(msg.observation)}, task needs {sorted(task.observation)}"
+                    "bad_observation",
+                    f"observation keys {sorted(msg.observation)}, task needs {sorted(task.observation)}",
                 )
             for key, spec in task.observation_spec.items():
                 spec.check(key, msg.observation[key])
@@ -334,7 +349,9 @@ class Gateway:
             result = await self.replicas[d.replica].infer.remote(batch)
         except REPLICA_GONE as exc:
             self.metrics.inc("replica_failures_total", (d.pool,))
-            log.warning("gateway: replica %s gone (%s); re-queueing %d observations", d.replica, exc, len(d.items))
+            log.warning(
+                "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, exc, len(d.items)
+            )
             self._start(self.scheduler.remove_replica(d.replica))
             self._loop.create_task(self._recover(d.replica))
             return
@@ -361,7 +378,13 @@ class Gateway:
         self.metrics.observe("batch_size", (pool,), batch)
 
     def _reply(
-        self, ident: bytes, msg: P.Obs, result: dict[str, Any], i: int, arrived: float, timings: dict[str, float]
+        self,
+        ident: bytes,
+        msg: P.Obs,
+        result: dict[str, Any],
+        i: int,
+        arrived: float,
+        timings: dict[str, float],
     ) -> None:
         """Send row ``i`` of a replica result to the robot; ``to_replica_ms`` is arrival → forward pass start."""
         timings["compute_ms"] = result["compute_s"] * 1e3

@@ -17,7 +17,17 @@ class ArraySpecConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     shape: tuple[int, ...] = Field(description="Array shape, e.g. [10].")
     dtype: Literal[
-        "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool"
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "bool",
     ] = Field("float32", description="Array dtype.")
     low: float | None = Field(None, description="Lower bound (actions are clipped to it on the robot).")
     high: float | None = Field(None, description="Upper bound (actions are clipped to it on the robot).")
@@ -79,7 +89,9 @@ class TaskConfig(BaseModel):
         }
 
 
-def spec_mismatch(task: TaskConfig, observation_spec: dict[str, Any], action_spec: dict[str, Any]) -> str | None:
+def spec_mismatch(
+    task: TaskConfig, observation_spec: dict[str, Any], action_spec: dict[str, Any]
+) -> str | None:
     """Why a robot's declared specs do not fit a task, or None if they do."""
     try:
         obs = specs_from_dict(observation_spec)

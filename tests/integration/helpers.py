@@ -13,12 +13,16 @@ from tests.conftest import ADMIN_TOKEN
 class RunningFleet:
     """Reacher robots registered over REST, driven by a FleetRunner thread until ``stop()``."""
 
-    def __init__(self, platform, n: int = 2, hz: float = 50.0, config: ClientConfig | None = None, seed: int = 0):
+    def __init__(
+        self, platform, n: int = 2, hz: float = 50.0, config: ClientConfig | None = None, seed: int = 0
+    ):
         self.clients = []
         for i in range(n):
             robot = SimRobot("Reacher-v5", seed=seed + i, control_hz=hz)
             info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}", "reach", robot)
-            self.clients.append(RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config))
+            self.clients.append(
+                RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config)
+            )
         self._stop = threading.Event()
         self._runner = FleetRunner(self.clients)
         self._thread = threading.Thread(target=self._runner.run, kwargs={"stop": self._stop}, daemon=True)

@@ -89,7 +89,13 @@ def _authenticated_raw(platform, api_name: str):
 
 def _obs(robot_id, step, episode="ep1", state=None):
     state = np.zeros(10, np.float32) if state is None else state
-    return P.Obs(robot_id=robot_id, episode_id=episode, step=step, t_robot=time.monotonic(), observation={"state": state})
+    return P.Obs(
+        robot_id=robot_id,
+        episode_id=episode,
+        step=step,
+        t_robot=time.monotonic(),
+        observation={"state": state},
+    )
 
 
 def test_out_of_order_and_bad_observations_are_refused(platform):
@@ -124,6 +130,15 @@ def test_silent_robot_goes_offline_and_its_episode_is_aborted(platform):
         time.sleep(0.2)
     row = _gateway_row(platform, rid)
     assert row["online"] is False and row["outcomes"] == {"aborted": 1}
+
+    def offline_logged():
+        logs = ray.get(platform.metrics.logs.remote(2000))
+        return any(r["source"] == "gateway" and rid in r["message"] and "offline" in r["message"] for r in logs)
+
+    deadline = time.monotonic() + 10
+    while not offline_logged() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert offline_logged()  # the gateway's log line reached the log server
     # The robot may come back at any time: a new hello binds a new session.
     assert raw.request(P.Ping(robot_id=rid)).code == "unknown_session"
     raw.close()
@@ -135,10 +150,14 @@ def test_deleted_robot_is_cut_off(platform):
     with RunningFleet(platform, n=1, hz=50.0, seed=20) as fleet:
         fleet.wait_for(lambda: fleet.total("replies") >= 3, what="first replies")
         rid = fleet.clients[0].robot_id
-        r = httpx.delete(f"{platform.rest_url}/v1/robots/{rid}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        r = httpx.delete(
+            f"{platform.rest_url}/v1/robots/{rid}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         assert r.status_code == 204
         fleet.wait_for(
-            lambda: fleet.clients[0].last_error is not None and fleet.clients[0].last_error.code == "unauthorized",
+            lambda: (
+                fleet.clients[0].last_error is not None and fleet.clients[0].last_error.code == "unauthorized"
+            ),
             what="the gateway to refuse the deleted robot",
         )
         assert not fleet.clients[0].connected
@@ -150,7 +169,9 @@ def test_dead_replica_is_requeued_and_comes_back(platform):
         ray.kill(platform.replicas["reach"][0], no_restart=False)
         t_kill = time.monotonic()
         before = fleet.total("replies")
-        fleet.wait_for(lambda: fleet.total("replies") >= before + 100, timeout=30, what="service after the kill")
+        fleet.wait_for(
+            lambda: fleet.total("replies") >= before + 100, timeout=30, what="service after the kill"
+        )
 
         def pool_size():
             pool = ray.get(platform.gateway.stats.remote())["pools"]["reach"]
@@ -172,8 +193,11 @@ def test_restarted_gateway_is_reconnected_to(platform):
     cfg = ClientConfig(link_timeout_s=1.0, deadline_s=0.3, hello_retry_s=0.3)
     with RunningFleet(platform, n=2, hz=50.0, config=cfg, seed=40) as fleet:
         fleet.wait_for(lambda: fleet.total("replies") >= 10, what="first replies")
+        holds_before = fleet.total("holds")
         ray.kill(platform.gateway, no_restart=False)  # Ray restarts it; it binds the same endpoint
         fleet.wait_for(lambda: fleet.total("reconnects") >= 2, timeout=60, what="both robots to reconnect")
+        # While the gateway was away the robots held (safety watchdog) instead of running past their chunks.
+        assert fleet.total("holds") > holds_before and fleet.total("link_losses") >= 1
         before = fleet.total("replies")
         fleet.wait_for(lambda: fleet.total("replies") >= before + 20, what="actions after the restart")
     assert ray.get(platform.gateway.ready.remote())["endpoint"] == platform.endpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -89,9 +90,21 @@ def test_health_metrics_openapi(platform):
     h = httpx.get(f"{platform.rest_url}/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok"
     m = httpx.get(f"{platform.rest_url}/metrics")
-    assert m.status_code == 200 and "fleetrl_queue_wait_seconds" in m.text and "fleetrl_frames_refused" in m.text
+    assert (
+        m.status_code == 200 and "fleetrl_queue_wait_seconds" in m.text and "fleetrl_frames_refused" in m.text
+    )
     spec = httpx.get(f"{platform.rest_url}/openapi.json").json()
     assert {"/v1/robots", "/v1/robots/{robot_id}", "/v1/tasks", "/healthz", "/metrics"} <= set(spec["paths"])
+
+
+def test_logs_from_every_actor_reach_one_place(api):
+    deadline = time.monotonic() + 15
+    sources: set[str] = set()
+    while time.monotonic() < deadline and not {"replica reach/0", "replica reach/1"} <= sources:
+        sources = {rec["source"] for rec in api.get("/v1/logs", params={"n": 2000}).json()}
+        time.sleep(0.5)
+    assert {"replica reach/0", "replica reach/1"} <= sources
+    assert api.get("/v1/logs", params={"n": 0}).status_code == 422
 
 
 def test_registry_survives_restart(tmp_path):

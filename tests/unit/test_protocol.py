@@ -56,7 +56,12 @@ SIMPLE_MESSAGES = [
         heartbeat_s=0.5,
     ),
     P.EpisodeEnd(
-        robot_id="arm-1", episode_id="ep-9", outcome="success", labelled_by="human", steps=120, total_reward=3.5
+        robot_id="arm-1",
+        episode_id="ep-9",
+        outcome="success",
+        labelled_by="human",
+        steps=120,
+        total_reward=3.5,
     ),
     P.Ack(robot_id="arm-1", episode_id="ep-9"),
     P.Ping(robot_id="arm-1"),
@@ -411,4 +416,3 @@ def test_array_spec_rejects_negative_dims():
 def test_specs_from_dict_rejects_empty():
     with pytest.raises(ValueError):
         P.specs_from_dict({})
-

@@ -86,11 +86,17 @@ def test_robot_modules_never_import_pickle():
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__import__":
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "__import__"
+            ):
                 names = [a.value for a in node.args[:1] if isinstance(a, ast.Constant)]
             else:
                 continue
-            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in PICKLE_MODULES]
+            offenders += [
+                f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in PICKLE_MODULES
+            ]
         if "allow_pickle=True" in source.replace(" ", ""):
             offenders.append(f"{path.name}: allow_pickle=True")
     assert not offenders, offenders
