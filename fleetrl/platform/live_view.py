@@ -78,7 +78,7 @@ def render(gateway_stats: dict[str, Any], snapshot: dict[str, Any], elapsed_s: f
     rows = gateway_stats.get("robots", [])
     for r in rows[:MAX_ROBOT_ROWS]:
         robots.add_row(
-            r["robot_id"],
+            f"{r['name']} ({r['robot_id']})",
             r["task"],
             "online" if r["online"] else "offline",
             str(r["steps"]),

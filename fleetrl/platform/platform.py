@@ -123,10 +123,7 @@ class Platform:
                 pass
             ray.kill(a, no_restart=True)
         if self._owns_ray:
-            from ray import serve
-
-            serve.shutdown()
-            ray.shutdown()
+            ray.shutdown()  # takes Serve's controller and proxy down with it
 
     def __enter__(self) -> Platform:
         return self.start()

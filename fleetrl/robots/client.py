@@ -67,6 +67,7 @@ class ClientConfig:
     ack_timeout_s: float = 1.0
     initial_latency_s: float = 0.05
     keep_episodes: int = 100  # per-step logs of this many recent episodes are kept for inspection
+    keep_replies: int = 2000  # (round trip, gateway timings) of this many recent replies
 
 
 @dataclass
@@ -212,7 +213,7 @@ class RobotClient:
             "resent_episode_ends": 0,
         }
         # (robot-measured round trip in ms, the gateway's timings) for each answered request
-        self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=100_000)
+        self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.cfg.keep_replies)
         self.last_error: P.Error | None = None
 
     # -- public --------------------------------------------------------------------------------------

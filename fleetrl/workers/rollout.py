@@ -61,6 +61,7 @@ class RobotState:
 
     robot_id: str
     task: TaskConfig
+    name: str = ""
     ident: bytes | None = None
     online: bool = False
     last_seen: float = 0.0
@@ -76,6 +77,7 @@ class RobotState:
         episodes = sum(self.outcomes.values())
         return {
             "robot_id": self.robot_id,
+            "name": self.name,
             "task": self.task.name,
             "online": self.online,
             "steps": self.steps_done + max(self.last_step, 0),
@@ -245,7 +247,7 @@ class Gateway:
             return
         state = self.robots.get(msg.robot_id)
         if state is None:
-            state = self.robots[msg.robot_id] = RobotState(robot_id=msg.robot_id, task=task)
+            state = self.robots[msg.robot_id] = RobotState(msg.robot_id, task, record["name"])
         if state.ident is not None and state.ident != ident:
             self.by_ident.pop(state.ident, None)
         state.ident = ident

@@ -133,7 +133,9 @@ def test_silent_robot_goes_offline_and_its_episode_is_aborted(platform):
 
     def offline_logged():
         logs = ray.get(platform.metrics.logs.remote(2000))
-        return any(r["source"] == "gateway" and rid in r["message"] and "offline" in r["message"] for r in logs)
+        return any(
+            r["source"] == "gateway" and rid in r["message"] and "offline" in r["message"] for r in logs
+        )
 
     deadline = time.monotonic() + 10
     while not offline_logged() and time.monotonic() < deadline:
