@@ -30,6 +30,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ ENV_ID = "Reacher-v5"
 CONTROL_HZ = 10.0
 WARMUP_S = 1.0
 DRAIN_S = 0.5
+REST_THREADS = 8
 SERVE_APP = "bench-serve-baseline"
 TARGETS = {"product_p99_queue_wait_ms": 100, "goal_p99_queue_wait_ms": 5}
 
@@ -70,7 +74,7 @@ class ServeInference:
         self.replica = InferenceReplica(task, serve.get_replica_context().rank.rank)
         self.infer.set_max_batch_size(task.inference.max_batch)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # size set from the task in __init__
     async def infer(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
         stacked = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
         result = self.replica.infer(stacked)
@@ -83,7 +87,9 @@ class ServeInference:
 class ServeRoutedGateway(Gateway):
     """The platform's gateway with one change: observations go through a Serve ``DeploymentHandle``."""
 
-    def __init__(self, config: GatewayConfig, tasks: list[TaskConfig], registry: Any, metrics: Any, handle: Any):
+    def __init__(
+        self, config: GatewayConfig, tasks: list[TaskConfig], registry: Any, metrics: Any, handle: Any
+    ):
         super().__init__(config, tasks, {}, registry, metrics)
         self.handle = handle
 
@@ -104,14 +110,16 @@ class ServeRoutedGateway(Gateway):
 def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str]:
     """Deploy the Serve inference app and start a ``ServeRoutedGateway`` on its own free port."""
     pool = task.inference
-    # max_ongoing_requests = max_batch: Serve's router lets a replica hold a full batch of single-row
-    # requests (which @serve.batch merges) and queues the rest at the router, like our scheduler's FIFO.
+    # Tuned for latency: max_ongoing_requests = max_batch lets a replica hold a full batch of single-row
+    # requests (which @serve.batch merges) while the rest wait at the router, like our scheduler's FIFO;
+    # no per-request access log line on the hot path. Everything else is Serve's default.
     deployment = serve.deployment(
         ServeInference,
         name="serve-inference",
         num_replicas=pool.replicas,
         max_ongoing_requests=pool.max_batch,
         ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus},
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
     handle = serve.run(deployment.bind(task), name=SERVE_APP, route_prefix=None)
     cfg = platform.cfg.gateway.model_copy(update={"bind": f"tcp://127.0.0.1:{free_port()}"})
@@ -145,13 +153,16 @@ def build_config(state_dir: str) -> PlatformConfig:
 
 # -- one run -------------------------------------------------------------------------------------------
 def register_fleet(platform: Platform, endpoint: str, n: int, label: str, seed: int) -> list[RobotClient]:
-    """Register ``n`` fresh sim robots over REST and connect them to ``endpoint``."""
-    clients = []
-    for i in range(n):
+    """Register ``n`` fresh sim robots over REST (a few at a time) and connect them to ``endpoint``."""
+
+    def make(i: int) -> tuple[SimRobot, dict[str, Any]]:
         robot = SimRobot(ENV_ID, seed=seed + i, control_hz=CONTROL_HZ)
-        info = register(platform.rest_url, platform.admin_token, f"bench-{label}-{n}-{i}", TASK, robot)
-        clients.append(RobotClient(robot, info["robot_id"], info["token"], endpoint))
-    return clients
+        return robot, register(platform.rest_url, platform.admin_token, f"bench-{label}-{n}-{i}", TASK, robot)
+
+    with ThreadPoolExecutor(REST_THREADS) as pool:
+        made = list(pool.map(make, range(n)))
+    # Sockets are made here, in the thread that will use them (ZeroMQ sockets are not thread-safe).
+    return [RobotClient(robot, info["robot_id"], info["token"], endpoint) for robot, info in made]
 
 
 def drain(clients: list[RobotClient], seconds: float) -> None:
@@ -172,12 +183,15 @@ def run_fleet(clients: list[RobotClient], duration: float) -> dict[str, list[int
     warm-up (``warm``) and the request count one second before the end (``late``)."""
     marks: dict[str, list[int]] = {"warm": [0] * len(clients), "late": [0] * len(clients)}
 
+    def mark_at(delay: float, key: str, count: Callable[[RobotClient], int]) -> threading.Timer:
+        timer = threading.Timer(delay, lambda: marks.update({key: [count(c) for c in clients]}))
+        timer.start()
+        return timer
+
     timers = [
-        threading.Timer(WARMUP_S, lambda: marks.__setitem__("warm", [len(c.replies) for c in clients])),
-        threading.Timer(duration - 1.0, lambda: marks.__setitem__("late", [c.counters["requests"] for c in clients])),
+        mark_at(WARMUP_S, "warm", lambda c: len(c.replies)),
+        mark_at(duration - 1.0, "late", lambda c: c.counters["requests"]),
     ]
-    for t in timers:
-        t.start()
     FleetRunner(clients).run(duration=duration)
     for t in timers:
         t.cancel()
@@ -191,13 +205,18 @@ def close_fleet(platform: Platform, clients: list[RobotClient], gateway: Any) ->
         c.close()
         c.robot.close()
     ids = [c.robot_id for c in clients]
-    deregister(platform.rest_url, platform.admin_token, ids)
-    ray.get([gateway.revoke.remote(i) for i in ids])
+    with ThreadPoolExecutor(REST_THREADS) as pool:
+        list(pool.map(lambda i: deregister(platform.rest_url, platform.admin_token, [i]), ids))
+    ray.get([gateway.revoke.remote(i) for i in ids])  # the REST delete only reaches the platform's gateway
 
 
 def measure(platform: Platform, gateway: Any, endpoint: str, n: int, label: str, args: argparse.Namespace):
     """One run of ``n`` robots against one router; returns the measured statistics."""
+    t0 = time.monotonic()
     clients = register_fleet(platform, endpoint, n, label, args.seed)
+    print(
+        f"  {n} robots registered in {time.monotonic() - t0:.1f} s; running {args.duration:.0f} s", flush=True
+    )
     try:
         marks = run_fleet(clients, args.duration)
     finally:
@@ -230,6 +249,7 @@ def summarize(clients: list[RobotClient], marks: dict[str, list[int]]) -> dict[s
     counters = ("requests", "replies", "watchdog_trips", "holds", "errors")
     total = {k: sum(c.counters[k] for c in clients) for k in counters}
     stalled = sum(c.counters["requests"] == late for c, late in zip(clients, marks["late"], strict=True))
+    served = Counter(s.replica for c in clients for ep in c.episodes for s in ep.steps if not s.held)
     return {
         "queue_wait_ms": percentiles(to_replica),
         "e2e_overhead_ms": percentiles(overhead),
@@ -237,11 +257,14 @@ def summarize(clients: list[RobotClient], marks: dict[str, list[int]]) -> dict[s
         "frames_lost": total["requests"] - total["replies"],
         **total,
         "stalled_robots": stalled,
+        # which replica computed the executed actions (finished episodes): how evenly the router spreads load
+        "replica_share": {r: round(k / max(1, served.total()), 3) for r, k in sorted(served.items())},
     }
 
 
 def machine() -> dict[str, Any]:
-    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
     return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1)}
 
 
@@ -251,13 +274,17 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         return "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p99", "max"))
 
     head = f"{'N':>4} {'router':<6} {'queue wait ms p50/p99/max':>26} {'e2e overhead ms p50/p99/max':>28}"
-    print(head + f" {'sched queue ms':>18} {'requests':>8} {'lost':>5} {'holds':>6}")
+    print(
+        head
+        + f" {'sched queue ms':>18} {'requests':>8} {'lost':>5} {'holds':>6} {'errors':>6} {'stalled':>7}"
+    )
     for run in runs:
         for name, r in (("ours", run), ("serve", run["baseline"])):
             sched = fmt(r["scheduler_queue_ms"]) if name == "ours" else ""
             print(
                 f"{run['robots']:>4} {name:<6} {fmt(r['queue_wait_ms']):>26} {fmt(r['e2e_overhead_ms']):>28}"
-                f" {sched:>18} {r['requests']:>8} {r['frames_lost']:>5} {r['holds']:>6}"
+                f" {sched:>18} {r['requests']:>8} {r['frames_lost']:>5} {r['holds']:>6} {r['errors']:>6}"
+                f" {r['stalled_robots']:>7}"
             )
 
 
@@ -294,6 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # One warning per refused request would flood the output; refusals are counted in ``errors``.
+    logging.getLogger("fleetrl.robots.client").setLevel(logging.ERROR)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
         cfg = build_config(state_dir)
@@ -301,12 +330,14 @@ def main(argv: list[str] | None = None) -> None:
         platform = Platform(cfg).start()
         try:
             base_gateway, base_endpoint = start_serve_baseline(platform, cfg.tasks[0])
-            print(f"up in {time.monotonic() - t0:.1f} s; Serve baseline gateway at {base_endpoint}", flush=True)
+            print(
+                f"up in {time.monotonic() - t0:.1f} s; Serve baseline gateway at {base_endpoint}", flush=True
+            )
             runs = []
             for n in args.robots:
-                print(f"N={n}: ours ({args.duration:.0f} s) ...", flush=True)
+                print(f"N={n}: ours ...", flush=True)
                 ours = measure(platform, platform.gateway, platform.endpoint, n, "ours", args)
-                print(f"N={n}: Serve baseline ({args.duration:.0f} s) ...", flush=True)
+                print(f"N={n}: Serve baseline ...", flush=True)
                 base = measure(platform, base_gateway, base_endpoint, n, "serve", args)
                 base.pop("scheduler_queue_ms")
                 runs.append({"robots": n, **ours, "baseline": base})

@@ -299,6 +299,7 @@ class RobotClient:
             self._send(P.Ping(robot_id=self.robot_id), now)
 
     def _hold_or_wait(self, now: float) -> None:
+        self._maybe_request(now)  # nothing to execute and nothing asked (e.g. a refused request): ask now
         if self._episode is not None and self._step > 0:
             self.counters["holds"] += 1
             self._episode.steps.append(StepRecord(self._step, -1, now, now, -1, "", held=True))

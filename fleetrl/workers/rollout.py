@@ -282,7 +282,7 @@ class Gateway:
             if state.episode_id is not None:
                 self._end_episode(state, "aborted")  # a new episode began without an end for the last one
             state.episode_id, state.last_step = msg.episode_id, -1
-        if msg.step <= state.last_step:
+        if msg.step < state.last_step:  # the same step again is a retry whose reply was lost
             self._refuse(
                 ident,
                 "out_of_order",

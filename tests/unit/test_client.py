@@ -1,0 +1,266 @@
+"""The robot SDK's control loop against a scripted gateway (a bare ROUTER socket), on a fake clock.
+
+The scripted ROUTER is a test double of the gateway for the SDK's unit tests only; the integration tests
+run the SDK against the real gateway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from fleetrl.robots import protocol as P
+from fleetrl.robots.client import ClientConfig, RobotClient, StepResult
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class CountingRobot:
+    """Records what it was told to do; an episode ends after ``horizon`` steps (truncation)."""
+
+    control_hz = 10.0
+    observation_spec = {"state": P.ArraySpec((3,), "float32")}
+    action_spec = P.ArraySpec((2,), "float32", -1.0, 1.0)
+
+    def __init__(self, horizon: int = 1000):
+        self.horizon = horizon
+        self.actions: list[np.ndarray] = []
+        self.holds = 0
+        self.t = 0
+
+    def reset(self):
+        self.t = 0
+        return {"state": np.zeros(3, np.float32)}
+
+    def _step(self, a) -> StepResult:
+        self.t += 1
+        obs = {"state": np.full(3, self.t, np.float32)}
+        return StepResult(obs, 0.0, False, self.t >= self.horizon, False)
+
+    def act(self, action):
+        self.actions.append(np.array(action))
+        return self._step(action)
+
+    def hold(self):
+        self.holds += 1
+        return self._step(None)
+
+
+class ScriptedGateway:
+    def __init__(self, ctx: zmq.Context, endpoint: str):
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.ident: bytes | None = None
+
+    def recv(self, timeout_ms: int = 1000) -> P.Message:
+        assert self.sock.poll(timeout_ms), "the client sent nothing"
+        self.ident, frame = self.sock.recv_multipart()
+        return P.decode(frame)
+
+    def pending(self) -> bool:
+        return bool(self.sock.poll(50))
+
+    def send(self, msg: P.Message) -> None:
+        self.sock.send_multipart([self.ident, P.encode(msg)])
+
+    def welcome(self, robot_id: str, chunk_len: int = 3) -> None:
+        self.send(
+            P.Welcome(
+                robot_id=robot_id,
+                task="t",
+                observation_spec={"state": {"shape": [3], "dtype": "float32"}},
+                action_spec={"shape": [2], "dtype": "float32"},
+                chunk_len=chunk_len,
+            )
+        )
+
+    def chunk(self, obs: P.Obs, actions: np.ndarray, version: int = 7) -> None:
+        self.send(
+            P.Action(
+                robot_id=obs.robot_id,
+                episode_id=obs.episode_id,
+                step=obs.step,
+                actions=actions.astype(np.float32),
+                policy_version=version,
+                replica="r/0",
+            )
+        )
+
+
+@pytest.fixture()
+def rig(request):
+    ctx = zmq.Context()
+    endpoint = f"inproc://gw-{request.node.name}"
+    gw = ScriptedGateway(ctx, endpoint)
+    clock = FakeClock()
+    robot = CountingRobot()
+    cfg = ClientConfig(
+        deadline_s=0.5, link_timeout_s=3.0, heartbeat_s=100.0, ack_timeout_s=1.0, initial_latency_s=0.05
+    )
+    client = RobotClient(robot, "rbt_1", "tok", endpoint, context=ctx, config=cfg, clock=clock)
+    yield client, gw, clock, robot
+    client.close()
+    gw.sock.close()
+    ctx.term()
+
+
+def deliver(client: RobotClient) -> None:
+    assert client.socket.poll(1000)
+    client.on_readable()
+
+
+def connect(client, gw, clock) -> P.Obs:
+    """hello → welcome → the first tick starts an episode and asks for its first chunk."""
+    client.tick()
+    hello = gw.recv()
+    assert isinstance(hello, P.Hello) and hello.token == "tok"
+    gw.welcome("rbt_1")
+    deliver(client)
+    assert client.connected
+    clock.t += 0.1
+    client.tick()
+    obs = gw.recv()
+    assert isinstance(obs, P.Obs) and obs.step == 0
+    return obs
+
+
+def test_chunks_execute_in_order_and_the_next_is_asked_for_early(rig):
+    client, gw, clock, robot = rig
+    obs0 = connect(client, gw, clock)
+    first = np.array([[0.1, 0.1], [0.2, 0.2], [5.0, -5.0]])
+    gw.chunk(obs0, first)
+    deliver(client)
+    for _ in range(2):  # remaining 2, then 1 (<= lookahead of 1 step at 50 ms / 100 ms): ask now
+        clock.t += 0.1
+        client.tick()
+    early = gw.recv()
+    assert isinstance(early, P.Obs) and early.step == 2  # asked while one action of the chunk is left
+    gw.chunk(early, np.full((3, 2), 0.5))
+    deliver(client)
+    for _ in range(3):
+        clock.t += 0.1
+        client.tick()
+    executed = np.array(robot.actions)
+    np.testing.assert_allclose(executed[:3], [[0.1, 0.1], [0.2, 0.2], [1.0, -1.0]], rtol=1e-6)  # clipped
+    np.testing.assert_allclose(executed[3:], 0.5)  # the new chunk starts where the old one ended
+    assert robot.holds == 0 and client.counters["holds"] == 0
+    steps = client._episode.steps
+    assert [s.obs_step for s in steps] == [0, 0, 0, 2, 2]
+    assert all(s.policy_version == 7 and s.replica == "r/0" for s in steps)
+    assert client.counters["replies"] == 2 and client.replies[0][0] >= 0
+
+
+def test_late_chunk_holds_then_watchdog_resends(rig):
+    client, gw, clock, robot = rig
+    obs0 = connect(client, gw, clock)
+    gw.chunk(obs0, np.zeros((3, 2)))
+    deliver(client)
+    for _ in range(3):
+        clock.t += 0.1
+        client.tick()
+    asked = gw.recv()  # the early request, which the scripted gateway leaves unanswered
+    clock.t += 0.1
+    client.tick()  # chunk exhausted, no new one: hold instead of running past the chunk
+    assert robot.holds == 1 and len(robot.actions) == 3
+    clock.t += 0.5
+    client.tick()  # past the deadline: a watchdog trip and the request goes out again (same step)
+    assert client.counters["watchdog_trips"] == 1
+    again = gw.recv()
+    assert isinstance(again, P.Obs) and again.episode_id == asked.episode_id
+    gw.chunk(again, np.full((3, 2), 0.3))
+    deliver(client)
+    clock.t += 0.1
+    client.tick()
+    np.testing.assert_allclose(robot.actions[-1], 0.3)
+
+
+def test_stale_reply_is_ignored(rig):
+    client, gw, clock, robot = rig
+    obs0 = connect(client, gw, clock)
+    gw.send(
+        P.Action(robot_id="rbt_1", episode_id=obs0.episode_id, step=99, actions=np.zeros((3, 2), np.float32))
+    )
+    deliver(client)
+    assert client.counters["stale_replies"] == 1
+    clock.t += 0.1
+    client.tick()
+    assert robot.actions == []  # nothing executed from a reply to another request
+
+
+def test_link_loss_holds_and_reconnects(rig):
+    client, gw, clock, robot = rig
+    obs0 = connect(client, gw, clock)
+    gw.chunk(obs0, np.zeros((3, 2)))
+    deliver(client)
+    clock.t += 0.1
+    client.tick()  # the robot is moving: one action executed
+    clock.t += 3.5  # nothing heard for longer than link_timeout_s
+    client.tick()
+    assert client.counters["link_losses"] == 1 and not client.connected
+    while gw.pending():
+        if isinstance(gw.recv(), P.Hello):
+            break
+    else:
+        pytest.fail("no hello after the link was lost")
+    holds, executed = robot.holds, len(robot.actions)
+    clock.t += 0.1
+    client.tick()
+    assert robot.holds == holds + 1 and len(robot.actions) == executed  # not connected: hold, do not execute
+    gw.welcome("rbt_1")
+    deliver(client)
+    assert client.connected and client.counters["reconnects"] == 1
+
+
+def test_unknown_session_error_triggers_a_new_hello(rig):
+    client, gw, clock, _ = rig
+    connect(client, gw, clock)
+    gw.send(P.Error(robot_id="rbt_1", code="unknown_session", message="send hello first"))
+    deliver(client)
+    assert not client.connected
+    clock.t += 1.1
+    client.tick()
+    msgs = [gw.recv()]
+    while gw.pending():
+        msgs.append(gw.recv())
+    assert any(isinstance(m, P.Hello) for m in msgs)
+
+
+def test_episode_end_is_resent_until_acked(rig):
+    client, gw, clock, robot = rig
+    robot.horizon = 2
+    obs0 = connect(client, gw, clock)
+    gw.chunk(obs0, np.zeros((3, 2)))
+    deliver(client)
+    ends = []
+    for _ in range(2):
+        clock.t += 0.1
+        client.tick()
+    while gw.pending():
+        m = gw.recv()
+        if isinstance(m, P.EpisodeEnd):
+            ends.append(m)
+    assert len(ends) == 1 and ends[0].outcome == "timeout" and ends[0].steps == 2
+    clock.t += 1.1
+    client.tick()  # no ack yet: sent again
+    resent = [
+        m for m in iter(lambda: gw.recv() if gw.pending() else None, None) if isinstance(m, P.EpisodeEnd)
+    ]
+    assert [m.episode_id for m in resent] == [ends[0].episode_id]
+    assert client.counters["resent_episode_ends"] == 1
+    gw.send(P.Ack(robot_id="rbt_1", episode_id=ends[0].episode_id))
+    deliver(client)
+    assert client.episodes[-1].acked
+    clock.t += 1.1
+    client.tick()
+    later = [
+        m for m in iter(lambda: gw.recv() if gw.pending() else None, None) if isinstance(m, P.EpisodeEnd)
+    ]
+    assert later == []
