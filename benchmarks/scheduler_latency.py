@@ -25,7 +25,6 @@ import datetime
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from fleetrl.platform.platform import Platform
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import FleetRunner, RobotClient, deregister, register
 from fleetrl.robots.sim import SimRobot
+from fleetrl.testing.net import free_port
 from fleetrl.workers.inference import InferenceReplica
 from fleetrl.workers.rollout import Gateway, GatewayConfig, stack_observations
 from fleetrl.workers.task import TaskConfig
@@ -133,12 +133,6 @@ def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str
 
 
 # -- setup ---------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build_config(state_dir: str) -> PlatformConfig:
     """The shipped local config's ``reach`` task with chunk_len = 1; free ports, a temporary state dir."""
     data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
