@@ -22,13 +22,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import zmq
 
 from fleetrl.robots import protocol as P
+from fleetrl.robots.recorder import EpisodeLog, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class StepResult(NamedTuple):
     terminated: bool
     truncated: bool
     success: bool
+    # Set when an operator overrode the commanded action: what was actually executed (an intervention).
+    executed_action: np.ndarray | None = None
 
 
 class Robot(Protocol):
@@ -68,28 +71,7 @@ class ClientConfig:
     initial_latency_s: float = 0.05
     keep_episodes: int = 100  # per-step logs of this many recent episodes are kept for inspection
     keep_replies: int = 2000  # (round trip, gateway timings) of this many recent replies
-
-
-@dataclass
-class StepRecord:
-    """One executed control step: which observation the action was conditioned on and when it ran."""
-
-    step: int
-    obs_step: int  # step at which the conditioning observation was taken (-1: hold)
-    obs_time: float
-    action_start: float
-    policy_version: int
-    replica: str
-    held: bool = False
-
-
-@dataclass
-class EpisodeLog:
-    episode_id: str
-    steps: list[StepRecord] = field(default_factory=list)
-    outcome: str | None = None
-    total_reward: float = 0.0
-    acked: bool = False
+    max_rows_per_frame: int = 64  # executed steps per ``steps`` frame
 
 
 @dataclass
@@ -99,6 +81,7 @@ class _Chunk:
     obs_time: float
     version: int
     replica: str
+    log_prob: float
     index: int = 0
 
     @property
@@ -195,7 +178,8 @@ class RobotClient:
         self._current: _Chunk | None = None
         self._next: _Chunk | None = None
         self._request: _Request | None = None
-        self._unacked: dict[str, tuple[P.EpisodeEnd, float]] = {}
+        self._unacked: dict[str, tuple[EpisodeLog, float]] = {}  # ended, not yet acked: (log, last sent)
+        self._zero_action = np.zeros(robot.action_spec.shape, dtype=np.float32)
         self.episodes: deque[EpisodeLog] = deque(maxlen=self.cfg.keep_episodes)
         self.counters = {
             "steps": 0,
@@ -211,6 +195,8 @@ class RobotClient:
             "stale_replies": 0,
             "errors": 0,
             "resent_episode_ends": 0,
+            "resent_steps": 0,
+            "interventions": 0,
         }
         # (robot-measured round trip in ms, the gateway's timings) for each answered request
         self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.cfg.keep_replies)
@@ -261,12 +247,12 @@ class RobotClient:
             self._hold_or_wait(now)
             return
         chunk = self._current
-        action = chunk.actions[chunk.index]
+        commanded = self._clip(chunk.actions[chunk.index])
+        rec = StepRecord(self._step, chunk.obs_step, chunk.obs_time, now, chunk.version, chunk.replica)
+        if chunk.index == 0:
+            rec.log_prob = chunk.log_prob
         chunk.index += 1
-        self._episode.steps.append(
-            StepRecord(self._step, chunk.obs_step, chunk.obs_time, now, chunk.version, chunk.replica)
-        )
-        self._after_step(self.robot.act(self._clip(action)), now)
+        self._after_step(rec, commanded, self.robot.act(commanded), now)
 
     # -- internals -----------------------------------------------------------------------------------
     def _send(self, msg: P.Message, now: float) -> None:
@@ -290,11 +276,12 @@ class RobotClient:
             self.counters["watchdog_trips"] += 1
             self._request = None  # asked again below with the current observation
             self._maybe_request(now)
-        for episode_id, (end, t_sent) in list(self._unacked.items()):
-            if now - t_sent > self.cfg.ack_timeout_s:
+        for episode_id, (ep, t_sent) in list(self._unacked.items()):
+            if now - t_sent > self.cfg.ack_timeout_s and self.welcome is not None:
                 self.counters["resent_episode_ends"] += 1
-                self._unacked[episode_id] = (end, now)
-                self._send(end, now)
+                self._unacked[episode_id] = (ep, now)
+                self._flush_steps(ep, now)
+                self._send(ep.end_message(self.robot_id), now)
         if now - self._last_tx > self.cfg.heartbeat_s and self.welcome is not None:
             self._send(P.Ping(robot_id=self.robot_id), now)
 
@@ -302,8 +289,8 @@ class RobotClient:
         self._maybe_request(now)  # nothing to execute and nothing asked (e.g. a refused request): ask now
         if self._episode is not None and self._step > 0:
             self.counters["holds"] += 1
-            self._episode.steps.append(StepRecord(self._step, -1, now, now, -1, "", held=True))
-            self._after_step(self.robot.hold(), now)
+            rec = StepRecord(self._step, -1, now, now, -1, "", held=True)
+            self._after_step(rec, self._zero_action, self.robot.hold(), now)
         else:
             self.counters["startup_waits"] += 1
 
@@ -316,17 +303,32 @@ class RobotClient:
         self._maybe_request(now)
         self.counters["startup_waits"] += 1
 
-    def _after_step(self, result: StepResult, now: float) -> None:
-        assert self._episode is not None
+    def _after_step(self, rec: StepRecord, commanded: np.ndarray, result: StepResult, now: float) -> None:
+        """Record the executed step (the operator's action if one intervened) and decide what comes next."""
+        assert self._episode is not None and self._obs is not None
+        executed = commanded
+        if result.executed_action is not None:
+            executed = result.executed_action
+            rec.intervention, rec.policy_version, rec.obs_step = True, -1, self._step
+            self.counters["interventions"] += 1
+        rec.reward = float(result.reward)
+        self._episode.record(rec, self._obs, executed)
         self._step += 1
         self.counters["steps"] += 1
         self._obs = result.observation
-        self._episode.total_reward += float(result.reward)
         if result.success or result.terminated or result.truncated:
             outcome = "success" if result.success else ("timeout" if result.truncated else "failure")
+            self._episode.terminated, self._episode.truncated = (
+                bool(result.terminated),
+                bool(result.truncated),
+            )
             self._end_episode(outcome, now)
             return
         self._maybe_request(now)
+
+    def _flush_steps(self, log: EpisodeLog, now: float) -> None:
+        for frame in log.steps_messages(self.robot_id, self.cfg.max_rows_per_frame):
+            self._send(frame, now)
 
     def _maybe_request(self, now: float) -> None:
         """Upload the observation early enough that the next chunk lands when the current one ends."""
@@ -336,6 +338,7 @@ class RobotClient:
         lookahead = math.ceil(self._latency / self.control_dt)
         if remaining > lookahead:
             return
+        self._flush_steps(self._episode, now)
         self._request = _Request(step=self._step, t_sent=now, obs_time=now)
         self.counters["requests"] += 1
         obs = P.Obs(
@@ -352,18 +355,12 @@ class RobotClient:
         ep = self._episode
         assert ep is not None
         ep.outcome = outcome
+        ep.final_observation = self._obs
         self.counters["episodes"] += 1
         self.counters["successes"] += outcome == "success"
-        end = P.EpisodeEnd(
-            robot_id=self.robot_id,
-            episode_id=ep.episode_id,
-            outcome=outcome,
-            labelled_by="robot",
-            steps=self._step,
-            total_reward=ep.total_reward,
-        )
-        self._unacked[ep.episode_id] = (end, now)
-        self._send(end, now)
+        self._unacked[ep.episode_id] = (ep, now)
+        self._flush_steps(ep, now)
+        self._send(ep.end_message(self.robot_id), now)
         self.episodes.append(ep)
         self._episode = None
 
@@ -373,10 +370,9 @@ class RobotClient:
         elif isinstance(msg, P.Welcome):
             self._on_welcome(msg)
         elif isinstance(msg, P.Ack):
-            self._unacked.pop(msg.episode_id, None)
-            for ep in self.episodes:
-                if ep.episode_id == msg.episode_id:
-                    ep.acked = True
+            acked = self._unacked.pop(msg.episode_id, None)
+            if acked is not None:
+                acked[0].acked = True
         elif isinstance(msg, P.Error):
             self._on_error(msg)
         # Pong: only refreshes _last_rx.
@@ -416,11 +412,14 @@ class RobotClient:
             self.counters["errors"] += 1
             log.warning("%s: action chunk of shape %s refused", self.robot_id, actions.shape)
             return
-        self._next = _Chunk(actions, req.step, req.obs_time, msg.policy_version, msg.replica)
+        self._next = _Chunk(actions, req.step, req.obs_time, msg.policy_version, msg.replica, msg.log_prob)
 
     def _on_error(self, msg: P.Error) -> None:
         self.counters["errors"] += 1
         self.last_error = msg
+        if msg.code in ("incomplete_episode", "out_of_order") and msg.episode_id and msg.step is not None:
+            self._resend_from(msg.episode_id, msg.step)
+            return
         if msg.code in ("unknown_session", "unauthorized"):
             if msg.code == "unauthorized":
                 log.error("%s: gateway refused credentials: %s", self.robot_id, msg.message)
@@ -429,6 +428,20 @@ class RobotClient:
         elif msg.step is not None and self._request is not None and msg.step == self._request.step:
             log.warning("%s: request refused: %s %s", self.robot_id, msg.code, msg.message)
             self._request = None
+
+    def _resend_from(self, episode_id: str, step: int) -> None:
+        """The gateway lacks rows from ``step`` on: send them again (now for an ended episode, else with the
+        next request)."""
+        now = self._clock()
+        if self._episode is not None and self._episode.episode_id == episode_id:
+            self._episode.sent = min(self._episode.sent, step)
+        elif episode_id in self._unacked:
+            ep, _ = self._unacked[episode_id]
+            ep.sent = min(ep.sent, step)
+            self._flush_steps(ep, now)
+            self._send(ep.end_message(self.robot_id), now)
+            self._unacked[episode_id] = (ep, now)
+        self.counters["resent_steps"] += 1
 
     def _clip(self, action: np.ndarray) -> np.ndarray:
         spec = self.robot.action_spec

@@ -267,13 +267,36 @@ class Action(Message):
 
 
 @dataclass
+class Steps(Message):
+    """Robot → gateway: executed steps ``first_step .. first_step + n - 1`` of an episode, columnar.
+
+    ``observations[key]`` is [n, *shape] (the observation before each action), ``actions`` [n, *action]
+    (what was executed: the human's action where ``columns['intervention']`` is set), ``columns`` holds
+    the per-step columns of ``fleetrl.robots.episode.STEP_COLUMNS``. Sent as the episode goes, so an
+    episode is assembled incrementally; steps are re-sent from the point the gateway asks for.
+    """
+
+    KIND: ClassVar[str] = "steps"
+    episode_id: str = ""
+    first_step: int = 0
+    observations: dict = field(default_factory=dict)
+    actions: np.ndarray | None = None
+    columns: dict = field(default_factory=dict)
+
+
+@dataclass
 class EpisodeEnd(Message):
+    """Robot → gateway: the episode is over after ``steps`` steps; re-sent until ``ack``."""
+
     KIND: ClassVar[str] = "episode_end"
     episode_id: str = ""
     outcome: str = "aborted"
     labelled_by: str = "robot"
     steps: int = 0
     total_reward: float = 0.0
+    final_observation: dict = field(default_factory=dict)
+    terminated: bool = False
+    truncated: bool = False
 
 
 @dataclass
@@ -296,27 +319,31 @@ class Pong(Message):
 
 @dataclass
 class Error(Message):
-    """Either direction: a refused frame. ``step`` points at the refused observation when known."""
+    """Either direction: a refused frame. ``step`` points at the refused observation or, for
+    ``out_of_order`` steps and ``incomplete_episode``, at the first step the gateway still needs."""
 
     KIND: ClassVar[str] = "error"
     code: str = "internal"
     message: str = ""
     step: int | None = None
+    episode_id: str | None = None
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (Hello, Welcome, Obs, Action, EpisodeEnd, Ack, Ping, Pong, Error)
+    cls.KIND: cls for cls in (Hello, Welcome, Obs, Action, Steps, EpisodeEnd, Ack, Ping, Pong, Error)
 }
 
 # Accepted Python types per annotation string (annotations are strings under ``from __future__``).
 _TYPE_CHECKS: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "int": (int,),
+    "bool": (bool,),
     "float": _FLOAT,
     "dict": (dict,),
     "np.ndarray | None": (np.ndarray, type(None)),
     "float | None": (int, float, type(None)),
     "int | None": (int, type(None)),
+    "str | None": (str, type(None)),
 }
 _SCHEMAS: dict[str, list[tuple[str, tuple[type, ...], bool]]] = {}
 for _kind, _cls in MESSAGE_TYPES.items():

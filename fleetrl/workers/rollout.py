@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from fleetrl.robots import protocol as P
+from fleetrl.robots.episode import Episode
+from fleetrl.workers.assembly import EpisodeAssembly
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.scheduler import Dispatch, Scheduler
 from fleetrl.workers.task import TaskConfig
@@ -70,6 +72,8 @@ class RobotState:
     steps_done: int = 0  # steps of finished episodes
     outcomes: Counter = field(default_factory=Counter)
     recent_ends: deque = field(default_factory=lambda: deque(maxlen=16))
+    committing: set = field(default_factory=set)  # ended episodes on their way to the data server
+    assembly: EpisodeAssembly | None = None
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
 
     def row(self) -> dict[str, Any]:
@@ -104,8 +108,11 @@ class Gateway:
         replicas: dict[str, list[Any]],
         registry: Any,
         metrics: Any | None = None,
+        data: Any | None = None,
     ):
         self.cfg = config
+        self.data = data  # data server (``ingest(episode)``); None: episodes are acked and dropped
+        self.episodes_out = 0
         self.tasks = {t.name: t for t in tasks}
         self.registry = registry
         self.metrics_server = metrics
@@ -225,6 +232,8 @@ class Gateway:
         state.last_seen = time.monotonic()
         if isinstance(msg, P.Obs):
             self._on_obs(ident, state, msg)
+        elif isinstance(msg, P.Steps):
+            self._on_steps(ident, state, msg)
         elif isinstance(msg, P.EpisodeEnd):
             self._on_episode_end(ident, state, msg)
         elif isinstance(msg, P.Ping):
@@ -269,19 +278,8 @@ class Gateway:
 
     def _on_obs(self, ident: bytes, state: RobotState, msg: P.Obs) -> None:
         task = state.task
-        if msg.episode_id != state.episode_id:
-            if not msg.episode_id or msg.episode_id in state.recent_ends:
-                self._refuse(
-                    ident,
-                    "out_of_order",
-                    f"episode {msg.episode_id!r} already ended",
-                    state.robot_id,
-                    msg.step,
-                )
-                return
-            if state.episode_id is not None:
-                self._end_episode(state, "aborted")  # a new episode began without an end for the last one
-            state.episode_id, state.last_step = msg.episode_id, -1
+        if not self._in_episode(ident, state, msg.episode_id, msg.step):
+            return
         if msg.step < state.last_step:  # the same step again is a retry whose reply was lost
             self._refuse(
                 ident,
@@ -305,6 +303,7 @@ class Gateway:
             self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
             return
         state.last_step = msg.step
+        self._ask_for_missing_rows(ident, state, msg.step)
         if msg.last_latency_ms is not None:
             state.latency_ms.append(msg.last_latency_ms)
             self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)
@@ -315,23 +314,112 @@ class Gateway:
         """Route one accepted observation to a replica (a subclass may route differently, e.g. for a baseline)."""
         self._start(self.scheduler.submit(task.name, robot_id, (ident, msg, time.time())))
 
+    # -- episodes ------------------------------------------------------------------------------------
+    def _in_episode(self, ident: bytes, state: RobotState, episode_id: str, step: int | None) -> bool:
+        """Make ``episode_id`` the robot's current episode (refusing ended ones); False if refused."""
+        if episode_id == state.episode_id:
+            return True
+        if not episode_id or episode_id in state.recent_ends:
+            self._refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step)
+            return False
+        if state.episode_id is not None:
+            self._abort_episode(state)  # a new episode began without an end for the last one
+        state.episode_id, state.last_step = episode_id, -1
+        state.assembly = EpisodeAssembly(state.task, state.robot_id, episode_id)
+        return True
+
+    def _ask_for_missing_rows(self, ident: bytes, state: RobotState, upto: int) -> None:
+        """Rows before ``upto`` never arrived (e.g. this gateway restarted mid-episode): ask once."""
+        asm = state.assembly
+        if asm is not None and asm.expected < upto and asm.asked_from != asm.expected:
+            asm.asked_from = asm.expected
+            self._send(
+                ident,
+                P.Error(
+                    robot_id=state.robot_id,
+                    code="out_of_order",
+                    message=f"rows from step {asm.expected} are missing",
+                    step=asm.expected,
+                    episode_id=asm.episode_id,
+                ),
+            )
+
+    def _on_steps(self, ident: bytes, state: RobotState, msg: P.Steps) -> None:
+        if not self._in_episode(ident, state, msg.episode_id, None):
+            return
+        asm = state.assembly
+        assert asm is not None
+        if msg.first_step != asm.expected:
+            if msg.first_step < asm.expected:
+                self.refused["duplicate_rows"] += 1  # rows we already have (a re-send raced the original)
+            else:
+                self._ask_for_missing_rows(ident, state, msg.first_step)
+            return
+        try:
+            asm.add(msg)
+        except P.ProtocolError as exc:
+            self._refuse(ident, exc.code, exc.message, state.robot_id)
+
     def _on_episode_end(self, ident: bytes, state: RobotState, msg: P.EpisodeEnd) -> None:
         if msg.outcome not in P.OUTCOMES or msg.labelled_by not in P.LABELLERS:
             self._refuse(ident, "bad_message", f"outcome must be one of {P.OUTCOMES}", state.robot_id)
             return
-        if msg.episode_id not in state.recent_ends:  # a re-sent end is acked again but counted once
-            if msg.episode_id == state.episode_id:
-                state.steps_done += max(msg.steps, state.last_step, 0)
-                state.episode_id, state.last_step = None, -1
-            else:
-                state.steps_done += max(msg.steps, 0)
-            self._count_outcome(state, msg.episode_id, msg.outcome)
-        self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
+        if msg.episode_id in state.recent_ends or msg.episode_id in state.committing:
+            if msg.episode_id in state.recent_ends:  # a re-sent end is acked again but counted once
+                self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
+            return
+        if not self._in_episode(ident, state, msg.episode_id, None):
+            return
+        asm = state.assembly
+        assert asm is not None
+        if asm.expected < msg.steps:
+            self._send(
+                ident,
+                P.Error(
+                    robot_id=state.robot_id,
+                    code="incomplete_episode",
+                    step=asm.expected,
+                    episode_id=msg.episode_id,
+                    message=f"have {asm.expected} of {msg.steps} rows",
+                ),
+            )
+            return
+        try:
+            episode = asm.finish(msg)
+        except (P.ProtocolError, ValueError) as exc:
+            self._refuse(ident, "bad_message", str(exc), state.robot_id)
+            return
+        state.steps_done += len(episode)
+        state.episode_id, state.last_step, state.assembly = None, -1, None
+        self._count_outcome(state, msg.episode_id, msg.outcome)
+        state.committing.add(msg.episode_id)
+        self._loop.create_task(self._commit(ident, state, episode))
 
-    def _end_episode(self, state: RobotState, outcome: str) -> None:
+    async def _commit(self, ident: bytes, state: RobotState, episode: Episode) -> None:
+        """Hand the episode to the data server and ack only once it is durable (at-least-once delivery)."""
+        try:
+            if self.data is not None:
+                await self.data.ingest.remote(episode)
+            self.episodes_out += 1
+        except Exception as exc:  # noqa: BLE001 - not acked: the robot re-sends and we try again
+            log.warning(
+                "gateway: episode %s not stored (%s); the robot will re-send", episode.episode_id, exc
+            )
+            state.recent_ends.remove(episode.episode_id)
+            return
+        finally:
+            state.committing.discard(episode.episode_id)
+        self._send(state.ident or ident, P.Ack(robot_id=state.robot_id, episode_id=episode.episode_id))
+
+    def _abort_episode(self, state: RobotState) -> None:
+        """The robot left (or started another episode) without ending this one: keep what arrived."""
+        asm = state.assembly
+        partial = asm.abort() if asm is not None else None
         state.steps_done += max(state.last_step, 0)
-        self._count_outcome(state, state.episode_id or "", outcome)
-        state.episode_id, state.last_step = None, -1
+        self._count_outcome(state, state.episode_id or "", "aborted")
+        state.episode_id, state.last_step, state.assembly = None, -1, None
+        if partial is not None and self.data is not None:
+            self.data.ingest.remote(partial)
 
     def _count_outcome(self, state: RobotState, episode_id: str, outcome: str) -> None:
         state.recent_ends.append(episode_id)
@@ -433,7 +521,7 @@ class Gateway:
             self.by_ident.pop(state.ident, None)
             state.ident = None
         if state.episode_id is not None:
-            self._end_episode(state, "aborted")
+            self._abort_episode(state)
         self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
         log.info("gateway: robot %s offline (lease expired)", state.robot_id)
 
@@ -449,6 +537,7 @@ class Gateway:
             "endpoint": self.cfg.endpoint,
             "robots": [s.row() for s in self.robots.values()],
             "refused": dict(self.refused),
+            "episodes_committed": self.episodes_out,
             "pools": {
                 p: {
                     "queue_depth": self.scheduler.queue_depth(p),
@@ -480,7 +569,7 @@ class Gateway:
                 log.warning("gateway: metrics server unreachable")
 
 
-def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics) -> Any:
+def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics, data=None) -> Any:
     return (
         ray.remote(Gateway)
         .options(
@@ -488,5 +577,5 @@ def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics) -> 
             max_restarts=config.max_restarts,
             resources=dict(config.resources) or None,
         )
-        .remote(config, tasks, replicas, registry, metrics)
+        .remote(config, tasks, replicas, registry, metrics, data)
     )

@@ -98,26 +98,54 @@ def _obs(robot_id, step, episode="ep1", state=None):
     )
 
 
+def _steps(robot_id, episode, first, n, action_shape=(2,)):
+    from fleetrl.robots.episode import empty_columns
+
+    cols = empty_columns(n)
+    cols["obs_step"] += first
+    return P.Steps(
+        robot_id=robot_id,
+        episode_id=episode,
+        first_step=first,
+        observations={"state": np.full((n, 10), first, np.float32)},
+        actions=np.zeros((n, *action_shape), np.float32),
+        columns=cols,
+    )
+
+
+def _end(robot_id, episode, steps, outcome="success"):
+    final = {"state": np.ones(10, np.float32)}
+    return P.EpisodeEnd(
+        robot_id=robot_id, episode_id=episode, outcome=outcome, steps=steps, final_observation=final
+    )
+
+
 def test_out_of_order_and_bad_observations_are_refused(platform):
     raw, rid = _authenticated_raw(platform, "raw-1")
-    reply = raw.request(_obs(rid, 5))
-    assert isinstance(reply, P.Action) and reply.step == 5 and reply.actions.shape == (4, 2)
+    reply = raw.request(_obs(rid, 0))
+    assert isinstance(reply, P.Action) and reply.step == 0 and reply.actions.shape == (4, 2)
     assert np.isfinite(reply.log_prob) and reply.timings["queue_ms"] >= 0
-    retry = raw.request(_obs(rid, 5))  # the same step again is a retry and is served
-    assert isinstance(retry, P.Action) and retry.step == 5
-    stale = raw.request(_obs(rid, 4))
-    assert stale.code == "out_of_order" and stale.step == 4
-    assert raw.request(_obs(rid, 6, state=np.zeros(11, np.float32))).code == "bad_observation"
-    assert raw.request(_obs(rid, 6, state=np.zeros(10, np.float64))).code == "bad_observation"
-    bad_keys = P.Obs(robot_id=rid, episode_id="ep1", step=7, observation={"image": np.zeros(10, np.float32)})
+    retry = raw.request(_obs(rid, 0))  # the same step again is a retry and is served
+    assert isinstance(retry, P.Action) and retry.step == 0
+    raw.send(_steps(rid, "ep1", 0, 3))  # rows 0..2 (no reply)
+    assert isinstance(raw.request(_obs(rid, 3)), P.Action)
+    stale = raw.request(_obs(rid, 2))
+    assert stale.code == "out_of_order" and stale.step == 2
+    assert raw.request(_obs(rid, 4, state=np.zeros(11, np.float32))).code == "bad_observation"
+    assert raw.request(_obs(rid, 4, state=np.zeros(10, np.float64))).code == "bad_observation"
+    bad_keys = P.Obs(robot_id=rid, episode_id="ep1", step=4, observation={"image": np.zeros(10, np.float32)})
     assert raw.request(bad_keys).code == "bad_observation"
-    end = raw.request(P.EpisodeEnd(robot_id=rid, episode_id="ep1", outcome="exploded"))
-    assert end.code == "bad_message"
-    ack = raw.request(P.EpisodeEnd(robot_id=rid, episode_id="ep1", outcome="success", steps=8))
-    assert isinstance(ack, P.Ack)
-    again = raw.request(P.EpisodeEnd(robot_id=rid, episode_id="ep1", outcome="success", steps=8))
-    assert isinstance(again, P.Ack)  # a re-sent end is acked again …
+    assert raw.request(_steps(rid, "ep1", 3, 2, action_shape=(3,))).code == "bad_observation"
+    gap = raw.request(_steps(rid, "ep1", 4, 1))  # row 3 is missing: the gateway asks for it
+    assert gap.code == "out_of_order" and gap.step == 3 and gap.episode_id == "ep1"
+    assert raw.request(_end(rid, "ep1", 5, outcome="exploded")).code == "bad_message"
+    incomplete = raw.request(_end(rid, "ep1", 5))
+    assert incomplete.code == "incomplete_episode" and incomplete.step == 3 and incomplete.episode_id == "ep1"
+    raw.send(_steps(rid, "ep1", 3, 2))
+    assert isinstance(raw.request(_end(rid, "ep1", 5)), P.Ack)
+    assert isinstance(raw.request(_end(rid, "ep1", 5)), P.Ack)  # a re-sent end is acked again …
     assert _gateway_row(platform, rid)["outcomes"] == {"success": 1}  # … and counted once
+    assert _gateway_row(platform, rid)["steps"] == 5
     assert raw.request(_obs(rid, 9)).code == "out_of_order"  # the episode has ended
     assert isinstance(raw.request(_obs(rid, 0, episode="ep2")), P.Action)
     raw.close()
@@ -204,4 +232,11 @@ def test_restarted_gateway_is_reconnected_to(platform):
         assert fleet.total("holds") > holds_before and fleet.total("link_losses") >= 1
         before = fleet.total("replies")
         fleet.wait_for(lambda: fleet.total("replies") >= before + 20, what="actions after the restart")
+        # Episodes that were running when the gateway died are re-sent in full and acked by the new one.
+        fleet.wait_for(
+            lambda: ray.get(platform.gateway.stats.remote())["episodes_committed"] >= 2,
+            timeout=30,
+            what="episodes to be committed by the restarted gateway",
+        )
     assert ray.get(platform.gateway.ready.remote())["endpoint"] == platform.endpoint
+    assert all(ep.acked for c in fleet.clients for ep in list(c.episodes)[:-1])

@@ -59,11 +59,17 @@ class ScriptedGateway:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(endpoint)
         self.ident: bytes | None = None
+        self.steps: list[P.Steps] = []
 
     def recv(self, timeout_ms: int = 1000) -> P.Message:
-        assert self.sock.poll(timeout_ms), "the client sent nothing"
-        self.ident, frame = self.sock.recv_multipart()
-        return P.decode(frame)
+        """The next frame that is not a ``steps`` upload (those are kept in ``self.steps``)."""
+        while True:
+            assert self.sock.poll(timeout_ms), "the client sent nothing"
+            self.ident, frame = self.sock.recv_multipart()
+            msg = P.decode(frame)
+            if not isinstance(msg, P.Steps):
+                return msg
+            self.steps.append(msg)
 
     def pending(self) -> bool:
         return bool(self.sock.poll(50))
@@ -264,3 +270,72 @@ def test_episode_end_is_resent_until_acked(rig):
         m for m in iter(lambda: gw.recv() if gw.pending() else None, None) if isinstance(m, P.EpisodeEnd)
     ]
     assert later == []
+
+
+class OperatorRobot(CountingRobot):
+    """An operator overrides the commanded action at step 1 (an intervention)."""
+
+    def act(self, action):
+        result = super().act(action)
+        if self.t == 2:
+            return result._replace(executed_action=np.array([0.9, -0.9], np.float32))
+        return result
+
+
+def test_steps_upload_pairs_each_observation_with_the_executed_action(rig):
+    client, gw, clock, _ = rig
+    client.robot = robot = OperatorRobot()
+    obs0 = connect(client, gw, clock)
+    gw.send(
+        P.Action(
+            robot_id="rbt_1",
+            episode_id=obs0.episode_id,
+            step=0,
+            actions=np.full((3, 2), 0.25, np.float32),
+            log_prob=-1.5,
+            policy_version=7,
+            replica="r/0",
+        )
+    )
+    deliver(client)
+    for _ in range(3):
+        clock.t += 0.1
+        client.tick()
+    gw.recv()  # the early request carries the steps executed so far
+    rows = gw.steps
+    assert [f.first_step for f in rows] == [0] and rows[0].episode_id == obs0.episode_id
+    frame = rows[0]
+    n = len(frame.actions)
+    assert n == 2  # steps 0 and 1 were executed before the request at step 2
+    np.testing.assert_array_equal(
+        frame.observations["state"][:, 0], [0.0, 1.0]
+    )  # observation before each action
+    np.testing.assert_allclose(
+        frame.actions, [[0.25, 0.25], [0.9, -0.9]]
+    )  # the operator's action was executed
+    assert frame.columns["intervention"].tolist() == [False, True]
+    assert frame.columns["policy_version"].tolist() == [7, -1]
+    assert frame.columns["log_prob"][0] == np.float32(-1.5) and np.isnan(frame.columns["log_prob"][1])
+    assert client.counters["interventions"] == 1 and len(robot.actions) == 3
+
+
+def test_incomplete_episode_makes_the_client_resend_its_rows(rig):
+    client, gw, clock, robot = rig
+    robot.horizon = 2
+    obs0 = connect(client, gw, clock)
+    gw.chunk(obs0, np.zeros((3, 2)))
+    deliver(client)
+    for _ in range(2):
+        clock.t += 0.1
+        client.tick()
+    end = gw.recv()
+    assert isinstance(end, P.EpisodeEnd) and end.steps == 2 and end.truncated and not end.terminated
+    assert end.final_observation["state"][0] == 2.0
+    assert sum(len(f.actions) for f in gw.steps) == 2
+    gw.steps.clear()
+    gw.send(P.Error(robot_id="rbt_1", code="incomplete_episode", step=1, episode_id=end.episode_id))
+    deliver(client)
+    again = gw.recv()
+    assert isinstance(again, P.EpisodeEnd) and again.episode_id == end.episode_id
+    assert [(f.first_step, len(f.actions)) for f in gw.steps] == [(1, 1)]  # only the missing row
+    assert client.counters["resent_steps"] == 1

@@ -62,6 +62,7 @@ SIMPLE_MESSAGES = [
         labelled_by="human",
         steps=120,
         total_reward=3.5,
+        terminated=True,
     ),
     P.Ack(robot_id="arm-1", episode_id="ep-9"),
     P.Ping(robot_id="arm-1"),
@@ -79,8 +80,30 @@ def test_roundtrip_plain_messages(msg):
 
 
 def test_every_message_kind_is_covered_by_the_roundtrip_tests():
-    covered = {m.KIND for m in SIMPLE_MESSAGES} | {"obs", "action"}
+    covered = {m.KIND for m in SIMPLE_MESSAGES} | {"obs", "action", "steps"}
     assert covered == set(P.MESSAGE_TYPES)
+
+
+def test_roundtrip_steps_and_episode_end_with_arrays():
+    steps = P.Steps(
+        robot_id="arm-1",
+        episode_id="ep-9",
+        first_step=64,
+        observations={"state": np.ones((3, 10), np.float32), "image": np.zeros((3, 4, 4, 3), np.uint8)},
+        actions=np.arange(6, dtype=np.float32).reshape(3, 2),
+        columns={"reward": np.array([0.0, -1.0, 1.0], np.float32), "intervention": np.array([0, 1, 0], bool)},
+    )
+    out = _roundtrip(steps)
+    assert out.first_step == 64 and out.episode_id == "ep-9"
+    np.testing.assert_array_equal(out.actions, steps.actions)
+    assert out.observations["image"].shape == (3, 4, 4, 3) and out.observations["image"].dtype == np.uint8
+    assert out.columns["intervention"].dtype == bool and out.columns["intervention"].tolist() == [0, 1, 0]
+    end = _roundtrip(
+        P.EpisodeEnd(
+            robot_id="r", episode_id="e", steps=3, final_observation={"state": np.ones(10, np.float32)}
+        )
+    )
+    np.testing.assert_array_equal(end.final_observation["state"], np.ones(10, np.float32))
 
 
 def test_roundtrip_obs_with_arrays_and_human_action():
