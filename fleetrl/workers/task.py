@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -69,11 +70,11 @@ class TaskConfig(BaseModel):
                 raise ValueError(f"observation name {key!r} must match {NAME_RE}")
         return v
 
-    @property
+    @cached_property
     def observation_spec(self) -> dict[str, ArraySpec]:
         return {k: v.to_spec() for k, v in self.observation.items()}
 
-    @property
+    @cached_property
     def action_spec(self) -> ArraySpec:
         return self.action.to_spec()
 
