@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleetrl.serving.deployment import RestConfig
+from fleetrl.workers.data import DataConfig
 from fleetrl.workers.rollout import GatewayConfig
 from fleetrl.workers.task import NAME_RE, TaskConfig
 
@@ -42,6 +43,7 @@ class PlatformConfig(BaseModel):
     )
     rest: RestConfig = Field(default_factory=RestConfig, description="REST endpoint.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Robot gateway (ZeroMQ).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Episode store and replay.")
     tasks: tuple[TaskConfig, ...] = Field(description="Tasks served by this platform.")
     sim_robots: tuple[SimFleetConfig, ...] = Field(
         (), description="Simulated robots started by `fleetrl run`."

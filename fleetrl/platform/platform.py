@@ -19,6 +19,7 @@ import ray
 from fleetrl.platform.config import PlatformConfig
 from fleetrl.platform.registry import Registry
 from fleetrl.serving.deployment import deploy_rest, undeploy_rest
+from fleetrl.workers.data import DataServer, default_root
 from fleetrl.workers.inference import start_replicas
 from fleetrl.workers.logs import MetricsServer
 from fleetrl.workers.rollout import start_gateway
@@ -49,6 +50,7 @@ class Platform:
         self.registry: Any = None
         self.metrics: Any = None
         self.gateway: Any = None
+        self.data: Any = None
         self.replicas: dict[str, list[Any]] = {}
         self.rest_url: str | None = None
         self.endpoint: str | None = None
@@ -75,9 +77,16 @@ class Platform:
         )
         self.metrics = ray.remote(MetricsServer).options(num_cpus=0, max_restarts=-1).remote()
         ray.get([self.registry.upsert_task.remote(t.name, t.public()) for t in cfg.tasks], timeout=timeout)
+        self.data = (
+            ray.remote(DataServer)
+            .options(num_cpus=cfg.data.num_cpus, max_restarts=cfg.data.max_restarts)
+            .remote(cfg.data, list(cfg.tasks), default_root(cfg.state_path, cfg.data), self.metrics)
+        )
         self.replicas = {t.name: start_replicas(t, self.metrics) for t in cfg.tasks}
-        self.gateway = start_gateway(cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics)
-        pending = [self.metrics.ready.remote(), self.gateway.ready.remote()]
+        self.gateway = start_gateway(
+            cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data
+        )
+        pending = [self.metrics.ready.remote(), self.gateway.ready.remote(), self.data.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
         ray.get(pending, timeout=timeout)
         self.endpoint = cfg.gateway.endpoint
@@ -113,7 +122,8 @@ class Platform:
 
     def stop(self) -> None:
         undeploy_rest()
-        actors = [self.gateway, self.metrics, self.registry] + [r for p in self.replicas.values() for r in p]
+        actors = [self.gateway, self.data, self.metrics, self.registry]
+        actors += [r for p in self.replicas.values() for r in p]
         for a in actors:
             if a is None:
                 continue

@@ -318,10 +318,9 @@ class RobotClient:
         self._obs = result.observation
         if result.success or result.terminated or result.truncated:
             outcome = "success" if result.success else ("timeout" if result.truncated else "failure")
-            self._episode.terminated, self._episode.truncated = (
-                bool(result.terminated),
-                bool(result.truncated),
-            )
+            # Reaching the goal ends the task: a success is terminal even where the env does not say so.
+            self._episode.terminated = bool(result.terminated or result.success)
+            self._episode.truncated = bool(result.truncated) and not self._episode.terminated
             self._end_episode(outcome, now)
             return
         self._maybe_request(now)

@@ -36,6 +36,7 @@ from fleetrl.workers.task import TaskConfig
 
 log = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+MAX_OPEN_EPISODES = 8  # per robot: the current one plus re-sends of unacked ones
 
 
 class GatewayConfig(BaseModel):
@@ -73,7 +74,7 @@ class RobotState:
     outcomes: Counter = field(default_factory=Counter)
     recent_ends: deque = field(default_factory=lambda: deque(maxlen=16))
     committing: set = field(default_factory=set)  # ended episodes on their way to the data server
-    assembly: EpisodeAssembly | None = None
+    assemblies: dict = field(default_factory=dict)  # episode id -> EpisodeAssembly (open episodes)
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
 
     def row(self) -> dict[str, Any]:
@@ -303,7 +304,7 @@ class Gateway:
             self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
             return
         state.last_step = msg.step
-        self._ask_for_missing_rows(ident, state, msg.step)
+        self._ask_for_missing_rows(ident, state, state.assemblies[msg.episode_id], msg.step)
         if msg.last_latency_ms is not None:
             state.latency_ms.append(msg.last_latency_ms)
             self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)
@@ -315,23 +316,39 @@ class Gateway:
         self._start(self.scheduler.submit(task.name, robot_id, (ident, msg, time.time())))
 
     # -- episodes ------------------------------------------------------------------------------------
+    # A robot has one current episode (the one its observations belong to) and may re-send rows of
+    # earlier, not-yet-acked episodes at the same time; each open episode has its own assembly.
+
     def _in_episode(self, ident: bytes, state: RobotState, episode_id: str, step: int | None) -> bool:
         """Make ``episode_id`` the robot's current episode (refusing ended ones); False if refused."""
         if episode_id == state.episode_id:
             return True
-        if not episode_id or episode_id in state.recent_ends:
-            self._refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step)
+        if self._assembly(ident, state, episode_id, step) is None:
             return False
         if state.episode_id is not None:
-            self._abort_episode(state)  # a new episode began without an end for the last one
+            self._abort_episode(state, state.episode_id)  # a new episode began without an end for the last
         state.episode_id, state.last_step = episode_id, -1
-        state.assembly = EpisodeAssembly(state.task, state.robot_id, episode_id)
         return True
 
-    def _ask_for_missing_rows(self, ident: bytes, state: RobotState, upto: int) -> None:
+    def _assembly(
+        self, ident: bytes, state: RobotState, episode_id: str, step: int | None = None
+    ) -> EpisodeAssembly | None:
+        """The open assembly of ``episode_id`` (created on first sight), or None after a refusal."""
+        asm = state.assemblies.get(episode_id)
+        if asm is not None:
+            return asm
+        if not episode_id or episode_id in state.recent_ends or episode_id in state.committing:
+            self._refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step)
+            return None
+        if len(state.assemblies) >= MAX_OPEN_EPISODES:
+            self._refuse(ident, "overloaded", f"more than {MAX_OPEN_EPISODES} open episodes", state.robot_id)
+            return None
+        asm = state.assemblies[episode_id] = EpisodeAssembly(state.task, state.robot_id, episode_id)
+        return asm
+
+    def _ask_for_missing_rows(self, ident: bytes, state: RobotState, asm: EpisodeAssembly, upto: int) -> None:
         """Rows before ``upto`` never arrived (e.g. this gateway restarted mid-episode): ask once."""
-        asm = state.assembly
-        if asm is not None and asm.expected < upto and asm.asked_from != asm.expected:
+        if asm.expected < upto and asm.asked_from != asm.expected:
             asm.asked_from = asm.expected
             self._send(
                 ident,
@@ -345,15 +362,14 @@ class Gateway:
             )
 
     def _on_steps(self, ident: bytes, state: RobotState, msg: P.Steps) -> None:
-        if not self._in_episode(ident, state, msg.episode_id, None):
+        asm = self._assembly(ident, state, msg.episode_id)
+        if asm is None:
             return
-        asm = state.assembly
-        assert asm is not None
         if msg.first_step != asm.expected:
             if msg.first_step < asm.expected:
                 self.refused["duplicate_rows"] += 1  # rows we already have (a re-send raced the original)
             else:
-                self._ask_for_missing_rows(ident, state, msg.first_step)
+                self._ask_for_missing_rows(ident, state, asm, msg.first_step)
             return
         try:
             asm.add(msg)
@@ -364,14 +380,14 @@ class Gateway:
         if msg.outcome not in P.OUTCOMES or msg.labelled_by not in P.LABELLERS:
             self._refuse(ident, "bad_message", f"outcome must be one of {P.OUTCOMES}", state.robot_id)
             return
-        if msg.episode_id in state.recent_ends or msg.episode_id in state.committing:
-            if msg.episode_id in state.recent_ends:  # a re-sent end is acked again but counted once
-                self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
+        if msg.episode_id in state.committing:
+            return  # acked when the data server has it (or re-processed if it fails)
+        if msg.episode_id in state.recent_ends:  # a re-sent end of a committed episode: ack again, count once
+            self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
             return
-        if not self._in_episode(ident, state, msg.episode_id, None):
+        asm = self._assembly(ident, state, msg.episode_id)
+        if asm is None:
             return
-        asm = state.assembly
-        assert asm is not None
         if asm.expected < msg.steps:
             self._send(
                 ident,
@@ -389,8 +405,10 @@ class Gateway:
         except (P.ProtocolError, ValueError) as exc:
             self._refuse(ident, "bad_message", str(exc), state.robot_id)
             return
+        del state.assemblies[msg.episode_id]
+        if msg.episode_id == state.episode_id:
+            state.episode_id, state.last_step = None, -1
         state.steps_done += len(episode)
-        state.episode_id, state.last_step, state.assembly = None, -1, None
         self._count_outcome(state, msg.episode_id, msg.outcome)
         state.committing.add(msg.episode_id)
         self._loop.create_task(self._commit(ident, state, episode))
@@ -405,21 +423,40 @@ class Gateway:
             log.warning(
                 "gateway: episode %s not stored (%s); the robot will re-send", episode.episode_id, exc
             )
-            state.recent_ends.remove(episode.episode_id)
+            self._uncount_outcome(state, episode)
             return
         finally:
             state.committing.discard(episode.episode_id)
         self._send(state.ident or ident, P.Ack(robot_id=state.robot_id, episode_id=episode.episode_id))
 
-    def _abort_episode(self, state: RobotState) -> None:
+    def _abort_episode(self, state: RobotState, episode_id: str) -> None:
         """The robot left (or started another episode) without ending this one: keep what arrived."""
-        asm = state.assembly
+        asm = state.assemblies.pop(episode_id, None)
         partial = asm.abort() if asm is not None else None
-        state.steps_done += max(state.last_step, 0)
-        self._count_outcome(state, state.episode_id or "", "aborted")
-        state.episode_id, state.last_step, state.assembly = None, -1, None
+        state.steps_done += len(partial) if partial is not None else 0
+        self._count_outcome(state, episode_id, "aborted")
+        if episode_id == state.episode_id:
+            state.episode_id, state.last_step = None, -1
         if partial is not None and self.data is not None:
-            self.data.ingest.remote(partial)
+            self._loop.create_task(self._store_partial(partial))
+
+    async def _store_partial(self, episode: Episode, attempts: int = 5) -> None:
+        """Keep the rows of an aborted episode; retried, since no robot will re-send them."""
+        for attempt in range(attempts):
+            try:
+                await self.data.ingest.remote(episode)
+                return
+            except Exception as exc:  # noqa: BLE001 - data server restarting
+                log.warning("gateway: aborted episode %s not stored yet (%s)", episode.episode_id, exc)
+                await asyncio.sleep(1.0 + attempt)
+        log.error("gateway: aborted episode %s could not be stored", episode.episode_id)
+
+    def _uncount_outcome(self, state: RobotState, episode: Episode) -> None:
+        """A commit failed: forget the end so the robot's re-send is processed afresh."""
+        if episode.episode_id in state.recent_ends:
+            state.recent_ends.remove(episode.episode_id)
+        state.outcomes[episode.outcome] -= 1
+        state.steps_done -= len(episode)
 
     def _count_outcome(self, state: RobotState, episode_id: str, outcome: str) -> None:
         state.recent_ends.append(episode_id)
@@ -521,7 +558,8 @@ class Gateway:
             self.by_ident.pop(state.ident, None)
             state.ident = None
         if state.episode_id is not None:
-            self._abort_episode(state)
+            self._abort_episode(state, state.episode_id)
+        state.assemblies.clear()  # re-sends of ended episodes: the robot sends them again when it is back
         self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
         log.info("gateway: robot %s offline (lease expired)", state.robot_id)
 

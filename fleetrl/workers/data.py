@@ -1,0 +1,100 @@
+"""The data server: a Ray actor that keeps every episode durably and serves replay to learners.
+
+``ingest`` stores an episode (exactly once by id) and only then adds it to the task's in-memory replay;
+the gateway acks the robot after ``ingest`` returns, so every acked episode is on disk. After a restart
+the replay is rebuilt from the store, so nothing acked is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
+from fleetrl.robots.episode import Episode
+from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.replay import Replay, ReplayConfig
+from fleetrl.workers.store import EpisodeStore
+from fleetrl.workers.task import TaskConfig
+
+log = logging.getLogger(__name__)
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    root: str | None = Field(
+        None,
+        description="Episode store root: a path or a pyarrow filesystem URL (default <state_dir>/episodes).",
+    )
+    catalog: str | None = Field(None, description="SQLite catalog path (required for a remote root).")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="Replay settings for every task.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the data server.")
+    max_restarts: int = Field(-1, ge=-1, description="Ray restarts of a dead data server (-1: unlimited).")
+    seed: int = Field(0, description="Replay sampling seed.")
+
+
+class DataServer:
+    """Ray actor: ``ready``, ``ingest``, ``sample_chunks``, ``sample_episodes``, ``stats``, ``stop``."""
+
+    def __init__(self, config: DataConfig, tasks: list[TaskConfig], root: str, metrics: Any | None = None):
+        self.cfg = config
+        self.metrics_server = metrics
+        if metrics is not None:
+            RemoteLogHandler.install(metrics, "data")
+        self.metrics = MetricsBuffer()
+        t0 = time.monotonic()
+        self.store = EpisodeStore(root, config.catalog)
+        self.replays = {
+            t.name: Replay.from_config(config.replay, chunk_len=t.chunk_len, seed=config.seed) for t in tasks
+        }
+        rebuilt = 0
+        for snapshot, episode in self.store.iter_episodes():
+            replay = self.replays.get(episode.task)
+            if replay is not None:
+                replay.add(episode, snapshot)
+                rebuilt += 1
+        log.info("data server: %d episodes rebuilt from %s in %.1f s", rebuilt, root, time.monotonic() - t0)
+
+    def ready(self) -> dict[str, Any]:
+        return {"snapshot": self.store.snapshot(), "root": self.store.root}
+
+    def ingest(self, episode: Episode) -> dict[str, Any]:
+        """Store (once) and add to replay; returns ``{stored, snapshot}`` once the episode is durable."""
+        replay = self.replays.get(episode.task)
+        if replay is None:
+            raise KeyError(f"no task named {episode.task!r} on this data server")
+        stored, snapshot = self.store.put(episode)
+        if stored:
+            replay.add(episode, snapshot)
+        else:
+            log.info("data server: duplicate episode %s ignored (snapshot %d)", episode.episode_id, snapshot)
+        return {"stored": stored, "snapshot": snapshot}
+
+    def sample_chunks(self, task: str, batch_size: int) -> ChunkBatch:
+        return self.replays[task].sample_chunks(batch_size)
+
+    def sample_episodes(self, task: str, n: int, max_staleness: int | None = None) -> EpisodeBatch:
+        return self.replays[task].sample_episodes(n, max_staleness=max_staleness)
+
+    def episode_ids(self, task: str | None = None) -> list[str]:
+        return [row["episode_id"] for row in self.store.list(task)]
+
+    def get_episode(self, episode_id: str) -> Episode:
+        return self.store.get(episode_id)
+
+    def stats(self, task: str | None = None) -> dict[str, Any]:
+        out = {"store": self.store.stats(task)}
+        if task is not None:
+            out["replay"] = self.replays[task].sizes()
+        return out
+
+    def stop(self) -> None:
+        self.store.close()
+
+
+def default_root(state_dir: Path, config: DataConfig) -> str:
+    return config.root or str(state_dir / "episodes")
