@@ -7,6 +7,8 @@ before it is kept, so a malformed upload is refused without touching what was al
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from fleetrl.robots import protocol as P
@@ -94,6 +96,7 @@ class EpisodeAssembly:
             {k: np.array(v) for k, v in final.items()},
             terminated=end.terminated,
             truncated=end.truncated,
+            meta={"gateway_end_time": time.time()},
         )
 
     def abort(self) -> Episode | None:
@@ -102,5 +105,9 @@ class EpisodeAssembly:
             return None
         final = {k: v[-1][-1].copy() for k, v in self._obs.items()}
         return self._episode(
-            "aborted", "gateway", final, truncated=True, meta={"final_observation": "last_row"}
+            "aborted",
+            "gateway",
+            final,
+            truncated=True,
+            meta={"final_observation": "last_row", "gateway_end_time": time.time()},
         )

@@ -68,11 +68,24 @@ class DataServer:
         if replay is None:
             raise KeyError(f"no task named {episode.task!r} on this data server")
         stored, snapshot = self.store.put(episode)
+        labels = (episode.task,)
         if stored:
             replay.add(episode, snapshot)
+            ended = episode.meta.get("gateway_end_time")
+            if isinstance(ended, float):
+                self.metrics.observe("episode_to_learner_seconds", labels, max(0.0, time.time() - ended))
+            sizes = replay.sizes()
+            self.metrics.set("replay_transitions", (episode.task, "online"), sizes["online_transitions"])
+            self.metrics.set("replay_transitions", (episode.task, "offline"), sizes["offline_transitions"])
         else:
             log.info("data server: duplicate episode %s ignored (snapshot %d)", episode.episode_id, snapshot)
+        self.metrics.inc("episodes_ingested_total", (episode.task, "stored" if stored else "duplicate"))
+        self._flush_metrics()
         return {"stored": stored, "snapshot": snapshot}
+
+    def _flush_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.ingest.remote(*self.metrics.drain())
 
     def sample_chunks(self, task: str, batch_size: int) -> ChunkBatch:
         return self.replays[task].sample_chunks(batch_size)

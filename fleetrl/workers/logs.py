@@ -17,7 +17,24 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    120.0,
+)
 
 # name -> (kind, help, label names). The one list of what the platform measures.
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -34,6 +51,18 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "observations_total": ("counter", "Observations accepted by the gateway.", ("task",)),
     "episodes_total": ("counter", "Episodes ended, by outcome.", ("task", "outcome")),
     "replica_failures_total": ("counter", "Inference calls lost to a dead replica.", ("pool",)),
+    "episode_to_learner_seconds": (
+        "histogram",
+        "Episode end received by the gateway to the episode being in replay (includes re-sends).",
+        ("task",),
+    ),
+    "episodes_ingested_total": (
+        "counter",
+        "Episodes offered to the data server, by result.",
+        ("task", "result"),
+    ),
+    "episode_resends_total": ("counter", "Rows or ends a robot had to send again, by reason.", ("reason",)),
+    "replay_transitions": ("gauge", "Transitions in replay, by partition.", ("task", "partition")),
     "robots_online": ("gauge", "Robots with a live session.", ("task",)),
     "queue_depth": ("gauge", "Observations waiting for a replica.", ("pool",)),
     "replicas_available": ("gauge", "Replicas the scheduler can dispatch to.", ("pool",)),

@@ -350,6 +350,7 @@ class Gateway:
         """Rows before ``upto`` never arrived (e.g. this gateway restarted mid-episode): ask once."""
         if asm.expected < upto and asm.asked_from != asm.expected:
             asm.asked_from = asm.expected
+            self.metrics.inc("episode_resends_total", ("missing_rows",))
             self._send(
                 ident,
                 P.Error(
@@ -383,12 +384,14 @@ class Gateway:
         if msg.episode_id in state.committing:
             return  # acked when the data server has it (or re-processed if it fails)
         if msg.episode_id in state.recent_ends:  # a re-sent end of a committed episode: ack again, count once
+            self.metrics.inc("episode_resends_total", ("end_after_commit",))
             self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
             return
         asm = self._assembly(ident, state, msg.episode_id)
         if asm is None:
             return
         if asm.expected < msg.steps:
+            self.metrics.inc("episode_resends_total", ("incomplete_episode",))
             self._send(
                 ident,
                 P.Error(

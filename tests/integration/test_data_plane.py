@@ -48,3 +48,21 @@ def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):
     assert set(_acked(fleet)) <= set(stored)  # every acked episode is on disk
     sizes = ray.get(platform.data.stats.remote("reach"))["replay"]
     assert sizes["online_episodes"] >= len(_acked(fleet))  # and back in replay after the rebuild
+
+
+def test_data_plane_metrics_are_exported(platform):
+    import httpx
+
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{platform.rest_url}/metrics").text
+        if 'fleetrl_episodes_ingested_total{result="stored",task="reach"}' in text:
+            break
+        time.sleep(0.5)
+    assert 'fleetrl_episodes_ingested_total{result="stored",task="reach"}' in text
+    count = [
+        line for line in text.splitlines() if line.startswith("fleetrl_episode_to_learner_seconds_count")
+    ]
+    assert count and float(count[0].split()[-1]) > 0
+    assert 'fleetrl_replay_transitions{partition="online",task="reach"}' in text
