@@ -95,6 +95,7 @@ class Platform:
             registry=self.registry,
             gateway=self.gateway,
             metrics=self.metrics,
+            data=self.data,
             tasks=list(cfg.tasks),
             admin_token_sha256=hashlib.sha256(self.admin_token.encode()).hexdigest(),
             robot_endpoint=self.endpoint,

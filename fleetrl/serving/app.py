@@ -6,7 +6,7 @@ Every request body is validated by pydantic; every refusal is a 4xx whose ``deta
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +27,12 @@ class RobotRegistration(BaseModel):
     task: str = Field(pattern=NAME_RE, description="Task the robot works on.")
     observation_spec: dict[str, ArraySpecConfig] = Field(description="What the robot observes.")
     action_spec: ArraySpecConfig = Field(description="One control step's action.")
+
+
+class EpisodeLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcome: Literal["success", "failure"] = Field(description="The label.")
+    labelled_by: Literal["human", "critic"] = Field("human", description="Who labelled it.")
 
 
 class RobotCredentials(BaseModel):
@@ -51,11 +57,12 @@ def create_app(
     registry: Any,
     gateway: Any,
     metrics: Any,
+    data: Any,
     tasks: list[TaskConfig],
     admin_token_sha256: str,
     robot_endpoint: str,
 ) -> FastAPI:
-    """Build the app around actor handles (``registry``, ``gateway``, ``metrics``)."""
+    """Build the app around actor handles (``registry``, ``gateway``, ``metrics``, ``data``)."""
     app = FastAPI(
         title="fleetrl",
         version="0.1.0",
@@ -87,6 +94,7 @@ def create_app(
             await registry.ready.remote()
             await gateway.ready.remote()
             await metrics.ready.remote()
+            await data.ready.remote()
         except Exception as exc:  # noqa: BLE001
             raise HTTPException(503, f"component unavailable: {type(exc).__name__}: {exc}") from None
         return {"status": "ok", "api": API_VERSION, "robot_endpoint": robot_endpoint}
@@ -139,5 +147,28 @@ def create_app(
             raise HTTPException(404, f"no robot with id {robot_id!r}") from None
         await gateway.revoke.remote(robot_id)
         return Response(status_code=204)
+
+    @app.get("/v1/tasks/{task}/data", tags=["data"], dependencies=[Depends(admin)])
+    async def task_data(task: str) -> dict[str, Any]:
+        """Episodes, hours, outcome and intervention counts, replay sizes and the snapshot of one task."""
+        if task not in by_name:
+            raise HTTPException(404, f"no task named {task!r}; tasks: {sorted(by_name)}")
+        stats = await data.stats.remote(task)
+        return {"task": task, **stats["store"], "replay": stats["replay"]}
+
+    @app.get("/v1/episodes/{episode_id}", tags=["data"], dependencies=[Depends(admin)])
+    async def get_episode(episode_id: str) -> dict[str, Any]:
+        try:
+            return await data.episode_summary.remote(episode_id)
+        except KeyError:
+            raise HTTPException(404, f"no episode with id {episode_id!r}") from None
+
+    @app.post("/v1/episodes/{episode_id}/label", tags=["data"], dependencies=[Depends(admin)])
+    async def label_episode(episode_id: str, body: EpisodeLabel) -> dict[str, Any]:
+        """A human success/failure label; it replaces the episode's outcome for learning."""
+        try:
+            return await data.label.remote(episode_id, body.outcome, body.labelled_by)
+        except KeyError:
+            raise HTTPException(404, f"no episode with id {episode_id!r}") from None
 
     return app

@@ -99,6 +99,20 @@ class DataServer:
     def get_episode(self, episode_id: str) -> Episode:
         return self.store.get(episode_id)
 
+    def episode_summary(self, episode_id: str) -> dict[str, Any]:
+        """Catalog row plus the episode's metadata (not its arrays)."""
+        row = self.store.row(episode_id)
+        return {**row, "meta": self.store.get(episode_id).meta}
+
+    def label(self, episode_id: str, outcome: str, labelled_by: str = "human") -> dict[str, Any]:
+        """A human (or critic) outcome label: kept in the catalog and applied to the replay's rewards."""
+        row = self.store.set_label(episode_id, outcome, labelled_by)
+        replay = self.replays.get(row["task"])
+        if replay is not None:
+            replay.relabel(self.store.get(episode_id))
+        log.info("data server: episode %s labelled %s by %s", episode_id, outcome, labelled_by)
+        return row
+
     def stats(self, task: str | None = None) -> dict[str, Any]:
         out = {"store": self.store.stats(task)}
         if task is not None:

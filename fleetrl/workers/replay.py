@@ -279,6 +279,21 @@ class Replay:
         self._live.add(ep.episode_id)
         return True
 
+    def relabel(self, episode: Episode) -> bool:
+        """Apply a new outcome label (e.g. a human's) to an episode already held: its rewards and terminal
+        flag are recomputed in place. Robot success statistics keep the original label (a window
+        that turns over quickly). Returns False if the episode is not held."""
+        ep = with_rewards(episode, self.reward, self.c_fail)
+        for part in (self.online, self.offline):
+            for rec in part.records:
+                if rec.episode_id == ep.episode_id:
+                    pos = (rec.start + np.arange(rec.length)) % part.alloc
+                    part.reward[pos] = ep.columns["reward"]
+                    rec.terminated = bool(ep.terminated)
+                    part.version += 1
+                    return True
+        return False
+
     def _conform(self, ep: Episode) -> Episode:
         """Fix the task's array spec on the first episode; later ones must match it: shapes exactly, dtypes
         up to a same-kind cast, applied here (e.g. float64 demos into a float32 replay)."""

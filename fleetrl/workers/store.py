@@ -15,6 +15,7 @@ The file layout is in ``episode_file.py``.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fleetrl.robots.episode import Episode
+from fleetrl.robots.episode import OUTCOMES, Episode
 from fleetrl.workers.episode_file import read_episode, read_header, scalar_fields, to_table
 
 log = logging.getLogger(__name__)
@@ -234,10 +235,19 @@ class EpisodeStore:
 
     def get(self, episode_id: str) -> Episode:
         """The stored episode; KeyError if the catalog does not know it, ValueError if its file is bad."""
-        rows = self._query("SELECT path FROM episodes WHERE episode_id=?", (episode_id,))
+        rows = self._query(
+            "SELECT path, outcome, labelled_by FROM episodes WHERE episode_id=?", (episode_id,)
+        )
         if not rows:
             raise KeyError(f"episode {episode_id!r} is not in the store")
-        return read_episode(f"{self._base}/{rows[0]['path']}", self.fs)
+        return self._read(rows[0])
+
+    def _read(self, row: Any) -> Episode:
+        """Read an episode file; the catalog's outcome label (possibly a later human label) wins."""
+        ep = read_episode(f"{self._base}/{row['path']}", self.fs)
+        if ep.outcome != row["outcome"] or ep.labelled_by != row["labelled_by"]:
+            ep = dataclasses.replace(ep, outcome=row["outcome"], labelled_by=row["labelled_by"])
+        return ep
 
     def list(self, task: str | None = None, since_snapshot: int = 0) -> builtins.list[dict[str, Any]]:
         """Catalog rows with snapshot > ``since_snapshot`` (optionally of one task), oldest first."""
@@ -259,7 +269,7 @@ class EpisodeStore:
     ) -> Iterator[tuple[int, Episode]]:
         """(snapshot, episode) in snapshot order: how the data server rebuilds its replay after a restart."""
         for row in self.list(task, since_snapshot):
-            yield row["snapshot"], read_episode(f"{self._base}/{row['path']}", self.fs)
+            yield row["snapshot"], self._read(row)
 
     def snapshot(self) -> int:
         """The newest committed snapshot (0 for an empty store)."""
@@ -282,6 +292,31 @@ class EpisodeStore:
         return {"episodes": int(r[0]), "steps": steps, "hours": hours} | {
             k: int(v) for k, v in zip(keys, r[3:], strict=True)
         }
+
+    def set_label(self, episode_id: str, outcome: str, labelled_by: str = "human") -> dict[str, Any]:
+        """Record a new outcome label for a stored episode (the Parquet file stays as written; the
+        catalog's label wins on ``get``). Returns the updated catalog row."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE episodes SET outcome = ?, labelled_by = ? WHERE episode_id = ?",
+                (outcome, labelled_by, episode_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"no episode with id {episode_id!r}")
+        return self.row(episode_id)
+
+    def row(self, episode_id: str) -> dict[str, Any]:
+        """The catalog row of one episode."""
+        rows = self._query(
+            f"SELECT {', '.join(_ROW_FIELDS)} FROM episodes WHERE episode_id = ?", (episode_id,)
+        )
+        if not rows:
+            raise KeyError(f"no episode with id {episode_id!r}")
+        d = dict(rows[0])
+        d["terminated"], d["truncated"] = bool(d["terminated"]), bool(d["truncated"])
+        return d
 
     def _snapshot_of(self, episode_id: str) -> int | None:
         rows = self._query("SELECT snapshot FROM episodes WHERE episode_id=?", (episode_id,))

@@ -66,3 +66,31 @@ def test_data_plane_metrics_are_exported(platform):
     ]
     assert count and float(count[0].split()[-1]) > 0
     assert 'fleetrl_replay_transitions{partition="online",task="reach"}' in text
+
+
+def test_rest_data_views_and_human_labels(platform):
+    import httpx
+
+    from tests.conftest import ADMIN_TOKEN
+
+    api = httpx.Client(base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with RunningFleet(platform, n=1, hz=50.0, seed=70) as fleet:
+        fleet.wait_for(lambda: len(_acked(fleet)) >= 1, timeout=30, what="an acked episode")
+    episode_id = next(iter(_acked(fleet)))
+    before = api.get("/v1/tasks/reach/data").json()
+    assert before["episodes"] >= 1 and before["snapshot"] >= 1 and before["steps"] > 0
+    summary = api.get(f"/v1/episodes/{episode_id}").json()
+    assert summary["task"] == "reach" and summary["labelled_by"] == "robot" and summary["n_steps"] > 0
+    r = api.post(f"/v1/episodes/{episode_id}/label", json={"outcome": "success"})
+    assert r.status_code == 200, r.text
+    after = api.get(f"/v1/episodes/{episode_id}").json()
+    assert after["outcome"] == "success" and after["labelled_by"] == "human"
+    stored = ray.get(platform.data.get_episode.remote(episode_id))
+    assert stored.outcome == "success" and stored.labelled_by == "human"
+    assert api.get("/v1/tasks/reach/data").json()["success"] >= before["success"] + (
+        summary["outcome"] != "success"
+    )
+    assert api.post(f"/v1/episodes/{episode_id}/label", json={"outcome": "maybe"}).status_code == 422
+    assert api.post("/v1/episodes/nope/label", json={"outcome": "failure"}).status_code == 404
+    assert api.get("/v1/episodes/nope").status_code == 404
+    assert api.get("/v1/tasks/nope/data").status_code == 404

@@ -246,3 +246,16 @@ def test_from_config():
         500,
     )
     assert replay.robot_alpha == 2.0 and replay.reward == "sparse"
+
+
+def test_relabel_recomputes_rewards_in_place():
+    import dataclasses
+
+    replay = Replay(chunk_len=2, gamma=0.5, seed=7, reward="aloe", c_fail=10.0)
+    ep = synthetic_episode(3, outcome="failure")
+    replay.add(ep)
+    assert replay.relabel(dataclasses.replace(ep, outcome="success", labelled_by="human"))
+    b = replay.sample_chunks(200)
+    by_step = {int(t): float(r) for t, r in zip(b.step, b.chunk_reward, strict=True)}
+    assert by_step == {0: -1.5, 1: -1.0, 2: 0.0}  # success: no failure penalty, 0 on the last step
+    assert not replay.relabel(synthetic_episode(3, episode_id="unknown"))

@@ -240,3 +240,20 @@ def test_catalog_is_wal_sqlite_keyed_by_episode_id(tmp_path):
         1,
         "reach",
     )
+
+
+def test_human_label_overrides_the_stored_outcome(tmp_path):
+    store = EpisodeStore(str(tmp_path / "s"))
+    ep = synthetic_episode(4, outcome="timeout")
+    store.put(ep)
+    row = store.set_label(ep.episode_id, "success")
+    assert row["outcome"] == "success" and row["labelled_by"] == "human"
+    assert store.get(ep.episode_id).outcome == "success"
+    assert [e.outcome for _, e in store.iter_episodes()] == ["success"]
+    assert store.stats()["success"] == 1 and store.stats()["timeout"] == 0
+    with pytest.raises(KeyError):
+        store.set_label("nope", "success")
+    with pytest.raises(ValueError):
+        store.set_label(ep.episode_id, "great")
+    store.close()
+    assert EpisodeStore(str(tmp_path / "s")).get(ep.episode_id).labelled_by == "human"  # durable
