@@ -29,6 +29,17 @@ class RobotRegistration(BaseModel):
     action_spec: ArraySpecConfig = Field(description="One control step's action.")
 
 
+class DemoImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, description="Folder on the data server's filesystem.")
+    format: Literal["fleetrl", "lerobot"] = Field(
+        "fleetrl", description="Our Parquet episodes or LeRobot v2/v3."
+    )
+    observation_keys: dict[str, str] | None = Field(
+        None, description="LeRobot feature name -> task observation key (default observation.<key>)."
+    )
+
+
 class EpisodeLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     outcome: Literal["success", "failure"] = Field(description="The label.")
@@ -155,6 +166,16 @@ def create_app(
             raise HTTPException(404, f"no task named {task!r}; tasks: {sorted(by_name)}")
         stats = await data.stats.remote(task)
         return {"task": task, **stats["store"], "replay": stats["replay"]}
+
+    @app.post("/v1/tasks/{task}/demos", status_code=201, tags=["data"], dependencies=[Depends(admin)])
+    async def import_demos(task: str, body: DemoImport) -> dict[str, Any]:
+        """Import demonstrations from a folder the data server can read (all-or-nothing validation)."""
+        if task not in by_name:
+            raise HTTPException(404, f"no task named {task!r}; tasks: {sorted(by_name)}")
+        try:
+            return await data.import_demos.remote(task, body.path, body.format, body.observation_keys)
+        except ValueError as exc:  # DatasetImportError names the file and the problem
+            raise HTTPException(422, str(exc)) from None
 
     @app.get("/v1/episodes/{episode_id}", tags=["data"], dependencies=[Depends(admin)])
     async def get_episode(episode_id: str) -> dict[str, Any]:

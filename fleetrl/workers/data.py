@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 from fleetrl.robots.episode import Episode
+from fleetrl.workers.importers import import_fleetrl_folder, import_lerobot
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.replay import Replay, ReplayConfig
 from fleetrl.workers.store import EpisodeStore
@@ -48,6 +49,7 @@ class DataServer:
         self.metrics = MetricsBuffer()
         t0 = time.monotonic()
         self.store = EpisodeStore(root, config.catalog)
+        self.tasks = {t.name: t for t in tasks}
         self.replays = {
             t.name: Replay.from_config(config.replay, chunk_len=t.chunk_len, seed=config.seed) for t in tasks
         }
@@ -98,6 +100,34 @@ class DataServer:
 
     def get_episode(self, episode_id: str) -> Episode:
         return self.store.get(episode_id)
+
+    def import_demos(
+        self, task: str, path: str, fmt: str = "fleetrl", observation_keys: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Import offline episodes (our Parquet folder or a LeRobot dataset) into the store and replay.
+        All files are read and checked before the first one is stored."""
+        spec = self.tasks.get(task)
+        if spec is None:
+            raise KeyError(f"no task named {task!r} on this data server")
+        if fmt == "fleetrl":
+            episodes = import_fleetrl_folder(path, spec)
+        elif fmt == "lerobot":
+            episodes = import_lerobot(path, spec, observation_keys=observation_keys)
+        else:
+            raise ValueError(f"unknown demo format {fmt!r}; use 'fleetrl' or 'lerobot'")
+        stored = duplicates = 0
+        for episode in episodes:
+            result = self.ingest(episode)
+            stored += result["stored"]
+            duplicates += not result["stored"]
+        log.info(
+            "data server: imported %d episodes (%d duplicates) from %s into %s",
+            stored,
+            duplicates,
+            path,
+            task,
+        )
+        return {"stored": stored, "duplicates": duplicates, "snapshot": self.store.snapshot()}
 
     def episode_summary(self, episode_id: str) -> dict[str, Any]:
         """Catalog row plus the episode's metadata (not its arrays)."""

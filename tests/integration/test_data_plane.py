@@ -94,3 +94,35 @@ def test_rest_data_views_and_human_labels(platform):
     assert api.post("/v1/episodes/nope/label", json={"outcome": "failure"}).status_code == 404
     assert api.get("/v1/episodes/nope").status_code == 404
     assert api.get("/v1/tasks/nope/data").status_code == 404
+
+
+def test_demo_import_over_rest_is_all_or_nothing(platform, tmp_path):
+    import httpx
+
+    from fleetrl.testing.episodes import synthetic_episode
+    from fleetrl.workers.store import EpisodeStore
+    from tests.conftest import ADMIN_TOKEN
+
+    spec = {"state": ((10,), "float32")}
+    demos = EpisodeStore(str(tmp_path / "demos"))
+    for i in range(3):
+        demos.put(synthetic_episode(20, episode_id=f"demo-{i}", obs_spec=spec, source="offline", seed=i))
+    demos.close()
+    api = httpx.Client(base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    before = ray.get(platform.data.stats.remote("reach"))["replay"]["offline_episodes"]
+    r = api.post("/v1/tasks/reach/demos", json={"path": str(tmp_path / "demos")})
+    assert r.status_code == 201, r.text
+    assert r.json()["stored"] == 3 and r.json()["duplicates"] == 0
+    again = api.post("/v1/tasks/reach/demos", json={"path": str(tmp_path / "demos")}).json()
+    assert again["stored"] == 0 and again["duplicates"] == 3  # re-importing stores nothing twice
+    assert ray.get(platform.data.stats.remote("reach"))["replay"]["offline_episodes"] == before + 3
+    # A folder with one bad file: a clear 422 naming it, and nothing of that folder is stored.
+    bad = EpisodeStore(str(tmp_path / "bad"))
+    bad.put(synthetic_episode(5, episode_id="good-1", obs_spec=spec, source="offline"))
+    bad.close()
+    (tmp_path / "bad" / "reach" / "broken.parquet").write_bytes(b"PAR1 not really")
+    r = api.post("/v1/tasks/reach/demos", json={"path": str(tmp_path / "bad")})
+    assert r.status_code == 422 and "broken.parquet" in r.json()["detail"]
+    assert "good-1" not in ray.get(platform.data.episode_ids.remote("reach"))
+    assert api.post("/v1/tasks/reach/demos", json={"path": str(tmp_path), "format": "csv"}).status_code == 422
+    assert api.post("/v1/tasks/nope/demos", json={"path": str(tmp_path)}).status_code == 404
