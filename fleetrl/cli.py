@@ -205,6 +205,46 @@ def cmd_robot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demos_collect(args: argparse.Namespace) -> int:
+    """Record demonstrations from OGBench's scripted oracles into an episode store folder."""
+    from fleetrl.robots.demos import collect_oracle_demos
+    from fleetrl.workers.store import EpisodeStore
+
+    episodes = collect_oracle_demos(
+        args.env, n=args.n, oracle=args.oracle, noise=args.noise, seed=args.seed, task=args.task,
+        log_every=max(1, args.n // 10),
+    )  # fmt: skip
+    with EpisodeStore(args.out) as store:
+        stored = sum(store.put(ep)[0] for ep in episodes)
+    successes = sum(ep.success for ep in episodes)
+    print(
+        f"{stored} episodes ({successes} successful, {sum(map(len, episodes))} steps) written to {args.out}"
+    )
+    return 0
+
+
+def cmd_demos_import(args: argparse.Namespace) -> int:
+    """Ask a running platform to import a folder of demonstrations (read by its data server)."""
+    import httpx
+
+    token = args.token or os.environ.get(args.token_env)
+    if not token:
+        print(f"error: no admin token: pass --token or set {args.token_env}", file=sys.stderr)
+        return 2
+    body = {"path": str(Path(args.path).resolve()), "format": args.format}
+    r = httpx.post(
+        f"{args.api.rstrip('/')}/v1/tasks/{args.task}/demos",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=600,
+    )
+    if r.status_code != 201:
+        print(f"error: import refused ({r.status_code}): {r.json().get('detail', r.text)}", file=sys.stderr)
+        return 1
+    print(f"imported into {args.task}: {r.json()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetrl", description="Asynchronous real-world RL across a robot fleet."
@@ -236,6 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     robot.add_argument("--name", default=None, help="robot name prefix")
     robot.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     robot.set_defaults(func=cmd_robot)
+
+    demos = sub.add_parser("demos", help="demonstration data")
+    dsub = demos.add_subparsers(dest="demos_command", required=True)
+    collect = dsub.add_parser("collect", help="record demos from OGBench scripted oracles")
+    collect.add_argument("--env", default="cube-single-singletask-task1-v0", help="OGBench env id")
+    collect.add_argument("--n", type=int, default=20, help="episodes")
+    collect.add_argument(
+        "--oracle", choices=["plan", "markov"], default="plan", help="clean demos or noisy play"
+    )
+    collect.add_argument("--noise", type=float, default=0.1, help="action noise of the markov oracle")
+    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--task", default="cube-single", help="task name stored with the episodes")
+    collect.add_argument("--out", required=True, help="episode store folder to write")
+    collect.set_defaults(func=cmd_demos_collect)
+    imp = dsub.add_parser("import", help="import a demo folder into a running platform's task")
+    imp.add_argument("path", help="folder readable by the data server")
+    imp.add_argument("--task", required=True)
+    imp.add_argument("--api", required=True, help="REST base URL")
+    imp.add_argument("--format", choices=["fleetrl", "lerobot"], default="fleetrl")
+    imp.add_argument("--token", default=None, help="admin token (default: from --token-env)")
+    imp.add_argument("--token-env", default="FLEETRL_ADMIN_TOKEN")
+    imp.set_defaults(func=cmd_demos_import)
 
     config = sub.add_parser("config", help="configuration tools")
     csub = config.add_subparsers(dest="config_command", required=True)
