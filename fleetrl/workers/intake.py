@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_OPEN_EPISODES = 8  # per robot: the current one plus re-sends of unacked ones
+COMMIT_GIVE_UP_S = 60.0  # how long the gateway retries a commit before leaving it to the robot
 
 
 class EpisodeIntake:
@@ -133,19 +135,31 @@ class EpisodeIntake:
         self._loop.create_task(self._commit(ident, state, episode))
 
     async def _commit(self, ident: bytes, state: RobotState, episode: Episode) -> None:
-        """Hand the episode to the data server and ack only once it is durable (at-least-once delivery)."""
+        """Hand the episode to the data server and ack only once it is durable (at-least-once delivery).
+
+        While the data server restarts, the gateway keeps the episode and retries, so robots need not
+        upload it again; only after ``COMMIT_GIVE_UP_S`` is it dropped here and left to the robot's re-send.
+        """
+        deadline = time.monotonic() + COMMIT_GIVE_UP_S
+        delay = 0.25
         try:
-            if self.data is not None:
-                await self.data.ingest.remote(episode)
-            self.episodes_out += 1
-        except Exception as exc:  # noqa: BLE001 - not acked: the robot re-sends and we try again
-            log.warning(
-                "gateway: episode %s not stored (%s); the robot will re-send", episode.episode_id, exc
-            )
-            self._uncount_outcome(state, episode)
-            return
+            while True:
+                try:
+                    if self.data is not None:
+                        await self.data.ingest.remote(episode)
+                    break
+                except Exception as exc:  # noqa: BLE001 - data server restarting: keep the episode, retry
+                    if time.monotonic() + delay > deadline:
+                        log.warning("gateway: episode %s not stored (%s); left to the robot's re-send",
+                                    episode.episode_id, exc)  # fmt: skip
+                        self._uncount_outcome(state, episode)
+                        return
+                    self.metrics.inc("episode_resends_total", ("commit_retry",))
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
         finally:
             state.committing.discard(episode.episode_id)
+        self.episodes_out += 1
         self._send(state.ident or ident, P.Ack(robot_id=state.robot_id, episode_id=episode.episode_id))
 
     def _abort_episode(self, state: RobotState, episode_id: str) -> None:

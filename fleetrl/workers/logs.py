@@ -53,7 +53,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "replica_failures_total": ("counter", "Inference calls lost to a dead replica.", ("pool",)),
     "episode_to_learner_seconds": (
         "histogram",
-        "Episode end received by the gateway to the episode being in replay (includes re-sends).",
+        "Episode end received by the gateway to the episode being in replay (includes commit retries).",
         ("task",),
     ),
     "episodes_ingested_total": (
