@@ -1,0 +1,181 @@
+"""Pairwise progress critic (VLAC §3.1.1, for state observations): ``(o_i, o_j, task) -> (delta, done)``.
+
+``delta`` in [-1, 1] says how far ``o_j`` advanced the task relative to ``o_i`` (positive: closer to
+completion; the training label is the fraction of the remaining work done, see
+``fleetrl.algorithms.progress``); ``done`` is a logit that ``o_j`` completes the task. One critic serves
+several tasks through a learned task embedding (the VLAC prompt's role), so it can also learn to answer
+"no progress" when an episode is paired with a task it does not belong to.
+
+The network is three parts, so an image encoder can replace the state encoder without touching the
+heads: an observation encoder ``obs -> z`` (registered in ``ENCODERS`` by name, built from the config),
+a pair head ``(z_i, z_j, e_task) -> delta`` and a done head ``(z_j, e_task) -> logit``. The done head
+sees only ``o_j`` (the paper's done query is a single-frame question), so done can be asked of one
+observation (``done_logit``) and is consistent whatever ``o_i`` is paired with it.
+
+With ``antisymmetric=True`` (default) the pair head is ``tanh(g(i, j) - g(j, i))``: swapping the frames
+flips the sign exactly and ``delta(o, o) = 0``, which is what the label construction asks for
+(backward label = minus the forward label); the paper gets this only approximately from its
+forward/backward sample pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+Obs = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+class ProgressCriticConfig(BaseModel):
+    """Architecture of the pairwise progress critic. ``obs_dim``/``tasks`` may be left to training."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    obs_dim: int | None = Field(
+        None, gt=0, description="Length of the flat observation vector; None: inferred from training data."
+    )
+    tasks: tuple[str, ...] = Field(
+        (),
+        description="Task names the critic knows, in embedding order; empty: the sorted task names of the "
+        "training episodes. Extra names (tasks without data) still serve as mismatched-task negatives.",
+    )
+    obs_key: str = Field("state", description="Observation entry the encoder reads when given a dict.")
+    encoder: Literal["mlp"] = Field(
+        "mlp", description="Observation encoder kind ('mlp': flat state vectors); see ENCODERS."
+    )
+    encoder_hidden: tuple[int, ...] = Field((256, 256), description="Hidden widths of the state encoder MLP.")
+    feature_dim: int = Field(128, gt=0, description="Width of the observation features z.")
+    task_embed_dim: int = Field(32, gt=0, description="Width of the learned task embedding.")
+    head_hidden: tuple[int, ...] = Field((256, 256), description="Hidden widths of the pair and done heads.")
+    antisymmetric: bool = Field(
+        True, description="delta = tanh(g(i,j) - g(j,i)): exact sign flip under swap, delta(o,o) = 0."
+    )
+    input_clip: float = Field(
+        10.0,
+        gt=0,
+        description="Normalised observations are clipped to +-input_clip (robust off-distribution).",
+    )
+    seed: int = Field(0, description="Seed for the initial weights.")
+
+
+def _mlp(width: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.SiLU()]
+        width = h
+    layers.append(nn.Linear(width, out))
+    return nn.Sequential(*layers)
+
+
+class StateEncoder(nn.Module):
+    """Flat state vector -> features, with a data-fitted input normaliser kept in the state dict."""
+
+    def __init__(self, cfg: ProgressCriticConfig):
+        super().__init__()
+        assert cfg.obs_dim is not None
+        self.obs_key = cfg.obs_key
+        self.clip = cfg.input_clip
+        self.register_buffer("obs_mean", torch.zeros(cfg.obs_dim))
+        self.register_buffer("obs_std", torch.ones(cfg.obs_dim))
+        self.net = _mlp(cfg.obs_dim, cfg.encoder_hidden, cfg.feature_dim)
+
+    def set_normalizer(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-3))
+
+    def forward(self, obs: Obs) -> torch.Tensor:
+        x = obs[self.obs_key] if isinstance(obs, Mapping) else obs
+        x = x.reshape(x.shape[0], -1).to(self.obs_mean.dtype)
+        x = ((x - self.obs_mean) / self.obs_std).clamp(-self.clip, self.clip)
+        return self.net(x)
+
+
+# Encoder kinds; an image encoder (e.g. a small CNN or a frozen backbone) registers here under a new
+# ``encoder`` literal and must map ``Obs`` [B, ...] to [B, feature_dim] and offer ``set_normalizer``.
+ENCODERS: dict[str, Callable[[ProgressCriticConfig], nn.Module]] = {"mlp": StateEncoder}
+
+
+class ProgressCritic(nn.Module):
+    def __init__(self, cfg: ProgressCriticConfig):
+        super().__init__()
+        if cfg.obs_dim is None or not cfg.tasks:
+            raise ValueError("ProgressCriticConfig needs obs_dim and tasks (training infers them from data)")
+        if len(set(cfg.tasks)) != len(cfg.tasks):
+            raise ValueError(f"duplicate task names in {cfg.tasks}")
+        self.cfg = cfg
+        self.encoder = ENCODERS[cfg.encoder](cfg)
+        self.task_embed = nn.Embedding(len(cfg.tasks), cfg.task_embed_dim)
+        f, e = cfg.feature_dim, cfg.task_embed_dim
+        self.pair_head = _mlp(3 * f + e, cfg.head_hidden, 1)
+        self.done_head = _mlp(f + e, cfg.head_hidden, 1)
+        self._task_ids = {name: i for i, name in enumerate(cfg.tasks)}
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.cfg.tasks
+
+    def task_index(self, task: str | int) -> int:
+        if isinstance(task, int):
+            if not 0 <= task < len(self.cfg.tasks):
+                raise KeyError(f"task id {task} out of range for {len(self.cfg.tasks)} tasks")
+            return task
+        try:
+            return self._task_ids[task]
+        except KeyError:
+            raise KeyError(
+                f"the progress critic does not know task {task!r}; it knows {self.cfg.tasks}"
+            ) from None
+
+    def set_normalizer(self, mean: Any, std: Any) -> None:
+        self.encoder.set_normalizer(mean, std)
+
+    def encode(self, obs: Obs) -> torch.Tensor:
+        return self.encoder(obs)
+
+    def _g(self, z_a: torch.Tensor, z_b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return self.pair_head(torch.cat([z_a, z_b, z_b - z_a, e], dim=-1)).squeeze(-1)
+
+    def delta_from_features(self, z_i: torch.Tensor, z_j: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        raw = self._g(z_i, z_j, e)
+        if self.cfg.antisymmetric:
+            raw = raw - self._g(z_j, z_i, e)
+        return torch.tanh(raw)
+
+    def done_from_features(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return self.done_head(torch.cat([z, e], dim=-1)).squeeze(-1)
+
+    def forward(self, obs_i: Obs, obs_j: Obs, task_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Progress delta [B] in [-1, 1] from ``o_i`` to ``o_j`` and the done logit [B] of ``o_j``."""
+        e = self.task_embed(task_id.long())
+        z_i, z_j = self.encode(obs_i), self.encode(obs_j)
+        return self.delta_from_features(z_i, z_j, e), self.done_from_features(z_j, e)
+
+    def done_logit(self, obs: Obs, task_id: torch.Tensor) -> torch.Tensor:
+        """Done logit [B] of single observations."""
+        return self.done_from_features(self.encode(obs), self.task_embed(task_id.long()))
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A self-describing snapshot (config + weights, tensors on CPU) for ``from_checkpoint``."""
+        return {
+            "config": self.cfg.model_dump(mode="json"),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> ProgressCritic:
+        model = cls(ProgressCriticConfig.model_validate(ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+        return model
+
+
+def build_progress_critic(cfg: ProgressCriticConfig) -> ProgressCritic:
+    """Build a critic with deterministic initial weights (``cfg.seed``) without touching the global RNG."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)
+    try:
+        return ProgressCritic(cfg)
+    finally:
+        torch.random.set_rng_state(gen_state)
