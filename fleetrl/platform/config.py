@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleetrl.serving.deployment import RestConfig
+from fleetrl.workers.critic import CriticConfig
 from fleetrl.workers.data import DataConfig
 from fleetrl.workers.rollout import GatewayConfig
 from fleetrl.workers.task import NAME_RE, TaskConfig
@@ -44,6 +45,7 @@ class PlatformConfig(BaseModel):
     rest: RestConfig = Field(default_factory=RestConfig, description="REST endpoint.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Robot gateway (ZeroMQ).")
     data: DataConfig = Field(default_factory=DataConfig, description="Episode store and replay.")
+    critic: CriticConfig = Field(default_factory=CriticConfig, description="Reward sources per task.")
     tasks: tuple[TaskConfig, ...] = Field(description="Tasks served by this platform.")
     sim_robots: tuple[SimFleetConfig, ...] = Field(
         (), description="Simulated robots started by `fleetrl run`."
@@ -57,6 +59,9 @@ class PlatformConfig(BaseModel):
         for i, sim in enumerate(self.sim_robots):
             if sim.task not in names:
                 raise ValueError(f"sim_robots[{i}].task: no task named {sim.task!r}; defined tasks: {names}")
+        for task in self.critic.tasks:
+            if task not in names:
+                raise ValueError(f"critic.tasks.{task}: no task named {task!r}; defined tasks: {names}")
         return self
 
     @property

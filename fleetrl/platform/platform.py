@@ -19,6 +19,7 @@ import ray
 from fleetrl.platform.config import PlatformConfig
 from fleetrl.platform.registry import Registry
 from fleetrl.serving.deployment import deploy_rest, undeploy_rest
+from fleetrl.workers.critic import CriticServer
 from fleetrl.workers.data import DataServer, default_root
 from fleetrl.workers.inference import start_replicas
 from fleetrl.workers.logs import MetricsServer
@@ -51,6 +52,7 @@ class Platform:
         self.metrics: Any = None
         self.gateway: Any = None
         self.data: Any = None
+        self.critic: Any = None
         self.replicas: dict[str, list[Any]] = {}
         self.rest_url: str | None = None
         self.endpoint: str | None = None
@@ -77,10 +79,19 @@ class Platform:
         )
         self.metrics = ray.remote(MetricsServer).options(num_cpus=0, max_restarts=-1).remote()
         ray.get([self.registry.upsert_task.remote(t.name, t.public()) for t in cfg.tasks], timeout=timeout)
+        scored = frozenset(cfg.critic.learned())
+        if scored:
+            self.critic = (
+                ray.remote(CriticServer)
+                .options(num_cpus=cfg.critic.num_cpus, max_restarts=cfg.critic.max_restarts)
+                .remote(cfg.critic, self.metrics)
+            )
+            ray.get(self.critic.ready.remote(), timeout=timeout)
+        root = default_root(cfg.state_path, cfg.data)
         self.data = (
             ray.remote(DataServer)
             .options(num_cpus=cfg.data.num_cpus, max_restarts=cfg.data.max_restarts)
-            .remote(cfg.data, list(cfg.tasks), default_root(cfg.state_path, cfg.data), self.metrics)
+            .remote(cfg.data, list(cfg.tasks), root, self.metrics, self.critic, scored)
         )
         self.replicas = {t.name: start_replicas(t, self.metrics) for t in cfg.tasks}
         self.gateway = start_gateway(
@@ -123,7 +134,7 @@ class Platform:
 
     def stop(self) -> None:
         undeploy_rest()
-        actors = [self.gateway, self.data, self.metrics, self.registry]
+        actors = [self.gateway, self.data, self.critic, self.metrics, self.registry]
         actors += [r for p in self.replicas.values() for r in p]
         for a in actors:
             if a is None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
@@ -41,8 +42,17 @@ class DataConfig(BaseModel):
 class DataServer:
     """Ray actor: ``ready``, ``ingest``, ``sample_chunks``, ``sample_episodes``, ``stats``, ``stop``."""
 
-    def __init__(self, config: DataConfig, tasks: list[TaskConfig], root: str, metrics: Any | None = None):
+    def __init__(
+        self,
+        config: DataConfig,
+        tasks: list[TaskConfig],
+        root: str,
+        metrics: Any | None = None,
+        critic: Any | None = None,
+        scored_tasks: frozenset[str] = frozenset(),
+    ):
         self.cfg = config
+        self.critic, self.scored_tasks = critic, scored_tasks  # tasks whose rewards a learned critic gives
         self.metrics_server = metrics
         if metrics is not None:
             RemoteLogHandler.install(metrics, "data")
@@ -69,6 +79,8 @@ class DataServer:
         replay = self.replays.get(episode.task)
         if replay is None:
             raise KeyError(f"no task named {episode.task!r} on this data server")
+        if episode.task in self.scored_tasks and episode.source == "online":
+            episode = ray.get(self.critic.score.remote(episode))  # rewards from the task's learned critic
         stored, snapshot = self.store.put(episode)
         labels = (episode.task,)
         if stored:
