@@ -59,6 +59,9 @@ class PlatformConfig(BaseModel):
         for i, sim in enumerate(self.sim_robots):
             if sim.task not in names:
                 raise ValueError(f"sim_robots[{i}].task: no task named {sim.task!r}; defined tasks: {names}")
+        for task in self.data.tasks:
+            if task not in names:
+                raise ValueError(f"data.tasks.{task}: no task named {task!r}; defined tasks: {names}")
         for task in self.critic.tasks:
             if task not in names:
                 raise ValueError(f"critic.tasks.{task}: no task named {task!r}; defined tasks: {names}")

@@ -72,6 +72,7 @@ class ClientConfig:
     keep_episodes: int = 100  # per-step logs of this many recent episodes are kept for inspection
     keep_replies: int = 2000  # (round trip, gateway timings) of this many recent replies
     max_rows_per_frame: int = 64  # executed steps per ``steps`` frame
+    steps_per_upload: int = 16  # upload executed steps once this many are pending (and at episode end)
 
 
 @dataclass
@@ -337,7 +338,8 @@ class RobotClient:
         lookahead = math.ceil(self._latency / self.control_dt)
         if remaining > lookahead:
             return
-        self._flush_steps(self._episode, now)
+        if len(self._episode.steps) - self._episode.sent >= self.cfg.steps_per_upload:
+            self._flush_steps(self._episode, now)
         self._request = _Request(step=self._step, t_sent=now, obs_time=now)
         self.counters["requests"] += 1
         obs = P.Obs(

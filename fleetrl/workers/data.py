@@ -34,6 +34,10 @@ class DataConfig(BaseModel):
     )
     catalog: str | None = Field(None, description="SQLite catalog path (required for a remote root).")
     replay: ReplayConfig = Field(default_factory=ReplayConfig, description="Replay settings for every task.")
+    tasks: dict[str, ReplayConfig] = Field(
+        default_factory=dict,
+        description="Per-task replay settings (reward scheme env|sparse|aloe, mix, ...) replacing `replay`.",
+    )
     num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the data server.")
     max_restarts: int = Field(-1, ge=-1, description="Ray restarts of a dead data server (-1: unlimited).")
     seed: int = Field(0, description="Replay sampling seed.")
@@ -61,7 +65,10 @@ class DataServer:
         self.store = EpisodeStore(root, config.catalog)
         self.tasks = {t.name: t for t in tasks}
         self.replays = {
-            t.name: Replay.from_config(config.replay, chunk_len=t.chunk_len, seed=config.seed) for t in tasks
+            t.name: Replay.from_config(
+                config.tasks.get(t.name, config.replay), chunk_len=t.chunk_len, seed=config.seed
+            )
+            for t in tasks
         }
         rebuilt = 0
         for snapshot, episode in self.store.iter_episodes():

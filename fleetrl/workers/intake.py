@@ -65,7 +65,8 @@ class EpisodeIntake:
         return asm
 
     def _ask_for_missing_rows(self, ident: bytes, state: RobotState, asm: EpisodeAssembly, upto: int) -> None:
-        """Rows before ``upto`` never arrived (e.g. this gateway restarted mid-episode): ask once."""
+        """Rows before ``upto`` never arrived (e.g. this gateway restarted mid-episode): ask once. Robots
+        upload rows in batches, so only a ``steps`` frame that skips ahead (or an end) reveals a gap."""
         if asm.expected < upto and asm.asked_from != asm.expected:
             asm.asked_from = asm.expected
             self.metrics.inc("episode_resends_total", ("missing_rows",))

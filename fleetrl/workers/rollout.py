@@ -302,7 +302,6 @@ class Gateway(EpisodeIntake):
             self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
             return
         state.last_step = msg.step
-        self._ask_for_missing_rows(ident, state, state.assemblies[msg.episode_id], msg.step)
         if msg.last_latency_ms is not None:
             state.latency_ms.append(msg.last_latency_ms)
             self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)

@@ -285,6 +285,7 @@ class OperatorRobot(CountingRobot):
 def test_steps_upload_pairs_each_observation_with_the_executed_action(rig):
     client, gw, clock, _ = rig
     client.robot = robot = OperatorRobot()
+    client.cfg.steps_per_upload = 1  # upload with every request (the default batches 16 rows)
     obs0 = connect(client, gw, clock)
     gw.send(
         P.Action(
