@@ -140,6 +140,7 @@ def build_config(state_dir: str) -> PlatformConfig:
     task["chunk_len"] = 1
     task["inference"].update(replicas=2, max_batch=32)
     data.update(state_dir=state_dir, tasks=[task], sim_robots=[])
+    data.get("data", {}).pop("tasks", None)  # per-task settings of the tasks left out
     data["rest"]["port"] = free_port()
     data["gateway"]["bind"] = f"tcp://127.0.0.1:{free_port()}"
     return parse_config(data, "benchmark config")
