@@ -36,16 +36,15 @@ from typing import Any
 
 import numpy as np
 import ray
-import yaml
 import zmq
+from common import machine, percentiles, reach_config
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from fleetrl.platform.config import PlatformConfig, parse_config
+from fleetrl.platform.config import PlatformConfig
 from fleetrl.platform.platform import Platform
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, deregister, register
 from fleetrl.robots.sim import SimRobot
-from fleetrl.testing.net import free_port
 from fleetrl.workers.data import default_root
 from fleetrl.workers.replay import Replay
 from fleetrl.workers.store import EpisodeStore
@@ -94,19 +93,6 @@ class TimedClient(RobotClient):
     def settle(self, now: float) -> None:
         """No control step: only the SDK's housekeeping (re-send unacked episode ends, heartbeats)."""
         self._housekeeping(now)
-
-
-def build_config(state_dir: str) -> PlatformConfig:
-    """The shipped local config's ``reach`` task (chunk_len 4, 2 replicas); free ports, a temp state dir."""
-    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    task = next(t for t in data["tasks"] if t["name"] == TASK)
-    task["chunk_len"] = CHUNK_LEN
-    task["inference"].update(replicas=2, max_batch=32)
-    data.update(state_dir=state_dir, tasks=[task], sim_robots=[])
-    data.get("data", {}).pop("tasks", None)  # per-task settings of the tasks left out
-    data["rest"]["port"] = free_port()
-    data["gateway"]["bind"] = f"tcp://127.0.0.1:{free_port()}"
-    return parse_config(data, "benchmark config")
 
 
 def register_fleet(platform: Platform, n: int, hz: float, seed: int) -> list[TimedClient]:
@@ -411,28 +397,10 @@ def sample_throughput(platform: Platform, cfg: PlatformConfig, root: str, second
 
 
 # -- report --------------------------------------------------------------------------------------------
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None, "n": 0}
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "p50": round(float(np.percentile(a, 50)), 4),
-        "p99": round(float(np.percentile(a, 99)), 4),
-        "max": round(float(a.max()), 4),
-        "n": len(a),
-    }
-
-
 def rounded(d: dict[str, float] | None) -> dict[str, float | int | None]:
     if d is None:
         return {"p50": None, "p99": None, "max": None, "n": 0}
     return {k: (v if k == "n" else round(v, 4)) for k, v in d.items()}
-
-
-def machine() -> dict[str, Any]:
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1)}
 
 
 def fmt_p(d: dict[str, Any], unit: str = "s") -> str:
@@ -510,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("fleetrl.robots.client").setLevel(logging.ERROR)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        cfg = build_config(state_dir)
+        cfg = reach_config(state_dir, CHUNK_LEN)
         root = default_root(cfg.state_path, cfg.data)
         print(f"starting the platform (REST {cfg.rest.url}, gateway {cfg.gateway.endpoint}) ...", flush=True)
         platform = Platform(cfg).start()

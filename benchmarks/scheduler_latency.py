@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
 import sys
 import tempfile
 import threading
@@ -37,11 +36,10 @@ from typing import Any
 
 import numpy as np
 import ray
-import yaml
 import zmq
+from common import machine, percentiles, reach_config
 from ray import serve
 
-from fleetrl.platform.config import PlatformConfig, parse_config
 from fleetrl.platform.platform import Platform
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import FleetRunner, RobotClient, deregister, register
@@ -133,20 +131,6 @@ def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str
 
 
 # -- setup ---------------------------------------------------------------------------------------------
-def build_config(state_dir: str) -> PlatformConfig:
-    """The shipped local config's ``reach`` task with chunk_len = 1; free ports, a temporary state dir."""
-    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    task = next(t for t in data["tasks"] if t["name"] == TASK)
-    task["chunk_len"] = 1
-    task["inference"].update(replicas=2, max_batch=32)
-    data.update(state_dir=state_dir, tasks=[task], sim_robots=[])
-    data.get("data", {}).pop("tasks", None)  # per-task settings of the tasks left out
-    data["rest"]["port"] = free_port()
-    data["gateway"]["bind"] = f"tcp://127.0.0.1:{free_port()}"
-    return parse_config(data, "benchmark config")
-
-
-# -- one run -------------------------------------------------------------------------------------------
 def register_fleet(platform: Platform, endpoint: str, n: int, label: str, seed: int) -> list[RobotClient]:
     """Register ``n`` fresh sim robots over REST (a few at a time) and connect them to ``endpoint``."""
 
@@ -220,17 +204,6 @@ def measure(platform: Platform, gateway: Any, endpoint: str, n: int, label: str,
 
 
 # -- statistics ----------------------------------------------------------------------------------------
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "max": round(float(a.max()), 3),
-    }
-
-
 def summarize(clients: list[RobotClient], marks: dict[str, list[int]]) -> dict[str, Any]:
     """Latency percentiles over the replies after warm-up; frame counts over the whole run. A robot that
     sent no request in the last second of the run counts as stalled."""
@@ -257,13 +230,6 @@ def summarize(clients: list[RobotClient], marks: dict[str, list[int]]) -> dict[s
     }
 
 
-def machine() -> dict[str, Any]:
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1)}
-
-
-# -- report --------------------------------------------------------------------------------------------
 def print_table(runs: list[dict[str, Any]]) -> None:
     def fmt(d: dict[str, float | None]) -> str:
         return "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p99", "max"))
@@ -320,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("fleetrl.robots.client").setLevel(logging.ERROR)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        cfg = build_config(state_dir)
+        cfg = reach_config(state_dir, 1)
         print(f"starting the platform (REST {cfg.rest.url}, gateway {cfg.gateway.endpoint}) ...", flush=True)
         platform = Platform(cfg).start()
         try:

@@ -1,0 +1,46 @@
+"""Shared by the benchmark scripts: the platform config they run, percentile summaries, machine facts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fleetrl.platform.config import PlatformConfig, parse_config
+from fleetrl.testing.net import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reach_config(state_dir: str, chunk_len: int, task_name: str = "reach") -> PlatformConfig:
+    """The shipped local config's ``reach`` task only (2 replicas, max_batch 32); free ports, a temp state dir."""
+    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    task = next(t for t in data["tasks"] if t["name"] == task_name)
+    task["chunk_len"] = chunk_len
+    task["inference"].update(replicas=2, max_batch=32)
+    data.update(state_dir=state_dir, tasks=[task], sim_robots=[])
+    data.get("data", {}).pop("tasks", None)  # per-task settings of the tasks left out
+    data["rest"]["port"] = free_port()
+    data["gateway"]["bind"] = f"tcp://127.0.0.1:{free_port()}"
+    return parse_config(data, "benchmark config")
+
+
+def percentiles(values: list[float], digits: int = 4) -> dict[str, float | int | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "p50": round(float(np.percentile(a, 50)), digits),
+        "p99": round(float(np.percentile(a, 99)), digits),
+        "max": round(float(a.max()), digits),
+        "n": len(a),
+    }
+
+
+def machine() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1)}
