@@ -206,14 +206,31 @@ def cmd_robot(args: argparse.Namespace) -> int:
 
 
 def cmd_demos_collect(args: argparse.Namespace) -> int:
-    """Record demonstrations from OGBench's scripted oracles into an episode store folder."""
-    from fleetrl.robots.demos import collect_oracle_demos
+    """Record demonstrations (OGBench scripted oracles, or a scripted policy on any sim robot) to a store."""
+    from fleetrl.robots import demos
+    from fleetrl.robots.sim import SimRobot
     from fleetrl.workers.store import EpisodeStore
 
-    episodes = collect_oracle_demos(
-        args.env, n=args.n, oracle=args.oracle, noise=args.noise, seed=args.seed, task=args.task,
-        log_every=max(1, args.n // 10),
-    )  # fmt: skip
+    every = max(1, args.n // 10)
+    if args.policy == "oracle":
+        episodes = demos.collect_oracle_demos(
+            args.env,
+            n=args.n,
+            oracle=args.oracle,
+            noise=args.noise,
+            seed=args.seed,
+            task=args.task,
+            log_every=every,
+        )
+    else:
+        policy = (
+            demos.reacher_reach_policy
+            if args.policy == "reacher"
+            else demos.RandomPolicy(SimRobot(args.env).action_spec, seed=args.seed)
+        )
+        episodes = demos.collect_scripted_demos(
+            args.env, policy, n=args.n, seed=args.seed, task=args.task, log_every=every
+        )
     with EpisodeStore(args.out) as store:
         stored = sum(store.put(ep)[0] for ep in episodes)
     successes = sum(ep.success for ep in episodes)
@@ -325,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect = dsub.add_parser("collect", help="record demos from OGBench scripted oracles")
     collect.add_argument("--env", default="cube-single-singletask-task1-v0", help="OGBench env id")
     collect.add_argument("--n", type=int, default=20, help="episodes")
+    collect.add_argument(
+        "--policy",
+        choices=["oracle", "reacher", "random"],
+        default="oracle",
+        help="OGBench oracle, the Reacher scripted controller, or random actions (failed episodes)",
+    )
     collect.add_argument(
         "--oracle", choices=["plan", "markov"], default="plan", help="clean demos or noisy play"
     )

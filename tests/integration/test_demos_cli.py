@@ -41,3 +41,13 @@ def test_collect_oracle_demos_then_import(platform, tmp_path, capsys):
     code = main(["demos", "import", str(tmp_path / "reach"), "--task", "reach", "--api", platform.rest_url,
                  "--token", ADMIN_TOKEN])  # fmt: skip
     assert code == 0 and "'stored': 1" in capsys.readouterr().out
+
+
+def test_collect_with_a_scripted_policy(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "fleetrl.cli", "demos", "collect", "--env", "Reacher-v5", "--policy", "reacher",
+         "--task", "reach", "--n", "3", "--out", str(tmp_path / "reach")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 episodes (3 successful" in r.stdout
