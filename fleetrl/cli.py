@@ -305,6 +305,23 @@ def cmd_critic_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demos_export(args: argparse.Namespace) -> int:
+    """Write a store's episodes of one task as a LeRobot v3.0 dataset."""
+    from fleetrl.workers.exporters import export_lerobot
+
+    episodes = _load_episodes(args.store, args.task)
+    if not episodes:
+        print(f"error: no episodes of task {args.task!r} in {args.store}", file=sys.stderr)
+        return 2
+    try:
+        result = export_lerobot(episodes, args.out, fps=args.fps)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {result['episodes']} episodes ({result['frames']} frames) to {result['path']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetrl", description="Asynchronous real-world RL across a robot fleet."
@@ -364,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--token", default=None, help="admin token (default: from --token-env)")
     imp.add_argument("--token-env", default="FLEETRL_ADMIN_TOKEN")
     imp.set_defaults(func=cmd_demos_import)
+
+    exp = dsub.add_parser("export", help="write a store's episodes of a task as a LeRobot v3.0 dataset")
+    exp.add_argument("--store", required=True, help="episode store folder (e.g. <state_dir>/episodes)")
+    exp.add_argument("--task", required=True)
+    exp.add_argument("--out", required=True, help="empty or new folder")
+    exp.add_argument("--fps", type=float, required=True, help="control rate of the episodes")
+    exp.set_defaults(func=cmd_demos_export)
 
     critic = sub.add_parser("critic", help="reward critics")
     crsub = critic.add_subparsers(dest="critic_command", required=True)

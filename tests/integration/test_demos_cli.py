@@ -51,3 +51,18 @@ def test_collect_with_a_scripted_policy(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 episodes (3 successful" in r.stdout
+    # ... and exported as a LeRobot v3.0 dataset that the LeRobot importer reads back.
+    from fleetrl.workers.importers import import_lerobot
+    from fleetrl.workers.task import TaskConfig
+
+    out = tmp_path / "lerobot"
+    assert main(["demos", "export", "--store", str(tmp_path / "reach"), "--task", "reach", "--out", str(out),
+                 "--fps", "20"]) == 0  # fmt: skip
+    task = TaskConfig(name="reach", observation={"state": {"shape": [10]}}, action={"shape": [2]})
+    back = import_lerobot(out, task)
+    assert len(back) == 3 and all(ep.outcome == "success" for ep in back)
+    with EpisodeStore(str(tmp_path / "reach")) as store:
+        lengths = sorted(len(ep) for _, ep in store.iter_episodes())
+    assert sorted(len(ep) for ep in back) == lengths
+    assert main(["demos", "export", "--store", str(tmp_path / "reach"), "--task", "reach", "--out", str(out),
+                 "--fps", "20"]) == 1  # fmt: skip  # refuses to overwrite
