@@ -31,6 +31,14 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """--token, else the environment variable named by --token-env; says what to do when neither is set."""
+    token = args.token or os.environ.get(args.token_env)
+    if not token:
+        print(f"error: no admin token: pass --token or set {args.token_env}", file=sys.stderr)
+    return token
+
+
 def _load(path: str):
     from fleetrl.platform.config import ConfigError, load_config
 
@@ -182,9 +190,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_robot(args: argparse.Namespace) -> int:
     from fleetrl.robots.sim import run_sim_fleet
 
-    token = args.token or os.environ.get(args.token_env)
+    token = _admin_token(args)
     if not token:
-        print(f"error: no admin token: pass --token or set {args.token_env}", file=sys.stderr)
         return 2
     stop = threading.Event()
     _install_stop_handlers(stop)
@@ -244,9 +251,8 @@ def cmd_demos_import(args: argparse.Namespace) -> int:
     """Ask a running platform to import a folder of demonstrations (read by its data server)."""
     import httpx
 
-    token = args.token or os.environ.get(args.token_env)
+    token = _admin_token(args)
     if not token:
-        print(f"error: no admin token: pass --token or set {args.token_env}", file=sys.stderr)
         return 2
     body = {"path": str(Path(args.path).resolve()), "format": args.format}
     r = httpx.post(
