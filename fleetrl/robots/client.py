@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from fleetrl.robots import protocol as P
+from fleetrl.robots.episode import end_flags
 from fleetrl.robots.recorder import EpisodeLog, StepRecord
 
 log = logging.getLogger(__name__)
@@ -319,9 +320,9 @@ class RobotClient:
         self._obs = result.observation
         if result.success or result.terminated or result.truncated:
             outcome = "success" if result.success else ("timeout" if result.truncated else "failure")
-            # Reaching the goal ends the task: a success is terminal even where the env does not say so.
-            self._episode.terminated = bool(result.terminated or result.success)
-            self._episode.truncated = bool(result.truncated) and not self._episode.terminated
+            self._episode.terminated, self._episode.truncated = end_flags(
+                result.success, result.terminated, result.truncated
+            )
             self._end_episode(outcome, now)
             return
         self._maybe_request(now)

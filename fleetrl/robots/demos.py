@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetrl.robots.episode import Episode, empty_columns
+from fleetrl.robots.episode import Episode, empty_columns, end_flags
 from fleetrl.robots.protocol import ArraySpec
 from fleetrl.robots.sim import SimRobot
 
@@ -75,6 +75,7 @@ def _build_episode(
     meta: dict[str, Any],
 ) -> Episode:
     n = len(actions)
+    terminated, truncated = end_flags(outcome == "success", terminated, truncated)
     cols = empty_columns(n)
     cols["reward"][:] = rewards
     t = np.arange(n, dtype=np.float64) / robot.control_hz  # simulated robot time

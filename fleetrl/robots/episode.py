@@ -83,6 +83,13 @@ class Episode:
         return self.outcome == "success"
 
 
+def end_flags(success: bool, terminated: bool, truncated: bool) -> tuple[bool, bool]:
+    """(terminated, truncated) of an ended episode. Reaching the goal ends the task, so a success is
+    terminal (no bootstrap) even where the environment does not say so; one rule for every producer."""
+    terminated = bool(terminated or success)
+    return terminated, bool(truncated) and not terminated
+
+
 def empty_columns(n: int) -> dict[str, np.ndarray]:
     """Default per-step columns for ``n`` steps (e.g. for demonstrations that have no behaviour policy)."""
     out = {name: np.zeros(n, dtype=dtype) for name, dtype in STEP_COLUMNS.items()}
