@@ -69,17 +69,24 @@ class EpisodeIntake:
         upload rows in batches, so only a ``steps`` frame that skips ahead (or an end) reveals a gap."""
         if asm.expected < upto and asm.asked_from != asm.expected:
             asm.asked_from = asm.expected
-            self.metrics.inc("episode_resends_total", ("missing_rows",))
-            self._send(
-                ident,
-                P.Error(
-                    robot_id=state.robot_id,
-                    code="out_of_order",
-                    message=f"rows from step {asm.expected} are missing",
-                    step=asm.expected,
-                    episode_id=asm.episode_id,
-                ),
-            )
+            self._ask_rows(ident, state, asm, "out_of_order", f"rows from step {asm.expected} are missing")
+
+    def _ask_rows(
+        self, ident: bytes, state: RobotState, asm: EpisodeAssembly, code: str, message: str
+    ) -> None:
+        """Tell the robot to re-send ``asm``'s rows from the first one the gateway lacks."""
+        reason = "missing_rows" if code == "out_of_order" else code
+        self.metrics.inc("episode_resends_total", (reason,))
+        self._send(
+            ident,
+            P.Error(
+                robot_id=state.robot_id,
+                code=code,
+                message=message,
+                step=asm.expected,
+                episode_id=asm.episode_id,
+            ),
+        )
 
     def _on_steps(self, ident: bytes, state: RobotState, msg: P.Steps) -> None:
         asm = self._assembly(ident, state, msg.episode_id)
@@ -110,16 +117,8 @@ class EpisodeIntake:
         if asm is None:
             return
         if asm.expected < msg.steps:
-            self.metrics.inc("episode_resends_total", ("incomplete_episode",))
-            self._send(
-                ident,
-                P.Error(
-                    robot_id=state.robot_id,
-                    code="incomplete_episode",
-                    step=asm.expected,
-                    episode_id=msg.episode_id,
-                    message=f"have {asm.expected} of {msg.steps} rows",
-                ),
+            self._ask_rows(
+                ident, state, asm, "incomplete_episode", f"have {asm.expected} of {msg.steps} rows"
             )
             return
         try:
