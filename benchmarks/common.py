@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,11 @@ def machine() -> dict[str, Any]:
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
     return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1)}
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write a benchmark's result (DESIGN §5: benchmarks/results/<script>.json)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import ray
 import zmq
-from common import machine, percentiles, reach_config
+from common import machine, percentiles, reach_config, write_json
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from fleetrl.platform.config import PlatformConfig
@@ -540,14 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         "gateway_commit_failures_in_log_window": failures,
         "targets": TARGETS,
         "notes": [
-            "episode_to_learner_s is the platform's metric episode_to_learner_seconds (metrics-server"
-            " window): gateway receipt of the episode end -> episode committed to the store and added"
-            " to replay. It covers re-sends only partly: when a commit fails (data server down) the"
-            " gateway drops the assembled episode, the robot re-uploads it, and the clock restarts at"
-            " the receipt of the re-sent end, so the wait through a restart is not in it."
-            " robot_end_to_ack_s (robot-side episode end -> ack, same machine) covers the whole path"
-            " including every re-send; robot_end_to_ack_s_acked_before_first_kill is the same for the"
-            " episodes acked before any kill.",
+            "episode_to_learner_s is the platform's metric episode_to_learner_seconds (metrics-server window): gateway receipt of the episode end -> episode committed to the store and added to replay. While the data server restarts the gateway keeps the assembled episode and retries the commit, so the wait through a restart is included (that is what sets the P99). robot_end_to_ack_s (robot-side episode end -> ack, same machine) covers the whole path; robot_end_to_ack_s_acked_before_first_kill is the same for the episodes acked before any kill.",
             "episode_to_learner_s.n can be one or two below episodes_stored: a data server killed right after"
             " a commit may lose its not-yet-sent metrics (best effort), and a re-sent episode found already"
             " stored (platform_counters.episodes_ingested.duplicate) is not observed again.",
@@ -564,9 +556,7 @@ def main(argv: list[str] | None = None) -> None:
             " robots were deregistered; the audit numbers above are taken before that.",
         ],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(result, args.out)
     if checks["acked_not_stored_ids"]:
         print(f"ACKED BUT NOT STORED: {checks['acked_not_stored_ids']}")
     print_summary(result)

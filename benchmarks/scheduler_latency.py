@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import ray
 import zmq
-from common import machine, percentiles, reach_config
+from common import machine, percentiles, reach_config, write_json
 from ray import serve
 
 from fleetrl.platform.platform import Platform
@@ -322,9 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         "targets": TARGETS,
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(result, args.out)
     print_table(runs)
     print(f"wrote {out} ({result['wall_s']} s)")
     print(summary_line(runs))
