@@ -104,6 +104,16 @@ class ArraySpec:
             )
 
 
+def check_observation(specs: dict[str, ArraySpec], observation: dict, name: str = "observation") -> None:
+    """Raise ProtocolError('bad_observation') unless ``observation`` has exactly the spec's keys and arrays."""
+    if set(observation) != set(specs):
+        raise ProtocolError(
+            "bad_observation", f"{name} keys {sorted(observation)}, task needs {sorted(specs)}"
+        )
+    for key, spec in specs.items():
+        spec.check(f"{name}[{key!r}]", observation[key])
+
+
 def specs_to_dict(specs: dict[str, ArraySpec]) -> dict[str, dict[str, Any]]:
     return {k: v.to_dict() for k, v in specs.items()}
 

@@ -84,10 +84,7 @@ class EpisodeAssembly:
     def finish(self, end: P.EpisodeEnd) -> Episode:
         """The complete episode; ``end.steps`` must equal the rows received (check ``expected`` first)."""
         final = end.final_observation
-        if set(final) != set(self._obs):
-            raise P.ProtocolError("bad_observation", f"final_observation keys {sorted(final)}")
-        for key, spec in self.task.observation_spec.items():
-            spec.check(f"final_observation[{key!r}]", final[key])
+        P.check_observation(self.task.observation_spec, final, "final_observation")
         if self.expected == 0:
             raise P.ProtocolError("bad_message", "an episode needs at least one step")
         return self._episode(

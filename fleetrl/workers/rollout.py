@@ -289,13 +289,7 @@ class Gateway(EpisodeIntake):
             )
             return
         try:
-            if set(msg.observation) != set(task.observation):
-                raise P.ProtocolError(
-                    "bad_observation",
-                    f"observation keys {sorted(msg.observation)}, task needs {sorted(task.observation)}",
-                )
-            for key, spec in task.observation_spec.items():
-                spec.check(key, msg.observation[key])
+            P.check_observation(task.observation_spec, msg.observation)
             if msg.human_action is not None:
                 task.action_spec.check("human_action", msg.human_action)
         except P.ProtocolError as exc:
