@@ -1,40 +1,49 @@
 """Policy networks. A policy maps a batch of observation dicts to action chunks and their log-probs.
 
-Families are registered by name so inference backends and learners build them from config alone.
+Families are chosen by name (``family``) so inference backends and learners build them from config alone:
+``gaussian_mlp`` (PPO: tractable log-probs, a value head) and ``flow_chunk`` (AWR, QAM, BC; see flow.py).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
+from fleetrl.models.nets import flatten_obs, mlp
 from fleetrl.robots.protocol import ArraySpec
+
+SQUASH_EPS = 1e-6  # keeps atanh finite for executed actions that sit on the bounds
 
 
 class GaussianMLPConfig(BaseModel):
-    """A diagonal-Gaussian MLP that emits a whole action chunk at once."""
+    """A diagonal-Gaussian MLP that emits a whole action chunk at once, with a state-value head."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["gaussian_mlp"] = Field("gaussian_mlp", description="Policy family name.")
-    hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths.")
+    hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the mean network.")
+    value_hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the value head.")
     init_log_std: float = Field(-0.5, description="Initial log standard deviation of every action dimension.")
+    squash: bool = Field(
+        True,
+        description="tanh-squash samples into the action bounds, so the executed action is the sampled "
+        "one and its log-prob can be recomputed exactly (needs finite bounds).",
+    )
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
-PolicyConfig = GaussianMLPConfig  # later families join as a discriminated union on ``family``
-
-
-def flatten_obs(obs: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
-    """Concatenate observation entries (in spec order) into one float vector per batch row."""
-    parts = [obs[k].reshape(obs[k].shape[0], -1).to(torch.float32) for k in keys]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+PolicyConfig = Annotated[GaussianMLPConfig | FlowChunkConfig, Field(discriminator="family")]
 
 
 class GaussianChunkPolicy(nn.Module):
-    """MLP mean over the flattened chunk and a state-independent log-std; log-prob sums the chunk."""
+    """MLP mean over the flattened chunk, a state-independent log-std, and a separate value MLP.
+
+    With ``squash`` the action is ``center + scale * tanh(u)``, ``u ~ N(mean, std)``, and log-probs include
+    the change-of-variables term, so a log-prob is a function of the executed action alone. A chunk's
+    log-prob sums its steps; ``mask`` leaves out steps that were never executed (episode ended)."""
 
     def __init__(
         self, cfg: GaussianMLPConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
@@ -43,39 +52,66 @@ class GaussianChunkPolicy(nn.Module):
         self.obs_keys = list(obs_spec)
         self.chunk_len = chunk_len
         self.action_shape = action_spec.shape
+        self.step_dim = action_spec.size
         obs_dim = sum(s.size for s in obs_spec.values())
         out_dim = chunk_len * action_spec.size
-        layers: list[nn.Module] = []
-        width = obs_dim
-        for h in cfg.hidden:
-            layers += [nn.Linear(width, h), nn.Tanh()]
-            width = h
-        self.body = nn.Sequential(*layers)
-        self.mean = nn.Linear(width, out_dim)
-        nn.init.zeros_(self.mean.bias)
+        self.body = mlp(obs_dim, cfg.hidden, out_dim, nn.Tanh)
         with torch.no_grad():
-            self.mean.weight.mul_(0.01)
+            self.body[-1].weight.mul_(0.01)
+            self.body[-1].bias.zero_()
         self.log_std = nn.Parameter(torch.full((out_dim,), cfg.init_log_std))
+        self.value_net = mlp(obs_dim, cfg.value_hidden, 1, nn.Tanh)
+        self.squash = cfg.squash
+        if cfg.squash:
+            if action_spec.low is None or action_spec.high is None:
+                raise ValueError("a squashed Gaussian policy needs finite action bounds (low/high)")
+            self.center = (action_spec.high + action_spec.low) / 2
+            self.scale = (action_spec.high - action_spec.low) / 2
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> torch.distributions.Normal:
-        mean = self.mean(self.body(flatten_obs(obs, self.obs_keys)))
+        """The Gaussian over the flat pre-squash chunk ``u``."""
+        mean = self.body(flatten_obs(obs, self.obs_keys))
         return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.value_net(flatten_obs(obs, self.obs_keys)).squeeze(-1)
+
+    def entropy(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Entropy of the pre-squash Gaussian per row (the usual PPO bonus for squashed policies)."""
+        return self.distribution(obs).entropy().sum(-1)
+
+    def _log_prob_flat(self, dist: torch.distributions.Normal, flat_action: torch.Tensor) -> torch.Tensor:
+        """Per-dimension log-prob [B, D] of executed flat actions."""
+        if not self.squash:
+            return dist.log_prob(flat_action)
+        y = ((flat_action - self.center) / self.scale).clamp(-1 + SQUASH_EPS, 1 - SQUASH_EPS)
+        u = torch.atanh(y)
+        return dist.log_prob(u) - torch.log(self.scale * (1 - y.square()))
 
     def act(
         self, obs: dict[str, torch.Tensor], deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dist = self.distribution(obs)
-        flat = dist.mean if deterministic else dist.sample()
-        log_prob = dist.log_prob(flat).sum(-1)
+        u = dist.mean if deterministic else dist.sample()
+        flat = self.center + self.scale * torch.tanh(u) if self.squash else u
+        log_prob = self._log_prob_flat(dist, flat).sum(-1)
         return flat.reshape(flat.shape[0], self.chunk_len, *self.action_shape), log_prob
 
-    def log_prob(self, obs: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
-        dist = self.distribution(obs)
-        return dist.log_prob(actions.reshape(actions.shape[0], -1)).sum(-1)
+    def log_prob(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Log-prob [B] of executed chunks [B, H, *action_shape]; ``mask`` [B, H] marginalises unexecuted steps."""
+        per_dim = self._log_prob_flat(self.distribution(obs), actions.reshape(actions.shape[0], -1).float())
+        if mask is not None:
+            per_dim = per_dim * mask.float().repeat_interleave(self.step_dim, dim=1)
+        return per_dim.sum(-1)
 
 
 def build_policy(
-    cfg: PolicyConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
+    cfg: GaussianMLPConfig | FlowChunkConfig,
+    obs_spec: dict[str, ArraySpec],
+    action_spec: ArraySpec,
+    chunk_len: int,
 ) -> nn.Module:
     """Build a policy with deterministic initial weights (every replica of a pool starts identical)."""
     gen_state = torch.random.get_rng_state()
@@ -83,6 +119,8 @@ def build_policy(
     try:
         if cfg.family == "gaussian_mlp":
             return GaussianChunkPolicy(cfg, obs_spec, action_spec, chunk_len)
+        if cfg.family == "flow_chunk":
+            return FlowChunkPolicy(cfg, obs_spec, action_spec, chunk_len)
     finally:
         torch.random.set_rng_state(gen_state)
     raise ValueError(f"unknown policy family {cfg.family!r}")

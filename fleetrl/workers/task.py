@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fleetrl.models.policies import PolicyConfig
+from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -57,7 +57,9 @@ class TaskConfig(BaseModel):
     observation: dict[str, ArraySpecConfig] = Field(description="Observation entries by name.")
     action: ArraySpecConfig = Field(description="Action of one control step.")
     chunk_len: int = Field(4, ge=1, le=256, description="Actions per chunk returned for one observation.")
-    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy network.")
+    policy: PolicyConfig = Field(
+        default_factory=GaussianMLPConfig, description="Policy network (family gaussian_mlp or flow_chunk)."
+    )
     inference: InferencePoolConfig = Field(default_factory=InferencePoolConfig, description="Inference pool.")
 
     @field_validator("observation")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fleetrl.models.policies import PolicyConfig, build_policy
+from fleetrl.models.policies import FlowChunkConfig, GaussianMLPConfig, build_policy
 from fleetrl.robots.protocol import ArraySpec
 
 
 class TorchBackend:
     def __init__(
         self,
-        policy: PolicyConfig,
+        policy: GaussianMLPConfig | FlowChunkConfig,
         observation_spec: dict[str, ArraySpec],
         action_spec: ArraySpec,
         chunk_len: int,

@@ -1,0 +1,161 @@
+"""The algorithm plug-in interface and its registry.
+
+An algorithm owns everything a learner trains *except* the policy network: its critics, target networks,
+reference policies and optimizers. The learner owns the policy (so a live switch keeps the policy weights)
+and the loop (sample -> ``update`` -> publish -> checkpoint). An algorithm says what it needs:
+
+* ``data``: ``"episodes"`` (whole fresh on-policy episodes with behaviour log-probs, ``EpisodeBatch``) or
+  ``"chunks"`` (chunked off-policy replay, ``ChunkBatch``);
+* ``policy_families``: the policy families it can train (a switch to an algorithm that cannot train the
+  task's policy is refused);
+* ``config_cls``: its pydantic config (batch size, learning rates, ...).
+
+Algorithms are found by name in ``registry()``: the built-ins plus whatever third-party packages declare
+in the ``fleetrl.algorithms`` entry-point group (``name = "package.module:AlgorithmClass"``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
+from fleetrl.robots.protocol import ArraySpec
+
+ENTRY_POINT_GROUP = "fleetrl.algorithms"
+BUILTINS = {
+    "ppo": "fleetrl.algorithms.ppo:PPO",
+    "awr": "fleetrl.algorithms.awr:AWR",
+    "qam": "fleetrl.algorithms.qam:QAM",
+    "bc": "fleetrl.algorithms.bc:BC",
+}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What an algorithm knows of its task: the policy's inputs and outputs and the replay's discount."""
+
+    observation_spec: dict[str, ArraySpec]
+    action_spec: ArraySpec
+    chunk_len: int
+    gamma: float = 0.99
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """``chunks``: a ``ChunkBatch`` of ``size`` chunks from replay. ``episodes``: fresh online episodes
+    totalling at least ``size`` steps, each step's ``policy_version`` at most ``max_version_lag`` versions
+    behind the learner's current one (older steps are dropped and counted, not importance-corrected)."""
+
+    kind: Literal["episodes", "chunks"]
+    size: int
+    max_version_lag: int | None = None
+
+
+class AlgorithmConfig(BaseModel):
+    """Fields every algorithm has; subclasses add their own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    batch_size: int = Field(256, ge=1, description="Chunks per update (off-policy) or minibatch (PPO).")
+    seed: int = Field(0, description="Seed for the algorithm's own networks and sampling.")
+
+
+class Algorithm(ABC):
+    """One learning rule. ``update`` is one learner step; it returns scalar metrics (losses, stats)."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    data: ClassVar[Literal["episodes", "chunks"]]
+    policy_families: ClassVar[frozenset[str]]
+
+    def __init__(self, config: AlgorithmConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
+        self.config, self.policy, self.spec, self.device = config, policy, spec, torch.device(device)
+
+    @abstractmethod
+    def update(self, batch: ChunkBatch | EpisodeBatch) -> dict[str, float]:
+        """One learner step on ``batch``; returns metrics such as losses (floats)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The algorithm's own state (critics, targets, optimizers); not the policy."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output (a checkpoint, or the state kept from before a switch)."""
+        return None
+
+    def published(self, version: int) -> None:
+        """Called after the learner published the policy's current weights as ``version``."""
+        return None
+
+    def batch_request(self) -> BatchRequest:
+        """What the learner samples for the next step."""
+        return BatchRequest(self.data, self.config.batch_size)
+
+    def ready_to_update(self, batch: ChunkBatch | EpisodeBatch) -> bool:
+        """Whether ``batch`` is enough for a step (on-policy learners wait for enough fresh steps)."""
+        return len(batch) > 0
+
+
+def registry() -> dict[str, str]:
+    """Algorithm name -> ``module:Class``: the built-ins, then the ``fleetrl.algorithms`` entry points."""
+    names = dict(BUILTINS)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        names[ep.name] = ep.value
+    return names
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    """Import the class registered under ``name`` (KeyError with the known names if there is none)."""
+    where = registry().get(name)
+    if where is None:
+        raise KeyError(f"unknown algorithm {name!r}; registered: {', '.join(sorted(registry()))}")
+    module, _, attr = where.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise TypeError(f"{where} (algorithm {name!r}) is not a fleetrl.algorithms.base.Algorithm")
+    return cls
+
+
+def parse_config(name: str, config: dict[str, Any] | AlgorithmConfig | None) -> AlgorithmConfig:
+    """Validate an algorithm's config dict; ValueError says what is wrong, field by field."""
+    cls = algorithm_class(name).config_cls
+    if isinstance(config, cls):
+        return config
+    try:
+        return cls.model_validate(config or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"algorithm {name!r} config: {problems}") from None
+
+
+def incompatibility(name: str, policy_family: str) -> str | None:
+    """Why algorithm ``name`` cannot train a ``policy_family`` policy, or None if it can."""
+    cls = algorithm_class(name)
+    if policy_family in cls.policy_families:
+        return None
+    return (
+        f"algorithm {name!r} trains policy families {sorted(cls.policy_families)}, "
+        f"but this task's policy is {policy_family!r}"
+    )
+
+
+def build_algorithm(
+    name: str,
+    config: dict[str, Any] | AlgorithmConfig | None,
+    policy: nn.Module,
+    spec: PolicySpec,
+    policy_family: str,
+    device: str = "cpu",
+) -> Algorithm:
+    problem = incompatibility(name, policy_family)
+    if problem:
+        raise ValueError(problem)
+    return algorithm_class(name)(parse_config(name, config), policy, spec, device)

@@ -1,0 +1,111 @@
+"""Flow-matching action-chunk policy (ALOE §IV-C, LWD §III-B): a velocity field over noisy action chunks.
+
+With noise ``x_0 ~ N(0, I)`` and a data chunk ``x_1``, the straight path ``x_w = (1 - w) x_0 + w x_1`` has
+velocity ``x_1 - x_0``; the network ``v(obs, x_w, w)`` regresses it (``flow_matching_loss``). Sampling
+integrates ``dx/dw = v`` from ``w = 0`` to 1 with ``steps`` Euler steps. The chunk is flattened to one
+vector of ``chunk_len * action_size`` numbers; sampled chunks are clipped to the action bounds.
+
+A flow policy has no tractable log-likelihood, so ``act`` reports NaN log-probs (PPO does not train it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from fleetrl.models.nets import flatten_obs, mlp
+from fleetrl.robots.protocol import ArraySpec
+
+
+class FlowChunkConfig(BaseModel):
+    """A flow-matching policy over whole action chunks (for AWR, QAM and BC)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    family: Literal["flow_chunk"] = Field("flow_chunk", description="Policy family name.")
+    hidden: tuple[int, ...] = Field((256, 256, 256), description="Hidden widths of the velocity MLP.")
+    flow_steps: int = Field(10, ge=1, le=256, description="Euler steps from noise to an action chunk.")
+    time_features: int = Field(
+        4, ge=1, le=16, description="Sine/cosine frequencies embedding the flow time w."
+    )
+    seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
+
+
+class FlowChunkPolicy(nn.Module):
+    def __init__(
+        self, cfg: FlowChunkConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
+    ):
+        super().__init__()
+        self.obs_keys = list(obs_spec)
+        self.chunk_len = chunk_len
+        self.action_shape = action_spec.shape
+        self.action_dim = chunk_len * action_spec.size
+        self.flow_steps = cfg.flow_steps
+        low = -torch.inf if action_spec.low is None else action_spec.low
+        high = torch.inf if action_spec.high is None else action_spec.high
+        self.register_buffer("low", torch.tensor(float(low)), persistent=False)
+        self.register_buffer("high", torch.tensor(float(high)), persistent=False)
+        freqs = torch.pi * 2.0 ** torch.arange(cfg.time_features, dtype=torch.float32)
+        self.register_buffer("freqs", freqs, persistent=False)
+        obs_dim = sum(s.size for s in obs_spec.values())
+        self.net = mlp(
+            obs_dim + self.action_dim + 2 * self.freqs.numel() + 1, cfg.hidden, self.action_dim, nn.SiLU
+        )
+
+    def _time_embedding(self, w: torch.Tensor) -> torch.Tensor:
+        angles = w[:, None] * self.freqs
+        return torch.cat([w[:, None], angles.sin(), angles.cos()], dim=-1)
+
+    def velocity(self, obs_flat: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """v(obs, x_w, w): obs_flat [B, D_obs], x [B, D_act] flat chunk, w [B] in [0, 1]."""
+        return self.net(torch.cat([obs_flat, x, self._time_embedding(w)], dim=-1))
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return flatten_obs(obs, self.obs_keys)
+
+    def sample_flat(
+        self, obs_flat: torch.Tensor, noise: torch.Tensor, steps: int | None = None
+    ) -> torch.Tensor:
+        """Euler-integrate the flow from ``noise`` [B, D_act]; returns the unclipped flat chunk."""
+        steps = steps or self.flow_steps
+        x, dt = noise, 1.0 / steps
+        for i in range(steps):
+            w = torch.full((x.shape[0],), i * dt, device=x.device)
+            x = x + dt * self.velocity(obs_flat, x, w)
+        return x
+
+    def to_chunk(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.clamp(self.low, self.high).reshape(flat.shape[0], self.chunk_len, *self.action_shape)
+
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        obs_flat = self.encode(obs)
+        noise = torch.randn(obs_flat.shape[0], self.action_dim, device=obs_flat.device)
+        if deterministic:
+            noise = torch.zeros_like(noise)
+        chunk = self.to_chunk(self.sample_flat(obs_flat, noise))
+        return chunk, torch.full((obs_flat.shape[0],), float("nan"), device=obs_flat.device)
+
+
+def flow_matching_loss(
+    policy: FlowChunkPolicy,
+    obs_flat: torch.Tensor,
+    actions_flat: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(Weighted) conditional flow-matching loss, ALOE eq. 15: E[w * ||v(o, x_w, w) - (x_1 - x_0)||^2].
+
+    ``mask`` [B, D_act] leaves padded chunk entries (past the episode's end) out of the regression."""
+    x1 = actions_flat
+    x0 = torch.randn_like(x1)
+    w = torch.rand(x1.shape[0], device=x1.device)
+    xw = (1 - w[:, None]) * x0 + w[:, None] * x1
+    err = (policy.velocity(obs_flat, xw, w) - (x1 - x0)).square()
+    per_row = err.mean(-1) if mask is None else (err * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+    if weights is not None:
+        return (weights * per_row).mean()
+    return per_row.mean()
