@@ -25,7 +25,29 @@ def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:
                 "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
                 "chunk_len": 4,
                 "inference": {"replicas": 2, "max_batch": 16, "max_restarts": -1},
-            }
+                "learner": {
+                    "algorithm": "ppo",
+                    "config": {"steps_per_update": 400, "epochs": 2},
+                    "publish_every": 1,
+                    "checkpoint_every": 5,
+                },
+            },
+            {  # a flow policy whose learner the algorithm-switch and recovery tests drive (no robots)
+                "name": "reach-flow",
+                "observation": {"state": {"shape": [10], "dtype": "float32"}},
+                "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+                "chunk_len": 4,
+                "policy": {"family": "flow_chunk", "hidden": [32, 32], "flow_steps": 4},
+                "inference": {"replicas": 1, "max_batch": 16, "reload": "episode"},
+                "learner": {
+                    "algorithm": "bc",
+                    "config": {"batch_size": 32},
+                    "publish_every": 2,
+                    "checkpoint_every": 5,
+                    "max_updates_per_s": 10,
+                    "report_every_s": 0.3,
+                },
+            },
         ],
     }
 

@@ -24,6 +24,8 @@ from fleetrl.workers.data import DataServer, default_root
 from fleetrl.workers.inference import start_replicas
 from fleetrl.workers.logs import MetricsServer
 from fleetrl.workers.rollout import start_gateway
+from fleetrl.workers.task_manager import TaskManager
+from fleetrl.workers.weights import WeightBoard
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class Platform:
         self.gateway: Any = None
         self.data: Any = None
         self.critic: Any = None
+        self.weights: Any = None  # WeightBoard: versioned weight publication
+        self.tasks: Any = None  # TaskManager: task lifecycle, learners, algorithm switches
         self.replicas: dict[str, list[Any]] = {}
         self.rest_url: str | None = None
         self.endpoint: str | None = None
@@ -93,13 +97,28 @@ class Platform:
             .options(num_cpus=cfg.data.num_cpus, max_restarts=cfg.data.max_restarts)
             .remote(cfg.data, list(cfg.tasks), root, self.metrics, self.critic, scored)
         )
-        self.replicas = {t.name: start_replicas(t, self.metrics) for t in cfg.tasks}
+        self.weights = ray.remote(WeightBoard).options(num_cpus=0, max_restarts=-1).remote()
+        self.replicas = {t.name: start_replicas(t, self.metrics, self.weights) for t in cfg.tasks}
+        ray.get([self.weights.register.remote(name, pool) for name, pool in self.replicas.items()])
         self.gateway = start_gateway(
             cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data
         )
         pending = [self.metrics.ready.remote(), self.gateway.ready.remote(), self.data.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
         ray.get(pending, timeout=timeout)
+        self.tasks = (
+            ray.remote(TaskManager)
+            .options(num_cpus=0)
+            .remote(
+                self.registry,
+                self.gateway,
+                self.data,
+                self.weights,
+                self.metrics,
+                str(cfg.state_path / "learners"),
+            )
+        )
+        ray.get([self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks], timeout=timeout)
         self.endpoint = cfg.gateway.endpoint
         self.rest_url = deploy_rest(
             cfg.rest,
@@ -107,7 +126,7 @@ class Platform:
             gateway=self.gateway,
             metrics=self.metrics,
             data=self.data,
-            tasks=list(cfg.tasks),
+            tasks=self.tasks,
             admin_token_sha256=hashlib.sha256(self.admin_token.encode()).hexdigest(),
             robot_endpoint=self.endpoint,
         )
@@ -132,9 +151,18 @@ class Platform:
     def stats(self) -> dict[str, Any]:
         return ray.get(self.metrics.snapshot.remote())
 
+    def learner(self, task: str) -> Any:
+        """The task's ``Learner`` actor handle (None if the task has no learner)."""
+        return ray.get(self.tasks.learner.remote(task))
+
     def stop(self) -> None:
         undeploy_rest()
-        actors = [self.gateway, self.data, self.critic, self.metrics, self.registry]
+        if self.tasks is not None:
+            try:
+                ray.get(self.tasks.stop.remote(), timeout=120)
+            except Exception:  # noqa: BLE001 - stopping is best effort
+                log.warning("task manager did not stop cleanly")
+        actors = [self.tasks, self.gateway, self.data, self.critic, self.weights, self.metrics, self.registry]
         actors += [r for p in self.replicas.values() for r in p]
         for a in actors:
             if a is None:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetrl.workers.replay import ReplayConfig
 from fleetrl.workers.task import NAME_RE, ArraySpecConfig, TaskConfig, spec_mismatch
 
 from .auth import AdminAuth
@@ -46,6 +47,18 @@ class EpisodeLabel(BaseModel):
     labelled_by: Literal["human", "critic"] = Field("human", description="Who labelled it.")
 
 
+class AlgorithmSwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    algorithm: str = Field(min_length=1, description="Registered algorithm name (ppo, awr, qam, bc, ...).")
+    config: dict[str, Any] = Field(default_factory=dict, description="The algorithm's config; {} = defaults.")
+
+
+class TaskCreation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: TaskConfig = Field(description="The task: specs, chunk length, policy, inference pool, learner.")
+    replay: ReplayConfig | None = Field(None, description="Replay settings (default: the platform's).")
+
+
 class RobotCredentials(BaseModel):
     robot_id: str
     name: str
@@ -63,29 +76,42 @@ def _issues(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _plain(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error as JSON (a validator's exception object in ``ctx`` becomes its message)."""
+    return {k: ({n: str(v) for n, v in val.items()} if k == "ctx" else val) for k, val in error.items()}
+
+
 def create_app(
     *,
     registry: Any,
     gateway: Any,
     metrics: Any,
     data: Any,
-    tasks: list[TaskConfig],
+    tasks: Any,
     admin_token_sha256: str,
     robot_endpoint: str,
 ) -> FastAPI:
-    """Build the app around actor handles (``registry``, ``gateway``, ``metrics``, ``data``)."""
+    """Build the app around actor handles (``registry``, ``gateway``, ``metrics``, ``data`` and ``tasks``,
+    the task manager)."""
     app = FastAPI(
         title="fleetrl",
         version="0.1.0",
         description="Register robots, inspect tasks and the fleet, read metrics.",
     )
     admin = AdminAuth(admin_token_sha256)
-    by_name = {t.name: t for t in tasks}
+
+    async def task_config(name: str) -> TaskConfig:
+        task = await tasks.config.remote(name)
+        if task is None:
+            raise HTTPException(404, f"no task named {name!r}; tasks: {await tasks.names.remote()}")
+        return task
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
-            status_code=422, content={"detail": _issues(exc), "errors": exc.errors()}, headers=None
+            status_code=422,
+            content={"detail": _issues(exc), "errors": [_plain(e) for e in exc.errors()]},
+            headers=None,
         )
 
     async def live_robots() -> dict[str, dict[str, Any]]:
@@ -124,11 +150,34 @@ def create_app(
     async def list_tasks() -> list[dict[str, Any]]:
         return await registry.list_tasks.remote()
 
+    @app.post("/v1/tasks", status_code=201, tags=["tasks"], dependencies=[Depends(admin)])
+    async def create_task(body: TaskCreation) -> dict[str, Any]:
+        """Create a task with its policy, inference pool and (optionally) learner, while running."""
+        if await tasks.config.remote(body.task.name) is not None:
+            raise HTTPException(409, f"task {body.task.name!r} already exists")
+        try:
+            return await tasks.create.remote(body.task, body.replay)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.get("/v1/tasks/{task}", tags=["tasks"], dependencies=[Depends(admin)])
+    async def get_task(task: str) -> dict[str, Any]:
+        """The task's spec, algorithm, learner step, weight version and recent losses."""
+        await task_config(task)
+        return await tasks.describe.remote(task)
+
+    @app.put("/v1/tasks/{task}/algorithm", tags=["tasks"], dependencies=[Depends(admin)])
+    async def switch_algorithm(task: str, body: AlgorithmSwitch) -> dict[str, Any]:
+        """Switch the task's learner to another algorithm at its next step (policy and replay are kept).
+        409 when the algorithm cannot train this task's policy family."""
+        result = await tasks.switch.remote(task, body.algorithm, body.config)
+        if not result.pop("ok"):
+            raise HTTPException(result["code"], result["error"])
+        return {"task": task, **result}
+
     @app.post("/v1/robots", status_code=201, tags=["robots"], dependencies=[Depends(admin)])
     async def register_robot(body: RobotRegistration) -> RobotCredentials:
-        task = by_name.get(body.task)
-        if task is None:
-            raise HTTPException(404, f"no task named {body.task!r}; tasks: {sorted(by_name)}")
+        task = await task_config(body.task)
         obs = {k: v.model_dump(exclude_none=True) for k, v in body.observation_spec.items()}
         act = body.action_spec.model_dump(exclude_none=True)
         problem = spec_mismatch(task, obs, act)
@@ -162,16 +211,14 @@ def create_app(
     @app.get("/v1/tasks/{task}/data", tags=["data"], dependencies=[Depends(admin)])
     async def task_data(task: str) -> dict[str, Any]:
         """Episodes, hours, outcome and intervention counts, replay sizes and the snapshot of one task."""
-        if task not in by_name:
-            raise HTTPException(404, f"no task named {task!r}; tasks: {sorted(by_name)}")
+        await task_config(task)
         stats = await data.stats.remote(task)
         return {"task": task, **stats["store"], "replay": stats["replay"]}
 
     @app.post("/v1/tasks/{task}/demos", status_code=201, tags=["data"], dependencies=[Depends(admin)])
     async def import_demos(task: str, body: DemoImport) -> dict[str, Any]:
         """Import demonstrations from a folder the data server can read (all-or-nothing validation)."""
-        if task not in by_name:
-            raise HTTPException(404, f"no task named {task!r}; tasks: {sorted(by_name)}")
+        await task_config(task)
         try:
             return await data.import_demos.remote(task, body.path, body.format, body.observation_keys)
         except ValueError as exc:  # DatasetImportError names the file and the problem

@@ -64,10 +64,9 @@ class DataServer:
         t0 = time.monotonic()
         self.store = EpisodeStore(root, config.catalog)
         self.tasks = {t.name: t for t in tasks}
+        self.task_replay_cfg = {t.name: config.tasks.get(t.name, config.replay) for t in tasks}
         self.replays = {
-            t.name: Replay.from_config(
-                config.tasks.get(t.name, config.replay), chunk_len=t.chunk_len, seed=config.seed
-            )
+            t.name: Replay.from_config(self.task_replay_cfg[t.name], chunk_len=t.chunk_len, seed=config.seed)
             for t in tasks
         }
         rebuilt = 0
@@ -108,11 +107,33 @@ class DataServer:
         if self.metrics_server is not None:
             self.metrics_server.ingest.remote(*self.metrics.drain())
 
-    def sample_chunks(self, task: str, batch_size: int) -> ChunkBatch:
-        return self.replays[task].sample_chunks(batch_size)
+    def sample_chunks(self, task: str, batch_size: int, offline_fraction: float | None = None) -> ChunkBatch:
+        return self.replays[task].sample_chunks(batch_size, offline_fraction)
 
-    def sample_episodes(self, task: str, n: int, max_staleness: int | None = None) -> EpisodeBatch:
-        return self.replays[task].sample_episodes(n, max_staleness=max_staleness)
+    def rollout_stats(self, task: str, last: int = 50) -> dict[str, float]:
+        return self.replays[task].rollout_stats(last)
+
+    def replay_config(self, task: str) -> ReplayConfig:
+        return self.task_replay_cfg[task]
+
+    def add_task(self, task: TaskConfig, replay: ReplayConfig | None = None) -> None:
+        """Keep and replay a task created at runtime (its stored episodes, if any, are replayed too)."""
+        if task.name in self.tasks:
+            raise ValueError(f"task {task.name!r} already exists on this data server")
+        cfg = replay or self.cfg.replay
+        self.tasks[task.name] = task
+        self.replays[task.name] = Replay.from_config(cfg, chunk_len=task.chunk_len, seed=self.cfg.seed)
+        self.task_replay_cfg[task.name] = cfg
+        for snapshot, episode in self.store.iter_episodes():
+            if episode.task == task.name:
+                self.replays[task.name].add(episode, snapshot)
+
+    def sample_episodes(
+        self, task: str, n: int, max_staleness: int | None = None, since_snapshot: int = 0
+    ) -> EpisodeBatch:
+        return self.replays[task].sample_episodes(
+            n, max_staleness=max_staleness, since_snapshot=since_snapshot
+        )
 
     def episode_ids(self, task: str | None = None) -> list[str]:
         return [row["episode_id"] for row in self.store.list(task)]

@@ -10,7 +10,7 @@ import numpy as np
 import ray
 
 from fleetrl.workers.backends import build_backend
-from fleetrl.workers.logs import RemoteLogHandler
+from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.task import TaskConfig
 
 log = logging.getLogger(__name__)
@@ -20,8 +20,11 @@ class InferenceReplica:
     """One replica of a task's policy. Built from the task config; every replica of a pool starts with the
     same weights (version 0) and answers ``infer`` with action chunks, log-probs and the version used."""
 
-    def __init__(self, task: TaskConfig, index: int, metrics: Any | None = None):
+    def __init__(self, task: TaskConfig, index: int, metrics: Any | None = None, weights: Any | None = None):
         self.name = f"{task.name}/{index}"
+        self.task_name = task.name
+        self.metrics_server = metrics
+        self.metrics = MetricsBuffer()
         if metrics is not None:
             RemoteLogHandler.install(metrics, f"replica {self.name}")
         self.backend = build_backend(
@@ -32,8 +35,13 @@ class InferenceReplica:
             chunk_len=task.chunk_len,
             threads=task.inference.torch_threads,
             seed=index,
+            keep_versions=2 if task.inference.reload == "episode" else 1,
         )
         self.calls = 0
+        newest = None if weights is None else ray.get(weights.latest.remote(task.name))
+        if newest is not None:  # a (re)started replica serves the newest published weights
+            version, (ref,), published_at = newest
+            self.load_weights(ray.get(ref), version, published_at)
         log.info(
             "replica %s ready (%s backend, policy %s)", self.name, task.inference.backend, task.policy.family
         )
@@ -41,29 +49,42 @@ class InferenceReplica:
     def ready(self) -> str:
         return self.name
 
-    def infer(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def infer(self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None) -> dict[str, Any]:
+        """One forward pass. ``pins[i]`` (episode reload mode) asks for the version row i's episode started
+        with; ``versions[i]`` says which version produced row i."""
         t_start = time.time()
         t0 = time.perf_counter()
-        actions, log_probs = self.backend.infer(batch)
+        actions, log_probs, versions = self.backend.infer(batch, pins)
         self.calls += 1
         return {
             "actions": actions,
             "log_probs": log_probs,
+            "versions": versions,
             "version": self.backend.version,
             "replica": self.name,
             "compute_s": time.perf_counter() - t0,
             "t_start": t_start,
         }
 
-    def load_weights(self, state_dict: dict, version: int) -> int:
+    def load_weights(self, state_dict: dict, version: int, published_at: float | None = None) -> int:
+        """Take a published version; Ray runs actor calls one at a time, so this lands between batches."""
         self.backend.load_weights(state_dict, version)
-        return version
+        if published_at is not None:
+            self.metrics.observe(
+                "model_to_actor_seconds", (self.task_name,), max(0.0, time.time() - published_at)
+            )
+        self.metrics.set("weight_version", (self.name,), self.backend.version)
+        if self.metrics_server is not None:
+            self.metrics_server.ingest.remote(*self.metrics.drain())
+        return self.backend.version
 
     def stop(self) -> None:
         pass
 
 
-def start_replicas(task: TaskConfig, metrics: Any | None = None) -> list[ray.actor.ActorHandle]:
+def start_replicas(
+    task: TaskConfig, metrics: Any | None = None, weights: Any | None = None
+) -> list[ray.actor.ActorHandle]:
     """Start a task's pool; Ray restarts a replica that dies (up to ``max_restarts``)."""
     cfg = task.inference
     cls = ray.remote(InferenceReplica)
@@ -72,6 +93,6 @@ def start_replicas(task: TaskConfig, metrics: Any | None = None) -> list[ray.act
             num_cpus=cfg.num_cpus,
             num_gpus=cfg.num_gpus,
             max_restarts=cfg.max_restarts,
-        ).remote(task, i, metrics)
+        ).remote(task, i, metrics, weights)
         for i in range(cfg.replicas)
     ]

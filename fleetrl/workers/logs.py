@@ -64,6 +64,15 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "episode_resends_total": ("counter", "Rows or ends a robot had to send again, by reason.", ("reason",)),
     "replay_transitions": ("gauge", "Transitions in replay, by partition.", ("task", "partition")),
     "robots_online": ("gauge", "Robots with a live session.", ("task",)),
+    "model_to_actor_seconds": (
+        "histogram",
+        "Weights published by the learner to the replica serving them.",
+        ("task",),
+    ),
+    "weight_version": ("gauge", "Weight version a replica serves (its newest).", ("replica",)),
+    "learner_steps_total": ("counter", "Learner updates, by algorithm.", ("task", "algorithm")),
+    "learner_updates_per_second": ("gauge", "Learner updates per second (last report window).", ("task",)),
+    "learner_loss": ("gauge", "Latest learner losses, by name.", ("task", "loss")),
     "queue_depth": ("gauge", "Observations waiting for a replica.", ("pool",)),
     "replicas_available": ("gauge", "Replicas the scheduler can dispatch to.", ("pool",)),
 }

@@ -363,11 +363,12 @@ class Replay:
 
     # ------------------------------------------------------------------ sampling
 
-    def sample_chunks(self, batch_size: int) -> ChunkBatch:
-        """A batch of chunked transitions mixed from the two partitions (offline rows first)."""
+    def sample_chunks(self, batch_size: int, offline_fraction: float | None = None) -> ChunkBatch:
+        """A batch of chunked transitions mixed from the two partitions (offline rows first);
+        ``offline_fraction`` overrides the configured mix (1.0 during offline pretraining)."""
         if self._spec is None or (not len(self.offline) and not len(self.online)):
             raise ValueError("replay is empty: add episodes before sampling")
-        f, notes = self.offline_fraction, []
+        f, notes = self.offline_fraction if offline_fraction is None else float(offline_fraction), []
         if not len(self.online):
             if f < 1:
                 notes.append(f"online partition empty: all {batch_size} samples from offline")
@@ -445,6 +446,19 @@ class Replay:
             snapshot=self.snapshot,
             notes=notes,
         )
+
+    def rollout_stats(self, last: int = 50) -> dict[str, float]:
+        """Success rate, mean return (under this replay's reward scheme) and mean length of the last
+        ``last`` finished online episodes (aborted ones left out): the fleet's learning curve."""
+        eps = [ep for _, ep in self._recent if ep.outcome != "aborted"][-last:]
+        if not eps:
+            return {"episodes": 0}
+        return {
+            "episodes": len(eps),
+            "success_rate": float(np.mean([ep.success for ep in eps])),
+            "mean_return": float(np.mean([ep.columns["reward"].sum() for ep in eps])),
+            "mean_length": float(np.mean([len(ep) for ep in eps])),
+        }
 
     def sizes(self) -> dict[str, int]:
         return {

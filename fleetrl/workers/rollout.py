@@ -74,6 +74,7 @@ class RobotState:
     committing: set = field(default_factory=set)  # ended episodes on their way to the data server
     assemblies: dict = field(default_factory=dict)  # episode id -> EpisodeAssembly (open episodes)
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+    pinned: tuple[str, int] | None = None  # (episode id, weight version) in episode reload mode
 
     def row(self) -> dict[str, Any]:
         lat = np.fromiter(self.latency_ms, dtype=np.float64) if self.latency_ms else None
@@ -123,12 +124,7 @@ class Gateway(EpisodeIntake):
         self.replicas: dict[str, Any] = {}
         self.replica_pool: dict[str, str] = {}
         for task in tasks:
-            self.scheduler.add_pool(task.name, task.inference.max_batch)
-            for i, handle in enumerate(replicas.get(task.name, [])):
-                rid = f"{task.name}/{i}"
-                self.replicas[rid] = handle
-                self.replica_pool[rid] = task.name
-                self.scheduler.add_replica(task.name, rid)
+            self._add_pool(task, replicas.get(task.name, []))
         self.robots: dict[str, RobotState] = {}
         self.by_ident: dict[bytes, str] = {}
         self.refused: Counter = Counter()
@@ -148,6 +144,25 @@ class Gateway(EpisodeIntake):
 
     def stats(self) -> dict[str, Any]:
         return self._call(self._stats())
+
+    def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
+        """Serve a task created at runtime (POST /v1/tasks)."""
+
+        async def add() -> None:
+            if task.name in self.tasks:
+                raise ValueError(f"task {task.name!r} is already served")
+            self.tasks[task.name] = task
+            self._add_pool(task, replicas)
+
+        self._call(add())
+
+    def _add_pool(self, task: TaskConfig, replicas: list[Any]) -> None:
+        self.scheduler.add_pool(task.name, task.inference.max_batch)
+        for i, handle in enumerate(replicas):
+            rid = f"{task.name}/{i}"
+            self.replicas[rid] = handle
+            self.replica_pool[rid] = task.name
+            self.scheduler.add_replica(task.name, rid)
 
     def revoke(self, robot_id: str) -> bool:
         """Drop a deleted robot's session now; its next frame is refused."""
@@ -314,9 +329,11 @@ class Gateway(EpisodeIntake):
     async def _run_batch(self, d: Dispatch) -> None:
         task = self.tasks[d.pool]
         keys = list(task.observation)
-        batch = stack_observations([item.payload[1] for item in d.items], keys)
+        messages = [item.payload[1] for item in d.items]
+        batch = stack_observations(messages, keys)
+        pins = self._pins(messages) if task.inference.reload == "episode" else None
         try:
-            result = await self.replicas[d.replica].infer.remote(batch)
+            result = await self.replicas[d.replica].infer.remote(batch, pins)
         except REPLICA_GONE as exc:
             self.metrics.inc("replica_failures_total", (d.pool,))
             log.warning(
@@ -338,10 +355,27 @@ class Gateway(EpisodeIntake):
         pool = (d.pool,)
         self.metrics.observe("service_seconds", pool, done.service_time)
         self._observe_result(d.pool, result, len(d.items))
+        if pins is not None:
+            self._pin(messages, result["versions"])
         for i, item in enumerate(d.items):
             ident, msg, arrived = item.payload
             self.metrics.observe("queue_wait_seconds", pool, item.queue_wait)
             self._reply(ident, msg, result, i, arrived, {"queue_ms": item.queue_wait * 1e3})
+
+    def _pins(self, messages: list[P.Obs]) -> np.ndarray:
+        """Per row, the weight version its episode started with (-1: a new episode takes the newest)."""
+        pins = np.full(len(messages), -1, dtype=np.int64)
+        for i, msg in enumerate(messages):
+            state = self.robots.get(msg.robot_id)
+            if state is not None and state.pinned is not None and state.pinned[0] == msg.episode_id:
+                pins[i] = state.pinned[1]
+        return pins
+
+    def _pin(self, messages: list[P.Obs], versions: np.ndarray) -> None:
+        for msg, version in zip(messages, versions, strict=True):
+            state = self.robots.get(msg.robot_id)
+            if state is not None and (state.pinned is None or state.pinned[0] != msg.episode_id):
+                state.pinned = (msg.episode_id, int(version))
 
     def _observe_result(self, pool: str, result: dict[str, Any], batch: int) -> None:
         self.metrics.observe("inference_seconds", (pool,), result["compute_s"])
@@ -367,7 +401,7 @@ class Gateway(EpisodeIntake):
                 step=msg.step,
                 actions=result["actions"][i],
                 log_prob=float(result["log_probs"][i]),
-                policy_version=int(result["version"]),
+                policy_version=int(result["versions"][i]),
                 replica=result["replica"],
                 timings=timings,
             ),

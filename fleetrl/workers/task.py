@@ -6,7 +6,7 @@ import re
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
@@ -48,6 +48,50 @@ class InferencePoolConfig(BaseModel):
     num_gpus: float = Field(0, ge=0, description="GPUs Ray reserves for each replica.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
     max_restarts: int = Field(3, ge=-1, description="Ray restarts of a dead replica (-1: unlimited).")
+    reload: Literal["batch", "episode"] = Field(
+        "batch",
+        description="When replicas switch to newly published weights: at the next batch ('batch'), or for "
+        "each robot at its next episode (an episode keeps the version that started it).",
+    )
+
+
+class LearnerConfig(BaseModel):
+    """The task's learner: its algorithm and the loop around it (runs inside Ray Train)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    algorithm: str = Field(
+        "ppo", description="Algorithm name (built-ins: ppo, awr, qam, bc; or an entry point)."
+    )
+    config: dict[str, Any] = Field(default_factory=dict, description="The algorithm's own config.")
+    offline_steps: int = Field(
+        0, ge=0, description="First learner steps sample only offline data (pretraining on demos)."
+    )
+    publish_every: int = Field(10, ge=1, description="Publish weights every N learner steps.")
+    checkpoint_every: int = Field(200, ge=1, description="Checkpoint every M learner steps.")
+    keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
+    report_every_s: float = Field(1.0, gt=0, description="Seconds between status/TensorBoard reports.")
+    use_gpu: bool = Field(False, description="Run the Ray Train worker on a GPU.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the Ray Train worker.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the learner.")
+    max_failures: int = Field(3, ge=-1, description="Ray Train restarts of a failed learner (-1: unlimited).")
+    max_updates: int | None = Field(
+        None, ge=1, description="Stop after this many learner steps (None: run on)."
+    )
+    max_updates_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Cap on learner steps per second (None: as fast as it can), e.g. on a shared machine.",
+    )
+
+    @model_validator(mode="after")
+    def _algorithm_known(self) -> LearnerConfig:
+        from fleetrl.algorithms.base import parse_config
+
+        try:
+            parse_config(self.algorithm, self.config)
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        return self
 
 
 class TaskConfig(BaseModel):
@@ -61,6 +105,19 @@ class TaskConfig(BaseModel):
         default_factory=GaussianMLPConfig, description="Policy network (family gaussian_mlp or flow_chunk)."
     )
     inference: InferencePoolConfig = Field(default_factory=InferencePoolConfig, description="Inference pool.")
+    learner: LearnerConfig | None = Field(
+        None, description="The task's learner (None: serve the policy only)."
+    )
+
+    @model_validator(mode="after")
+    def _learner_fits_policy(self) -> TaskConfig:
+        if self.learner is not None:
+            from fleetrl.algorithms.base import incompatibility
+
+            problem = incompatibility(self.learner.algorithm, self.policy.family)
+            if problem:
+                raise ValueError(f"learner: {problem}")
+        return self
 
     @field_validator("observation")
     @classmethod
@@ -89,6 +146,7 @@ class TaskConfig(BaseModel):
             "action_spec": self.action_spec.to_dict(),
             "chunk_len": self.chunk_len,
             "policy_family": self.policy.family,
+            "algorithm": self.learner.algorithm if self.learner else None,
         }
 
 

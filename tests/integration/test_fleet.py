@@ -27,8 +27,8 @@ def test_robots_get_action_chunks_asynchronously(platform):
         ep = c.episodes[0]
         executed = [s for s in ep.steps if not s.held]
         assert len(executed) >= 40  # Reacher episodes run 50 steps
-        # Every executed action came from a replica of version 0, conditioned on an earlier observation.
-        assert all(s.policy_version == 0 and s.replica.startswith("reach/") for s in executed)
+        # Every executed action came from a policy version of a reach replica, conditioned on an earlier observation.
+        assert all(s.policy_version >= 0 and s.replica.startswith("reach/") for s in executed)
         assert all(s.obs_step <= s.step and s.obs_time <= s.action_start for s in executed)
         # Asynchronous execution: chunks are requested before the current one ends, so the robot rarely holds.
         assert sum(s.held for s in ep.steps) <= 5

@@ -12,8 +12,11 @@ class InferenceBackend(Protocol):
 
     version: int
 
-    def infer(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Return action chunks [B, H, *action_shape] and the log-prob of each sampled chunk [B]."""
+    def infer(
+        self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return action chunks [B, H, *action_shape], the log-prob of each sampled chunk [B] and the
+        weight version of each row [B]; ``pins[i]`` asks for a kept older version (-1: the newest)."""
         ...
 
     def load_weights(self, state_dict: dict, version: int) -> None: ...

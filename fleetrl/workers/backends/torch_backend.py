@@ -1,6 +1,13 @@
-"""The fp32 torch backend: the reference numerics that learners recompute log-probs with."""
+"""The fp32 torch backend: the reference numerics that learners recompute log-probs with.
+
+It keeps the newest few weight versions, so that in episode-boundary reload mode a robot's episode
+keeps the version that started it while new episodes get the newest one.
+"""
 
 from __future__ import annotations
+
+import copy
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -18,18 +25,52 @@ class TorchBackend:
         chunk_len: int,
         threads: int = 1,
         seed: int = 0,
+        keep_versions: int = 2,
     ):
         torch.set_num_threads(threads)
-        self.policy = build_policy(policy, observation_spec, action_spec, chunk_len).eval()
-        self.version = 0
+        self.keep_versions = keep_versions
+        self.policies: OrderedDict[int, torch.nn.Module] = OrderedDict()
+        self.policies[0] = build_policy(policy, observation_spec, action_spec, chunk_len).eval()
         torch.manual_seed(seed)  # replicas of a pool share weights but not their sampling noise
 
+    @property
+    def version(self) -> int:
+        return next(reversed(self.policies))
+
     @torch.inference_mode()
-    def infer(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def infer(
+        self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Action chunks, log-probs and the version per row. ``pins[i]`` asks for a kept version (-1: newest)."""
         obs = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-        actions, log_prob = self.policy.act(obs)
-        return actions.numpy().astype(np.float32, copy=False), log_prob.numpy().astype(np.float32, copy=False)
+        n = next(iter(obs.values())).shape[0]
+        versions = np.full(n, self.version, dtype=np.int64)
+        if pins is not None:
+            pinned = np.asarray(pins, dtype=np.int64)
+            kept = np.isin(pinned, list(self.policies))
+            versions[kept] = pinned[kept]
+        groups = np.unique(versions)
+        if len(groups) == 1:
+            actions, log_prob = self.policies[int(groups[0])].act(obs)
+            return (
+                actions.numpy().astype(np.float32, copy=False),
+                log_prob.numpy().astype(np.float32),
+                versions,
+            )
+        actions_out, log_out = None, np.empty(n, dtype=np.float32)
+        for v in groups:
+            rows = np.flatnonzero(versions == v)
+            a, lp = self.policies[int(v)].act({k: t[rows] for k, t in obs.items()})
+            if actions_out is None:
+                actions_out = np.empty((n, *a.shape[1:]), dtype=np.float32)
+            actions_out[rows], log_out[rows] = a.numpy(), lp.numpy()
+        return actions_out, log_out, versions
 
     def load_weights(self, state_dict: dict, version: int) -> None:
-        self.policy.load_state_dict(state_dict)
-        self.version = version
+        if version <= self.version:
+            return  # already serving it or something newer
+        policy = copy.deepcopy(self.policies[self.version])
+        policy.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()})
+        self.policies[version] = policy
+        while len(self.policies) > self.keep_versions:
+            self.policies.popitem(last=False)

@@ -1,0 +1,93 @@
+"""A plain single-process PPO loop: collect -> update -> publish, no Ray, no ZeroMQ.
+
+The baseline the platform's learning benchmark compares against (same ``PPO`` class, same
+hyper-parameters, same env-step budget), and the loop of PPO's learning test. Each iteration collects
+whole episodes with the current weights (``rollout_episodes``, round-robin over the robots) until
+``steps_per_update`` env steps, runs ``PPO.update`` and publishes the new weights as the next version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fleetrl.algorithms.base import PolicySpec
+from fleetrl.algorithms.batch import EpisodeBatch
+from fleetrl.algorithms.ppo import PPO, PPOConfig
+from fleetrl.models.policies import GaussianChunkPolicy, GaussianMLPConfig, build_policy
+from fleetrl.robots.episode import Episode
+from fleetrl.robots.sim import SimRobot
+from fleetrl.testing.plain_loop import rollout_episodes, summarize
+
+
+@dataclass
+class IterationStats:
+    iteration: int
+    env_steps: int  # total so far, this iteration included
+    episodes: int  # collected in this iteration
+    mean_return: float  # of this iteration's (stochastic) episodes
+    success_rate: float
+    wall_s: float  # since training began
+    metrics: dict[str, float] = field(default_factory=dict)  # PPO.update's
+
+
+@dataclass
+class PlainPPOResult:
+    iterations: list[IterationStats]
+    policy: GaussianChunkPolicy
+    algorithm: PPO
+
+
+def collect(robots: Sequence[SimRobot], policy: torch.nn.Module, steps: int, version: int) -> list[Episode]:
+    """Whole episodes, one per robot in turn, until they total at least ``steps`` env steps."""
+    episodes: list[Episode] = []
+    while sum(len(e) for e in episodes) < steps:
+        i = len(episodes) % len(robots)
+        episodes += rollout_episodes(robots[i], policy, 1, version=version, robot_id=f"plain-{i}")
+    return episodes
+
+
+def train_plain_ppo(
+    robots: SimRobot | Sequence[SimRobot],
+    policy_config: GaussianMLPConfig,
+    ppo_config: PPOConfig,
+    total_steps: int,
+    seed: int = 0,
+    chunk_len: int = 4,
+    gamma: float = 0.99,
+) -> PlainPPOResult:
+    """Train a fresh ``gaussian_mlp`` policy with PPO for ``total_steps`` env steps.
+
+    ``seed`` seeds torch's global generator (action sampling); the policy's initial weights come from
+    ``policy_config.seed`` and minibatch order from ``ppo_config.seed``; the robots carry their own seeds.
+    """
+    robots = [robots] if isinstance(robots, SimRobot) else list(robots)
+    spec = PolicySpec(robots[0].observation_spec, robots[0].action_spec, chunk_len, gamma)
+    policy = build_policy(policy_config, spec.observation_spec, spec.action_spec, chunk_len)
+    ppo = PPO(ppo_config, policy, spec)
+    torch.manual_seed(seed)
+    version, env_steps, iterations = 0, 0, []
+    ppo.published(version)
+    start = time.perf_counter()
+    while env_steps < total_steps:
+        episodes = collect(robots, policy, ppo.batch_request().size, version)
+        metrics = ppo.update(EpisodeBatch(episodes, [0] * len(episodes), 0))
+        version += 1
+        ppo.published(version)
+        stats = summarize(episodes)
+        env_steps += stats.steps
+        iterations.append(
+            IterationStats(
+                len(iterations),
+                env_steps,
+                stats.episodes,
+                stats.mean_return,
+                stats.success_rate,
+                time.perf_counter() - start,
+                metrics,
+            )
+        )
+    return PlainPPOResult(iterations, policy, ppo)

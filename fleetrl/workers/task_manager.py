@@ -1,0 +1,109 @@
+"""The task manager: the one place a task's actors are started and looked up.
+
+The platform hands it the tasks from the config at boot (their replicas already wired into the gateway);
+``POST /v1/tasks`` creates one at runtime: its inference pool, its replay on the data server, its pool on
+the gateway, its registry row and its learner. ``switch`` and ``describe`` serve the REST task routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from fleetrl.workers.inference import start_replicas
+from fleetrl.workers.replay import ReplayConfig
+from fleetrl.workers.task import TaskConfig
+from fleetrl.workers.trainer import start_learner
+
+log = logging.getLogger(__name__)
+
+
+class TaskManager:
+    """Ray actor: ``ready``, ``adopt``, ``create``, ``config``, ``describe``, ``switch``, ``stop``."""
+
+    def __init__(
+        self, registry: Any, gateway: Any, data: Any, weights: Any, metrics: Any | None, learner_dir: str
+    ):
+        self.registry, self.gateway, self.data = registry, gateway, data
+        self.weights, self.metrics, self.learner_dir = weights, metrics, learner_dir
+        self.tasks: dict[str, TaskConfig] = {}
+        self.replicas: dict[str, list[Any]] = {}
+        self.learners: dict[str, Any] = {}
+
+    def ready(self) -> list[str]:
+        return sorted(self.tasks)
+
+    def adopt(self, task: TaskConfig, replicas: list[Any]) -> None:
+        """Take over a task the platform started from its config, and start its learner."""
+        self.tasks[task.name], self.replicas[task.name] = task, replicas
+        self._start_learner(task)
+
+    def create(self, task: TaskConfig, replay: ReplayConfig | None = None, timeout: float = 120.0) -> dict:
+        """Start a new task's actors; ValueError if the name is taken."""
+        if task.name in self.tasks:
+            raise ValueError(f"task {task.name!r} already exists")
+        replicas = start_replicas(task, self.metrics, self.weights)
+        ray.get([r.ready.remote() for r in replicas], timeout=timeout)
+        ray.get(self.weights.register.remote(task.name, replicas))
+        ray.get(self.data.add_task.remote(task, replay))
+        ray.get(self.gateway.add_task.remote(task, replicas))
+        ray.get(self.registry.upsert_task.remote(task.name, task.public()))
+        self.tasks[task.name], self.replicas[task.name] = task, replicas
+        self._start_learner(task)
+        log.info(
+            "task %s created (%d replicas, learner %s)", task.name, len(replicas), task.public()["algorithm"]
+        )
+        return self.describe(task.name)
+
+    def _start_learner(self, task: TaskConfig) -> None:
+        if task.learner is None:
+            return
+        gamma = ray.get(self.data.replay_config.remote(task.name)).gamma
+        self.learners[task.name] = start_learner(
+            task, gamma, self.data, self.weights, self.metrics, self.learner_dir
+        )
+
+    def config(self, name: str) -> TaskConfig | None:
+        return self.tasks.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.tasks)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """The task's public spec, its learner's status and the weight version the fleet serves."""
+        task = self.tasks[name]
+        learner = self.learners.get(name)
+        newest = ray.get(self.weights.latest.remote(name))
+        status = ray.get(learner.status.remote()) if learner is not None else None
+        return {
+            **task.public(),
+            "algorithm": status["algorithm"] if status else None,
+            "replicas": len(self.replicas.get(name, [])),
+            "weight_version": newest[0] if newest else 0,
+            "learner": status,
+        }
+
+    def switch(self, name: str, algorithm: str, config: dict[str, Any] | None) -> dict[str, Any]:
+        """Queue an algorithm switch on the task's learner; ``{"ok": False, "code", "error"}`` if refused."""
+        if name not in self.tasks:
+            return {"ok": False, "code": 404, "error": f"no task named {name!r}; tasks: {sorted(self.tasks)}"}
+        learner = self.learners.get(name)
+        if learner is None:
+            return {"ok": False, "code": 409, "error": f"task {name!r} has no learner (its config has none)"}
+        return ray.get(learner.switch.remote(algorithm, config))
+
+    def learner(self, name: str) -> Any:
+        return self.learners.get(name)
+
+    def stop(self) -> None:
+        for name, learner in self.learners.items():
+            try:
+                ray.get(learner.stop.remote(), timeout=60)
+            except Exception as exc:  # noqa: BLE001 - best effort: the platform kills the actor next
+                log.warning("learner %s did not stop cleanly: %s", name, exc)
+            ray.kill(learner, no_restart=True)
+        for replicas in self.replicas.values():
+            for r in replicas:
+                ray.kill(r, no_restart=True)

@@ -1,0 +1,65 @@
+"""Versioned weight publication, shared by learners and inference replicas.
+
+A learner publishes ``(version, state)`` for its task; the board puts the state into the Ray object store
+once (the board owns that object, so it outlives a restarted learner worker), pushes the reference to
+every replica of the task, and keeps the newest version so a replica that (re)starts loads it before
+serving. Weights travel as numpy arrays (zero-copy reads from the object store).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def to_numpy_state(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in state_dict.items()}
+
+
+def to_torch_state(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+
+
+class WeightBoard:
+    """Ray actor: ``register(task, replicas)``, ``publish(task, version, state)``, ``latest(task)``."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[str, list[Any]] = {}
+        self.newest: dict[str, tuple[int, ray.ObjectRef, float]] = {}
+
+    def ready(self) -> bool:
+        return True
+
+    def register(self, task: str, replicas: list[Any]) -> None:
+        self.replicas[task] = list(replicas)
+
+    def publish(self, task: str, version: int, state: dict[str, np.ndarray]) -> int:
+        """Keep ``version`` as the task's newest and push it to the task's replicas (not waiting for them)."""
+        current = self.newest.get(task)
+        if current is not None and version <= current[0]:
+            log.warning("weights: %s version %d not newer than %d; ignored", task, version, current[0])
+            return current[0]
+        ref = ray.put(state)
+        published_at = time.time()
+        self.newest[task] = (version, ref, published_at)
+        for replica in self.replicas.get(task, []):
+            replica.load_weights.remote(ref, version, published_at)
+        return version
+
+    def latest(self, task: str) -> tuple[int, list[ray.ObjectRef], float] | None:
+        """``(version, [ref], published_at)`` of the newest version (the ref wrapped so Ray passes it on)."""
+        entry = self.newest.get(task)
+        return None if entry is None else (entry[0], [entry[1]], entry[2])
+
+    def versions(self) -> dict[str, int]:
+        return {task: entry[0] for task, entry in self.newest.items()}
+
+    def stop(self) -> None:
+        self.newest.clear()
