@@ -86,6 +86,28 @@ def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
     return procs
 
 
+def _collect_oracle_demos(cfg, platform) -> None:
+    """Fill offline replay with the config's oracle demonstrations unless the store already holds them."""
+    import ray
+
+    from fleetrl.robots.demos import collect_oracle_demos
+
+    for demos in cfg.oracle_demos:
+        have = ray.get(platform.data.stats.remote(demos.task))["replay"]["offline_episodes"]
+        if have >= demos.n:
+            print(
+                f"{demos.task}: {have} offline episodes in the store; no oracle demos collected", flush=True
+            )
+            continue
+        print(f"{demos.task}: collecting {demos.n} {demos.oracle}-oracle demos on {demos.env} …", flush=True)
+        episodes = collect_oracle_demos(
+            demos.env, n=demos.n, oracle=demos.oracle, noise=demos.noise, seed=demos.seed, task=demos.task
+        )
+        stored = sum(r["stored"] for r in ray.get([platform.data.ingest.remote(e) for e in episodes]))
+        successes = sum(e.success for e in episodes)
+        print(f"{demos.task}: {stored} demos stored ({successes}/{len(episodes)} successful)", flush=True)
+
+
 def _stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
     for p in procs:
         if p.poll() is None:
@@ -109,8 +131,15 @@ def _live_view(platform, stop: threading.Event, duration: float | None, interact
     console = Console()
 
     def frame():
-        gw, snap = ray.get([platform.gateway.stats.remote(), platform.metrics.snapshot.remote()], timeout=10)
-        return gw, snap, time.monotonic() - start
+        gw, snap, learners = ray.get(
+            [
+                platform.gateway.stats.remote(),
+                platform.metrics.snapshot.remote(),
+                platform.tasks.learners_status.remote(),
+            ],
+            timeout=10,
+        )
+        return gw, snap, time.monotonic() - start, learners
 
     def done() -> bool:
         if duration is not None and time.monotonic() - start >= duration:
@@ -151,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"REST {platform.rest_url} (docs {platform.rest_url}/docs) · robots connect to {platform.endpoint}"
         )
         print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
+        _collect_oracle_demos(cfg, platform)
         if not args.no_robots:
             procs = _start_sim_robots(cfg, platform, cfg.state_path / "logs")
             print(

@@ -30,6 +30,19 @@ class SimFleetConfig(BaseModel):
     seed: int = Field(0, description="Seed of the first robot; robot i uses seed + i.")
 
 
+class OracleDemosConfig(BaseModel):
+    """Scripted-oracle demonstrations that ``fleetrl run`` puts in a task's offline replay before its robots
+    start (once: demo ids are deterministic and the store ingests an episode once)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    task: str = Field(pattern=NAME_RE, description="Task the demonstrations belong to.")
+    env: str = Field("cube-single-singletask-task1-v0", description="OGBench cube-single environment id.")
+    n: int = Field(50, ge=1, le=100_000, description="Number of demonstration episodes.")
+    oracle: str = Field("plan", pattern="^(plan|markov)$", description="OGBench oracle: plan or markov.")
+    noise: float = Field(0.1, ge=0.0, description="Oracle action noise.")
+    seed: int = Field(0, description="Collection seed.")
+
+
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field("local", pattern=NAME_RE, description="Name of this platform instance.")
@@ -50,6 +63,9 @@ class PlatformConfig(BaseModel):
     sim_robots: tuple[SimFleetConfig, ...] = Field(
         (), description="Simulated robots started by `fleetrl run`."
     )
+    oracle_demos: tuple[OracleDemosConfig, ...] = Field(
+        (), description="Oracle demonstrations `fleetrl run` collects into offline replay first."
+    )
 
     @model_validator(mode="after")
     def _references(self) -> PlatformConfig:
@@ -59,6 +75,11 @@ class PlatformConfig(BaseModel):
         for i, sim in enumerate(self.sim_robots):
             if sim.task not in names:
                 raise ValueError(f"sim_robots[{i}].task: no task named {sim.task!r}; defined tasks: {names}")
+        for i, demos in enumerate(self.oracle_demos):
+            if demos.task not in names:
+                raise ValueError(
+                    f"oracle_demos[{i}].task: no task named {demos.task!r}; defined tasks: {names}"
+                )
         for task in self.data.tasks:
             if task not in names:
                 raise ValueError(f"data.tasks.{task}: no task named {task!r}; defined tasks: {names}")

@@ -11,6 +11,18 @@ from rich.table import Table
 MAX_ROBOT_ROWS = 24
 
 
+LOSS_KEYS = (
+    "policy_loss",
+    "value_loss",
+    "bc_loss",
+    "critic_loss",
+    "actor_loss",
+    "q_loss",
+    "v_loss",
+    "adjoint_loss",
+)
+
+
 def _ms(p: dict[str, float] | None, key: str, scale: float = 1.0) -> str:
     return "-" if not p or p.get(key) is None else f"{p[key] * scale:.1f}"
 
@@ -48,7 +60,38 @@ def task_rows(gateway_stats: dict[str, Any], snapshot: dict[str, Any]) -> list[d
     return rows
 
 
-def render(gateway_stats: dict[str, Any], snapshot: dict[str, Any], elapsed_s: float) -> Group:
+def _losses(losses: dict[str, float], n: int = 3) -> str:
+    keys = [k for k in LOSS_KEYS if k in losses][:n]
+    return ", ".join(f"{k} {losses[k]:.3g}" for k in keys) or "-"
+
+
+def learner_rows(learners: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for task, s in sorted(learners.items()):
+        rollout = s.get("rollout") or {}
+        rows.append(
+            {
+                "task": task,
+                "algorithm": s.get("algorithm", "-"),
+                "state": s.get("waiting") or s.get("error") or s.get("state", "-"),
+                "phase": s.get("phase", "-"),
+                "step": s.get("step", 0),
+                "version": s.get("version", 0),
+                "updates_per_s": s.get("updates_per_s") or 0.0,
+                "recent_success": rollout.get("success_rate"),
+                "recent_return": rollout.get("mean_return"),
+                "losses": _losses(s.get("losses") or {}),
+            }
+        )
+    return rows
+
+
+def render(
+    gateway_stats: dict[str, Any],
+    snapshot: dict[str, Any],
+    elapsed_s: float,
+    learners: dict[str, dict[str, Any]] | None = None,
+) -> Group:
     tasks = Table(title=f"fleetrl — tasks ({elapsed_s:.0f} s)", expand=False)
     for col in (
         "task",
@@ -88,19 +131,61 @@ def render(gateway_stats: dict[str, Any], snapshot: dict[str, Any], elapsed_s: f
         )
     if len(rows) > MAX_ROBOT_ROWS:
         robots.caption = f"… and {len(rows) - MAX_ROBOT_ROWS} more robots"
+    learn = Table(title="learners", expand=False)
+    for col in (
+        "task",
+        "algorithm",
+        "phase",
+        "step",
+        "weights v",
+        "updates/s",
+        "success (last 50)",
+        "return",
+        "losses",
+        "state",
+    ):
+        learn.add_column(
+            col, justify="left" if col in ("task", "algorithm", "phase", "losses", "state") else "right"
+        )
+    for r in learner_rows(learners or {}):
+        learn.add_row(
+            r["task"],
+            r["algorithm"],
+            r["phase"],
+            str(r["step"]),
+            str(r["version"]),
+            f"{r['updates_per_s']:.1f}",
+            "-" if r["recent_success"] is None else f"{100 * r['recent_success']:.0f}%",
+            "-" if r["recent_return"] is None else f"{r['recent_return']:.1f}",
+            r["losses"],
+            str(r["state"])[:60],
+        )
     refused = gateway_stats.get("refused") or {}
     footer = Table.grid()
     footer.add_row(f"frames refused: {dict(refused) if refused else 0}    Ctrl-C to stop")
-    return Group(tasks, robots, footer)
+    return Group(tasks, learn, robots, footer)
 
 
-def summary_line(gateway_stats: dict[str, Any], snapshot: dict[str, Any], elapsed_s: float) -> str:
+def summary_line(
+    gateway_stats: dict[str, Any],
+    snapshot: dict[str, Any],
+    elapsed_s: float,
+    learners: dict[str, dict[str, Any]] | None = None,
+) -> str:
     """One line per refresh for non-interactive output (logs, CI)."""
     parts = []
+    by_task = {r["task"]: r for r in learner_rows(learners or {})}
     for r in task_rows(gateway_stats, snapshot):
         parts.append(
             f"{r['task']}: {r['online']}/{r['robots']} online, {r['steps']} steps, {r['episodes']} episodes, "
             f"success {_rate(r['successes'], r['episodes'])}, obs→action p50 {_ms(r['e2e'], 'p50', 1e3)} ms "
             f"p99 {_ms(r['e2e'], 'p99', 1e3)} ms"
         )
+        learner = by_task.get(r["task"])
+        if learner is not None:
+            recent = learner["recent_success"]
+            parts[-1] += (
+                f", {learner['algorithm']} step {learner['step']} v{learner['version']}"
+                f" recent success {'-' if recent is None else f'{100 * recent:.0f}%'}"
+            )
     return f"[{elapsed_s:5.0f}s] " + " | ".join(parts)

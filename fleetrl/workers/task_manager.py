@@ -94,6 +94,11 @@ class TaskManager:
             return {"ok": False, "code": 409, "error": f"task {name!r} has no learner (its config has none)"}
         return ray.get(learner.switch.remote(algorithm, config))
 
+    def learners_status(self) -> dict[str, dict[str, Any]]:
+        """Every learner's status (for the live view), by task."""
+        names = list(self.learners)
+        return dict(zip(names, ray.get([self.learners[n].status.remote() for n in names]), strict=True))
+
     def learner(self, name: str) -> Any:
         return self.learners.get(name)
 

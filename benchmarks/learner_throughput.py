@@ -1,0 +1,260 @@
+"""Learner throughput: updates/s of each algorithm inside the platform vs. the same update loop without Ray.
+
+One platform with four Reacher-v5 tasks, one learner each: ``tp-ppo`` (gaussian_mlp, PPO) and ``tp-awr``,
+``tp-bc``, ``tp-qam`` (flow_chunk). A learner without data idles (it polls its replay every 0.2-0.5 s), so
+the algorithms are measured one after the other: data goes into one task's replay, its learner warms up,
+``Learner.status()`` is read at the start and end of a measured window (step and loop time of its
+reports: platform updates/s = d step / d time, publish, checkpoint, Ray sampling and reporting included),
+then the learner is stopped. The baseline is the same algorithm class and config on a policy built from
+the same config, in this process (no Ray), measured in the same run for the same window, half of it just
+before and half just after the platform window (so a drift in machine load cancels):
+
+* awr / bc / qam: ``sample_chunks`` from an in-process ``Replay`` (same replay config and episodes: the
+  scripted Reacher demos) + ``algorithm.update``; ``plain_update_only_per_s`` times ``update`` alone.
+* ppo: one update = ``steps_per_update`` fresh env steps. A pool of episodes is rolled out once with the
+  initial policy; the platform side gets a copy of the pool ingested through the data server per update,
+  stamped with the newest published version and fed one batch ahead of the learner (the learner takes
+  all fresh steps at once, so ``platform_decisions_per_update`` shows if two batches ever merged); the
+  plain side calls ``PPO.update`` on the same pool stamped with its current version, then ``published``.
+
+    MUJOCO_GL=egl .venv/bin/python benchmarks/learner_throughput.py [--quick]
+
+Writes ``benchmarks/results/learner_throughput.json``; ratio = platform / plain (goal >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import logging
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from common import machine, write_json
+
+from fleetrl.algorithms.base import PolicySpec, build_algorithm
+from fleetrl.algorithms.batch import EpisodeBatch
+from fleetrl.models.policies import build_policy
+from fleetrl.platform.config import PlatformConfig, parse_config
+from fleetrl.platform.platform import Platform
+from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
+from fleetrl.robots.sim import SimRobot
+from fleetrl.testing.net import free_port
+from fleetrl.testing.plain_loop import rollout_episodes
+from fleetrl.workers.replay import Replay
+from fleetrl.workers.task import TaskConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_ID, CHUNK_LEN = "Reacher-v5", 4
+FLOW = {"family": "flow_chunk", "hidden": [256, 256], "flow_steps": 8}
+GAUSSIAN = {"family": "gaussian_mlp", "hidden": [64, 64]}
+ALGORITHMS: dict[str, tuple[dict, dict]] = {  # name -> (policy, algorithm config); defaults otherwise
+    "ppo": (GAUSSIAN, {"lr": 1e-3, "epochs": 5, "batch_size": 128, "gae_lambda": 0.9, "steps_per_update": 2048}),
+    "awr": (FLOW, {"batch_size": 256}),
+    "bc": (FLOW, {"batch_size": 256}),
+    "qam": (FLOW, {"batch_size": 256, "bc_steps": 10}),  # the window measures adjoint matching, not BC
+}
+LEARNER = {"publish_every": 10, "checkpoint_every": 200, "report_every_s": 0.25}  # PPO: publish_every 1
+
+
+def task_config(alg: str, seed: int) -> dict:
+    policy, config = ALGORITHMS[alg]
+    learner = {**LEARNER, "algorithm": alg, "config": {**config, "seed": seed}}
+    if alg == "ppo":
+        learner["publish_every"] = 1  # on-policy: every update's weights are the next data's
+    return {
+        "name": f"tp-{alg}", "chunk_len": CHUNK_LEN, "policy": {**policy, "seed": seed}, "learner": learner,
+        "observation": {"state": {"shape": [10], "dtype": "float32"}},
+        "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+        "inference": {"replicas": 1, "num_cpus": 0},
+    }  # fmt: skip
+
+
+def platform_config(state_dir: str, tasks: list[dict]) -> PlatformConfig:
+    """Just these tasks, free ports, a temp state dir, no sim robots."""
+    rest, gateway = {"host": "127.0.0.1", "port": free_port()}, {"bind": f"tcp://127.0.0.1:{free_port()}"}
+    data = {"name": "bench", "state_dir": state_dir, "rest": rest, "gateway": gateway, "tasks": tasks}
+    return parse_config(data, "benchmark config")
+
+
+def stamp(ep: Any, version: int, tag: str, task: str | None = None) -> Any:
+    """A copy of ``ep`` under a new id whose steps were (nominally) produced by ``version``."""
+    cols = {**ep.columns, "policy_version": np.full(len(ep), version, np.int64)}
+    return dataclasses.replace(ep, episode_id=f"{ep.episode_id}-{tag}", task=task or ep.task, columns=cols)
+
+
+# -- the baseline: the same update loop in this process ------------------------------------------------
+class PlainLoop:
+    def __init__(self, task: TaskConfig, gamma: float, replay_cfg: Any, data: list, seed: int):
+        torch.set_num_threads(1)
+        spec = PolicySpec(task.observation_spec, task.action_spec, task.chunk_len, gamma)
+        policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
+        self.algo = build_algorithm(task.learner.algorithm, task.learner.config, policy, spec, task.policy.family)
+        self.algo.published(0)
+        self.version, self.pool = 0, data
+        if self.algo.data == "chunks":
+            self.replay = Replay.from_config(replay_cfg, chunk_len=task.chunk_len, seed=seed)
+            for ep in data:
+                self.replay.add(ep)
+        self.updates, self.seconds, self.update_seconds = 0, 0.0, 0.0
+
+    def step(self) -> float:
+        """One learner step as the platform's loop does it; returns the seconds spent in ``update``."""
+        if self.algo.data == "chunks":
+            batch = self.replay.sample_chunks(self.algo.batch_request().size)
+        else:
+            eps = [stamp(ep, self.version, "plain") for ep in self.pool]
+            batch = EpisodeBatch(eps, [0] * len(eps), 0)
+        t0 = time.perf_counter()
+        self.algo.update(batch)
+        took = time.perf_counter() - t0
+        if self.algo.data == "episodes":
+            self.version += 1
+            self.algo.published(self.version)
+        return took
+
+    def run(self, seconds: float, measure: bool = True) -> None:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            took = self.step()
+            if measure:
+                self.updates, self.update_seconds = self.updates + 1, self.update_seconds + took
+        if measure:
+            self.seconds += time.perf_counter() - start
+
+
+# -- the platform side ---------------------------------------------------------------------------------
+def feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event) -> None:
+    """Ingest one copy of ``pool`` per PPO update, one batch ahead: a new one as soon as the learner has
+    published the update that took the previous one (it samples right after publishing)."""
+    ray.get([platform.data.ingest.remote(stamp(ep, 0, "f0", task)) for ep in pool])
+    time.sleep(1.0)  # the learner takes batch 0 (it polls every 0.2 s); batch 1 waits during update 1
+    seen, k = 0, 1
+    while not stop.is_set():
+        latest = ray.get(platform.weights.latest.remote(task))
+        version = latest[0] if latest else 0
+        if version != seen or k == 1:
+            time.sleep(0.05 if k > 1 else 0.0)
+            ray.get([platform.data.ingest.remote(stamp(ep, version, f"f{k}", task)) for ep in pool])
+            seen, k = version, k + 1
+        time.sleep(0.01)
+
+
+def measure_platform(platform: Platform, alg: str, data: list, args: argparse.Namespace) -> dict:
+    task = f"tp-{alg}"
+    learner = platform.learner(task)
+    stop = threading.Event()
+    if alg == "ppo":
+        threading.Thread(target=feed_ppo, args=(platform, task, data, stop), daemon=True).start()
+    else:
+        ray.get([platform.data.ingest.remote(stamp(ep, -1, alg, task)) for ep in data])
+    first, decisions = None, []
+    deadline = time.monotonic() + args.window + 120
+    while time.monotonic() < deadline:
+        s = ray.get(learner.status.remote())
+        if s.get("state") == "failed":
+            raise RuntimeError(f"learner {task} failed: {s['error']}")
+        if "decisions" in s.get("losses", {}) and first is not None:
+            decisions.append(s["losses"]["decisions"])
+        if first is None and s["step"] >= args.warmup_updates:
+            first = s
+        elif first is not None and s["time"] - first["time"] >= args.window:
+            break
+        time.sleep(0.1)
+    stop.set()
+    ray.get(learner.stop.remote(), timeout=60)
+    if first is None:
+        raise RuntimeError(f"learner {task} did not warm up; last status {s}")
+    out = {"platform_updates_per_s": (s["step"] - first["step"]) / max(s["time"] - first["time"], 1e-9)}
+    out["platform_updates"] = s["step"] - first["step"]
+    out["platform_last_reported_updates_per_s"] = round(s["updates_per_s"], 3)
+    if decisions:
+        out["platform_decisions_per_update"] = round(float(np.mean(decisions)), 1)
+    return out
+
+
+def run_algorithm(platform: Platform, alg: str, data: list, args: argparse.Namespace) -> dict:
+    task = next(t for t in platform.cfg.tasks if t.name == f"tp-{alg}")
+    replay_cfg = ray.get(platform.data.replay_config.remote(task.name))
+    plain = PlainLoop(task, replay_cfg.gamma, replay_cfg, data, args.seed)
+    plain.run(args.warmup_s, measure=False)
+    plain.run(args.window / 2)
+    result = measure_platform(platform, alg, data, args)
+    plain.run(args.window / 2)
+    result["plain_updates_per_s"] = plain.updates / plain.seconds
+    result["plain_update_only_per_s"] = round(plain.updates / plain.update_seconds, 3)
+    result["ratio"] = round(result["platform_updates_per_s"] / result["plain_updates_per_s"], 3)
+    for key in ("platform_updates_per_s", "plain_updates_per_s"):
+        result[key] = round(result[key], 3)
+    if alg == "ppo":
+        result["plain_decisions_per_update"] = float(sum(-(-len(e) // CHUNK_LEN) for e in data))
+    print(f"  {alg}: {result}", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="6 s windows, fewer demos (about two minutes)")
+    ap.add_argument("--algorithms", default="ppo,awr,bc,qam")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learner_throughput.json"))
+    args = ap.parse_args(argv)
+    args.window, args.warmup_s = (6.0, 2.0) if args.quick else (30.0, 5.0)
+    args.warmup_updates, args.demos = (12, 20) if args.quick else (20, 100)
+    algorithms = args.algorithms.split(",")
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.monotonic()
+    demos = collect_scripted_demos(ENV_ID, reacher_reach_policy, args.demos, seed=args.seed, log_every=0)
+    ppo_task = TaskConfig.model_validate(task_config("ppo", args.seed))
+    policy = build_policy(ppo_task.policy, ppo_task.observation_spec, ppo_task.action_spec, CHUNK_LEN)
+    robot, pool = SimRobot(ENV_ID, seed=args.seed + 1), []
+    while sum(len(e) for e in pool) < ALGORITHMS["ppo"][1]["steps_per_update"]:
+        pool += rollout_episodes(robot, policy, 1, task="tp-ppo", robot_id="bench")
+    print(f"{len(demos)} demos, a PPO pool of {len(pool)} episodes ({time.monotonic() - t0:.1f} s)", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
+        cfg = platform_config(state_dir, [task_config(a, args.seed) for a in algorithms])
+        platform = Platform(cfg).start()
+        print(f"platform up in {time.monotonic() - t0:.1f} s", flush=True)
+        try:
+            for alg in algorithms:
+                results[alg] = run_algorithm(platform, alg, pool if alg == "ppo" else demos, args)
+        finally:
+            platform.stop()
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seed": args.seed,
+        "mode": "quick" if args.quick else "full",
+        "window_s": args.window,
+        "warmup_updates": args.warmup_updates,
+        "measured": "platform: d step / d time of Learner.status() over the window (loop timestamps); plain: "
+        "sample + update (+ published for PPO) in this process, half the window before and half after; "
+        "ratio = platform / plain. PPO: one update = steps_per_update fresh env steps.",
+        "algorithms": {a: {"policy": ALGORITHMS[a][0], "config": ALGORITHMS[a][1]} for a in algorithms},
+        "learner": LEARNER | {"ppo_publish_every": 1, "torch_threads": 1},
+        "demos": args.demos,
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.monotonic() - t0, 1),
+        **results,
+    }
+    out = write_json(result, args.out)
+    print(f"wrote {out} ({result['wall_s']} s)")
+    print(
+        "learner_throughput: platform/plain updates/s "
+        + ", ".join(f"{a} {r['platform_updates_per_s']:.1f}/{r['plain_updates_per_s']:.1f} = {r['ratio']:.2f}"
+                    for a, r in results.items())
+        + " (goal >= 0.9)"
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
