@@ -87,7 +87,7 @@ def platform_config(state_dir: str, tasks: list[dict]) -> PlatformConfig:
 
 def stamp(ep: Any, version: int, tag: str, task: str | None = None) -> Any:
     """A copy of ``ep`` under a new id whose steps were (nominally) produced by ``version``."""
-    cols = {**ep.columns, "policy_version": np.full(len(ep), version, np.int64)}
+    cols = {**ep.columns, "policy_version": np.full_like(ep.columns["policy_version"], version)}
     return dataclasses.replace(ep, episode_id=f"{ep.episode_id}-{tag}", task=task or ep.task, columns=cols)
 
 
@@ -132,9 +132,16 @@ class PlainLoop:
 
 
 # -- the platform side ---------------------------------------------------------------------------------
-def feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event) -> None:
+def feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event, errors: list) -> None:
     """Ingest one copy of ``pool`` per PPO update, one batch ahead: a new one as soon as the learner has
     published the update that took the previous one (it samples right after publishing)."""
+    try:
+        _feed_ppo(platform, task, pool, stop)
+    except Exception as exc:  # noqa: BLE001 - reported by the measuring loop
+        errors.append(exc)
+
+
+def _feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event) -> None:
     ray.get([platform.data.ingest.remote(stamp(ep, 0, "f0", task)) for ep in pool])
     time.sleep(1.0)  # the learner takes batch 0 (it polls every 0.2 s); batch 1 waits during update 1
     seen, k = 0, 1
@@ -151,14 +158,14 @@ def feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event) -
 def measure_platform(platform: Platform, alg: str, data: list, args: argparse.Namespace) -> dict:
     task = f"tp-{alg}"
     learner = platform.learner(task)
-    stop = threading.Event()
+    stop, errors = threading.Event(), []
     if alg == "ppo":
-        threading.Thread(target=feed_ppo, args=(platform, task, data, stop), daemon=True).start()
+        threading.Thread(target=feed_ppo, args=(platform, task, data, stop, errors), daemon=True).start()
     else:
         ray.get([platform.data.ingest.remote(stamp(ep, -1, alg, task)) for ep in data])
     first, decisions = None, []
-    deadline = time.monotonic() + args.window + 120
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + args.window + 90
+    while time.monotonic() < deadline and not errors:
         s = ray.get(learner.status.remote())
         if s.get("state") == "failed":
             raise RuntimeError(f"learner {task} failed: {s['error']}")
@@ -171,6 +178,8 @@ def measure_platform(platform: Platform, alg: str, data: list, args: argparse.Na
         time.sleep(0.1)
     stop.set()
     ray.get(learner.stop.remote(), timeout=60)
+    if errors:
+        raise errors[0]
     if first is None:
         raise RuntimeError(f"learner {task} did not warm up; last status {s}")
     out = {"platform_updates_per_s": (s["step"] - first["step"]) / max(s["time"] - first["time"], 1e-9)}

@@ -54,9 +54,11 @@ def test_run_starts_platform_and_robots_then_stops_cleanly(tmp_path):
         {"env": "Reacher-v5", "task": "reach", "count": 3},
         {"env": "cube-single-singletask-task1-v0", "task": "cube-single", "count": 1},
     ]
+    cfg["oracle_demos"][0]["n"] = 3  # a short run: a few demos are enough to start the offline learner
+    cfg["tasks"][0]["learner"]["config"]["steps_per_update"] = 200  # PPO updates within the run
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = _fleetrl("run", str(path), "--duration", "20", "--plain", env={"FLEETRL_ADMIN_TOKEN": "e2e"})
+    r = _fleetrl("run", str(path), "--duration", "30", "--plain", env={"FLEETRL_ADMIN_TOKEN": "e2e"})
     out = r.stdout
     assert r.returncode == 0, out[-3000:] + r.stderr[-3000:]
     assert "stopped." in out
@@ -67,3 +69,10 @@ def test_run_starts_platform_and_robots_then_stops_cleanly(tmp_path):
     assert reach.group(1) == reach.group(2) == "3" and int(reach.group(3)) > 100 and int(reach.group(4)) >= 3
     assert cube.group(2) == "1" and int(cube.group(3)) > 20
     assert re.search(r"obs→action p50 [\d.]+ ms", last)
+    assert "cube-single: 3 demos stored" in out
+    # Both learners ran inside Ray Train and published new weights to the fleet.
+    ppo = re.search(r"ppo step (\d+) v(\d+)", last)
+    qam = re.search(r"qam step (\d+) v(\d+)", last)
+    assert ppo and qam, last
+    assert int(ppo.group(1)) >= 1 and int(ppo.group(2)) >= 1
+    assert int(qam.group(1)) >= 50 and int(qam.group(2)) >= 1
