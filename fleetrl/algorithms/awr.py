@@ -19,7 +19,6 @@ One ``update`` is one learner step: a critic step, a Polyak step, and (every ``a
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -28,8 +27,8 @@ from torch import nn
 
 from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.common import ChunkTensors, chunk_tensors, polyak_update
-from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
+from fleetrl.algorithms.common import ChunkTensors, chunk_critic_pair, chunk_tensors, polyak_update
+from fleetrl.models.critics import ChunkQConfig
 from fleetrl.models.flow import FlowChunkPolicy, flow_matching_loss
 
 # --- loss maths (pure functions) -------------------------------------------------------------------
@@ -99,12 +98,7 @@ class AWR(Algorithm):
 
     def __init__(self, config: AWRConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
         super().__init__(config, policy, spec, device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.critic = ChunkQEnsemble(
-                config.critic, spec.observation_spec, spec.action_spec, spec.chunk_len
-            ).to(self.device)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic, self.target_critic = chunk_critic_pair(config.critic, spec, config.seed, self.device)
         opt = dict(betas=config.adam_betas, weight_decay=config.weight_decay)
         self.critic_optim = torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr, **opt)
         self.actor_optim = torch.optim.AdamW(self.policy.parameters(), lr=config.actor_lr, **opt)

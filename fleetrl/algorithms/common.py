@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from fleetrl.algorithms.base import PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
+from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
 from fleetrl.models.nets import flatten_obs
 
 
@@ -44,6 +47,16 @@ def chunk_tensors(batch: ChunkBatch, obs_keys: list[str], device: torch.device |
         mask=t(batch.mask).repeat_interleave(step_size, dim=1),
         offline=t(batch.offline, torch.bool),
     )
+
+
+def chunk_critic_pair(
+    cfg: ChunkQConfig, spec: PolicySpec, seed: int, device: torch.device
+) -> tuple[ChunkQEnsemble, ChunkQEnsemble]:
+    """A seeded chunked Q ensemble and its frozen target copy (AWR and QAM start their critics alike)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        critic = ChunkQEnsemble(cfg, spec.observation_spec, spec.action_spec, spec.chunk_len).to(device)
+    return critic, copy.deepcopy(critic).requires_grad_(False)
 
 
 @torch.no_grad()

@@ -43,9 +43,9 @@ from torch import nn
 
 from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.common import ChunkTensors, chunk_tensors, polyak_update
+from fleetrl.algorithms.common import ChunkTensors, chunk_critic_pair, chunk_tensors, polyak_update
 from fleetrl.algorithms.divl import DIVL, DIVLConfig, clipped_double_q, n_step_chunk_target, q_td_loss
-from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
+from fleetrl.models.critics import ChunkQConfig
 from fleetrl.models.flow import FlowChunkPolicy, flow_matching_loss
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, x, w[B]) -> v
@@ -154,13 +154,10 @@ class QAM(Algorithm):
 
     def __init__(self, config: QAMConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
         super().__init__(config, policy, spec, device)
+        self.critic, self.target_critic = chunk_critic_pair(config.critic, spec, config.seed, self.device)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.critic = ChunkQEnsemble(
-                config.critic, spec.observation_spec, spec.action_spec, spec.chunk_len
-            ).to(self.device)
+            torch.manual_seed(config.seed + 1)
             self.divl = DIVL(config.divl, spec.observation_spec, self.device)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.actor_optim = torch.optim.AdamW(self.policy.parameters(), lr=config.actor_lr)
         self.reference: FlowChunkPolicy | None = None
