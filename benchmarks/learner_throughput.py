@@ -57,7 +57,11 @@ ENV_ID, CHUNK_LEN = "Reacher-v5", 4
 FLOW = {"family": "flow_chunk", "hidden": [256, 256], "flow_steps": 8}
 GAUSSIAN = {"family": "gaussian_mlp", "hidden": [64, 64]}
 ALGORITHMS: dict[str, tuple[dict, dict]] = {  # name -> (policy, algorithm config); defaults otherwise
-    "ppo": (GAUSSIAN, {"lr": 1e-3, "epochs": 5, "batch_size": 128, "gae_lambda": 0.9, "steps_per_update": 2048}),
+    # PPO trains on copies of one pool over and over: a tiny lr keeps it finite (cost per update is the same)
+    "ppo": (
+        GAUSSIAN,
+        {"lr": 1e-6, "epochs": 5, "batch_size": 128, "gae_lambda": 0.9, "steps_per_update": 2048},
+    ),
     "awr": (FLOW, {"batch_size": 256}),
     "bc": (FLOW, {"batch_size": 256}),
     "qam": (FLOW, {"batch_size": 256, "bc_steps": 10}),  # the window measures adjoint matching, not BC
@@ -65,9 +69,9 @@ ALGORITHMS: dict[str, tuple[dict, dict]] = {  # name -> (policy, algorithm confi
 LEARNER = {"publish_every": 10, "checkpoint_every": 200, "report_every_s": 0.25}  # PPO: publish_every 1
 
 
-def task_config(alg: str, seed: int) -> dict:
+def task_config(alg: str, seed: int, learner_overrides: dict | None = None) -> dict:
     policy, config = ALGORITHMS[alg]
-    learner = {**LEARNER, "algorithm": alg, "config": {**config, "seed": seed}}
+    learner = {**LEARNER, **(learner_overrides or {}), "algorithm": alg, "config": {**config, "seed": seed}}
     if alg == "ppo":
         learner["publish_every"] = 1  # on-policy: every update's weights are the next data's
     return {
@@ -97,7 +101,9 @@ class PlainLoop:
         torch.set_num_threads(1)
         spec = PolicySpec(task.observation_spec, task.action_spec, task.chunk_len, gamma)
         policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
-        self.algo = build_algorithm(task.learner.algorithm, task.learner.config, policy, spec, task.policy.family)
+        self.algo = build_algorithm(
+            task.learner.algorithm, task.learner.config, policy, spec, task.policy.family
+        )
         self.algo.published(0)
         self.version, self.pool = 0, data
         if self.algo.data == "chunks":
@@ -132,16 +138,18 @@ class PlainLoop:
 
 
 # -- the platform side ---------------------------------------------------------------------------------
-def feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event, errors: list) -> None:
+def feed_ppo(
+    platform: Platform, task: str, pool: list, stop: threading.Event, errors: list, took: list
+) -> None:
     """Ingest one copy of ``pool`` per PPO update, one batch ahead: a new one as soon as the learner has
     published the update that took the previous one (it samples right after publishing)."""
     try:
-        _feed_ppo(platform, task, pool, stop)
+        _feed_ppo(platform, task, pool, stop, took)
     except Exception as exc:  # noqa: BLE001 - reported by the measuring loop
         errors.append(exc)
 
 
-def _feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event) -> None:
+def _feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event, took: list) -> None:
     ray.get([platform.data.ingest.remote(stamp(ep, 0, "f0", task)) for ep in pool])
     time.sleep(1.0)  # the learner takes batch 0 (it polls every 0.2 s); batch 1 waits during update 1
     seen, k = 0, 1
@@ -150,7 +158,9 @@ def _feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event) 
         version = latest[0] if latest else 0
         if version != seen or k == 1:
             time.sleep(0.05 if k > 1 else 0.0)
+            t0 = time.perf_counter()
             ray.get([platform.data.ingest.remote(stamp(ep, version, f"f{k}", task)) for ep in pool])
+            took.append(time.perf_counter() - t0)
             seen, k = version, k + 1
         time.sleep(0.01)
 
@@ -158,9 +168,12 @@ def _feed_ppo(platform: Platform, task: str, pool: list, stop: threading.Event) 
 def measure_platform(platform: Platform, alg: str, data: list, args: argparse.Namespace) -> dict:
     task = f"tp-{alg}"
     learner = platform.learner(task)
-    stop, errors = threading.Event(), []
+    stop, errors, ingest_s = threading.Event(), [], []
     if alg == "ppo":
-        threading.Thread(target=feed_ppo, args=(platform, task, data, stop, errors), daemon=True).start()
+        feeder = threading.Thread(
+            target=feed_ppo, args=(platform, task, data, stop, errors, ingest_s), daemon=True
+        )
+        feeder.start()
     else:
         ray.get([platform.data.ingest.remote(stamp(ep, -1, alg, task)) for ep in data])
     first, decisions = None, []
@@ -185,6 +198,8 @@ def measure_platform(platform: Platform, alg: str, data: list, args: argparse.Na
     out = {"platform_updates_per_s": (s["step"] - first["step"]) / max(s["time"] - first["time"], 1e-9)}
     out["platform_updates"] = s["step"] - first["step"]
     out["platform_last_reported_updates_per_s"] = round(s["updates_per_s"], 3)
+    if ingest_s:  # seconds to ingest one update's episodes through the data server (store + replay)
+        out["platform_ingest_s_per_update"] = round(float(np.median(ingest_s)), 3)
     if decisions:
         out["platform_decisions_per_update"] = round(float(np.mean(decisions)), 1)
     return out
@@ -214,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="6 s windows, fewer demos (about two minutes)")
     ap.add_argument("--algorithms", default="ppo,awr,bc,qam")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint-every", type=int, default=LEARNER["checkpoint_every"], help="diagnosis")
+    ap.add_argument("--publish-every", type=int, default=LEARNER["publish_every"], help="diagnosis (not PPO)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learner_throughput.json"))
     args = ap.parse_args(argv)
     args.window, args.warmup_s = (6.0, 2.0) if args.quick else (30.0, 5.0)
@@ -227,10 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     robot, pool = SimRobot(ENV_ID, seed=args.seed + 1), []
     while sum(len(e) for e in pool) < ALGORITHMS["ppo"][1]["steps_per_update"]:
         pool += rollout_episodes(robot, policy, 1, task="tp-ppo", robot_id="bench")
-    print(f"{len(demos)} demos, a PPO pool of {len(pool)} episodes ({time.monotonic() - t0:.1f} s)", flush=True)
+    print(
+        f"{len(demos)} demos, a PPO pool of {len(pool)} episodes ({time.monotonic() - t0:.1f} s)", flush=True
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        cfg = platform_config(state_dir, [task_config(a, args.seed) for a in algorithms])
+        overrides = {"checkpoint_every": args.checkpoint_every, "publish_every": args.publish_every}
+        cfg = platform_config(state_dir, [task_config(a, args.seed, overrides) for a in algorithms])
         platform = Platform(cfg).start()
         print(f"platform up in {time.monotonic() - t0:.1f} s", flush=True)
         try:
@@ -248,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "sample + update (+ published for PPO) in this process, half the window before and half after; "
         "ratio = platform / plain. PPO: one update = steps_per_update fresh env steps.",
         "algorithms": {a: {"policy": ALGORITHMS[a][0], "config": ALGORITHMS[a][1]} for a in algorithms},
-        "learner": LEARNER | {"ppo_publish_every": 1, "torch_threads": 1},
+        "learner": LEARNER | overrides | {"ppo_publish_every": 1, "torch_threads": 1},
         "demos": args.demos,
         "machine": machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -66,17 +66,22 @@ CUBE_ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers ALOE ret
 }
 BUDGETS = {  # quick / full
     "ppo_env_steps": (12_288, 81_920),
-    "eval_episodes": (10, 50),
+    "eval_episodes": (5, 30),
     "cube_demos": (30, 100),
-    "cube_offline_updates": (300, 3000),
-    "cube_online_rounds": (2, 5),
-    "cube_episodes_per_round": (4, 10),
-    "cube_updates_per_round": (100, 400),
+    "cube_offline_updates": (150, 1500),
+    "cube_online_rounds": (1, 4),
+    "cube_episodes_per_round": (3, 10),
+    "cube_updates_per_round": (50, 250),
 }
 
 
 def reach_task(seed: int) -> dict:
-    learner = {"algorithm": "ppo", "config": {**PPO, "seed": seed}, "publish_every": 1, "checkpoint_every": 10}
+    learner = {
+        "algorithm": "ppo",
+        "config": {**PPO, "seed": seed},
+        "publish_every": 1,
+        "checkpoint_every": 10,
+    }
     return {
         "name": "reach", "chunk_len": 4, "policy": GaussianMLPConfig(seed=seed).model_dump(), "learner": learner,
         "observation": {"state": {"shape": [10], "dtype": "float32"}},
@@ -94,7 +99,7 @@ def platform_config(state_dir: str, tasks: list[dict]) -> PlatformConfig:
 def load_policy(state: dict, seed: int) -> torch.nn.Module:
     robot = SimRobot(REACHER)
     policy = build_policy(GaussianMLPConfig(seed=seed), robot.observation_spec, robot.action_spec, 4)
-    policy.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    policy.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
     return policy
 
 
@@ -104,6 +109,9 @@ def ppo_platform(args: argparse.Namespace, budget: int, k: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
         platform = Platform(platform_config(state_dir, [reach_task(args.seed)])).start()
         try:
+            deadline = time.monotonic() + 180  # robots start once the learner has published version 0
+            while ray.get(platform.weights.latest.remote("reach")) is None and time.monotonic() < deadline:
+                time.sleep(0.5)
             stop, clients = threading.Event(), []
             fleet = threading.Thread(
                 target=run_sim_fleet,
@@ -113,7 +121,9 @@ def ppo_platform(args: argparse.Namespace, budget: int, k: int) -> dict:
             )
             t0, shown = time.monotonic(), 0.0
             fleet.start()
-            while (steps := ray.get(platform.data.stats.remote("reach"))["replay"]["online_transitions"]) < budget:
+            while (
+                steps := ray.get(platform.data.stats.remote("reach"))["replay"]["online_transitions"]
+            ) < budget:
                 if time.monotonic() - shown > 10:
                     shown = time.monotonic()
                     print(f"  platform: {steps}/{budget} env steps after {shown - t0:.0f} s", flush=True)
@@ -145,7 +155,9 @@ def ppo_reacher(args: argparse.Namespace) -> dict:
     cfg = GaussianMLPConfig(seed=args.seed)
     plain = train_plain_ppo(robots, cfg, PPOConfig(**PPO, seed=args.seed), budget, args.seed)
     last, k = plain.iterations[-1], plain.iterations[-1].episodes
-    print(f"  plain: {last.env_steps} env steps in {time.monotonic() - t0:.0f} s, return {last.mean_return:.2f}")
+    print(
+        f"  plain: {last.env_steps} env steps in {time.monotonic() - t0:.0f} s, return {last.mean_return:.2f}"
+    )
     platform = ppo_platform(args, budget, k)
     print(f"  platform: {platform['env_steps']} env steps, return {platform['return']:.2f}", flush=True)
 
@@ -204,7 +216,10 @@ def cube_single(alg: str, demos: list, args: argparse.Namespace) -> dict:
             replay.add(ep)
         for _ in range(b["cube_updates_per_round"]):
             algo.update(replay.sample_chunks(algo.config.batch_size))
-    out |= {"online": success(), "online_training_success": round(sum(online_successes) / len(online_successes), 3)}
+    out |= {
+        "online": success(),
+        "online_training_success": round(sum(online_successes) / len(online_successes), 3),
+    }
     out["wall_s"] = round(time.monotonic() - t0, 1)
     print(f"  {alg}: {out}", flush=True)
     return out
