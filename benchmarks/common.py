@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,19 @@ def reach_config(state_dir: str, chunk_len: int, task_name: str = "reach") -> Pl
     return parse_config(data, "benchmark config")
 
 
+REACHER_SPECS = {  # Reacher-v5 as a task sees it
+    "observation": {"state": {"shape": [10], "dtype": "float32"}},
+    "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+}
+
+
+def tasks_config(state_dir: str, tasks: list[dict]) -> PlatformConfig:
+    """Just these tasks, free ports, a temp state dir, no sim robots."""
+    rest, gateway = {"host": "127.0.0.1", "port": free_port()}, {"bind": f"tcp://127.0.0.1:{free_port()}"}
+    data = {"name": "bench", "state_dir": state_dir, "rest": rest, "gateway": gateway, "tasks": tasks}
+    return parse_config(data, "benchmark config")
+
+
 def percentiles(values: list[float], digits: int = 4) -> dict[str, float | int | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None, "n": 0}
@@ -48,6 +63,17 @@ def machine() -> dict[str, Any]:
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
     return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1)}
+
+
+def run_header(args: Any) -> dict[str, Any]:
+    """The fields every result JSON starts with (DESIGN §5): command, seed, mode, machine, date."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seed": args.seed,
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:

@@ -21,11 +21,9 @@ Writes ``benchmarks/results/data_plane.json`` and prints a summary, then a one-l
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +34,7 @@ from typing import Any
 import numpy as np
 import ray
 import zmq
-from common import machine, percentiles, reach_config, write_json
+from common import percentiles, reach_config, run_header, write_json
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from fleetrl.platform.config import PlatformConfig
@@ -510,11 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             platform.stop()
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "seed": args.seed,
-        "mode": "quick" if args.quick else "full",
-        "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(args),
         "wall_s": round(time.monotonic() - t0, 1),
         "robots": args.robots,
         "env": ENV_ID,

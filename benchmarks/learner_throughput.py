@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -38,16 +36,14 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from common import machine, write_json
+from common import REACHER_SPECS, run_header, tasks_config, write_json
 
 from fleetrl.algorithms.base import PolicySpec, build_algorithm
 from fleetrl.algorithms.batch import EpisodeBatch
 from fleetrl.models.policies import build_policy
-from fleetrl.platform.config import PlatformConfig, parse_config
 from fleetrl.platform.platform import Platform
 from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
 from fleetrl.robots.sim import SimRobot
-from fleetrl.testing.net import free_port
 from fleetrl.testing.plain_loop import rollout_episodes
 from fleetrl.workers.replay import Replay
 from fleetrl.workers.task import TaskConfig
@@ -76,17 +72,9 @@ def task_config(alg: str, seed: int, learner_overrides: dict | None = None) -> d
         learner["publish_every"] = 1  # on-policy: every update's weights are the next data's
     return {
         "name": f"tp-{alg}", "chunk_len": CHUNK_LEN, "policy": {**policy, "seed": seed}, "learner": learner,
-        "observation": {"state": {"shape": [10], "dtype": "float32"}},
-        "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+        **REACHER_SPECS,
         "inference": {"replicas": 1, "num_cpus": 0},
     }  # fmt: skip
-
-
-def platform_config(state_dir: str, tasks: list[dict]) -> PlatformConfig:
-    """Just these tasks, free ports, a temp state dir, no sim robots."""
-    rest, gateway = {"host": "127.0.0.1", "port": free_port()}, {"bind": f"tcp://127.0.0.1:{free_port()}"}
-    data = {"name": "bench", "state_dir": state_dir, "rest": rest, "gateway": gateway, "tasks": tasks}
-    return parse_config(data, "benchmark config")
 
 
 def stamp(ep: Any, version: int, tag: str, task: str | None = None) -> Any:
@@ -250,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
         overrides = {"checkpoint_every": args.checkpoint_every, "publish_every": args.publish_every}
-        cfg = platform_config(state_dir, [task_config(a, args.seed, overrides) for a in algorithms])
+        cfg = tasks_config(state_dir, [task_config(a, args.seed, overrides) for a in algorithms])
         platform = Platform(cfg).start()
         print(f"platform up in {time.monotonic() - t0:.1f} s", flush=True)
         try:
@@ -259,9 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             platform.stop()
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "seed": args.seed,
-        "mode": "quick" if args.quick else "full",
+        **run_header(args),
         "window_s": args.window,
         "warmup_updates": args.warmup_updates,
         "measured": "platform: d step / d time of Learner.status() over the window (loop timestamps); plain: "
@@ -270,8 +256,6 @@ def main(argv: list[str] | None = None) -> None:
         "algorithms": {a: {"policy": ALGORITHMS[a][0], "config": ALGORITHMS[a][1]} for a in algorithms},
         "learner": LEARNER | overrides | {"ppo_publish_every": 1, "torch_threads": 1},
         "demos": args.demos,
-        "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - t0, 1),
         **results,
     }

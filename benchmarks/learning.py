@@ -29,9 +29,7 @@ after each stage = deterministic ``evaluate`` on ``SimRobot(cube-single...)`` (s
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -39,17 +37,15 @@ from pathlib import Path
 
 import ray
 import torch
-from common import machine, write_json
+from common import REACHER_SPECS, run_header, tasks_config, write_json
 
 from fleetrl.algorithms.base import PolicySpec, build_algorithm
 from fleetrl.algorithms.ppo import PPOConfig
 from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
 from fleetrl.models.policies import GaussianMLPConfig, build_policy
-from fleetrl.platform.config import PlatformConfig, parse_config
 from fleetrl.platform.platform import Platform
 from fleetrl.robots.demos import collect_oracle_demos
 from fleetrl.robots.sim import SimRobot, run_sim_fleet
-from fleetrl.testing.net import free_port
 from fleetrl.testing.plain_loop import evaluate, rollout_episodes
 from fleetrl.testing.plain_ppo import train_plain_ppo
 from fleetrl.workers.replay import Replay, ReplayConfig
@@ -84,16 +80,9 @@ def reach_task(seed: int) -> dict:
     }
     return {
         "name": "reach", "chunk_len": 4, "policy": GaussianMLPConfig(seed=seed).model_dump(), "learner": learner,
-        "observation": {"state": {"shape": [10], "dtype": "float32"}},
-        "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+        **REACHER_SPECS,
         "inference": {"replicas": 2, "max_batch": 32},
     }  # fmt: skip
-
-
-def platform_config(state_dir: str, tasks: list[dict]) -> PlatformConfig:
-    rest, gateway = {"host": "127.0.0.1", "port": free_port()}, {"bind": f"tcp://127.0.0.1:{free_port()}"}
-    data = {"name": "bench", "state_dir": state_dir, "rest": rest, "gateway": gateway, "tasks": tasks}
-    return parse_config(data, "benchmark config")
 
 
 def load_policy(state: dict, seed: int) -> torch.nn.Module:
@@ -107,7 +96,7 @@ def load_policy(state: dict, seed: int) -> torch.nn.Module:
 def ppo_platform(args: argparse.Namespace, budget: int, k: int) -> dict:
     """Run the fleet until the replay holds ``budget`` online env steps; the last-K return, final weights."""
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        platform = Platform(platform_config(state_dir, [reach_task(args.seed)])).start()
+        platform = Platform(tasks_config(state_dir, [reach_task(args.seed)])).start()
         try:
             deadline = time.monotonic() + 180  # robots start once the learner has published version 0
             while ray.get(platform.weights.latest.remote("reach")) is None and time.monotonic() < deadline:
@@ -241,16 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     t0 = time.monotonic()
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "seed": args.seed,
-        "mode": "quick" if args.quick else "full",
+        **run_header(args),
         "budgets": args.budget | {"robots": args.robots, "control_hz": args.hz},
         "ppo_config": PPO,
         "cube_algorithms": CUBE_ALGORITHMS,
         "cube_policy": CUBE_POLICY.model_dump(),
         "cube_replay": CUBE_REPLAY.model_dump(),
-        "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if args.only in (None, "ppo"):
         print("(a) PPO on Reacher-v5: plain loop, then the platform ...", flush=True)

@@ -21,9 +21,7 @@ Writes ``benchmarks/results/scheduler_latency.json`` and prints a table and a on
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +34,7 @@ from typing import Any
 import numpy as np
 import ray
 import zmq
-from common import machine, percentiles, reach_config, write_json
+from common import percentiles, reach_config, run_header, write_json
 from ray import serve
 
 from fleetrl.platform.platform import Platform
@@ -306,17 +304,13 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             platform.stop()
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "seed": args.seed,
-        "mode": "quick" if args.quick else "full",
+        **run_header(args),
         "duration_s": args.duration,
         "warmup_s": WARMUP_S,
         "control_hz": CONTROL_HZ,
         "chunk_len": 1,
         "replicas": cfg.tasks[0].inference.replicas,
         "max_batch": cfg.tasks[0].inference.max_batch,
-        "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.monotonic() - t0, 1),
         "targets": TARGETS,
         "runs": runs,
