@@ -63,13 +63,12 @@ class DataServer:
         self.metrics = MetricsBuffer()
         t0 = time.monotonic()
         self.store = EpisodeStore(root, config.catalog)
-        self.tasks = {t.name: t for t in tasks}
-        self.task_replay_cfg = {t.name: config.tasks.get(t.name, config.replay) for t in tasks}
-        self.replays = {
-            t.name: Replay.from_config(self.task_replay_cfg[t.name], chunk_len=t.chunk_len, seed=config.seed)
-            for t in tasks
-        }
-        rebuilt = 0
+        self.tasks: dict[str, TaskConfig] = {}
+        self.task_replay_cfg: dict[str, ReplayConfig] = {}
+        self.replays: dict[str, Replay] = {}
+        for t in tasks:
+            self._add_replay(t, config.tasks.get(t.name, config.replay))
+        rebuilt = 0  # one pass over the store for every configured task
         for snapshot, episode in self.store.iter_episodes():
             replay = self.replays.get(episode.task)
             if replay is not None:
@@ -120,13 +119,14 @@ class DataServer:
         """Keep and replay a task created at runtime (its stored episodes, if any, are replayed too)."""
         if task.name in self.tasks:
             raise ValueError(f"task {task.name!r} already exists on this data server")
-        cfg = replay or self.cfg.replay
-        self.tasks[task.name] = task
+        task_replay = self._add_replay(task, replay or self.cfg.replay)
+        for snapshot, episode in self.store.iter_episodes(task.name):
+            task_replay.add(episode, snapshot)
+
+    def _add_replay(self, task: TaskConfig, cfg: ReplayConfig) -> Replay:
+        self.tasks[task.name], self.task_replay_cfg[task.name] = task, cfg
         self.replays[task.name] = Replay.from_config(cfg, chunk_len=task.chunk_len, seed=self.cfg.seed)
-        self.task_replay_cfg[task.name] = cfg
-        for snapshot, episode in self.store.iter_episodes():
-            if episode.task == task.name:
-                self.replays[task.name].add(episode, snapshot)
+        return self.replays[task.name]
 
     def sample_episodes(
         self, task: str, n: int, max_staleness: int | None = None, since_snapshot: int = 0

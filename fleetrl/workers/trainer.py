@@ -60,6 +60,7 @@ class LearnerLoop:
         self.policy.to(self.device)
         self.spec = PolicySpec(task.observation_spec, task.action_spec, task.chunk_len, gamma)
         self.algorithms: dict[str, Algorithm] = {}
+        self._saved_algorithms: dict[str, Any] = {}  # algorithm states from the checkpoint, until activated
         self.step, self.version, self.restored_step = 0, 0, None
         self.losses: dict[str, float] = {}
         self.commands: deque[dict[str, Any]] = deque()
@@ -203,12 +204,14 @@ class LearnerLoop:
         """Load the newest checkpoint. Ray Train registers a reported checkpoint only when its controller
         next polls the worker, so one written just before a crash (e.g. right after an algorithm switch)
         may be unregistered; the files are on disk all the same, so the newest readable one wins."""
-        candidates = sorted(Path(self.checkpoint_root).glob("checkpoint_*/" + CHECKPOINT_FILE), reverse=True)
+        candidates = set(Path(self.checkpoint_root).glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
-            candidates.append(Path(ckpt.path) / CHECKPOINT_FILE)
+            candidates.add(Path(ckpt.path) / CHECKPOINT_FILE)
         saved = None
-        for path in sorted(candidates, key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True):
+        for path in sorted(
+            (p for p in candidates if p.exists()), key=lambda p: p.stat().st_mtime, reverse=True
+        ):
             try:
                 saved = torch.load(path, map_location=self.device, weights_only=False)
                 break
@@ -226,7 +229,7 @@ class LearnerLoop:
         """Make ``name`` the current algorithm. One it ran before keeps its critics and optimizers."""
         parsed = parse_config(name, config)
         previous = self.algorithms.get(name)
-        saved = getattr(self, "_saved_algorithms", {}).pop(name, None)
+        saved = self._saved_algorithms.pop(name, None)
         algorithm = build_algorithm(
             name, parsed, self.policy, self.spec, self.task.policy.family, str(self.device)
         )

@@ -58,8 +58,5 @@ class WeightBoard:
         entry = self.newest.get(task)
         return None if entry is None else (entry[0], [entry[1]], entry[2])
 
-    def versions(self) -> dict[str, int]:
-        return {task: entry[0] for task, entry in self.newest.items()}
-
     def stop(self) -> None:
         self.newest.clear()

@@ -49,8 +49,8 @@ class TorchBackend:
             pinned = np.asarray(pins, dtype=np.int64)
             kept = np.isin(pinned, list(self.policies))
             versions[kept] = pinned[kept]
-        groups = np.unique(versions)
-        if len(groups) == 1:
+        groups = np.unique(versions) if pins is not None else versions[:1]
+        if len(groups) == 1:  # every row on one version (always so in batch reload mode): one forward pass
             actions, log_prob = self.policies[int(groups[0])].act(obs)
             return (
                 actions.numpy().astype(np.float32, copy=False),
