@@ -109,6 +109,14 @@ class DataServer:
     def sample_chunks(self, task: str, batch_size: int, offline_fraction: float | None = None) -> ChunkBatch:
         return self.replays[task].sample_chunks(batch_size, offline_fraction)
 
+    def sample_chunk_batches(
+        self, task: str, batch_size: int, count: int, offline_fraction: float | None = None
+    ) -> list[ChunkBatch]:
+        """``count`` independent batches in one call: a fast learner pays one round trip per ``count``."""
+        if not 1 <= count <= 64:
+            raise ValueError(f"count must be in [1, 64], got {count}")
+        return [self.replays[task].sample_chunks(batch_size, offline_fraction) for _ in range(count)]
+
     def rollout_stats(self, task: str, last: int = 50) -> dict[str, float]:
         return self.replays[task].rollout_stats(last)
 

@@ -67,6 +67,9 @@ class LearnerConfig(BaseModel):
         0, ge=0, description="First learner steps sample only offline data (pretraining on demos)."
     )
     publish_every: int = Field(10, ge=1, description="Publish weights every N learner steps.")
+    prefetch_batches: int = Field(
+        4, ge=1, le=64, description="Replay batches fetched per data-server call (off-policy algorithms)."
+    )
     checkpoint_every: int = Field(200, ge=1, description="Checkpoint every M learner steps.")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     report_every_s: float = Field(1.0, gt=0, description="Seconds between status/TensorBoard reports.")

@@ -39,6 +39,8 @@ CHECKPOINT_FILE = "learner.pt"
 class LearnerLoop:
     """The learner's work, inside the Ray Train worker. Owns the policy; algorithms own everything else."""
 
+    POLL_S = 0.05  # wait between looks for fresh on-policy episodes (one cheap data-server call)
+
     def __init__(
         self,
         task: TaskConfig,
@@ -68,7 +70,10 @@ class LearnerLoop:
         self.dropped_stale_episodes = 0
         self._fresh: list[Any] = []  # on-policy episodes collected for the next update
         self._seen_snapshot = 0
-        self._prefetch: tuple[tuple, Any] | None = None
+        self._prefetch: tuple[tuple, Any] | None = None  # ((size, offline), ref of the next replay batches)
+        self._batches: deque[Any] = deque()  # replay batches fetched, not yet used ...
+        self._batches_key: tuple | None = None  # ... and the (size, offline) they were drawn for
+        self._publishing: Any = None  # the board's ack of the last publish, awaited only before the next
         self._poll: Any = None
         self._rollout_ref: Any = None
         self.rollout: dict[str, float] = {}
@@ -96,7 +101,7 @@ class LearnerLoop:
             batch = self.sample()
             if batch is None:
                 self.report()
-                time.sleep(0.2)
+                time.sleep(self.POLL_S)
                 continue
             self._throttle()
             self.record(self.algorithm.update(batch))
@@ -113,20 +118,27 @@ class LearnerLoop:
         """The next batch the algorithm asked for, or None while there is not enough data yet."""
         request = self.algorithm.batch_request()
         if request.kind == "chunks":
-            offline = 1.0 if self.step < self.cfg.offline_steps else None
-            key = (request.size, offline)
+            return self._replay_batch(request.size, 1.0 if self.step < self.cfg.offline_steps else None)
+        return self._fresh_episodes(request.size, request.max_version_lag)
+
+    def _replay_batch(self, size: int, offline: float | None) -> Any | None:
+        """Replay batches come ``prefetch_batches`` per data-server call, and the next call is in flight
+        while the learner works through the current ones; a change of size or mix drops what was fetched."""
+        key, n = (size, offline), self.cfg.prefetch_batches
+        if self._batches_key != key:
+            self._batches.clear()
+        if not self._batches:
             ref = self._prefetch[1] if self._prefetch and self._prefetch[0] == key else None
-            ref = ref or self.data.sample_chunks.remote(self.task.name, request.size, offline)
-            self._prefetch = (key, self.data.sample_chunks.remote(self.task.name, request.size, offline))
+            ref = ref or self.data.sample_chunk_batches.remote(self.task.name, size, n, offline)
+            self._prefetch = (key, self.data.sample_chunk_batches.remote(self.task.name, size, n, offline))
             try:
-                batch = ray.get(ref)
+                self._batches, self._batches_key = deque(ray.get(ref)), key
             except ray.exceptions.RayTaskError as exc:  # replay still empty
                 self.waiting, self._prefetch = f"no data: {exc.cause}", None
                 time.sleep(0.5)
                 return None
-            self.waiting = None
-            return batch
-        return self._fresh_episodes(request.size, request.max_version_lag)
+        self.waiting = None
+        return self._batches.popleft()
 
     def _fresh_episodes(self, steps: int, max_lag: int | None) -> EpisodeBatch | None:
         """Collect online episodes not used before; drop those with steps from versions older than
@@ -177,11 +189,15 @@ class LearnerLoop:
         else:
             self.version += 1
         state = to_numpy_state(self.policy.state_dict())
-        ray.get(self.weights.publish.remote(self.task.name, self.version, state))
+        if self._publishing is not None:
+            ray.get(self._publishing)  # back-pressure (usually long done) and surfaces a failed publish
+        self._publishing = self.weights.publish.remote(self.task.name, self.version, state)
+        if initial:
+            ray.get(self._publishing)  # replicas starting now must find this version
         for algorithm in self.algorithms.values():
             algorithm.published(self.version)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, wait: bool = False) -> None:
         state = {
             "policy": self.policy.state_dict(),
             "step": self.step,
@@ -193,25 +209,31 @@ class LearnerLoop:
                 for name, a in self.algorithms.items()
             },
         }
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, os.path.join(d, CHECKPOINT_FILE))
-            ray.train.report(
-                {"step": self.step, "version": self.version},
-                checkpoint=ray.train.Checkpoint.from_directory(d),
-            )
+        # Saved to a fresh local folder; Ray Train copies it into the run folder and deletes the local
+        # copy, on a background thread (ASYNC) unless the caller must know it is on disk (``wait``).
+        d = tempfile.mkdtemp(prefix=f"fleetrl-{self.task.name}-ckpt-")
+        torch.save(state, os.path.join(d, CHECKPOINT_FILE))
+        ray.train.report(
+            {"step": self.step, "version": self.version},
+            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint_dir_name=f"checkpoint_{self.step:010d}_{time.time_ns()}",  # sorts in report order
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.SYNC
+            if wait
+            else ray.train.CheckpointUploadMode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
 
     def _restore(self) -> dict[str, Any] | None:
         """Load the newest checkpoint. Ray Train registers a reported checkpoint only when its controller
         next polls the worker, so one written just before a crash (e.g. right after an algorithm switch)
-        may be unregistered; the files are on disk all the same, so the newest readable one wins."""
+        may be unregistered; the files are on disk all the same, so the newest readable one wins. Folder
+        names order them (step, then report time): background uploads may finish out of order."""
         candidates = set(Path(self.checkpoint_root).glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             candidates.add(Path(ckpt.path) / CHECKPOINT_FILE)
         saved = None
-        for path in sorted(
-            (p for p in candidates if p.exists()), key=lambda p: p.stat().st_mtime, reverse=True
-        ):
+        for path in sorted((p for p in candidates if p.exists()), key=lambda p: p.parent.name, reverse=True):
             try:
                 saved = torch.load(path, map_location=self.device, weights_only=False)
                 break
@@ -239,7 +261,7 @@ class LearnerLoop:
             algorithm.load_state_dict(saved["state"])
         algorithm.published(self.version)
         self.algorithms[name] = algorithm
-        self._fresh, self._prefetch = [], None
+        self._fresh, self._prefetch, self._batches = [], None, deque()
         return algorithm
 
     def apply_commands(self) -> bool:
@@ -253,7 +275,7 @@ class LearnerLoop:
                 old = self.algorithm.name
                 self.algorithm = self._activate(cmd["algorithm"], cmd["config"])
                 log.info("learner %s: %s -> %s at step %d", self.task.name, old, cmd["algorithm"], self.step)
-                self.checkpoint()  # the switch survives a restart
+                self.checkpoint(wait=True)  # the switch survives a restart from the moment it shows
                 self.report(force=True)
         return True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import ray
 
 from fleetrl.robots.client import ClientConfig
@@ -33,6 +34,11 @@ def test_acked_episodes_are_stored_exactly_as_executed(platform):
         assert np.isfinite(ep.columns["log_prob"]).sum() >= first_rows.sum() - ep.columns["held"].sum() - 1
     batch = ray.get(platform.data.sample_chunks.remote("reach", 64))
     assert batch.actions.shape == (64, 4, 2) and batch.snapshot >= 4
+    batches = ray.get(platform.data.sample_chunk_batches.remote("reach", 32, 3))
+    assert [b.actions.shape for b in batches] == [(32, 4, 2)] * 3
+    assert not np.array_equal(batches[0].actions, batches[1].actions)  # independent draws
+    with pytest.raises(ray.exceptions.RayTaskError, match="count must be in"):
+        ray.get(platform.data.sample_chunk_batches.remote("reach", 32, 0))
 
 
 def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):

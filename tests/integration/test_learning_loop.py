@@ -103,7 +103,8 @@ def test_killed_learner_resumes_from_checkpoint(api, platform, flow_demos):
         timeout=120,
         what="the restarted learner worker",
     )["learner"]
-    assert after["restored_step"] >= 5 and after["restored_step"] % 5 == 0  # checkpoint_every = 5
+    # checkpoint_every = 5 (plus one after each switch): it resumed from a checkpoint, not from scratch
+    assert after["restored_step"] >= 5
     assert after["version"] > before["version"]  # versions continue above what the fleet has seen
     assert after["algorithm"] == before["algorithm"]
 
