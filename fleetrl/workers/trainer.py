@@ -68,6 +68,7 @@ class LearnerLoop:
         self.commands: deque[dict[str, Any]] = deque()
         self.waiting: str | None = None
         self.dropped_stale_episodes = 0
+        self.update_s = 0.0  # seconds inside ``Algorithm.update`` (the rest is waiting, I/O, publishing)
         self._fresh: list[Any] = []  # on-policy episodes collected for the next update
         self._seen_snapshot = 0
         self._prefetch: tuple[tuple, Any] | None = None  # ((size, offline), ref of the next replay batches)
@@ -104,7 +105,10 @@ class LearnerLoop:
                 time.sleep(self.POLL_S)
                 continue
             self._throttle()
-            self.record(self.algorithm.update(batch))
+            started = time.perf_counter()
+            metrics = self.algorithm.update(batch)
+            self.update_s += time.perf_counter() - started
+            self.record(metrics)
             if self.step % self.cfg.publish_every == 0:
                 self.publish()
             if self.step % self.cfg.checkpoint_every == 0:
@@ -290,6 +294,7 @@ class LearnerLoop:
             "waiting": self.waiting,
             "losses": self.losses,
             "updates_per_s": self.updates_per_s,
+            "update_s": self.update_s,
             "restored_step": self.restored_step,
             "dropped_stale_episodes": self.dropped_stale_episodes,
             "kept_algorithms": sorted(self.algorithms),
