@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -69,12 +69,37 @@ def gae(
 
 
 def ppo_clip_loss(
-    new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float
+    new_logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped surrogate (VLAC eq. 5) as a loss to minimise, and the fraction of rows whose ratio is clipped."""
+    """Clipped surrogate (VLAC eq. 5) as a loss to minimise, and the fraction of rows whose ratio is clipped.
+    ``weights`` (e.g. truncated importance weights) scale each row's surrogate."""
     ratio = torch.exp(new_logp - old_logp)
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
+    if weights is not None:
+        surrogate = surrogate * weights
     return -surrogate.mean(), ((ratio - 1).abs() > clip).float().mean()
+
+
+def tis_weights(
+    proximal_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance weights min(pi_proximal / mu_behaviour, cap) between the recomputed fp32 policy
+    and the backend that sampled (rows without a behaviour log-prob get 1); and the fraction capped."""
+    ratio = torch.exp(proximal_logp - behaviour_logp)
+    ratio = torch.where(torch.isfinite(behaviour_logp), ratio, torch.ones_like(ratio))
+    return ratio.clamp(max=cap), (ratio > cap).float().mean()
+
+
+def ratio_quantiles(log_ratio: torch.Tensor, prefix: str) -> dict[str, float]:
+    """P1/P50/P99 of exp(log_ratio) (NaN when empty): the spread of an importance ratio."""
+    if log_ratio.numel() == 0:
+        return {f"{prefix}_p{q:02d}": float("nan") for q in (1, 50, 99)}
+    qs = torch.quantile(log_ratio.double().exp(), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
+    return {f"{prefix}_p{q:02d}": float(v) for q, v in zip((1, 50, 99), qs.tolist(), strict=True)}
 
 
 def value_loss(
@@ -251,6 +276,18 @@ class PPOConfig(AlgorithmConfig):
     max_version_lag: int = Field(2, ge=0, description="Oldest policy version, behind the current, to accept.")
     history: int = Field(4, ge=1, description="Published weight versions kept to recompute log-probs.")
     demo_nll_coef: float = Field(0.0, ge=0, description="VLAC eq. 6 NLL weight on demonstrations (0: off).")
+    anchor: Literal["recompute", "bypass"] = Field(
+        "recompute",
+        description="Old log-probs for the ratio: recomputed in fp32 torch with the producing version "
+        "(default), or the backend's reported ones ('bypass': for comparison only; chunks without a "
+        "complete reported log-prob fall back to the recomputed one).",
+    )
+    tis_cap: float | None = Field(
+        None,
+        gt=0,
+        description="Truncated importance sampling between the backend (behaviour) and the recomputed "
+        "(proximal) policy: each row's surrogate is weighted by min(pi/mu, tis_cap) (None: off).",
+    )
 
     @model_validator(mode="after")
     def _history_covers_lag(self) -> PPOConfig:
@@ -262,7 +299,7 @@ class PPOConfig(AlgorithmConfig):
 class PPO(Algorithm):
     name = "ppo"
     data = "episodes"
-    policy_families = frozenset({"gaussian_mlp"})
+    policy_families = frozenset({"gaussian_mlp", "token_lm"})
     config_cls = PPOConfig
     config: PPOConfig
 
@@ -313,32 +350,72 @@ class PPO(Algorithm):
         metrics["mean_return"] = float(np.mean(returns)) if returns else float("nan")
         if len(d) == 0:
             return metrics
-        old_logp = self.recompute_log_probs(d)
+        recomputed = self.recompute_log_probs(d)
+        old_logp, behaviour, metrics["bypass_coverage"] = self._anchor(d, recomputed)
+        weights = None
+        if cfg.tis_cap is not None:
+            weights, capped = tis_weights(recomputed, behaviour, cfg.tis_cap)
+            metrics["tis_capped_fraction"] = float(capped)
+            metrics["tis_weight_mean"] = float(weights.mean())
         with torch.no_grad():
             values, next_values = self.policy.value(d.obs), self.policy.value(d.next_obs)
         adv, ret = gae(d.reward, values, next_values, d.discount, d.done, d.chain_end, cfg.gae_lambda)
-        metrics |= self._gap_metrics(d, old_logp)
+        metrics |= self._gap_metrics(d, recomputed)
         metrics["explained_variance"] = explained_variance(values, ret)
         if cfg.normalize_advantages and len(d) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         sums: dict[str, float] = {}
-        steps = 0
-        for _ in range(cfg.epochs):
+        steps, first_epoch_log_ratios = 0, []
+        for epoch in range(cfg.epochs):
             order = torch.randperm(len(d), generator=self.generator).to(self.device)
             for idx in order.split(cfg.batch_size):
-                for k, v in self._minibatch(
-                    d.select(idx), old_logp[idx], adv[idx], ret[idx], values[idx]
-                ).items():
+                out, log_ratio = self._minibatch(
+                    d.select(idx),
+                    old_logp[idx],
+                    adv[idx],
+                    ret[idx],
+                    values[idx],
+                    None if weights is None else weights[idx],
+                )
+                if epoch == 0:
+                    first_epoch_log_ratios.append(log_ratio)
+                for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 steps += 1
+        # The first epoch's ratios show the anchor's quality: with recomputed log-probs the first minibatch
+        # starts at exactly 1; with a mismatched backend's (bypass) they are spread from the start.
+        first = torch.cat(first_epoch_log_ratios)
+        metrics |= ratio_quantiles(first, "ratio")
+        metrics["clip_fraction_first_epoch"] = float(((first.exp() - 1).abs() > cfg.clip).float().mean())
         return metrics | {k: v / steps for k, v in sums.items()}
 
-    def _minibatch(self, d: Decisions, old_logp, adv, ret, old_values) -> dict[str, float]:
+    def _anchor(self, d: Decisions, recomputed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(old log-probs for the ratio, behaviour log-probs (NaN where unknown), share of rows anchored on
+        reported values). Reported log-probs are whole-chunk ones, so only complete chunks have one."""
+        behaviour = torch.where(
+            d.mask.all(-1) & torch.isfinite(d.reported_logp),
+            d.reported_logp,
+            torch.full_like(recomputed, torch.nan),
+        )
+        if self.config.anchor == "recompute":
+            return recomputed, behaviour, 0.0
+        known = torch.isfinite(behaviour)
+        return torch.where(known, behaviour, recomputed), behaviour, float(known.float().mean())
+
+    def _evaluate(self, obs, actions, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-prob, entropy) per row; one forward pass where the policy offers ``evaluate``."""
+        if hasattr(self.policy, "evaluate"):
+            return self.policy.evaluate(obs, actions, mask)
+        return self.policy.log_prob(obs, actions, mask), self.policy.entropy(obs)
+
+    def _minibatch(
+        self, d: Decisions, old_logp, adv, ret, old_values, weights
+    ) -> tuple[dict[str, float], torch.Tensor]:
         cfg = self.config
-        new_logp = self.policy.log_prob(d.obs, d.actions, d.mask)
-        pg_loss, clip_frac = ppo_clip_loss(new_logp, old_logp, adv, cfg.clip)
+        new_logp, entropy = self._evaluate(d.obs, d.actions, d.mask)
+        pg_loss, clip_frac = ppo_clip_loss(new_logp, old_logp, adv, cfg.clip, weights)
         v_loss = value_loss(self.policy.value(d.obs), ret, old_values, cfg.value_clip)
-        entropy = self.policy.entropy(d.obs).mean()
+        entropy = entropy.mean()
         loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
         out = {}
         if cfg.demo_nll_coef > 0 and self._demos is not None:
@@ -353,7 +430,7 @@ class PPO(Algorithm):
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
-        return out | {
+        metrics = out | {
             "policy_loss": pg_loss.item(),
             "value_loss": v_loss.item(),
             "entropy": entropy.item(),
@@ -361,14 +438,20 @@ class PPO(Algorithm):
             "clip_fraction": float(clip_frac),
             "grad_norm": float(grad_norm),
         }
+        return metrics, (new_logp - old_logp).detach()
 
     def _gap_metrics(self, d: Decisions, recomputed: torch.Tensor) -> dict[str, float]:
         full = d.mask.all(-1) & torch.isfinite(d.reported_logp)
         if not full.any():
-            return {"logprob_gap": float("nan"), "reported_clip_fraction": float("nan")}
+            return {
+                "logprob_gap": float("nan"),
+                "logprob_gap_max": float("nan"),
+                "reported_clip_fraction": float("nan"),
+            }
         diff = d.reported_logp[full] - recomputed[full]
-        return {
+        return ratio_quantiles(recomputed[full] - d.reported_logp[full], "mismatch_ratio") | {
             "logprob_gap": float(diff.abs().mean()),
+            "logprob_gap_max": float(diff.abs().max()),
             "reported_clip_fraction": float(((diff.exp() - 1).abs() > self.config.clip).float().mean()),
         }
 

@@ -43,7 +43,11 @@ class InferencePoolConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     replicas: int = Field(2, ge=1, le=256, description="Number of inference replicas (Ray actors).")
     max_batch: int = Field(32, ge=1, le=4096, description="Most observations one forward pass takes.")
-    backend: Literal["torch"] = Field("torch", description="Inference backend.")
+    backend: Literal["torch", "torch-fast", "vllm"] = Field(
+        "torch",
+        description="Inference backend: 'torch' (fp32), 'torch-fast' (bf16 autocast: faster, log-probs "
+        "differ from the learner's fp32), 'vllm' (token_lm policies on a GPU; needs the vllm extra).",
+    )
     num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for each replica.")
     num_gpus: float = Field(0, ge=0, description="GPUs Ray reserves for each replica.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")

@@ -18,6 +18,8 @@ from fleetrl.algorithms.ppo import (
     episode_decisions,
     gae,
     ppo_clip_loss,
+    ratio_quantiles,
+    tis_weights,
     value_loss,
 )
 from fleetrl.models.policies import GaussianMLPConfig, build_policy
@@ -216,3 +218,71 @@ def test_demonstration_nll_is_optimised():
     first = ppo.update(batch)["demo_nll"]
     ppo.published(1)
     assert ppo.update(batch)["demo_nll"] < first
+
+
+def test_tis_weights_are_capped_and_rows_without_a_behaviour_log_prob_weigh_one():
+    proximal = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    behaviour = torch.tensor([0.0, -1.0, 1.0, float("nan")])  # ratios 1, e, 1/e, unknown
+    w, capped = tis_weights(proximal, behaviour, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([1.0, 2.0, math.exp(-1.0), 1.0]))
+    assert capped == pytest.approx(0.25)
+    q = ratio_quantiles(torch.log(torch.tensor([0.5] * 10 + [1.0] * 80 + [2.0] * 10)), "r")
+    assert (
+        q["r_p01"] == pytest.approx(0.5)
+        and q["r_p50"] == pytest.approx(1.0)
+        and q["r_p99"] == pytest.approx(2.0)
+    )
+
+
+def _reacher_rollouts(seed: int):
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.testing.plain_loop import rollout_episodes
+
+    robot = SimRobot("Reacher-v5", seed=seed)
+    spec = PolicySpec(robot.observation_spec, robot.action_spec, 4, 0.99)
+    policy = build_policy(GaussianMLPConfig(), spec.observation_spec, spec.action_spec, 4)
+    torch.manual_seed(seed)
+    return spec, policy, rollout_episodes(robot, policy, 4)
+
+
+@pytest.mark.parametrize("anchor", ["recompute", "bypass"])
+def test_bypass_anchor_clips_a_mismatched_backends_data_and_recomputation_does_not(anchor):
+    """A backend whose reported log-probs are off by ~N(0, 0.5) (vLLM-like, VLAC §3.2.1): anchored on them,
+    PPO's first-epoch ratios are spread and clipped from the start; recomputed, they start at exactly 1."""
+    spec, policy, episodes = _reacher_rollouts(seed=5)
+    rng = np.random.default_rng(0)
+    for ep in episodes:
+        lp = ep.columns["log_prob"]
+        lp[np.isfinite(lp)] += rng.normal(0, 0.5, np.isfinite(lp).sum()).astype(lp.dtype)
+    ppo = PPO(PPOConfig(epochs=1, lr=1e-7, steps_per_update=64, anchor=anchor, tis_cap=2.0), policy, spec)
+    ppo.published(0)
+    m = ppo.update(EpisodeBatch(episodes, [0] * len(episodes), 0))
+    assert 0.5 < m["mismatch_ratio_p50"] < 2 and m["mismatch_ratio_p99"] / m["mismatch_ratio_p01"] > 3
+    assert m["logprob_gap_max"] > m["logprob_gap"] > 0.2
+    assert 0.0 <= m["tis_capped_fraction"] < 0.5 and 0 < m["tis_weight_mean"] <= 2.0
+    if anchor == "recompute":
+        assert m["clip_fraction_first_epoch"] == 0.0 and m["bypass_coverage"] == 0.0
+        assert m["ratio_p01"] == pytest.approx(1.0, abs=1e-3) and m["ratio_p99"] == pytest.approx(
+            1.0, abs=1e-3
+        )
+    else:
+        assert m["clip_fraction_first_epoch"] > 0.4 and m["bypass_coverage"] > 0.8
+        assert m["ratio_p99"] / m["ratio_p01"] > 3
+
+
+def test_torch_fast_backend_reports_log_probs_that_differ_from_the_fp32_recomputation():
+    from fleetrl.workers.backends import build_backend
+
+    spec, policy, episodes = _reacher_rollouts(seed=6)
+    kwargs = dict(policy=GaussianMLPConfig(), observation_spec=spec.observation_spec)
+    kwargs |= dict(action_spec=spec.action_spec, chunk_len=4)
+    fast, exact = build_backend("torch-fast", **kwargs), build_backend("torch", **kwargs)
+    obs = {"state": episodes[0].observations["state"][:32]}
+    actions, reported, versions = fast.infer(obs)
+    assert actions.dtype == np.float32 and reported.dtype == np.float32 and (versions == 0).all()
+    fp32 = exact.policies[0].log_prob({"state": torch.from_numpy(obs["state"])}, torch.from_numpy(actions))
+    gap = np.abs(reported - fp32.detach().numpy())
+    assert gap.max() > 1e-3  # bf16 numerics: the reported log-probs are not the learner's
+    assert np.isfinite(reported).all() and (np.abs(actions) <= 1).all()
+    with pytest.raises(ValueError, match="unknown inference backend"):
+        build_backend("tensorrt", **kwargs)

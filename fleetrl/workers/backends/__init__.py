@@ -1,4 +1,5 @@
-"""Inference backends: one interface, chosen per pool in config. vLLM (later) imports lazily."""
+"""Inference backends: one interface, chosen per pool in config (``inference.backend``). ``torch`` (fp32),
+``torch-fast`` (bf16 autocast) and ``vllm`` (token policies on a GPU; the vllm package imports lazily)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ class InferenceBackend(Protocol):
     def load_weights(self, state_dict: dict, version: int) -> None: ...
 
 
+BACKENDS = ("torch", "torch-fast", "vllm")
+
+
 def build_backend(name: str, **kwargs) -> InferenceBackend:
-    if name == "torch":
+    if name in ("torch", "torch-fast"):
         from fleetrl.workers.backends.torch_backend import TorchBackend
 
-        return TorchBackend(**kwargs)
-    raise ValueError(f"unknown inference backend {name!r}; available: torch")
+        return TorchBackend(**kwargs, precision="bf16" if name == "torch-fast" else "fp32")
+    if name == "vllm":
+        from fleetrl.workers.backends.vllm_backend import VLLMBackend  # needs the optional vllm extra
+
+        return VLLMBackend(**kwargs)
+    raise ValueError(f"unknown inference backend {name!r}; available: {', '.join(BACKENDS)}")

@@ -1,11 +1,14 @@
-"""The fp32 torch backend: the reference numerics that learners recompute log-probs with.
+"""Torch backends. ``torch`` (fp32) is the reference numerics that learners recompute log-probs with;
+``torch-fast`` runs the same policy under bfloat16 autocast, the cheaper path a deployment takes for
+speed, whose reported log-probs differ from fp32 the way a vLLM engine's do (VLAC §3.2.1).
 
-It keeps the newest few weight versions, so that in episode-boundary reload mode a robot's episode
+Both keep the newest few weight versions, so that in episode-boundary reload mode a robot's episode
 keeps the version that started it while new episodes get the newest one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import OrderedDict
 
@@ -26,23 +29,42 @@ class TorchBackend:
         threads: int = 1,
         seed: int = 0,
         keep_versions: int = 2,
+        precision: str = "fp32",
     ):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         torch.set_num_threads(threads)
+        self.device = torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu"
+        )  # a GPU only if Ray gave one
+        self.precision = precision
         self.keep_versions = keep_versions
         self.policies: OrderedDict[int, torch.nn.Module] = OrderedDict()
-        self.policies[0] = build_policy(policy, observation_spec, action_spec, chunk_len).eval()
+        self.policies[0] = (
+            build_policy(policy, observation_spec, action_spec, chunk_len).eval().to(self.device)
+        )
         torch.manual_seed(seed)  # replicas of a pool share weights but not their sampling noise
 
     @property
     def version(self) -> int:
         return next(reversed(self.policies))
 
+    def _numerics(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _act(self, version: int, obs: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        with self._numerics():
+            actions, log_prob = self.policies[version].act(obs)
+        return actions.float().cpu().numpy(), log_prob.float().cpu().numpy()
+
     @torch.inference_mode()
     def infer(
         self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Action chunks, log-probs and the version per row. ``pins[i]`` asks for a kept version (-1: newest)."""
-        obs = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+        obs = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in batch.items()}
         n = next(iter(obs.values())).shape[0]
         versions = np.full(n, self.version, dtype=np.int64)
         if pins is not None:
@@ -51,19 +73,15 @@ class TorchBackend:
             versions[kept] = pinned[kept]
         groups = np.unique(versions) if pins is not None else versions[:1]
         if len(groups) == 1:  # every row on one version (always so in batch reload mode): one forward pass
-            actions, log_prob = self.policies[int(groups[0])].act(obs)
-            return (
-                actions.numpy().astype(np.float32, copy=False),
-                log_prob.numpy().astype(np.float32),
-                versions,
-            )
+            actions, log_prob = self._act(int(groups[0]), obs)
+            return actions, log_prob, versions
         actions_out, log_out = None, np.empty(n, dtype=np.float32)
         for v in groups:
             rows = np.flatnonzero(versions == v)
-            a, lp = self.policies[int(v)].act({k: t[rows] for k, t in obs.items()})
+            a, lp = self._act(int(v), {k: t[rows] for k, t in obs.items()})
             if actions_out is None:
                 actions_out = np.empty((n, *a.shape[1:]), dtype=np.float32)
-            actions_out[rows], log_out[rows] = a.numpy(), lp.numpy()
+            actions_out[rows], log_out[rows] = a, lp
         return actions_out, log_out, versions
 
     def load_weights(self, state_dict: dict, version: int) -> None:
@@ -71,6 +89,7 @@ class TorchBackend:
             return  # already serving it or something newer
         policy = copy.deepcopy(self.policies[self.version])
         policy.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()})
+        policy.to(self.device)
         self.policies[version] = policy
         while len(self.policies) > self.keep_versions:
             self.policies.popitem(last=False)
