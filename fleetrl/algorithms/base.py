@@ -51,11 +51,14 @@ class PolicySpec:
 class BatchRequest:
     """``chunks``: a ``ChunkBatch`` of ``size`` chunks from replay. ``episodes``: fresh online episodes
     totalling at least ``size`` steps, each step's ``policy_version`` at most ``max_version_lag`` versions
-    behind the learner's current one (older steps are dropped and counted, not importance-corrected)."""
+    behind the learner's current one (older steps are dropped and counted, not importance-corrected).
+    ``wait_for_fleet``: the learner takes no new batch until every inference replica serves its newest
+    version, so it never runs ahead of the robots (fewer episodes go stale when weight loads are slow)."""
 
     kind: Literal["episodes", "chunks"]
     size: int
     max_version_lag: int | None = None
+    wait_for_fleet: bool = False
 
 
 class AlgorithmConfig(BaseModel):

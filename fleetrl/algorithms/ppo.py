@@ -276,6 +276,11 @@ class PPOConfig(AlgorithmConfig):
     max_version_lag: int = Field(2, ge=0, description="Oldest policy version, behind the current, to accept.")
     history: int = Field(4, ge=1, description="Published weight versions kept to recompute log-probs.")
     demo_nll_coef: float = Field(0.0, ge=0, description="VLAC eq. 6 NLL weight on demonstrations (0: off).")
+    stale: Literal["drop", "wait"] = Field(
+        "drop",
+        description="Episodes with steps over max_version_lag behind are dropped either way; 'wait' also "
+        "holds each update until every inference replica serves the newest version (never runs ahead).",
+    )
     anchor: Literal["recompute", "bypass"] = Field(
         "recompute",
         description="Old log-probs for the ratio: recomputed in fp32 torch with the producing version "
@@ -312,7 +317,9 @@ class PPO(Algorithm):
         self._demos: tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor] | None = None
 
     def batch_request(self) -> BatchRequest:
-        return BatchRequest("episodes", self.config.steps_per_update, self.config.max_version_lag)
+        return BatchRequest(
+            "episodes", self.config.steps_per_update, self.config.max_version_lag, self.config.stale == "wait"
+        )
 
     def ready_to_update(self, batch: EpisodeBatch) -> bool:
         return batch.steps >= self.config.steps_per_update

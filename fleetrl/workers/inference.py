@@ -78,6 +78,9 @@ class InferenceReplica:
             self.metrics_server.ingest.remote(*self.metrics.drain())
         return self.backend.version
 
+    def served_version(self) -> int:
+        return self.backend.version
+
     def stop(self) -> None:
         pass
 

@@ -68,6 +68,7 @@ class LearnerLoop:
         self.commands: deque[dict[str, Any]] = deque()
         self.waiting: str | None = None
         self.dropped_stale_episodes = 0
+        self.fleet_waits = 0  # looks that found a replica still on an older version (stale: wait)
         self.update_s = 0.0  # seconds inside ``Algorithm.update`` (the rest is waiting, I/O, publishing)
         self._fresh: list[Any] = []  # on-policy episodes collected for the next update
         self._seen_snapshot = 0
@@ -123,7 +124,17 @@ class LearnerLoop:
         request = self.algorithm.batch_request()
         if request.kind == "chunks":
             return self._replay_batch(request.size, 1.0 if self.step < self.cfg.offline_steps else None)
+        if request.wait_for_fleet and not self._fleet_serves_newest():
+            return None
         return self._fresh_episodes(request.size, request.max_version_lag)
+
+    def _fleet_serves_newest(self) -> bool:
+        serving = ray.get(self.weights.serving.remote(self.task.name))
+        if serving is not None and serving < self.version:
+            self.waiting = f"waiting for the fleet to serve v{self.version} (slowest replica on v{serving})"
+            self.fleet_waits += 1
+            return False
+        return True
 
     def _replay_batch(self, size: int, offline: float | None) -> Any | None:
         """Replay batches come ``prefetch_batches`` per data-server call, and the next call is in flight
@@ -297,6 +308,7 @@ class LearnerLoop:
             "update_s": self.update_s,
             "restored_step": self.restored_step,
             "dropped_stale_episodes": self.dropped_stale_episodes,
+            "fleet_waits": self.fleet_waits,
             "kept_algorithms": sorted(self.algorithms),
             "rollout": self.rollout,
             "pid": os.getpid(),

@@ -53,6 +53,19 @@ class WeightBoard:
             replica.load_weights.remote(ref, version, published_at)
         return version
 
+    def serving(self, task: str, timeout: float = 5.0) -> int | None:
+        """The oldest version any live replica of ``task`` serves (None: no replica answered). A replica
+        that is restarting is left out; it loads the newest version before it serves again."""
+        refs = [replica.served_version.remote() for replica in self.replicas.get(task, [])]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        versions = []
+        for ref in ready:
+            try:
+                versions.append(ray.get(ref))
+            except ray.exceptions.RayError:
+                continue
+        return min(versions) if versions else None
+
     def latest(self, task: str) -> tuple[int, list[ray.ObjectRef], float] | None:
         """``(version, [ref], published_at)`` of the newest version (the ref wrapped so Ray passes it on)."""
         entry = self.newest.get(task)

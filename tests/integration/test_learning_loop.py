@@ -110,6 +110,11 @@ def test_killed_learner_resumes_from_checkpoint(api, platform, flow_demos):
 
 
 def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):
+    # stale: wait -- each update waits until every replica serves the newest version (it would hang here
+    # if the board could not tell what the replicas serve).
+    config = api.get("/v1/tasks/reach").json()["learner"]["algorithm_config"] | {"stale": "wait"}
+    assert api.put("/v1/tasks/reach/algorithm", json={"algorithm": "ppo", "config": config}).is_success
+    wait_status(api, "reach", lambda s: s["algorithm_config"]["stale"] == "wait", what="the new PPO config")
     start = api.get("/v1/tasks/reach").json()["learner"]
     with RunningFleet(platform, n=4, hz=100.0, seed=40) as fleet:
         status = wait_status(
@@ -127,6 +132,11 @@ def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):
         )
     losses = status["losses"]
     assert status["algorithm"] == "ppo" and losses["decisions"] > 0
+    assert (
+        ray.get(platform.weights.serving.remote("reach"))
+        == ray.get(platform.weights.latest.remote("reach"))[0]
+    )
+    assert status["fleet_waits"] >= 0 and status["algorithm_config"]["stale"] == "wait"
     # The learner recomputed the behaviour log-probs with the producing weights; fp32 torch inference
     # reports the same numbers, so the gap is tiny (it would be large with stale or wrong weights).
     assert losses["logprob_gap"] < 1e-3
