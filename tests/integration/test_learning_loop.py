@@ -132,10 +132,12 @@ def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):
         )
     losses = status["losses"]
     assert status["algorithm"] == "ppo" and losses["decisions"] > 0
-    assert (
-        ray.get(platform.weights.serving.remote("reach"))
-        == ray.get(platform.weights.latest.remote("reach"))[0]
-    )
+    for _ in range(50):  # replicas load a just-published version within moments
+        serving = ray.get(platform.weights.serving.remote("reach"))
+        if serving == ray.get(platform.weights.latest.remote("reach"))[0]:
+            break
+        time.sleep(0.1)
+    assert serving == ray.get(platform.weights.latest.remote("reach"))[0]
     assert status["fleet_waits"] >= 0 and status["algorithm_config"]["stale"] == "wait"
     # The learner recomputed the behaviour log-probs with the producing weights; fp32 torch inference
     # reports the same numbers, so the gap is tiny (it would be large with stale or wrong weights).
