@@ -1,7 +1,8 @@
 """Policy networks. A policy maps a batch of observation dicts to action chunks and their log-probs.
 
 Families are chosen by name (``family``) so inference backends and learners build them from config alone:
-``gaussian_mlp`` (PPO: tractable log-probs, a value head) and ``flow_chunk`` (AWR, QAM, BC; see flow.py).
+``gaussian_mlp`` (PPO: tractable log-probs, a value head), ``flow_chunk`` (AWR, QAM, BC; see flow.py) and
+``token_lm`` (PPO: a causal LM that writes actions into a text template; see token_policy.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
 from fleetrl.models.nets import flatten_obs, mlp
+from fleetrl.models.token_policy import TokenActionPolicy, TokenLMConfig
 from fleetrl.robots.protocol import ArraySpec
 
 SQUASH_EPS = 1e-6  # keeps atanh finite for executed actions that sit on the bounds
@@ -35,7 +37,7 @@ class GaussianMLPConfig(BaseModel):
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
-PolicyConfig = Annotated[GaussianMLPConfig | FlowChunkConfig, Field(discriminator="family")]
+PolicyConfig = Annotated[GaussianMLPConfig | FlowChunkConfig | TokenLMConfig, Field(discriminator="family")]
 
 
 class GaussianChunkPolicy(nn.Module):
@@ -80,6 +82,13 @@ class GaussianChunkPolicy(nn.Module):
         """Entropy of the pre-squash Gaussian per row (the usual PPO bonus for squashed policies)."""
         return self.distribution(obs).entropy().sum(-1)
 
+    def evaluate(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-prob, entropy) per row from one pass of the mean network."""
+        dist = self.distribution(obs)
+        return self._chunk_log_prob(dist, actions, mask), dist.entropy().sum(-1)
+
     def _log_prob_flat(self, dist: torch.distributions.Normal, flat_action: torch.Tensor) -> torch.Tensor:
         """Per-dimension log-prob [B, D] of executed flat actions."""
         if not self.squash:
@@ -101,14 +110,17 @@ class GaussianChunkPolicy(nn.Module):
         self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Log-prob [B] of executed chunks [B, H, *action_shape]; ``mask`` [B, H] marginalises unexecuted steps."""
-        per_dim = self._log_prob_flat(self.distribution(obs), actions.reshape(actions.shape[0], -1).float())
+        return self._chunk_log_prob(self.distribution(obs), actions, mask)
+
+    def _chunk_log_prob(self, dist, actions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        per_dim = self._log_prob_flat(dist, actions.reshape(actions.shape[0], -1).float())
         if mask is not None:
             per_dim = per_dim * mask.float().repeat_interleave(self.step_dim, dim=1)
         return per_dim.sum(-1)
 
 
 def build_policy(
-    cfg: GaussianMLPConfig | FlowChunkConfig,
+    cfg: GaussianMLPConfig | FlowChunkConfig | TokenLMConfig,
     obs_spec: dict[str, ArraySpec],
     action_spec: ArraySpec,
     chunk_len: int,
@@ -121,6 +133,8 @@ def build_policy(
             return GaussianChunkPolicy(cfg, obs_spec, action_spec, chunk_len)
         if cfg.family == "flow_chunk":
             return FlowChunkPolicy(cfg, obs_spec, action_spec, chunk_len)
+        if cfg.family == "token_lm":
+            return TokenActionPolicy(cfg, obs_spec, action_spec, chunk_len)
     finally:
         torch.random.set_rng_state(gen_state)
     raise ValueError(f"unknown policy family {cfg.family!r}")

@@ -109,18 +109,19 @@ class TokenActionPolicy(nn.Module):
         names = cfg.dim_names or tuple(f"a{i}" for i in range(action_spec.size))
         if len(names) != action_spec.size:
             raise ValueError(f"dim_names has {len(names)} names but the action has {action_spec.size} dims")
-        step = [w for n in names for w in (f"{n}:", None, cfg.unit or "") if w != ""]
+        _check_words([f"{n}:" for n in names] + ([cfg.unit] if cfg.unit else []))
+        step = [w for n in names for w in [f"{n}:", None] + ([cfg.unit] if cfg.unit else [])]
         self.words: list[str | None] = [w for h in range(chunk_len) for w in ([STEP_SEP] if h else []) + step]
-        _check_words([*{w for w in self.words if w not in (None, STEP_SEP)}])
         vocab = [*SPECIALS, *dict.fromkeys(w for w in self.words if w), *map(str, range(-self.R, self.R + 1))]
         self.tokenizer = build_tokenizer(vocab)
-        ids = [-1 if w is None else vocab.index(w) for w in self.words]
+        token_id = {w: i for i, w in enumerate(vocab)}
+        ids = [-1 if w is None else token_id[w] for w in self.words]
         self.register_buffer("template", torch.tensor(ids), persistent=False)  # -1 at number slots
         self.register_buffer("slots", (self.template < 0).nonzero().squeeze(-1), persistent=False)
         self._slots = self.slots.tolist()
-        numbers = [vocab.index(str(n)) for n in range(-self.R, self.R + 1)]  # index i <-> integer i - R
+        numbers = [token_id[str(n)] for n in range(-self.R, self.R + 1)]  # index i <-> integer i - R
         self.register_buffer("number_ids", torch.tensor(numbers), persistent=False)
-        self.register_buffer("bos", torch.tensor([[vocab.index("<bos>")]]), persistent=False)
+        self.register_buffer("bos", torch.tensor([[token_id["<bos>"]]]), persistent=False)
         self.obs_scale = [1 / 255 if s.dtype == "uint8" else 1.0 for s in obs_spec.values()]
         self.prompt_len = 1 + len(self.obs_keys) * cfg.obs_tokens
         self.fingerprint = json.loads(json.dumps({
@@ -142,13 +143,15 @@ class TokenActionPolicy(nn.Module):
         if cfg.checkpoint is not None:
             extras = load_file(Path(cfg.checkpoint) / EXTRAS_FILE)
             self.load_state_dict(self.lm.state_dict(prefix="lm.") | extras)  # strict: extras must match
+            if self.prompt_len + len(self.words) + 1 > self.lm.config.max_position_embeddings:
+                raise ValueError(f"chunk_len={chunk_len} is too long for the checkpoint's max positions")
 
     def _lm_config(self, vocab_size: int) -> LlamaConfig:
         c = self.cfg
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
             num_hidden_layers=c.layers, num_attention_heads=c.heads, num_key_value_heads=c.heads,
-            max_position_embeddings=max(1024, 2 ** math.ceil(math.log2(self.prompt_len + len(self.words) + 1))),
+            max_position_embeddings=max(1024, self.prompt_len + len(self.words) + 1),
             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, use_cache=False,
             attn_implementation="sdpa",
         )  # fmt: skip
@@ -249,7 +252,9 @@ class TokenActionPolicy(nn.Module):
         tokens, log_prob = self.generate(obs, deterministic)
         return self._to_actions(tokens[:, self.slots] - self.number_ids[0]), log_prob
 
-    def _teacher_forced(self, obs, actions) -> tuple[torch.Tensor, torch.Tensor]:
+    def _teacher_forced(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass over prompt + template with ``actions``' numbers: log-probs [B, N, 2R+1], idx [B, N]."""
         idx = self._to_index(actions)
         tokens = self.template.expand(len(idx), -1).clone()
@@ -263,7 +268,9 @@ class TokenActionPolicy(nn.Module):
             return torch.ones_like(like)
         return mask.to(like.dtype).repeat_interleave(len(self._slots) // self.chunk_len, dim=1)
 
-    def evaluate(self, obs, actions, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-prob [B], entropy [B]) of executed chunks; ``mask`` [B, H] leaves out unexecuted steps.
 
         The entropy sums the constrained categorical's entropy at each (kept) number position."""
@@ -272,7 +279,10 @@ class TokenActionPolicy(nn.Module):
         token_logp = logp.gather(-1, idx[..., None]).squeeze(-1)
         return (token_logp * m).sum(-1), (-(logp.exp() * logp).sum(-1) * m).sum(-1)
 
-    def log_prob(self, obs, actions, mask=None) -> torch.Tensor:
+    def log_prob(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Log-prob [B] of executed chunks (one teacher-forced pass); ``mask`` [B, H] as in evaluate."""
         return self.evaluate(obs, actions, mask)[0]
 
     def entropy(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:

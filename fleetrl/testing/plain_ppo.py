@@ -4,6 +4,8 @@ The baseline the platform's learning benchmark compares against (same ``PPO`` cl
 hyper-parameters, same env-step budget), and the loop of PPO's learning test. Each iteration collects
 whole episodes with the current weights (``rollout_episodes``, round-robin over the robots) until
 ``steps_per_update`` env steps, runs ``PPO.update`` and publishes the new weights as the next version.
+With ``backend`` the robots act through that inference backend (e.g. ``torch-fast``) loaded with each
+published version, so the reported log-probs carry its numerics, as on the platform.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from fleetrl.algorithms.base import PolicySpec
 from fleetrl.algorithms.batch import EpisodeBatch
 from fleetrl.algorithms.ppo import PPO, PPOConfig
-from fleetrl.models.policies import GaussianChunkPolicy, GaussianMLPConfig, build_policy
+from fleetrl.models.policies import PolicyConfig, build_policy
 from fleetrl.robots.episode import Episode
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import rollout_episodes, summarize
+from fleetrl.workers.backends import InferenceBackend, build_backend
+from fleetrl.workers.weights import to_numpy_state
 
 
 @dataclass
@@ -37,8 +42,23 @@ class IterationStats:
 @dataclass
 class PlainPPOResult:
     iterations: list[IterationStats]
-    policy: GaussianChunkPolicy
+    policy: torch.nn.Module
     algorithm: PPO
+
+
+class BackendActor:
+    """``policy.act`` through an inference backend: what ``rollout_episodes`` needs from a policy."""
+
+    def __init__(self, backend: InferenceBackend):
+        self.backend = backend
+
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if deterministic:
+            raise ValueError("inference backends sample; evaluate deterministic policies directly")
+        actions, log_probs, _ = self.backend.infer({k: np.asarray(v) for k, v in obs.items()})
+        return torch.from_numpy(actions), torch.from_numpy(log_probs)
 
 
 def collect(robots: Sequence[SimRobot], policy: torch.nn.Module, steps: int, version: int) -> list[Episode]:
@@ -52,14 +72,16 @@ def collect(robots: Sequence[SimRobot], policy: torch.nn.Module, steps: int, ver
 
 def train_plain_ppo(
     robots: SimRobot | Sequence[SimRobot],
-    policy_config: GaussianMLPConfig,
+    policy_config: PolicyConfig,
     ppo_config: PPOConfig,
     total_steps: int,
     seed: int = 0,
     chunk_len: int = 4,
     gamma: float = 0.99,
+    backend: str | None = None,
+    progress: bool = False,
 ) -> PlainPPOResult:
-    """Train a fresh ``gaussian_mlp`` policy with PPO for ``total_steps`` env steps.
+    """Train a fresh policy (``gaussian_mlp`` or ``token_lm``) with PPO for ``total_steps`` env steps.
 
     ``seed`` seeds torch's global generator (action sampling); the policy's initial weights come from
     ``policy_config.seed`` and minibatch order from ``ppo_config.seed``; the robots carry their own seeds.
@@ -71,12 +93,19 @@ def train_plain_ppo(
     torch.manual_seed(seed)
     version, env_steps, iterations = 0, 0, []
     ppo.published(version)
+    actor: torch.nn.Module | BackendActor = policy
+    if backend is not None:
+        served = build_backend(backend, policy=policy_config, observation_spec=spec.observation_spec,
+                               action_spec=spec.action_spec, chunk_len=chunk_len, seed=seed)  # fmt: skip
+        actor = BackendActor(served)
     start = time.perf_counter()
     while env_steps < total_steps:
-        episodes = collect(robots, policy, ppo.batch_request().size, version)
+        episodes = collect(robots, actor, ppo.batch_request().size, version)
         metrics = ppo.update(EpisodeBatch(episodes, [0] * len(episodes), 0))
         version += 1
         ppo.published(version)
+        if backend is not None:
+            served.load_weights(to_numpy_state(policy.state_dict()), version)
         stats = summarize(episodes)
         env_steps += stats.steps
         iterations.append(
@@ -90,4 +119,9 @@ def train_plain_ppo(
                 metrics,
             )
         )
+        if progress:
+            print(
+                f"    update {len(iterations)}: {env_steps} env steps, return {stats.mean_return:.2f}",
+                flush=True,
+            )
     return PlainPPOResult(iterations, policy, ppo)
