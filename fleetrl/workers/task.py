@@ -78,7 +78,9 @@ class LearnerConfig(BaseModel):
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     report_every_s: float = Field(1.0, gt=0, description="Seconds between status/TensorBoard reports.")
     use_gpu: bool = Field(False, description="Run the Ray Train worker on a GPU.")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the Ray Train worker.")
+    num_cpus: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves for the Ray Train worker (Ray Train needs > 0)."
+    )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the learner.")
     max_failures: int = Field(3, ge=-1, description="Ray Train restarts of a failed learner (-1: unlimited).")
     max_updates: int | None = Field(

@@ -14,12 +14,18 @@ class RunningFleet:
     """Reacher robots registered over REST, driven by a FleetRunner thread until ``stop()``."""
 
     def __init__(
-        self, platform, n: int = 2, hz: float = 50.0, config: ClientConfig | None = None, seed: int = 0
+        self,
+        platform,
+        n: int = 2,
+        hz: float = 50.0,
+        config: ClientConfig | None = None,
+        seed: int = 0,
+        task: str = "reach",
     ):
         self.clients = []
         for i in range(n):
             robot = SimRobot("Reacher-v5", seed=seed + i, control_hz=hz)
-            info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}", "reach", robot)
+            info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}", task, robot)
             self.clients.append(
                 RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config)
             )

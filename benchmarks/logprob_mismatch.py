@@ -1,0 +1,107 @@
+"""Log-prob mismatch: PPO on a token-action policy served by a cheaper backend, anchored on the backend's
+log-probs ('bypass') versus on log-probs recomputed in fp32 torch ('recompute').
+
+The token policy (``token_lm``: a small Llama writing Reacher-v5 action chunks into the VLAC template) acts
+through an inference backend (``--backend``: ``torch-fast`` = bf16 autocast here; ``vllm`` on a GPU with
+vLLM installed), loaded with each published version, so every reported log-prob carries that backend's
+numerics. The same PPO then trains twice, same seeds and env steps, once per anchor. Reported per anchor,
+as means over updates: the PPO ratio spread (P1/P50/P99) and clip fraction over each update's first
+epoch, the backend-vs-recomputed importance ratio spread, the mean/max |reported - recomputed|, and the
+learning curve (mean return of each update's training episodes) with the final return (last 3 updates).
+
+    MUJOCO_GL=egl .venv/bin/python benchmarks/logprob_mismatch.py [--quick] [--backend torch-fast|vllm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from benchmarks.common import ROOT, run_header, write_json  # noqa: E402
+from fleetrl.algorithms.ppo import PPOConfig  # noqa: E402
+from fleetrl.models.token_policy import TokenLMConfig  # noqa: E402
+from fleetrl.robots.sim import SimRobot  # noqa: E402
+from fleetrl.testing.plain_ppo import train_plain_ppo  # noqa: E402
+
+POLICY = TokenLMConfig(number_range=20)
+PPO = {"lr": 3e-4, "epochs": 4, "batch_size": 128, "gae_lambda": 0.9, "steps_per_update": 1024}
+BUDGETS = {"env_steps": (3 * 1024, 20 * 1024)}  # quick / full
+PER_UPDATE = (
+    "ratio_p01", "ratio_p50", "ratio_p99", "clip_fraction_first_epoch", "clip_fraction",
+    "mismatch_ratio_p01", "mismatch_ratio_p50", "mismatch_ratio_p99", "logprob_gap", "logprob_gap_max",
+    "approx_kl",
+)  # fmt: skip
+
+
+def run(anchor: str, args: argparse.Namespace) -> dict:
+    robots = [SimRobot("Reacher-v5", seed=args.seed + i) for i in range(args.robots)]
+    ppo = PPOConfig(**PPO, anchor=anchor, seed=args.seed)
+    print(
+        f"  {anchor}: PPO anchored on {'backend' if anchor == 'bypass' else 'recomputed'} log-probs",
+        flush=True,
+    )
+    result = train_plain_ppo(robots, POLICY, ppo, args.budget["env_steps"], seed=args.seed,
+                             backend=args.backend, progress=True)  # fmt: skip
+    its = result.iterations
+    out = {k: round(float(np.nanmean([it.metrics[k] for it in its])), 4) for k in PER_UPDATE}
+    out["curve"] = [{"env_steps": it.env_steps, "return": round(it.mean_return, 3)} for it in its]
+    out["first_return"] = round(its[0].mean_return, 3)
+    out["final_return"] = round(float(np.mean([it.mean_return for it in its[-3:]])), 3)
+    out["env_steps"], out["wall_s"] = its[-1].env_steps, round(its[-1].wall_s, 1)
+    print(f"  {anchor}: { ({k: v for k, v in out.items() if k != 'curve'}) }", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="three updates per anchor (about two minutes)")
+    ap.add_argument("--backend", default="torch-fast", choices=("torch-fast", "vllm"))
+    ap.add_argument("--robots", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/logprob_mismatch[_vllm].json")
+    args = ap.parse_args(argv)
+    args.budget = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
+    suffix = "" if args.backend == "torch-fast" else f"_{args.backend}"
+    out_path = args.out or ROOT / "benchmarks" / "results" / f"logprob_mismatch{suffix}.json"
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    result = {
+        **run_header(args),
+        "backend": args.backend,
+        "env": "Reacher-v5",
+        "budgets": args.budget | {"robots": args.robots},
+        "policy": POLICY.model_dump(),
+        "ppo_config": PPO,
+        "definitions": {
+            "ratio_pXX / clip_fraction_first_epoch": "PPO ratio pi_new/pi_anchor over each update's first "
+            "epoch (clip at 0.2), mean over updates",
+            "mismatch_ratio_pXX": "pi_fp32_recomputed / mu_backend for the same executed chunks",
+            "final_return": "mean return of the training episodes of the last 3 updates",
+        },
+    }
+    for anchor in ("bypass", "recompute"):
+        result[anchor] = run(anchor, args)
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    path = write_json(result, out_path)
+    print(f"wrote {path} ({result['wall_s']} s)")
+    b, r = result["bypass"], result["recompute"]
+    print(
+        f"logprob_mismatch ({args.backend}): first-epoch clip fraction bypass {b['clip_fraction_first_epoch']:.3f}"
+        f" vs recompute {r['clip_fraction_first_epoch']:.3f}; ratio P1/P99 bypass "
+        f"{b['ratio_p01']:.3f}/{b['ratio_p99']:.3f} vs recompute {r['ratio_p01']:.3f}/{r['ratio_p99']:.3f}; "
+        f"backend/fp32 ratio P1/P99 {r['mismatch_ratio_p01']:.3f}/{r['mismatch_ratio_p99']:.3f}; "
+        f"final return bypass {b['final_return']:.2f} vs recompute {r['final_return']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
