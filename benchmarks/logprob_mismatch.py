@@ -2,14 +2,15 @@
 log-probs ('bypass') versus on log-probs recomputed in fp32 torch ('recompute').
 
 The token policy (``token_lm``: a small Llama writing Reacher-v5 action chunks into the VLAC template) acts
-through an inference backend (``--backend``: ``torch-fast`` = bf16 autocast here; ``vllm`` on a GPU with
-vLLM installed), loaded with each published version, so every reported log-prob carries that backend's
+through an inference backend (``--backend``: ``torch-fast`` with int8 (default) or bf16 numerics here;
+``vllm`` on a GPU with vLLM installed), loaded with each published version, so every reported log-prob carries that backend's
 numerics. The same PPO then trains twice, same seeds and env steps, once per anchor. Reported per anchor,
 as means over updates: the PPO ratio spread (P1/P50/P99) and clip fraction over each update's first
 epoch, the backend-vs-recomputed importance ratio spread, the mean/max |reported - recomputed|, and the
 learning curve (mean return of each update's training episodes) with the final return (last 3 updates).
 
-    MUJOCO_GL=egl .venv/bin/python benchmarks/logprob_mismatch.py [--quick] [--backend torch-fast|vllm]
+    MUJOCO_GL=egl .venv/bin/python benchmarks/logprob_mismatch.py [--quick] [--numerics int8|bf16]
+    MUJOCO_GL=egl .venv/bin/python benchmarks/logprob_mismatch.py --backend vllm   # GPU + vLLM
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run(anchor: str, args: argparse.Namespace) -> dict:
         flush=True,
     )
     result = train_plain_ppo(robots, POLICY, ppo, args.budget["env_steps"], seed=args.seed,
-                             backend=args.backend, progress=True)  # fmt: skip
+                             backend=args.backend, fast_numerics=args.numerics, progress=True)  # fmt: skip
     its = result.iterations
     out = {k: round(float(np.nanmean([it.metrics[k] for it in its])), 4) for k in PER_UPDATE}
     out["curve"] = [{"env_steps": it.env_steps, "return": round(it.mean_return, 3)} for it in its]
@@ -65,18 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="three updates per anchor (about two minutes)")
     ap.add_argument("--backend", default="torch-fast", choices=("torch-fast", "vllm"))
+    ap.add_argument("--numerics", default="int8", choices=("bf16", "int8"), help="torch-fast's numeric path")
     ap.add_argument("--robots", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default: benchmarks/results/logprob_mismatch[_vllm].json")
     args = ap.parse_args(argv)
     args.budget = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
-    suffix = "" if args.backend == "torch-fast" else f"_{args.backend}"
+    suffix = {"torch-fast": "" if args.numerics == "int8" else "_bf16"}.get(args.backend, f"_{args.backend}")
     out_path = args.out or ROOT / "benchmarks" / "results" / f"logprob_mismatch{suffix}.json"
     torch.set_num_threads(1)
     t0 = time.monotonic()
     result = {
         **run_header(args),
         "backend": args.backend,
+        "numerics": args.numerics if args.backend == "torch-fast" else args.backend,
         "env": "Reacher-v5",
         "budgets": args.budget | {"robots": args.robots},
         "policy": POLICY.model_dump(),
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {path} ({result['wall_s']} s)")
     b, r = result["bypass"], result["recompute"]
     print(
-        f"logprob_mismatch ({args.backend}): first-epoch clip fraction bypass {b['clip_fraction_first_epoch']:.3f}"
+        f"logprob_mismatch ({result['numerics']}): first-epoch clip fraction bypass {b['clip_fraction_first_epoch']:.3f}"
         f" vs recompute {r['clip_fraction_first_epoch']:.3f}; ratio P1/P99 bypass "
         f"{b['ratio_p01']:.3f}/{b['ratio_p99']:.3f} vs recompute {r['ratio_p01']:.3f}/{r['ratio_p99']:.3f}; "
         f"backend/fp32 ratio P1/P99 {r['mismatch_ratio_p01']:.3f}/{r['mismatch_ratio_p99']:.3f}; "

@@ -79,6 +79,7 @@ def train_plain_ppo(
     chunk_len: int = 4,
     gamma: float = 0.99,
     backend: str | None = None,
+    fast_numerics: str = "bf16",
     progress: bool = False,
 ) -> PlainPPOResult:
     """Train a fresh policy (``gaussian_mlp`` or ``token_lm``) with PPO for ``total_steps`` env steps.
@@ -96,7 +97,8 @@ def train_plain_ppo(
     actor: torch.nn.Module | BackendActor = policy
     if backend is not None:
         served = build_backend(backend, policy=policy_config, observation_spec=spec.observation_spec,
-                               action_spec=spec.action_spec, chunk_len=chunk_len, seed=seed)  # fmt: skip
+                               action_spec=spec.action_spec, chunk_len=chunk_len, seed=seed,
+                               fast_numerics=fast_numerics)  # fmt: skip
         actor = BackendActor(served)
     start = time.perf_counter()
     while env_steps < total_steps:

@@ -36,6 +36,7 @@ class InferenceReplica:
             threads=task.inference.torch_threads,
             seed=index,
             keep_versions=2 if task.inference.reload == "episode" else 1,
+            fast_numerics=task.inference.fast_numerics,
         )
         self.calls = 0
         newest = None if weights is None else ray.get(weights.latest.remote(task.name))

@@ -48,6 +48,10 @@ class InferencePoolConfig(BaseModel):
         description="Inference backend: 'torch' (fp32), 'torch-fast' (bf16 autocast: faster, log-probs "
         "differ from the learner's fp32), 'vllm' (token_lm policies on a GPU; needs the vllm extra).",
     )
+    fast_numerics: Literal["bf16", "int8"] = Field(
+        "bf16",
+        description="torch-fast's numeric path: bfloat16 autocast, or int8 dynamically quantised linear layers.",
+    )
     num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for each replica.")
     num_gpus: float = Field(0, ge=0, description="GPUs Ray reserves for each replica.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")

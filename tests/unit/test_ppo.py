@@ -270,19 +270,21 @@ def test_bypass_anchor_clips_a_mismatched_backends_data_and_recomputation_does_n
         assert m["ratio_p99"] / m["ratio_p01"] > 3
 
 
-def test_torch_fast_backend_reports_log_probs_that_differ_from_the_fp32_recomputation():
+@pytest.mark.parametrize("numerics", ["bf16", "int8"])
+def test_torch_fast_backend_reports_log_probs_that_differ_from_the_fp32_recomputation(numerics):
     from fleetrl.workers.backends import build_backend
 
     spec, policy, episodes = _reacher_rollouts(seed=6)
     kwargs = dict(policy=GaussianMLPConfig(), observation_spec=spec.observation_spec)
     kwargs |= dict(action_spec=spec.action_spec, chunk_len=4)
-    fast, exact = build_backend("torch-fast", **kwargs), build_backend("torch", **kwargs)
+    fast = build_backend("torch-fast", **kwargs, fast_numerics=numerics)
+    exact = build_backend("torch", **kwargs)
     obs = {"state": episodes[0].observations["state"][:32]}
     actions, reported, versions = fast.infer(obs)
     assert actions.dtype == np.float32 and reported.dtype == np.float32 and (versions == 0).all()
     fp32 = exact.policies[0].log_prob({"state": torch.from_numpy(obs["state"])}, torch.from_numpy(actions))
     gap = np.abs(reported - fp32.detach().numpy())
-    assert gap.max() > 1e-3  # bf16 numerics: the reported log-probs are not the learner's
+    assert gap.max() > 1e-4  # cheaper numerics: the reported log-probs are not the learner's
     assert np.isfinite(reported).all() and (np.abs(actions) <= 1).all()
     with pytest.raises(ValueError, match="unknown inference backend"):
         build_backend("tensorrt", **kwargs)

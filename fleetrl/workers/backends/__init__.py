@@ -30,9 +30,11 @@ def build_backend(name: str, **kwargs) -> InferenceBackend:
     if name in ("torch", "torch-fast"):
         from fleetrl.workers.backends.torch_backend import TorchBackend
 
-        return TorchBackend(**kwargs, precision="bf16" if name == "torch-fast" else "fp32")
+        fast = kwargs.pop("fast_numerics", "bf16")
+        return TorchBackend(**kwargs, precision=fast if name == "torch-fast" else "fp32")
     if name == "vllm":
         from fleetrl.workers.backends.vllm_backend import VLLMBackend  # needs the optional vllm extra
 
+        kwargs.pop("fast_numerics", None)
         return VLLMBackend(**kwargs)
     raise ValueError(f"unknown inference backend {name!r}; available: {', '.join(BACKENDS)}")
