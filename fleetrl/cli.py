@@ -120,7 +120,14 @@ def _stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> Non
             p.kill()
 
 
-def _live_view(platform, stop: threading.Event, duration: float | None, interactive: bool, procs) -> None:
+def _live_view(
+    platform,
+    stop: threading.Event,
+    duration: float | None,
+    interactive: bool,
+    procs,
+    until_version: int | None = None,
+) -> None:
     import ray
     from rich.console import Console
     from rich.live import Live
@@ -129,6 +136,7 @@ def _live_view(platform, stop: threading.Event, duration: float | None, interact
 
     start = time.monotonic()
     console = Console()
+    seen: dict[str, dict] = {}  # the newest learner statuses, for --until-version
 
     def frame():
         gw, snap, learners = ray.get(
@@ -139,10 +147,18 @@ def _live_view(platform, stop: threading.Event, duration: float | None, interact
             ],
             timeout=10,
         )
+        seen.update(learners)
         return gw, snap, time.monotonic() - start, learners
 
     def done() -> bool:
         if duration is not None and time.monotonic() - start >= duration:
+            return True
+        if (
+            until_version is not None
+            and seen
+            and all(s.get("version", 0) >= until_version for s in seen.values())
+        ):
+            console.print(f"every learner has published version {until_version}: stopping")
             return True
         for p in procs:
             if p.poll() not in (None, 0):
@@ -187,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"started {sum(s.count for s in cfg.sim_robots)} simulated robots (logs in {cfg.state_path / 'logs'})"
             )
         interactive = sys.stdout.isatty() and not args.plain
-        _live_view(platform, stop, args.duration, interactive, procs)
+        _live_view(platform, stop, args.duration, interactive, procs, args.until_version)
     except KeyboardInterrupt:
         pass
     finally:
@@ -368,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a local platform with its simulated robots and a live view")
     run.add_argument("config", help="platform YAML, e.g. configs/local.yaml")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument(
+        "--until-version",
+        type=int,
+        default=None,
+        help="stop once every learner has published this weight version (a smoke test; with --duration as a cap)",
+    )
     run.add_argument("--no-robots", action="store_true", help="do not start the config's simulated robots")
     run.add_argument("--plain", action="store_true", help="print summary lines instead of the live table")
     run.set_defaults(func=cmd_run)

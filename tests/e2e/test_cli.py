@@ -58,7 +58,16 @@ def test_run_starts_platform_and_robots_then_stops_cleanly(tmp_path):
     cfg["tasks"][0]["learner"]["config"]["steps_per_update"] = 200  # PPO updates within the run
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    r = _fleetrl("run", str(path), "--duration", "45", "--plain", env={"FLEETRL_ADMIN_TOKEN": "e2e"})
+    r = _fleetrl(
+        "run",
+        str(path),
+        "--duration",
+        "150",
+        "--until-version",
+        "1",
+        "--plain",
+        env={"FLEETRL_ADMIN_TOKEN": "e2e"},
+    )
     out = r.stdout
     assert r.returncode == 0, out[-3000:] + r.stderr[-3000:]
     assert "stopped." in out
@@ -74,6 +83,7 @@ def test_run_starts_platform_and_robots_then_stops_cleanly(tmp_path):
     ppo = re.search(r"ppo step (\d+) v(\d+)", last)
     qam = re.search(r"qam step (\d+) v(\d+)", last)
     assert ppo and qam, last
-    # Learners start inside Ray Train after the demos are stored; a cold, loaded CI machine needs the longer run.
+    # The run stops once both learners have published (at most 150 s: a cold, loaded CI machine is slow).
+    assert "every learner has published version 1: stopping" in out, out[-3000:]
     assert int(ppo.group(1)) >= 1 and int(ppo.group(2)) >= 1, out[-3000:]
-    assert int(qam.group(1)) >= 50 and int(qam.group(2)) >= 1, out[-3000:]
+    assert int(qam.group(1)) >= 50 and int(qam.group(2)) >= 1, out[-3000:]  # cube-single publishes every 50
