@@ -44,7 +44,7 @@ def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:
                     "config": {"batch_size": 32},
                     "publish_every": 2,
                     "checkpoint_every": 5,
-                    "max_updates_per_s": 10,
+                    "max_updates_per_s": 5,  # it trains all session long: leave the 2 cores to the tests
                     "report_every_s": 0.3,
                 },
             },
