@@ -69,6 +69,7 @@ class LearnerLoop:
         self.waiting: str | None = None
         self.dropped_stale_episodes = 0
         self.fleet_waits = 0  # looks that found a replica still on an older version (stale: wait)
+        self._fleet_serving = -1  # newest version every replica was seen serving
         self.update_s = 0.0  # seconds inside ``Algorithm.update`` (the rest is waiting, I/O, publishing)
         self._fresh: list[Any] = []  # on-policy episodes collected for the next update
         self._seen_snapshot = 0
@@ -129,11 +130,16 @@ class LearnerLoop:
         return self._fresh_episodes(request.size, request.max_version_lag)
 
     def _fleet_serves_newest(self) -> bool:
+        """Asks the replicas (through the board) only until they are seen serving the current version, not
+        on every poll: replicas answer robots between these calls."""
+        if self._fleet_serving >= self.version:
+            return True
         serving = ray.get(self.weights.serving.remote(self.task.name))
         if serving is not None and serving < self.version:
             self.waiting = f"waiting for the fleet to serve v{self.version} (slowest replica on v{serving})"
             self.fleet_waits += 1
             return False
+        self._fleet_serving = self.version
         return True
 
     def _replay_batch(self, size: int, offline: float | None) -> Any | None:
