@@ -18,19 +18,17 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fleetrl.robots.protocol import ArraySpec
+
+if TYPE_CHECKING:  # transformers takes seconds to import: only processes that build a token policy pay it
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")  # <unk> is required by the WordLevel model
 STEP_SEP = ";"
@@ -84,6 +82,11 @@ class TokenLMConfig(BaseModel):
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     """Word-level tokenizer over ``words`` (id = position), split on whitespace only."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = WhitespaceSplit()
     return PreTrainedTokenizerFast(
@@ -129,6 +132,9 @@ class TokenActionPolicy(nn.Module):
                                       "unit", "obs_tokens"}),
             "dim_names": names, "obs": {k: s.size for k, s in obs_spec.items()}, "action": action_spec.to_dict(),
         }))  # fmt: skip
+        from safetensors.torch import load_file
+        from transformers import LlamaForCausalLM
+
         if cfg.checkpoint is None:
             self.lm = LlamaForCausalLM(self._lm_config(len(vocab)))
         else:
@@ -147,6 +153,8 @@ class TokenActionPolicy(nn.Module):
                 raise ValueError(f"chunk_len={chunk_len} is too long for the checkpoint's max positions")
 
     def _lm_config(self, vocab_size: int) -> LlamaConfig:
+        from transformers import LlamaConfig
+
         c = self.cfg
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
@@ -296,6 +304,8 @@ class TokenActionPolicy(nn.Module):
     # ---- checkpoints ----
     def save_pretrained(self, directory: str | Path) -> None:
         """HF model + tokenizer files, the extra weights (safetensors) and the config JSON."""
+        from safetensors.torch import save_file
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.lm.save_pretrained(d)
