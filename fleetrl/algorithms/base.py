@@ -34,6 +34,7 @@ BUILTINS = {
     "awr": "fleetrl.algorithms.awr:AWR",
     "qam": "fleetrl.algorithms.qam:QAM",
     "bc": "fleetrl.algorithms.bc:BC",
+    "residual": "fleetrl.algorithms.residual:ResidualAdaptation",
 }
 
 

@@ -2,7 +2,8 @@
 
 Families are chosen by name (``family``) so inference backends and learners build them from config alone:
 ``gaussian_mlp`` (PPO: tractable log-probs, a value head), ``flow_chunk`` (AWR, QAM, BC; see flow.py) and
-``token_lm`` (PPO: a causal LM that writes actions into a text template; see token_policy.py).
+``token_lm`` (PPO: a causal LM that writes actions into a text template; see token_policy.py) and
+``residual`` (a bounded, gated residual adapter over a frozen base of another family; see residual.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
 from fleetrl.models.nets import flatten_obs, mlp
+from fleetrl.models.residual import ResidualAdapterConfig, ResidualAdapterPolicy
 from fleetrl.models.token_policy import TokenActionPolicy, TokenLMConfig
 from fleetrl.robots.protocol import ArraySpec
 
@@ -37,7 +39,13 @@ class GaussianMLPConfig(BaseModel):
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
-PolicyConfig = Annotated[GaussianMLPConfig | FlowChunkConfig | TokenLMConfig, Field(discriminator="family")]
+BasePolicyConfig = Annotated[
+    GaussianMLPConfig | FlowChunkConfig | TokenLMConfig, Field(discriminator="family")
+]
+ResidualAdapterConfig.model_rebuild(_types_namespace={"BasePolicyConfig": BasePolicyConfig})
+PolicyConfig = Annotated[
+    GaussianMLPConfig | FlowChunkConfig | TokenLMConfig | ResidualAdapterConfig, Field(discriminator="family")
+]
 
 
 class GaussianChunkPolicy(nn.Module):
@@ -120,7 +128,7 @@ class GaussianChunkPolicy(nn.Module):
 
 
 def build_policy(
-    cfg: GaussianMLPConfig | FlowChunkConfig | TokenLMConfig,
+    cfg: GaussianMLPConfig | FlowChunkConfig | TokenLMConfig | ResidualAdapterConfig,
     obs_spec: dict[str, ArraySpec],
     action_spec: ArraySpec,
     chunk_len: int,
@@ -135,6 +143,9 @@ def build_policy(
             return FlowChunkPolicy(cfg, obs_spec, action_spec, chunk_len)
         if cfg.family == "token_lm":
             return TokenActionPolicy(cfg, obs_spec, action_spec, chunk_len)
+        if cfg.family == "residual":
+            base = build_policy(cfg.base, obs_spec, action_spec, chunk_len)
+            return ResidualAdapterPolicy(cfg, base, obs_spec, action_spec, chunk_len)
     finally:
         torch.random.set_rng_state(gen_state)
     raise ValueError(f"unknown policy family {cfg.family!r}")
