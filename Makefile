@@ -27,6 +27,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check fleetrl tests benchmarks
 	$(VENV)/bin/ruff format --check fleetrl tests benchmarks
+	$(VENV)/bin/hadolint --config docker/.hadolint.yaml docker/Dockerfile.cpu docker/Dockerfile.cuda
 
 test: setup lint
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 fleetrl run configs/local.yaml        local Ray + platform + REST + the config's simulated robots, live view
 fleetrl serve configs/local.yaml      the platform only (attach robots yourself), until Ctrl-C
+fleetrl serve configs/cluster-platform.yaml --address auto    the same, on a running Ray cluster's head
 fleetrl robot --sim Reacher-v5 --n 8 --task reach --api http://127.0.0.1:8000
 fleetrl config check configs/local.yaml
 """
@@ -193,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         platform.start()
         print(
-            f"REST {platform.rest_url} (docs {platform.rest_url}/docs) · robots connect to {platform.endpoint}"
+            f"REST {platform.public_rest_url} (docs {platform.public_rest_url}/docs) · "
+            f"robots connect to {platform.endpoint}"
         )
         print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
         _collect_oracle_demos(cfg, platform)
@@ -215,6 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """The platform as a long-running service: on a cluster head (``--address auto``, or inside
+    ``ray job submit``, which sets RAY_ADDRESS) it attaches to the running Ray instead of starting one."""
     from fleetrl.platform.platform import Platform
 
     cfg = _load(args.config)
@@ -223,13 +227,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)
     platform = Platform(cfg)
+    where = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+    print(f"starting fleetrl '{cfg.name}' from {args.config} on {where} …", flush=True)
     try:
         platform.start()
-        print(f"REST {platform.rest_url} · robots connect to {platform.endpoint}", flush=True)
+        print(f"REST {platform.public_rest_url} (docs {platform.public_rest_url}/docs)", flush=True)
+        print(f"robots connect to {platform.endpoint} (gateway bound to {cfg.gateway.bind})", flush=True)
+        print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
         while not stop.wait(1.0):
             pass
     finally:
+        print("shutting down …", flush=True)
         platform.stop()
+    print("stopped.", flush=True)
     return 0
 
 
@@ -314,13 +324,6 @@ def cmd_demos_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_episodes(folder: str, task: str | None = None) -> list:
-    from fleetrl.workers.store import EpisodeStore
-
-    with EpisodeStore(folder) as store:
-        return [ep for _, ep in store.iter_episodes(task)]
-
-
 def cmd_critic_train(args: argparse.Namespace) -> int:
     """Train a pairwise progress critic on stored episodes; report VOC metrics on a held-out split."""
     import numpy as np
@@ -328,10 +331,11 @@ def cmd_critic_train(args: argparse.Namespace) -> int:
 
     from fleetrl.algorithms.critic_metrics import critic_report
     from fleetrl.algorithms.progress import ProgressTrainConfig, train_progress_critic
+    from fleetrl.workers.store import load_store_episodes
 
-    episodes = _load_episodes(args.episodes)
+    episodes = load_store_episodes(args.episodes)
     if args.failed:
-        episodes += _load_episodes(args.failed)
+        episodes += load_store_episodes(args.failed)
     if not any(ep.success for ep in episodes):
         print(f"error: no successful episodes in {args.episodes}", file=sys.stderr)
         return 2
@@ -360,8 +364,9 @@ def cmd_critic_train(args: argparse.Namespace) -> int:
 def cmd_demos_export(args: argparse.Namespace) -> int:
     """Write a store's episodes of one task as a LeRobot v3.0 dataset."""
     from fleetrl.workers.exporters import export_lerobot
+    from fleetrl.workers.store import load_store_episodes
 
-    episodes = _load_episodes(args.store, args.task)
+    episodes = load_store_episodes(args.store, args.task)
     if not episodes:
         print(f"error: no episodes of task {args.task!r} in {args.store}", file=sys.stderr)
         return 2
@@ -459,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     ctrain.add_argument("--seed", type=int, default=0)
     ctrain.add_argument("--out", required=True, help="checkpoint path (use it in config critic.tasks)")
     ctrain.set_defaults(func=cmd_critic_train)
+
+    from fleetrl.value_report import add_value_parser
+
+    add_value_parser(sub)
 
     config = sub.add_parser("config", help="configuration tools")
     csub = config.add_subparsers(dest="config_command", required=True)

@@ -55,6 +55,12 @@ class PlatformConfig(BaseModel):
     local_num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs of a local Ray (default: max(8, cores)); ignored on a cluster."
     )
+    learner_storage: str | None = Field(
+        None,
+        description="Where learners keep checkpoints and TensorBoard logs (default <state_dir>/learners). On a "
+        "multi-node cluster, a path every node mounts (NFS): a learner restarted on another node resumes "
+        "from it.",
+    )
     rest: RestConfig = Field(default_factory=RestConfig, description="REST endpoint.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="Robot gateway (ZeroMQ).")
     data: DataConfig = Field(default_factory=DataConfig, description="Episode store and replay.")
@@ -91,6 +97,14 @@ class PlatformConfig(BaseModel):
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser()
+
+    @property
+    def learner_storage_path(self) -> str:
+        return (
+            str(Path(self.learner_storage).expanduser())
+            if self.learner_storage
+            else str(self.state_path / "learners")
+        )
 
 
 class ConfigError(ValueError):

@@ -23,6 +23,7 @@ from fleetrl.workers.critic import CriticServer
 from fleetrl.workers.data import DataServer, default_root
 from fleetrl.workers.inference import start_replicas
 from fleetrl.workers.logs import MetricsServer
+from fleetrl.workers.placement import on_this_node
 from fleetrl.workers.rollout import start_gateway
 from fleetrl.workers.task_manager import TaskManager
 from fleetrl.workers.weights import WeightBoard
@@ -46,6 +47,11 @@ def resolve_admin_token(cfg: PlatformConfig) -> str:
     return token
 
 
+def control_actor(cls: type, max_restarts: int = -1) -> Any:
+    """The platform's bookkeeping actors (no CPU of their own) live on the driver's node, the head."""
+    return ray.remote(cls).options(num_cpus=0, max_restarts=max_restarts, scheduling_strategy=on_this_node())
+
+
 class Platform:
     def __init__(self, config: PlatformConfig):
         self.cfg = config
@@ -58,15 +64,17 @@ class Platform:
         self.weights: Any = None  # WeightBoard: versioned weight publication
         self.tasks: Any = None  # TaskManager: task lifecycle, learners, algorithm switches
         self.replicas: dict[str, list[Any]] = {}
-        self.rest_url: str | None = None
-        self.endpoint: str | None = None
+        self.rest_url: str | None = None  # where this machine reaches the API
+        self.public_rest_url: str | None = None  # what users and robots on other hosts are told
+        self.endpoint: str | None = None  # the ZeroMQ endpoint robots are told
         self._owns_ray = False
 
     def start(self, timeout: float = 120.0) -> Platform:
         cfg = self.cfg
         if not ray.is_initialized():
-            if cfg.ray_address:
-                ray.init(address=cfg.ray_address, namespace="fleetrl")
+            address = cfg.ray_address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+            if address:
+                ray.init(address=address, namespace="fleetrl", log_to_driver=False)
             else:
                 ray.init(
                     num_cpus=cfg.local_num_cpus or max(8, os.cpu_count() or 1),
@@ -76,50 +84,37 @@ class Platform:
                 )
                 self._owns_ray = True
         cfg.state_path.mkdir(parents=True, exist_ok=True)
-        self.registry = (
-            ray.remote(Registry)
-            .options(num_cpus=0, max_restarts=-1)
-            .remote(cfg.state_path / "registry.sqlite")
-        )
-        self.metrics = ray.remote(MetricsServer).options(num_cpus=0, max_restarts=-1).remote()
+        self.registry = control_actor(Registry).remote(cfg.state_path / "registry.sqlite")
+        self.metrics = control_actor(MetricsServer).remote()
         ray.get([self.registry.upsert_task.remote(t.name, t.public()) for t in cfg.tasks], timeout=timeout)
         scored = frozenset(cfg.critic.learned())
         if scored:
             self.critic = (
                 ray.remote(CriticServer)
-                .options(num_cpus=cfg.critic.num_cpus, max_restarts=cfg.critic.max_restarts)
+                .options(**cfg.critic.ray_options("critic server"))
                 .remote(cfg.critic, self.metrics)
             )
             ray.get(self.critic.ready.remote(), timeout=timeout)
         root = default_root(cfg.state_path, cfg.data)
         self.data = (
             ray.remote(DataServer)
-            .options(num_cpus=cfg.data.num_cpus, max_restarts=cfg.data.max_restarts)
+            .options(**cfg.data.ray_options("data server"))
             .remote(cfg.data, list(cfg.tasks), root, self.metrics, self.critic, scored)
         )
-        self.weights = ray.remote(WeightBoard).options(num_cpus=0, max_restarts=-1).remote()
+        self.weights = control_actor(WeightBoard).remote()
         self.replicas = {t.name: start_replicas(t, self.metrics, self.weights) for t in cfg.tasks}
         ray.get([self.weights.register.remote(name, pool) for name, pool in self.replicas.items()])
         self.gateway = start_gateway(
             cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data
         )
-        pending = [self.metrics.ready.remote(), self.gateway.ready.remote(), self.data.ready.remote()]
+        pending = [self.gateway.ready.remote(), self.metrics.ready.remote(), self.data.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
-        ray.get(pending, timeout=timeout)
-        self.tasks = (
-            ray.remote(TaskManager)
-            .options(num_cpus=0)
-            .remote(
-                self.registry,
-                self.gateway,
-                self.data,
-                self.weights,
-                self.metrics,
-                str(cfg.state_path / "learners"),
-            )
+        gateway_info, *_ = ray.get(pending, timeout=timeout)
+        self.tasks = control_actor(TaskManager, max_restarts=0).remote(
+            self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path
         )
         ray.get([self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks], timeout=timeout)
-        self.endpoint = cfg.gateway.endpoint
+        self.endpoint = gateway_info["endpoint"]
         self.rest_url = deploy_rest(
             cfg.rest,
             registry=self.registry,
@@ -130,8 +125,11 @@ class Platform:
             admin_token_sha256=hashlib.sha256(self.admin_token.encode()).hexdigest(),
             robot_endpoint=self.endpoint,
         )
+        self.public_rest_url = cfg.rest.public_url(ray.util.get_node_ip_address())
         self._wait_healthy(timeout)
-        log.info("platform %s up: REST %s, robots connect to %s", cfg.name, self.rest_url, self.endpoint)
+        log.info(
+            "platform %s up: REST %s, robots connect to %s", cfg.name, self.public_rest_url, self.endpoint
+        )
         return self
 
     def _wait_healthy(self, timeout: float) -> None:

@@ -202,6 +202,7 @@ class RobotClient:
         }
         # (robot-measured round trip in ms, the gateway's timings) for each answered request
         self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.cfg.keep_replies)
+        self.reply_times: deque[float] = deque(maxlen=self.cfg.keep_replies)  # robot clock, per reply
         self.last_error: P.Error | None = None
 
     # -- public --------------------------------------------------------------------------------------
@@ -404,6 +405,7 @@ class RobotClient:
         self._latency = 0.8 * self._latency + 0.2 * rtt
         self._last_latency_ms = rtt * 1e3
         self.replies.append((rtt * 1e3, msg.timings))
+        self.reply_times.append(now)
         self.counters["replies"] += 1
         self._request = None
         actions = np.asarray(msg.actions)

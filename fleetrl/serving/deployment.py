@@ -11,8 +11,15 @@ from .app import create_app
 
 class RestConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy listens on.")
+    host: str = Field(
+        "127.0.0.1", description="Address the Serve HTTP proxy listens on (0.0.0.0: every interface)."
+    )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    advertise: str | None = Field(
+        None,
+        description="URL users and robots on other hosts are told (behind NAT, or on a multi-homed head); "
+        "default: http://<the head's IP>:<port> when host is 0.0.0.0, else the host itself.",
+    )
     admin_token_env: str = Field(
         "FLEETRL_ADMIN_TOKEN", description="Environment variable that holds the admin bearer token."
     )
@@ -20,8 +27,15 @@ class RestConfig(BaseModel):
 
     @property
     def url(self) -> str:
+        """Where this machine reaches the API (the driver's health check, local tools)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+    def public_url(self, node_ip: str) -> str:
+        """What other hosts are told: ``advertise``, else this node's IP when listening on every interface."""
+        if self.advertise:
+            return self.advertise.rstrip("/")
+        return f"http://{node_ip}:{self.port}" if self.host in ("0.0.0.0", "::") else self.url
 
 
 APP_NAME = "fleetrl-api"
@@ -31,7 +45,8 @@ def deploy_rest(cfg: RestConfig, **app_kwargs: Any) -> str:
     """Start Serve (if needed) and run the API; returns the base URL."""
     from ray import serve
 
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    # One HTTP proxy, on the head (the driver's node): the URL we print is the head's.
+    serve.start(proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port})
     app = create_app(**app_kwargs)
 
     @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": cfg.num_cpus})

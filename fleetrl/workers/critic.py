@@ -13,6 +13,7 @@ import logging
 from typing import Any, Literal
 
 import numpy as np
+import ray
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,7 @@ from fleetrl.algorithms.progress import ProgressRewarder, predict_deltas, predic
 from fleetrl.models.progress_critic import ProgressCritic
 from fleetrl.robots.episode import Episode
 from fleetrl.workers.logs import RemoteLogHandler
+from fleetrl.workers.placement import ActorResources
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,12 @@ class RewardSourceConfig(BaseModel):
     done_patience: int = Field(3, ge=1, description="Consecutive frames above the threshold for done.")
 
 
-class CriticConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class CriticConfig(ActorResources):
+    """The critic server: reward sources per task, and its Ray resources."""
+
     tasks: dict[str, RewardSourceConfig] = Field(
         default_factory=dict, description="Reward source per task name (tasks not listed: 'env')."
     )
-    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the critic server.")
-    max_restarts: int = Field(-1, ge=-1, description="Ray restarts of a dead critic server (-1: unlimited).")
 
     def learned(self) -> dict[str, RewardSourceConfig]:
         return {name: src for name, src in self.tasks.items() if src.source != "env"}
@@ -68,6 +69,10 @@ class CriticServer:
             model.task_index(task)  # the checkpoint must know this task by name
             self.rewarders[task] = ProgressRewarder(model, src.done_threshold, src.done_patience)
             log.info("critic: task %s scored by the progress critic %s", task, src.checkpoint)
+
+    def node_id(self) -> str:
+        """The Ray node this critic server runs on (where placement put it)."""
+        return ray.get_runtime_context().get_node_id()
 
     def ready(self) -> list[str]:
         return sorted(self.rewarders)

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 from fleetrl.robots.episode import Episode
 from fleetrl.workers.importers import import_fleetrl_folder, import_lerobot
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.placement import ActorResources
 from fleetrl.workers.replay import Replay, ReplayConfig
 from fleetrl.workers.store import EpisodeStore
 from fleetrl.workers.task import TaskConfig
@@ -26,8 +27,12 @@ from fleetrl.workers.task import TaskConfig
 log = logging.getLogger(__name__)
 
 
-class DataConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class DataConfig(ActorResources):
+    """The data server: its store, replay settings and Ray resources. A restarted data server rebuilds its
+    replay from the store, so on a cluster the store must be where the restart can read it: shared storage
+    (NFS, or a pyarrow filesystem URL with an explicit ``catalog``), or ``resources`` that pin the server to
+    the node that holds the disk."""
+
     root: str | None = Field(
         None,
         description="Episode store root: a path or a pyarrow filesystem URL (default <state_dir>/episodes).",
@@ -38,8 +43,6 @@ class DataConfig(BaseModel):
         default_factory=dict,
         description="Per-task replay settings (reward scheme env|sparse|aloe, mix, ...) replacing `replay`.",
     )
-    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the data server.")
-    max_restarts: int = Field(-1, ge=-1, description="Ray restarts of a dead data server (-1: unlimited).")
     seed: int = Field(0, description="Replay sampling seed.")
 
 
@@ -77,7 +80,11 @@ class DataServer:
         log.info("data server: %d episodes rebuilt from %s in %.1f s", rebuilt, root, time.monotonic() - t0)
 
     def ready(self) -> dict[str, Any]:
-        return {"snapshot": self.store.snapshot(), "root": self.store.root}
+        return {
+            "snapshot": self.store.snapshot(),
+            "root": self.store.root,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
 
     def ingest(self, episode: Episode) -> dict[str, Any]:
         """Store (once) and add to replay; returns ``{stored, snapshot}`` once the episode is durable."""

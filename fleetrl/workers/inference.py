@@ -50,6 +50,10 @@ class InferenceReplica:
     def ready(self) -> str:
         return self.name
 
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (where placement put it)."""
+        return ray.get_runtime_context().get_node_id()
+
     def infer(self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None) -> dict[str, Any]:
         """One forward pass. ``pins[i]`` (episode reload mode) asks for the version row i's episode started
         with; ``versions[i]`` says which version produced row i."""
@@ -91,12 +95,8 @@ def start_replicas(
 ) -> list[ray.actor.ActorHandle]:
     """Start a task's pool; Ray restarts a replica that dies (up to ``max_restarts``)."""
     cfg = task.inference
-    cls = ray.remote(InferenceReplica)
-    return [
-        cls.options(
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-            max_restarts=cfg.max_restarts,
-        ).remote(task, i, metrics, weights)
-        for i in range(cfg.replicas)
-    ]
+    options = cfg.ray_options(f"inference pool {task.name}")
+    if cfg.spread:
+        options["scheduling_strategy"] = "SPREAD"
+    cls = ray.remote(InferenceReplica).options(**options)
+    return [cls.remote(task, i, metrics, weights) for i in range(cfg.replicas)]

@@ -50,7 +50,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "frames_refused_total": ("counter", "Frames refused by the gateway, by reason.", ("reason",)),
     "observations_total": ("counter", "Observations accepted by the gateway.", ("task",)),
     "episodes_total": ("counter", "Episodes ended, by outcome.", ("task", "outcome")),
-    "replica_failures_total": ("counter", "Inference calls lost to a dead replica.", ("pool",)),
+    "replica_failures_total": (
+        "counter",
+        "Inference batches lost to a dead or unresponsive replica (re-queued).",
+        ("pool",),
+    ),
     "episode_to_learner_seconds": (
         "histogram",
         "Episode end received by the gateway to the episode being in replay (includes commit retries).",

@@ -24,12 +24,13 @@ import numpy as np
 import ray
 import zmq
 import zmq.asyncio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from fleetrl.robots import protocol as P
 from fleetrl.workers.intake import EpisodeIntake
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.placement import ActorResources
 from fleetrl.workers.scheduler import Dispatch, Scheduler
 from fleetrl.workers.task import TaskConfig
 
@@ -37,23 +38,29 @@ log = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
-class GatewayConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class GatewayConfig(ActorResources):
+    """The robot gateway (ZeroMQ ROUTER): where it binds, what robots are told, and its Ray resources."""
+
     bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ address the ROUTER socket binds.")
     advertise: str | None = Field(
-        None, description="Endpoint robots are told to connect to (default: bind, with 0.0.0.0 → 127.0.0.1)."
+        None,
+        description="Endpoint robots are told to connect to, when it differs from the bind address (NAT, "
+        "multi-homed head); default: bind, with 0.0.0.0/* replaced by the gateway node's IP.",
     )
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest frame accepted from a robot.")
     lease_timeout_s: float = Field(5.0, gt=0, description="A robot silent this long goes offline.")
     heartbeat_s: float = Field(1.0, gt=0, description="How often robots should ping when otherwise idle.")
     metrics_flush_s: float = Field(0.5, gt=0, description="How often buffered metrics go to the log server.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the gateway.")
-    max_restarts: int = Field(-1, ge=-1, description="Ray restarts of a dead gateway (-1: unlimited).")
-    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources to require.")
 
     @property
     def endpoint(self) -> str:
-        return self.advertise or self.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+        """The endpoint as seen from this machine (tools on the gateway's own node)."""
+        return self.public_endpoint("127.0.0.1")
+
+    def public_endpoint(self, node_ip: str) -> str:
+        """What robots are told: ``advertise``, else the bind address with a wildcard host made concrete."""
+        return self.advertise or self.bind.replace("0.0.0.0", node_ip).replace("*", node_ip)
 
 
 @dataclass
@@ -111,6 +118,8 @@ class Gateway(EpisodeIntake):
         data: Any | None = None,
     ):
         self.cfg = config
+        self.node_ip = ray.util.get_node_ip_address()
+        self.endpoint = config.public_endpoint(self.node_ip)  # what robots are told
         self.data = data  # data server (``ingest(episode)``); None: episodes are acked and dropped
         self.episodes_out = 0
         self.tasks = {t.name: t for t in tasks}
@@ -140,7 +149,12 @@ class Gateway(EpisodeIntake):
             raise RuntimeError(f"gateway did not bind {self.cfg.bind}: {self._error!r}")
         if self._error is not None:
             raise RuntimeError(f"gateway failed to bind {self.cfg.bind}: {self._error}")
-        return {"endpoint": self.cfg.endpoint, "bind": self.cfg.bind}
+        return {
+            "endpoint": self.endpoint,
+            "bind": self.cfg.bind,
+            "node_ip": self.node_ip,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
 
     def stats(self) -> dict[str, Any]:
         return self._call(self._stats())
@@ -332,12 +346,16 @@ class Gateway(EpisodeIntake):
         messages = [item.payload[1] for item in d.items]
         batch = stack_observations(messages, keys)
         pins = self._pins(messages) if task.inference.reload == "episode" else None
+        call = self.replicas[d.replica].infer.remote(batch, pins)
         try:
-            result = await self.replicas[d.replica].infer.remote(batch, pins)
-        except REPLICA_GONE as exc:
+            result = await asyncio.wait_for(
+                asyncio.wrap_future(call.future()), task.inference.batch_timeout_s
+            )
+        except (*REPLICA_GONE, TimeoutError) as exc:
             self.metrics.inc("replica_failures_total", (d.pool,))
+            why = f"no answer in {task.inference.batch_timeout_s} s" if isinstance(exc, TimeoutError) else exc
             log.warning(
-                "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, exc, len(d.items)
+                "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, why, len(d.items)
             )
             self._start(self.scheduler.remove_replica(d.replica))
             self._loop.create_task(self._recover(d.replica))
@@ -449,7 +467,7 @@ class Gateway(EpisodeIntake):
 
     async def _stats(self) -> dict[str, Any]:
         return {
-            "endpoint": self.cfg.endpoint,
+            "endpoint": self.endpoint,
             "robots": [s.row() for s in self.robots.values()],
             "refused": dict(self.refused),
             "episodes_committed": self.episodes_out,
@@ -487,10 +505,6 @@ class Gateway(EpisodeIntake):
 def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics, data=None) -> Any:
     return (
         ray.remote(Gateway)
-        .options(
-            num_cpus=config.num_cpus,
-            max_restarts=config.max_restarts,
-            resources=dict(config.resources) or None,
-        )
+        .options(**config.ray_options("gateway"))
         .remote(config, tasks, replicas, registry, metrics, data)
     )

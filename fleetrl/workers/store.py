@@ -337,6 +337,12 @@ class EpisodeStore:
         self.close()
 
 
+def load_store_episodes(root: str, task: str | None = None) -> list[Episode]:
+    """Every episode of a store (of ``task`` if given), read in catalog order; for offline tools."""
+    with EpisodeStore(root) as store:
+        return [ep for _, ep in store.iter_episodes(task)]
+
+
 def _fsync_path(path: str, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:

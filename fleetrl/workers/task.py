@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
+from fleetrl.workers.placement import ActorResources
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -37,10 +38,9 @@ class ArraySpecConfig(BaseModel):
         return ArraySpec(tuple(self.shape), self.dtype, self.low, self.high)
 
 
-class InferencePoolConfig(BaseModel):
-    """The replicas that serve one task's policy."""
+class InferencePoolConfig(ActorResources):
+    """The replicas that serve one task's policy, and the Ray resources of each replica."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     replicas: int = Field(2, ge=1, le=256, description="Number of inference replicas (Ray actors).")
     max_batch: int = Field(32, ge=1, le=4096, description="Most observations one forward pass takes.")
     backend: Literal["torch", "torch-fast", "vllm"] = Field(
@@ -52,10 +52,18 @@ class InferencePoolConfig(BaseModel):
         "bf16",
         description="torch-fast's numeric path: bfloat16 autocast, or int8 dynamically quantised linear layers.",
     )
-    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for each replica.")
-    num_gpus: float = Field(0, ge=0, description="GPUs Ray reserves for each replica.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
-    max_restarts: int = Field(3, ge=-1, description="Ray restarts of a dead replica (-1: unlimited).")
+    batch_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="A replica that has not answered a batch this long is taken out of the pool: the batch "
+        "goes to another replica and the replica returns once it answers ready() (a lost node is noticed "
+        "in this time, not in Ray's node health-check time).",
+    )
+    spread: bool = Field(
+        True,
+        description="Spread the replicas over nodes (Ray's SPREAD strategy), so one node lost is not all.",
+    )
     reload: Literal["batch", "episode"] = Field(
         "batch",
         description="When replicas switch to newly published weights: at the next batch ('batch'), or for "
@@ -63,10 +71,10 @@ class InferencePoolConfig(BaseModel):
     )
 
 
-class LearnerConfig(BaseModel):
-    """The task's learner: its algorithm and the loop around it (runs inside Ray Train)."""
+class LearnerConfig(ActorResources):
+    """The task's learner: its algorithm and the loop around it (runs inside Ray Train). The resources are
+    the Ray Train worker's (where the updates run); ``num_gpus`` > 0 trains on a GPU."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     algorithm: str = Field(
         "ppo", description="Algorithm name (built-ins: ppo, awr, qam, bc; or an entry point)."
     )
@@ -81,7 +89,6 @@ class LearnerConfig(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="Checkpoint every M learner steps.")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     report_every_s: float = Field(1.0, gt=0, description="Seconds between status/TensorBoard reports.")
-    use_gpu: bool = Field(False, description="Run the Ray Train worker on a GPU.")
     num_cpus: float = Field(
         1.0, gt=0, description="CPUs Ray reserves for the Ray Train worker (Ray Train needs > 0)."
     )

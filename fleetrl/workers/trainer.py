@@ -29,6 +29,7 @@ from fleetrl.algorithms.base import Algorithm, PolicySpec, build_algorithm, inco
 from fleetrl.algorithms.batch import EpisodeBatch
 from fleetrl.models.policies import build_policy
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.placement import on_this_node
 from fleetrl.workers.task import LearnerConfig, TaskConfig
 from fleetrl.workers.weights import to_numpy_state
 
@@ -57,7 +58,7 @@ class LearnerLoop:
         self.checkpoint_root = checkpoint_root
         self.task, self.cfg, self.data, self.weights, self.control = task, learner, data, weights, control
         self.metrics_server, self.metrics = metrics, MetricsBuffer()
-        self.device = ray.train.torch.get_device() if learner.use_gpu else torch.device("cpu")
+        self.device = ray.train.torch.get_device() if learner.num_gpus else torch.device("cpu")
         self.policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
         self.policy.to(self.device)
         self.spec = PolicySpec(task.observation_spec, task.action_spec, task.chunk_len, gamma)
@@ -318,6 +319,7 @@ class LearnerLoop:
             "kept_algorithms": sorted(self.algorithms),
             "rollout": self.rollout,
             "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),  # where the updates run (placement)
             "time": time.time(),
         }
 
@@ -412,12 +414,17 @@ class Learner:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        resources = {"CPU": self.cfg.num_cpus} | ({"GPU": 1} if self.cfg.use_gpu else {})
+        options = self.cfg.ray_options(f"learner {self.task.name}")
+        resources = {"CPU": options["num_cpus"], **options.get("resources", {})}
+        if options["num_gpus"]:
+            resources["GPU"] = options["num_gpus"]
+        if "memory" in options:
+            resources["memory"] = options["memory"]
         trainer = TorchTrainer(
             learner_loop,
             train_loop_config=self._loop_config,
             scaling_config=ScalingConfig(
-                num_workers=1, use_gpu=self.cfg.use_gpu, resources_per_worker=resources
+                num_workers=1, use_gpu=bool(options["num_gpus"]), resources_per_worker=resources
             ),
             run_config=RunConfig(
                 name=f"learner-{self.task.name}",
@@ -486,8 +493,15 @@ class Learner:
 def start_learner(
     task: TaskConfig, gamma: float, data: Any, weights: Any, metrics: Any | None, storage_dir: str
 ) -> Any:
+    """The learner's control actor runs next to the caller (on the head: it only drives Ray Train and holds
+    the command queue); the Ray Train worker that does the updates goes where ``task.learner`` asks."""
     return (
         ray.remote(Learner)
-        .options(num_cpus=0, max_restarts=-1, max_concurrency=4)
+        .options(
+            num_cpus=0,
+            max_restarts=task.learner.max_restarts,
+            max_concurrency=4,
+            scheduling_strategy=on_this_node(),
+        )
         .remote(task, gamma, data, weights, metrics, storage_dir)
     )
