@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export MUJOCO_GL ?= egl
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint browser bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,7 +29,23 @@ lint: setup
 	$(VENV)/bin/ruff format --check fleetrl tests benchmarks
 	$(VENV)/bin/hadolint --config docker/.hadolint.yaml docker/Dockerfile.cpu docker/Dockerfile.cuda
 
-test: setup lint
+# The console test drives headless Chromium: install Debian's package where we may (CI runs as root with
+# apt-get); anywhere else say why not and carry on (that test then skips with the reason).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the console test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null 2>&1 \
+				&& apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } \
+		|| echo "could not install chromium (apt-get failed): the console test will skip"; \
+	else \
+		echo "no chromium, and installing it needs root and apt-get: the console test will skip"; \
+	fi
+
+test: setup lint browser
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 bench: setup

@@ -10,6 +10,9 @@ and the loop (sample -> ``update`` -> publish -> checkpoint). An algorithm says 
   task's policy is refused);
 * ``config_cls``: its pydantic config (batch size, learning rates, ...).
 
+With ``learner.demo_replay`` on, the learner also calls ``imitation_step`` on demonstration batches (VLAC
+eq. 6); its default steps the algorithm's own policy optimizer, so a plug-in gets it for free.
+
 Algorithms are found by name in ``registry()``: the built-ins plus whatever third-party packages declare
 in the ``fleetrl.algorithms`` entry-point group (``name = "package.module:AlgorithmClass"``).
 """
@@ -26,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
+from fleetrl.algorithms.demo_replay import DemoReplayConfig, imitation_loss
 from fleetrl.robots.protocol import ArraySpec
 
 ENTRY_POINT_GROUP = "fleetrl.algorithms"
@@ -104,6 +108,41 @@ class Algorithm(ABC):
     def ready_to_update(self, batch: ChunkBatch | EpisodeBatch) -> bool:
         """Whether ``batch`` is enough for a step (on-policy learners wait for enough fresh steps)."""
         return len(batch) > 0
+
+    def imitation_step(self, batch: ChunkBatch, family: str, cfg: DemoReplayConfig) -> dict[str, float]:
+        """One optimizer step of ``cfg.weight * L_demo`` on the policy, ``batch`` being demonstrations: the
+        learner's demo replay (VLAC eq. 6, ``demo_replay.py``). Returns ``demo_loss`` (unweighted) and more.
+
+        It steps the optimizer that already trains the policy (``policy_optimizer``), because VLAC adds eq. 6
+        to the training of the same model: one set of Adam moments means ``weight`` weighs the demo gradient
+        against the RL gradients (a separate Adam would normalise the scale away), the optimizer state is
+        checkpointed and kept across switches with the algorithm's, and only the parameters the algorithm
+        trains move (a residual policy's adapter, never its frozen base). Override to do otherwise."""
+        optim = self.policy_optimizer()
+        if optim is None:  # a plug-in without an optimizer over the policy: an Adam of its own (not saved)
+            trainable = [p for p in self.policy.parameters() if p.requires_grad]
+            optim = self._imitation_optim = torch.optim.Adam(trainable, lr=cfg.lr)
+        params = [p for group in optim.param_groups for p in group["params"]]
+        loss = imitation_loss(self.policy, family, batch, self.device)
+        self.policy.zero_grad(set_to_none=True)
+        optim.zero_grad(set_to_none=True)
+        (cfg.weight * loss).backward()
+        grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optim.step()
+        self.policy.zero_grad(set_to_none=True)
+        return {"demo_loss": loss.item(), "demo_grad_norm": float(grad_norm), "demo_rows": float(len(batch))}
+
+    def policy_optimizer(self) -> torch.optim.Optimizer | None:
+        """The algorithm's optimizer over all of the policy's trainable parameters (PPO's ``optimizer``,
+        AWR's and QAM's ``actor_optim``, BC's and residual's ``optim``), found among its attributes so
+        plug-ins need not declare it; None if it has none. Override where that is ambiguous."""
+        trainable = {id(p) for p in self.policy.parameters() if p.requires_grad}
+        for value in vars(self).values():
+            if isinstance(value, torch.optim.Optimizer):
+                owned = {id(p) for group in value.param_groups for p in group["params"]}
+                if trainable and trainable <= owned:
+                    return value
+        return None
 
 
 def registry() -> dict[str, str]:

@@ -5,6 +5,9 @@
 i.e. ``flow_matching_loss`` with unit weights; padded chunk entries (past the episode's end, ``mask = 0``)
 are left out of the regression. With ``offline_only`` only the batch rows drawn from the offline partition
 (demonstrations) are cloned, which is how a policy is warm-started before RL (ALOE Algorithm 1, line 1).
+With ``human_only`` the rows people produced are cloned: the offline partition plus online chunks in which
+an operator intervened (HG-DAgger: the fleet's own autonomous actions, good or bad, are not imitated; the
+corrections operators make where the policy gets stuck are).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ class BCConfig(AlgorithmConfig):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
     offline_only: bool = Field(False, description="Clone only the batch rows with offline=True (demos).")
+    human_only: bool = Field(
+        False, description="Clone only demonstrations and online chunks an operator intervened in."
+    )
 
 
 class BC(Algorithm):
@@ -43,14 +49,25 @@ class BC(Algorithm):
             self.policy.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
         )
 
+    def _rows(self, batch: ChunkBatch) -> Any:
+        """The batch rows to clone (a numpy bool mask), or None for all of them."""
+        if self.config.offline_only:
+            return batch.offline
+        if self.config.human_only:
+            return batch.offline | batch.intervention
+        return None
+
     def ready_to_update(self, batch: ChunkBatch) -> bool:
-        return bool(batch.offline.any()) if self.config.offline_only else len(batch) > 0
+        rows = self._rows(batch)
+        return bool(rows.any()) if rows is not None else len(batch) > 0
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         t = chunk_tensors(batch, self.policy.obs_keys, self.device)
         obs, actions, mask = t.obs, t.actions, t.mask
-        if self.config.offline_only:
-            obs, actions, mask = obs[t.offline], actions[t.offline], mask[t.offline]
+        rows = self._rows(batch)
+        if rows is not None:
+            keep = torch.as_tensor(rows, device=self.device)
+            obs, actions, mask = obs[keep], actions[keep], mask[keep]
         if obs.shape[0] == 0:
             return {"bc_rows": 0.0}
         loss = flow_matching_loss(self.policy, obs, actions, mask=mask)

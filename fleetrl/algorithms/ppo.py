@@ -20,7 +20,7 @@ The log-probs an inference backend reports are never used for the ratio (DESIGN 
 produced it; decisions of versions no longer kept are dropped and counted (``dropped_stale``). The gap
 between reported and recomputed log-probs is reported (``logprob_gap``), with the clip fraction the
 reported values would have caused (``reported_clip_fraction``; the VLAC paper saw ~60% with vLLM).
-Optionally VLAC eq. 6 adds an NLL loss on demonstration chunks (``demo_nll_coef``, ``set_demonstrations``).
+VLAC eq. 6 (an NLL loss on demonstrations) is the learner's ``demo_replay`` option, for every algorithm.
 """
 
 from __future__ import annotations
@@ -241,23 +241,6 @@ def episode_decisions(
     )
 
 
-def demo_chunks(
-    episodes: list[Episode], chunk_len: int, device: torch.device | str = "cpu"
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """(obs, actions, mask) of a chunk starting at every step of every episode, for the eq. 6 NLL."""
-    actions, masks = [], []
-    for ep in episodes:
-        idx = np.arange(len(ep))[:, None] + np.arange(chunk_len)
-        actions.append(ep.actions[np.minimum(idx, len(ep) - 1)])
-        masks.append(idx < len(ep))
-    obs = {k: np.concatenate([ep.observations[k] for ep in episodes]) for k in episodes[0].observations}
-    return (
-        {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in obs.items()},
-        torch.as_tensor(np.concatenate(actions), dtype=torch.float32, device=device),
-        torch.as_tensor(np.concatenate(masks), device=device),
-    )
-
-
 # -- the plug-in ---------------------------------------------------------------------------------------
 
 
@@ -275,7 +258,6 @@ class PPOConfig(AlgorithmConfig):
     normalize_advantages: bool = Field(True, description="Standardise advantages over the batch.")
     max_version_lag: int = Field(2, ge=0, description="Oldest policy version, behind the current, to accept.")
     history: int = Field(4, ge=1, description="Published weight versions kept to recompute log-probs.")
-    demo_nll_coef: float = Field(0.0, ge=0, description="VLAC eq. 6 NLL weight on demonstrations (0: off).")
     stale: Literal["drop", "wait"] = Field(
         "drop",
         description="Episodes with steps over max_version_lag behind are dropped either way; 'wait' also "
@@ -314,7 +296,6 @@ class PPO(Algorithm):
         self.history: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self._scratch: nn.Module | None = None
-        self._demos: tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor] | None = None
 
     def batch_request(self) -> BatchRequest:
         return BatchRequest(
@@ -329,10 +310,6 @@ class PPO(Algorithm):
         self.history.move_to_end(version)
         while len(self.history) > self.config.history:
             self.history.popitem(last=False)
-
-    def set_demonstrations(self, episodes: list[Episode]) -> None:
-        """Demonstration episodes for the eq. 6 NLL (used when ``demo_nll_coef > 0``)."""
-        self._demos = demo_chunks(episodes, self.spec.chunk_len, self.device) if episodes else None
 
     @torch.no_grad()
     def recompute_log_probs(self, d: Decisions) -> torch.Tensor:
@@ -424,15 +401,7 @@ class PPO(Algorithm):
         v_loss = value_loss(self.policy.value(d.obs), ret, old_values, cfg.value_clip)
         entropy = entropy.mean()
         loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
-        out = {}
-        if cfg.demo_nll_coef > 0 and self._demos is not None:
-            obs, actions, mask = self._demos
-            pick = torch.randint(len(mask), (cfg.batch_size,), generator=self.generator).to(self.device)
-            nll = -self.policy.log_prob(
-                {k: v[pick] for k, v in obs.items()}, actions[pick], mask[pick]
-            ).mean()
-            loss = loss + cfg.demo_nll_coef * nll
-            out["demo_nll"] = nll.item()
+        out: dict[str, float] = {}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)

@@ -27,6 +27,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.nets import mlp
+
 Obs = torch.Tensor | Mapping[str, torch.Tensor]
 
 
@@ -62,12 +64,8 @@ class ProgressCriticConfig(BaseModel):
 
 
 def _mlp(width: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.SiLU()]
-        width = h
-    layers.append(nn.Linear(width, out))
-    return nn.Sequential(*layers)
+    """Linear -> LayerNorm -> SiLU blocks, then a linear head."""
+    return mlp(width, hidden, out, activation=nn.SiLU, layer_norm=True)
 
 
 class StateEncoder(nn.Module):

@@ -36,6 +36,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.nets import mlp
+
 
 class ValueEstimatorConfig(BaseModel):
     """Architecture, bins and label scale of the value estimator; open fields are filled from data."""
@@ -171,12 +173,8 @@ def distribution_quantiles(probs: np.ndarray, centres: np.ndarray, qs: Sequence[
 
 
 def _mlp(width: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.SiLU()]
-        width = h
-    layers.append(nn.Linear(width, out))
-    return nn.Sequential(*layers)
+    """Linear -> LayerNorm -> SiLU blocks, then a linear head."""
+    return mlp(width, hidden, out, activation=nn.SiLU, layer_norm=True)
 
 
 class PerceiverSummary(nn.Module):

@@ -98,6 +98,18 @@ class _Request:
     obs_time: float
 
 
+OperatorFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation -> the action the operator executes
+
+
+class Supervisor(Protocol):
+    """Watches a robot's steps and may take over / hand back (a person at a console, or a simulated
+    operator, ``fleetrl.robots.operator``). Called after every executed step and at every episode start."""
+
+    def after_step(self, client: RobotClient, result: StepResult) -> None: ...
+
+    def episode_started(self, client: RobotClient) -> None: ...
+
+
 class RegistrationError(RuntimeError):
     pass
 
@@ -199,9 +211,17 @@ class RobotClient:
             "resent_episode_ends": 0,
             "resent_steps": 0,
             "interventions": 0,
+            "takeovers": 0,
+            "demos": 0,
+            "resets": 0,
         }
         # (robot-measured round trip in ms, the gateway's timings) for each answered request
         self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.cfg.keep_replies)
+        self._operator: tuple[OperatorFn, str] | None = None  # (act, who) while a human has control
+        self._demos_left = 0  # next episodes recorded as demonstrations (source "offline")
+        self._demo_operator: tuple[OperatorFn, str] | None = None
+        self.supervisor: Supervisor | None = None
+        self.on_reset_request: Callable[[P.Reset], None] | None = None  # real robots: tell the operator
         self.reply_times: deque[float] = deque(maxlen=self.cfg.keep_replies)  # robot clock, per reply
         self.last_error: P.Error | None = None
 
@@ -216,6 +236,86 @@ class RobotClient:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+
+    # -- human in the loop ---------------------------------------------------------------------------
+    @property
+    def under_human_control(self) -> bool:
+        return self._operator is not None
+
+    def take_over(self, act: OperatorFn, operator: str = "human") -> None:
+        """An operator takes control: from the next tick the robot executes ``act(observation)`` (a teleop
+        device, a scripted oracle) and records those steps as interventions; queued policy chunks are
+        dropped here and at the gateway, which sends nothing until ``hand_back``."""
+        if self._operator is not None:
+            self._operator = (act, operator)
+            return
+        self._operator = (act, operator)
+        self._current = self._next = self._request = None
+        self.counters["takeovers"] += 1
+        self._send_control(self._clock())
+
+    def hand_back(self) -> None:
+        """The policy drives again from the current step; chunks computed before now are never executed."""
+        if self._operator is None:
+            return
+        self._operator = None
+        now = self._clock()
+        self._send_control(now)
+        self._maybe_request(now)
+
+    def record_demos(self, act: OperatorFn, n: int = 1, operator: str = "human") -> None:
+        """The next ``n`` episodes are demonstrations: ``act`` drives them from start to end, and they go
+        to the task's demonstration buffer (source ``offline``), recorded and uploaded like any episode."""
+        self._demos_left = n
+        self._demo_operator = (act, operator)
+
+    def _send_control(self, now: float) -> None:
+        ep = self._episode
+        who = self._operator[1] if self._operator else ""
+        mode = "human" if self._operator else "autonomous"
+        if self.welcome is not None:
+            self._send(
+                P.Control(
+                    robot_id=self.robot_id,
+                    episode_id=ep.episode_id if ep else "",
+                    step=self._step if ep else 0,
+                    mode=mode,
+                    operator=who,
+                ),
+                now,
+            )
+
+    def _operator_step(self, now: float) -> None:
+        """One tick under human control: the operator's action, recorded as an intervention."""
+        assert self._operator is not None and self._obs is not None
+        action = self._clip(np.asarray(self._operator[0](self._obs), dtype=np.float32))
+        rec = StepRecord(self._step, self._step, now, now, -1, "", intervention=True)
+        self.counters["interventions"] += 1
+        self._after_step(rec, action, self.robot.act(action), now)
+
+    def _on_reset(self, msg: P.Reset, now: float) -> None:
+        """Return-and-explore: end the current episode (aborted) and start the next from the asked state."""
+        self.counters["resets"] += 1
+        reset_to = getattr(self.robot, "reset_to", None)
+        if reset_to is None:
+            if self.on_reset_request is not None:
+                self.on_reset_request(msg)  # a real robot: the operator does it
+            else:
+                log.warning(
+                    "%s: reset to %r requested; this robot cannot reset itself", self.robot_id, msg.state
+                )
+            return
+        if self._episode is not None and self._episode.steps:
+            self._end_episode("aborted", now)
+        try:
+            obs = reset_to(msg)
+        except ValueError as exc:
+            self.counters["errors"] += 1
+            log.warning("%s: cannot reset to %r: %s", self.robot_id, msg.state, exc)
+            self._episode = None
+            return
+        self._begin(now, obs, {"reset_state": msg.state, "reset_from_episode": msg.episode_id,
+                               "reset_from_step": msg.step})  # fmt: skip
 
     def on_readable(self) -> None:
         """Drain every frame waiting on the socket."""
@@ -235,14 +335,17 @@ class RobotClient:
             self._handle(msg, now)
 
     def tick(self) -> None:
-        """One control period. Never blocks on the network."""
+        """One control period. Never blocks on the network (nor, under human control, needs it)."""
         now = self._clock()
         self._housekeeping(now)
-        if self.welcome is None:
+        if self.welcome is None and self._operator is None:
             self._hold_or_wait(now)
             return
         if self._episode is None:
             self._start_episode(now)
+            return
+        if self._operator is not None:
+            self._operator_step(now)
             return
         if self._current is None or self._current.remaining == 0:
             self._current, self._next = self._next, None
@@ -298,13 +401,28 @@ class RobotClient:
             self.counters["startup_waits"] += 1
 
     def _start_episode(self, now: float) -> None:
-        self._episode = EpisodeLog(episode_id=uuid.uuid4().hex)
+        self._begin(now, self.robot.reset())
+        self.counters["startup_waits"] += 1
+
+    def _begin(self, now: float, obs: dict[str, np.ndarray], meta: dict | None = None) -> None:
+        """A new episode from observation ``obs``; a pending demonstration takes over for all of it."""
+        robot_meta = getattr(self.robot, "episode_meta", None)
+        self._episode = EpisodeLog(
+            episode_id=uuid.uuid4().hex, meta={**(robot_meta() if robot_meta else {}), **(meta or {})}
+        )
         self._step = 0
         self._current = self._next = None
         self._request = None
-        self._obs = self.robot.reset()
+        self._obs = obs
+        if self._demos_left > 0:
+            self._demos_left -= 1
+            self._episode.source = "offline"
+            self._episode.meta["demonstrator"] = self._demo_operator[1]
+            self.counters["demos"] += 1
+            self.take_over(*self._demo_operator)
+        elif self.supervisor is not None:
+            self.supervisor.episode_started(self)
         self._maybe_request(now)
-        self.counters["startup_waits"] += 1
 
     def _after_step(self, rec: StepRecord, commanded: np.ndarray, result: StepResult, now: float) -> None:
         """Record the executed step (the operator's action if one intervened) and decide what comes next."""
@@ -316,6 +434,8 @@ class RobotClient:
             self.counters["interventions"] += 1
         rec.reward = float(result.reward)
         self._episode.record(rec, self._obs, executed)
+        if self.supervisor is not None and self._episode.source == "online":
+            self.supervisor.after_step(self, result)
         self._step += 1
         self.counters["steps"] += 1
         self._obs = result.observation
@@ -335,6 +455,8 @@ class RobotClient:
     def _maybe_request(self, now: float) -> None:
         """Upload the observation early enough that the next chunk lands when the current one ends."""
         if self._request or self._next or self._obs is None or self._episode is None or self.welcome is None:
+            return
+        if self._operator is not None:
             return
         remaining = self._current.remaining if self._current is not None else 0
         lookahead = math.ceil(self._latency / self.control_dt)
@@ -366,6 +488,8 @@ class RobotClient:
         self._send(ep.end_message(self.robot_id), now)
         self.episodes.append(ep)
         self._episode = None
+        if ep.source == "offline":
+            self.hand_back()  # a demonstration ends with its episode
 
     def _handle(self, msg: P.Message, now: float) -> None:
         if isinstance(msg, P.Action):
@@ -378,6 +502,8 @@ class RobotClient:
                 acked[0].acked = True
         elif isinstance(msg, P.Error):
             self._on_error(msg)
+        elif isinstance(msg, P.Reset):
+            self._on_reset(msg, now)
         # Pong: only refreshes _last_rx.
 
     def _on_welcome(self, msg: P.Welcome) -> None:
@@ -393,6 +519,8 @@ class RobotClient:
         self._ever_welcomed = True
         self.welcome = msg
         self._request = None
+        if self._operator is not None or self.counters["takeovers"]:
+            self._send_control(self._clock())  # a (new) gateway session learns who is in control
         self._maybe_request(self._clock())
 
     def _on_action(self, msg: P.Action, now: float) -> None:

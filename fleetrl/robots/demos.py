@@ -122,7 +122,7 @@ class _Progress:
             )  # fmt: skip
 
 
-def _oracle_info(env: Any, info: dict[str, Any]) -> dict[str, Any]:
+def oracle_info(env: Any, info: dict[str, Any]) -> dict[str, Any]:
     """Add the privileged target entries that OGBench reports only in data-collection mode."""
     from ogbench.manipspace import lie
 
@@ -139,7 +139,7 @@ def _oracle_info(env: Any, info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _make_oracle(env: Any, oracle: str, noise: float) -> Any:
+def make_oracle(env: Any, oracle: str, noise: float) -> Any:
     if oracle == "plan":
         from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 
@@ -177,7 +177,7 @@ def collect_oracle_demos(
         raise ValueError(f"unknown oracle {oracle!r}; use 'plan' or 'markov'")
     robot = SimRobot(env_id, seed=seed, max_episode_steps=max_steps)
     env = robot.env
-    agent = _make_oracle(env, oracle, noise)
+    agent = make_oracle(env, oracle, noise)
     params = {"env_id": env_id, "oracle": oracle, "noise": noise, "seed": seed, "max_steps": max_steps}
     progress = _Progress(f"{oracle} oracle on {env_id}", n, log_every, on_episode)
     episodes = []
@@ -186,12 +186,12 @@ def collect_oracle_demos(
             ep_seed = seed + 100_003 * k
             with _global_numpy_seed(seed * 1_000_003 + k):
                 ob, info = env.reset(seed=ep_seed)
-                agent.reset(ob, _oracle_info(env, info))
+                agent.reset(ob, oracle_info(env, info))
                 xi = np.random.uniform(0, noise) if oracle == "markov" else 0.0
                 obs, acts, rews = [np.asarray(ob, np.float32)], [], []
                 success = terminated = truncated = False
                 while True:
-                    action = np.asarray(agent.select_action(ob, _oracle_info(env, info)), dtype=np.float64)
+                    action = np.asarray(agent.select_action(ob, oracle_info(env, info)), dtype=np.float64)
                     if oracle == "markov" and xi > 0:
                         action = action + np.random.normal(0, [xi, xi, xi, 3 * xi, 10 * xi], action.shape)
                     action = np.clip(action, -1.0, 1.0).astype(np.float32)

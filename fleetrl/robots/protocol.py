@@ -26,6 +26,23 @@ ALLOWED_DTYPES = frozenset(
 )
 OUTCOMES = ("success", "failure", "timeout", "aborted")
 LABELLERS = ("robot", "critic", "human", "gateway")
+CONTROL_MODES = ("autonomous", "human")
+EPISODE_SOURCES = ("online", "offline")
+MAX_META_KEYS = 32
+
+
+def check_meta(meta: dict) -> None:
+    """An episode's robot-side metadata: at most ``MAX_META_KEYS`` string keys with scalar values (or
+    short lists of scalars), so it stays a few hundred bytes in the catalog."""
+    if len(meta) > MAX_META_KEYS:
+        raise ProtocolError("bad_message", f"meta: at most {MAX_META_KEYS} keys, got {len(meta)}")
+    scalar = (str, int, float, bool, type(None))
+    for key, value in meta.items():
+        ok = isinstance(value, scalar) or (
+            isinstance(value, list) and len(value) <= 64 and all(isinstance(v, scalar) for v in value)
+        )
+        if not isinstance(key, str) or not ok or (isinstance(value, str) and len(value) > 256):
+            raise ProtocolError("bad_message", f"meta.{key}: only short scalars or lists of scalars")
 
 
 @dataclass(frozen=True)
@@ -307,6 +324,41 @@ class EpisodeEnd(Message):
     final_observation: dict = field(default_factory=dict)
     terminated: bool = False
     truncated: bool = False
+    # "online" (the robot working) or "offline" (a demonstration recorded through the SDK: the task's demo
+    # buffer); ``meta`` carries what the robot knows of the episode (reset seed, the state it was reset
+    # to, the operator), small JSON-like values only.
+    source: str = "online"
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Control(Message):
+    """Robot → gateway: who controls the robot from ``step`` of ``episode_id`` on. ``human``: an operator
+    took over; the gateway drops the robot's queued observations and sends it no action chunk until it
+    hands back. ``autonomous``: handed back; nothing computed from an observation before ``step`` is sent."""
+
+    KIND: ClassVar[str] = "control"
+    episode_id: str = ""
+    step: int = 0
+    mode: str = "autonomous"
+    operator: str = ""
+
+
+@dataclass
+class Reset(Message):
+    """Gateway → robot: end the current episode and start the next one from a given state (VLAC's
+    return-and-explore). ``state`` names a state the robot knows (e.g. ``initial``) or is ``recorded``:
+    then ``episode_id``/``step`` say where it was recorded, and ``seed`` plus ``actions`` (the executed
+    actions before ``step``) let a simulator replay its way there; a real robot passes the request to its
+    operator."""
+
+    KIND: ClassVar[str] = "reset"
+    state: str = "initial"
+    episode_id: str | None = None
+    step: int | None = None
+    seed: int | None = None
+    actions: np.ndarray | None = None
+    request_id: str = ""
 
 
 @dataclass
@@ -340,7 +392,8 @@ class Error(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.KIND: cls for cls in (Hello, Welcome, Obs, Action, Steps, EpisodeEnd, Ack, Ping, Pong, Error)
+    cls.KIND: cls
+    for cls in (Hello, Welcome, Obs, Action, Steps, EpisodeEnd, Control, Reset, Ack, Ping, Pong, Error)
 }
 
 # Accepted Python types per annotation string (annotations are strings under ``from __future__``).

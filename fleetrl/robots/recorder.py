@@ -44,6 +44,8 @@ class EpisodeLog:
     total_reward: float = 0.0
     sent: int = 0  # rows the gateway has (as far as we know)
     acked: bool = False
+    source: str = "online"  # "offline": a demonstration recorded through the SDK
+    meta: dict = field(default_factory=dict)  # the robot's facts about the episode (reset seed, operator)
 
     def record(self, rec: StepRecord, observation: dict[str, np.ndarray], action: np.ndarray) -> None:
         self.steps.append(rec)
@@ -94,4 +96,6 @@ class EpisodeLog:
             final_observation=self.final_observation,
             terminated=self.terminated,
             truncated=self.truncated,
+            source=self.source,
+            meta=self.meta,
         )

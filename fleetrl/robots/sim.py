@@ -55,10 +55,24 @@ class SimPreset:
 # The shipped robots; any other gymnasium id works with an explicit success predicate.
 PRESETS: dict[str, SimPreset] = {
     "Reacher-v5": SimPreset(success="reacher_2cm", control_hz=20.0, max_episode_steps=50),
-    "cube-single-singletask-task1-v0": SimPreset(
-        success="info_success", control_hz=10.0, max_episode_steps=200
-    ),
+    **{  # OGBench cube-single, its five tasks (1: horizontal, 2-3: vertical, 4-5: diagonal moves)
+        f"cube-single-singletask-task{k}-v0": SimPreset(
+            success="info_success", control_hz=10.0, max_episode_steps=200
+        )
+        for k in range(1, 6)
+    },
 }
+
+
+def _restart_time_limit(env: Any) -> None:
+    """Zero gymnasium's TimeLimit step counter (an episode started from a restored state gets a full one)."""
+    from gymnasium.wrappers import TimeLimit
+
+    while env is not None:
+        if isinstance(env, TimeLimit):
+            env._elapsed_steps = 0
+            return
+        env = getattr(env, "env", None)
 
 
 def make_env(env_id: str, **kwargs: Any):
@@ -103,16 +117,47 @@ class SimRobot:
         self.action_spec = ArraySpec(tuple(a.shape), "float32", float(np.min(a.low)), float(np.max(a.high)))
         self._seed = seed
         self._episodes = 0
+        self._reset_seed = seed
+        self.last_info: dict[str, Any] = {}
         self._zero = np.zeros(a.shape, dtype=np.float32)
 
     def reset(self) -> dict[str, np.ndarray]:
-        obs, _ = self.env.reset(seed=self._seed + 100_003 * self._episodes)
+        self._reset_seed = self._seed + 100_003 * self._episodes
+        obs, self.last_info = self.env.reset(seed=self._reset_seed)
         self._episodes += 1
+        return {"state": np.asarray(obs, dtype=np.float32)}
+
+    @property
+    def episodes_started(self) -> int:
+        return self._episodes
+
+    def episode_meta(self) -> dict[str, Any]:
+        """Stored with each episode: the reset seed lets any SimRobot replay its way to one of its states."""
+        return {"reset_seed": self._reset_seed, "env": self.env_id}
+
+    def reset_to(self, request: Any) -> dict[str, np.ndarray]:
+        """Return-and-explore: ``initial`` is a fresh reset; ``recorded`` restores the simulator state at
+        ``request.step`` of a stored episode by resetting with its seed and replaying its executed actions
+        (MuJoCo is deterministic), then gives the new episode a full time budget."""
+        if request.state == "initial":
+            return self.reset()
+        if request.state != "recorded" or request.seed is None or request.actions is None:
+            raise ValueError(f"unknown state {request.state!r} (this robot knows 'initial' and 'recorded')")
+        actions = np.asarray(request.actions, dtype=np.float32).reshape(-1, *self.action_spec.shape)
+        self._reset_seed = int(request.seed)
+        self._episodes += 1
+        obs, self.last_info = self.env.reset(seed=self._reset_seed)
+        for action in actions:
+            obs, _, terminated, truncated, self.last_info = self.env.step(action)
+            if terminated:
+                raise ValueError(f"the replay ended the episode before step {len(actions)}")
+        _restart_time_limit(self.env)
         return {"state": np.asarray(obs, dtype=np.float32)}
 
     def act(self, action: np.ndarray) -> StepResult:
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
         obs = np.asarray(obs, dtype=np.float32)
+        self.last_info = info  # privileged simulator facts, for simulated operators (never sent)
         return StepResult(
             {"state": obs}, float(reward), bool(terminated), bool(truncated), self.success_fn(obs, info)
         )

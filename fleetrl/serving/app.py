@@ -11,12 +11,13 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetrl.workers.replay import ReplayConfig
 from fleetrl.workers.task import NAME_RE, ArraySpecConfig, TaskConfig, spec_mismatch
 
 from .auth import AdminAuth
+from .console import add_console
 
 log = logging.getLogger(__name__)
 API_VERSION = "v1"
@@ -45,6 +46,24 @@ class EpisodeLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     outcome: Literal["success", "failure"] = Field(description="The label.")
     labelled_by: Literal["human", "critic"] = Field("human", description="Who labelled it.")
+
+
+class ResetRequest(BaseModel):
+    """Where the robot's next episode starts: a state it knows by name, a recorded step of a stored
+    episode, or a failure point the platform recorded for its task (return-and-explore)."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: str | None = Field(None, min_length=1, max_length=64, description="A named state, e.g. 'initial'.")
+    episode_id: str | None = Field(None, min_length=1, max_length=128, description="A stored episode.")
+    step: int = Field(0, ge=0, description="The step of that episode to restart from.")
+    failure: bool = Field(False, description="Restart from a recorded failure state of the robot's task.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ResetRequest:
+        given = [self.state is not None, self.episode_id is not None, self.failure]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of state, episode_id (with step) or failure: true")
+        return self
 
 
 class AlgorithmSwitch(BaseModel):
@@ -123,7 +142,8 @@ def create_app(
 
     def with_live(robot: dict[str, Any], live: dict[str, dict[str, Any]]) -> dict[str, Any]:
         row = live.get(robot["robot_id"])
-        return {**robot, "online": bool(row and row["online"]), "stats": row}
+        control = row.get("control", "autonomous") if row else "autonomous"
+        return {**robot, "online": bool(row and row["online"]), "control": control, "stats": row}
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
@@ -199,6 +219,19 @@ def create_app(
             raise HTTPException(404, f"no robot with id {robot_id!r}") from None
         return with_live(robot, await live_robots())
 
+    @app.post("/v1/robots/{robot_id}/reset", tags=["robots"], dependencies=[Depends(admin)])
+    async def reset_robot(robot_id: str, body: ResetRequest) -> dict[str, Any]:
+        """Ask a connected robot to start its next episode from a state (sim robots restore it; real
+        robots receive it as an operator instruction). 409 if the robot is offline."""
+        try:
+            await registry.get_robot.remote(robot_id)
+        except KeyError:
+            raise HTTPException(404, f"no robot with id {robot_id!r}") from None
+        result = await gateway.request_reset.remote(robot_id, body.model_dump(exclude_none=True))
+        if not result.get("ok"):
+            raise HTTPException(result["code"], result["error"])
+        return result
+
     @app.delete("/v1/robots/{robot_id}", status_code=204, tags=["robots"], dependencies=[Depends(admin)])
     async def delete_robot(robot_id: str) -> Response:
         try:
@@ -214,6 +247,26 @@ def create_app(
         await task_config(task)
         stats = await data.stats.remote(task)
         return {"task": task, **stats["store"], "replay": stats["replay"]}
+
+    @app.get("/v1/tasks/{task}/failure_states", tags=["data"], dependencies=[Depends(admin)])
+    async def failure_states(task: str) -> dict[str, Any]:
+        """Where the task's episodes fail (failure points, a histogram over the episode): the states
+        return-and-explore restarts robots from."""
+        await task_config(task)
+        return await data.failure_states.remote(task)
+
+    @app.get("/v1/tasks/{task}/curves", tags=["data"], dependencies=[Depends(admin)])
+    async def task_curves(task: str, window: int = Query(20, ge=1, le=10_000)) -> dict[str, Any]:
+        """Success, intervention and success-without-intervention rates per window of ``window`` online
+        episodes vs. cumulative robot-hours, from the durable catalog (they survive a restart)."""
+        await task_config(task)
+        return await data.curves.remote(task, window)
+
+    @app.get("/v1/tasks/{task}/episodes", tags=["data"], dependencies=[Depends(admin)])
+    async def task_episodes(task: str, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        """The task's newest stored episodes (catalog rows), newest first."""
+        await task_config(task)
+        return await data.recent_episodes.remote(task, limit)
 
     @app.post("/v1/tasks/{task}/demos", status_code=201, tags=["data"], dependencies=[Depends(admin)])
     async def import_demos(task: str, body: DemoImport) -> dict[str, Any]:
@@ -239,4 +292,5 @@ def create_app(
         except KeyError:
             raise HTTPException(404, f"no episode with id {episode_id!r}") from None
 
+    add_console(app)
     return app

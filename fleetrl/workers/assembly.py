@@ -87,13 +87,17 @@ class EpisodeAssembly:
         P.check_observation(self.task.observation_spec, final, "final_observation")
         if self.expected == 0:
             raise P.ProtocolError("bad_message", "an episode needs at least one step")
+        if end.source not in P.EPISODE_SOURCES:
+            raise P.ProtocolError("bad_message", f"source must be one of {P.EPISODE_SOURCES}")
+        P.check_meta(end.meta)
         return self._episode(
             end.outcome,
             end.labelled_by,
             {k: np.array(v) for k, v in final.items()},
             terminated=end.terminated,
             truncated=end.truncated,
-            meta={"gateway_end_time": time.time()},
+            source=end.source,
+            meta={**end.meta, "gateway_end_time": time.time()},
         )
 
     def abort(self) -> Episode | None:

@@ -17,6 +17,8 @@ from pydantic import Field
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 from fleetrl.robots.episode import Episode
+from fleetrl.workers.curves import DEFAULT_WINDOW, episode_curves
+from fleetrl.workers.failure_states import FailureStates
 from fleetrl.workers.importers import import_fleetrl_folder, import_lerobot
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.placement import ActorResources
@@ -69,6 +71,7 @@ class DataServer:
         self.tasks: dict[str, TaskConfig] = {}
         self.task_replay_cfg: dict[str, ReplayConfig] = {}
         self.replays: dict[str, Replay] = {}
+        self.failures: dict[str, FailureStates] = {}  # where each task's episodes fail (return-and-explore)
         for t in tasks:
             self._add_replay(t, config.tasks.get(t.name, config.replay))
         rebuilt = 0  # one pass over the store for every configured task
@@ -76,6 +79,7 @@ class DataServer:
             replay = self.replays.get(episode.task)
             if replay is not None:
                 replay.add(episode, snapshot)
+                self.failures[episode.task].add(episode)
                 rebuilt += 1
         log.info("data server: %d episodes rebuilt from %s in %.1f s", rebuilt, root, time.monotonic() - t0)
 
@@ -97,6 +101,7 @@ class DataServer:
         labels = (episode.task,)
         if stored:
             replay.add(episode, snapshot)
+            self.failures[episode.task].add(episode)
             ended = episode.meta.get("gateway_end_time")
             if isinstance(ended, float):
                 self.metrics.observe("episode_to_learner_seconds", labels, max(0.0, time.time() - ended))
@@ -127,6 +132,14 @@ class DataServer:
     def rollout_stats(self, task: str, last: int = 50) -> dict[str, float]:
         return self.replays[task].rollout_stats(last)
 
+    def failure_states(self, task: str) -> dict[str, Any]:
+        """Where the task's episodes fail: count, histogram over the episode, the recent points."""
+        return self.failures[task].summary()
+
+    def sample_failure_state(self, task: str) -> dict[str, Any] | None:
+        """A recorded failure point of ``task`` (None if there is none yet), for a return-and-explore reset."""
+        return self.failures[task].sample()
+
     def replay_config(self, task: str) -> ReplayConfig:
         return self.task_replay_cfg[task]
 
@@ -141,6 +154,7 @@ class DataServer:
     def _add_replay(self, task: TaskConfig, cfg: ReplayConfig) -> Replay:
         self.tasks[task.name], self.task_replay_cfg[task.name] = task, cfg
         self.replays[task.name] = Replay.from_config(cfg, chunk_len=task.chunk_len, seed=self.cfg.seed)
+        self.failures[task.name] = FailureStates(task.name in self.scored_tasks, seed=self.cfg.seed)
         return self.replays[task.name]
 
     def sample_episodes(
@@ -206,6 +220,15 @@ class DataServer:
 
     def stop(self) -> None:
         self.store.close()
+
+    def curves(self, task: str, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
+        """Success and intervention curves of a task from the catalog (so they survive a restart)."""
+        control_hz = getattr(self.tasks.get(task), "control_hz", None)  # tasks do not declare one yet
+        return {"task": task, **episode_curves(self.store.list(task), window, control_hz)}
+
+    def recent_episodes(self, task: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The task's newest ``limit`` catalog rows, newest first (what an operator labels)."""
+        return self.store.list(task)[::-1][:limit]
 
 
 def default_root(state_dir: Path, config: DataConfig) -> str:

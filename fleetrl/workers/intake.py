@@ -36,6 +36,7 @@ class EpisodeIntake:
     _loop: asyncio.AbstractEventLoop
     _send: Callable[[bytes, P.Message], None]
     _refuse: Callable[..., None]
+    _maybe_explore: Callable[..., Any]
 
     def _in_episode(self, ident: bytes, state: RobotState, episode_id: str, step: int | None) -> bool:
         """Make ``episode_id`` the robot's current episode (refusing ended ones); False if refused."""
@@ -161,6 +162,8 @@ class EpisodeIntake:
             state.committing.discard(episode.episode_id)
         self.episodes_out += 1
         self._send(state.ident or ident, P.Ack(robot_id=state.robot_id, episode_id=episode.episode_id))
+        if episode.source == "online" and state.online:
+            await self._maybe_explore(state)
 
     def _abort_episode(self, state: RobotState, episode_id: str) -> None:
         """The robot left (or started another episode) without ending this one: keep what arrived."""

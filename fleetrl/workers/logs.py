@@ -55,6 +55,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Inference batches lost to a dead or unresponsive replica (re-queued).",
         ("pool",),
     ),
+    "takeovers_total": ("counter", "Times an operator took over a robot.", ("task",)),
+    "stale_chunks_dropped_total": (
+        "counter",
+        "Action chunks not sent: the robot was under human control or handed back after the observation.",
+        ("task",),
+    ),
     "episode_to_learner_seconds": (
         "histogram",
         "Episode end received by the gateway to the episode being in replay (includes commit retries).",

@@ -448,16 +448,27 @@ class Replay:
         )
 
     def rollout_stats(self, last: int = 50) -> dict[str, float]:
-        """Success rate, mean return (under this replay's reward scheme) and mean length of the last
-        ``last`` finished online episodes (aborted ones left out): the fleet's learning curve."""
+        """Success rate, mean return (under this replay's reward scheme), mean length and intervention
+        figures of the last ``last`` finished online episodes (aborted ones left out): the fleet's
+        learning curve."""
         eps = [ep for _, ep in self._recent if ep.outcome != "aborted"][-last:]
         if not eps:
             return {"episodes": 0}
+        intervened = [bool(ep.columns["intervention"].any()) for ep in eps]
         return {
             "episodes": len(eps),
             "success_rate": float(np.mean([ep.success for ep in eps])),
             "mean_return": float(np.mean([ep.columns["reward"].sum() for ep in eps])),
             "mean_length": float(np.mean([len(ep) for ep in eps])),
+            # human in the loop: share of executed steps an operator drove, share of episodes with any,
+            # and the success rate counting only episodes the robot finished on its own
+            "intervention_rate": float(
+                sum(ep.columns["intervention"].sum() for ep in eps) / max(1, sum(len(ep) for ep in eps))
+            ),
+            "intervened_episodes": float(np.mean(intervened)),
+            "success_without_intervention": float(
+                np.mean([ep.success and not i for ep, i in zip(eps, intervened, strict=True)])
+            ),
         }
 
     def sizes(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections import Counter, deque
@@ -31,6 +32,7 @@ from fleetrl.robots import protocol as P
 from fleetrl.workers.intake import EpisodeIntake
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.placement import ActorResources
+from fleetrl.workers.resets import ResetRequests
 from fleetrl.workers.scheduler import Dispatch, Scheduler
 from fleetrl.workers.task import TaskConfig
 
@@ -82,6 +84,10 @@ class RobotState:
     assemblies: dict = field(default_factory=dict)  # episode id -> EpisodeAssembly (open episodes)
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     pinned: tuple[str, int] | None = None  # (episode id, weight version) in episode reload mode
+    control: str = "autonomous"  # "human" while an operator has taken over
+    operator: str = ""
+    control_since: tuple[str, int] = ("", 0)  # (episode id, step) of the last change of control
+    takeovers: int = 0
 
     def row(self) -> dict[str, Any]:
         lat = np.fromiter(self.latency_ms, dtype=np.float64) if self.latency_ms else None
@@ -91,6 +97,9 @@ class RobotState:
             "name": self.name,
             "task": self.task.name,
             "online": self.online,
+            "control": self.control,
+            "operator": self.operator,
+            "takeovers": self.takeovers,
             "steps": self.steps_done + max(self.last_step, 0),
             "episodes": episodes,
             "successes": self.outcomes["success"],
@@ -105,7 +114,7 @@ def stack_observations(messages: list[P.Obs], keys: list[str]) -> dict[str, np.n
     return {k: np.stack([m.observation[k] for m in messages]) for k in keys}
 
 
-class Gateway(EpisodeIntake):
+class Gateway(EpisodeIntake, ResetRequests):
     """Ray actor: ``ready()``, ``stats()``, ``revoke(robot_id)``, ``stop()``; the work happens on its loop."""
 
     def __init__(
@@ -137,6 +146,7 @@ class Gateway(EpisodeIntake):
         self.robots: dict[str, RobotState] = {}
         self.by_ident: dict[bytes, str] = {}
         self.refused: Counter = Counter()
+        self._rng = random.Random(0)  # return-and-explore draws
         self._bound = threading.Event()
         self._error: BaseException | None = None
         self._loop = asyncio.new_event_loop()
@@ -264,6 +274,8 @@ class Gateway(EpisodeIntake):
             self._on_steps(ident, state, msg)
         elif isinstance(msg, P.EpisodeEnd):
             self._on_episode_end(ident, state, msg)
+        elif isinstance(msg, P.Control):
+            self._on_control(ident, state, msg)
         elif isinstance(msg, P.Ping):
             self._send(ident, P.Pong(robot_id=robot_id))
         else:
@@ -304,8 +316,37 @@ class Gateway(EpisodeIntake):
             ),
         )
 
+    def _on_control(self, ident: bytes, state: RobotState, msg: P.Control) -> None:
+        """An operator took over (or handed back): no action goes to a robot under human control, and
+        none computed from an observation older than the hand-back (a stale chunk) goes after it."""
+        if msg.mode not in P.CONTROL_MODES:
+            self._refuse(ident, "bad_message", f"mode must be one of {P.CONTROL_MODES}", state.robot_id)
+            return
+        if msg.mode == "human" and state.control != "human":
+            state.takeovers += 1
+            self.metrics.inc("takeovers_total", (state.task.name,))
+        state.control, state.operator = msg.mode, msg.operator if msg.mode == "human" else ""
+        state.control_since = (msg.episode_id, msg.step)
+        self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
+        log.info("gateway: robot %s under %s control from step %d", state.robot_id, msg.mode, msg.step)
+
+    def _stale(self, state: RobotState | None, msg: P.Obs) -> bool:
+        """True if a chunk for ``msg`` must not be sent: the robot is under human control, or control
+        changed after that observation (it came before the hand-back)."""
+        if state is None:
+            return False
+        if state.control == "human":
+            return True
+        episode, step = state.control_since
+        return msg.episode_id == episode and msg.step < step
+
     def _on_obs(self, ident: bytes, state: RobotState, msg: P.Obs) -> None:
         task = state.task
+        if state.control == "human":
+            self._refuse(
+                ident, "human_control", "an operator has control: hand back first", state.robot_id, msg.step
+            )
+            return
         if not self._in_episode(ident, state, msg.episode_id, msg.step):
             return
         if msg.step < state.last_step:  # the same step again is a retry whose reply was lost
@@ -409,6 +450,9 @@ class Gateway(EpisodeIntake):
         timings: dict[str, float],
     ) -> None:
         """Send row ``i`` of a replica result to the robot; ``to_replica_ms`` is arrival → forward pass start."""
+        if self._stale(self.robots.get(msg.robot_id), msg):
+            self.metrics.inc("stale_chunks_dropped_total", (self.robots[msg.robot_id].task.name,))
+            return
         timings["compute_ms"] = result["compute_s"] * 1e3
         timings["to_replica_ms"] = (result["t_start"] - arrived) * 1e3
         self._send(

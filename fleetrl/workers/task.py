@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleetrl.algorithms.demo_replay import DemoReplayConfig
 from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
 from fleetrl.workers.placement import ActorResources
@@ -102,6 +103,11 @@ class LearnerConfig(ActorResources):
         gt=0,
         description="Cap on learner steps per second (None: as fast as it can), e.g. on a shared machine.",
     )
+    demo_replay: DemoReplayConfig = Field(
+        default_factory=DemoReplayConfig,
+        description="VLAC eq. 6: an imitation (NLL / flow-matching) step on the task's demonstrations "
+        "(offline partition) every N updates, for any algorithm; off unless weight > 0.",
+    )
 
     @model_validator(mode="after")
     def _algorithm_known(self) -> LearnerConfig:
@@ -112,6 +118,19 @@ class LearnerConfig(ActorResources):
         except KeyError as exc:
             raise ValueError(str(exc.args[0])) from None
         return self
+
+
+class ReturnAndExploreConfig(BaseModel):
+    """VLAC §3.2.3 return-and-explore: how often a robot restarts where the task's episodes fail."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    failure_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Chance that a robot's next episode starts from a recorded failure state (sampled by "
+        "the data server) instead of its usual reset; 0 turns it off.",
+    )
 
 
 class TaskConfig(BaseModel):
@@ -127,6 +146,9 @@ class TaskConfig(BaseModel):
     inference: InferencePoolConfig = Field(default_factory=InferencePoolConfig, description="Inference pool.")
     learner: LearnerConfig | None = Field(
         None, description="The task's learner (None: serve the policy only)."
+    )
+    return_and_explore: ReturnAndExploreConfig = Field(
+        default_factory=ReturnAndExploreConfig, description="Restarting robots where episodes fail."
     )
 
     @model_validator(mode="after")

@@ -6,6 +6,9 @@ checkpoint -> report, each one call. Ray Train restarts a failed worker and ``Le
 the newest checkpoint (policy, every algorithm's state, step, weight version); a restarted ``Learner``
 actor re-runs the same named Ray Train run, which resumes the same way.
 
+With ``learner.demo_replay.weight > 0`` every ``every``-th update is followed by one imitation step on a
+batch of the task's demonstrations (VLAC eq. 6 offline demonstration replay; ``algorithms/demo_replay.py``).
+
 The loop talks back to its ``Learner`` without blocking: every ``report_every_s`` it sends its status and
 receives the commands queued since (an algorithm switch, stop), which it applies at the next step boundary.
 """
@@ -28,6 +31,7 @@ import torch
 from fleetrl.algorithms.base import Algorithm, PolicySpec, build_algorithm, incompatibility, parse_config
 from fleetrl.algorithms.batch import EpisodeBatch
 from fleetrl.models.policies import build_policy
+from fleetrl.workers.demo_feed import DemoFeed
 from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.placement import on_this_node
 from fleetrl.workers.task import LearnerConfig, TaskConfig
@@ -71,7 +75,7 @@ class LearnerLoop:
         self.dropped_stale_episodes = 0
         self.fleet_waits = 0  # looks that found a replica still on an older version (stale: wait)
         self._fleet_serving = -1  # newest version every replica was seen serving
-        self.update_s = 0.0  # seconds inside ``Algorithm.update`` (the rest is waiting, I/O, publishing)
+        self.update_s = 0.0  # seconds in ``update`` + demo steps (the rest is waiting, I/O, publishing)
         self._fresh: list[Any] = []  # on-policy episodes collected for the next update
         self._seen_snapshot = 0
         self._prefetch: tuple[tuple, Any] | None = None  # ((size, offline), ref of the next replay batches)
@@ -83,6 +87,8 @@ class LearnerLoop:
         self.rollout: dict[str, float] = {}
         self._last_report, self._steps_at_report, self.updates_per_s = 0.0, 0, 0.0
         self._next_update_at = 0.0
+        self.demos = DemoFeed(data, task.name, learner.demo_replay, learner.prefetch_batches)
+        self._demo_metrics: dict[str, float] = {}  # of the latest demo step, reported between demo steps
         saved = self._restore()
         self.algorithm = self._activate(
             saved["algorithm"] if saved else learner.algorithm,
@@ -110,6 +116,7 @@ class LearnerLoop:
             self._throttle()
             started = time.perf_counter()
             metrics = self.algorithm.update(batch)
+            metrics |= self.replay_demos()
             self.update_s += time.perf_counter() - started
             self.record(metrics)
             if self.step % self.cfg.publish_every == 0:
@@ -129,6 +136,19 @@ class LearnerLoop:
         if request.wait_for_fleet and not self._fleet_serves_newest():
             return None
         return self._fresh_episodes(request.size, request.max_version_lag)
+
+    def replay_demos(self) -> dict[str, float]:
+        """VLAC eq. 6, offline demonstration replay: after every ``every``-th online update, one optimizer
+        step of ``weight * L_demo`` on the policy (``Algorithm.imitation_step``) on a batch drawn from the
+        task's offline partition only. Returns the latest demo step's metrics (``demo_loss``, ...), also
+        between demo steps, so every report and TensorBoard point carries them."""
+        cfg = self.cfg.demo_replay
+        if not cfg.due(self.step + 1, self.cfg.offline_steps):
+            return self._demo_metrics
+        batch = self.demos.next()
+        if batch is not None:
+            self._demo_metrics = self.algorithm.imitation_step(batch, self.task.policy.family, cfg)
+        return self._demo_metrics
 
     def _fleet_serves_newest(self) -> bool:
         """Asks the replicas (through the board) only until they are seen serving the current version, not
@@ -311,6 +331,7 @@ class LearnerLoop:
             "phase": "offline" if self.step < self.cfg.offline_steps else "online",
             "waiting": self.waiting,
             "losses": self.losses,
+            "demo_replay": self._demo_status(),
             "updates_per_s": self.updates_per_s,
             "update_s": self.update_s,
             "restored_step": self.restored_step,
@@ -322,6 +343,13 @@ class LearnerLoop:
             "node_id": ray.get_runtime_context().get_node_id(),  # where the updates run (placement)
             "time": time.time(),
         }
+
+    def _demo_status(self) -> str:
+        if self.cfg.demo_replay.weight <= 0:
+            return "off"
+        if self.step < self.cfg.offline_steps:
+            return "starts after the offline pretraining steps"
+        return self.demos.waiting or "active"
 
     def _exchange(self) -> None:
         if self._poll is not None and ray.wait([self._poll], timeout=0)[0]:

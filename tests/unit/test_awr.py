@@ -4,6 +4,7 @@ and offline filter."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -184,6 +185,14 @@ def test_bc_masks_padding_and_can_use_offline_rows_only():
     assert bc.update(online_only) == {"bc_rows": 0.0}
     m = bc.update(make_batch(offline=offline))
     assert m["bc_rows"] == 4.0 and math.isfinite(m["bc_loss"])
+    # human_only (HG-DAgger): demonstrations and the online chunks an operator drove, not the fleet's own
+    human = BC(BCConfig(human_only=True), make_policy(), SPEC)
+    mixed = dataclasses.replace(
+        make_batch(offline=offline), intervention=np.array([False, True, False, False] * 2)
+    )
+    assert human.update(mixed)["bc_rows"] == 6.0  # 4 offline + 2 online with an intervention
+    autonomous = make_batch(offline=np.zeros(8, bool))
+    assert not human.ready_to_update(autonomous) and human.update(autonomous) == {"bc_rows": 0.0}
     # the loss is flow matching over the executed entries only (chunk_tensors' mask)
     plain = BC(BCConfig(), make_policy(), SPEC)
     batch = make_batch()

@@ -209,17 +209,6 @@ def test_state_dict_round_trip_config_checks_and_registry():
         build_algorithm("ppo", {}, ppo.policy, ppo.spec, "flow_chunk")
 
 
-def test_demonstration_nll_is_optimised():
-    ppo = small_ppo(demo_nll_coef=1.0, epochs=20, lr=1e-2)
-    demo = make_episode([-1] * 7, list(range(7)), [], seed=5)
-    ppo.set_demonstrations([demo])
-    ppo.published(0)
-    batch = EpisodeBatch([make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)], [0], 0)
-    first = ppo.update(batch)["demo_nll"]
-    ppo.published(1)
-    assert ppo.update(batch)["demo_nll"] < first
-
-
 def test_tis_weights_are_capped_and_rows_without_a_behaviour_log_prob_weigh_one():
     proximal = torch.tensor([0.0, 0.0, 0.0, 0.0])
     behaviour = torch.tensor([0.0, -1.0, 1.0, float("nan")])  # ratios 1, e, 1/e, unknown

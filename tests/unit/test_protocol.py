@@ -64,6 +64,8 @@ SIMPLE_MESSAGES = [
         total_reward=3.5,
         terminated=True,
     ),
+    P.Control(robot_id="arm-1", episode_id="ep-9", step=40, mode="human", operator="alice"),
+    P.Reset(robot_id="arm-1", state="initial", request_id="r-1"),
     P.Ack(robot_id="arm-1", episode_id="ep-9"),
     P.Ping(robot_id="arm-1"),
     P.Pong(robot_id="arm-1"),
