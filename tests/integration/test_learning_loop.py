@@ -45,8 +45,12 @@ def wait_status(api, task, predicate, timeout=60.0, what="learner condition"):
 
 
 def test_learner_publishes_versions_that_replicas_serve(api, platform, flow_demos):
-    status = wait_status(api, FLOW, lambda s: s["version"] >= 2, what="two published versions")
-    assert status["learner"]["state"] == "running" and status["learner"]["step"] >= 4
+    # "version" is the weight board's (fresh at publish), "step" the learner's last report (every 0.3 s):
+    # wait for both rather than read one status where the report may lag the publication
+    status = wait_status(
+        api, FLOW, lambda s: s["version"] >= 2 and s["step"] >= 4, what="two published versions"
+    )
+    assert status["learner"]["state"] == "running"
     obs = {"state": flow_demos[0].observations["state"][:3]}
     result = ray.get(platform.replicas[FLOW][0].infer.remote(obs))
     assert result["version"] >= 2 and (result["versions"] == result["version"]).all()
