@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tempfile
 import threading
 import time
@@ -119,8 +120,6 @@ def _max_gap(times: np.ndarray, start: float, end: float) -> float:
 
 
 def run(scenario: Scenario, log=print) -> dict[str, Any]:
-    import os
-
     import ray
     from ray.cluster_utils import Cluster
 

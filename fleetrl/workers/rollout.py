@@ -330,11 +330,9 @@ class Gateway(EpisodeIntake, ResetRequests):
         self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
         log.info("gateway: robot %s under %s control from step %d", state.robot_id, msg.mode, msg.step)
 
-    def _stale(self, state: RobotState | None, msg: P.Obs) -> bool:
+    def _stale(self, state: RobotState, msg: P.Obs) -> bool:
         """True if a chunk for ``msg`` must not be sent: the robot is under human control, or control
         changed after that observation (it came before the hand-back)."""
-        if state is None:
-            return False
         if state.control == "human":
             return True
         episode, step = state.control_since
@@ -450,8 +448,9 @@ class Gateway(EpisodeIntake, ResetRequests):
         timings: dict[str, float],
     ) -> None:
         """Send row ``i`` of a replica result to the robot; ``to_replica_ms`` is arrival → forward pass start."""
-        if self._stale(self.robots.get(msg.robot_id), msg):
-            self.metrics.inc("stale_chunks_dropped_total", (self.robots[msg.robot_id].task.name,))
+        state = self.robots.get(msg.robot_id)
+        if state is not None and self._stale(state, msg):
+            self.metrics.inc("stale_chunks_dropped_total", (state.task.name,))
             return
         timings["compute_ms"] = result["compute_s"] * 1e3
         timings["to_replica_ms"] = (result["t_start"] - arrived) * 1e3
