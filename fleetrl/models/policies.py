@@ -8,6 +8,7 @@ Families are chosen by name (``family``) so inference backends and learners buil
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import torch
@@ -46,6 +47,29 @@ ResidualAdapterConfig.model_rebuild(_types_namespace={"BasePolicyConfig": BasePo
 PolicyConfig = Annotated[
     GaussianMLPConfig | FlowChunkConfig | TokenLMConfig | ResidualAdapterConfig, Field(discriminator="family")
 ]
+
+
+def action_spec_problem(cfg: BaseModel, action_spec: ArraySpec) -> str | None:
+    """Why a policy of config ``cfg`` cannot act in ``action_spec`` (None if it can).
+
+    Checked when a task is configured, so a task whose policy cannot be built is refused with this reason
+    instead of failing later inside its inference replicas."""
+    if cfg.family == "residual":
+        return action_spec_problem(cfg.base, action_spec)
+    needs_bounds = {
+        "gaussian_mlp": "a squashed Gaussian maps into them (or set policy.squash: false)",
+        "token_lm": "its number tokens map onto them",
+    }
+    if cfg.family == "gaussian_mlp" and not cfg.squash:
+        return None
+    if cfg.family in needs_bounds:
+        low, high = action_spec.low, action_spec.high
+        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+            return (
+                f"policy family {cfg.family!r} needs finite action bounds (action.low and action.high): "
+                f"{needs_bounds[cfg.family]}; got low={low}, high={high}"
+            )
+    return None
 
 
 class GaussianChunkPolicy(nn.Module):

@@ -22,6 +22,7 @@ from fleetrl.serving.deployment import deploy_rest, undeploy_rest
 from fleetrl.workers.critic import CriticServer
 from fleetrl.workers.data import DataServer, default_root
 from fleetrl.workers.inference import start_replicas
+from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.logs import MetricsServer
 from fleetrl.workers.placement import on_this_node
 from fleetrl.workers.rollout import start_gateway
@@ -154,22 +155,12 @@ class Platform:
         return ray.get(self.tasks.learner.remote(task))
 
     def stop(self) -> None:
+        """REST first, then the tasks' learners, then the gateway (no new episodes), then the rest together."""
         undeploy_rest()
-        if self.tasks is not None:
-            try:
-                ray.get(self.tasks.stop.remote(), timeout=120)
-            except Exception:  # noqa: BLE001 - stopping is best effort
-                log.warning("task manager did not stop cleanly")
-        actors = [self.tasks, self.gateway, self.data, self.critic, self.weights, self.metrics, self.registry]
-        actors += [r for p in self.replicas.values() for r in p]
-        for a in actors:
-            if a is None:
-                continue
-            try:
-                ray.get(a.stop.remote(), timeout=10)
-            except Exception:  # noqa: BLE001 - stopping is best effort
-                pass
-            ray.kill(a, no_restart=True)
+        stop_actors([self.tasks], timeout=120, what="task manager")
+        stop_actors([self.gateway], timeout=10, what="gateway")
+        rest = [self.data, self.critic, self.weights, self.metrics, self.registry]
+        stop_actors(rest + [r for p in self.replicas.values() for r in p], timeout=10)
         if self._owns_ray:
             ray.shutdown()  # takes Serve's controller and proxy down with it
 

@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetrl.workers.replay import ReplayConfig
 from fleetrl.workers.task import NAME_RE, ArraySpecConfig, TaskConfig, spec_mismatch
@@ -87,6 +89,39 @@ class RobotCredentials(BaseModel):
     chunk_len: int
 
 
+class ApiError(BaseModel):
+    """The body of every refusal: ``detail`` says what to fix; ``errors`` lists each invalid field (422)."""
+
+    detail: str = Field(description="What was wrong, in words.")
+    errors: list[dict[str, Any]] | None = Field(None, description="Each invalid field (validation only).")
+
+
+REFUSALS = {
+    400: "The body is not valid JSON.",
+    401: "No admin token: send 'Authorization: Bearer <token>'.",
+    403: "The admin token was not accepted.",
+    404: "No such task, robot or episode.",
+    409: "Conflicts with the current state (the detail says which).",
+    415: "The body is not sent as application/json.",
+    422: "Invalid input: the detail names each field and what it must be.",
+    503: "A component is unavailable or has no room for the request.",
+}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the refusals a route answers with; all of them have an ``ApiError`` body."""
+    return {code: {"model": ApiError, "description": REFUSALS[code]} for code in codes}
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at ``path`` (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+
+
 def _issues(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -96,8 +131,17 @@ def _issues(exc: RequestValidationError) -> str:
 
 
 def _plain(error: dict[str, Any]) -> dict[str, Any]:
-    """A validation error as JSON (a validator's exception object in ``ctx`` becomes its message)."""
-    return {k: ({n: str(v) for n, v in val.items()} if k == "ctx" else val) for k, val in error.items()}
+    """A validation error as JSON: a validator's exception object in ``ctx`` becomes its message, and a
+    body that was not JSON (bytes) is echoed as text, cut to 200 characters."""
+    out = {k: ({n: str(v) for n, v in val.items()} if k == "ctx" else val) for k, val in error.items()}
+    if isinstance(out.get("input"), bytes):
+        out["input"] = out["input"][:200].decode("utf-8", errors="replace")
+    return out
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def create_app(
@@ -117,7 +161,11 @@ def create_app(
         version="0.1.0",
         description="Register robots, inspect tasks and the fleet, read metrics.",
     )
-    admin = AdminAuth(admin_token_sha256)
+    admin_auth = AdminAuth(admin_token_sha256)
+
+    def admin(*codes: int) -> dict[str, Any]:
+        """Route options of an admin call: the bearer token is required, and it may answer ``codes``."""
+        return {"dependencies": [Depends(admin_auth)], "responses": refusals(401, 403, *codes)}
 
     async def task_config(name: str) -> TaskConfig:
         task = await tasks.config.remote(name)
@@ -125,8 +173,24 @@ def create_app(
             raise HTTPException(404, f"no task named {name!r}; tasks: {await tasks.names.remote()}")
         return task
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=headers)
+
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type")
+        body_error = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
+        if body_error and content_type and not _is_json(content_type):
+            return JSONResponse(
+                status_code=415,
+                content={
+                    "detail": f"the body must be JSON (Content-Type: application/json), not {content_type}"
+                },
+            )
         return JSONResponse(
             status_code=422,
             content={"detail": _issues(exc), "errors": [_plain(e) for e in exc.errors()]},
@@ -145,7 +209,7 @@ def create_app(
         control = row.get("control", "autonomous") if row else "autonomous"
         return {**robot, "online": bool(row and row["online"]), "control": control, "stats": row}
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses=refusals(503))
     async def healthz() -> dict[str, Any]:
         try:
             await registry.ready.remote()
@@ -156,37 +220,47 @@ def create_app(
             raise HTTPException(503, f"component unavailable: {type(exc).__name__}: {exc}") from None
         return {"status": "ok", "api": API_VERSION, "robot_endpoint": robot_endpoint}
 
-    @app.get("/metrics", tags=["ops"])
-    async def prometheus() -> Response:
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        """Prometheus text exposition of the platform's metrics."""
         body = await metrics.render.remote()
-        return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/logs", tags=["ops"], dependencies=[Depends(admin)])
+    @app.get("/v1/logs", tags=["ops"], **admin(422))
     async def recent_logs(n: int = Query(100, ge=1, le=2000)) -> list[dict[str, Any]]:
         """Recent log lines from every actor (the log server's ring buffer)."""
         return await metrics.logs.remote(n)
 
-    @app.get("/v1/tasks", tags=["tasks"], dependencies=[Depends(admin)])
+    @app.get("/v1/tasks", tags=["tasks"], **admin())
     async def list_tasks() -> list[dict[str, Any]]:
         return await registry.list_tasks.remote()
 
-    @app.post("/v1/tasks", status_code=201, tags=["tasks"], dependencies=[Depends(admin)])
+    @app.post(
+        "/v1/tasks",
+        status_code=201,
+        tags=["tasks"],
+        **admin(400, 415, 409, 422, 503),
+    )
     async def create_task(body: TaskCreation) -> dict[str, Any]:
         """Create a task with its policy, inference pool and (optionally) learner, while running."""
         if await tasks.config.remote(body.task.name) is not None:
             raise HTTPException(409, f"task {body.task.name!r} already exists")
-        try:
-            return await tasks.create.remote(body.task, body.replay)
-        except ValueError as exc:
-            raise HTTPException(409, str(exc)) from None
+        result = await tasks.create.remote(body.task, body.replay)
+        if not result.pop("ok"):
+            raise HTTPException(result["code"], result["error"])
+        return result
 
-    @app.get("/v1/tasks/{task}", tags=["tasks"], dependencies=[Depends(admin)])
+    @app.get("/v1/tasks/{task}", tags=["tasks"], **admin(404))
     async def get_task(task: str) -> dict[str, Any]:
         """The task's spec, algorithm, learner step, weight version and recent losses."""
         await task_config(task)
         return await tasks.describe.remote(task)
 
-    @app.put("/v1/tasks/{task}/algorithm", tags=["tasks"], dependencies=[Depends(admin)])
+    @app.put(
+        "/v1/tasks/{task}/algorithm",
+        tags=["tasks"],
+        **admin(400, 415, 404, 409, 422),
+    )
     async def switch_algorithm(task: str, body: AlgorithmSwitch) -> dict[str, Any]:
         """Switch the task's learner to another algorithm at its next step (policy and replay are kept).
         409 when the algorithm cannot train this task's policy family."""
@@ -195,7 +269,12 @@ def create_app(
             raise HTTPException(result["code"], result["error"])
         return {"task": task, **result}
 
-    @app.post("/v1/robots", status_code=201, tags=["robots"], dependencies=[Depends(admin)])
+    @app.post(
+        "/v1/robots",
+        status_code=201,
+        tags=["robots"],
+        **admin(400, 415, 404, 422),
+    )
     async def register_robot(body: RobotRegistration) -> RobotCredentials:
         task = await task_config(body.task)
         obs = {k: v.model_dump(exclude_none=True) for k, v in body.observation_spec.items()}
@@ -206,12 +285,12 @@ def create_app(
         rec = await registry.register_robot.remote(body.name, body.task, obs, act)
         return RobotCredentials(**rec, endpoint=robot_endpoint, chunk_len=task.chunk_len)
 
-    @app.get("/v1/robots", tags=["robots"], dependencies=[Depends(admin)])
+    @app.get("/v1/robots", tags=["robots"], **admin())
     async def list_robots(task: str | None = None) -> list[dict[str, Any]]:
         live = await live_robots()
         return [with_live(r, live) for r in await registry.list_robots.remote(task)]
 
-    @app.get("/v1/robots/{robot_id}", tags=["robots"], dependencies=[Depends(admin)])
+    @app.get("/v1/robots/{robot_id}", tags=["robots"], **admin(404))
     async def get_robot(robot_id: str) -> dict[str, Any]:
         try:
             robot = await registry.get_robot.remote(robot_id)
@@ -219,7 +298,11 @@ def create_app(
             raise HTTPException(404, f"no robot with id {robot_id!r}") from None
         return with_live(robot, await live_robots())
 
-    @app.post("/v1/robots/{robot_id}/reset", tags=["robots"], dependencies=[Depends(admin)])
+    @app.post(
+        "/v1/robots/{robot_id}/reset",
+        tags=["robots"],
+        **admin(400, 415, 404, 409, 422),
+    )
     async def reset_robot(robot_id: str, body: ResetRequest) -> dict[str, Any]:
         """Ask a connected robot to start its next episode from a state (sim robots restore it; real
         robots receive it as an operator instruction). 409 if the robot is offline."""
@@ -232,7 +315,12 @@ def create_app(
             raise HTTPException(result["code"], result["error"])
         return result
 
-    @app.delete("/v1/robots/{robot_id}", status_code=204, tags=["robots"], dependencies=[Depends(admin)])
+    @app.delete(
+        "/v1/robots/{robot_id}",
+        status_code=204,
+        tags=["robots"],
+        **admin(404),
+    )
     async def delete_robot(robot_id: str) -> Response:
         try:
             await registry.delete_robot.remote(robot_id)
@@ -241,34 +329,51 @@ def create_app(
         await gateway.revoke.remote(robot_id)
         return Response(status_code=204)
 
-    @app.get("/v1/tasks/{task}/data", tags=["data"], dependencies=[Depends(admin)])
+    @app.get("/v1/tasks/{task}/data", tags=["data"], **admin(404))
     async def task_data(task: str) -> dict[str, Any]:
         """Episodes, hours, outcome and intervention counts, replay sizes and the snapshot of one task."""
         await task_config(task)
         stats = await data.stats.remote(task)
         return {"task": task, **stats["store"], "replay": stats["replay"]}
 
-    @app.get("/v1/tasks/{task}/failure_states", tags=["data"], dependencies=[Depends(admin)])
+    @app.get(
+        "/v1/tasks/{task}/failure_states",
+        tags=["data"],
+        **admin(404),
+    )
     async def failure_states(task: str) -> dict[str, Any]:
         """Where the task's episodes fail (failure points, a histogram over the episode): the states
         return-and-explore restarts robots from."""
         await task_config(task)
         return await data.failure_states.remote(task)
 
-    @app.get("/v1/tasks/{task}/curves", tags=["data"], dependencies=[Depends(admin)])
+    @app.get(
+        "/v1/tasks/{task}/curves",
+        tags=["data"],
+        **admin(404, 422),
+    )
     async def task_curves(task: str, window: int = Query(20, ge=1, le=10_000)) -> dict[str, Any]:
         """Success, intervention and success-without-intervention rates per window of ``window`` online
         episodes vs. cumulative robot-hours, from the durable catalog (they survive a restart)."""
         await task_config(task)
         return await data.curves.remote(task, window)
 
-    @app.get("/v1/tasks/{task}/episodes", tags=["data"], dependencies=[Depends(admin)])
+    @app.get(
+        "/v1/tasks/{task}/episodes",
+        tags=["data"],
+        **admin(404, 422),
+    )
     async def task_episodes(task: str, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
         """The task's newest stored episodes (catalog rows), newest first."""
         await task_config(task)
         return await data.recent_episodes.remote(task, limit)
 
-    @app.post("/v1/tasks/{task}/demos", status_code=201, tags=["data"], dependencies=[Depends(admin)])
+    @app.post(
+        "/v1/tasks/{task}/demos",
+        status_code=201,
+        tags=["data"],
+        **admin(400, 415, 404, 422),
+    )
     async def import_demos(task: str, body: DemoImport) -> dict[str, Any]:
         """Import demonstrations from a folder the data server can read (all-or-nothing validation)."""
         await task_config(task)
@@ -277,14 +382,18 @@ def create_app(
         except ValueError as exc:  # DatasetImportError names the file and the problem
             raise HTTPException(422, str(exc)) from None
 
-    @app.get("/v1/episodes/{episode_id}", tags=["data"], dependencies=[Depends(admin)])
+    @app.get("/v1/episodes/{episode_id}", tags=["data"], **admin(404))
     async def get_episode(episode_id: str) -> dict[str, Any]:
         try:
             return await data.episode_summary.remote(episode_id)
         except KeyError:
             raise HTTPException(404, f"no episode with id {episode_id!r}") from None
 
-    @app.post("/v1/episodes/{episode_id}/label", tags=["data"], dependencies=[Depends(admin)])
+    @app.post(
+        "/v1/episodes/{episode_id}/label",
+        tags=["data"],
+        **admin(400, 415, 404, 422),
+    )
     async def label_episode(episode_id: str, body: EpisodeLabel) -> dict[str, Any]:
         """A human success/failure label; it replaces the episode's outcome for learning."""
         try:

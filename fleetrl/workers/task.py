@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import re
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetrl.algorithms.demo_replay import DemoReplayConfig
-from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig
+from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig, action_spec_problem
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
 from fleetrl.workers.placement import ActorResources
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_ARRAY_ELEMENTS = 2**24  # one observation or action entry (four 1024x1024 RGB cameras fit)
 
 
 class ArraySpecConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    shape: tuple[int, ...] = Field(description="Array shape, e.g. [10].")
+    shape: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        description="Array shape, e.g. [10]; [] is a scalar."
+    )
     dtype: Literal[
         "float16",
         "float32",
@@ -34,6 +38,21 @@ class ArraySpecConfig(BaseModel):
     ] = Field("float32", description="Array dtype.")
     low: float | None = Field(None, description="Lower bound (actions are clipped to it on the robot).")
     high: float | None = Field(None, description="Upper bound (actions are clipped to it on the robot).")
+
+    @field_validator("shape")
+    @classmethod
+    def _not_too_large(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if math.prod(v) > MAX_ARRAY_ELEMENTS:
+            raise ValueError(f"{math.prod(v):,} elements is more than the {MAX_ARRAY_ELEMENTS:,} allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> ArraySpecConfig:
+        if any(b is not None and math.isnan(b) for b in (self.low, self.high)):
+            raise ValueError("low and high must be numbers, not NaN")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
 
     def to_spec(self) -> ArraySpec:
         return ArraySpec(tuple(self.shape), self.dtype, self.low, self.high)
@@ -137,7 +156,10 @@ class TaskConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=NAME_RE, description="Task name; robots register for a task.")
     description: str = Field("", description="Free text shown in the REST API.")
-    observation: dict[str, ArraySpecConfig] = Field(description="Observation entries by name.")
+    observation: dict[str, ArraySpecConfig] = Field(
+        description="Observation entries by name (at least one).",
+        json_schema_extra={"minProperties": 1, "propertyNames": {"pattern": NAME_RE}},
+    )
     action: ArraySpecConfig = Field(description="Action of one control step.")
     chunk_len: int = Field(4, ge=1, le=256, description="Actions per chunk returned for one observation.")
     policy: PolicyConfig = Field(
@@ -150,6 +172,13 @@ class TaskConfig(BaseModel):
     return_and_explore: ReturnAndExploreConfig = Field(
         default_factory=ReturnAndExploreConfig, description="Restarting robots where episodes fail."
     )
+
+    @model_validator(mode="after")
+    def _policy_fits_action(self) -> TaskConfig:
+        problem = action_spec_problem(self.policy, self.action.to_spec())
+        if problem:
+            raise ValueError(f"policy: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _learner_fits_policy(self) -> TaskConfig:

@@ -13,11 +13,19 @@ from typing import Any
 import ray
 
 from fleetrl.workers.inference import start_replicas
+from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.replay import ReplayConfig
 from fleetrl.workers.task import TaskConfig
 from fleetrl.workers.trainer import start_learner
 
 log = logging.getLogger(__name__)
+
+
+def root_cause(exc: BaseException) -> str:
+    """The last line of a Ray error's text: the exception an actor raised (``ValueError: ...``), without
+    the remote traceback around it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 class TaskManager:
@@ -41,11 +49,27 @@ class TaskManager:
         self._start_learner(task)
 
     def create(self, task: TaskConfig, replay: ReplayConfig | None = None, timeout: float = 120.0) -> dict:
-        """Start a new task's actors; ValueError if the name is taken."""
+        """Start a new task's actors. ``{"ok": False, "code", "error"}`` if refused: 409 when the name is
+        taken, 422 when its replicas cannot build the policy, 503 when they do not start within
+        ``timeout`` (no node has the resources they ask for); nothing of the task is left behind then."""
         if task.name in self.tasks:
-            raise ValueError(f"task {task.name!r} already exists")
+            return {"ok": False, "code": 409, "error": f"task {task.name!r} already exists"}
         replicas = start_replicas(task, self.metrics, self.weights)
-        ray.get([r.ready.remote() for r in replicas], timeout=timeout)
+        try:
+            ray.get([r.ready.remote() for r in replicas], timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - the cause goes back to the caller
+            for r in replicas:
+                ray.kill(r, no_restart=True)
+            if isinstance(exc, ray.exceptions.GetTimeoutError):
+                options = task.inference.ray_options(f"inference pool {task.name}")
+                asked = {k: v for k, v in options.items() if k != "max_restarts"}
+                return {
+                    "ok": False,
+                    "code": 503,
+                    "error": f"the inference replicas did not start within {timeout:.0f} s: no node has "
+                    f"the resources they ask for? ({asked})",
+                }
+            return {"ok": False, "code": 422, "error": f"the inference replicas failed: {root_cause(exc)}"}
         ray.get(self.weights.register.remote(task.name, replicas))
         ray.get(self.data.add_task.remote(task, replay))
         ray.get(self.gateway.add_task.remote(task, replicas))
@@ -55,7 +79,7 @@ class TaskManager:
         log.info(
             "task %s created (%d replicas, learner %s)", task.name, len(replicas), task.public()["algorithm"]
         )
-        return self.describe(task.name)
+        return {"ok": True, **self.describe(task.name)}
 
     def _start_learner(self, task: TaskConfig) -> None:
         if task.learner is None:
@@ -103,12 +127,8 @@ class TaskManager:
         return self.learners.get(name)
 
     def stop(self) -> None:
-        for name, learner in self.learners.items():
-            try:
-                ray.get(learner.stop.remote(), timeout=60)
-            except Exception as exc:  # noqa: BLE001 - best effort: the platform kills the actor next
-                log.warning("learner %s did not stop cleanly: %s", name, exc)
-            ray.kill(learner, no_restart=True)
+        """Every learner winds down at once (each ends its Ray Train run), then the replicas go."""
+        stop_actors(self.learners.values(), timeout=60, what="learner")
         for replicas in self.replicas.values():
             for r in replicas:
                 ray.kill(r, no_restart=True)

@@ -58,7 +58,9 @@ def test_collect_with_a_scripted_policy(tmp_path):
     out = tmp_path / "lerobot"
     assert main(["demos", "export", "--store", str(tmp_path / "reach"), "--task", "reach", "--out", str(out),
                  "--fps", "20"]) == 0  # fmt: skip
-    task = TaskConfig(name="reach", observation={"state": {"shape": [10]}}, action={"shape": [2]})
+    task = TaskConfig(
+        name="reach", observation={"state": {"shape": [10]}}, action={"shape": [2], "low": -1, "high": 1}
+    )
     back = import_lerobot(out, task)
     assert len(back) == 3 and all(ep.outcome == "success" for ep in back)
     with EpisodeStore(str(tmp_path / "reach")) as store:

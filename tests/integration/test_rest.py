@@ -97,6 +97,49 @@ def test_health_metrics_openapi(platform):
     assert {"/v1/robots", "/v1/robots/{robot_id}", "/v1/tasks", "/healthz", "/metrics"} <= set(spec["paths"])
 
 
+def test_non_json_bodies_wrong_methods_and_refusals_follow_the_published_contract(api, platform):
+    r = api.post("/v1/tasks/reach/demos", content=b'{"path": "x"}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+    r = api.post("/v1/robots", content=b"\xff\xfe{", headers={"Content-Type": "application/json"})
+    assert r.status_code in (400, 422) and r.json()["detail"]
+    r = api.request("OPTIONS", "/v1/tasks")  # GET and POST are two routes: the 405 names both
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    spec = httpx.get(f"{platform.rest_url}/openapi.json").json()
+    create = spec["paths"]["/v1/tasks"]["post"]["responses"]
+    assert {"201", "400", "401", "403", "409", "415", "422", "503"} <= set(create)
+    assert create["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ApiError"}
+    assert "404" in spec["paths"]["/v1/tasks/{task}"]["get"]["responses"]
+    assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    missing = api.get("/v1/tasks/nope")
+    assert missing.status_code == 404 and isinstance(missing.json()["detail"], str)
+
+
+def test_a_task_whose_policy_cannot_be_built_is_refused_with_the_reason_and_leaves_nothing(api):
+    task = {
+        "observation": {"state": {"shape": [10], "dtype": "float32"}},
+        "action": {"shape": [2], "dtype": "float32"},  # no bounds
+        "inference": {"replicas": 1, "num_cpus": 0},
+    }
+    r = api.post("/v1/tasks", json={"task": {**task, "name": "reach-unbounded"}})
+    assert r.status_code == 422 and "needs finite action bounds" in r.json()["detail"], r.text
+    # what only the replica can find out (its checkpoint folder is not there on its node): the replica's
+    # own reason comes back, and no part of the task stays behind
+    task = {
+        **task,
+        "name": "reach-lost-checkpoint",
+        "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+        "policy": {"family": "token_lm", "checkpoint": "/nonexistent/checkpoint"},
+    }
+    r = api.post("/v1/tasks", json={"task": task}, timeout=120)
+    assert r.status_code == 422, r.text
+    assert (
+        "inference replicas failed" in r.json()["detail"]
+        and "not a token_lm checkpoint" in r.json()["detail"]
+    )
+    assert api.get("/v1/tasks/reach-lost-checkpoint").status_code == 404
+    assert "reach-lost-checkpoint" not in [t["name"] for t in api.get("/v1/tasks").json()]
+
+
 def test_logs_from_every_actor_reach_one_place(api):
     deadline = time.monotonic() + 15
     sources: set[str] = set()

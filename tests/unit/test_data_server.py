@@ -13,7 +13,12 @@ SPEC = {"state": ((10,), "float32")}
 
 
 def task(name: str) -> TaskConfig:
-    return TaskConfig(name=name, observation={"state": {"shape": [10]}}, action={"shape": [2]}, chunk_len=2)
+    return TaskConfig(
+        name=name,
+        observation={"state": {"shape": [10]}},
+        action={"shape": [2], "low": -1, "high": 1},
+        chunk_len=2,
+    )
 
 
 def test_reward_scheme_is_chosen_per_task_and_replay_is_rebuilt(tmp_path):
@@ -33,7 +38,15 @@ def test_reward_scheme_is_chosen_per_task_and_replay_is_rebuilt(tmp_path):
 
 
 def test_per_task_settings_must_name_a_task():
-    base = {"tasks": [{"name": "a", "observation": {"state": {"shape": [1]}}, "action": {"shape": [1]}}]}
+    base = {
+        "tasks": [
+            {
+                "name": "a",
+                "observation": {"state": {"shape": [1]}},
+                "action": {"shape": [1], "low": -1, "high": 1},
+            }
+        ]
+    }
     with pytest.raises(ConfigError, match="data.tasks.zz"):
         parse_config({**base, "data": {"tasks": {"zz": {"reward": "sparse"}}}})
     with pytest.raises(ConfigError, match="critic.tasks.zz"):

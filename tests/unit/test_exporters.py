@@ -41,7 +41,9 @@ def test_round_trip(tmp_path):
     assert info["codebase_version"] == "v3.0" and info["total_frames"] == sum(LENGTHS)
     assert not [p for p in tmp_path.iterdir() if p.name != "ds"]  # no temp folder left behind
 
-    task = TaskConfig(name="reach", observation={"state": {"shape": [10]}}, action={"shape": [2]})
+    task = TaskConfig(
+        name="reach", observation={"state": {"shape": [10]}}, action={"shape": [2], "low": -1, "high": 1}
+    )
     back = import_lerobot(target, task)
     assert len(back) == 3
     for orig, ep in zip(episodes, back, strict=True):

@@ -29,7 +29,7 @@ def make_task(state_shape=(4,), state_dtype="float32", obs_key="state", action_s
     return TaskConfig(
         name="reach",
         observation={obs_key: {"shape": list(state_shape), "dtype": state_dtype}},
-        action={"shape": list(action_shape), "dtype": "float32"},
+        action={"shape": list(action_shape), "dtype": "float32", "low": -1, "high": 1},
     )
 
 
@@ -185,7 +185,7 @@ def test_lerobot_mapped_video_feature_is_refused(tmp_path):
     task = TaskConfig(
         name="reach",
         observation={"state": {"shape": [4]}, "cam": {"shape": [48, 64, 3], "dtype": "uint8"}},
-        action={"shape": [2]},
+        action={"shape": [2], "low": -1, "high": 1},
     )
     with pytest.raises(DatasetImportError, match=r"'observation\.images\.top'.*video.*not supported"):
         import_lerobot(tmp_path, task, observation_keys={"observation.images.top": "cam"})
@@ -361,7 +361,7 @@ def test_lerobot_nested_and_scalar_features(tmp_path):
     task = TaskConfig(
         name="reach",
         observation={"state": {"shape": [4]}, "pose": {"shape": [2, 3]}, "grip": {"shape": []}},
-        action={"shape": [2]},
+        action={"shape": [2], "low": -1, "high": 1},
     )
     episodes = import_lerobot(tmp_path, task)
     order = np.lexsort((table.column("frame_index").to_numpy(), table.column("episode_index").to_numpy()))
