@@ -119,6 +119,20 @@ class ArraySpec:
                 "bad_observation",
                 f"{name}: expected shape {list(self.shape)} {self.dtype}, got {list(arr.shape)} {arr.dtype.name}",
             )
+        check_finite(name, arr)
+
+
+def check_finite(name: str, arr: np.ndarray, allow_nan: bool = False) -> None:
+    """Raise ProtocolError('bad_observation') if a float array holds inf (or NaN, unless ``allow_nan``).
+
+    Why here: one non-finite observation batched with other robots' would fail the whole forward pass
+    (every robot in the batch refused), and a non-finite stored value poisons every update it is sampled in.
+    """
+    if arr.dtype.kind != "f":
+        return
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+    if bad.any():
+        raise ProtocolError("bad_observation", f"{name}: {int(bad.sum())} non-finite values (NaN or inf)")
 
 
 def check_observation(specs: dict[str, ArraySpec], observation: dict, name: str = "observation") -> None:

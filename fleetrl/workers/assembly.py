@@ -39,6 +39,7 @@ class EpisodeAssembly:
                 f"actions: expected [n, {list(action.shape)}] {action.dtype}, got "
                 f"{list(msg.actions.shape)} {msg.actions.dtype.name}",
             )
+        P.check_finite("actions", msg.actions)
         if set(msg.observations) != set(self._obs):
             raise P.ProtocolError("bad_observation", f"observation keys {sorted(msg.observations)}")
         for key, spec in self.task.observation_spec.items():
@@ -51,12 +52,16 @@ class EpisodeAssembly:
                 raise P.ProtocolError(
                     "bad_observation", f"observations[{key!r}]: expected [{n}, {list(spec.shape)}]"
                 )
+            P.check_finite(f"observations[{key!r}]", arr)
         if set(msg.columns) != set(STEP_COLUMNS):
             raise P.ProtocolError("bad_message", f"columns must be exactly {sorted(STEP_COLUMNS)}")
         for name, dtype in STEP_COLUMNS.items():
             col = msg.columns[name]
             if not isinstance(col, np.ndarray) or col.shape != (n,) or col.dtype != np.dtype(dtype):
                 raise P.ProtocolError("bad_message", f"column {name!r}: expected {dtype}[{n}]")
+            P.check_finite(
+                f"column {name!r}", col, allow_nan=name == "log_prob"
+            )  # NaN: no behaviour log-prob
         for key in self._obs:
             self._obs[key].append(msg.observations[key])
         self._actions.append(msg.actions)

@@ -27,6 +27,8 @@ def stop_actors(actors: Iterable[Any], timeout: float, what: str = "actor") -> N
     for ref in done:
         try:
             ray.get(ref)
+        except ray.exceptions.RayActorError:
+            pass  # already gone (e.g. a replica its task already stopped)
         except Exception as exc:  # noqa: BLE001 - it is killed next either way
             log.warning("a %s did not stop cleanly: %s", what, exc)
     if pending:

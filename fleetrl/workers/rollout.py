@@ -325,7 +325,7 @@ class Gateway(EpisodeIntake, ResetRequests):
         if msg.mode == "human" and state.control != "human":
             state.takeovers += 1
             self.metrics.inc("takeovers_total", (state.task.name,))
-        state.control, state.operator = msg.mode, msg.operator if msg.mode == "human" else ""
+        state.control, state.operator = msg.mode, msg.operator[:64] if msg.mode == "human" else ""
         state.control_since = (msg.episode_id, msg.step)
         self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
         log.info("gateway: robot %s under %s control from step %d", state.robot_id, msg.mode, msg.step)
@@ -364,7 +364,7 @@ class Gateway(EpisodeIntake, ResetRequests):
             self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
             return
         state.last_step = msg.step
-        if msg.last_latency_ms is not None:
+        if msg.last_latency_ms is not None and 0 <= msg.last_latency_ms < 3.6e6:  # a sane measurement only
             state.latency_ms.append(msg.last_latency_ms)
             self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)
         self.metrics.inc("observations_total", (task.name,))

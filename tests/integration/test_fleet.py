@@ -140,6 +140,12 @@ def test_out_of_order_and_bad_observations_are_refused(platform):
     bad_keys = P.Obs(robot_id=rid, episode_id="ep1", step=4, observation={"image": np.zeros(10, np.float32)})
     assert raw.request(bad_keys).code == "bad_observation"
     assert raw.request(_steps(rid, "ep1", 3, 2, action_shape=(3,))).code == "bad_observation"
+    # non-finite numbers are refused before they are batched with other robots' or stored
+    nan = np.full(10, np.nan, np.float32)
+    assert raw.request(_obs(rid, 4, state=nan)).code == "bad_observation"
+    inf_reward = _steps(rid, "ep1", 3, 2)
+    inf_reward.columns["reward"][1] = np.inf
+    assert raw.request(inf_reward).code == "bad_observation"
     gap = raw.request(_steps(rid, "ep1", 4, 1))  # row 3 is missing: the gateway asks for it
     assert gap.code == "out_of_order" and gap.step == 3 and gap.episode_id == "ep1"
     assert raw.request(_end(rid, "ep1", 5, outcome="exploded")).code == "bad_message"
