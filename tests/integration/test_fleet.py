@@ -19,6 +19,19 @@ def _gateway_row(platform, robot_id):
     return next((r for r in rows if r["robot_id"] == robot_id), None)
 
 
+def _chunk_transitions(steps) -> list[bool]:
+    """For each chunk after the first: was it asked for while the previous one still ran (its observation
+    is from a step the previous chunk covered)? A client that asks only once a chunk has run out gives
+    all False."""
+    chunks: dict[int, tuple[int, int]] = {}
+    for s in steps:
+        if not s.held:
+            first, last = chunks.get(s.obs_step, (s.step, s.step))
+            chunks[s.obs_step] = (min(first, s.step), max(last, s.step))
+    order = sorted(chunks.items(), key=lambda kv: kv[1][0])
+    return [nxt_obs <= prev_last for (_, (_, prev_last)), (nxt_obs, _) in zip(order, order[1:], strict=False)]
+
+
 def test_robots_get_action_chunks_asynchronously(platform):
     with RunningFleet(platform, n=3, hz=50.0) as fleet:
         fleet.wait_for(
@@ -26,19 +39,21 @@ def test_robots_get_action_chunks_asynchronously(platform):
             timeout=60,
             what="two episodes per robot",
         )
+    transitions = []
     for c in fleet.clients:
         assert c.counters["replies"] > 5 and c.counters["errors"] == 0
-        ep = c.episodes[1]  # the first may start while the replicas are still cold: judge the steady state
-        executed = [s for s in ep.steps if not s.held]
-        assert len(executed) >= 40  # Reacher episodes run 50 steps
-        # Every executed action came from a policy version of a reach replica, conditioned on an earlier observation.
-        assert all(s.policy_version >= 0 and s.replica.startswith("reach/") for s in executed)
-        assert all(s.obs_step <= s.step and s.obs_time <= s.action_start for s in executed)
-        # Asynchronous execution: chunks are requested before the current one ends, so the robot rarely holds.
-        assert sum(s.held for s in ep.steps) <= 5
-        # A chunk of 4 was asked for ahead of time: consecutive chunks start where the previous one ended.
-        starts = sorted({s.obs_step for s in executed})
-        assert len(starts) >= 10
+        for ep in c.episodes:
+            assert len(ep.steps) == 50  # Reacher's time limit; held steps count (the robot holds position)
+            executed = [s for s in ep.steps if not s.held]
+            # Every executed action came from a policy version of a reach replica, conditioned on an
+            # earlier observation.
+            assert all(s.policy_version >= 0 and s.replica.startswith("reach/") for s in executed)
+            assert all(s.obs_step <= s.step and s.obs_time <= s.action_start for s in executed)
+            transitions += _chunk_transitions(ep.steps)
+    # Asynchronous execution, judged on the steps rather than on how many holds a loaded machine's latency
+    # caused (the learner's first updates share the two cores with the replicas; the client's lookahead
+    # adapts to the latency it measures): nearly every chunk was asked for before the previous one ran out.
+    assert len(transitions) >= 30 and sum(transitions) >= 0.8 * len(transitions), transitions
     replicas = {s.replica for c in fleet.clients for ep in c.episodes for s in ep.steps if not s.held}
     assert replicas == {"reach/0", "reach/1"}  # both replicas of the pool served observations
     row = _gateway_row(platform, fleet.clients[0].robot_id)
