@@ -38,8 +38,6 @@ motion without completion earns no reward, which is what a reward for RL should 
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,10 +47,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetrl.algorithms.training_log import TrainingLog
 from fleetrl.models.progress_critic import ProgressCritic, ProgressCriticConfig, build_progress_critic
 from fleetrl.robots.episode import Episode
-
-log = logging.getLogger(__name__)
 
 # Sample kinds, one per member of a sampling group.
 FINE_FWD, FINE_BWD, FWD, BWD, DONE_POS, DONE_NEG = range(6)
@@ -287,10 +284,7 @@ def train_progress_critic(
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(seed)
-    history: list[dict[str, float]] = []
-    sums: dict[str, float] = {}
-    t0 = time.perf_counter()
-    since = 0
+    training = TrainingLog(steps, cfg.log_every, callback, "progress critic")
     for step in range(1, steps + 1):
         b = sampler.sample(cfg.groups_per_batch, rng)
         t = {
@@ -303,22 +297,9 @@ def train_progress_critic(
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-        since += 1
-        if step % cfg.log_every == 0 or step == steps:
-            elapsed = time.perf_counter() - t0
-            entry = {"step": float(step), **{k: v / since for k, v in sums.items()}, "elapsed_s": elapsed}
-            entry["samples_per_s"] = step * len(b) / max(elapsed, 1e-9)
-            history.append(entry)
-            sums, since = {}, 0
-            if callback is not None:
-                callback(step, entry)
-            else:
-                log.debug("progress critic step %d: %s", step, entry)
+        training.add(step, samples=len(b), **{k: v.detach() for k, v in losses.items()}, grad_norm=grad_norm)
     model.eval()
-    return model, history
+    return model, training.history
 
 
 # --- inference: rewards and done detection --------------------------------------------------------

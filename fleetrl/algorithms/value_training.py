@@ -12,15 +12,14 @@ neither a completed task nor a demonstrated failure, and eq. 9 has no label for 
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetrl.algorithms.training_log import TrainingLog
 from fleetrl.models.value_estimator import (
     HistoryValueEstimator,
     ValueEstimatorConfig,
@@ -32,8 +31,6 @@ from fleetrl.models.value_estimator import (
     soft_cross_entropy,
 )
 from fleetrl.robots.episode import Episode
-
-log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, dict[str, float]], None]
 
@@ -142,9 +139,7 @@ def train_value_estimator(
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    history: list[dict[str, float]] = []
-    sums: dict[str, float] = {}
-    since, t0 = 0, time.perf_counter()
+    training = TrainingLog(steps, cfg.log_every, progress, "value estimator")
     for step in range(1, steps + 1):
         lr = cosine_lr(step, steps, cfg.lr, cfg.lr_final_ratio)
         for group in opt.param_groups:
@@ -158,18 +153,6 @@ def train_value_estimator(
         opt.step()
         with torch.no_grad():
             mae = (model.expected_value(logits) - labels[rows]).abs().mean()
-        for k, v in (("loss", loss), ("value_mae", mae), ("grad_norm", grad_norm)):
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        since += 1
-        if step % cfg.log_every == 0 or step == steps:
-            elapsed = time.perf_counter() - t0
-            entry = {"step": float(step), **{k: v / since for k, v in sums.items()}, "lr": lr}
-            entry["elapsed_s"] = elapsed
-            history.append(entry)
-            sums, since = {}, 0
-            if progress is not None:
-                progress(step, entry)
-            else:
-                log.debug("value estimator step %d: %s", step, entry)
+        training.add(step, latest={"lr": lr}, loss=loss.detach(), value_mae=mae, grad_norm=grad_norm)
     model.eval()
-    return model, history
+    return model, training.history
