@@ -76,3 +76,14 @@ def platform(ray_session):
     p = Platform(cfg).start()
     yield p
     p.stop()
+
+
+@pytest.fixture(scope="module")
+def api(platform):
+    """An HTTP client of the test platform's REST API, with the admin token."""
+    import httpx
+
+    with httpx.Client(
+        base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+    ) as c:
+        yield c

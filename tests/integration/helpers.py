@@ -10,30 +10,16 @@ from fleetrl.robots.sim import SimRobot
 from tests.conftest import ADMIN_TOKEN
 
 
-class RunningFleet:
-    """Reacher robots registered over REST, driven by a FleetRunner thread until ``stop()``."""
+class FleetThread:
+    """Robot clients driven by one FleetRunner thread from ``with`` (or ``start()``) until ``stop()``."""
 
-    def __init__(
-        self,
-        platform,
-        n: int = 2,
-        hz: float = 50.0,
-        config: ClientConfig | None = None,
-        seed: int = 0,
-        task: str = "reach",
-    ):
-        self.clients = []
-        for i in range(n):
-            robot = SimRobot("Reacher-v5", seed=seed + i, control_hz=hz)
-            info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}", task, robot)
-            self.clients.append(
-                RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config)
-            )
+    def __init__(self, clients: list[RobotClient]):
+        self.clients = clients
         self._stop = threading.Event()
         self._runner = FleetRunner(self.clients)
         self._thread = threading.Thread(target=self._runner.run, kwargs={"stop": self._stop}, daemon=True)
 
-    def __enter__(self) -> RunningFleet:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -55,3 +41,25 @@ class RunningFleet:
                 return
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; counters: {[c.counters for c in self.clients]}")
+
+
+class RunningFleet(FleetThread):
+    """Reacher robots registered over REST, driven by a FleetRunner thread until ``stop()``."""
+
+    def __init__(
+        self,
+        platform,
+        n: int = 2,
+        hz: float = 50.0,
+        config: ClientConfig | None = None,
+        seed: int = 0,
+        task: str = "reach",
+    ):
+        clients = []
+        for i in range(n):
+            robot = SimRobot("Reacher-v5", seed=seed + i, control_hz=hz)
+            info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}", task, robot)
+            clients.append(
+                RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config)
+            )
+        super().__init__(clients)

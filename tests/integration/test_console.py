@@ -38,14 +38,6 @@ BROWSER_FLAGS = (
 
 
 @pytest.fixture(scope="module")
-def api(platform):
-    with httpx.Client(
-        base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
-    ) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def fleet(platform, api):
     """Two Reacher robots working all module long, with a few of their episodes already stored."""
     with RunningFleet(platform, n=2, hz=50.0, seed=70) as running:

@@ -5,20 +5,19 @@ robots return to recorded failure states (the simulator replays its way there ex
 
 from __future__ import annotations
 
-import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
 import ray
 
 from fleetrl.robots import protocol as P
-from fleetrl.robots.client import FleetRunner, RobotClient, register
+from fleetrl.robots.client import RobotClient, register
 from fleetrl.robots.operator import OracleOperator
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.net import RawRobotSocket
 from tests.conftest import ADMIN_TOKEN
+from tests.integration.helpers import FleetThread
 
 CUBE = "cube-single-singletask-task1-v0"
 
@@ -39,12 +38,6 @@ def cube_task(name: str, failure_fraction: float = 0.0, learner: dict | None = N
 
 
 @pytest.fixture(scope="module")
-def api(platform):
-    with httpx.Client(base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def cube(api):
     # BC with VLAC eq. 6 demonstration replay: the demo test checks the learner replays recorded demos
     learner = {"algorithm": "bc", "config": {"batch_size": 32}, "publish_every": 10, "max_updates_per_s": 5,
@@ -54,14 +47,14 @@ def cube(api):
     return "cube-hil"
 
 
-class Cubes:
+class Cubes(FleetThread):
     """Cube robots registered over REST and driven by a FleetRunner thread."""
 
     def __init__(self, platform, task: str, n: int, steps: int, seed: int, operators: bool = False):
         self.robots = [
             SimRobot(CUBE, seed=seed + i, control_hz=50.0, max_episode_steps=steps) for i in range(n)
         ]
-        self.clients = []
+        clients = []
         for i, robot in enumerate(self.robots):
             info = register(platform.rest_url, ADMIN_TOKEN, f"{task}-{seed}-{i}", task, robot)
             client = RobotClient(robot, info["robot_id"], info["token"], info["endpoint"])
@@ -69,19 +62,8 @@ class Cubes:
                 client.supervisor = OracleOperator(
                     robot, stall_steps=8, assist_steps=12, rescue_steps=15, max_steps=steps
                 )
-            self.clients.append(client)
-        self._stop = threading.Event()
-        self._runner = FleetRunner(self.clients)
-        self._thread = threading.Thread(target=self._runner.run, kwargs={"stop": self._stop}, daemon=True)
-
-    def __enter__(self) -> Cubes:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._runner.close()
+            clients.append(client)
+        super().__init__(clients)
 
     def acked(self) -> list:
         return [ep for c in self.clients for ep in c.episodes if ep.acked]

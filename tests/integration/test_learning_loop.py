@@ -13,16 +13,9 @@ import pytest
 import ray
 
 from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
-from tests.conftest import ADMIN_TOKEN
 from tests.integration.helpers import RunningFleet
 
 FLOW = "reach-flow"
-
-
-@pytest.fixture(scope="module")
-def api(platform):
-    with httpx.Client(base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

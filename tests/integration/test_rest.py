@@ -8,20 +8,12 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN
-
 REACH_BODY = {
     "name": "arm-1",
     "task": "reach",
     "observation_spec": {"state": {"shape": [10], "dtype": "float32"}},
     "action_spec": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
 }
-
-
-@pytest.fixture(scope="module")
-def api(platform):
-    with httpx.Client(base_url=platform.rest_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
-        yield c
 
 
 def test_register_list_get_delete(api, platform):
