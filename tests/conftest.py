@@ -52,6 +52,29 @@ def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:
     }
 
 
+def reacher_task(name: str, **fields) -> dict:
+    """A ``POST /v1/tasks`` body for a task Reacher-v5 robots can join: one replica, no CPU reserved, no
+    learner unless ``fields`` give one (``fields`` override any key of the task)."""
+    task = {
+        "name": name,
+        "observation": {"state": {"shape": [10], "dtype": "float32"}},
+        "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+        "chunk_len": 4,
+        "inference": {"replicas": 1, "num_cpus": 0},
+    }
+    return {"task": {**task, **fields}}
+
+
+def delete_task(api, name: str) -> dict:
+    """Delete a task a test created, its robots first: the rest of the session then does not share the two
+    cores with its learner and replicas. Returns the ``DELETE /v1/tasks/{task}`` answer."""
+    for robot in api.get("/v1/robots", params={"task": name}).json():
+        assert api.delete(f"/v1/robots/{robot['robot_id']}").status_code == 204
+    r = api.delete(f"/v1/tasks/{name}", timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -73,9 +96,10 @@ def platform(ray_session):
     os.environ["FLEETRL_TEST_ADMIN_TOKEN"] = ADMIN_TOKEN
     state_dir = tempfile.mkdtemp(prefix="fleetrl-test-")
     cfg = parse_config(platform_config_dict(state_dir, free_port(), free_port()), "test-config")
-    p = Platform(cfg).start()
-    yield p
-    p.stop()
+    yield Platform(cfg).start()
+    # No graceful Platform.stop() here: the e2e tests check it (`fleetrl run` and `serve` stop cleanly). The
+    # session's Ray goes down with every actor in it (ray_session), half a minute sooner than winding down
+    # one by one the learners the tests created.
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    config TEXT  -- a task created over REST: what re-creates it at the next start (NULL: the config file's)
 );
 CREATE TABLE IF NOT EXISTS robots (
     robot_id TEXT PRIMARY KEY,
@@ -57,17 +58,42 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(tasks)")}
+        if "config" not in columns:  # a registry written before tasks created over REST were kept
+            self._db.execute("ALTER TABLE tasks ADD COLUMN config TEXT")
 
     def ready(self) -> str:
         return str(self.path)
 
     # -- tasks ---------------------------------------------------------------------------------------
-    def upsert_task(self, name: str, spec: dict[str, Any]) -> None:
+    def upsert_task(self, name: str, spec: dict[str, Any], config: dict[str, Any] | None = None) -> None:
+        """``config``: what re-creates a task created at runtime; None for a task the config file defines
+        (the file wins over a runtime task of the same name)."""
         self._db.execute(
-            "INSERT INTO tasks(name, spec, created) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec",
-            (name, json.dumps(spec), time.time()),
+            "INSERT INTO tasks(name, spec, created, config) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET spec=excluded.spec, config=excluded.config",
+            (name, json.dumps(spec), time.time(), None if config is None else json.dumps(config)),
         )
+
+    def task_configs(self) -> dict[str, dict[str, Any] | None]:
+        """Every task by name, oldest first: the stored config of one created over REST, None for one the
+        config file defines. An actor that (re)starts serves these (see ``workers.task.registered_tasks``)."""
+        rows = self._db.execute("SELECT name, config FROM tasks ORDER BY created").fetchall()
+        return {r["name"]: None if r["config"] is None else json.loads(r["config"]) for r in rows}
+
+    def delete_task(self, name: str) -> None:
+        """Forget a task. Refused (``Conflict``, naming them) while robots are registered for it: their
+        records would point at nothing. The foreign key makes the check and the delete one step."""
+        try:
+            deleted = self._db.execute("DELETE FROM tasks WHERE name = ?", (name,)).rowcount
+        except sqlite3.IntegrityError:
+            robots = [r["robot_id"] for r in self.list_robots(name)]
+            raise Conflict(
+                f"task {name!r} has {len(robots)} registered robot(s) ({', '.join(robots[:10])}"
+                f"{', ...' if len(robots) > 10 else ''}): delete them first (DELETE /v1/robots/{{id}})"
+            ) from None
+        if deleted == 0:
+            raise NotFound(f"no task named {name!r}")
 
     def list_tasks(self) -> list[dict[str, Any]]:
         rows = self._db.execute(

@@ -250,6 +250,15 @@ def create_app(
             raise HTTPException(result["code"], result["error"])
         return result
 
+    @app.delete("/v1/tasks/{task}", tags=["tasks"], **admin(404, 409))
+    async def delete_task(task: str) -> dict[str, Any]:
+        """Stop serving and training a task: its replicas and learner go, its stored episodes stay. 409
+        while robots are registered for it (delete them first)."""
+        result = await tasks.delete.remote(task)
+        if not result.pop("ok"):
+            raise HTTPException(result["code"], result["error"])
+        return result
+
     @app.get("/v1/tasks/{task}", tags=["tasks"], **admin(404))
     async def get_task(task: str) -> dict[str, Any]:
         """The task's spec, algorithm, learner step, weight version and recent losses."""

@@ -24,7 +24,7 @@ from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.placement import ActorResources
 from fleetrl.workers.replay import Replay, ReplayConfig
 from fleetrl.workers.store import EpisodeStore
-from fleetrl.workers.task import TaskConfig
+from fleetrl.workers.task import TaskConfig, registered_tasks
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,10 @@ class DataServer:
         metrics: Any | None = None,
         critic: Any | None = None,
         scored_tasks: frozenset[str] = frozenset(),
+        registry: Any | None = None,
     ):
+        """``registry``: when given, the tasks served are the registry's (``registered_tasks``), so a data
+        server Ray restarts keeps the tasks created and deleted over REST since the platform started."""
         self.cfg = config
         self.critic, self.scored_tasks = critic, scored_tasks  # tasks whose rewards a learned critic gives
         self.metrics_server = metrics
@@ -72,8 +75,12 @@ class DataServer:
         self.task_replay_cfg: dict[str, ReplayConfig] = {}
         self.replays: dict[str, Replay] = {}
         self.failures: dict[str, FailureStates] = {}  # where each task's episodes fail (return-and-explore)
-        for t in tasks:
-            self._add_replay(t, config.tasks.get(t.name, config.replay))
+        self.removed: set[str] = set()  # deleted tasks: episodes still on their way are stored
+        served = [(t, None) for t in tasks]
+        if registry is not None:
+            served = registered_tasks(ray.get(registry.task_configs.remote()), tasks)
+        for t, replay in served:
+            self._add_replay(t, replay or config.tasks.get(t.name, config.replay))
         rebuilt = 0  # one pass over the store for every configured task
         for snapshot, episode in self.store.iter_episodes():
             replay = self.replays.get(episode.task)
@@ -93,13 +100,15 @@ class DataServer:
     def ingest(self, episode: Episode) -> dict[str, Any]:
         """Store (once) and add to replay; returns ``{stored, snapshot}`` once the episode is durable."""
         replay = self.replays.get(episode.task)
-        if replay is None:
+        if replay is None and episode.task not in self.removed:
             raise KeyError(f"no task named {episode.task!r} on this data server")
         if episode.task in self.scored_tasks and episode.source == "online":
             episode = ray.get(self.critic.score.remote(episode))  # rewards from the task's learned critic
         stored, snapshot = self.store.put(episode)
         labels = (episode.task,)
-        if stored:
+        if replay is None:  # its task was deleted while the episode was on its way: kept, not replayed
+            log.info("data server: episode %s of deleted task %s stored", episode.episode_id, episode.task)
+        elif stored:
             replay.add(episode, snapshot)
             self.failures[episode.task].add(episode)
             ended = episode.meta.get("gateway_end_time")
@@ -146,12 +155,23 @@ class DataServer:
     def add_task(self, task: TaskConfig, replay: ReplayConfig | None = None) -> None:
         """Keep and replay a task created at runtime (its stored episodes, if any, are replayed too)."""
         if task.name in self.tasks:
+            if self.tasks[task.name] == task:
+                return  # it was in the registry when this data server started
             raise ValueError(f"task {task.name!r} already exists on this data server")
         task_replay = self._add_replay(task, replay or self.cfg.replay)
         for snapshot, episode in self.store.iter_episodes(task.name):
             task_replay.add(episode, snapshot)
 
+    def remove_task(self, name: str) -> int:
+        """Stop replaying a deleted task. Its episodes stay on disk, and a task created again under the same
+        name replays them. Returns how many the store holds."""
+        for table in (self.tasks, self.task_replay_cfg, self.replays, self.failures):
+            table.pop(name, None)
+        self.removed.add(name)
+        return self.store.stats(name)["episodes"]
+
     def _add_replay(self, task: TaskConfig, cfg: ReplayConfig) -> Replay:
+        self.removed.discard(task.name)
         self.tasks[task.name], self.task_replay_cfg[task.name] = task, cfg
         self.replays[task.name] = Replay.from_config(cfg, chunk_len=task.chunk_len, seed=self.cfg.seed)
         self.failures[task.name] = FailureStates(task.name in self.scored_tasks, seed=self.cfg.seed)

@@ -34,7 +34,7 @@ from fleetrl.workers.logs import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.placement import ActorResources
 from fleetrl.workers.resets import ResetRequests
 from fleetrl.workers.scheduler import Dispatch, Scheduler
-from fleetrl.workers.task import TaskConfig
+from fleetrl.workers.task import TaskConfig, registered_tasks
 
 log = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -125,13 +125,16 @@ class Gateway(EpisodeIntake, ResetRequests):
         registry: Any,
         metrics: Any | None = None,
         data: Any | None = None,
+        weights: Any | None = None,
     ):
+        """``weights``: the weight board; when given, the tasks served are the registry's, with the replicas
+        the board knows, so a gateway Ray restarts keeps the tasks created and deleted over REST since the
+        platform started (a created task whose replicas are not registered yet arrives by ``add_task``)."""
         self.cfg = config
         self.node_ip = ray.util.get_node_ip_address()
         self.endpoint = config.public_endpoint(self.node_ip)  # what robots are told
         self.data = data  # data server (``ingest(episode)``); None: episodes are acked and dropped
         self.episodes_out = 0
-        self.tasks = {t.name: t for t in tasks}
         self.registry = registry
         self.metrics_server = metrics
         if metrics is not None:
@@ -141,7 +144,13 @@ class Gateway(EpisodeIntake, ResetRequests):
         self.scheduler = Scheduler()
         self.replicas: dict[str, Any] = {}
         self.replica_pool: dict[str, str] = {}
+        self.tasks: dict[str, TaskConfig] = {}
+        if weights is not None:
+            pools = {**ray.get(weights.pools.remote()), **replicas}
+            served = [t for t, _ in registered_tasks(ray.get(registry.task_configs.remote()), tasks)]
+            tasks, replicas = [t for t in served if t.name in pools], pools
         for task in tasks:
+            self.tasks[task.name] = task
             self._add_pool(task, replicas.get(task.name, []))
         self.robots: dict[str, RobotState] = {}
         self.by_ident: dict[bytes, str] = {}
@@ -187,6 +196,25 @@ class Gateway(EpisodeIntake, ResetRequests):
             self.replicas[rid] = handle
             self.replica_pool[rid] = task.name
             self.scheduler.add_replica(task.name, rid)
+
+    def remove_task(self, name: str) -> bool:
+        """Stop serving a deleted task: its robots' sessions end (open episodes aborted), what waits for
+        its replicas is dropped, and its pool and replicas are forgotten. False if it was not served."""
+
+        async def remove() -> bool:
+            if name not in self.tasks:
+                return False
+            for state in [s for s in self.robots.values() if s.task.name == name]:
+                del self.robots[state.robot_id]
+                self._go_offline(state)
+            dropped = self.scheduler.remove_pool(name)
+            for rid in [rid for rid, pool in self.replica_pool.items() if pool == name]:
+                del self.replicas[rid], self.replica_pool[rid]
+            del self.tasks[name]
+            log.info("gateway: task %s removed (%d observations dropped)", name, len(dropped))
+            return True
+
+        return self._call(remove())
 
     def revoke(self, robot_id: str) -> bool:
         """Drop a deleted robot's session now; its next frame is refused."""
@@ -385,27 +413,34 @@ class Gateway(EpisodeIntake, ResetRequests):
         messages = [item.payload[1] for item in d.items]
         batch = stack_observations(messages, keys)
         pins = self._pins(messages) if task.inference.reload == "episode" else None
-        call = self.replicas[d.replica].infer.remote(batch, pins)
+        handle = self.replicas[d.replica]
+        call = handle.infer.remote(batch, pins)
+        result, failure = None, None
         try:
             result = await asyncio.wait_for(
                 asyncio.wrap_future(call.future()), task.inference.batch_timeout_s
             )
-        except (*REPLICA_GONE, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
+            failure = exc
+        if self.replicas.get(d.replica) is not handle:
+            return  # the task was deleted while this batch ran (its robots went with it)
+        if isinstance(failure, (*REPLICA_GONE, TimeoutError)):
             self.metrics.inc("replica_failures_total", (d.pool,))
-            why = f"no answer in {task.inference.batch_timeout_s} s" if isinstance(exc, TimeoutError) else exc
+            timed_out = isinstance(failure, TimeoutError)
+            why = f"no answer in {task.inference.batch_timeout_s} s" if timed_out else failure
             log.warning(
                 "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, why, len(d.items)
             )
             self._start(self.scheduler.remove_replica(d.replica))
             self._loop.create_task(self._recover(d.replica))
             return
-        except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
-            log.exception("gateway: inference failed on %s", d.replica)
+        if failure is not None:
+            log.error("gateway: inference failed on %s", d.replica, exc_info=failure)
             _, more = self.scheduler.complete(d.replica)
             self._start(more)
             for item in d.items:
                 ident, msg, _ = item.payload
-                self._refuse(ident, "inference_failed", f"{type(exc).__name__}", msg.robot_id, msg.step)
+                self._refuse(ident, "inference_failed", type(failure).__name__, msg.robot_id, msg.step)
             return
         done, more = self.scheduler.complete(d.replica)
         self._start(more)
@@ -471,11 +506,16 @@ class Gateway(EpisodeIntake, ResetRequests):
     async def _recover(self, replica: str, attempts: int = 60) -> None:
         """Wait for Ray to restart a dead replica, then give it back to the scheduler."""
         for _ in range(attempts):
+            handle = self.replicas.get(replica)
+            if handle is None:
+                return  # its task was deleted meanwhile
             try:
-                await asyncio.wait_for(asyncio.wrap_future(self.replicas[replica].ready.remote().future()), 5)
+                await asyncio.wait_for(asyncio.wrap_future(handle.ready.remote().future()), 5)
             except Exception:  # noqa: BLE001 - still restarting (or gone for good)
                 await asyncio.sleep(0.5)
                 continue
+            if self.replicas.get(replica) is not handle:
+                return
             self._start(self.scheduler.add_replica(self.replica_pool[replica], replica))
             log.info("gateway: replica %s is back", replica)
             return
@@ -545,9 +585,9 @@ class Gateway(EpisodeIntake, ResetRequests):
                 log.warning("gateway: metrics server unreachable")
 
 
-def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics, data=None) -> Any:
+def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics, data=None, weights=None) -> Any:
     return (
         ray.remote(Gateway)
         .options(**config.ray_options("gateway"))
-        .remote(config, tasks, replicas, registry, metrics, data)
+        .remote(config, tasks, replicas, registry, metrics, data, weights)
     )

@@ -90,6 +90,19 @@ class Scheduler:
         p.idle[replica] = None
         return self._drain(pool, p)
 
+    def remove_pool(self, pool: str) -> list[Pending]:
+        """A task was deleted: forget its pool and replicas. Returns what was pending or in flight (the
+        caller refuses it); a batch still running completes into nothing (``owns`` is False for it)."""
+        p = self._pools.pop(pool, None)
+        if p is None:
+            raise KeyError(f"unknown pool {pool!r}; known: {sorted(self._pools)}")
+        for replica in (*p.idle, *p.busy):
+            del self._replica_pool[replica]
+        return [item for d in p.busy.values() for item in d.items] + list(p.queue)
+
+    def owns(self, replica: Hashable) -> bool:
+        return replica in self._replica_pool
+
     def remove_replica(self, replica: Hashable) -> list[Dispatch]:
         """A replica died or left: its in-flight batch goes back to the head of the queue, in order."""
         pool = self._replica_pool.pop(replica, None)

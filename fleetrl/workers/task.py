@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from functools import cached_property
@@ -13,6 +14,9 @@ from fleetrl.algorithms.demo_replay import DemoReplayConfig
 from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig, action_spec_problem
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
 from fleetrl.workers.placement import ActorResources
+from fleetrl.workers.replay import ReplayConfig
+
+log = logging.getLogger(__name__)
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_ARRAY_ELEMENTS = 2**24  # one observation or action entry (four 1024x1024 RGB cameras fit)
@@ -235,3 +239,40 @@ def spec_mismatch(
     if act.shape != task.action_spec.shape or act.dtype != task.action_spec.dtype:
         return f"action spec {action_spec} does not match task {task.name!r}: {task.public()['action_spec']}"
     return None
+
+
+# -- tasks created over REST, as the registry keeps them ----------------------------------------------
+def saved_task(task: TaskConfig, replay: ReplayConfig | None) -> dict[str, Any]:
+    """What the registry keeps of a task created over REST: enough to create it again."""
+    return {"task": task.model_dump(mode="json"), "replay": replay and replay.model_dump(mode="json")}
+
+
+def restore_saved(saved: dict[str, Any]) -> tuple[TaskConfig, ReplayConfig | None]:
+    """``saved_task``'s inverse; ValueError (a pydantic one included) when the stored config no longer
+    parses, e.g. after an upgrade changed a field."""
+    try:
+        task = TaskConfig.model_validate(saved["task"])
+        replay = saved.get("replay")
+        return task, None if replay is None else ReplayConfig.model_validate(replay)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a saved task: {exc!r}") from None
+
+
+def registered_tasks(
+    rows: dict[str, dict[str, Any] | None], configured: list[TaskConfig]
+) -> list[tuple[TaskConfig, ReplayConfig | None]]:
+    """The tasks an actor starting (or restarted by Ray) now serves, from the registry's
+    ``task_configs()``: the config file's tasks that were not deleted, then those created over REST (a
+    ``None`` replay: the data config's). A saved task that no longer parses is left out, with a warning."""
+    by_name = {t.name: t for t in configured}
+    tasks: list[tuple[TaskConfig, ReplayConfig | None]] = []
+    for name, saved in rows.items():
+        if saved is None:
+            if name in by_name:
+                tasks.append((by_name[name], None))
+            continue
+        try:
+            tasks.append(restore_saved(saved))
+        except ValueError as exc:
+            log.warning("task %s (created over REST) left out: its stored config is invalid: %s", name, exc)
+    return tasks

@@ -2,7 +2,9 @@
 
 The platform hands it the tasks from the config at boot (their replicas already wired into the gateway);
 ``POST /v1/tasks`` creates one at runtime: its inference pool, its replay on the data server, its pool on
-the gateway, its registry row and its learner. ``switch`` and ``describe`` serve the REST task routes.
+the gateway, its registry row (with the config that re-creates it at the next start) and its learner.
+``DELETE /v1/tasks/{task}`` takes all of that down again, keeping the task's stored episodes.
+``switch`` and ``describe`` serve the REST task routes.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any
 
 import ray
 
+from fleetrl.platform.registry import Conflict, NotFound
 from fleetrl.workers.inference import start_replicas
 from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.replay import ReplayConfig
-from fleetrl.workers.task import TaskConfig
+from fleetrl.workers.task import TaskConfig, saved_task
 from fleetrl.workers.trainer import start_learner
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ def root_cause(exc: BaseException) -> str:
 
 
 class TaskManager:
-    """Ray actor: ``ready``, ``adopt``, ``create``, ``config``, ``describe``, ``switch``, ``stop``."""
+    """Ray actor: ``ready``, ``adopt``, ``create``, ``delete``, ``config``, ``describe``, ``switch``, ``stop``."""
 
     def __init__(
         self, registry: Any, gateway: Any, data: Any, weights: Any, metrics: Any | None, learner_dir: str
@@ -73,13 +76,37 @@ class TaskManager:
         ray.get(self.weights.register.remote(task.name, replicas))
         ray.get(self.data.add_task.remote(task, replay))
         ray.get(self.gateway.add_task.remote(task, replicas))
-        ray.get(self.registry.upsert_task.remote(task.name, task.public()))
+        ray.get(self.registry.upsert_task.remote(task.name, task.public(), saved_task(task, replay)))
         self.tasks[task.name], self.replicas[task.name] = task, replicas
         self._start_learner(task)
         log.info(
             "task %s created (%d replicas, learner %s)", task.name, len(replicas), task.public()["algorithm"]
         )
         return {"ok": True, **self.describe(task.name)}
+
+    def delete(self, name: str) -> dict[str, Any]:
+        """Take a task down: refused (409) while robots are registered for it, 404 if unknown. The gateway
+        stops serving it first, then its learner stops (a last checkpoint), its replicas go, and the data
+        server stops replaying it; its stored episodes stay (a task created again under the name replays
+        them). A task from the config file comes back at the next start unless the file drops it."""
+        try:
+            ray.get(self.registry.delete_task.remote(name))  # checks for robots and deletes in one step
+        except Conflict as exc:
+            return {"ok": False, "code": 409, "error": str(getattr(exc, "cause", exc))}
+        except NotFound:
+            if name not in self.tasks:
+                return {"ok": False, "code": 404, "error": f"no task named {name!r}; tasks: {self.names()}"}
+        ray.get(self.gateway.remove_task.remote(name))
+        learner = self.learners.pop(name, None)
+        final = ray.get(learner.status.remote()) if learner is not None else None
+        stop_actors([learner], timeout=60, what="learner")
+        for r in self.replicas.pop(name, []):
+            ray.kill(r, no_restart=True)
+        ray.get(self.weights.unregister.remote(name))
+        kept = ray.get(self.data.remove_task.remote(name))
+        self.tasks.pop(name, None)
+        log.info("task %s deleted (%d stored episodes kept)", name, kept)
+        return {"ok": True, "task": name, "episodes_kept": kept, "learner": final}
 
     def _start_learner(self, task: TaskConfig) -> None:
         if task.learner is None:

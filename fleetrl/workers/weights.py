@@ -28,7 +28,8 @@ def to_torch_state(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 class WeightBoard:
-    """Ray actor: ``register(task, replicas)``, ``publish(task, version, state)``, ``latest(task)``."""
+    """Ray actor: ``register(task, replicas)``, ``unregister(task)``, ``pools()``, ``publish(task, version,
+    state)``, ``latest(task)``."""
 
     def __init__(self) -> None:
         self.replicas: dict[str, list[Any]] = {}
@@ -39,6 +40,16 @@ class WeightBoard:
 
     def register(self, task: str, replicas: list[Any]) -> None:
         self.replicas[task] = list(replicas)
+
+    def pools(self) -> dict[str, list[Any]]:
+        """Every task's replicas (a restarted gateway finds the pools of tasks created since boot here)."""
+        return self.replicas
+
+    def unregister(self, task: str) -> None:
+        """A deleted task: forget its replicas and weights (a task created again under the name may have
+        another architecture; its learner publishes anew)."""
+        self.replicas.pop(task, None)
+        self.newest.pop(task, None)
 
     def publish(self, task: str, version: int, state: dict[str, np.ndarray]) -> int:
         """Keep ``version`` as the task's newest and push it to the task's replicas (not waiting for them)."""

@@ -1,6 +1,7 @@
 """`fleetrl serve` on a running Ray cluster: attached with ``--address``, and submitted with ``ray job
 submit`` (Ray's job API, which sets RAY_ADDRESS). It prints the REST URL and the robot endpoint with the
 head's IP (the gateway binds 0.0.0.0), a robot registered at that URL gets actions, and Ctrl-C stops it.
+A task created over REST in the first run is served again by the second (same state folder).
 The cluster is ``ray.cluster_utils.Cluster``; this process only talks HTTP to it."""
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from fleetrl.robots.client import FleetRunner, RobotClient, register
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.net import free_port
+from tests.conftest import reacher_task
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "serve-on-cluster-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+EXTRA_TASK = reacher_task("reach-extra", chunk_len=2)  # created over REST while the first run serves
 
 
 def platform_yaml(tmp_path: Path) -> tuple[Path, int, int]:
@@ -59,10 +63,10 @@ def wait_line(proc: subprocess.Popen, pattern: str, timeout: float, seen: list[s
     raise AssertionError(f"no line matching {pattern!r}; output so far:\n{''.join(seen)}")
 
 
-def robot_gets_actions(api: str) -> None:
+def robot_gets_actions(api: str, task: str = "reach") -> None:
     """Register one Reacher at ``api`` and drive it until it has received action chunks."""
     robot = SimRobot("Reacher-v5", seed=0, control_hz=50.0)
-    info = register(api, TOKEN, f"remote-{time.monotonic_ns()}", "reach", robot)
+    info = register(api, TOKEN, f"remote-{time.monotonic_ns()}", task, robot)
     client = RobotClient(robot, info["robot_id"], info["token"], info["endpoint"])
     runner, stop = FleetRunner([client]), threading.Event()
     thread = threading.Thread(target=runner.run, kwargs={"stop": stop}, daemon=True)
@@ -110,6 +114,8 @@ def test_serve_attaches_to_a_running_cluster_and_runs_as_a_ray_job(tmp_path):
             assert api == f"http://127.0.0.1:{rest_port}"
             assert endpoint == f"tcp://{head_ip}:{gw_port}"  # 0.0.0.0 made concrete: the gateway node's IP
             robot_gets_actions(api)
+            created = httpx.post(f"{api}/v1/tasks", json=EXTRA_TASK, headers=AUTH, timeout=120)
+            assert created.status_code == 201, created.text
         finally:
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=120)
@@ -131,6 +137,9 @@ def test_serve_attaches_to_a_running_cluster_and_runs_as_a_ray_job(tmp_path):
                 time.sleep(1)
             assert httpx.get(f"http://127.0.0.1:{rest_port}/healthz").status_code == 200
             robot_gets_actions(f"http://127.0.0.1:{rest_port}")
+            extra = httpx.get(f"http://127.0.0.1:{rest_port}/v1/tasks/reach-extra", headers=AUTH)
+            assert extra.status_code == 200 and extra.json()["chunk_len"] == 2, extra.text  # restored
+            robot_gets_actions(f"http://127.0.0.1:{rest_port}", task="reach-extra")
         finally:
             jobs.stop_job(job)
             deadline = time.monotonic() + 60

@@ -5,26 +5,12 @@ other tests' data."""
 
 from __future__ import annotations
 
-import httpx
-
 from fleetrl.testing.gateway_fuzz import fuzz
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, reacher_task
 
 
-def test_fuzzed_frames_are_refused_or_served_and_nothing_bad_is_stored(platform):
-    task = {
-        "name": "fuzz",
-        "observation": {"state": {"shape": [10], "dtype": "float32"}},
-        "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
-        "chunk_len": 4,
-        "inference": {"replicas": 1, "num_cpus": 0},
-    }
-    r = httpx.post(
-        f"{platform.rest_url}/v1/tasks",
-        json={"task": task},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        timeout=120,
-    )
+def test_fuzzed_frames_are_refused_or_served_and_nothing_bad_is_stored(platform, api):
+    r = api.post("/v1/tasks", json=reacher_task("fuzz"), timeout=120)
     assert r.status_code == 201, r.text
     report = fuzz(platform, frames=900, seed=3, admin_token=ADMIN_TOKEN, task="fuzz")
     assert report["internal_refusals"] == 0 and not report["gateway_restarted"], report

@@ -16,7 +16,7 @@ from fleetrl.robots.client import RobotClient, register
 from fleetrl.robots.operator import OracleOperator
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.net import RawRobotSocket
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, delete_task
 from tests.integration.helpers import FleetThread
 
 CUBE = "cube-single-singletask-task1-v0"
@@ -44,7 +44,8 @@ def cube(api):
                "report_every_s": 0.3, "num_cpus": 0.25, "demo_replay": {"weight": 0.5, "batch_size": 16}}  # fmt: skip
     r = api.post("/v1/tasks", json=cube_task("cube-hil", learner=learner), timeout=120)
     assert r.status_code == 201, r.text
-    return "cube-hil"
+    yield "cube-hil"
+    delete_task(api, "cube-hil")  # its learner trains until then
 
 
 class Cubes(FleetThread):
@@ -207,3 +208,4 @@ def test_robots_return_to_recorded_failure_states(platform, api):
     time.sleep(2.5)  # the lease (1.5 s in the test config) runs out: the robot is offline
     r = api.post(reset, json={"state": "initial"})
     assert r.status_code == 409 and "not connected" in r.text
+    delete_task(api, task)

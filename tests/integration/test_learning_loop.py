@@ -13,6 +13,7 @@ import pytest
 import ray
 
 from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
+from tests.conftest import delete_task, reacher_task
 from tests.integration.helpers import RunningFleet
 
 FLOW = "reach-flow"
@@ -143,15 +144,7 @@ def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):
 
 
 def test_create_task_over_rest(api, platform):
-    body = {
-        "task": {
-            "name": "reach-new",
-            "observation": {"state": {"shape": [10], "dtype": "float32"}},
-            "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
-            "chunk_len": 2,
-            "inference": {"replicas": 1, "num_cpus": 0},
-        }
-    }
+    body = reacher_task("reach-new", chunk_len=2)
     r = api.post("/v1/tasks", json=body, timeout=120)
     assert r.status_code == 201, r.text
     assert r.json()["name"] == "reach-new" and r.json()["learner"] is None
@@ -172,23 +165,19 @@ def test_token_policy_ppo_runs_through_the_platform_on_a_bf16_backend(api, platf
     """A token_lm task created over REST, served by torch-fast (bf16) replicas and trained by PPO: the
     robots get template-decoded actions and the learner recomputes fp32 log-probs, which differ from the
     ones the backend reported (the ratio spread itself is measured in benchmarks/logprob_mismatch.py)."""
-    body = {
-        "task": {
-            "name": "reach-token",
-            "observation": {"state": {"shape": [10], "dtype": "float32"}},
-            "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
-            "chunk_len": 4,
-            "policy": {"family": "token_lm", "number_range": 10, "hidden_size": 32, "intermediate_size": 64},
-            "inference": {"replicas": 1, "num_cpus": 0, "backend": "torch-fast"},
-            "learner": {
-                "algorithm": "ppo",
-                "config": {"steps_per_update": 200, "epochs": 2, "batch_size": 32, "lr": 3e-4},
-                "publish_every": 1,
-                "num_cpus": 0.5,
-            },
-        }
-    }
+    body = reacher_task(
+        "reach-token",
+        policy={"family": "token_lm", "number_range": 10, "hidden_size": 32, "intermediate_size": 64},
+        inference={"replicas": 1, "num_cpus": 0, "backend": "torch-fast"},
+        learner={
+            "algorithm": "ppo",
+            "config": {"steps_per_update": 200, "epochs": 2, "batch_size": 32, "lr": 3e-4},
+            "publish_every": 1,
+            "num_cpus": 0.5,
+        },
+    )
     assert api.post("/v1/tasks", json=body, timeout=120).status_code == 201
+    learner = platform.learner("reach-token")
     with RunningFleet(platform, n=3, hz=100.0, seed=70, task="reach-token") as fleet:
         status = wait_status(api, "reach-token", lambda s: s["step"] >= 1, timeout=150, what="a PPO update")
         fleet.wait_for(
@@ -203,3 +192,8 @@ def test_token_policy_ppo_runs_through_the_platform_on_a_bf16_backend(api, platf
     assert np.isfinite([losses[k] for k in ("ratio_p01", "ratio_p99", "clip_fraction_first_epoch")]).all()
     levels = {round(float(a), 6) for c in fleet.clients for e in c.episodes for a in np.ravel(e.actions)}
     assert levels <= {round(n / 10, 6) for n in range(-10, 11)}  # only template numbers reach the robots
+    # Deleting the task stops its learner (after a last checkpoint) along with the rest of it.
+    deleted = delete_task(api, "reach-token")
+    assert deleted["learner"]["algorithm"] == "ppo" and deleted["learner"]["step"] >= 1
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(learner.status.remote(), timeout=30)

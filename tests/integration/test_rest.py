@@ -7,6 +7,10 @@ import time
 
 import httpx
 import pytest
+import ray
+
+from tests.conftest import delete_task, reacher_task
+from tests.integration.helpers import RunningFleet
 
 REACH_BODY = {
     "name": "arm-1",
@@ -153,3 +157,90 @@ def test_registry_survives_restart(tmp_path):
     assert again.get_robot(rec["robot_id"])["name"] == "a"
     assert again.verify(rec["robot_id"], rec["token"]) is not None
     assert again.verify(rec["robot_id"], rec["token"] + "x") is None
+
+
+def test_registry_keeps_runtime_task_configs_and_refuses_to_orphan_robots(tmp_path):
+    from fleetrl.platform.registry import Conflict, NotFound, Registry
+
+    old = sqlite3.connect(str(tmp_path / "r.sqlite"))  # a registry from before runtime tasks were kept
+    old.execute("CREATE TABLE tasks (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created REAL NOT NULL)")
+    old.execute("INSERT INTO tasks VALUES ('from-file', '{}', 0)")
+    old.commit()
+    old.close()
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.upsert_task("made-over-rest", {"chunk_len": 2}, {"task": {"name": "made-over-rest"}, "replay": None})
+    reg.upsert_task("later", {"chunk_len": 3}, {"task": {"name": "later"}, "replay": None})
+    configs = reg.task_configs()
+    assert list(configs) == ["from-file", "made-over-rest", "later"]  # oldest first
+    assert configs["from-file"] is None and configs["later"] == {"task": {"name": "later"}, "replay": None}
+    reg.upsert_task("later", {"chunk_len": 3})  # the config file now defines it: the file wins
+    assert reg.task_configs()["later"] is None
+    robot = reg.register_robot("a", "made-over-rest", {"state": {"shape": [1]}}, {"shape": [1]})
+    with pytest.raises(Conflict, match=robot["robot_id"]):
+        reg.delete_task("made-over-rest")
+    assert [t["name"] for t in reg.list_tasks()] == ["from-file", "later", "made-over-rest"]
+    reg.delete_robot(robot["robot_id"])
+    reg.delete_task("made-over-rest")
+    with pytest.raises(NotFound):
+        reg.delete_task("made-over-rest")
+    reg.stop()
+    assert [t["name"] for t in Registry(tmp_path / "r.sqlite").list_tasks()] == ["from-file", "later"]
+
+
+def test_a_deleted_task_is_taken_down_and_its_stored_episodes_replayed_when_created_again(api, platform):
+    # (that its learner stops too is checked where a learner has run: test_learning_loop's token-policy test)
+    assert api.post("/v1/tasks", json=reacher_task("reach-gone"), timeout=120).status_code == 201
+    with RunningFleet(platform, n=1, hz=100.0, seed=90, task="reach-gone") as fleet:
+        fleet.wait_for(
+            lambda: api.get("/v1/tasks/reach-gone/data").json()["episodes"] >= 2, 60, "two stored episodes"
+        )
+        [robot_id] = [c.robot_id for c in fleet.clients]
+        refused = api.delete("/v1/tasks/reach-gone")  # its robot is still registered (and working)
+        assert refused.status_code == 409 and robot_id in refused.json()["detail"], refused.text
+        assert api.get("/v1/tasks/reach-gone").status_code == 200  # nothing was taken down
+    stored = api.get("/v1/tasks/reach-gone/data").json()["episodes"]
+    assert api.delete(f"/v1/robots/{robot_id}").status_code == 204
+
+    r = api.delete("/v1/tasks/reach-gone", timeout=120)
+    assert r.status_code == 200, r.text
+    kept = r.json()["episodes_kept"]
+    assert kept >= stored and r.json()["learner"] is None  # (an episode may have been on its way)
+    assert api.get("/v1/tasks/reach-gone").status_code == 404
+    assert "reach-gone" not in [t["name"] for t in api.get("/v1/tasks").json()]
+    assert "reach-gone" not in ray.get(platform.gateway.stats.remote())["pools"]
+    assert api.post("/v1/robots", json={**REACH_BODY, "task": "reach-gone"}).status_code == 404
+    assert api.delete("/v1/tasks/reach-gone").status_code == 404
+
+    assert api.post("/v1/tasks", json=reacher_task("reach-gone"), timeout=120).status_code == 201
+    data = api.get("/v1/tasks/reach-gone/data").json()
+    assert data["episodes"] == kept and data["replay"]["online_transitions"] > 0  # replayed again
+    delete_task(api, "reach-gone")
+
+
+def test_tasks_created_and_deleted_over_rest_outlive_restarts_of_the_gateway_and_data_server(api, platform):
+    """Ray restarts an actor with its first constructor arguments (the config file's tasks): they take the
+    tasks to serve from the registry instead, so what was created or deleted since boot holds."""
+    for name in ("reach-kept", "reach-dropped"):
+        assert api.post("/v1/tasks", json=reacher_task(name), timeout=120).status_code == 201
+    delete_task(api, "reach-dropped")
+    ray.kill(platform.gateway, no_restart=False)
+    ray.kill(platform.data, no_restart=False)
+    for actor in (platform.gateway, platform.data):
+        deadline = time.monotonic() + 120
+        while True:  # calls fail fast (ActorUnavailableError) until Ray has restarted it
+            try:
+                ray.get(actor.ready.remote(), timeout=30)
+                break
+            except ray.exceptions.RayActorError:
+                assert time.monotonic() < deadline, "not restarted within 120 s"
+                time.sleep(0.5)
+    pools = ray.get(platform.gateway.stats.remote())["pools"]
+    assert "reach-kept" in pools and "reach-dropped" not in pools and "reach" in pools
+    with RunningFleet(platform, n=1, hz=100.0, seed=95, task="reach-kept") as fleet:
+        fleet.wait_for(
+            lambda: api.get("/v1/tasks/reach-kept/data").json()["replay"]["online_episodes"] >= 1,
+            60,
+            "an episode of the created task stored and replayed after the restarts",
+        )
+        assert fleet.total("replies") > 0
+    delete_task(api, "reach-kept")

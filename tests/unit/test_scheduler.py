@@ -318,6 +318,26 @@ def test_drop_removes_only_pending_items(clock):
     assert keys(s.complete("r1")[1][0]) == [("robot-b", 1)]
 
 
+def test_removed_pool_returns_its_work_and_leaves_other_pools_alone(clock):
+    s = make(clock, ["r1", "r2"], max_batch=2)
+    s.add_pool("cube", 2)
+    s.add_replica("cube", "c1")
+    for i in range(5):
+        s.submit("reach", ("robot-a", i), None)  # r1 and r2 take two each, one waits
+    s.submit("cube", ("robot-c", 0), None)
+    orphaned = s.remove_pool("reach")
+    assert sorted(i.key[1] for i in orphaned) == [0, 1, 2, 3, 4]  # in flight and pending alike
+    assert s.pools() == ["cube"] and not s.owns("r1") and not s.owns("r2") and s.owns("c1")
+    with pytest.raises(UnknownReplica):
+        s.complete("r1")  # its batch was still running: it completes into nothing
+    with pytest.raises(KeyError, match="reach"):
+        s.remove_pool("reach")
+    done, _ = s.complete("c1")
+    assert done.dispatch.items[0].key == ("robot-c", 0)
+    s.add_pool("reach", 2)  # the name can be used again
+    assert s.add_replica("reach", "r1") == []
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors.
 
