@@ -91,8 +91,8 @@ class Scheduler:
         return self._drain(pool, p)
 
     def remove_pool(self, pool: str) -> list[Pending]:
-        """A task was deleted: forget its pool and replicas. Returns what was pending or in flight (the
-        caller refuses it); a batch still running completes into nothing (``owns`` is False for it)."""
+        """A task was deleted: forget its pool and replicas. Returns what was pending or in flight (it goes
+        with the task); ``complete`` of a batch still running is then refused as an unknown replica."""
         p = self._pools.pop(pool, None)
         if p is None:
             raise KeyError(f"unknown pool {pool!r}; known: {sorted(self._pools)}")
@@ -101,6 +101,7 @@ class Scheduler:
         return [item for d in p.busy.values() for item in d.items] + list(p.queue)
 
     def owns(self, replica: Hashable) -> bool:
+        """Whether the replica belongs to a pool (a removed pool's replicas do not)."""
         return replica in self._replica_pool
 
     def remove_replica(self, replica: Hashable) -> list[Dispatch]:
