@@ -89,6 +89,13 @@ class Platform:
         self.registry = control_actor(Registry).remote(cfg.state_path / "registry.sqlite")
         self.metrics = control_actor(MetricsServer).remote()
         ray.get([self.registry.upsert_task.remote(t.name, t.public()) for t in cfg.tasks], timeout=timeout)
+        orphaned = ray.get(self.registry.forget_config_tasks.remote([t.name for t in cfg.tasks]))
+        if orphaned:
+            log.warning(
+                "tasks %s are no longer in the config but robots are registered for them: listed, not "
+                "served; delete those robots, then DELETE /v1/tasks/{task}",
+                orphaned,
+            )
         scored = frozenset(cfg.critic.learned())
         if scored:
             self.critic = (

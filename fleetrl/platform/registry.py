@@ -95,6 +95,18 @@ class Registry:
         if deleted == 0:
             raise NotFound(f"no task named {name!r}")
 
+    def forget_config_tasks(self, keep: list[str]) -> list[str]:
+        """At start: delete the rows of config-file tasks the config no longer has, except those robots
+        are still registered for. Returns those (listed, not served, until their robots are deleted)."""
+        rows = self._db.execute("SELECT name FROM tasks WHERE config IS NULL").fetchall()
+        orphaned = []
+        for name in sorted({r["name"] for r in rows} - set(keep)):
+            try:
+                self.delete_task(name)
+            except Conflict:
+                orphaned.append(name)
+        return orphaned
+
     def list_tasks(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT t.name, t.spec, (SELECT COUNT(*) FROM robots r WHERE r.task = t.name) AS robots "

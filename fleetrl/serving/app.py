@@ -233,7 +233,11 @@ def create_app(
 
     @app.get("/v1/tasks", tags=["tasks"], **admin())
     async def list_tasks() -> list[dict[str, Any]]:
-        return await registry.list_tasks.remote()
+        """Every registered task with its specs and number of robots; ``served`` is False for one listed
+        but not running (created over REST in an earlier run and not restored, or dropped from the config
+        while robots were still registered for it)."""
+        served = set(await tasks.names.remote())
+        return [{**t, "served": t["name"] in served} for t in await registry.list_tasks.remote()]
 
     @app.post(
         "/v1/tasks",

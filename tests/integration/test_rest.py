@@ -46,7 +46,7 @@ def test_tokens_are_stored_hashed(api, platform):
 def test_tasks_listed(api):
     tasks = api.get("/v1/tasks").json()
     reach = next(t for t in tasks if t["name"] == "reach")
-    assert reach["chunk_len"] == 4 and reach["action_spec"]["shape"] == [2]
+    assert reach["chunk_len"] == 4 and reach["action_spec"]["shape"] == [2] and reach["served"] is True
 
 
 @pytest.mark.parametrize(
@@ -183,8 +183,13 @@ def test_registry_keeps_runtime_task_configs_and_refuses_to_orphan_robots(tmp_pa
     reg.delete_task("made-over-rest")
     with pytest.raises(NotFound):
         reg.delete_task("made-over-rest")
+    # the next start's config has "later" only: "from-file" goes, unless a robot still points at it
+    kept = reg.register_robot("b", "from-file", {"state": {"shape": [1]}}, {"shape": [1]})
+    assert reg.forget_config_tasks(["later"]) == ["from-file"]
+    reg.delete_robot(kept["robot_id"])
+    assert reg.forget_config_tasks(["later"]) == []
     reg.stop()
-    assert [t["name"] for t in Registry(tmp_path / "r.sqlite").list_tasks()] == ["from-file", "later"]
+    assert [t["name"] for t in Registry(tmp_path / "r.sqlite").list_tasks()] == ["later"]
 
 
 def test_a_deleted_task_is_taken_down_and_its_stored_episodes_replayed_when_created_again(api, platform):
