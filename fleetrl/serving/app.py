@@ -236,7 +236,7 @@ def create_app(
         """Every registered task with its specs and number of robots; ``served`` is False for one listed
         but not running (created over REST in an earlier run and not restored, or dropped from the config
         while robots were still registered for it)."""
-        served = set(await tasks.names.remote())
+        served = set(await gateway.served_tasks.remote())  # not the task manager: it is busy during a create
         return [{**t, "served": t["name"] in served} for t in await registry.list_tasks.remote()]
 
     @app.post(

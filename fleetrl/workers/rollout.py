@@ -197,6 +197,14 @@ class Gateway(EpisodeIntake, ResetRequests):
             self.replica_pool[rid] = task.name
             self.scheduler.add_replica(task.name, rid)
 
+    def served_tasks(self) -> list[str]:
+        """The tasks robots can connect to now."""
+
+        async def names() -> list[str]:
+            return sorted(self.tasks)
+
+        return self._call(names())
+
     def remove_task(self, name: str) -> bool:
         """Stop serving a deleted task: its robots' sessions end (open episodes aborted), what waits for
         its replicas is dropped, and its pool and replicas are forgotten. False if it was not served."""
