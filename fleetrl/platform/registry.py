@@ -41,10 +41,6 @@ class NotFound(KeyError):
     pass
 
 
-class Conflict(ValueError):
-    pass
-
-
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -81,31 +77,23 @@ class Registry:
         rows = self._db.execute("SELECT name, config FROM tasks ORDER BY created").fetchall()
         return {r["name"]: None if r["config"] is None else json.loads(r["config"]) for r in rows}
 
-    def delete_task(self, name: str) -> None:
-        """Forget a task. Refused (``Conflict``, naming them) while robots are registered for it: their
-        records would point at nothing. The foreign key makes the check and the delete one step."""
+    def delete_task(self, name: str) -> list[str]:
+        """Forget a task, unless robots are registered for it (their records would point at nothing):
+        returns their ids, empty when the task was deleted. The foreign key makes the check and the delete
+        one step. ``NotFound`` if there is no such task."""
         try:
             deleted = self._db.execute("DELETE FROM tasks WHERE name = ?", (name,)).rowcount
         except sqlite3.IntegrityError:
-            robots = [r["robot_id"] for r in self.list_robots(name)]
-            raise Conflict(
-                f"task {name!r} has {len(robots)} registered robot(s) ({', '.join(robots[:10])}"
-                f"{', ...' if len(robots) > 10 else ''}): delete them first (DELETE /v1/robots/{{id}})"
-            ) from None
+            return [r["robot_id"] for r in self.list_robots(name)]
         if deleted == 0:
             raise NotFound(f"no task named {name!r}")
+        return []
 
     def forget_config_tasks(self, keep: list[str]) -> list[str]:
         """At start: delete the rows of config-file tasks the config no longer has, except those robots
         are still registered for. Returns those (listed, not served, until their robots are deleted)."""
         rows = self._db.execute("SELECT name FROM tasks WHERE config IS NULL").fetchall()
-        orphaned = []
-        for name in sorted({r["name"] for r in rows} - set(keep)):
-            try:
-                self.delete_task(name)
-            except Conflict:
-                orphaned.append(name)
-        return orphaned
+        return [name for name in sorted({r["name"] for r in rows} - set(keep)) if self.delete_task(name)]
 
     def list_tasks(self) -> list[dict[str, Any]]:
         rows = self._db.execute(

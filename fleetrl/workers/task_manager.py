@@ -14,7 +14,6 @@ from typing import Any
 
 import ray
 
-from fleetrl.platform.registry import Conflict, NotFound
 from fleetrl.workers.inference import start_replicas
 from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.replay import ReplayConfig
@@ -90,12 +89,19 @@ class TaskManager:
         server stops replaying it; its stored episodes stay (a task created again under the name replays
         them). A task from the config file comes back at the next start unless the file drops it."""
         try:
-            ray.get(self.registry.delete_task.remote(name))  # checks for robots and deletes in one step
-        except Conflict as exc:
-            return {"ok": False, "code": 409, "error": str(getattr(exc, "cause", exc))}
-        except NotFound:
+            robots = ray.get(self.registry.delete_task.remote(name))  # checks for robots, deletes: one step
+        except KeyError:  # not in the registry (a Ray error that is also the registry's NotFound)
             if name not in self.tasks:
                 return {"ok": False, "code": 404, "error": f"no task named {name!r}; tasks: {self.names()}"}
+            robots = []
+        if robots:
+            listed = ", ".join(robots[:10]) + (", ..." if len(robots) > 10 else "")
+            return {
+                "ok": False,
+                "code": 409,
+                "error": f"task {name!r} has {len(robots)} registered robot(s) ({listed}): delete them "
+                "first (DELETE /v1/robots/{id})",
+            }
         ray.get(self.gateway.remove_task.remote(name))
         learner = self.learners.pop(name, None)
         final = ray.get(learner.status.remote()) if learner is not None else None

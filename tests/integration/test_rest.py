@@ -160,7 +160,7 @@ def test_registry_survives_restart(tmp_path):
 
 
 def test_registry_keeps_runtime_task_configs_and_refuses_to_orphan_robots(tmp_path):
-    from fleetrl.platform.registry import Conflict, NotFound, Registry
+    from fleetrl.platform.registry import NotFound, Registry
 
     old = sqlite3.connect(str(tmp_path / "r.sqlite"))  # a registry from before runtime tasks were kept
     old.execute("CREATE TABLE tasks (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created REAL NOT NULL)")
@@ -176,11 +176,10 @@ def test_registry_keeps_runtime_task_configs_and_refuses_to_orphan_robots(tmp_pa
     reg.upsert_task("later", {"chunk_len": 3})  # the config file now defines it: the file wins
     assert reg.task_configs()["later"] is None
     robot = reg.register_robot("a", "made-over-rest", {"state": {"shape": [1]}}, {"shape": [1]})
-    with pytest.raises(Conflict, match=robot["robot_id"]):
-        reg.delete_task("made-over-rest")
+    assert reg.delete_task("made-over-rest") == [robot["robot_id"]]  # refused: it would orphan the robot
     assert [t["name"] for t in reg.list_tasks()] == ["from-file", "later", "made-over-rest"]
     reg.delete_robot(robot["robot_id"])
-    reg.delete_task("made-over-rest")
+    assert reg.delete_task("made-over-rest") == []
     with pytest.raises(NotFound):
         reg.delete_task("made-over-rest")
     # the next start's config has "later" only: "from-file" goes, unless a robot still points at it
