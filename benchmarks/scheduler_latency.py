@@ -42,8 +42,9 @@ from fleetrl.robots import protocol as P
 from fleetrl.robots.client import FleetRunner, RobotClient, deregister, register
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.net import free_port
+from fleetrl.workers.dispatch import stack_observations
 from fleetrl.workers.inference import InferenceReplica
-from fleetrl.workers.rollout import Gateway, GatewayConfig, stack_observations
+from fleetrl.workers.rollout import Gateway, GatewayConfig
 from fleetrl.workers.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
