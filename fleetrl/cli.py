@@ -379,6 +379,13 @@ def cmd_demos_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a running platform's REST API is, and the admin token for it (read by ``_admin_token``)."""
+    parser.add_argument("--api", required=True, help="REST base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--token", default=None, help="admin token (default: from --token-env)")
+    parser.add_argument("--token-env", default="FLEETRL_ADMIN_TOKEN", help="env var holding the admin token")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetrl", description="Asynchronous real-world RL across a robot fleet."
@@ -408,9 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     robot.add_argument("--sim", required=True, help="gymnasium env id, e.g. Reacher-v5")
     robot.add_argument("--n", type=int, default=1, help="number of robots (one process)")
     robot.add_argument("--task", required=True, help="task to register for")
-    robot.add_argument("--api", required=True, help="REST base URL, e.g. http://127.0.0.1:8000")
-    robot.add_argument("--token", default=None, help="admin token (default: from --token-env)")
-    robot.add_argument("--token-env", default="FLEETRL_ADMIN_TOKEN", help="env var holding the admin token")
+    add_api_arguments(robot)
     robot.add_argument("--hz", type=float, default=None, help="control rate (default: the preset's)")
     robot.add_argument("--seed", type=int, default=0)
     robot.add_argument("--name", default=None, help="robot name prefix")
@@ -439,10 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = dsub.add_parser("import", help="import a demo folder into a running platform's task")
     imp.add_argument("path", help="folder readable by the data server")
     imp.add_argument("--task", required=True)
-    imp.add_argument("--api", required=True, help="REST base URL")
     imp.add_argument("--format", choices=["fleetrl", "lerobot"], default="fleetrl")
-    imp.add_argument("--token", default=None, help="admin token (default: from --token-env)")
-    imp.add_argument("--token-env", default="FLEETRL_ADMIN_TOKEN")
+    add_api_arguments(imp)
     imp.set_defaults(func=cmd_demos_import)
 
     exp = dsub.add_parser("export", help="write a store's episodes of a task as a LeRobot v3.0 dataset")

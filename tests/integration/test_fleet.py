@@ -43,7 +43,9 @@ def test_robots_get_action_chunks_asynchronously(platform):
     for c in fleet.clients:
         assert c.counters["replies"] > 5 and c.counters["errors"] == 0
         for ep in c.episodes:
-            assert len(ep.steps) == 50  # Reacher's time limit; held steps count (the robot holds position)
+            # Reacher's time limit (held steps count: the robot holds position), unless the fingertip came
+            # within 2 cm of the target first (the preset's success, which ends the episode)
+            assert len(ep.steps) == 50 or (ep.outcome == "success" and len(ep.steps) < 50), ep.outcome
             executed = [s for s in ep.steps if not s.held]
             # Every executed action came from a policy version of a reach replica, conditioned on an
             # earlier observation.
