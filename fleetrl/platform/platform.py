@@ -49,9 +49,11 @@ def resolve_admin_token(cfg: PlatformConfig) -> str:
     return token
 
 
-def control_actor(cls: type, max_restarts: int = -1) -> Any:
+def control_actor(cls: type, max_restarts: int = -1, **options: Any) -> Any:
     """The platform's bookkeeping actors (no CPU of their own) live on the driver's node, the head."""
-    return ray.remote(cls).options(num_cpus=0, max_restarts=max_restarts, scheduling_strategy=on_this_node())
+    return ray.remote(cls).options(
+        num_cpus=0, max_restarts=max_restarts, scheduling_strategy=on_this_node(), **options
+    )
 
 
 class Platform:
@@ -119,9 +121,9 @@ class Platform:
         pending = [self.gateway.ready.remote(), self.metrics.ready.remote(), self.data.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
         gateway_info, *_ = ray.get(pending, timeout=timeout)
-        self.tasks = control_actor(TaskManager, max_restarts=0).remote(
-            self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path
-        )
+        self.tasks = control_actor(
+            TaskManager, max_restarts=0, max_concurrency=TaskManager.MAX_CONCURRENCY
+        ).remote(self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path)
         ray.get([self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks], timeout=timeout)
         self._restore_runtime_tasks()
         self.endpoint = gateway_info["endpoint"]

@@ -266,8 +266,11 @@ def create_app(
     @app.get("/v1/tasks/{task}", tags=["tasks"], **admin(404))
     async def get_task(task: str) -> dict[str, Any]:
         """The task's spec, algorithm, learner step, weight version and recent losses."""
-        await task_config(task)
-        return await tasks.describe.remote(task)
+        described = await tasks.describe.remote(task)
+        if described is None:
+            await task_config(task)  # the 404, naming the tasks there are
+            raise HTTPException(404, f"task {task!r} was deleted meanwhile")
+        return described
 
     @app.put(
         "/v1/tasks/{task}/algorithm",

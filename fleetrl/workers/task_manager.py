@@ -5,11 +5,17 @@ The platform hands it the tasks from the config at boot (their replicas already 
 the gateway, its registry row (with the config that re-creates it at the next start) and its learner.
 ``DELETE /v1/tasks/{task}`` takes all of that down again, keeping the task's stored episodes.
 ``switch`` and ``describe`` serve the REST task routes.
+
+The actor is threaded (``MAX_CONCURRENCY``): a creation waits for its replicas and a deletion for its
+learner's last checkpoint, and neither should hold up the other tasks' calls. A name being created or
+deleted is reserved (a second call on it is refused with 409), and a task becomes visible only once all of
+its actors run.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import ray
@@ -33,6 +39,8 @@ def root_cause(exc: BaseException) -> str:
 class TaskManager:
     """Ray actor: ``ready``, ``adopt``, ``create``, ``delete``, ``config``, ``describe``, ``switch``, ``stop``."""
 
+    MAX_CONCURRENCY = 8
+
     def __init__(
         self, registry: Any, gateway: Any, data: Any, weights: Any, metrics: Any | None, learner_dir: str
     ):
@@ -41,6 +49,18 @@ class TaskManager:
         self.tasks: dict[str, TaskConfig] = {}
         self.replicas: dict[str, list[Any]] = {}
         self.learners: dict[str, Any] = {}
+        self._lock = threading.Lock()  # guards the name reservations and the check-then-act on the tables
+        self._busy: set[str] = set()  # names being created or deleted
+
+    def _reserve(self, name: str, creating: bool) -> dict[str, Any] | None:
+        """Claim ``name`` for one creation or deletion; the refusal if it cannot be claimed."""
+        with self._lock:
+            if name in self._busy:
+                return {"ok": False, "code": 409, "error": f"task {name!r} is being created or deleted"}
+            if creating and name in self.tasks:
+                return {"ok": False, "code": 409, "error": f"task {name!r} already exists"}
+            self._busy.add(name)
+        return None
 
     def ready(self) -> list[str]:
         return sorted(self.tasks)
@@ -54,8 +74,16 @@ class TaskManager:
         """Start a new task's actors. ``{"ok": False, "code", "error"}`` if refused: 409 when the name is
         taken, 422 when its replicas cannot build the policy, 503 when they do not start within
         ``timeout`` (no node has the resources they ask for); nothing of the task is left behind then."""
-        if task.name in self.tasks:
-            return {"ok": False, "code": 409, "error": f"task {task.name!r} already exists"}
+        refused = self._reserve(task.name, creating=True)
+        if refused:
+            return refused
+        try:
+            return self._create(task, replay, timeout)
+        finally:
+            with self._lock:
+                self._busy.discard(task.name)
+
+    def _create(self, task: TaskConfig, replay: ReplayConfig | None, timeout: float) -> dict[str, Any]:
         replicas = start_replicas(task, self.metrics, self.weights)
         try:
             ray.get([r.ready.remote() for r in replicas], timeout=timeout)
@@ -76,8 +104,9 @@ class TaskManager:
         ray.get(self.data.add_task.remote(task, replay))
         ray.get(self.gateway.add_task.remote(task, replicas))
         ray.get(self.registry.upsert_task.remote(task.name, task.public(), saved_task(task, replay)))
-        self.tasks[task.name], self.replicas[task.name] = task, replicas
         self._start_learner(task)
+        self.replicas[task.name] = replicas
+        self.tasks[task.name] = task  # last: from here on the task manager's callers see the task
         log.info(
             "task %s created (%d replicas, learner %s)", task.name, len(replicas), task.public()["algorithm"]
         )
@@ -88,6 +117,16 @@ class TaskManager:
         stops serving it first, then its learner stops (a last checkpoint), its replicas go, and the data
         server stops replaying it; its stored episodes stay (a task created again under the name replays
         them). A task from the config file comes back at the next start unless the file drops it."""
+        refused = self._reserve(name, creating=False)
+        if refused:
+            return refused
+        try:
+            return self._delete(name)
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+
+    def _delete(self, name: str) -> dict[str, Any]:
         try:
             robots = ray.get(self.registry.delete_task.remote(name))  # checks for robots, deletes: one step
         except KeyError:  # not in the registry (a Ray error that is also the registry's NotFound)
@@ -102,15 +141,16 @@ class TaskManager:
                 "error": f"task {name!r} has {len(robots)} registered robot(s) ({listed}): delete them "
                 "first (DELETE /v1/robots/{id})",
             }
+        with self._lock:  # first: from here on the task manager's callers no longer see the task
+            self.tasks.pop(name, None)
+            learner, replicas = self.learners.pop(name, None), self.replicas.pop(name, [])
         ray.get(self.gateway.remove_task.remote(name))
-        learner = self.learners.pop(name, None)
         final = ray.get(learner.status.remote()) if learner is not None else None
         stop_actors([learner], timeout=60, what="learner")
-        for r in self.replicas.pop(name, []):
+        for r in replicas:
             ray.kill(r, no_restart=True)
         ray.get(self.weights.unregister.remote(name))
         kept = ray.get(self.data.remove_task.remote(name))
-        self.tasks.pop(name, None)
         log.info("task %s deleted (%d stored episodes kept)", name, kept)
         return {"ok": True, "task": name, "episodes_kept": kept, "learner": final}
 
@@ -128,12 +168,17 @@ class TaskManager:
     def names(self) -> list[str]:
         return sorted(self.tasks)
 
-    def describe(self, name: str) -> dict[str, Any]:
-        """The task's public spec, its learner's status and the weight version the fleet serves."""
-        task = self.tasks[name]
-        learner = self.learners.get(name)
+    def describe(self, name: str) -> dict[str, Any] | None:
+        """The task's public spec, its learner's status and the weight version the fleet serves (None for
+        an unknown task, or one deleted meanwhile)."""
+        task, learner = self.tasks.get(name), self.learners.get(name)
+        if task is None:
+            return None
         newest = ray.get(self.weights.latest.remote(name))
-        status = ray.get(learner.status.remote()) if learner is not None else None
+        try:
+            status = ray.get(learner.status.remote()) if learner is not None else None
+        except ray.exceptions.RayActorError:
+            return None  # its task is being deleted
         return {
             **task.public(),
             "algorithm": status["algorithm"] if status else None,
@@ -149,19 +194,29 @@ class TaskManager:
         learner = self.learners.get(name)
         if learner is None:
             return {"ok": False, "code": 409, "error": f"task {name!r} has no learner (its config has none)"}
-        return ray.get(learner.switch.remote(algorithm, config))
+        try:
+            return ray.get(learner.switch.remote(algorithm, config))
+        except ray.exceptions.RayActorError:
+            return {"ok": False, "code": 404, "error": f"task {name!r} was deleted meanwhile"}
 
     def learners_status(self) -> dict[str, dict[str, Any]]:
-        """Every learner's status (for the live view), by task."""
-        names = list(self.learners)
-        return dict(zip(names, ray.get([self.learners[n].status.remote() for n in names]), strict=True))
+        """Every learner's status (for the live view), by task; one being deleted meanwhile is left out."""
+        learners = dict(self.learners)
+        refs = {name: learner.status.remote() for name, learner in learners.items()}
+        statuses = {}
+        for name, ref in refs.items():
+            try:
+                statuses[name] = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                continue
+        return statuses
 
     def learner(self, name: str) -> Any:
         return self.learners.get(name)
 
     def stop(self) -> None:
         """Every learner winds down at once (each ends its Ray Train run), then the replicas go."""
-        stop_actors(self.learners.values(), timeout=60, what="learner")
-        for replicas in self.replicas.values():
+        stop_actors(list(self.learners.values()), timeout=60, what="learner")
+        for replicas in list(self.replicas.values()):
             for r in replicas:
                 ray.kill(r, no_restart=True)

@@ -248,3 +248,36 @@ def test_tasks_created_and_deleted_over_rest_outlive_restarts_of_the_gateway_and
         )
         assert fleet.total("replies") > 0
     delete_task(api, "reach-kept")
+
+
+def test_other_tasks_are_answered_while_a_task_is_being_created(api, platform):
+    """The task manager is threaded: a creation, which waits for its replicas to start, holds up neither
+    the other tasks' calls nor the refusal of a second creation under the same name."""
+    import threading
+
+    created: dict[str, float | httpx.Response] = {}
+
+    def create() -> None:
+        created["sent"] = time.monotonic()
+        created["response"] = httpx.post(
+            f"{platform.rest_url}/v1/tasks",
+            json=reacher_task("reach-slow"),
+            headers=api.headers,
+            timeout=120,
+        )
+        created["answered"] = time.monotonic()
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    time.sleep(0.5)  # the creation has reached the task manager and is starting its replica
+    same_name = api.post("/v1/tasks", json=reacher_task("reach-slow"))
+    answered = []  # when each call about another task came back
+    while thread.is_alive():
+        assert api.get("/v1/tasks/reach").status_code == 200
+        answered.append(time.monotonic())
+    thread.join()
+    assert created["response"].status_code == 201, created["response"].text
+    assert same_name.status_code == 409, same_name.text
+    during = [t for t in answered if created["sent"] + 0.5 < t < created["answered"]]
+    assert len(during) >= 3, (len(answered), created["answered"] - created["sent"])  # not queued behind it
+    delete_task(api, "reach-slow")
