@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 
 import httpx
@@ -253,8 +254,6 @@ def test_tasks_created_and_deleted_over_rest_outlive_restarts_of_the_gateway_and
 def test_other_tasks_are_answered_while_a_task_is_being_created(api, platform):
     """The task manager is threaded: a creation, which waits for its replicas to start, holds up neither
     the other tasks' calls nor the refusal of a second creation under the same name."""
-    import threading
-
     created: dict[str, float | httpx.Response] = {}
 
     def create() -> None:
