@@ -42,9 +42,9 @@ from fleetrl.platform.platform import Platform
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, deregister, register
 from fleetrl.robots.sim import SimRobot
-from fleetrl.workers.data import default_root
-from fleetrl.workers.replay import Replay
-from fleetrl.workers.store import EpisodeStore
+from fleetrl.workers.data.replay import Replay
+from fleetrl.workers.data.server import default_root
+from fleetrl.workers.data.store import EpisodeStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "reach"

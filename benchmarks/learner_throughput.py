@@ -45,7 +45,7 @@ from fleetrl.platform.platform import Platform
 from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import rollout_episodes
-from fleetrl.workers.replay import Replay
+from fleetrl.workers.data.replay import Replay
 from fleetrl.workers.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,7 +48,8 @@ from fleetrl.robots.demos import collect_oracle_demos
 from fleetrl.robots.sim import SimRobot, run_sim_fleet
 from fleetrl.testing.plain_loop import evaluate, rollout_episodes
 from fleetrl.testing.plain_ppo import train_plain_ppo
-from fleetrl.workers.replay import Replay, ReplayConfig
+from fleetrl.workers.data.replay import Replay
+from fleetrl.workers.task import ReplayConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 REACHER, CUBE = "Reacher-v5", "cube-single-singletask-task1-v0"

@@ -42,9 +42,10 @@ from fleetrl.robots import protocol as P
 from fleetrl.robots.client import FleetRunner, RobotClient, deregister, register
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.net import free_port
-from fleetrl.workers.dispatch import stack_observations
-from fleetrl.workers.inference import InferenceReplica
-from fleetrl.workers.rollout import Gateway, GatewayConfig
+from fleetrl.workers.gateway.actor import Gateway
+from fleetrl.workers.gateway.dispatch import stack_observations
+from fleetrl.workers.gateway.session import GatewayConfig
+from fleetrl.workers.inference.replica import InferenceReplica
 from fleetrl.workers.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent

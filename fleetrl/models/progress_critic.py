@@ -2,7 +2,7 @@
 
 ``delta`` in [-1, 1] says how far ``o_j`` advanced the task relative to ``o_i`` (positive: closer to
 completion; the training label is the fraction of the remaining work done, see
-``fleetrl.algorithms.progress``); ``done`` is a logit that ``o_j`` completes the task. One critic serves
+``fleetrl.scoring.progress``); ``done`` is a logit that ``o_j`` completes the task. One critic serves
 several tasks through a learned task embedding (the VLAC prompt's role), so it can also learn to answer
 "no progress" when an episode is paired with a task it does not belong to.
 

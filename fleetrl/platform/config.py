@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fleetrl.serving.deployment import RestConfig
 from fleetrl.workers.critic import CriticConfig
-from fleetrl.workers.data import DataConfig
-from fleetrl.workers.rollout import GatewayConfig
+from fleetrl.workers.data.server import DataConfig
+from fleetrl.workers.gateway.session import GatewayConfig
 from fleetrl.workers.task import NAME_RE, TaskConfig
 
 

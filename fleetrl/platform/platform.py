@@ -20,12 +20,12 @@ from fleetrl.platform.config import PlatformConfig
 from fleetrl.platform.registry import Registry
 from fleetrl.serving.deployment import deploy_rest, undeploy_rest
 from fleetrl.workers.critic import CriticServer
-from fleetrl.workers.data import DataServer, default_root
-from fleetrl.workers.inference import start_replicas
+from fleetrl.workers.data.server import DataServer, default_root
+from fleetrl.workers.gateway.actor import start_gateway
+from fleetrl.workers.inference.replica import start_replicas
 from fleetrl.workers.lifecycle import stop_actors
-from fleetrl.workers.logs import MetricsServer
+from fleetrl.workers.metrics_server import MetricsServer
 from fleetrl.workers.placement import on_this_node
-from fleetrl.workers.rollout import start_gateway
 from fleetrl.workers.task import restore_saved
 from fleetrl.workers.task_manager import TaskManager
 from fleetrl.workers.weights import WeightBoard

@@ -15,8 +15,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fleetrl.workers.replay import ReplayConfig
-from fleetrl.workers.task import NAME_RE, ArraySpecConfig, TaskConfig, spec_mismatch
+from fleetrl.workers.task import NAME_RE, ArraySpecConfig, ReplayConfig, TaskConfig, spec_mismatch
 
 from .auth import AdminAuth
 from .console import add_console

@@ -24,7 +24,7 @@ from fleetrl.models.policies import PolicyConfig, build_policy
 from fleetrl.robots.episode import Episode
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import rollout_episodes, summarize
-from fleetrl.workers.backends import InferenceBackend, build_backend
+from fleetrl.workers.inference.backends import InferenceBackend, build_backend
 from fleetrl.workers.weights import to_numpy_state
 
 

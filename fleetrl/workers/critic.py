@@ -17,10 +17,10 @@ import ray
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetrl.algorithms.progress import ProgressRewarder, predict_deltas, predict_done
 from fleetrl.models.progress_critic import ProgressCritic
 from fleetrl.robots.episode import Episode
-from fleetrl.workers.logs import RemoteLogHandler
+from fleetrl.scoring.progress import ProgressRewarder, predict_deltas, predict_done
+from fleetrl.workers.metrics_server import RemoteLogHandler
 from fleetrl.workers.placement import ActorResources
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from fleetrl.algorithms.demo_replay import DemoReplayConfig
 from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig, action_spec_problem
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
 from fleetrl.workers.placement import ActorResources
-from fleetrl.workers.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +153,28 @@ class ReturnAndExploreConfig(BaseModel):
         description="Chance that a robot's next episode starts from a recorded failure state (sampled by "
         "the data server) instead of its usual reset; 0 turns it off.",
     )
+
+
+class ReplayConfig(BaseModel):
+    """Replay settings of one task (the chunk length comes from the task's action spec)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gamma: float = Field(0.99, gt=0.0, le=1.0, description="Per-step discount.")
+    offline_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Share of each batch from offline data.")
+    capacity: int = Field(1_000_000, gt=0, description="Online rows (steps + 1 per episode) kept; FIFO.")
+    robot_alpha: float = Field(0.0, ge=0.0, description="Dynamic-sampling exponent; 0 = uniform.")
+    robot_eps: float = Field(0.05, ge=0.0, description="Keeps robots at 100% success sampled.")
+    robot_window: int = Field(
+        50, gt=0, description="Recent labelled episodes per robot for its success rate."
+    )
+    reward: str = Field(
+        "env", pattern="^(env|sparse|aloe)$", description="Reward scheme (workers/data/rewards.py)."
+    )
+    c_fail: float = Field(
+        100.0, ge=0.0, description="ALOE failure penalty; ALOE uses the mean episode length."
+    )
+    recent_episodes: int = Field(256, gt=0, description="Online episodes kept whole for on-policy learners.")
 
 
 class TaskConfig(BaseModel):

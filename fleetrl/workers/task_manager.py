@@ -20,11 +20,10 @@ from typing import Any
 
 import ray
 
-from fleetrl.workers.inference import start_replicas
+from fleetrl.workers.inference.replica import start_replicas
+from fleetrl.workers.learning.learner import start_learner
 from fleetrl.workers.lifecycle import stop_actors
-from fleetrl.workers.replay import ReplayConfig
-from fleetrl.workers.task import TaskConfig, saved_task
-from fleetrl.workers.trainer import start_learner
+from fleetrl.workers.task import ReplayConfig, TaskConfig, saved_task
 
 log = logging.getLogger(__name__)
 

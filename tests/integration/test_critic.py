@@ -12,8 +12,8 @@ from fleetrl.cli import main
 from fleetrl.robots.demos import RandomPolicy, collect_scripted_demos, reacher_reach_policy
 from fleetrl.robots.protocol import ArraySpec
 from fleetrl.workers.critic import CriticConfig, CriticServer
-from fleetrl.workers.data import DataConfig, DataServer
-from fleetrl.workers.store import EpisodeStore
+from fleetrl.workers.data.server import DataConfig, DataServer
+from fleetrl.workers.data.store import EpisodeStore
 from fleetrl.workers.task import TaskConfig
 
 

@@ -106,7 +106,7 @@ def test_demo_import_over_rest_is_all_or_nothing(platform, tmp_path):
     import httpx
 
     from fleetrl.testing.episodes import synthetic_episode
-    from fleetrl.workers.store import EpisodeStore
+    from fleetrl.workers.data.store import EpisodeStore
     from tests.conftest import ADMIN_TOKEN
 
     spec = {"state": ((10,), "float32")}

@@ -8,7 +8,7 @@ import sys
 
 from fleetrl.cli import main
 from fleetrl.testing.episodes import synthetic_episode
-from fleetrl.workers.store import EpisodeStore
+from fleetrl.workers.data.store import EpisodeStore
 from tests.conftest import ADMIN_TOKEN
 
 
@@ -52,7 +52,7 @@ def test_collect_with_a_scripted_policy(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 episodes (3 successful" in r.stdout
     # ... and exported as a LeRobot v3.0 dataset that the LeRobot importer reads back.
-    from fleetrl.workers.importers import import_lerobot
+    from fleetrl.workers.data.importers import import_lerobot
     from fleetrl.workers.task import TaskConfig
 
     out = tmp_path / "lerobot"

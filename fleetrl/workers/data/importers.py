@@ -1,0 +1,427 @@
+"""Offline data import: folders of our own episode files and LeRobot datasets (v2.x, v3.0) -> ``Episode``s.
+
+Both readers return every episode of the source or raise ``DatasetImportError`` (a ``ValueError`` whose
+message names the file and what is wrong) before returning any: nothing is half-imported. The caller
+stores the result, e.g. with ``import_into_store``. numpy/pyarrow/pydantic only (no Ray, no torch).
+
+LeRobot layout (read from huggingface/lerobot ``datasets/utils.py``, ``dataset_writer.py`` and
+``scripts/convert_dataset_v21_to_v30.py``; this is our own reader, not their code):
+
+* ``meta/info.json``: ``codebase_version`` ("v2.0", "v2.1", "v3.0"), ``fps``, ``features`` (name ->
+  ``{dtype, shape, names}``; ``dtype`` "image"/"video" for cameras), ``data_path`` (a ``str.format``
+  template), ``total_episodes``, ``total_frames``, ``chunks_size``, ``robot_type``.
+* v2.x: one Parquet file per episode, ``data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet``
+  (chunk = episode_index // chunks_size). v3.0: many episodes per file,
+  ``data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet``; an episode's rows sit in one file
+  (``meta/episodes/`` records one data chunk/file per episode). Both are read the same way here: every
+  file matching ``data_path`` (placeholders as wildcards) is split by its ``episode_index`` column.
+* Columns: one per non-video feature; ``timestamp`` (float32, s), ``frame_index``, ``episode_index``,
+  ``index``, ``task_index`` (int64) always; shape ``(1,)`` features are plain columns, ``(n,)`` lists,
+  higher ranks nested lists. RL datasets add ``next.reward`` (float32), ``next.done`` and
+  ``next.success`` (bool), the consequences of the frame's action.
+
+Mapping to an ``Episode`` (row ``t`` after sorting by ``frame_index``): observations ``[t]`` = the
+mapped ``observation.*`` features, ``actions[t]`` = ``action``, ``reward[t]`` = ``next.reward`` (0 when
+absent), ``obs_time`` = ``action_start`` = ``timestamp``. ``final_observation`` is the *last row's*
+observation: LeRobot stores no observation after the last action, so a bootstrap from it (truncated
+episodes) uses the state one step early. Outcome: ``success`` if ``next.success`` is true at the last
+frame, or, without that column, if ``next.done`` is true there with ``next.reward`` > 0; otherwise
+``timeout`` (``terminated`` for success, ``truncated`` otherwise). Episode ids are deterministic (task,
+episode index and content), so importing a dataset twice stores it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleetrl.robots.episode import Episode, empty_columns
+from fleetrl.workers.data.episode_file import read_episode
+from fleetrl.workers.data.store import SAFE_NAME, EpisodeStore
+
+if TYPE_CHECKING:  # task.py pulls in torch through the policy config; we only read its specs
+    from fleetrl.workers.task import TaskConfig
+
+
+class DatasetImportError(ValueError):
+    """A dataset cannot be imported; the message names the file and what is wrong with it."""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _spec_problem(name: str, shape: tuple[int, ...], dtype: Any, spec: Any) -> str | None:
+    """Why an array of ``shape``/``dtype`` does not fit a task ArraySpec, or None."""
+    try:
+        same_dtype = np.dtype(dtype) == np.dtype(spec.dtype)
+    except TypeError:
+        same_dtype = False
+    if tuple(shape) != tuple(spec.shape) or not same_dtype:
+        return f"{name} is {dtype}{list(shape)}, the task expects {spec.dtype}{list(spec.shape)}"
+    return None
+
+
+# -------------------------------------------------------------------------------------- our own format
+
+
+def import_fleetrl_folder(path: str | Path, task: TaskConfig) -> list[Episode]:
+    """Every ``*.parquet`` episode file under ``path`` (recursively), in our own format (e.g. an
+    ``EpisodeStore`` root or a copy of one task's folder), checked against the task's observation and
+    action specs. The episodes keep their ids (a re-import is a duplicate) and are re-assigned to
+    ``task`` (the original task goes to ``meta['imported_from_task']`` when it differs); ``source``
+    becomes ``'offline'``. Outcomes are the files' own: a later relabel that lives only in a store's
+    catalog is not seen."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetImportError(f"{root}: not a folder")
+    files = sorted(
+        p
+        for p in root.rglob("*.parquet")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise DatasetImportError(f"{root}: no *.parquet episode files found")
+    episodes = []
+    for file in files:
+        try:
+            ep = read_episode(str(file))
+            ep.validate()
+        except (ValueError, KeyError, TypeError) as e:
+            msg = str(e)
+            raise DatasetImportError(msg if str(file) in msg else f"{file}: {msg}") from e
+        problems = [
+            p
+            for p in (
+                _spec_problem(f"observation {k!r}", v.shape[1:], v.dtype, task.observation_spec[k])
+                for k, v in ep.observations.items()
+                if k in task.observation_spec
+            )
+            if p
+        ]
+        missing = sorted(set(task.observation_spec) - set(ep.observations))
+        extra = sorted(set(ep.observations) - set(task.observation_spec))
+        problems += [f"lacks observation {k!r}" for k in missing]
+        problems += [f"has observation {k!r} that the task does not declare" for k in extra]
+        act = _spec_problem("action", ep.actions.shape[1:], ep.actions.dtype, task.action_spec)
+        problems += [act] if act else []
+        if problems:
+            raise DatasetImportError(
+                f"{file}: episode {ep.episode_id} does not fit task {task.name!r}: " + "; ".join(problems)
+            )
+        meta = dict(ep.meta)
+        if ep.task != task.name:
+            meta["imported_from_task"] = ep.task
+        episodes.append(dataclasses.replace(ep, task=task.name, source="offline", meta=meta))
+    return episodes
+
+
+# --------------------------------------------------------------------------------------------- LeRobot
+
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?")
+_LEGACY_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"  # v2.x
+_V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+_VISUAL = ("image", "video")
+_AUX = {"next.reward": np.float32, "next.done": bool, "next.success": bool, "task_index": np.int64}
+_Rows = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (mapped features, timestamp and _AUX)
+
+
+class _Feature(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class _Info(BaseModel):
+    """The parts of ``meta/info.json`` the importer reads."""
+
+    model_config = ConfigDict(extra="allow")
+    codebase_version: str
+    fps: float = Field(gt=0)
+    features: dict[str, _Feature]
+    data_path: str | None = None
+    total_episodes: int | None = Field(None, ge=0)
+    total_frames: int | None = Field(None, ge=0)
+    robot_type: str | None = None
+
+
+def _load_info(root: Path) -> _Info:
+    file = root / "meta" / "info.json"
+    if not file.is_file():
+        raise DatasetImportError(f"{file}: missing; {root} is not a LeRobot dataset (no meta/info.json)")
+    try:
+        info = _Info.model_validate(json.loads(file.read_text()))
+    except (OSError, ValueError, ValidationError) as e:
+        raise DatasetImportError(f"{file}: not a valid LeRobot info.json ({e})") from e
+    m = _VERSION_RE.fullmatch(info.codebase_version.strip())
+    if m is None or not (m.group(1) == "2" or (m.group(1), m.group(2)) == ("3", "0")):
+        raise DatasetImportError(
+            f"{file}: codebase_version {info.codebase_version!r} is not supported (v2.x or v3.0)"
+        )
+    if info.data_path is None:
+        info.data_path = _LEGACY_DATA_PATH if m.group(1) == "2" else _V3_DATA_PATH
+    return info
+
+
+def _feature_plan(
+    info: _Info, task: TaskConfig, observation_keys: dict[str, str] | None, action_key: str, where: Path
+) -> dict[str, tuple[str, Any]]:
+    """LeRobot feature -> (task observation key or '' for the action, its task ArraySpec), checked."""
+    explicit = dict(observation_keys or {})
+    unknown = sorted(set(explicit.values()) - set(task.observation_spec))
+    if unknown:
+        raise DatasetImportError(f"observation_keys maps to {unknown}, which task {task.name!r} lacks")
+    targeted = set(explicit.values())
+    mapping = explicit | {f"observation.{k}": k for k in task.observation_spec if k not in targeted}
+    if len(set(mapping.values())) != len(mapping):
+        raise DatasetImportError(f"observation_keys maps several features to one observation: {mapping}")
+    plan = {feat: (key, task.observation_spec[key]) for feat, key in mapping.items()}
+    if action_key in plan:
+        raise DatasetImportError(f"feature {action_key!r} is mapped both as the action and an observation")
+    plan[action_key] = ("", task.action_spec)
+    problems = []
+    for feat, (key, spec) in plan.items():
+        role = f"task observation {key!r}" if key else "the task's action"
+        ft = info.features.get(feat)
+        if ft is None:
+            problems.append(f"feature {feat!r} (for {role}) is not in the dataset")
+        elif ft.dtype in _VISUAL:
+            problems.append(
+                f"feature {feat!r} (for {role}) is a {ft.dtype} feature; image/video features are not "
+                "supported yet, leave it unmapped"
+            )
+        else:
+            shape = () if ft.shape == (1,) and spec.shape == () else ft.shape
+            p = _spec_problem(f"feature {feat!r} (for {role})", shape, ft.dtype, spec)
+            problems += [p] if p else []
+    if problems:
+        available = sorted(info.features)
+        raise DatasetImportError(
+            f"{where}: does not fit task {task.name!r}: " + "; ".join(problems) + f" (features: {available})"
+        )
+    return plan
+
+
+def _leaf(col: pa.ChunkedArray, shape: tuple[int, ...], what: str) -> pa.Array:
+    """A (possibly nested) list column of per-row ``shape`` -> the flat array of its values, checked."""
+    arr = col.combine_chunks()
+    dims = list(shape)
+    while (
+        pa.types.is_list(arr.type)
+        or pa.types.is_large_list(arr.type)
+        or pa.types.is_fixed_size_list(arr.type)
+    ):
+        if arr.null_count:
+            raise ValueError(f"{what} has null values")
+        if not dims:
+            raise ValueError(f"{what} is nested deeper than its shape {list(shape)}")
+        dim = dims.pop(0)
+        lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+        if len(lengths) and not (lengths == dim).all():
+            bad = sorted(set(lengths.tolist()) - {dim})[:3]
+            raise ValueError(f"{what} has rows of length {bad}, expected {dim} (shape {list(shape)})")
+        arr = arr.flatten()
+    if arr.null_count:
+        raise ValueError(f"{what} has null values")
+    if int(np.prod(dims, dtype=np.int64)) != 1:
+        raise ValueError(f"{what} holds {arr.type} values, expected rows of shape {list(shape)}")
+    return arr
+
+
+def _array(table: pa.Table, name: str, shape: tuple[int, ...], dtype: str, out_shape: tuple[int, ...]):
+    """Column ``name`` (declared ``dtype``/``shape``) as a numpy array [rows, *out_shape] of that dtype."""
+    values = _leaf(table.column(name), shape, f"column {name!r}").to_numpy(zero_copy_only=False)
+    if values.dtype != np.dtype(dtype):
+        raise ValueError(f"column {name!r} holds {values.dtype}, meta/info.json declares {dtype}")
+    return values.reshape(table.num_rows, *out_shape)
+
+
+def _scalar(table: pa.Table, name: str, dtype: type) -> np.ndarray:
+    """A per-row scalar column (plain or a length-1 list) cast to ``dtype``; numeric or bool only."""
+    values = _leaf(table.column(name), (1,), f"column {name!r}").to_numpy(zero_copy_only=False)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"column {name!r} holds {values.dtype}, expected numbers")
+    return values.astype(dtype)
+
+
+def _data_files(root: Path, info: _Info) -> list[Path]:
+    assert info.data_path is not None
+    pattern = re.sub(r"\{[^}]*\}", "*", info.data_path)
+    files = sorted(p for p in root.glob(pattern) if p.is_file())
+    if not files:
+        raise DatasetImportError(f"{root / 'meta' / 'info.json'}: no data files match {pattern!r} in {root}")
+    return files
+
+
+def _read_data_file(file: Path, required: list[str]) -> pa.Table:
+    """The columns the importer needs (``required`` and whichever of ``_AUX`` exist) of one data file."""
+    try:
+        names = pq.read_schema(file).names
+    except (OSError, pa.ArrowException) as e:
+        raise DatasetImportError(f"{file}: not a readable Parquet file ({e})") from e
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DatasetImportError(f"{file}: missing column(s) {missing} (has {names})")
+    try:
+        return pq.read_table(file, columns=list(dict.fromkeys(required + [c for c in _AUX if c in names])))
+    except (OSError, pa.ArrowException) as e:
+        raise DatasetImportError(f"{file}: not a readable Parquet file ({e})") from e
+
+
+def import_lerobot(
+    path: str | Path,
+    task: TaskConfig,
+    observation_keys: dict[str, str] | None = None,
+    action_key: str = "action",
+) -> list[Episode]:
+    """All episodes of the LeRobot dataset (v2.x or v3.0) in folder ``path``, in episode_index order.
+
+    ``observation_keys`` maps LeRobot feature names to the task's observation keys; a task key it does
+    not name is read from ``observation.<key>`` (so the default maps ``observation.state`` to ``state``).
+    Unmapped features (cameras included) are ignored; a mapped image/video feature is refused.
+    """
+    root = Path(path)
+    info = _load_info(root)
+    info_file = root / "meta" / "info.json"
+    plan = _feature_plan(info, task, observation_keys, action_key, info_file)
+    required = ["episode_index", "frame_index", "timestamp", *plan]
+    episodes: dict[int, tuple[Path, _Rows]] = {}
+    frames = 0
+    for file in _data_files(root, info):
+        table = _read_data_file(file, required)
+        try:
+            for ep_index, rows in _split_episodes(table, plan, info).items():
+                if ep_index in episodes:
+                    raise ValueError(f"episode_index {ep_index} also appears in {episodes[ep_index][0]}")
+                episodes[ep_index] = (file, rows)
+            frames += table.num_rows
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise DatasetImportError(f"{file}: {e}") from e
+    if info.total_episodes is not None and info.total_episodes != len(episodes):
+        raise DatasetImportError(
+            f"{info_file}: declares {info.total_episodes} episodes, the data files hold {len(episodes)}"
+            " (partial download?)"
+        )
+    if info.total_frames is not None and info.total_frames != frames:
+        raise DatasetImportError(
+            f"{info_file}: declares {info.total_frames} frames, the data files hold {frames} (partial download?)"
+        )
+    return [
+        _lerobot_episode(ep_index, rows, plan, file, root, info, task)
+        for ep_index, (file, rows) in sorted(episodes.items())
+    ]
+
+
+def _split_episodes(table: pa.Table, plan: dict[str, tuple[str, Any]], info: _Info) -> dict[int, _Rows]:
+    """The rows of one data file, decoded and split into episodes (sorted by frame_index)."""
+    feats = {
+        feat: _array(table, feat, info.features[feat].shape, info.features[feat].dtype, spec.shape)
+        for feat, (_, spec) in plan.items()
+    }
+    aux = {name: _scalar(table, name, dtype) for name, dtype in _AUX.items() if name in table.column_names}
+    aux["timestamp"] = _scalar(table, "timestamp", np.float64)
+    ep_col = _scalar(table, "episode_index", np.int64)
+    frame = _scalar(table, "frame_index", np.int64)
+    out = {}
+    for ep_index in np.unique(ep_col):
+        rows = np.flatnonzero(ep_col == ep_index)
+        rows = rows[np.argsort(frame[rows], kind="stable")]
+        f = frame[rows]
+        if len(f) > 1 and not (np.diff(f) == 1).all():
+            what = "duplicate" if (np.diff(f) == 0).any() else "missing"
+            raise ValueError(
+                f"episode_index {ep_index}: {what} frames (frame_index {f[0]}..{f[-1]} in {len(f)} rows)"
+            )
+        out[int(ep_index)] = ({k: v[rows] for k, v in feats.items()}, {k: v[rows] for k, v in aux.items()})
+    return out
+
+
+def _lerobot_episode(
+    ep_index: int,
+    rows: _Rows,
+    plan: dict[str, tuple[str, Any]],
+    file: Path,
+    root: Path,
+    info: _Info,
+    task: TaskConfig,
+) -> Episode:
+    feats, data = rows
+    n = len(data["timestamp"])
+    observations = {key: feats[feat] for feat, (key, _) in plan.items() if key}
+    actions = next(feats[feat] for feat, (key, _) in plan.items() if not key)
+    columns = empty_columns(n)
+    reward = data.get("next.reward")
+    if reward is not None:
+        columns["reward"][:] = reward
+    columns["obs_time"][:] = data["timestamp"]
+    columns["action_start"][:] = data["timestamp"]
+    if "next.success" in data:
+        success = bool(data["next.success"][-1])
+    else:
+        done = data.get("next.done")
+        success = done is not None and bool(done[-1]) and reward is not None and float(reward[-1]) > 0
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{task.name}/{ep_index}".encode())
+    for key in sorted(observations):
+        digest.update(np.ascontiguousarray(observations[key]).tobytes())
+    digest.update(np.ascontiguousarray(actions).tobytes())
+    task_index = data.get("task_index")
+    meta = {
+        "importer": "lerobot",
+        "dataset": root.resolve().name,
+        "codebase_version": info.codebase_version,
+        "fps": info.fps,
+        "episode_index": ep_index,
+        "data_file": file.relative_to(root).as_posix(),
+        "features": {feat: key or "action" for feat, (key, _) in plan.items()},
+        "task_index": int(task_index[0]) if task_index is not None else None,
+    }
+    ep = Episode(
+        episode_id=f"lerobot-{ep_index:06d}-{digest.hexdigest()}",
+        task=task.name,
+        robot_id=f"lerobot-{info.robot_type}" if info.robot_type else "lerobot",
+        outcome="success" if success else "timeout",
+        observations=observations,
+        actions=actions,
+        columns=columns,
+        final_observation={key: obs[-1].copy() for key, obs in observations.items()},
+        labelled_by="dataset",
+        source="offline",
+        terminated=success,
+        truncated=not success,
+        meta=meta,
+    )
+    try:
+        ep.validate()
+    except ValueError as e:
+        raise DatasetImportError(f"{file}: episode_index {ep_index}: {e}") from e
+    return ep
+
+
+# ---------------------------------------------------------------------------------------------- storing
+
+
+def import_into_store(store: EpisodeStore, episodes: list[Episode]) -> dict[str, int]:
+    """Put ``episodes`` into ``store``: ``{"stored": n, "duplicates": m}`` (ids the store already had,
+    or repeated in ``episodes``). All are checked before the first is written; should a write itself
+    fail, the episodes before it stay stored and a re-run stores only the rest."""
+    for ep in episodes:
+        try:
+            ep.validate()
+        except ValueError as e:
+            raise DatasetImportError(str(e)) from e
+        for what, name in (("task", ep.task), ("episode_id", ep.episode_id)):
+            if not SAFE_NAME.match(name):
+                raise DatasetImportError(f"episode {ep.episode_id}: {what} {name!r} is not a safe file name")
+    stored = 0
+    for ep in episodes:
+        stored += int(store.put(ep)[0])
+    return {"stored": stored, "duplicates": len(episodes) - stored}

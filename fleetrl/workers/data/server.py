@@ -1,0 +1,255 @@
+"""The data server: a Ray actor that keeps every episode durably and serves replay to learners.
+
+``ingest`` stores an episode (exactly once by id) and only then adds it to the task's in-memory replay;
+the gateway acks the robot after ``ingest`` returns, so every acked episode is on disk. After a restart
+the replay is rebuilt from the store, so nothing acked is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from pydantic import Field
+
+from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
+from fleetrl.robots.episode import Episode
+from fleetrl.workers.data.curves import DEFAULT_WINDOW, episode_curves
+from fleetrl.workers.data.failure_states import FailureStates
+from fleetrl.workers.data.importers import import_fleetrl_folder, import_lerobot
+from fleetrl.workers.data.replay import Replay
+from fleetrl.workers.data.store import EpisodeStore
+from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.placement import ActorResources
+from fleetrl.workers.task import ReplayConfig, TaskConfig, registered_tasks
+
+log = logging.getLogger(__name__)
+
+
+class DataConfig(ActorResources):
+    """The data server: its store, replay settings and Ray resources. A restarted data server rebuilds its
+    replay from the store, so on a cluster the store must be where the restart can read it: shared storage
+    (NFS, or a pyarrow filesystem URL with an explicit ``catalog``), or ``resources`` that pin the server to
+    the node that holds the disk."""
+
+    root: str | None = Field(
+        None,
+        description="Episode store root: a path or a pyarrow filesystem URL (default <state_dir>/episodes).",
+    )
+    catalog: str | None = Field(None, description="SQLite catalog path (required for a remote root).")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="Replay settings for every task.")
+    tasks: dict[str, ReplayConfig] = Field(
+        default_factory=dict,
+        description="Per-task replay settings (reward scheme env|sparse|aloe, mix, ...) replacing `replay`.",
+    )
+    seed: int = Field(0, description="Replay sampling seed.")
+
+
+class DataServer:
+    """Ray actor: ``ready``, ``ingest``, ``sample_chunks``, ``sample_episodes``, ``stats``, ``stop``."""
+
+    def __init__(
+        self,
+        config: DataConfig,
+        tasks: list[TaskConfig],
+        root: str,
+        metrics: Any | None = None,
+        critic: Any | None = None,
+        scored_tasks: frozenset[str] = frozenset(),
+        registry: Any | None = None,
+    ):
+        """``registry``: when given, the tasks served are the registry's (``registered_tasks``), so a data
+        server Ray restarts keeps the tasks created and deleted over REST since the platform started."""
+        self.cfg = config
+        self.critic, self.scored_tasks = critic, scored_tasks  # tasks whose rewards a learned critic gives
+        self.metrics_server = metrics
+        if metrics is not None:
+            RemoteLogHandler.install(metrics, "data")
+        self.metrics = MetricsBuffer()
+        t0 = time.monotonic()
+        self.store = EpisodeStore(root, config.catalog)
+        self.tasks: dict[str, TaskConfig] = {}
+        self.task_replay_cfg: dict[str, ReplayConfig] = {}
+        self.replays: dict[str, Replay] = {}
+        self.failures: dict[str, FailureStates] = {}  # where each task's episodes fail (return-and-explore)
+        self.removed: set[str] = set()  # deleted tasks: episodes still on their way are stored
+        served = [(t, None) for t in tasks]
+        if registry is not None:
+            served = registered_tasks(ray.get(registry.task_configs.remote()), tasks)
+        for t, replay in served:
+            self._add_replay(t, replay or config.tasks.get(t.name, config.replay))
+        rebuilt = 0  # one pass over the store for every configured task
+        for snapshot, episode in self.store.iter_episodes():
+            replay = self.replays.get(episode.task)
+            if replay is not None:
+                replay.add(episode, snapshot)
+                self.failures[episode.task].add(episode)
+                rebuilt += 1
+        log.info("data server: %d episodes rebuilt from %s in %.1f s", rebuilt, root, time.monotonic() - t0)
+
+    def ready(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.store.snapshot(),
+            "root": self.store.root,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+
+    def ingest(self, episode: Episode) -> dict[str, Any]:
+        """Store (once) and add to replay; returns ``{stored, snapshot}`` once the episode is durable."""
+        replay = self.replays.get(episode.task)
+        if replay is None and episode.task not in self.removed:
+            raise KeyError(f"no task named {episode.task!r} on this data server")
+        if episode.task in self.scored_tasks and episode.source == "online":
+            episode = ray.get(self.critic.score.remote(episode))  # rewards from the task's learned critic
+        stored, snapshot = self.store.put(episode)
+        labels = (episode.task,)
+        if replay is None:  # its task was deleted while the episode was on its way: kept, not replayed
+            log.info("data server: episode %s of deleted task %s stored", episode.episode_id, episode.task)
+        elif stored:
+            replay.add(episode, snapshot)
+            self.failures[episode.task].add(episode)
+            ended = episode.meta.get("gateway_end_time")
+            if isinstance(ended, float):
+                self.metrics.observe("episode_to_learner_seconds", labels, max(0.0, time.time() - ended))
+            sizes = replay.sizes()
+            self.metrics.set("replay_transitions", (episode.task, "online"), sizes["online_transitions"])
+            self.metrics.set("replay_transitions", (episode.task, "offline"), sizes["offline_transitions"])
+        else:
+            log.info("data server: duplicate episode %s ignored (snapshot %d)", episode.episode_id, snapshot)
+        self.metrics.inc("episodes_ingested_total", (episode.task, "stored" if stored else "duplicate"))
+        self._flush_metrics()
+        return {"stored": stored, "snapshot": snapshot}
+
+    def _flush_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.ingest.remote(*self.metrics.drain())
+
+    def sample_chunks(self, task: str, batch_size: int, offline_fraction: float | None = None) -> ChunkBatch:
+        return self.replays[task].sample_chunks(batch_size, offline_fraction)
+
+    def sample_chunk_batches(
+        self, task: str, batch_size: int, count: int, offline_fraction: float | None = None
+    ) -> list[ChunkBatch]:
+        """``count`` independent batches in one call: a fast learner pays one round trip per ``count``."""
+        if not 1 <= count <= 64:
+            raise ValueError(f"count must be in [1, 64], got {count}")
+        return [self.replays[task].sample_chunks(batch_size, offline_fraction) for _ in range(count)]
+
+    def rollout_stats(self, task: str, last: int = 50) -> dict[str, float]:
+        return self.replays[task].rollout_stats(last)
+
+    def failure_states(self, task: str) -> dict[str, Any]:
+        """Where the task's episodes fail: count, histogram over the episode, the recent points."""
+        return self.failures[task].summary()
+
+    def sample_failure_state(self, task: str) -> dict[str, Any] | None:
+        """A recorded failure point of ``task`` (None if there is none yet), for a return-and-explore reset."""
+        return self.failures[task].sample()
+
+    def replay_config(self, task: str) -> ReplayConfig:
+        return self.task_replay_cfg[task]
+
+    def add_task(self, task: TaskConfig, replay: ReplayConfig | None = None) -> None:
+        """Keep and replay a task created at runtime (its stored episodes, if any, are replayed too)."""
+        if task.name in self.tasks:
+            if self.tasks[task.name] == task:
+                return  # it was in the registry when this data server started
+            raise ValueError(f"task {task.name!r} already exists on this data server")
+        task_replay = self._add_replay(task, replay or self.cfg.replay)
+        for snapshot, episode in self.store.iter_episodes(task.name):
+            task_replay.add(episode, snapshot)
+
+    def remove_task(self, name: str) -> int:
+        """Stop replaying a deleted task. Its episodes stay on disk, and a task created again under the same
+        name replays them. Returns how many the store holds."""
+        for table in (self.tasks, self.task_replay_cfg, self.replays, self.failures):
+            table.pop(name, None)
+        self.removed.add(name)
+        return self.store.stats(name)["episodes"]
+
+    def _add_replay(self, task: TaskConfig, cfg: ReplayConfig) -> Replay:
+        self.removed.discard(task.name)
+        self.tasks[task.name], self.task_replay_cfg[task.name] = task, cfg
+        self.replays[task.name] = Replay.from_config(cfg, chunk_len=task.chunk_len, seed=self.cfg.seed)
+        self.failures[task.name] = FailureStates(task.name in self.scored_tasks, seed=self.cfg.seed)
+        return self.replays[task.name]
+
+    def sample_episodes(
+        self, task: str, n: int, max_staleness: int | None = None, since_snapshot: int = 0
+    ) -> EpisodeBatch:
+        return self.replays[task].sample_episodes(
+            n, max_staleness=max_staleness, since_snapshot=since_snapshot
+        )
+
+    def episode_ids(self, task: str | None = None) -> list[str]:
+        return [row["episode_id"] for row in self.store.list(task)]
+
+    def get_episode(self, episode_id: str) -> Episode:
+        return self.store.get(episode_id)
+
+    def import_demos(
+        self, task: str, path: str, fmt: str = "fleetrl", observation_keys: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Import offline episodes (our Parquet folder or a LeRobot dataset) into the store and replay.
+        All files are read and checked before the first one is stored."""
+        spec = self.tasks.get(task)
+        if spec is None:
+            raise KeyError(f"no task named {task!r} on this data server")
+        if fmt == "fleetrl":
+            episodes = import_fleetrl_folder(path, spec)
+        elif fmt == "lerobot":
+            episodes = import_lerobot(path, spec, observation_keys=observation_keys)
+        else:
+            raise ValueError(f"unknown demo format {fmt!r}; use 'fleetrl' or 'lerobot'")
+        stored = duplicates = 0
+        for episode in episodes:
+            result = self.ingest(episode)
+            stored += result["stored"]
+            duplicates += not result["stored"]
+        log.info(
+            "data server: imported %d episodes (%d duplicates) from %s into %s",
+            stored,
+            duplicates,
+            path,
+            task,
+        )
+        return {"stored": stored, "duplicates": duplicates, "snapshot": self.store.snapshot()}
+
+    def episode_summary(self, episode_id: str) -> dict[str, Any]:
+        """Catalog row plus the episode's metadata (not its arrays)."""
+        row = self.store.row(episode_id)
+        return {**row, "meta": self.store.get(episode_id).meta}
+
+    def label(self, episode_id: str, outcome: str, labelled_by: str = "human") -> dict[str, Any]:
+        """A human (or critic) outcome label: kept in the catalog and applied to the replay's rewards."""
+        row = self.store.set_label(episode_id, outcome, labelled_by)
+        replay = self.replays.get(row["task"])
+        if replay is not None:
+            replay.relabel(self.store.get(episode_id))
+        log.info("data server: episode %s labelled %s by %s", episode_id, outcome, labelled_by)
+        return row
+
+    def stats(self, task: str | None = None) -> dict[str, Any]:
+        out = {"store": self.store.stats(task)}
+        if task is not None:
+            out["replay"] = self.replays[task].sizes()
+        return out
+
+    def stop(self) -> None:
+        self.store.close()
+
+    def curves(self, task: str, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
+        """Success and intervention curves of a task from the catalog (so they survive a restart)."""
+        control_hz = getattr(self.tasks.get(task), "control_hz", None)  # tasks do not declare one yet
+        return {"task": task, **episode_curves(self.store.list(task), window, control_hz)}
+
+    def recent_episodes(self, task: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The task's newest ``limit`` catalog rows, newest first (what an operator labels)."""
+        return self.store.list(task)[::-1][:limit]
+
+
+def default_root(state_dir: Path, config: DataConfig) -> str:
+    return config.root or str(state_dir / "episodes")

@@ -1,0 +1,351 @@
+"""Durable episode store: one Parquet file per episode plus a SQLite catalog (pure pyarrow/sqlite, no Ray).
+
+Episodes are the unit of durability (DESIGN §3 "Data"). ``put`` writes ``<root>/<task>/<episode_id>.parquet``
+under a temporary name and renames it, then inserts the catalog row; the catalog's primary key is the
+``snapshot``, a monotonically increasing integer per committed episode (LWD's versioned snapshots), and
+``episode_id`` is unique, so an episode re-sent under at-least-once delivery is stored exactly once.
+
+A crash between the rename and the catalog insert leaves a file without a row: ``reconcile`` (run on open)
+inserts it from the file's footer alone, and deletes temporary files a crash left behind. A crash before
+the rename leaves only a temporary file, and the robot, never acked, sends the episode again.
+
+The file layout is in ``episode_file.py``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from fleetrl.robots.episode import OUTCOMES, Episode
+from fleetrl.workers.data.episode_file import read_episode, read_header, scalar_fields, to_table
+
+log = logging.getLogger(__name__)
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # task and episode id become path parts
+TMP_SUFFIX = ".tmp"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS episodes (
+    snapshot INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL,
+    robot_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    source TEXT NOT NULL,
+    labelled_by TEXT NOT NULL,
+    terminated INTEGER NOT NULL,
+    truncated INTEGER NOT NULL,
+    n_steps INTEGER NOT NULL,
+    intervention_steps INTEGER NOT NULL,
+    duration_s REAL NOT NULL,
+    total_reward REAL NOT NULL,
+    path TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS episodes_task ON episodes(task, snapshot);
+"""
+_ROW_FIELDS = (
+    "snapshot",
+    "episode_id",
+    "task",
+    "robot_id",
+    "outcome",
+    "source",
+    "labelled_by",
+    "terminated",
+    "truncated",
+    "n_steps",
+    "intervention_steps",
+    "duration_s",
+    "total_reward",
+    "path",
+    "created",
+)
+
+
+class EpisodeStore:
+    """Episodes on a pyarrow filesystem, indexed by a local SQLite catalog.
+
+    ``root`` is a local directory or any URL ``pyarrow.fs.FileSystem.from_uri`` understands
+    (``file:///data/episodes``, ``s3://bucket/prefix``, ...). The catalog is always a local SQLite file
+    (WAL mode): by default ``<root>/catalog.sqlite`` when the root is local; a remote root needs an
+    explicit ``catalog`` path. Renames are atomic on local disks; on object stores a PUT is atomic by
+    itself, so the rename there is only a copy.
+
+    ``reconcile`` on open assumes no other process is in the middle of a ``put`` on the same root.
+    Thread-safe within a process.
+    """
+
+    def __init__(
+        self, root: str, catalog: str | None = None, *, fsync: bool = True, reconcile: bool = True
+    ) -> None:
+        self.root = root
+        if "://" in root:
+            self.fs, self._base = pafs.FileSystem.from_uri(root)
+        else:
+            self.fs, self._base = pafs.LocalFileSystem(), os.path.abspath(root)
+        self._base = self._base.rstrip("/")
+        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        self._fsync = fsync and self._local
+        if catalog is None:
+            if not self._local:
+                raise ValueError(f"root {root!r} is not local: pass catalog=<local sqlite path>")
+            catalog = os.path.join(self._base, "catalog.sqlite")
+        self.catalog_path = catalog
+        self.fs.create_dir(self._base, recursive=True)
+        os.makedirs(os.path.dirname(os.path.abspath(catalog)), exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(catalog, check_same_thread=False, timeout=30.0, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self.last_reconcile: dict[str, builtins.list[str]] = {}
+        if reconcile:
+            self.reconcile()
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, episode: Episode) -> tuple[bool, int]:
+        """Store ``episode`` once. Returns (stored, snapshot); a re-sent id gives (False, its snapshot)."""
+        episode.validate()
+        for what, name in (("task", episode.task), ("episode_id", episode.episode_id)):
+            if not SAFE_NAME.match(name):
+                raise ValueError(f"{what} {name!r} is not a safe file name (pattern {SAFE_NAME.pattern})")
+        with self._lock:
+            existing = self._snapshot_of(episode.episode_id)
+            if existing is not None:
+                return False, existing
+            table, summary = to_table(episode)
+            rel = f"{episode.task}/{episode.episode_id}.parquet"
+            self._write_atomic(rel, table)
+            return self._insert(episode, summary, rel, time.time())
+
+    def _write_atomic(self, rel: str, table: pa.Table) -> None:
+        final = f"{self._base}/{rel}"
+        tmp = f"{self._base}/{os.path.dirname(rel)}/.{uuid.uuid4().hex}{TMP_SUFFIX}"
+        self.fs.create_dir(os.path.dirname(final), recursive=True)
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                pq.write_table(table, out, row_group_size=max(table.num_rows - 1, 1), compression="zstd")
+            if self._fsync:
+                _fsync_path(tmp)
+            self.fs.move(tmp, final)
+            if self._fsync:
+                _fsync_path(os.path.dirname(final), directory=True)
+        except BaseException:
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
+            raise
+
+    def _insert(self, ep: Episode | dict, summary: dict, rel: str, created: float) -> tuple[bool, int]:
+        f = ep if isinstance(ep, dict) else scalar_fields(ep)
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO episodes (episode_id, task, robot_id, outcome, source, labelled_by,"
+            " terminated, truncated, n_steps, intervention_steps, duration_s, total_reward, path, created)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                f["episode_id"],
+                f["task"],
+                f["robot_id"],
+                f["outcome"],
+                f["source"],
+                f["labelled_by"],
+                int(f["terminated"]),
+                int(f["truncated"]),
+                summary["n_steps"],
+                summary["intervention_steps"],
+                summary["duration_s"],
+                summary["total_reward"],
+                rel,
+                created,
+            ),
+        )
+        if cur.rowcount == 1:
+            return True, int(cur.lastrowid)
+        existing = self._snapshot_of(f["episode_id"])  # another writer got there first
+        assert existing is not None
+        return False, existing
+
+    def reconcile(self) -> dict[str, builtins.list[str]]:
+        """Make the catalog agree with the files after a crash; returns what it did.
+
+        ``inserted``: files that had no catalog row (now committed with a new snapshot);
+        ``temp_removed``: temporary files deleted; ``corrupt``: unreadable files skipped (left in place);
+        ``missing``: catalog rows whose file is gone (left in place, reported).
+        """
+        report: dict[str, builtins.list[str]] = {
+            "inserted": [],
+            "temp_removed": [],
+            "corrupt": [],
+            "missing": [],
+        }
+        with self._lock:
+            known = {r["path"] for r in self._db.execute("SELECT path FROM episodes")}
+            seen = set()
+            infos = self.fs.get_file_info(pafs.FileSelector(self._base, recursive=True, allow_not_found=True))
+            for info in sorted(infos, key=lambda i: i.path):
+                if info.type != pafs.FileType.File:
+                    continue
+                rel = info.path[len(self._base) + 1 :] if info.path.startswith(self._base) else info.path
+                if rel.count("/") != 1:
+                    continue
+                if rel.endswith(TMP_SUFFIX):
+                    self.fs.delete_file(info.path)
+                    report["temp_removed"].append(rel)
+                    continue
+                if not rel.endswith(".parquet"):
+                    continue
+                seen.add(rel)
+                if rel in known:
+                    continue
+                try:
+                    header = read_header(self.fs, info.path)
+                except ValueError as e:
+                    log.warning("reconcile: skipping %s", e)
+                    report["corrupt"].append(rel)
+                    continue
+                created = info.mtime.timestamp() if info.mtime is not None else time.time()
+                stored, _ = self._insert(header, header["summary"], rel, created)
+                if stored:
+                    report["inserted"].append(rel)
+            report["missing"] = sorted(known - seen)
+        if any(report.values()):
+            log.info("episode store %s reconciled: %s", self.root, {k: len(v) for k, v in report.items()})
+        self.last_reconcile = report
+        return report
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, episode_id: str) -> Episode:
+        """The stored episode; KeyError if the catalog does not know it, ValueError if its file is bad."""
+        rows = self._query(
+            "SELECT path, outcome, labelled_by FROM episodes WHERE episode_id=?", (episode_id,)
+        )
+        if not rows:
+            raise KeyError(f"episode {episode_id!r} is not in the store")
+        return self._read(rows[0])
+
+    def _read(self, row: Any) -> Episode:
+        """Read an episode file; the catalog's outcome label (possibly a later human label) wins."""
+        ep = read_episode(f"{self._base}/{row['path']}", self.fs)
+        if ep.outcome != row["outcome"] or ep.labelled_by != row["labelled_by"]:
+            ep = dataclasses.replace(ep, outcome=row["outcome"], labelled_by=row["labelled_by"])
+        return ep
+
+    def list(self, task: str | None = None, since_snapshot: int = 0) -> builtins.list[dict[str, Any]]:
+        """Catalog rows with snapshot > ``since_snapshot`` (optionally of one task), oldest first."""
+        sql = f"SELECT {', '.join(_ROW_FIELDS)} FROM episodes WHERE snapshot > ?"
+        args: builtins.list[Any] = [since_snapshot]
+        if task is not None:
+            sql += " AND task = ?"
+            args.append(task)
+        rows = self._query(sql + " ORDER BY snapshot", args)
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["terminated"], d["truncated"] = bool(d["terminated"]), bool(d["truncated"])
+            out.append(d)
+        return out
+
+    def iter_episodes(
+        self, task: str | None = None, since_snapshot: int = 0
+    ) -> Iterator[tuple[int, Episode]]:
+        """(snapshot, episode) in snapshot order: how the data server rebuilds its replay after a restart."""
+        for row in self.list(task, since_snapshot):
+            yield row["snapshot"], self._read(row)
+
+    def snapshot(self) -> int:
+        """The newest committed snapshot (0 for an empty store)."""
+        return int(self._query("SELECT COALESCE(MAX(snapshot), 0) FROM episodes")[0][0])
+
+    def stats(self, task: str | None = None, control_hz: float | None = None) -> dict[str, Any]:
+        """Counts for one task (all tasks if None). ``hours`` is steps / control_hz when given, else the
+        sum of the episodes' observation-time spans. ``snapshot`` is the newest snapshot of that task."""
+        where, args = ("WHERE task = ?", (task,)) if task is not None else ("", ())
+        r = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(n_steps), 0), COALESCE(SUM(duration_s), 0),"
+            " COALESCE(SUM(outcome='success'), 0), COALESCE(SUM(outcome='failure'), 0),"
+            " COALESCE(SUM(outcome='timeout'), 0), COALESCE(SUM(outcome='aborted'), 0),"
+            f" COALESCE(SUM(intervention_steps), 0), COALESCE(MAX(snapshot), 0) FROM episodes {where}",
+            args,
+        )[0]
+        steps = int(r[1])
+        hours = steps / control_hz / 3600.0 if control_hz else float(r[2]) / 3600.0
+        keys = ("success", "failure", "timeout", "aborted", "intervention_steps", "snapshot")
+        return {"episodes": int(r[0]), "steps": steps, "hours": hours} | {
+            k: int(v) for k, v in zip(keys, r[3:], strict=True)
+        }
+
+    def set_label(self, episode_id: str, outcome: str, labelled_by: str = "human") -> dict[str, Any]:
+        """Record a new outcome label for a stored episode (the Parquet file stays as written; the
+        catalog's label wins on ``get``). Returns the updated catalog row."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE episodes SET outcome = ?, labelled_by = ? WHERE episode_id = ?",
+                (outcome, labelled_by, episode_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"no episode with id {episode_id!r}")
+        return self.row(episode_id)
+
+    def row(self, episode_id: str) -> dict[str, Any]:
+        """The catalog row of one episode."""
+        rows = self._query(
+            f"SELECT {', '.join(_ROW_FIELDS)} FROM episodes WHERE episode_id = ?", (episode_id,)
+        )
+        if not rows:
+            raise KeyError(f"no episode with id {episode_id!r}")
+        d = dict(rows[0])
+        d["terminated"], d["truncated"] = bool(d["terminated"]), bool(d["truncated"])
+        return d
+
+    def _snapshot_of(self, episode_id: str) -> int | None:
+        rows = self._query("SELECT snapshot FROM episodes WHERE episode_id=?", (episode_id,))
+        return int(rows[0][0]) if rows else None
+
+    def _query(self, sql: str, args: tuple | builtins.list = ()) -> builtins.list[sqlite3.Row]:
+        with self._lock:  # one connection shared by the threads of this process
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> EpisodeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_store_episodes(root: str, task: str | None = None) -> list[Episode]:
+    """Every episode of a store (of ``task`` if given), read in catalog order; for offline tools."""
+    with EpisodeStore(root) as store:
+        return [ep for _, ep in store.iter_episodes(task)]
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,356 @@
+"""The gateway (rollout worker): a Ray actor that owns the robots' ZeroMQ ROUTER socket.
+
+It authenticates robots (token checked against the registry at ``hello``, then the connection's
+routing id is bound to the robot), validates every frame, hands observations to the scheduler and
+sends each robot its action chunk. Malformed, oversized, unauthorised or out-of-order frames get an
+``error`` reply and are counted; nothing a peer sends can raise out of the receive loop. Robots hold a
+lease: one silent for ``lease_timeout_s`` goes offline and its open episode ends as ``aborted``.
+
+The socket, the scheduler and the replica calls all live on one asyncio loop in a thread of the actor,
+so the scheduler needs no locks; Ray method calls reach that loop through ``_call``. Its other jobs are
+mixed in from their own modules: task pools and replica dispatch (``dispatch.py``), episode assembly and
+delivery (``intake.py``), return-and-explore resets (``resets.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import ray
+import zmq
+import zmq.asyncio
+
+from fleetrl.robots import protocol as P
+from fleetrl.workers.gateway.dispatch import ReplicaDispatch
+from fleetrl.workers.gateway.intake import EpisodeIntake
+from fleetrl.workers.gateway.resets import ResetRequests
+from fleetrl.workers.gateway.scheduler import Scheduler
+from fleetrl.workers.gateway.session import GatewayConfig, RobotState
+from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.task import TaskConfig, registered_tasks
+
+log = logging.getLogger(__name__)
+
+
+class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
+    """Ray actor: ``ready()``, ``stats()``, ``revoke(robot_id)``, ``stop()``; the work happens on its loop."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tasks: list[TaskConfig],
+        replicas: dict[str, list[Any]],
+        registry: Any,
+        metrics: Any | None = None,
+        data: Any | None = None,
+        weights: Any | None = None,
+    ):
+        """``weights``: the weight board; when given, the tasks served are the registry's, with the replicas
+        the board knows, so a gateway Ray restarts keeps the tasks created and deleted over REST since the
+        platform started (a created task whose replicas are not registered yet arrives by ``add_task``)."""
+        self.cfg = config
+        self.node_ip = ray.util.get_node_ip_address()
+        self.endpoint = config.public_endpoint(self.node_ip)  # what robots are told
+        self.data = data  # data server (``ingest(episode)``); None: episodes are acked and dropped
+        self.episodes_out = 0
+        self.registry = registry
+        self.metrics_server = metrics
+        if metrics is not None:
+            RemoteLogHandler.install(metrics, "gateway")
+        self.limits = P.Limits(max_frame_bytes=config.max_frame_bytes)
+        self.metrics = MetricsBuffer()
+        self.scheduler = Scheduler()
+        self.replicas: dict[str, Any] = {}
+        self.replica_pool: dict[str, str] = {}
+        self.tasks: dict[str, TaskConfig] = {}
+        if weights is not None:
+            pools = {**ray.get(weights.pools.remote()), **replicas}
+            served = [t for t, _ in registered_tasks(ray.get(registry.task_configs.remote()), tasks)]
+            tasks, replicas = [t for t in served if t.name in pools], pools
+        for task in tasks:
+            self.tasks[task.name] = task
+            self._add_pool(task, replicas.get(task.name, []))
+        self.robots: dict[str, RobotState] = {}
+        self.by_ident: dict[bytes, str] = {}
+        self.refused: Counter = Counter()
+        self._rng = random.Random(0)  # return-and-explore draws
+        self._bound = threading.Event()
+        self._error: BaseException | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="fleetrl-gateway", daemon=True)
+        self._thread.start()
+
+    # -- Ray-facing methods --------------------------------------------------------------------------
+    def ready(self) -> dict[str, Any]:
+        if not self._bound.wait(timeout=30):
+            raise RuntimeError(f"gateway did not bind {self.cfg.bind}: {self._error!r}")
+        if self._error is not None:
+            raise RuntimeError(f"gateway failed to bind {self.cfg.bind}: {self._error}")
+        return {
+            "endpoint": self.endpoint,
+            "bind": self.cfg.bind,
+            "node_ip": self.node_ip,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return self._call(self._stats())
+
+    def revoke(self, robot_id: str) -> bool:
+        """Drop a deleted robot's session now; its next frame is refused."""
+        return self._call(self._revoke(robot_id))
+
+    def stop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def _call(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._ctx = zmq.asyncio.Context()
+        self.sock = self._ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting robot takes over its identity
+        # Hard cap far above the soft limit: larger frames are dropped by libzmq before they use memory.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.cfg.max_frame_bytes)
+        try:
+            self.sock.bind(self.cfg.bind)
+        except zmq.ZMQError as exc:
+            self._error = exc
+            self._bound.set()
+            return
+        self._bound.set()
+        self._loop.create_task(self._recv_loop())
+        self._loop.create_task(self._lease_loop())
+        if self.metrics_server is not None:
+            self._loop.create_task(self._flush_loop())
+        try:
+            self._loop.run_forever()
+        finally:
+            self.sock.close(linger=0)
+            self._ctx.term()
+
+    async def _recv_loop(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                self._on_frames(frames)
+            except Exception:  # noqa: BLE001 - the gateway never dies of one frame
+                log.exception("gateway: unexpected error handling a frame")
+                self._refuse(frames[0], "internal", "internal error", None)
+
+    # -- frame handling ------------------------------------------------------------------------------
+    def _send(self, ident: bytes, msg: P.Message) -> None:
+        try:
+            self.sock.send_multipart([ident, P.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the peer is gone (ROUTER drops unroutable frames)
+
+    def _refuse(
+        self, ident: bytes, code: str, message: str, robot_id: str | None, step: int | None = None
+    ) -> None:
+        self.refused[code] += 1
+        self.metrics.inc("frames_refused_total", (code,))
+        self._send(ident, P.Error(robot_id=robot_id or "", code=code, message=message, step=step))
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        if len(frames) != 2:
+            self._refuse(ident, "bad_frame", f"expected one frame per message, got {len(frames) - 1}", None)
+            return
+        try:
+            msg = P.decode(frames[1], self.limits)
+        except P.ProtocolError as exc:
+            self._refuse(ident, exc.code, exc.message, None)
+            return
+        if isinstance(msg, P.Hello):
+            self._loop.create_task(self._on_hello(ident, msg))
+            return
+        robot_id = self.by_ident.get(ident)
+        if robot_id is None or robot_id != msg.robot_id:
+            self._refuse(ident, "unknown_session", "send hello first", msg.robot_id)
+            return
+        state = self.robots[robot_id]
+        state.last_seen = time.monotonic()
+        if isinstance(msg, P.Obs):
+            self._on_obs(ident, state, msg)
+        elif isinstance(msg, P.Steps):
+            self._on_steps(ident, state, msg)
+        elif isinstance(msg, P.EpisodeEnd):
+            self._on_episode_end(ident, state, msg)
+        elif isinstance(msg, P.Control):
+            self._on_control(ident, state, msg)
+        elif isinstance(msg, P.Ping):
+            self._send(ident, P.Pong(robot_id=robot_id))
+        else:
+            self._refuse(ident, "bad_message", f"robots may not send {msg.KIND!r}", robot_id)
+
+    async def _on_hello(self, ident: bytes, msg: P.Hello) -> None:
+        try:
+            record = await self.registry.verify.remote(msg.robot_id, msg.token)
+        except Exception as exc:  # noqa: BLE001 - registry unavailable: refuse, the robot retries
+            self._refuse(ident, "unavailable", f"registry unavailable: {type(exc).__name__}", msg.robot_id)
+            return
+        if record is None:
+            self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
+            return
+        task = self.tasks.get(record["task"])
+        if task is None:
+            self._refuse(ident, "unauthorized", f"task {record['task']!r} is not served here", msg.robot_id)
+            return
+        state = self.robots.get(msg.robot_id)
+        if state is None:
+            state = self.robots[msg.robot_id] = RobotState(msg.robot_id, task, record["name"])
+        if state.ident is not None and state.ident != ident:
+            self.by_ident.pop(state.ident, None)
+        state.ident = ident
+        state.online = True
+        state.last_seen = time.monotonic()
+        self.by_ident[ident] = msg.robot_id
+        self._send(
+            ident,
+            P.Welcome(
+                robot_id=msg.robot_id,
+                task=task.name,
+                observation_spec=task.public()["observation_spec"],
+                action_spec=task.public()["action_spec"],
+                chunk_len=task.chunk_len,
+                policy_version=0,
+                heartbeat_s=self.cfg.heartbeat_s,
+            ),
+        )
+
+    def _on_control(self, ident: bytes, state: RobotState, msg: P.Control) -> None:
+        """An operator took over (or handed back): no action goes to a robot under human control, and
+        none computed from an observation older than the hand-back (a stale chunk) goes after it."""
+        if msg.mode not in P.CONTROL_MODES:
+            self._refuse(ident, "bad_message", f"mode must be one of {P.CONTROL_MODES}", state.robot_id)
+            return
+        if msg.mode == "human" and state.control != "human":
+            state.takeovers += 1
+            self.metrics.inc("takeovers_total", (state.task.name,))
+        state.control, state.operator = msg.mode, msg.operator[:64] if msg.mode == "human" else ""
+        state.control_since = (msg.episode_id, msg.step)
+        self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
+        log.info("gateway: robot %s under %s control from step %d", state.robot_id, msg.mode, msg.step)
+
+    def _stale(self, state: RobotState, msg: P.Obs) -> bool:
+        """True if a chunk for ``msg`` must not be sent: the robot is under human control, or control
+        changed after that observation (it came before the hand-back)."""
+        if state.control == "human":
+            return True
+        episode, step = state.control_since
+        return msg.episode_id == episode and msg.step < step
+
+    def _on_obs(self, ident: bytes, state: RobotState, msg: P.Obs) -> None:
+        task = state.task
+        if state.control == "human":
+            self._refuse(
+                ident, "human_control", "an operator has control: hand back first", state.robot_id, msg.step
+            )
+            return
+        if not self._in_episode(ident, state, msg.episode_id, msg.step):
+            return
+        if msg.step < state.last_step:  # the same step again is a retry whose reply was lost
+            self._refuse(
+                ident,
+                "out_of_order",
+                f"step {msg.step} after step {state.last_step}",
+                state.robot_id,
+                msg.step,
+            )
+            return
+        try:
+            P.check_observation(task.observation_spec, msg.observation)
+            if msg.human_action is not None:
+                task.action_spec.check("human_action", msg.human_action)
+        except P.ProtocolError as exc:
+            self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
+            return
+        state.last_step = msg.step
+        if msg.last_latency_ms is not None and 0 <= msg.last_latency_ms < 3.6e6:  # a sane measurement only
+            state.latency_ms.append(msg.last_latency_ms)
+            self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)
+        self.metrics.inc("observations_total", (task.name,))
+        self._submit(task, state.robot_id, ident, msg)
+
+    # -- leases, stats, metrics ----------------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.cfg.lease_timeout_s / 4))
+            now = time.monotonic()
+            for state in self.robots.values():
+                if state.online and now - state.last_seen > self.cfg.lease_timeout_s:
+                    self._go_offline(state)
+
+    def _go_offline(self, state: RobotState) -> None:
+        state.online = False
+        if state.ident is not None:
+            self.by_ident.pop(state.ident, None)
+            state.ident = None
+        if state.episode_id is not None:
+            self._abort_episode(state, state.episode_id)
+        state.assemblies.clear()  # re-sends of ended episodes: the robot sends them again when it is back
+        self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
+        log.info("gateway: robot %s offline (lease expired)", state.robot_id)
+
+    async def _revoke(self, robot_id: str) -> bool:
+        state = self.robots.pop(robot_id, None)
+        if state is None:
+            return False
+        self._go_offline(state)
+        return True
+
+    async def _stats(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "robots": [s.row() for s in self.robots.values()],
+            "refused": dict(self.refused),
+            "episodes_committed": self.episodes_out,
+            "pools": {
+                p: {
+                    "queue_depth": self.scheduler.queue_depth(p),
+                    "idle": len(self.scheduler.idle_replicas(p)),
+                    "busy": len(self.scheduler.busy_replicas(p)),
+                }
+                for p in self.scheduler.pools()
+            },
+        }
+
+    async def _flush_loop(self) -> None:
+        last_publish = 0.0
+        while True:
+            await asyncio.sleep(self.cfg.metrics_flush_s)
+            for pool in self.scheduler.pools():
+                self.metrics.set("queue_depth", (pool,), self.scheduler.queue_depth(pool))
+                avail = len(self.scheduler.idle_replicas(pool)) + len(self.scheduler.busy_replicas(pool))
+                self.metrics.set("replicas_available", (pool,), avail)
+            for task in self.tasks:
+                online = sum(1 for s in self.robots.values() if s.online and s.task.name == task)
+                self.metrics.set("robots_online", (task,), online)
+            events, gauges = self.metrics.drain()
+            try:
+                self.metrics_server.ingest.remote(events, gauges)
+                if time.monotonic() - last_publish > 1.0:
+                    last_publish = time.monotonic()
+                    self.metrics_server.publish.remote("gateway", await self._stats())
+            except Exception:  # noqa: BLE001 - metrics are best effort
+                log.warning("gateway: metrics server unreachable")
+
+
+def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics, data=None, weights=None) -> Any:
+    return (
+        ray.remote(Gateway)
+        .options(**config.ray_options("gateway"))
+        .remote(config, tasks, replicas, registry, metrics, data, weights)
+    )

@@ -1,0 +1,200 @@
+"""Episode intake, the gateway's second job: ``steps`` and ``episode_end`` frames → committed episodes.
+
+A robot has one current episode (the one its observations belong to) and may re-send rows of earlier,
+not-yet-acked episodes at the same time; each open episode has its own ``EpisodeAssembly``. An episode
+is acked only after the data server stored it, so delivery is at-least-once and, with the store's
+exactly-once ingest, nothing acked is lost or stored twice. Mixed into ``Gateway``, whose loop, socket
+and robot table it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fleetrl.robots import protocol as P
+from fleetrl.robots.episode import Episode
+from fleetrl.workers.gateway.assembly import EpisodeAssembly
+from fleetrl.workers.metrics_server import MetricsBuffer
+
+if TYPE_CHECKING:
+    from fleetrl.workers.gateway.session import RobotState
+
+log = logging.getLogger(__name__)
+MAX_OPEN_EPISODES = 8  # per robot: the current one plus re-sends of unacked ones
+COMMIT_GIVE_UP_S = 60.0  # how long the gateway retries a commit before leaving it to the robot
+
+
+class EpisodeIntake:
+    # Provided by the Gateway this is mixed into.
+    data: Any  # the data server's handle (``ingest``), or None
+    metrics: MetricsBuffer
+    episodes_out: int
+    _loop: asyncio.AbstractEventLoop
+    _send: Callable[[bytes, P.Message], None]
+    _refuse: Callable[..., None]
+    _maybe_explore: Callable[..., Any]
+
+    def _in_episode(self, ident: bytes, state: RobotState, episode_id: str, step: int | None) -> bool:
+        """Make ``episode_id`` the robot's current episode (refusing ended ones); False if refused."""
+        if episode_id == state.episode_id:
+            return True
+        if self._assembly(ident, state, episode_id, step) is None:
+            return False
+        if state.episode_id is not None:
+            self._abort_episode(state, state.episode_id)  # a new episode began without an end for the last
+        state.episode_id, state.last_step = episode_id, -1
+        return True
+
+    def _assembly(
+        self, ident: bytes, state: RobotState, episode_id: str, step: int | None = None
+    ) -> EpisodeAssembly | None:
+        """The open assembly of ``episode_id`` (created on first sight), or None after a refusal."""
+        asm = state.assemblies.get(episode_id)
+        if asm is not None:
+            return asm
+        if not episode_id or episode_id in state.recent_ends or episode_id in state.committing:
+            self._refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step)
+            return None
+        if len(state.assemblies) >= MAX_OPEN_EPISODES:
+            self._refuse(ident, "overloaded", f"more than {MAX_OPEN_EPISODES} open episodes", state.robot_id)
+            return None
+        asm = state.assemblies[episode_id] = EpisodeAssembly(state.task, state.robot_id, episode_id)
+        return asm
+
+    def _ask_for_missing_rows(self, ident: bytes, state: RobotState, asm: EpisodeAssembly, upto: int) -> None:
+        """Rows before ``upto`` never arrived (e.g. this gateway restarted mid-episode): ask once. Robots
+        upload rows in batches, so only a ``steps`` frame that skips ahead (or an end) reveals a gap."""
+        if asm.expected < upto and asm.asked_from != asm.expected:
+            asm.asked_from = asm.expected
+            self._ask_rows(ident, state, asm, "out_of_order", f"rows from step {asm.expected} are missing")
+
+    def _ask_rows(
+        self, ident: bytes, state: RobotState, asm: EpisodeAssembly, code: str, message: str
+    ) -> None:
+        """Tell the robot to re-send ``asm``'s rows from the first one the gateway lacks."""
+        reason = "missing_rows" if code == "out_of_order" else code
+        self.metrics.inc("episode_resends_total", (reason,))
+        self._send(
+            ident,
+            P.Error(
+                robot_id=state.robot_id,
+                code=code,
+                message=message,
+                step=asm.expected,
+                episode_id=asm.episode_id,
+            ),
+        )
+
+    def _on_steps(self, ident: bytes, state: RobotState, msg: P.Steps) -> None:
+        asm = self._assembly(ident, state, msg.episode_id)
+        if asm is None:
+            return
+        if msg.first_step != asm.expected:
+            if msg.first_step < asm.expected:
+                self.refused["duplicate_rows"] += 1  # rows we already have (a re-send raced the original)
+            else:
+                self._ask_for_missing_rows(ident, state, asm, msg.first_step)
+            return
+        try:
+            asm.add(msg)
+        except P.ProtocolError as exc:
+            self._refuse(ident, exc.code, exc.message, state.robot_id)
+
+    def _on_episode_end(self, ident: bytes, state: RobotState, msg: P.EpisodeEnd) -> None:
+        if msg.outcome not in P.OUTCOMES or msg.labelled_by not in P.LABELLERS:
+            self._refuse(ident, "bad_message", f"outcome must be one of {P.OUTCOMES}", state.robot_id)
+            return
+        if msg.episode_id in state.committing:
+            return  # acked when the data server has it (or re-processed if it fails)
+        if msg.episode_id in state.recent_ends:  # a re-sent end of a committed episode: ack again, count once
+            self.metrics.inc("episode_resends_total", ("end_after_commit",))
+            self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
+            return
+        asm = self._assembly(ident, state, msg.episode_id)
+        if asm is None:
+            return
+        if asm.expected < msg.steps:
+            self._ask_rows(
+                ident, state, asm, "incomplete_episode", f"have {asm.expected} of {msg.steps} rows"
+            )
+            return
+        try:
+            episode = asm.finish(msg)
+        except (P.ProtocolError, ValueError) as exc:
+            self._refuse(ident, "bad_message", str(exc), state.robot_id)
+            return
+        del state.assemblies[msg.episode_id]
+        if msg.episode_id == state.episode_id:
+            state.episode_id, state.last_step = None, -1
+        state.steps_done += len(episode)
+        self._count_outcome(state, msg.episode_id, msg.outcome)
+        state.committing.add(msg.episode_id)
+        self._loop.create_task(self._commit(ident, state, episode))
+
+    async def _commit(self, ident: bytes, state: RobotState, episode: Episode) -> None:
+        """Hand the episode to the data server and ack only once it is durable (at-least-once delivery).
+
+        While the data server restarts, the gateway keeps the episode and retries, so robots need not
+        upload it again; only after ``COMMIT_GIVE_UP_S`` is it dropped here and left to the robot's re-send.
+        """
+        deadline = time.monotonic() + COMMIT_GIVE_UP_S
+        delay = 0.25
+        try:
+            while True:
+                try:
+                    if self.data is not None:
+                        await self.data.ingest.remote(episode)
+                    break
+                except Exception as exc:  # noqa: BLE001 - data server restarting: keep the episode, retry
+                    if time.monotonic() + delay > deadline:
+                        log.warning("gateway: episode %s not stored (%s); left to the robot's re-send",
+                                    episode.episode_id, exc)  # fmt: skip
+                        self._uncount_outcome(state, episode)
+                        return
+                    self.metrics.inc("episode_resends_total", ("commit_retry",))
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+        finally:
+            state.committing.discard(episode.episode_id)
+        self.episodes_out += 1
+        self._send(state.ident or ident, P.Ack(robot_id=state.robot_id, episode_id=episode.episode_id))
+        if episode.source == "online" and state.online:
+            await self._maybe_explore(state)
+
+    def _abort_episode(self, state: RobotState, episode_id: str) -> None:
+        """The robot left (or started another episode) without ending this one: keep what arrived."""
+        asm = state.assemblies.pop(episode_id, None)
+        partial = asm.abort() if asm is not None else None
+        state.steps_done += len(partial) if partial is not None else 0
+        self._count_outcome(state, episode_id, "aborted")
+        if episode_id == state.episode_id:
+            state.episode_id, state.last_step = None, -1
+        if partial is not None and self.data is not None:
+            self._loop.create_task(self._store_partial(partial))
+
+    async def _store_partial(self, episode: Episode, attempts: int = 5) -> None:
+        """Keep the rows of an aborted episode; retried, since no robot will re-send them."""
+        for attempt in range(attempts):
+            try:
+                await self.data.ingest.remote(episode)
+                return
+            except Exception as exc:  # noqa: BLE001 - data server restarting
+                log.warning("gateway: aborted episode %s not stored yet (%s)", episode.episode_id, exc)
+                await asyncio.sleep(1.0 + attempt)
+        log.error("gateway: aborted episode %s could not be stored", episode.episode_id)
+
+    def _uncount_outcome(self, state: RobotState, episode: Episode) -> None:
+        """A commit failed: forget the end so the robot's re-send is processed afresh."""
+        if episode.episode_id in state.recent_ends:
+            state.recent_ends.remove(episode.episode_id)
+        state.outcomes[episode.outcome] -= 1
+        state.steps_done -= len(episode)
+
+    def _count_outcome(self, state: RobotState, episode_id: str, outcome: str) -> None:
+        state.recent_ends.append(episode_id)
+        state.outcomes[outcome] += 1
+        self.metrics.inc("episodes_total", (state.task.name, outcome))

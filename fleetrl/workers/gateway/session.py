@@ -1,0 +1,84 @@
+"""What the gateway knows of the robots: its own config (where it binds, what robots are told) and one
+``RobotState`` per robot (session, counters for the live view, control and open episodes)."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from fleetrl.workers.placement import ActorResources
+from fleetrl.workers.task import TaskConfig
+
+
+class GatewayConfig(ActorResources):
+    """The robot gateway (ZeroMQ ROUTER): where it binds, what robots are told, and its Ray resources."""
+
+    bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ address the ROUTER socket binds.")
+    advertise: str | None = Field(
+        None,
+        description="Endpoint robots are told to connect to, when it differs from the bind address (NAT, "
+        "multi-homed head); default: bind, with 0.0.0.0/* replaced by the gateway node's IP.",
+    )
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest frame accepted from a robot.")
+    lease_timeout_s: float = Field(5.0, gt=0, description="A robot silent this long goes offline.")
+    heartbeat_s: float = Field(1.0, gt=0, description="How often robots should ping when otherwise idle.")
+    metrics_flush_s: float = Field(0.5, gt=0, description="How often buffered metrics go to the log server.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the gateway.")
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint as seen from this machine (tools on the gateway's own node)."""
+        return self.public_endpoint("127.0.0.1")
+
+    def public_endpoint(self, node_ip: str) -> str:
+        """What robots are told: ``advertise``, else the bind address with a wildcard host made concrete."""
+        return self.advertise or self.bind.replace("0.0.0.0", node_ip).replace("*", node_ip)
+
+
+@dataclass
+class RobotState:
+    """What the gateway knows of one robot: its session and running counters for the live view."""
+
+    robot_id: str
+    task: TaskConfig
+    name: str = ""
+    ident: bytes | None = None
+    online: bool = False
+    last_seen: float = 0.0
+    episode_id: str | None = None
+    last_step: int = -1
+    steps_done: int = 0  # steps of finished episodes
+    outcomes: Counter = field(default_factory=Counter)
+    recent_ends: deque = field(default_factory=lambda: deque(maxlen=16))
+    committing: set = field(default_factory=set)  # ended episodes on their way to the data server
+    assemblies: dict = field(default_factory=dict)  # episode id -> EpisodeAssembly (open episodes)
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+    pinned: tuple[str, int] | None = None  # (episode id, weight version) in episode reload mode
+    control: str = "autonomous"  # "human" while an operator has taken over
+    operator: str = ""
+    control_since: tuple[str, int] = ("", 0)  # (episode id, step) of the last change of control
+    takeovers: int = 0
+
+    def row(self) -> dict[str, Any]:
+        lat = np.fromiter(self.latency_ms, dtype=np.float64) if self.latency_ms else None
+        episodes = sum(self.outcomes.values())
+        return {
+            "robot_id": self.robot_id,
+            "name": self.name,
+            "task": self.task.name,
+            "online": self.online,
+            "control": self.control,
+            "operator": self.operator,
+            "takeovers": self.takeovers,
+            "steps": self.steps_done + max(self.last_step, 0),
+            "episodes": episodes,
+            "successes": self.outcomes["success"],
+            "outcomes": dict(self.outcomes),
+            "latency_ms": None
+            if lat is None
+            else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+        }

@@ -1,0 +1,102 @@
+"""Inference replicas: Ray actors that run one task's policy on batches of observations."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import ray
+
+from fleetrl.workers.inference.backends import build_backend
+from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.task import TaskConfig
+
+log = logging.getLogger(__name__)
+
+
+class InferenceReplica:
+    """One replica of a task's policy. Built from the task config; every replica of a pool starts with the
+    same weights (version 0) and answers ``infer`` with action chunks, log-probs and the version used."""
+
+    def __init__(self, task: TaskConfig, index: int, metrics: Any | None = None, weights: Any | None = None):
+        self.name = f"{task.name}/{index}"
+        self.task_name = task.name
+        self.metrics_server = metrics
+        self.metrics = MetricsBuffer()
+        if metrics is not None:
+            RemoteLogHandler.install(metrics, f"replica {self.name}")
+        self.backend = build_backend(
+            task.inference.backend,
+            policy=task.policy,
+            observation_spec=task.observation_spec,
+            action_spec=task.action_spec,
+            chunk_len=task.chunk_len,
+            threads=task.inference.torch_threads,
+            seed=index,
+            keep_versions=2 if task.inference.reload == "episode" else 1,
+            fast_numerics=task.inference.fast_numerics,
+        )
+        self.calls = 0
+        newest = None if weights is None else ray.get(weights.latest.remote(task.name))
+        if newest is not None:  # a (re)started replica serves the newest published weights
+            version, (ref,), published_at = newest
+            self.load_weights(ray.get(ref), version, published_at)
+        log.info(
+            "replica %s ready (%s backend, policy %s)", self.name, task.inference.backend, task.policy.family
+        )
+
+    def ready(self) -> str:
+        return self.name
+
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (where placement put it)."""
+        return ray.get_runtime_context().get_node_id()
+
+    def infer(self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None) -> dict[str, Any]:
+        """One forward pass. ``pins[i]`` (episode reload mode) asks for the version row i's episode started
+        with; ``versions[i]`` says which version produced row i."""
+        t_start = time.time()
+        t0 = time.perf_counter()
+        actions, log_probs, versions = self.backend.infer(batch, pins)
+        self.calls += 1
+        return {
+            "actions": actions,
+            "log_probs": log_probs,
+            "versions": versions,
+            "version": self.backend.version,
+            "replica": self.name,
+            "compute_s": time.perf_counter() - t0,
+            "t_start": t_start,
+        }
+
+    def load_weights(self, state_dict: dict, version: int, published_at: float | None = None) -> int:
+        """Take a published version; Ray runs actor calls one at a time, so this lands between batches."""
+        self.backend.load_weights(state_dict, version)
+        if published_at is not None:
+            self.metrics.observe(
+                "model_to_actor_seconds", (self.task_name,), max(0.0, time.time() - published_at)
+            )
+        self.metrics.set("weight_version", (self.name,), self.backend.version)
+        if self.metrics_server is not None:
+            self.metrics_server.ingest.remote(*self.metrics.drain())
+        return self.backend.version
+
+    def served_version(self) -> int:
+        return self.backend.version
+
+    def stop(self) -> None:
+        pass
+
+
+def start_replicas(
+    task: TaskConfig, metrics: Any | None = None, weights: Any | None = None
+) -> list[ray.actor.ActorHandle]:
+    """Start a task's pool; Ray restarts a replica that dies (up to ``max_restarts``)."""
+    cfg = task.inference
+    options = cfg.ray_options(f"inference pool {task.name}")
+    if cfg.spread:
+        options["scheduling_strategy"] = "SPREAD"
+    cls = ray.remote(InferenceReplica).options(**options)
+    return [cls.remote(task, i, metrics, weights) for i in range(cfg.replicas)]

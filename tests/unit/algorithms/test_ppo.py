@@ -1,0 +1,279 @@
+"""PPO maths on hand cases; episodes -> decisions; old log-probs recomputed by the producing version."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fleetrl.algorithms.base import PolicySpec, algorithm_class, build_algorithm
+from fleetrl.algorithms.batch import EpisodeBatch
+from fleetrl.algorithms.ppo import (
+    PPO,
+    PPOConfig,
+    approx_kl,
+    episode_decisions,
+    gae,
+    ppo_clip_loss,
+    ratio_quantiles,
+    tis_weights,
+    value_loss,
+)
+from fleetrl.models.policies import GaussianMLPConfig, build_policy
+from fleetrl.robots.episode import Episode, empty_columns
+from fleetrl.robots.protocol import ArraySpec
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+torch.set_num_threads(1)
+
+G = 0.9
+OBS = {"state": ArraySpec((3,), "float32")}
+ACT = ArraySpec((2,), "float32", -1.0, 1.0)
+
+
+def make_episode(versions, obs_steps, logp_rows, h=3, terminated=False, seed=0) -> Episode:
+    """An episode whose row t has reward t + 1 and action (t / 10, -t / 10); observations are random."""
+    n = len(versions)
+    rng = np.random.default_rng(seed)
+    cols = empty_columns(n)
+    cols["policy_version"][:] = versions
+    cols["obs_step"][:] = obs_steps
+    cols["reward"][:] = np.arange(n) + 1.0
+    for t in logp_rows:
+        cols["log_prob"][t] = -1.0 - t
+    actions = np.stack([np.arange(n) / 10, -np.arange(n) / 10], 1).astype(np.float32)
+    return Episode(
+        episode_id=f"ep{seed}",
+        task="t",
+        robot_id="r",
+        outcome="failure" if terminated else "timeout",
+        observations={"state": rng.standard_normal((n, 3)).astype(np.float32)},
+        actions=actions,
+        columns=cols,
+        final_observation={"state": rng.standard_normal(3).astype(np.float32)},
+        terminated=terminated,
+        truncated=not terminated,
+    )
+
+
+# rows: 0-1 a v0 chunk from obs 0 (an operator takes row 2; row 3 is the chunk's resumed tail, no decision),
+# 4-5 a v1 chunk conditioned on obs 3 (lag), 6 a v1 chunk from obs 5 cut short by the episode's end.
+VERSIONS = [0, 0, -1, 0, 1, 1, 1]
+OBS_STEPS = [0, 0, 2, 0, 3, 3, 5]
+LOGP_ROWS = [0, 4, 6]
+
+
+def test_gae_hand_case_truncated_terminated_and_variable_discounts():
+    lam = 0.8
+    # episode A (truncated): two chained decisions of 4 and 2 steps, bootstrap V(final) = 0.3;
+    # episode B (terminated): one decision of 3 steps, its next value must be ignored.
+    rewards = torch.tensor([1.0, 2.0, 3.0])
+    values = torch.tensor([0.5, 0.4, 1.0])
+    next_values = torch.tensor([0.4, 0.3, 7.0])
+    discounts = torch.tensor([G**4, G**2, G**3])
+    dones = torch.tensor([False, False, True])
+    ends = torch.tensor([False, True, True])
+    adv, ret = gae(rewards, values, next_values, discounts, dones, ends, lam)
+    a2 = 2.0 + G**2 * 0.3 - 0.4
+    a1 = (1.0 + G**4 * 0.4 - 0.5) + G**4 * lam * a2
+    assert adv.tolist() == pytest.approx([a1, a2, 3.0 - 1.0], rel=1e-6)
+    assert ret.tolist() == pytest.approx([a1 + 0.5, a2 + 0.4, 3.0], rel=1e-6)
+    # lambda = 1 and zero values: the discounted return with the truncation bootstrap
+    adv, _ = gae(rewards, torch.zeros(3), torch.tensor([0.0, 0.3, 7.0]), discounts, dones, ends, 1.0)
+    assert adv[0].item() == pytest.approx(1.0 + G**4 * (2.0 + G**2 * 0.3), rel=1e-6)
+
+
+def test_ppo_clip_loss_and_fraction_on_hand_numbers():
+    ratios = torch.tensor([1.5, 0.5, 1.1, 0.7])
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, frac = ppo_clip_loss(ratios.log(), torch.zeros(4), adv, 0.2)
+    # min(r A, clip(r) A): 1.2, 0.5, -1.1, -0.8
+    assert loss.item() == pytest.approx(-(1.2 + 0.5 - 1.1 - 0.8) / 4, rel=1e-6)
+    assert frac.item() == pytest.approx(0.75)
+    assert approx_kl(torch.ones(3), torch.ones(3)).item() == 0.0
+    assert approx_kl(ratios.log(), torch.zeros(4)).item() > 0
+    v, old, ret = torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([1.0])
+    assert value_loss(v, ret).item() == pytest.approx(0.5)
+    # clipped prediction 0.5 errs by 0.5, unclipped by 1: the max (1) is kept; and vice versa
+    assert value_loss(v, ret, old, 0.5).item() == pytest.approx(0.5)
+    assert value_loss(v, torch.tensor([3.0]), old, 0.5).item() == pytest.approx(0.5 * 2.5**2)
+
+
+def test_episode_decisions_chunks_lag_interventions_and_cut_short_chunks():
+    ep = make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)
+    d = episode_decisions([ep], chunk_len=3, gamma=G)
+    assert len(d) == 3
+    assert d.version.tolist() == [0, 1, 1]
+    assert d.mask.tolist() == [[True, True, False], [True, True, False], [True, False, False]]
+    obs = ep.observations["state"]
+    np.testing.assert_array_equal(d.obs["state"].numpy(), obs[[0, 3, 5]])
+    # d0 is broken off by the operator (bootstrap at row 2); d1 chains into d2; d2 bootstraps from the end
+    np.testing.assert_array_equal(d.next_obs["state"][0].numpy(), obs[2])
+    np.testing.assert_array_equal(d.next_obs["state"][1].numpy(), obs[5])
+    np.testing.assert_array_equal(d.next_obs["state"][2].numpy(), ep.final_observation["state"])
+    assert d.chain_end.tolist() == [True, False, True]
+    assert d.done.tolist() == [False, False, False]
+    assert d.reward.tolist() == pytest.approx([1 + G * 2, 5 + G * 6, 7])
+    assert d.discount.tolist() == pytest.approx([G**2, G**2, G])
+    assert d.reported_logp.tolist() == [-1.0, -5.0, -7.0]
+    # the unexecuted tail repeats the last executed action
+    assert d.actions[1, :, 0].tolist() == pytest.approx([0.4, 0.5, 0.5])
+    assert d.actions[2, :, 0].tolist() == pytest.approx([0.6, 0.6, 0.6])
+    ended = episode_decisions([ep, make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS, terminated=True)], 3, G)
+    assert ended.done.tolist() == [False, False, False, False, False, True]
+    assert len(episode_decisions([], 3, G)) == 0
+
+
+def small_ppo(**overrides) -> PPO:
+    policy = build_policy(GaussianMLPConfig(hidden=(16,), value_hidden=(16,)), OBS, ACT, 3)
+    cfg = PPOConfig(**{"epochs": 1, "batch_size": 4, "steps_per_update": 1, **overrides})
+    return PPO(cfg, policy, PolicySpec(OBS, ACT, 3, G))
+
+
+def test_old_log_probs_are_recomputed_by_the_producing_version_and_evicted_versions_dropped():
+    ppo = small_ppo(history=2, max_version_lag=1)
+    ppo.published(0)
+    w0 = {k: v.clone() for k, v in ppo.policy.state_dict().items()}
+    with torch.no_grad():
+        ppo.policy.body[-1].bias.add_(0.5)
+        ppo.policy.log_std.add_(0.3)
+    ppo.published(1)
+    w1 = {k: v.clone() for k, v in ppo.policy.state_dict().items()}
+    with torch.no_grad():
+        ppo.policy.body[-1].bias.add_(0.5)  # the live weights are neither version
+    d = episode_decisions([make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)], 3, G)
+    got = ppo.recompute_log_probs(d)
+    reference = build_policy(GaussianMLPConfig(hidden=(16,), value_hidden=(16,)), OBS, ACT, 3)
+    for weights, rows in ((w0, [0]), (w1, [1, 2])):
+        reference.load_state_dict(weights)
+        sel = d.select(torch.tensor(rows))
+        want = reference.log_prob(sel.obs, sel.actions, sel.mask)
+        torch.testing.assert_close(got[rows], want.detach())
+    assert not torch.allclose(got[0], ppo.policy.log_prob(d.obs, d.actions, d.mask)[0])
+    ppo.published(2)  # evicts version 0
+    assert list(ppo.history) == [1, 2]
+    metrics = ppo.update(EpisodeBatch([make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)], [0], 0))
+    assert metrics["dropped_stale"] == 1 and metrics["decisions"] == 2
+    assert all(math.isfinite(metrics[k]) for k in ("policy_loss", "value_loss", "approx_kl", "entropy"))
+
+
+def test_masked_tail_does_not_change_the_log_prob():
+    ppo = small_ppo()
+    ppo.published(0)
+    ppo.published(1)
+    d = episode_decisions([make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)], 3, G)
+    before = ppo.recompute_log_probs(d)
+    d.actions[2, 1:] = torch.tensor([0.9, -0.9])  # change the unexecuted steps of the cut-short chunk
+    torch.testing.assert_close(ppo.recompute_log_probs(d), before)
+    one_step = ppo.policy.log_prob(d.obs, d.actions[:, :1].repeat(1, 3, 1), torch.tensor([[1, 0, 0]] * 3))
+    torch.testing.assert_close(before[2], one_step[2].detach())
+
+
+def test_logprob_gap_is_zero_for_plain_loop_rollouts_and_cut_short_chunks_are_masked():
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.testing.plain_loop import rollout_episodes
+
+    robot = SimRobot("Reacher-v5", seed=3)
+    spec = PolicySpec(robot.observation_spec, robot.action_spec, 4, 0.99)
+    policy = build_policy(GaussianMLPConfig(), spec.observation_spec, spec.action_spec, 4)
+    ppo = PPO(PPOConfig(epochs=1, steps_per_update=64), policy, spec)
+    ppo.published(0)
+    torch.manual_seed(0)
+    episodes = rollout_episodes(robot, policy, 3)
+    d = episode_decisions(episodes, 4, 0.99)
+    assert int(d.mask.sum()) == sum(len(e) for e in episodes)  # every executed step in exactly one chunk
+    assert not d.mask.all()  # 50 steps in chunks of 4: each episode's last chunk is cut short
+    metrics = ppo.update(EpisodeBatch(episodes, [0, 0, 0], 0))
+    assert metrics["logprob_gap"] < 1e-4 and metrics["reported_clip_fraction"] == 0.0
+    assert metrics["decisions"] == len(d) and metrics["dropped_stale"] == 0
+    assert metrics["mean_return"] == pytest.approx(np.mean([e.columns["reward"].sum() for e in episodes]))
+
+
+def test_state_dict_round_trip_config_checks_and_registry():
+    ppo = small_ppo()
+    ppo.published(0)
+    ppo.update(EpisodeBatch([make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)], [0], 0))
+    ppo.published(1)
+    other = small_ppo()
+    other.load_state_dict(ppo.state_dict())
+    assert list(other.history) == [0, 1]
+    assert other.optimizer.state_dict()["state"].keys() == ppo.optimizer.state_dict()["state"].keys()
+    assert ppo.batch_request().kind == "episodes" and ppo.batch_request().max_version_lag == 2
+    with pytest.raises(ValueError, match="history"):
+        PPOConfig(history=2, max_version_lag=2)
+    assert algorithm_class("ppo") is PPO
+    with pytest.raises(ValueError, match="gaussian_mlp"):
+        build_algorithm("ppo", {}, ppo.policy, ppo.spec, "flow_chunk")
+
+
+def test_tis_weights_are_capped_and_rows_without_a_behaviour_log_prob_weigh_one():
+    proximal = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    behaviour = torch.tensor([0.0, -1.0, 1.0, float("nan")])  # ratios 1, e, 1/e, unknown
+    w, capped = tis_weights(proximal, behaviour, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([1.0, 2.0, math.exp(-1.0), 1.0]))
+    assert capped == pytest.approx(0.25)
+    q = ratio_quantiles(torch.log(torch.tensor([0.5] * 10 + [1.0] * 80 + [2.0] * 10)), "r")
+    assert (
+        q["r_p01"] == pytest.approx(0.5)
+        and q["r_p50"] == pytest.approx(1.0)
+        and q["r_p99"] == pytest.approx(2.0)
+    )
+
+
+def _reacher_rollouts(seed: int):
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.testing.plain_loop import rollout_episodes
+
+    robot = SimRobot("Reacher-v5", seed=seed)
+    spec = PolicySpec(robot.observation_spec, robot.action_spec, 4, 0.99)
+    policy = build_policy(GaussianMLPConfig(), spec.observation_spec, spec.action_spec, 4)
+    torch.manual_seed(seed)
+    return spec, policy, rollout_episodes(robot, policy, 4)
+
+
+@pytest.mark.parametrize("anchor", ["recompute", "bypass"])
+def test_bypass_anchor_clips_a_mismatched_backends_data_and_recomputation_does_not(anchor):
+    """A backend whose reported log-probs are off by ~N(0, 0.5) (vLLM-like, VLAC §3.2.1): anchored on them,
+    PPO's first-epoch ratios are spread and clipped from the start; recomputed, they start at exactly 1."""
+    spec, policy, episodes = _reacher_rollouts(seed=5)
+    rng = np.random.default_rng(0)
+    for ep in episodes:
+        lp = ep.columns["log_prob"]
+        lp[np.isfinite(lp)] += rng.normal(0, 0.5, np.isfinite(lp).sum()).astype(lp.dtype)
+    ppo = PPO(PPOConfig(epochs=1, lr=1e-7, steps_per_update=64, anchor=anchor, tis_cap=2.0), policy, spec)
+    ppo.published(0)
+    m = ppo.update(EpisodeBatch(episodes, [0] * len(episodes), 0))
+    assert 0.5 < m["mismatch_ratio_p50"] < 2 and m["mismatch_ratio_p99"] / m["mismatch_ratio_p01"] > 3
+    assert m["logprob_gap_max"] > m["logprob_gap"] > 0.2
+    assert 0.0 <= m["tis_capped_fraction"] < 0.5 and 0 < m["tis_weight_mean"] <= 2.0
+    if anchor == "recompute":
+        assert m["clip_fraction_first_epoch"] == 0.0 and m["bypass_coverage"] == 0.0
+        assert m["ratio_p01"] == pytest.approx(1.0, abs=1e-3) and m["ratio_p99"] == pytest.approx(
+            1.0, abs=1e-3
+        )
+    else:
+        assert m["clip_fraction_first_epoch"] > 0.4 and m["bypass_coverage"] > 0.8
+        assert m["ratio_p99"] / m["ratio_p01"] > 3
+
+
+@pytest.mark.parametrize("numerics", ["bf16", "int8"])
+def test_torch_fast_backend_reports_log_probs_that_differ_from_the_fp32_recomputation(numerics):
+    from fleetrl.workers.inference.backends import build_backend
+
+    spec, policy, episodes = _reacher_rollouts(seed=6)
+    kwargs = dict(policy=GaussianMLPConfig(), observation_spec=spec.observation_spec)
+    kwargs |= dict(action_spec=spec.action_spec, chunk_len=4)
+    fast = build_backend("torch-fast", **kwargs, fast_numerics=numerics)
+    exact = build_backend("torch", **kwargs)
+    obs = {"state": episodes[0].observations["state"][:32]}
+    actions, reported, versions = fast.infer(obs)
+    assert actions.dtype == np.float32 and reported.dtype == np.float32 and (versions == 0).all()
+    fp32 = exact.policies[0].log_prob({"state": torch.from_numpy(obs["state"])}, torch.from_numpy(actions))
+    gap = np.abs(reported - fp32.detach().numpy())
+    assert gap.max() > 1e-4  # cheaper numerics: the reported log-probs are not the learner's
+    assert np.isfinite(reported).all() and (np.abs(actions) <= 1).all()
+    with pytest.raises(ValueError, match="unknown inference backend"):
+        build_backend("tensorrt", **kwargs)

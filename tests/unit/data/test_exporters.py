@@ -1,0 +1,87 @@
+"""workers/data/exporters.py: Episodes -> LeRobot v3.0 folder, read back by importers.import_lerobot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fleetrl.testing.episodes import synthetic_episode
+from fleetrl.workers.data.exporters import export_lerobot
+from fleetrl.workers.data.importers import import_lerobot
+from fleetrl.workers.task import TaskConfig
+
+OBS = {"state": ((10,), "float32")}
+OUTCOMES = ("success", "timeout", "success")
+LENGTHS = (4, 7, 5)
+
+
+def make_episodes():
+    return [
+        synthetic_episode(
+            n,
+            outcome=outcome,
+            obs_spec=OBS,
+            action_shape=(2,),
+            rewards=np.linspace(0, 1, n, dtype=np.float32) * (i + 1),
+            seed=i,
+        )
+        for i, (n, outcome) in enumerate(zip(LENGTHS, OUTCOMES, strict=True))
+    ]
+
+
+def test_round_trip(tmp_path):
+    episodes = make_episodes()
+    target = tmp_path / "ds"
+    result = export_lerobot(episodes, target, fps=10, robot_type="arm")
+    assert result == {"episodes": 3, "frames": sum(LENGTHS), "path": str(target)}
+    assert (target / "data/chunk-000/file-000.parquet").is_file()
+    info = json.loads((target / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_frames"] == sum(LENGTHS)
+    assert not [p for p in tmp_path.iterdir() if p.name != "ds"]  # no temp folder left behind
+
+    task = TaskConfig(
+        name="reach", observation={"state": {"shape": [10]}}, action={"shape": [2], "low": -1, "high": 1}
+    )
+    back = import_lerobot(target, task)
+    assert len(back) == 3
+    for orig, ep in zip(episodes, back, strict=True):
+        assert len(ep) == len(orig)
+        assert ep.outcome == orig.outcome
+        assert ep.terminated == orig.terminated and ep.truncated == orig.truncated
+        np.testing.assert_array_equal(ep.actions, orig.actions)
+        np.testing.assert_array_equal(ep.observations["state"], orig.observations["state"])
+        np.testing.assert_array_equal(ep.columns["reward"], orig.columns["reward"])
+        np.testing.assert_allclose(ep.columns["obs_time"], np.arange(len(orig)) / 10, rtol=1e-6)
+        assert ep.robot_id == "lerobot-arm"
+
+
+def test_refuses_non_empty_target(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        export_lerobot(make_episodes(), tmp_path / "ds", fps=10)
+    assert [p.name for p in (tmp_path / "ds").iterdir()] == ["keep.txt"]
+
+
+def test_empty_target_folder_is_fine(tmp_path):
+    (tmp_path / "ds").mkdir()
+    assert export_lerobot(make_episodes(), tmp_path / "ds", fps=10)["episodes"] == 3
+
+
+def test_refuses_no_episodes(tmp_path):
+    with pytest.raises(ValueError, match="no episodes"):
+        export_lerobot([], tmp_path / "ds", fps=10)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_refuses_mismatched_shapes(tmp_path):
+    episodes = make_episodes()
+    episodes.append(synthetic_episode(3, obs_spec={"state": ((9,), "float32")}))
+    with pytest.raises(ValueError, match="episode 3 .* observation 'state'"):
+        export_lerobot(episodes, tmp_path / "ds", fps=10)
+    episodes[-1] = synthetic_episode(3, obs_spec={"other": ((10,), "float32")})
+    with pytest.raises(ValueError, match="observation 'other'"):
+        export_lerobot(episodes, tmp_path / "ds", fps=10)
+    assert list(tmp_path.iterdir()) == []
