@@ -1,0 +1,80 @@
+"""Robots over REST: register one (its credentials), list and inspect them with their live gateway state,
+ask one to reset, and delete one (its token is revoked at the gateway)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import Response
+
+from fleetrl.workers.task import spec_mismatch
+
+from ..dependencies import Services, ServicesDep
+from ..errors import checked, missing_as_404, refusals
+from ..models import ResetRequest, RobotCredentials, RobotRegistration
+
+router = APIRouter(tags=["robots"])
+
+
+async def live_robots(svc: Services) -> dict[str, dict[str, Any]]:
+    """The gateway's view of each connected robot, by id; empty when the gateway does not answer."""
+    try:
+        stats = await svc.gateway.stats.remote()
+    except Exception:  # noqa: BLE001 - registry data is still worth returning
+        return {}
+    return {r["robot_id"]: r for r in stats["robots"]}
+
+
+def with_live(robot: dict[str, Any], live: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A registry row with whether the robot is online, who controls it, and its gateway stats."""
+    row = live.get(robot["robot_id"])
+    control = row.get("control", "autonomous") if row else "autonomous"
+    return {**robot, "online": bool(row and row["online"]), "control": control, "stats": row}
+
+
+def no_robot(robot_id: str) -> str:
+    return f"no robot with id {robot_id!r}"
+
+
+@router.post("/v1/robots", status_code=201, responses=refusals(400, 415, 404, 422))
+async def register_robot(svc: ServicesDep, body: RobotRegistration) -> RobotCredentials:
+    task = await svc.task_config(body.task)
+    obs = {k: v.model_dump(exclude_none=True) for k, v in body.observation_spec.items()}
+    act = body.action_spec.model_dump(exclude_none=True)
+    problem = spec_mismatch(task, obs, act)
+    if problem:
+        raise HTTPException(422, problem)
+    rec = await svc.registry.register_robot.remote(body.name, body.task, obs, act)
+    return RobotCredentials(**rec, endpoint=svc.robot_endpoint, chunk_len=task.chunk_len)
+
+
+@router.get("/v1/robots")
+async def list_robots(svc: ServicesDep, task: str | None = None) -> list[dict[str, Any]]:
+    live = await live_robots(svc)
+    return [with_live(r, live) for r in await svc.registry.list_robots.remote(task)]
+
+
+@router.get("/v1/robots/{robot_id}", responses=refusals(404))
+async def get_robot(svc: ServicesDep, robot_id: str) -> dict[str, Any]:
+    with missing_as_404(no_robot(robot_id)):
+        robot = await svc.registry.get_robot.remote(robot_id)
+    return with_live(robot, await live_robots(svc))
+
+
+@router.post("/v1/robots/{robot_id}/reset", responses=refusals(400, 415, 404, 409, 422))
+async def reset_robot(svc: ServicesDep, robot_id: str, body: ResetRequest) -> dict[str, Any]:
+    """Ask a connected robot to start its next episode from a state (sim robots restore it; real
+    robots receive it as an operator instruction). 409 if the robot is offline."""
+    with missing_as_404(no_robot(robot_id)):
+        await svc.registry.get_robot.remote(robot_id)
+    result = await svc.gateway.request_reset.remote(robot_id, body.model_dump(exclude_none=True))
+    return checked(result, keep_ok=True)
+
+
+@router.delete("/v1/robots/{robot_id}", status_code=204, responses=refusals(404))
+async def delete_robot(svc: ServicesDep, robot_id: str) -> Response:
+    with missing_as_404(no_robot(robot_id)):
+        await svc.registry.delete_robot.remote(robot_id)
+    await svc.gateway.revoke.remote(robot_id)
+    return Response(status_code=204)
