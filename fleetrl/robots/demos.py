@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -122,6 +122,45 @@ class _Progress:
             )  # fmt: skip
 
 
+class _Rollout(NamedTuple):
+    """One scripted episode as it ran: the observations (one more than the actions), what it executed."""
+
+    observations: list[np.ndarray]
+    actions: list[np.ndarray]
+    rewards: list[float]
+    success: bool
+    terminated: bool
+    truncated: bool
+    meta: dict[str, Any]  # this episode's facts beyond the collection's parameters
+
+
+def _collect(
+    robot: SimRobot,
+    kind: str,
+    params: dict[str, Any],
+    n: int,
+    task: str,
+    robot_id: str,
+    progress: _Progress,
+    rollout: Callable[[int], _Rollout],
+) -> list[Episode]:
+    """Episodes ``rollout(0) .. rollout(n - 1)`` as validated offline ``Episode``s; closes the robot."""
+    episodes = []
+    try:
+        for k in range(n):
+            run = rollout(k)
+            meta = {**params, **run.meta, "index": k, "collector": f"collect_{kind}_demos"}
+            ep = _build_episode(
+                robot, _episode_id(kind, params, k), task, robot_id, run.observations, run.actions,
+                run.rewards, _outcome(run.success, run.truncated), run.terminated, run.truncated, meta,
+            )  # fmt: skip
+            episodes.append(ep)
+            progress(k + 1, ep)
+    finally:
+        robot.close()
+    return episodes
+
+
 def oracle_info(env: Any, info: dict[str, Any]) -> dict[str, Any]:
     """Add the privileged target entries that OGBench reports only in data-collection mode."""
     from ogbench.manipspace import lie
@@ -180,38 +219,32 @@ def collect_oracle_demos(
     agent = make_oracle(env, oracle, noise)
     params = {"env_id": env_id, "oracle": oracle, "noise": noise, "seed": seed, "max_steps": max_steps}
     progress = _Progress(f"{oracle} oracle on {env_id}", n, log_every, on_episode)
-    episodes = []
-    try:
-        for k in range(n):
-            ep_seed = seed + 100_003 * k
-            with _global_numpy_seed(seed * 1_000_003 + k):
-                ob, info = env.reset(seed=ep_seed)
-                agent.reset(ob, oracle_info(env, info))
-                xi = np.random.uniform(0, noise) if oracle == "markov" else 0.0
-                obs, acts, rews = [np.asarray(ob, np.float32)], [], []
-                success = terminated = truncated = False
-                while True:
-                    action = np.asarray(agent.select_action(ob, oracle_info(env, info)), dtype=np.float64)
-                    if oracle == "markov" and xi > 0:
-                        action = action + np.random.normal(0, [xi, xi, xi, 3 * xi, 10 * xi], action.shape)
-                    action = np.clip(action, -1.0, 1.0).astype(np.float32)
-                    ob, reward, terminated, truncated, info = env.step(action)
-                    obs.append(np.asarray(ob, np.float32))
-                    acts.append(action)
-                    rews.append(float(reward))
-                    success = robot.success_fn(np.asarray(ob, np.float32), info)
-                    if success or terminated or truncated:
-                        break
-            meta = {**params, "episode_seed": ep_seed, "index": k, "collector": "collect_oracle_demos"}
-            ep = _build_episode(
-                robot, _episode_id("oracle", params, k), task or env_id, robot_id, obs, acts, rews,
-                _outcome(success, truncated), bool(terminated), bool(truncated), meta,
-            )  # fmt: skip
-            episodes.append(ep)
-            progress(k + 1, ep)
-    finally:
-        robot.close()
-    return episodes
+
+    def rollout(k: int) -> _Rollout:
+        ep_seed = seed + 100_003 * k
+        with _global_numpy_seed(seed * 1_000_003 + k):
+            ob, info = env.reset(seed=ep_seed)
+            agent.reset(ob, oracle_info(env, info))
+            xi = np.random.uniform(0, noise) if oracle == "markov" else 0.0
+            obs, acts, rews = [np.asarray(ob, np.float32)], [], []
+            success = terminated = truncated = False
+            while True:
+                action = np.asarray(agent.select_action(ob, oracle_info(env, info)), dtype=np.float64)
+                if oracle == "markov" and xi > 0:
+                    action = action + np.random.normal(0, [xi, xi, xi, 3 * xi, 10 * xi], action.shape)
+                action = np.clip(action, -1.0, 1.0).astype(np.float32)
+                ob, reward, terminated, truncated, info = env.step(action)
+                obs.append(np.asarray(ob, np.float32))
+                acts.append(action)
+                rews.append(float(reward))
+                success = robot.success_fn(np.asarray(ob, np.float32), info)
+                if success or terminated or truncated:
+                    break
+        return _Rollout(
+            obs, acts, rews, success, bool(terminated), bool(truncated), {"episode_seed": ep_seed}
+        )
+
+    return _collect(robot, "oracle", params, n, task or env_id, robot_id, progress, rollout)
 
 
 def collect_scripted_demos(
@@ -237,34 +270,26 @@ def collect_scripted_demos(
     params = {"env_id": env_id, "policy": name, "seed": seed, "max_steps": max_steps}
     progress = _Progress(f"{name} on {env_id}", n, log_every, on_episode)
     low, high = robot.action_spec.low, robot.action_spec.high
-    episodes = []
-    try:
-        for k in range(n):
-            if hasattr(policy_fn, "reset"):
-                policy_fn.reset()
-            ob = robot.reset()
-            obs, acts, rews = [ob["state"]], [], []
-            while True:
-                action = np.asarray(policy_fn(ob), dtype=np.float32).reshape(robot.action_spec.shape)
-                if low is not None and high is not None:
-                    action = np.clip(action, low, high)
-                res = robot.act(action)
-                ob = res.observation
-                obs.append(ob["state"])
-                acts.append(action)
-                rews.append(res.reward)
-                if res.success or res.terminated or res.truncated:
-                    break
-            meta = {**params, "index": k, "collector": "collect_scripted_demos"}
-            ep = _build_episode(
-                robot, _episode_id("scripted", params, k), task or env_id, robot_id, obs, acts, rews,
-                _outcome(res.success, res.truncated), res.terminated, res.truncated, meta,
-            )  # fmt: skip
-            episodes.append(ep)
-            progress(k + 1, ep)
-    finally:
-        robot.close()
-    return episodes
+
+    def rollout(k: int) -> _Rollout:  # noqa: ARG001 - every episode runs the same way
+        if hasattr(policy_fn, "reset"):
+            policy_fn.reset()
+        ob = robot.reset()
+        obs, acts, rews = [ob["state"]], [], []
+        while True:
+            action = np.asarray(policy_fn(ob), dtype=np.float32).reshape(robot.action_spec.shape)
+            if low is not None and high is not None:
+                action = np.clip(action, low, high)
+            res = robot.act(action)
+            ob = res.observation
+            obs.append(ob["state"])
+            acts.append(action)
+            rews.append(res.reward)
+            if res.success or res.terminated or res.truncated:
+                break
+        return _Rollout(obs, acts, rews, res.success, res.terminated, res.truncated, {})
+
+    return _collect(robot, "scripted", params, n, task or env_id, robot_id, progress, rollout)
 
 
 # --- scripted policies ----------------------------------------------------------------------------

@@ -6,6 +6,8 @@ run the SDK against the real gateway.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import zmq
@@ -340,3 +342,29 @@ def test_incomplete_episode_makes_the_client_resend_its_rows(rig):
     assert isinstance(again, P.EpisodeEnd) and again.episode_id == end.episode_id
     assert [(f.first_step, len(f.actions)) for f in gw.steps] == [(1, 1)]  # only the missing row
     assert client.counters["resent_steps"] == 1
+
+
+def test_the_sdk_logger_silences_every_part_of_the_client(rig, caplog):
+    # benchmarks quieten the SDK with logging.getLogger("fleetrl.robots.client"): each part logs below it
+    client, gw, clock, _ = rig
+    connect(client, gw, clock)
+    caplog.set_level(logging.WARNING, logger="fleetrl.robots.client")
+    gw.sock.send_multipart([gw.ident, b"\xc1 not msgpack"])
+    deliver(client)
+    gw.send(
+        P.Action(
+            robot_id="rbt_1",
+            episode_id=client._episode.episode_id,
+            step=0,
+            actions=np.zeros((2, 5), np.float32),
+        )
+    )
+    deliver(client)
+    assert client.counters["errors"] == 2
+    assert len(caplog.records) == 2
+    assert all(r.name.startswith("fleetrl.robots.client.") for r in caplog.records)
+    caplog.clear()
+    caplog.set_level(logging.ERROR, logger="fleetrl.robots.client")
+    gw.sock.send_multipart([gw.ident, b"\xc1 not msgpack"])
+    deliver(client)
+    assert client.counters["errors"] == 3 and not caplog.records

@@ -1,4 +1,4 @@
-"""Wire codec of robots/protocol.py: round trips, zero-copy arrays, and every refusal code."""
+"""Wire codec of robots/protocol/: round trips, zero-copy arrays, and every refusal code."""
 
 from __future__ import annotations
 

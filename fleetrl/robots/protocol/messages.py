@@ -1,29 +1,23 @@
-"""Wire protocol between robots and the gateway: msgpack frames, numpy arrays as an extension type.
+"""The message kinds robots and the gateway exchange, and the validating ``encode``/``decode`` of a frame.
 
-This module is shared by the robot SDK and the gateway, and must import with numpy and msgpack only
-(a robot PC has neither Ray nor torch). Nothing here unpickles: every frame is plain msgpack, arrays
-carry an allow-listed dtype, a bounded shape and raw bytes that are decoded zero-copy.
-
-A message is a dataclass; ``encode(msg)`` turns it into one frame and ``decode(frame)`` validates a frame
-(size, version, kind, field types, array sizes) and returns the dataclass or raises ``ProtocolError``
-with a code that the gateway sends back in an ``error`` reply.
+A message is a dataclass whose field annotations double as the wire schema: ``encode(msg)`` turns it into
+one frame and ``decode(frame)`` validates a frame (size, version, kind, field types, array sizes) and
+returns the dataclass or raises ``ProtocolError`` with a code that the gateway sends back in an ``error``
+reply.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import msgpack
 import numpy as np
 
+from fleetrl.robots.protocol.codec import DEFAULT_LIMITS, Limits, pack, unpack
+from fleetrl.robots.protocol.errors import ProtocolError
+
 PROTOCOL_VERSION = 1
-ARRAY_EXT = 1
-ALLOWED_DTYPES = frozenset(
-    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool"}
-)
 OUTCOMES = ("success", "failure", "timeout", "aborted")
 LABELLERS = ("robot", "critic", "human", "gateway")
 CONTROL_MODES = ("autonomous", "human")
@@ -45,206 +39,13 @@ def check_meta(meta: dict) -> None:
             raise ProtocolError("bad_message", f"meta.{key}: only short scalars or lists of scalars")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Size limits applied while decoding; the gateway also refuses frames over ``max_frame_bytes``."""
-
-    max_frame_bytes: int = 4 * 1024 * 1024
-    max_ndim: int = 6
-    max_str_len: int = 4096
-    max_keys: int = 64
-
-
-DEFAULT_LIMITS = Limits()
-
-
-class ProtocolError(ValueError):
-    """A frame that cannot be accepted; ``code`` is what goes back in the ``error`` reply."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-# ---------------------------------------------------------------------------------------------------
-# Array specs: what a task's observations and actions look like.
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """Shape and dtype of one array; optional bounds (used for actions)."""
-
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    low: float | None = None
-    high: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ALLOWED_DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} not allowed; use one of {sorted(ALLOWED_DTYPES)}")
-        if any((not isinstance(d, int)) or d < 0 for d in self.shape):
-            raise ValueError(f"shape {self.shape!r} must be non-negative integers")
-
-    @property
-    def size(self) -> int:
-        return int(math.prod(self.shape))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype}
-        if self.low is not None:
-            out["low"] = self.low
-        if self.high is not None:
-            out["high"] = self.high
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArraySpec:
-        if not isinstance(d, dict) or "shape" not in d:
-            raise ValueError(f"array spec must be a mapping with 'shape', got {d!r}")
-        unknown = set(d) - {"shape", "dtype", "low", "high"}
-        if unknown:
-            raise ValueError(f"unknown array-spec keys {sorted(unknown)}; allowed: shape, dtype, low, high")
-        shape = d["shape"]
-        if not isinstance(shape, list | tuple) or not all(type(x) is int for x in shape):
-            raise ValueError(f"shape must be a list of integers, got {shape!r}")
-        return cls(tuple(shape), str(d.get("dtype", "float32")), d.get("low"), d.get("high"))
-
-    def check(self, name: str, arr: Any) -> None:
-        """Raise ProtocolError('bad_observation') if ``arr`` does not match this spec."""
-        if not isinstance(arr, np.ndarray):
-            raise ProtocolError("bad_observation", f"{name}: expected an array, got {type(arr).__name__}")
-        if tuple(arr.shape) != self.shape or arr.dtype.name != self.dtype:
-            raise ProtocolError(
-                "bad_observation",
-                f"{name}: expected shape {list(self.shape)} {self.dtype}, got {list(arr.shape)} {arr.dtype.name}",
-            )
-        check_finite(name, arr)
-
-
-def check_finite(name: str, arr: np.ndarray, allow_nan: bool = False) -> None:
-    """Raise ProtocolError('bad_observation') if a float array holds inf (or NaN, unless ``allow_nan``).
-
-    Why here: one non-finite observation batched with other robots' would fail the whole forward pass
-    (every robot in the batch refused), and a non-finite stored value poisons every update it is sampled in.
-    """
-    if arr.dtype.kind != "f":
-        return
-    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
-    if bad.any():
-        raise ProtocolError("bad_observation", f"{name}: {int(bad.sum())} non-finite values (NaN or inf)")
-
-
-def check_observation(specs: dict[str, ArraySpec], observation: dict, name: str = "observation") -> None:
-    """Raise ProtocolError('bad_observation') unless ``observation`` has exactly the spec's keys and arrays."""
-    if set(observation) != set(specs):
-        raise ProtocolError(
-            "bad_observation", f"{name} keys {sorted(observation)}, task needs {sorted(specs)}"
-        )
-    for key, spec in specs.items():
-        spec.check(f"{name}[{key!r}]", observation[key])
-
-
-def specs_to_dict(specs: dict[str, ArraySpec]) -> dict[str, dict[str, Any]]:
-    return {k: v.to_dict() for k, v in specs.items()}
-
-
-def specs_from_dict(d: dict[str, Any]) -> dict[str, ArraySpec]:
-    if not isinstance(d, dict) or not d:
-        raise ValueError("observation spec must be a non-empty mapping of name -> {shape, dtype}")
-    return {str(k): ArraySpec.from_dict(v) for k, v in d.items()}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Array codec.
-
-
-def _ext_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.name not in ALLOWED_DTYPES:
-            raise TypeError(f"array dtype {obj.dtype.name} cannot go on the wire")
-        # Little-endian, C order, on the wire. Not np.ascontiguousarray: it turns a 0-d array into 1-d.
-        arr = obj.astype(obj.dtype.newbyteorder("<"), order="C", copy=False)
-        header = msgpack.packb([arr.dtype.name, list(arr.shape)])
-        return msgpack.ExtType(ARRAY_EXT, header + arr.tobytes())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-def _make_ext_hook(limits: Limits):
-    def ext_hook(code: int, data: bytes) -> Any:
-        if code != ARRAY_EXT:
-            raise ProtocolError("bad_frame", f"unknown extension type {code}")
-        unpacker = msgpack.Unpacker(
-            max_buffer_size=len(data), max_str_len=64, max_array_len=limits.max_ndim + 1
-        )
-        unpacker.feed(data)
-        try:
-            dtype, shape = unpacker.unpack()
-        except Exception as exc:  # noqa: BLE001 - any failure here is a malformed array header
-            raise ProtocolError("bad_frame", f"malformed array header: {exc}") from None
-        if dtype not in ALLOWED_DTYPES:
-            raise ProtocolError("bad_frame", f"array dtype {dtype!r} not allowed")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > limits.max_ndim
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
-        ):
-            raise ProtocolError("bad_frame", f"bad array shape {shape!r}")
-        offset = unpacker.tell()
-        expected = math.prod(shape) * np.dtype(dtype).itemsize
-        if len(data) - offset != expected:
-            raise ProtocolError(
-                "bad_frame", f"array payload has {len(data) - offset} bytes, shape needs {expected}"
-            )
-        # Zero-copy: the array is a read-only view on the frame's bytes.
-        return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), offset=offset).reshape(shape)
-
-    return ext_hook
-
-
-_EXT_HOOKS: dict[Limits, Any] = {}
-
-
-def pack(obj: dict[str, Any]) -> bytes:
-    return msgpack.packb(obj, default=_ext_default, use_bin_type=True)
-
-
-def unpack(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
-    if len(frame) > limits.max_frame_bytes:
-        raise ProtocolError(
-            "frame_too_large", f"frame of {len(frame)} bytes exceeds {limits.max_frame_bytes}"
-        )
-    hook = _EXT_HOOKS.get(limits)
-    if hook is None:
-        hook = _EXT_HOOKS.setdefault(limits, _make_ext_hook(limits))
-    try:
-        return msgpack.unpackb(
-            frame,
-            ext_hook=hook,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=limits.max_str_len,
-            max_map_len=limits.max_keys,
-            max_array_len=1 << 16,
-            max_bin_len=limits.max_frame_bytes,
-            max_ext_len=limits.max_frame_bytes,
-        )
-    except ProtocolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - msgpack raises several types for malformed input
-        raise ProtocolError("bad_frame", f"not a valid msgpack frame: {type(exc).__name__}: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Messages. Field annotations double as the wire schema checked by ``decode``.
-
 _FLOAT = (int, float)
 
 
 @dataclass
 class Message:
+    """What every message carries; a subclass's ``KIND`` names it on the wire."""
+
     KIND: ClassVar[str] = ""
     robot_id: str
 

@@ -1,0 +1,21 @@
+"""Timing and buffering of the robot SDK, in one place so a deployment tunes it without reading the loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ClientConfig:
+    """Timing of the SDK; defaults suit a 10-30 Hz robot on a LAN."""
+
+    deadline_s: float = 0.5  # a request unanswered this long counts as a watchdog trip and is re-sent
+    link_timeout_s: float = 3.0  # nothing heard for this long: the link is lost, hold and re-hello
+    heartbeat_s: float = 1.0  # ping when nothing else was sent for this long
+    hello_retry_s: float = 1.0
+    ack_timeout_s: float = 1.0
+    initial_latency_s: float = 0.05
+    keep_episodes: int = 100  # per-step logs of this many recent episodes are kept for inspection
+    keep_replies: int = 2000  # (round trip, gateway timings) of this many recent replies
+    max_rows_per_frame: int = 64  # executed steps per ``steps`` frame
+    steps_per_upload: int = 16  # upload executed steps once this many are pending (and at episode end)

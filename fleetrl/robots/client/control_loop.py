@@ -1,0 +1,335 @@
+"""One robot's control loop: ``RobotClient`` executes action chunks asynchronously and never waits on the
+network.
+
+``tick`` runs one control period: it executes the next action of the current chunk and, when the chunk
+is about to run out (the remaining steps cover the measured round trip), uploads the current observation
+so the next chunk arrives before the current one ends; the new chunk then starts exactly where the old
+one ends (VLAC §3.2.1). When no chunk is ready, or the link is lost, the client calls the robot's
+``hold()`` instead of running past its chunk. The link, the uploads and human control are its parts
+(``transport``, ``uploads``, ``takeover``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from fleetrl.robots import protocol as P
+from fleetrl.robots.client.config import ClientConfig
+from fleetrl.robots.client.robot import OperatorFn, Robot, StepResult
+from fleetrl.robots.client.takeover import HumanControl, Supervisor
+from fleetrl.robots.client.transport import GatewayConnection, dealer_socket
+from fleetrl.robots.client.uploads import EpisodeUploads
+from fleetrl.robots.episode import end_flags
+from fleetrl.robots.recorder import EpisodeLog, StepRecord
+
+log = logging.getLogger(__name__)
+
+COUNTERS = (
+    "steps",
+    "requests",
+    "replies",
+    "episodes",
+    "successes",
+    "holds",
+    "startup_waits",
+    "watchdog_trips",
+    "link_losses",
+    "reconnects",
+    "stale_replies",
+    "errors",
+    "resent_episode_ends",
+    "resent_steps",
+    "interventions",
+    "takeovers",
+    "demos",
+    "resets",
+)
+
+
+@dataclass
+class _Chunk:
+    actions: np.ndarray
+    obs_step: int
+    obs_time: float
+    version: int
+    replica: str
+    log_prob: float
+    index: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.actions) - self.index
+
+
+@dataclass
+class _Request:
+    step: int
+    t_sent: float
+    obs_time: float
+
+
+class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
+    """One robot's connection and control loop state; driven by ``FleetRunner`` (or its own loop)."""
+
+    def __init__(
+        self,
+        robot: Robot,
+        robot_id: str,
+        token: str,
+        endpoint: str,
+        context: zmq.Context | None = None,
+        config: ClientConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.robot = robot
+        self.robot_id = robot_id
+        self.endpoint = endpoint
+        self.cfg = config or ClientConfig()
+        self._token = token
+        self._clock = clock
+        self._ctx = context or zmq.Context.instance()
+        self.socket = dealer_socket(self._ctx, endpoint)
+
+        self.welcome: P.Welcome | None = None
+        self._ever_welcomed = False
+        self._last_hello = -math.inf
+        self._last_rx = clock()
+        self._last_tx = -math.inf
+        self._latency = self.cfg.initial_latency_s
+        self._last_latency_ms: float | None = None
+        self._episode: EpisodeLog | None = None
+        self._step = 0
+        self._obs: dict[str, np.ndarray] | None = None
+        self._current: _Chunk | None = None
+        self._next: _Chunk | None = None
+        self._request: _Request | None = None
+        self._unacked: dict[str, tuple[EpisodeLog, float]] = {}  # ended, not yet acked: (log, last sent)
+        self._zero_action = np.zeros(robot.action_spec.shape, dtype=np.float32)
+        self.episodes: deque[EpisodeLog] = deque(maxlen=self.cfg.keep_episodes)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        # (robot-measured round trip in ms, the gateway's timings) for each answered request
+        self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.cfg.keep_replies)
+        self._operator: tuple[OperatorFn, str] | None = None
+        self._demos_left = 0
+        self._demo_operator: tuple[OperatorFn, str] | None = None
+        self.supervisor: Supervisor | None = None
+        self.on_reset_request: Callable[[P.Reset], None] | None = None  # real robots: tell the operator
+        self.reply_times: deque[float] = deque(maxlen=self.cfg.keep_replies)  # robot clock, per reply
+        self.last_error: P.Error | None = None
+
+    @property
+    def control_dt(self) -> float:
+        return 1.0 / getattr(self.robot, "control_hz", 10.0)
+
+    def tick(self) -> None:
+        """One control period. Never blocks on the network (nor, under human control, needs it)."""
+        now = self._clock()
+        self._housekeeping(now)
+        if self.welcome is None and self._operator is None:
+            self._hold_or_wait(now)
+            return
+        if self._episode is None:
+            self._start_episode(now)
+            return
+        if self._operator is not None:
+            self._operator_step(now)
+            return
+        if self._current is None or self._current.remaining == 0:
+            self._current, self._next = self._next, None
+        if self._current is None or self._current.remaining == 0:
+            self._hold_or_wait(now)
+            return
+        chunk = self._current
+        commanded = self._clip(chunk.actions[chunk.index])
+        rec = StepRecord(self._step, chunk.obs_step, chunk.obs_time, now, chunk.version, chunk.replica)
+        if chunk.index == 0:
+            rec.log_prob = chunk.log_prob
+        chunk.index += 1
+        self._after_step(rec, commanded, self.robot.act(commanded), now)
+
+    def _housekeeping(self, now: float) -> None:
+        if not self._check_link(now):
+            return
+        if self._request is not None and now - self._request.t_sent > self.cfg.deadline_s:
+            self.counters["watchdog_trips"] += 1
+            self._request = None  # asked again below with the current observation
+            self._maybe_request(now)
+        self._resend_overdue(now)
+        self._heartbeat(now)
+
+    def _hold_or_wait(self, now: float) -> None:
+        self._maybe_request(now)  # nothing to execute and nothing asked (e.g. a refused request): ask now
+        if self._episode is not None and self._step > 0:
+            self.counters["holds"] += 1
+            rec = StepRecord(self._step, -1, now, now, -1, "", held=True)
+            self._after_step(rec, self._zero_action, self.robot.hold(), now)
+        else:
+            self.counters["startup_waits"] += 1
+
+    # -- episodes ------------------------------------------------------------------------------------
+    def _start_episode(self, now: float) -> None:
+        self._begin(now, self.robot.reset())
+        self.counters["startup_waits"] += 1
+
+    def _begin(self, now: float, obs: dict[str, np.ndarray], meta: dict | None = None) -> None:
+        """A new episode from observation ``obs``; a pending demonstration takes over for all of it."""
+        robot_meta = getattr(self.robot, "episode_meta", None)
+        self._episode = EpisodeLog(
+            episode_id=uuid.uuid4().hex, meta={**(robot_meta() if robot_meta else {}), **(meta or {})}
+        )
+        self._step = 0
+        self._current = self._next = None
+        self._request = None
+        self._obs = obs
+        self._episode_started()
+        self._maybe_request(now)
+
+    def _after_step(self, rec: StepRecord, commanded: np.ndarray, result: StepResult, now: float) -> None:
+        """Record the executed step (the operator's action if one intervened) and decide what comes next."""
+        assert self._episode is not None and self._obs is not None
+        executed = commanded
+        if result.executed_action is not None:
+            executed = result.executed_action
+            rec.intervention, rec.policy_version, rec.obs_step = True, -1, self._step
+            self.counters["interventions"] += 1
+        rec.reward = float(result.reward)
+        self._episode.record(rec, self._obs, executed)
+        if self.supervisor is not None and self._episode.source == "online":
+            self.supervisor.after_step(self, result)
+        self._step += 1
+        self.counters["steps"] += 1
+        self._obs = result.observation
+        if result.success or result.terminated or result.truncated:
+            outcome = "success" if result.success else ("timeout" if result.truncated else "failure")
+            self._episode.terminated, self._episode.truncated = end_flags(
+                result.success, result.terminated, result.truncated
+            )
+            self._end_episode(outcome, now)
+            return
+        self._maybe_request(now)
+
+    def _end_episode(self, outcome: str, now: float) -> None:
+        ep = self._episode
+        assert ep is not None
+        ep.outcome = outcome
+        ep.final_observation = self._obs
+        self.counters["episodes"] += 1
+        self.counters["successes"] += outcome == "success"
+        self._upload_ended(ep, now)
+        self.episodes.append(ep)
+        self._episode = None
+        if ep.source == "offline":
+            self.hand_back()  # a demonstration ends with its episode
+
+    def _on_reset(self, msg: P.Reset, now: float) -> None:
+        """Return-and-explore: end the current episode (aborted) and start the next from the asked state."""
+        self.counters["resets"] += 1
+        reset_to = getattr(self.robot, "reset_to", None)
+        if reset_to is None:
+            if self.on_reset_request is not None:
+                self.on_reset_request(msg)  # a real robot: the operator does it
+            else:
+                log.warning(
+                    "%s: reset to %r requested; this robot cannot reset itself", self.robot_id, msg.state
+                )
+            return
+        if self._episode is not None and self._episode.steps:
+            self._end_episode("aborted", now)
+        try:
+            obs = reset_to(msg)
+        except ValueError as exc:
+            self.counters["errors"] += 1
+            log.warning("%s: cannot reset to %r: %s", self.robot_id, msg.state, exc)
+            self._episode = None
+            return
+        self._begin(now, obs, {"reset_state": msg.state, "reset_from_episode": msg.episode_id,
+                               "reset_from_step": msg.step})  # fmt: skip
+
+    # -- action chunks -------------------------------------------------------------------------------
+    def _maybe_request(self, now: float) -> None:
+        """Upload the observation early enough that the next chunk lands when the current one ends."""
+        if self._request or self._next or self._obs is None or self._episode is None or self.welcome is None:
+            return
+        if self._operator is not None:
+            return
+        remaining = self._current.remaining if self._current is not None else 0
+        lookahead = math.ceil(self._latency / self.control_dt)
+        if remaining > lookahead:
+            return
+        if len(self._episode.steps) - self._episode.sent >= self.cfg.steps_per_upload:
+            self._flush_steps(self._episode, now)
+        self._request = _Request(step=self._step, t_sent=now, obs_time=now)
+        self.counters["requests"] += 1
+        obs = P.Obs(
+            robot_id=self.robot_id,
+            episode_id=self._episode.episode_id,
+            step=self._step,
+            t_robot=now,
+            observation=self._obs,
+            last_latency_ms=self._last_latency_ms,
+        )
+        self._send(obs, now)
+
+    def _on_action(self, msg: P.Action, now: float) -> None:
+        req = self._request
+        ep = self._episode
+        if req is None or ep is None or msg.episode_id != ep.episode_id or msg.step != req.step:
+            self.counters["stale_replies"] += 1
+            return
+        rtt = now - req.t_sent
+        self._latency = 0.8 * self._latency + 0.2 * rtt
+        self._last_latency_ms = rtt * 1e3
+        self.replies.append((rtt * 1e3, msg.timings))
+        self.reply_times.append(now)
+        self.counters["replies"] += 1
+        self._request = None
+        actions = np.asarray(msg.actions)
+        if (
+            actions.ndim != 1 + len(self.robot.action_spec.shape)
+            or actions.shape[1:] != self.robot.action_spec.shape
+        ):
+            self.counters["errors"] += 1
+            log.warning("%s: action chunk of shape %s refused", self.robot_id, actions.shape)
+            return
+        self._next = _Chunk(actions, req.step, req.obs_time, msg.policy_version, msg.replica, msg.log_prob)
+
+    def _clip(self, action: np.ndarray) -> np.ndarray:
+        spec = self.robot.action_spec
+        if spec.low is None and spec.high is None:
+            return action
+        return np.clip(action, spec.low, spec.high)
+
+    # -- replies -------------------------------------------------------------------------------------
+    def _handle(self, msg: P.Message, now: float) -> None:
+        if isinstance(msg, P.Action):
+            self._on_action(msg, now)
+        elif isinstance(msg, P.Welcome):
+            self._on_welcome(msg)
+        elif isinstance(msg, P.Ack):
+            self._on_ack(msg)
+        elif isinstance(msg, P.Error):
+            self._on_error(msg)
+        elif isinstance(msg, P.Reset):
+            self._on_reset(msg, now)
+        # Pong: only refreshes _last_rx.
+
+    def _on_error(self, msg: P.Error) -> None:
+        self.counters["errors"] += 1
+        self.last_error = msg
+        if msg.code in ("incomplete_episode", "out_of_order") and msg.episode_id and msg.step is not None:
+            self._resend_from(msg.episode_id, msg.step)
+            return
+        if msg.code in ("unknown_session", "unauthorized"):
+            self._on_session_error(msg)
+        elif msg.step is not None and self._request is not None and msg.step == self._request.step:
+            log.warning("%s: request refused: %s %s", self.robot_id, msg.code, msg.message)
+            self._request = None
