@@ -100,8 +100,8 @@ class ServeRoutedGateway(Gateway):
         except Exception as exc:  # noqa: BLE001 - like the gateway: refuse the frame, keep serving
             self._refuse(ident, "inference_failed", type(exc).__name__, msg.robot_id, msg.step)
             return
-        self._observe_result(task.name, result, 1)
-        self._reply(ident, msg, result, 0, arrived, {})
+        self.dispatch.observe_result(task.name, result, 1)
+        self.dispatch.reply(ident, msg, result, 0, arrived, {})
 
 
 def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str]:

@@ -7,9 +7,12 @@ sends each robot its action chunk. Malformed, oversized, unauthorised or out-of-
 lease: one silent for ``lease_timeout_s`` goes offline and its open episode ends as ``aborted``.
 
 The socket, the scheduler and the replica calls all live on one asyncio loop in a thread of the actor,
-so the scheduler needs no locks; Ray method calls reach that loop through ``_call``. Its other jobs are
-mixed in from their own modules: task pools and replica dispatch (``dispatch.py``), episode assembly and
-delivery (``intake.py``), return-and-explore resets (``resets.py``).
+so the scheduler needs no locks; Ray method calls reach that loop through ``_call``. The gateway owns its
+other jobs as parts, each built here with only what it needs (``send``/``refuse``, the robot table, the
+loop, the metrics buffer, the data server, the scheduler): task pools and replica dispatch
+(``ReplicaDispatch``, dispatch.py), episode assembly and delivery (``EpisodeIntake``, intake.py) and
+return-and-explore resets (``ResetRequests``, resets.py). The receive loop and the frame handlers here
+check sessions and hand each frame to its part.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import ray
@@ -38,8 +42,9 @@ from fleetrl.workers.task import TaskConfig, registered_tasks
 log = logging.getLogger(__name__)
 
 
-class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
-    """Ray actor: ``ready()``, ``stats()``, ``revoke(robot_id)``, ``stop()``; the work happens on its loop."""
+class Gateway:
+    """Ray actor: ``ready()``, ``stats()``, ``revoke(robot_id)``, ``add_task``, ``remove_task``,
+    ``served_tasks()``, ``request_reset``, ``stop()``; the work happens on its loop."""
 
     def __init__(
         self,
@@ -57,8 +62,6 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
         self.cfg = config
         self.node_ip = ray.util.get_node_ip_address()
         self.endpoint = config.public_endpoint(self.node_ip)  # what robots are told
-        self.data = data  # data server (``ingest(episode)``); None: episodes are acked and dropped
-        self.episodes_out = 0
         self.registry = registry
         self.metrics_server = metrics
         if metrics is not None:
@@ -66,23 +69,26 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
         self.limits = P.Limits(max_frame_bytes=config.max_frame_bytes)
         self.metrics = MetricsBuffer()
         self.scheduler = Scheduler()
-        self.replicas: dict[str, Any] = {}
-        self.replica_pool: dict[str, str] = {}
-        self.tasks: dict[str, TaskConfig] = {}
+        self.robots: dict[str, RobotState] = {}
+        self.by_ident: dict[bytes, str] = {}
+        self.refused: Counter = Counter()
+        self._bound = threading.Event()
+        self._error: BaseException | None = None
+        self._loop = asyncio.new_event_loop()
+        self.dispatch = ReplicaDispatch(
+            self.scheduler, self.robots, self._send, self._refuse, self.metrics, self._loop
+        )
+        # ``data``: the data server; None: episodes are acked and dropped (and no reset can be recorded)
+        self.resets = ResetRequests(self.robots, data, self._send, random.Random(0))
+        self.intake = EpisodeIntake(
+            data, self._send, self._refuse, self.refused, self.metrics, self._loop, self.resets.maybe_explore
+        )
         if weights is not None:
             pools = {**ray.get(weights.pools.remote()), **replicas}
             served = [t for t, _ in registered_tasks(ray.get(registry.task_configs.remote()), tasks)]
             tasks, replicas = [t for t in served if t.name in pools], pools
         for task in tasks:
-            self.tasks[task.name] = task
-            self._add_pool(task, replicas.get(task.name, []))
-        self.robots: dict[str, RobotState] = {}
-        self.by_ident: dict[bytes, str] = {}
-        self.refused: Counter = Counter()
-        self._rng = random.Random(0)  # return-and-explore draws
-        self._bound = threading.Event()
-        self._error: BaseException | None = None
-        self._loop = asyncio.new_event_loop()
+            self.dispatch.add_task(task, replicas.get(task.name, []))
         self._thread = threading.Thread(target=self._run_loop, name="fleetrl-gateway", daemon=True)
         self._thread.start()
 
@@ -104,15 +110,51 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
 
     def revoke(self, robot_id: str) -> bool:
         """Drop a deleted robot's session now; its next frame is refused."""
-        return self._call(self._revoke(robot_id))
+        return self._on_loop(self._forget, robot_id)
+
+    def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
+        """Serve a task created at runtime (POST /v1/tasks)."""
+        self._on_loop(self.dispatch.add_task, task, replicas)
+
+    def served_tasks(self) -> list[str]:
+        """The tasks robots can connect to now."""
+        return self._on_loop(lambda: sorted(self.dispatch.tasks))
+
+    def remove_task(self, name: str) -> bool:
+        """Stop serving a deleted task: its robots' sessions end (open episodes aborted), what waits for
+        its replicas is dropped, and its pool and replicas are forgotten. False if it was not served."""
+
+        def remove() -> bool:
+            if name not in self.dispatch.tasks:
+                return False
+            for robot_id in [r for r, s in self.robots.items() if s.task.name == name]:
+                self._forget(robot_id)
+            self.dispatch.remove_task(name)
+            return True
+
+        return self._on_loop(remove)
+
+    def request_reset(self, robot_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"state": name}``, ``{"episode_id", "step"}`` or ``{"failure": true}``. Returns what was sent,
+        or ``{"ok": False, "code", "error"}``."""
+        return self._call(self.resets.request(robot_id, request))
 
     def stop(self) -> None:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def _call(self, coro) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the gateway's loop and wait for its result (from a Ray method's thread)."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the gateway's loop, where the robot table and the parts may be touched."""
+
+        async def run() -> Any:
+            return fn(*args)
+
+        return self._call(run())
 
     # -- loop ----------------------------------------------------------------------------------------
     def _run_loop(self) -> None:
@@ -185,9 +227,9 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
         if isinstance(msg, P.Obs):
             self._on_obs(ident, state, msg)
         elif isinstance(msg, P.Steps):
-            self._on_steps(ident, state, msg)
+            self.intake.on_steps(ident, state, msg)
         elif isinstance(msg, P.EpisodeEnd):
-            self._on_episode_end(ident, state, msg)
+            self.intake.on_episode_end(ident, state, msg)
         elif isinstance(msg, P.Control):
             self._on_control(ident, state, msg)
         elif isinstance(msg, P.Ping):
@@ -204,7 +246,7 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
         if record is None:
             self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
             return
-        task = self.tasks.get(record["task"])
+        task = self.dispatch.tasks.get(record["task"])
         if task is None:
             self._refuse(ident, "unauthorized", f"task {record['task']!r} is not served here", msg.robot_id)
             return
@@ -241,34 +283,20 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
             self.metrics.inc("takeovers_total", (state.task.name,))
         state.control, state.operator = msg.mode, msg.operator[:64] if msg.mode == "human" else ""
         state.control_since = (msg.episode_id, msg.step)
-        self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
+        self.dispatch.drop_pending(state)
         log.info("gateway: robot %s under %s control from step %d", state.robot_id, msg.mode, msg.step)
-
-    def _stale(self, state: RobotState, msg: P.Obs) -> bool:
-        """True if a chunk for ``msg`` must not be sent: the robot is under human control, or control
-        changed after that observation (it came before the hand-back)."""
-        if state.control == "human":
-            return True
-        episode, step = state.control_since
-        return msg.episode_id == episode and msg.step < step
 
     def _on_obs(self, ident: bytes, state: RobotState, msg: P.Obs) -> None:
         task = state.task
         if state.control == "human":
-            self._refuse(
-                ident, "human_control", "an operator has control: hand back first", state.robot_id, msg.step
-            )
+            why = "an operator has control: hand back first"
+            self._refuse(ident, "human_control", why, state.robot_id, msg.step)
             return
-        if not self._in_episode(ident, state, msg.episode_id, msg.step):
+        if not self.intake.enter_episode(ident, state, msg.episode_id, msg.step):
             return
         if msg.step < state.last_step:  # the same step again is a retry whose reply was lost
-            self._refuse(
-                ident,
-                "out_of_order",
-                f"step {msg.step} after step {state.last_step}",
-                state.robot_id,
-                msg.step,
-            )
+            why = f"step {msg.step} after step {state.last_step}"
+            self._refuse(ident, "out_of_order", why, state.robot_id, msg.step)
             return
         try:
             P.check_observation(task.observation_spec, msg.observation)
@@ -284,6 +312,10 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
         self.metrics.inc("observations_total", (task.name,))
         self._submit(task, state.robot_id, ident, msg)
 
+    def _submit(self, task: TaskConfig, robot_id: str, ident: bytes, msg: P.Obs) -> None:
+        """Route one accepted observation to a replica (a subclass may route differently, e.g. for a baseline)."""
+        self.dispatch.submit(task, robot_id, ident, msg)
+
     # -- leases, stats, metrics ----------------------------------------------------------------------
     async def _lease_loop(self) -> None:
         while True:
@@ -298,13 +330,12 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
         if state.ident is not None:
             self.by_ident.pop(state.ident, None)
             state.ident = None
-        if state.episode_id is not None:
-            self._abort_episode(state, state.episode_id)
-        state.assemblies.clear()  # re-sends of ended episodes: the robot sends them again when it is back
-        self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
+        self.intake.end_session(state)
+        self.dispatch.drop_pending(state)
         log.info("gateway: robot %s offline (lease expired)", state.robot_id)
 
-    async def _revoke(self, robot_id: str) -> bool:
+    def _forget(self, robot_id: str) -> bool:
+        """End a robot's session and forget it (deleted, or its task was); False if it was not known."""
         state = self.robots.pop(robot_id, None)
         if state is None:
             return False
@@ -316,7 +347,7 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
             "endpoint": self.endpoint,
             "robots": [s.row() for s in self.robots.values()],
             "refused": dict(self.refused),
-            "episodes_committed": self.episodes_out,
+            "episodes_committed": self.intake.episodes_committed,
             "pools": {
                 p: {
                     "queue_depth": self.scheduler.queue_depth(p),
@@ -335,7 +366,7 @@ class Gateway(EpisodeIntake, ResetRequests, ReplicaDispatch):
                 self.metrics.set("queue_depth", (pool,), self.scheduler.queue_depth(pool))
                 avail = len(self.scheduler.idle_replicas(pool)) + len(self.scheduler.busy_replicas(pool))
                 self.metrics.set("replicas_available", (pool,), avail)
-            for task in self.tasks:
+            for task in self.dispatch.tasks:
                 online = sum(1 for s in self.robots.values() if s.online and s.task.name == task)
                 self.metrics.set("robots_online", (task,), online)
             events, gauges = self.metrics.drain()

@@ -1,10 +1,13 @@
-"""Task pools and replica dispatch, for the gateway: every task has a pool of inference replicas
-in the scheduler; an accepted observation is submitted to its task's pool, a dispatch becomes one batched
-``infer`` call on a replica, and each row of the result goes back to its robot as an action chunk. A replica
-that dies or does not answer within ``batch_timeout_s`` has its batch re-queued, and is given back to the
-scheduler once Ray has restarted it. Tasks come and go while the gateway runs (``add_task``,
-``remove_task``). Mixed into ``Gateway``: it runs on the gateway's asyncio loop, with its scheduler, robots
-and metrics.
+"""Task pools and replica dispatch, the gateway's inference part: every served task has a pool of
+inference replicas in the scheduler; an accepted observation is submitted to its task's pool, a dispatch
+becomes one batched ``infer`` call on a replica, and each row of the result goes back to its robot as an
+action chunk. A replica that dies or does not answer within ``batch_timeout_s`` has its batch re-queued,
+and is given back to the scheduler once Ray has restarted it. Tasks come and go while the gateway runs
+(``add_task``, ``remove_task``).
+
+It runs on the gateway's asyncio loop and knows the gateway only through what its constructor is given:
+the scheduler, the robot table (pinned weight versions, who is under human control), ``send`` and
+``refuse`` for frames to robots, the metrics buffer and the loop it starts its replica calls on.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from fleetrl.robots import protocol as P
-from fleetrl.workers.gateway.scheduler import Dispatch
+from fleetrl.workers.gateway.scheduler import Dispatch, Scheduler
+from fleetrl.workers.metrics_server import MetricsBuffer
 from fleetrl.workers.task import TaskConfig
+
+if TYPE_CHECKING:
+    from fleetrl.workers.gateway.session import RobotState
 
 log = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -30,20 +38,34 @@ def stack_observations(messages: list[P.Obs], keys: list[str]) -> dict[str, np.n
 
 
 class ReplicaDispatch:
-    """Task pools and replica calls (mixed into ``Gateway``)."""
+    """The tasks served, their replicas, and the batched calls that turn observations into action chunks."""
 
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        robots: dict[str, RobotState],
+        send: Callable[[bytes, P.Message], None],
+        refuse: Callable[..., None],
+        metrics: MetricsBuffer,
+        loop: asyncio.AbstractEventLoop,
+    ):
+        """``refuse(ident, code, message, robot_id, step)`` answers a frame with an ``error`` and counts it."""
+        self.scheduler = scheduler
+        self.robots = robots
+        self.send = send
+        self.refuse = refuse
+        self.metrics = metrics
+        self.loop = loop
+        self.tasks: dict[str, TaskConfig] = {}
+        self.replicas: dict[str, Any] = {}  # replica id ("task/i") -> actor handle
+        self.replica_pool: dict[str, str] = {}  # replica id -> its task's pool
+
+    # -- task pools ----------------------------------------------------------------------------------
     def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
-        """Serve a task created at runtime (POST /v1/tasks)."""
-
-        async def add() -> None:
-            if task.name in self.tasks:
-                raise ValueError(f"task {task.name!r} is already served")
-            self.tasks[task.name] = task
-            self._add_pool(task, replicas)
-
-        self._call(add())
-
-    def _add_pool(self, task: TaskConfig, replicas: list[Any]) -> None:
+        """Serve ``task`` with its replicas (ValueError if it is served already)."""
+        if task.name in self.tasks:
+            raise ValueError(f"task {task.name!r} is already served")
+        self.tasks[task.name] = task
         self.scheduler.add_pool(task.name, task.inference.max_batch)
         for i, handle in enumerate(replicas):
             rid = f"{task.name}/{i}"
@@ -51,47 +73,32 @@ class ReplicaDispatch:
             self.replica_pool[rid] = task.name
             self.scheduler.add_replica(task.name, rid)
 
-    def served_tasks(self) -> list[str]:
-        """The tasks robots can connect to now."""
-
-        async def names() -> list[str]:
-            return sorted(self.tasks)
-
-        return self._call(names())
-
-    def remove_task(self, name: str) -> bool:
-        """Stop serving a deleted task: its robots' sessions end (open episodes aborted), what waits for
-        its replicas is dropped, and its pool and replicas are forgotten. False if it was not served."""
-
-        async def remove() -> bool:
-            if name not in self.tasks:
-                return False
-            for state in [s for s in self.robots.values() if s.task.name == name]:
-                del self.robots[state.robot_id]
-                self._go_offline(state)
-            dropped = self.scheduler.remove_pool(name)
-            for rid in [rid for rid, pool in self.replica_pool.items() if pool == name]:
-                del self.replicas[rid], self.replica_pool[rid]
-            del self.tasks[name]
-            log.info("gateway: task %s removed (%d observations dropped)", name, len(dropped))
-            return True
-
-        return self._call(remove())
-
-    def _submit(self, task: TaskConfig, robot_id: str, ident: bytes, msg: P.Obs) -> None:
-        """Route one accepted observation to a replica (a subclass may route differently, e.g. for a baseline)."""
-        self._start(self.scheduler.submit(task.name, robot_id, (ident, msg, time.time())))
+    def remove_task(self, name: str) -> None:
+        """Forget a served task's pool and replicas; what waited for them is dropped, and a batch still
+        running on one of them is ignored when it returns."""
+        dropped = self.scheduler.remove_pool(name)
+        for rid in [rid for rid, pool in self.replica_pool.items() if pool == name]:
+            del self.replicas[rid], self.replica_pool[rid]
+        del self.tasks[name]
+        log.info("gateway: task %s removed (%d observations dropped)", name, len(dropped))
 
     # -- dispatch ------------------------------------------------------------------------------------
+    def submit(self, task: TaskConfig, robot_id: str, ident: bytes, msg: P.Obs) -> None:
+        """Route one accepted observation to its task's pool."""
+        self._start(self.scheduler.submit(task.name, robot_id, (ident, msg, time.time())))
+
+    def drop_pending(self, state: RobotState) -> None:
+        """Forget the robot's observations still waiting for a replica (it left, or an operator took over)."""
+        self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
+
     def _start(self, dispatches: list[Dispatch]) -> None:
         for d in dispatches:
-            self._loop.create_task(self._run_batch(d))
+            self.loop.create_task(self._run_batch(d))
 
     async def _run_batch(self, d: Dispatch) -> None:
         task = self.tasks[d.pool]
-        keys = list(task.observation)
         messages = [item.payload[1] for item in d.items]
-        batch = stack_observations(messages, keys)
+        batch = stack_observations(messages, list(task.observation))
         pins = self._pins(messages) if task.inference.reload == "episode" else None
         handle = self.replicas[d.replica]
         call = handle.infer.remote(batch, pins)
@@ -105,34 +112,41 @@ class ReplicaDispatch:
         if self.replicas.get(d.replica) is not handle:
             return  # the task was deleted while this batch ran (its robots went with it)
         if isinstance(failure, (*REPLICA_GONE, TimeoutError)):
-            self.metrics.inc("replica_failures_total", (d.pool,))
-            timed_out = isinstance(failure, TimeoutError)
-            why = f"no answer in {task.inference.batch_timeout_s} s" if timed_out else failure
-            log.warning(
-                "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, why, len(d.items)
-            )
-            self._start(self.scheduler.remove_replica(d.replica))
-            self._loop.create_task(self._recover(d.replica))
-            return
-        if failure is not None:
+            self._replica_gone(d, task, failure)
+        elif failure is not None:
             log.error("gateway: inference failed on %s", d.replica, exc_info=failure)
             _, more = self.scheduler.complete(d.replica)
             self._start(more)
             for item in d.items:
                 ident, msg, _ = item.payload
-                self._refuse(ident, "inference_failed", type(failure).__name__, msg.robot_id, msg.step)
-            return
+                self.refuse(ident, "inference_failed", type(failure).__name__, msg.robot_id, msg.step)
+        else:
+            self._deliver(d, messages, result, pins is not None)
+
+    def _replica_gone(self, d: Dispatch, task: TaskConfig, failure: Exception) -> None:
+        """The replica died or timed out: its batch goes back to the queue and it is watched until back."""
+        self.metrics.inc("replica_failures_total", (d.pool,))
+        timed_out = isinstance(failure, TimeoutError)
+        why = f"no answer in {task.inference.batch_timeout_s} s" if timed_out else failure
+        log.warning(
+            "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, why, len(d.items)
+        )
+        self._start(self.scheduler.remove_replica(d.replica))
+        self.loop.create_task(self._recover(d.replica))
+
+    def _deliver(self, d: Dispatch, messages: list[P.Obs], result: dict[str, Any], pinning: bool) -> None:
+        """A batch came back: the replica takes more work and every row goes to its robot."""
         done, more = self.scheduler.complete(d.replica)
         self._start(more)
         pool = (d.pool,)
         self.metrics.observe("service_seconds", pool, done.service_time)
-        self._observe_result(d.pool, result, len(d.items))
-        if pins is not None:
+        self.observe_result(d.pool, result, len(d.items))
+        if pinning:
             self._pin(messages, result["versions"])
         for i, item in enumerate(d.items):
             ident, msg, arrived = item.payload
             self.metrics.observe("queue_wait_seconds", pool, item.queue_wait)
-            self._reply(ident, msg, result, i, arrived, {"queue_ms": item.queue_wait * 1e3})
+            self.reply(ident, msg, result, i, arrived, {"queue_ms": item.queue_wait * 1e3})
 
     def _pins(self, messages: list[P.Obs]) -> np.ndarray:
         """Per row, the weight version its episode started with (-1: a new episode takes the newest)."""
@@ -149,11 +163,12 @@ class ReplicaDispatch:
             if state is not None and (state.pinned is None or state.pinned[0] != msg.episode_id):
                 state.pinned = (msg.episode_id, int(version))
 
-    def _observe_result(self, pool: str, result: dict[str, Any], batch: int) -> None:
+    def observe_result(self, pool: str, result: dict[str, Any], batch: int) -> None:
+        """Record a replica result's forward-pass time and batch size."""
         self.metrics.observe("inference_seconds", (pool,), result["compute_s"])
         self.metrics.observe("batch_size", (pool,), batch)
 
-    def _reply(
+    def reply(
         self,
         ident: bytes,
         msg: P.Obs,
@@ -164,12 +179,12 @@ class ReplicaDispatch:
     ) -> None:
         """Send row ``i`` of a replica result to the robot; ``to_replica_ms`` is arrival → forward pass start."""
         state = self.robots.get(msg.robot_id)
-        if state is not None and self._stale(state, msg):
+        if state is not None and state.chunk_is_stale(msg.episode_id, msg.step):
             self.metrics.inc("stale_chunks_dropped_total", (state.task.name,))
             return
         timings["compute_ms"] = result["compute_s"] * 1e3
         timings["to_replica_ms"] = (result["t_start"] - arrived) * 1e3
-        self._send(
+        self.send(
             ident,
             P.Action(
                 robot_id=msg.robot_id,

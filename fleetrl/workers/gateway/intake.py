@@ -1,10 +1,11 @@
-"""Episode intake, the gateway's second job: ``steps`` and ``episode_end`` frames → committed episodes.
+"""Episode intake, the gateway's second part: ``steps`` and ``episode_end`` frames → committed episodes.
 
 A robot has one current episode (the one its observations belong to) and may re-send rows of earlier,
 not-yet-acked episodes at the same time; each open episode has its own ``EpisodeAssembly``. An episode
 is acked only after the data server stored it, so delivery is at-least-once and, with the store's
-exactly-once ingest, nothing acked is lost or stored twice. Mixed into ``Gateway``, whose loop, socket
-and robot table it uses.
+exactly-once ingest, nothing acked is lost or stored twice. The gateway hands it each frame with the
+sender's ``RobotState``; what it needs beyond that (``send``/``refuse``, the refusal counter, the
+metrics buffer, the loop, the data server and what to do after a commit) comes through its constructor.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fleetrl.robots import protocol as P
@@ -29,23 +31,39 @@ COMMIT_GIVE_UP_S = 60.0  # how long the gateway retries a commit before leaving 
 
 
 class EpisodeIntake:
-    # Provided by the Gateway this is mixed into.
-    data: Any  # the data server's handle (``ingest``), or None
-    metrics: MetricsBuffer
-    episodes_out: int
-    _loop: asyncio.AbstractEventLoop
-    _send: Callable[[bytes, P.Message], None]
-    _refuse: Callable[..., None]
-    _maybe_explore: Callable[..., Any]
+    """Open episodes per robot, their assembly from ``steps`` frames, and their delivery to the data server."""
 
-    def _in_episode(self, ident: bytes, state: RobotState, episode_id: str, step: int | None) -> bool:
+    def __init__(
+        self,
+        data: Any | None,
+        send: Callable[[bytes, P.Message], None],
+        refuse: Callable[..., None],
+        refused: Counter,
+        metrics: MetricsBuffer,
+        loop: asyncio.AbstractEventLoop,
+        after_commit: Callable[[RobotState], Awaitable[None]],
+    ):
+        """``data``: the data server (``ingest(episode)``), None to ack and drop episodes; ``refuse(ident,
+        code, message, robot_id, step)`` answers with an ``error`` and counts it in ``refused``, where rows
+        that arrive twice are counted too; ``after_commit(state)`` runs once an episode the robot ran online is
+        stored while it is still connected (return-and-explore)."""
+        self.data = data
+        self.send = send
+        self.refuse = refuse
+        self.refused = refused
+        self.metrics = metrics
+        self.loop = loop
+        self.after_commit = after_commit
+        self.episodes_committed = 0
+
+    def enter_episode(self, ident: bytes, state: RobotState, episode_id: str, step: int | None) -> bool:
         """Make ``episode_id`` the robot's current episode (refusing ended ones); False if refused."""
         if episode_id == state.episode_id:
             return True
         if self._assembly(ident, state, episode_id, step) is None:
             return False
         if state.episode_id is not None:
-            self._abort_episode(state, state.episode_id)  # a new episode began without an end for the last
+            self.abort_episode(state, state.episode_id)  # a new episode began without an end for the last
         state.episode_id, state.last_step = episode_id, -1
         return True
 
@@ -57,10 +75,10 @@ class EpisodeIntake:
         if asm is not None:
             return asm
         if not episode_id or episode_id in state.recent_ends or episode_id in state.committing:
-            self._refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step)
+            self.refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step)
             return None
         if len(state.assemblies) >= MAX_OPEN_EPISODES:
-            self._refuse(ident, "overloaded", f"more than {MAX_OPEN_EPISODES} open episodes", state.robot_id)
+            self.refuse(ident, "overloaded", f"more than {MAX_OPEN_EPISODES} open episodes", state.robot_id)
             return None
         asm = state.assemblies[episode_id] = EpisodeAssembly(state.task, state.robot_id, episode_id)
         return asm
@@ -78,7 +96,7 @@ class EpisodeIntake:
         """Tell the robot to re-send ``asm``'s rows from the first one the gateway lacks."""
         reason = "missing_rows" if code == "out_of_order" else code
         self.metrics.inc("episode_resends_total", (reason,))
-        self._send(
+        self.send(
             ident,
             P.Error(
                 robot_id=state.robot_id,
@@ -89,7 +107,7 @@ class EpisodeIntake:
             ),
         )
 
-    def _on_steps(self, ident: bytes, state: RobotState, msg: P.Steps) -> None:
+    def on_steps(self, ident: bytes, state: RobotState, msg: P.Steps) -> None:
         asm = self._assembly(ident, state, msg.episode_id)
         if asm is None:
             return
@@ -102,17 +120,17 @@ class EpisodeIntake:
         try:
             asm.add(msg)
         except P.ProtocolError as exc:
-            self._refuse(ident, exc.code, exc.message, state.robot_id)
+            self.refuse(ident, exc.code, exc.message, state.robot_id)
 
-    def _on_episode_end(self, ident: bytes, state: RobotState, msg: P.EpisodeEnd) -> None:
+    def on_episode_end(self, ident: bytes, state: RobotState, msg: P.EpisodeEnd) -> None:
         if msg.outcome not in P.OUTCOMES or msg.labelled_by not in P.LABELLERS:
-            self._refuse(ident, "bad_message", f"outcome must be one of {P.OUTCOMES}", state.robot_id)
+            self.refuse(ident, "bad_message", f"outcome must be one of {P.OUTCOMES}", state.robot_id)
             return
         if msg.episode_id in state.committing:
             return  # acked when the data server has it (or re-processed if it fails)
         if msg.episode_id in state.recent_ends:  # a re-sent end of a committed episode: ack again, count once
             self.metrics.inc("episode_resends_total", ("end_after_commit",))
-            self._send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
+            self.send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
             return
         asm = self._assembly(ident, state, msg.episode_id)
         if asm is None:
@@ -125,7 +143,7 @@ class EpisodeIntake:
         try:
             episode = asm.finish(msg)
         except (P.ProtocolError, ValueError) as exc:
-            self._refuse(ident, "bad_message", str(exc), state.robot_id)
+            self.refuse(ident, "bad_message", str(exc), state.robot_id)
             return
         del state.assemblies[msg.episode_id]
         if msg.episode_id == state.episode_id:
@@ -133,7 +151,7 @@ class EpisodeIntake:
         state.steps_done += len(episode)
         self._count_outcome(state, msg.episode_id, msg.outcome)
         state.committing.add(msg.episode_id)
-        self._loop.create_task(self._commit(ident, state, episode))
+        self.loop.create_task(self._commit(ident, state, episode))
 
     async def _commit(self, ident: bytes, state: RobotState, episode: Episode) -> None:
         """Hand the episode to the data server and ack only once it is durable (at-least-once delivery).
@@ -160,12 +178,19 @@ class EpisodeIntake:
                     delay = min(2.0, delay * 2)
         finally:
             state.committing.discard(episode.episode_id)
-        self.episodes_out += 1
-        self._send(state.ident or ident, P.Ack(robot_id=state.robot_id, episode_id=episode.episode_id))
+        self.episodes_committed += 1
+        self.send(state.ident or ident, P.Ack(robot_id=state.robot_id, episode_id=episode.episode_id))
         if episode.source == "online" and state.online:
-            await self._maybe_explore(state)
+            await self.after_commit(state)
 
-    def _abort_episode(self, state: RobotState, episode_id: str) -> None:
+    def end_session(self, state: RobotState) -> None:
+        """The robot went offline: its current episode ends as aborted, and the other open ones are
+        dropped (re-sends of ended episodes: the robot sends them again when it is back)."""
+        if state.episode_id is not None:
+            self.abort_episode(state, state.episode_id)
+        state.assemblies.clear()
+
+    def abort_episode(self, state: RobotState, episode_id: str) -> None:
         """The robot left (or started another episode) without ending this one: keep what arrived."""
         asm = state.assemblies.pop(episode_id, None)
         partial = asm.abort() if asm is not None else None
@@ -174,7 +199,7 @@ class EpisodeIntake:
         if episode_id == state.episode_id:
             state.episode_id, state.last_step = None, -1
         if partial is not None and self.data is not None:
-            self._loop.create_task(self._store_partial(partial))
+            self.loop.create_task(self._store_partial(partial))
 
     async def _store_partial(self, episode: Episode, attempts: int = 5) -> None:
         """Keep the rows of an aborted episode; retried, since no robot will re-send them."""

@@ -1,4 +1,4 @@
-"""Return-and-explore, the gateway's third job: send a robot back to a named or recorded state.
+"""Return-and-explore, the gateway's third part: send a robot back to a named or recorded state.
 
 ``request_reset`` (REST: ``POST /v1/robots/{id}/reset``) resolves what the robot should do and sends it a
 ``reset`` frame: a named state goes as is; a recorded one (an episode and step, or ``failure``: a failure
@@ -6,7 +6,10 @@ point the data server recorded for the robot's task) goes with the stored episod
 actions it executed up to that step, which is what a simulator needs to replay its way there (a real
 robot hands the request to its operator). After every committed episode a task's
 ``return_and_explore.failure_fraction`` is the chance that the robot's next episode starts from a sampled
-failure point instead of its usual reset (per-task reset-point sampling). Mixed into ``Gateway``.
+failure point instead of its usual reset (per-task reset-point sampling).
+
+It is given the robot table, the data server (``sample_failure_state``,
+``get_episode``), ``send`` for the ``reset`` frame and the random draws of reset-point sampling.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fleetrl.robots import protocol as P
@@ -33,19 +37,25 @@ class ResetError(ValueError):
 
 
 class ResetRequests:
-    # Provided by the Gateway this is mixed into.
-    data: Any
-    robots: dict[str, RobotState]
-    _send: Any
-    _loop: Any
-    _rng: random.Random
-    _call: Any
+    """Resolves reset requests (REST, or sampled after an episode) into ``reset`` frames to robots."""
 
-    def request_reset(self, robot_id: str, request: dict[str, Any]) -> dict[str, Any]:
-        """Ray-facing: ``{"state": name}``, ``{"episode_id", "step"}`` or ``{"failure": true}``. Returns
-        what was sent, or ``{"ok": False, "code", "error"}``."""
+    def __init__(
+        self,
+        robots: dict[str, RobotState],
+        data: Any | None,
+        send: Callable[[bytes, P.Message], None],
+        rng: random.Random,
+    ):
+        self.robots = robots
+        self.data = data
+        self.send = send
+        self.rng = rng
+
+    async def request(self, robot_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"state": name}``, ``{"episode_id", "step"}`` or ``{"failure": true}``. Returns what was sent,
+        or ``{"ok": False, "code", "error"}``."""
         try:
-            return self._call(self._reset(robot_id, request))
+            return await self._reset(robot_id, request)
         except ResetError as exc:
             return {"ok": False, "code": exc.code, "error": str(exc)}
 
@@ -63,7 +73,7 @@ class ResetRequests:
         else:
             msg = await self._recorded(state, str(request["episode_id"]), int(request.get("step") or 0))
         msg.request_id = uuid.uuid4().hex[:12]
-        self._send(state.ident, msg)
+        self.send(state.ident, msg)
         log.info("gateway: robot %s asked to reset to %s (%s)", robot_id, msg.state, msg.episode_id or "-")
         return {"ok": True, "robot_id": robot_id, "state": msg.state, "episode_id": msg.episode_id,
                 "step": msg.step, "request_id": msg.request_id}  # fmt: skip
@@ -85,10 +95,10 @@ class ResetRequests:
         return P.Reset(robot_id=state.robot_id, state="recorded", episode_id=episode_id, step=step, seed=seed,
                        actions=episode.actions[:step].copy())  # fmt: skip
 
-    async def _maybe_explore(self, state: RobotState) -> None:
+    async def maybe_explore(self, state: RobotState) -> None:
         """Per-task reset-point sampling: after a committed episode, maybe restart at a failure point."""
         fraction = state.task.return_and_explore.failure_fraction
-        if fraction <= 0 or self._rng.random() >= fraction:
+        if fraction <= 0 or self.rng.random() >= fraction:
             return
         try:
             await self._reset(state.robot_id, {"failure": True})

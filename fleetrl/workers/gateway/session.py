@@ -63,6 +63,15 @@ class RobotState:
     control_since: tuple[str, int] = ("", 0)  # (episode id, step) of the last change of control
     takeovers: int = 0
 
+    def chunk_is_stale(self, episode_id: str, step: int) -> bool:
+        """True if a chunk computed from the observation at ``step`` of ``episode_id`` must not be sent:
+        the robot is under human control, or control changed after that observation (it came before the
+        hand-back)."""
+        if self.control == "human":
+            return True
+        episode, since = self.control_since
+        return episode_id == episode and step < since
+
     def row(self) -> dict[str, Any]:
         lat = np.fromiter(self.latency_ms, dtype=np.float64) if self.latency_ms else None
         episodes = sum(self.outcomes.values())

@@ -1,0 +1,193 @@
+"""The gateway's dispatch part on its own: observations in, batched replica calls, action chunks out to the
+right robots; replica failures, stale chunks, task removal and episode weight pinning. The replicas are
+stand-ins whose ``infer`` the test answers; the part's scheduler, robot table and metrics are real."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from gateway_fakes import ACT_DIM, CHUNK, RemoteMethod, Wire, obs, robot, settle, task
+
+from fleetrl.robots import protocol as P
+from fleetrl.workers.gateway.dispatch import ReplicaDispatch
+from fleetrl.workers.gateway.scheduler import Scheduler
+from fleetrl.workers.metrics_server import MetricsBuffer
+
+
+class Replica:
+    """An inference replica stand-in: ``infer`` calls wait for the test unless ``answer`` is set, which
+    then maps a batch to a result (every row's actions are its observation's first value)."""
+
+    def __init__(self, answer: bool = False, version: int = 7):
+        self.version = version
+        self.infer = RemoteMethod(self.result, settled_by_hand=not answer)
+        self.ready = RemoteMethod(lambda: 0)
+
+    def result(self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None) -> dict:
+        rows = batch["state"].shape[0]
+        return {
+            "actions": np.repeat(batch["state"][:, :1, None], CHUNK, axis=1).repeat(ACT_DIM, axis=2),
+            "log_probs": np.zeros(rows, np.float32),
+            "versions": np.full(rows, self.version, np.int64),
+            "replica": "reach/0",
+            "compute_s": 0.002,
+            "t_start": 0.0,
+        }
+
+    def answer(self, call: int) -> None:
+        """Let call ``call`` return its result."""
+        self.infer.refs[call].pending.set_result(self.result(*self.infer.calls[call]))
+
+
+def build(replicas: list[Replica], **task_fields):
+    wire, metrics, robots = Wire(), MetricsBuffer(), {}
+    the_task = task(inference={"max_batch": 4, "batch_timeout_s": 0.05, **task_fields})
+    part = ReplicaDispatch(Scheduler(), robots, wire.send, wire.refuse, metrics, asyncio.get_running_loop())
+    part.add_task(the_task, replicas)
+    for rid in ("r1", "r2", "r3"):
+        robots[rid] = robot(rid, the_task)
+    return part, wire, metrics, robots
+
+
+def submit(part: ReplicaDispatch, robots: dict, robot_id: str, step: int, value: float) -> None:
+    state = robots[robot_id]
+    part.submit(state.task, robot_id, state.ident, obs(robot_id, step, value))
+
+
+def metric_names(metrics: MetricsBuffer) -> set[str]:
+    return {name for name, _, _ in metrics.drain()[0]}
+
+
+def test_each_row_of_a_completed_batch_goes_to_its_own_robot():
+    async def scenario():
+        replica = Replica()
+        part, wire, metrics, robots = build([replica])
+        submit(part, robots, "r1", 0, 1.0)  # the idle replica takes it at once
+        submit(part, robots, "r2", 0, 2.0)  # these two wait for it, and then go as one batch
+        submit(part, robots, "r3", 5, 3.0)
+        await settle()
+        assert len(replica.infer.calls) == 1 and wire.sent == []
+        replica.answer(0)
+        await settle()
+        assert len(replica.infer.calls) == 2
+        assert replica.infer.calls[1][0]["state"][:, 0].tolist() == [2.0, 3.0]
+        replica.answer(1)
+        await settle()
+        for rid, step, value in (("r1", 0, 1.0), ("r2", 0, 2.0), ("r3", 5, 3.0)):
+            (action,) = wire.to(robots[rid].ident)
+            assert isinstance(action, P.Action) and (action.robot_id, action.step) == (rid, step)
+            assert action.actions.shape == (CHUNK, ACT_DIM) and np.all(action.actions == value)
+            assert action.policy_version == 7 and action.timings["queue_ms"] >= 0
+        assert {"service_seconds", "inference_seconds", "batch_size", "queue_wait_seconds"} <= metric_names(
+            metrics
+        )
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_does_not_answer_has_its_batch_requeued_and_comes_back():
+    async def scenario():
+        replica = Replica()
+        part, wire, metrics, robots = build([replica])
+        submit(part, robots, "r1", 3, 1.0)
+        for _ in range(100):  # past batch_timeout_s the replica leaves the pool; ready() brings it back
+            await asyncio.sleep(0.005)
+            if len(replica.infer.calls) == 2:
+                break
+        assert len(replica.infer.calls) == 2 and replica.ready.calls and wire.sent == []
+        assert replica.infer.calls[1][0]["state"][0, 0] == 1.0  # the same observation, again
+        assert "replica_failures_total" in metric_names(metrics)
+        replica.answer(1)
+        await settle()
+        (action,) = wire.to(robots["r1"].ident)
+        assert isinstance(action, P.Action) and action.step == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_forward_pass_refuses_every_observation_of_the_batch():
+    async def scenario():
+        replica = Replica()
+        part, wire, _, robots = build([replica])
+        submit(part, robots, "r1", 4, 1.0)
+        await settle()
+        replica.infer.refs[0].pending.set_exception(ValueError("bad weights"))
+        await settle()
+        (error,) = wire.to(robots["r1"].ident)
+        assert isinstance(error, P.Error) and (error.code, error.step, error.message) == (
+            "inference_failed",
+            4,
+            "ValueError",
+        )
+        submit(part, robots, "r1", 5, 1.0)  # the replica keeps serving
+        await settle()
+        assert len(replica.infer.calls) == 2
+
+    asyncio.run(scenario())
+
+
+def test_no_chunk_goes_to_a_robot_under_human_control_or_computed_before_the_hand_back():
+    async def scenario():
+        part, wire, metrics, robots = build([Replica(answer=True)])
+        robots["r1"].control = "human"
+        robots["r2"].control_since = ("ep-1", 6)  # handed back at step 6: chunks for earlier steps are stale
+        submit(part, robots, "r1", 8, 1.0)
+        submit(part, robots, "r2", 5, 2.0)
+        submit(part, robots, "r3", 0, 3.0)
+        await settle()
+        assert wire.to(robots["r1"].ident) == [] and wire.to(robots["r2"].ident) == []
+        assert len(wire.to(robots["r3"].ident, P.Action)) == 1
+        dropped = [lab for name, lab, _ in metrics.drain()[0] if name == "stale_chunks_dropped_total"]
+        assert dropped == [("reach",), ("reach",)]
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_of_a_task_removed_meanwhile_is_ignored():
+    async def scenario():
+        replica = Replica()
+        part, wire, _, robots = build([replica])
+        submit(part, robots, "r1", 0, 1.0)
+        await settle()
+        part.remove_task("reach")
+        assert part.tasks == {} and part.replicas == {} and part.scheduler.pools() == []
+        replica.answer(0)
+        await settle()
+        assert wire.sent == []
+
+    asyncio.run(scenario())
+
+
+def test_episode_reload_pins_each_episode_to_the_version_it_started_with():
+    async def scenario():
+        replica = Replica(answer=True, version=3)
+        part, _, _, robots = build([replica], reload="episode")
+        submit(part, robots, "r1", 0, 1.0)
+        await settle()
+        assert replica.infer.calls[0][1].tolist() == [-1]  # a new episode takes the newest version
+        assert robots["r1"].pinned == ("ep-1", 3)
+        replica.version = 4
+        submit(part, robots, "r1", 1, 1.0)
+        await settle()
+        assert replica.infer.calls[1][1].tolist() == [3]
+        assert robots["r1"].pinned == ("ep-1", 3)
+
+    asyncio.run(scenario())
+
+
+def test_dropping_a_robots_pending_observations_keeps_the_others():
+    async def scenario():
+        replica = Replica()
+        part, _, _, robots = build([replica])
+        submit(part, robots, "r1", 0, 1.0)  # in flight
+        submit(part, robots, "r1", 1, 1.0)
+        submit(part, robots, "r2", 0, 2.0)
+        part.drop_pending(robots["r1"])
+        assert part.scheduler.queue_depth("reach") == 1
+        await settle()
+        replica.answer(0)
+        await settle()
+        assert replica.infer.calls[1][0]["state"][:, 0].tolist() == [2.0]
+
+    asyncio.run(scenario())
