@@ -5,8 +5,9 @@ network.
 is about to run out (the remaining steps cover the measured round trip), uploads the current observation
 so the next chunk arrives before the current one ends; the new chunk then starts exactly where the old
 one ends (VLAC §3.2.1). When no chunk is ready, or the link is lost, the client calls the robot's
-``hold()`` instead of running past its chunk. The link, the uploads and human control are its parts
-(``transport``, ``uploads``, ``takeover``).
+``hold()`` instead of running past its chunk. The link, the uploads and human control are parts it
+owns and builds with what each needs (``transport``, ``uploads``, ``takeover``); the client keeps the
+episode, the chunks and the robot, and routes each gateway frame to the part it concerns.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import zmq
 
 from fleetrl.robots import protocol as P
+from fleetrl.robots.client.chunks import Chunk, Request
 from fleetrl.robots.client.config import ClientConfig
+from fleetrl.robots.client.registration import RegistrationError
 from fleetrl.robots.client.robot import OperatorFn, Robot, StepResult
 from fleetrl.robots.client.takeover import HumanControl, Supervisor
-from fleetrl.robots.client.transport import GatewayConnection, dealer_socket
+from fleetrl.robots.client.transport import GatewayConnection
 from fleetrl.robots.client.uploads import EpisodeUploads
 from fleetrl.robots.episode import end_flags
 from fleetrl.robots.recorder import EpisodeLog, StepRecord
@@ -55,30 +57,12 @@ COUNTERS = (
 )
 
 
-@dataclass
-class _Chunk:
-    actions: np.ndarray
-    obs_step: int
-    obs_time: float
-    version: int
-    replica: str
-    log_prob: float
-    index: int = 0
+class RobotClient:
+    """One robot's connection and control loop state; driven by ``FleetRunner`` (or its own loop).
 
-    @property
-    def remaining(self) -> int:
-        return len(self.actions) - self.index
-
-
-@dataclass
-class _Request:
-    step: int
-    t_sent: float
-    obs_time: float
-
-
-class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
-    """One robot's connection and control loop state; driven by ``FleetRunner`` (or its own loop)."""
+    Its parts: ``connection`` (socket and gateway session), ``uploads`` (executed steps and ended episodes
+    until acked) and ``human`` (take-over, hand-back, demonstrations); they share ``counters``.
+    """
 
     def __init__(
         self,
@@ -92,40 +76,95 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
     ):
         self.robot = robot
         self.robot_id = robot_id
-        self.endpoint = endpoint
         self.cfg = config or ClientConfig()
-        self._token = token
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self._clock = clock
-        self._ctx = context or zmq.Context.instance()
-        self.socket = dealer_socket(self._ctx, endpoint)
-
-        self.welcome: P.Welcome | None = None
-        self._ever_welcomed = False
-        self._last_hello = -math.inf
-        self._last_rx = clock()
-        self._last_tx = -math.inf
         self._latency = self.cfg.initial_latency_s
         self._last_latency_ms: float | None = None
         self._episode: EpisodeLog | None = None
         self._step = 0
         self._obs: dict[str, np.ndarray] | None = None
-        self._current: _Chunk | None = None
-        self._next: _Chunk | None = None
-        self._request: _Request | None = None
-        self._unacked: dict[str, tuple[EpisodeLog, float]] = {}  # ended, not yet acked: (log, last sent)
+        self._current: Chunk | None = None
+        self._next: Chunk | None = None
+        self._request: Request | None = None
         self._zero_action = np.zeros(robot.action_spec.shape, dtype=np.float32)
         self.episodes: deque[EpisodeLog] = deque(maxlen=self.cfg.keep_episodes)
-        self.counters = dict.fromkeys(COUNTERS, 0)
         # (robot-measured round trip in ms, the gateway's timings) for each answered request
         self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.cfg.keep_replies)
-        self._operator: tuple[OperatorFn, str] | None = None
-        self._demos_left = 0
-        self._demo_operator: tuple[OperatorFn, str] | None = None
         self.supervisor: Supervisor | None = None
         self.on_reset_request: Callable[[P.Reset], None] | None = None  # real robots: tell the operator
         self.reply_times: deque[float] = deque(maxlen=self.cfg.keep_replies)  # robot clock, per reply
         self.last_error: P.Error | None = None
 
+        self.connection = GatewayConnection(
+            endpoint, robot_id, token, self.cfg, clock, self.counters,
+            on_message=self._handle, on_lost=self._forget_request, context=context,
+        )  # fmt: skip
+        self.uploads = EpisodeUploads(
+            robot_id, self.cfg, send=self.connection.send, connected=self._connected, counters=self.counters
+        )
+        self.human = HumanControl(
+            robot_id, clock, send=self.connection.send, connected=self._connected, position=self._position,
+            on_take_over=self._drop_chunks, on_hand_back=self._maybe_request, counters=self.counters,
+        )  # fmt: skip
+
+    # -- the parts' public faces ---------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return self.connection.endpoint
+
+    @property
+    def socket(self) -> zmq.Socket:
+        return self.connection.socket
+
+    @property
+    def welcome(self) -> P.Welcome | None:
+        return self.connection.welcome
+
+    @property
+    def connected(self) -> bool:
+        return self.connection.connected
+
+    def on_readable(self) -> None:
+        """Drain every frame waiting on the socket."""
+        self.connection.on_readable()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @property
+    def under_human_control(self) -> bool:
+        return self.human.under_human_control
+
+    def take_over(self, act: OperatorFn, operator: str = "human") -> None:
+        """An operator drives from the next tick (see ``HumanControl.take_over``)."""
+        self.human.take_over(act, operator)
+
+    def hand_back(self) -> None:
+        """The policy drives again from the current step."""
+        self.human.hand_back()
+
+    def record_demos(self, act: OperatorFn, n: int = 1, operator: str = "human") -> None:
+        """The next ``n`` episodes are demonstrations driven by ``act`` (see ``HumanControl``)."""
+        self.human.record_demos(act, n, operator)
+
+    # -- what the parts are given ----------------------------------------------------------------------
+    def _connected(self) -> bool:
+        return self.connection.connected
+
+    def _position(self) -> tuple[str, int]:
+        """(episode id, step) of the running episode; ``("", 0)`` between episodes."""
+        return (self._episode.episode_id, self._step) if self._episode is not None else ("", 0)
+
+    def _drop_chunks(self) -> None:
+        """Nothing the policy computed so far is executed (an operator took over)."""
+        self._current = self._next = self._request = None
+
+    def _forget_request(self) -> None:
+        """The session that was asked is gone; the next one is asked afresh."""
+        self._request = None
+
+    # -- the control loop ----------------------------------------------------------------------------
     @property
     def control_dt(self) -> float:
         return 1.0 / getattr(self.robot, "control_hz", 10.0)
@@ -134,13 +173,13 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
         """One control period. Never blocks on the network (nor, under human control, needs it)."""
         now = self._clock()
         self._housekeeping(now)
-        if self.welcome is None and self._operator is None:
+        if not self.connection.connected and not self.human.under_human_control:
             self._hold_or_wait(now)
             return
         if self._episode is None:
             self._start_episode(now)
             return
-        if self._operator is not None:
+        if self.human.under_human_control:
             self._operator_step(now)
             return
         if self._current is None or self._current.remaining == 0:
@@ -156,15 +195,22 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
         chunk.index += 1
         self._after_step(rec, commanded, self.robot.act(commanded), now)
 
+    def _operator_step(self, now: float) -> None:
+        """One tick under human control: the operator's action, recorded as an intervention."""
+        assert self._obs is not None
+        rec, action = self.human.operator_step(self._obs, self._step, now)
+        action = self._clip(action)
+        self._after_step(rec, action, self.robot.act(action), now)
+
     def _housekeeping(self, now: float) -> None:
-        if not self._check_link(now):
+        if not self.connection.check_link(now):
             return
         if self._request is not None and now - self._request.t_sent > self.cfg.deadline_s:
             self.counters["watchdog_trips"] += 1
             self._request = None  # asked again below with the current observation
             self._maybe_request(now)
-        self._resend_overdue(now)
-        self._heartbeat(now)
+        self.uploads.resend_overdue(now)
+        self.connection.heartbeat(now)
 
     def _hold_or_wait(self, now: float) -> None:
         self._maybe_request(now)  # nothing to execute and nothing asked (e.g. a refused request): ask now
@@ -190,7 +236,8 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
         self._current = self._next = None
         self._request = None
         self._obs = obs
-        self._episode_started()
+        if not self.human.episode_started(self._episode) and self.supervisor is not None:
+            self.supervisor.episode_started(self)
         self._maybe_request(now)
 
     def _after_step(self, rec: StepRecord, commanded: np.ndarray, result: StepResult, now: float) -> None:
@@ -224,7 +271,7 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
         ep.final_observation = self._obs
         self.counters["episodes"] += 1
         self.counters["successes"] += outcome == "success"
-        self._upload_ended(ep, now)
+        self.uploads.upload_ended(ep, now)
         self.episodes.append(ep)
         self._episode = None
         if ep.source == "offline":
@@ -257,17 +304,17 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
     # -- action chunks -------------------------------------------------------------------------------
     def _maybe_request(self, now: float) -> None:
         """Upload the observation early enough that the next chunk lands when the current one ends."""
-        if self._request or self._next or self._obs is None or self._episode is None or self.welcome is None:
+        if self._request or self._next or self._obs is None or self._episode is None:
             return
-        if self._operator is not None:
+        if not self.connection.connected or self.human.under_human_control:
             return
         remaining = self._current.remaining if self._current is not None else 0
         lookahead = math.ceil(self._latency / self.control_dt)
         if remaining > lookahead:
             return
         if len(self._episode.steps) - self._episode.sent >= self.cfg.steps_per_upload:
-            self._flush_steps(self._episode, now)
-        self._request = _Request(step=self._step, t_sent=now, obs_time=now)
+            self.uploads.flush_steps(self._episode, now)
+        self._request = Request(step=self._step, t_sent=now, obs_time=now)
         self.counters["requests"] += 1
         obs = P.Obs(
             robot_id=self.robot_id,
@@ -277,7 +324,7 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
             observation=self._obs,
             last_latency_ms=self._last_latency_ms,
         )
-        self._send(obs, now)
+        self.connection.send(obs, now)
 
     def _on_action(self, msg: P.Action, now: float) -> None:
         req = self._request
@@ -300,7 +347,7 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
             self.counters["errors"] += 1
             log.warning("%s: action chunk of shape %s refused", self.robot_id, actions.shape)
             return
-        self._next = _Chunk(actions, req.step, req.obs_time, msg.policy_version, msg.replica, msg.log_prob)
+        self._next = Chunk(actions, req.step, req.obs_time, msg.policy_version, msg.replica, msg.log_prob)
 
     def _clip(self, action: np.ndarray) -> np.ndarray:
         spec = self.robot.action_spec
@@ -315,21 +362,35 @@ class RobotClient(GatewayConnection, EpisodeUploads, HumanControl):
         elif isinstance(msg, P.Welcome):
             self._on_welcome(msg)
         elif isinstance(msg, P.Ack):
-            self._on_ack(msg)
+            self.uploads.on_ack(msg)
         elif isinstance(msg, P.Error):
             self._on_error(msg)
         elif isinstance(msg, P.Reset):
             self._on_reset(msg, now)
-        # Pong: only refreshes _last_rx.
+        # Pong: the connection has already noted that the gateway was heard from.
+
+    def _on_welcome(self, msg: P.Welcome) -> None:
+        """A session on a task that fits this robot: say who is in control, then ask for a chunk."""
+        obs_spec = P.specs_from_dict(msg.observation_spec)
+        act_spec = P.ArraySpec.from_dict(msg.action_spec)
+        if obs_spec != self.robot.observation_spec or act_spec.shape != self.robot.action_spec.shape:
+            raise RegistrationError(
+                f"{self.robot_id}: the gateway's task {msg.task!r} expects {msg.observation_spec} / "
+                f"{msg.action_spec}, this robot has {P.specs_to_dict(self.robot.observation_spec)}"
+            )
+        self.connection.welcomed(msg)
+        self._request = None
+        self.human.announce(self._clock())  # a (new) gateway session learns who is in control
+        self._maybe_request(self._clock())
 
     def _on_error(self, msg: P.Error) -> None:
         self.counters["errors"] += 1
         self.last_error = msg
         if msg.code in ("incomplete_episode", "out_of_order") and msg.episode_id and msg.step is not None:
-            self._resend_from(msg.episode_id, msg.step)
+            self.uploads.resend_from(msg.episode_id, msg.step, self._episode, self._clock())
             return
         if msg.code in ("unknown_session", "unauthorized"):
-            self._on_session_error(msg)
+            self.connection.session_error(msg)
         elif msg.step is not None and self._request is not None and msg.step == self._request.step:
             log.warning("%s: request refused: %s %s", self.robot_id, msg.code, msg.message)
             self._request = None

@@ -2,21 +2,20 @@
 link-loss detection, heartbeats, a new hello after the gateway lost the session).
 
 Nothing here waits on the network: a send that cannot go now is dropped (the watchdog and the hello
-retry cover it), and reads drain only what has already arrived. Mixed into ``RobotClient``.
+retry cover it), and reads drain only what has already arrived. What a frame means is the owner's business:
+every decoded frame goes to ``on_message``, and the owner reports a welcome or a lost session back.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client.config import ClientConfig
-from fleetrl.robots.client.registration import RegistrationError
-from fleetrl.robots.client.robot import Robot
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +32,39 @@ def dealer_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
 
 
 class GatewayConnection:
-    """The socket and the gateway session of one robot."""
+    """The socket and the gateway session of one robot.
 
-    # Provided by the RobotClient this is mixed into.
-    robot: Robot
-    robot_id: str
-    endpoint: str
-    cfg: ClientConfig
-    counters: dict[str, int]
-    socket: zmq.Socket
-    welcome: P.Welcome | None
-    _token: str
-    _clock: Callable[[], float]
-    _ever_welcomed: bool
-    _last_hello: float
-    _last_rx: float
-    _last_tx: float
-    _request: Any
-    _operator: Any
-    _handle: Callable[[P.Message, float], None]
-    _maybe_request: Callable[[float], None]
-    _send_control: Callable[[float], None]
+    ``on_message(msg, now)`` gets every decoded frame; ``on_lost()`` is called whenever the session ends
+    (link timeout or the gateway's session error), so the owner forgets what it asked the old session.
+    ``counters`` is the owner's table (``errors``, ``link_losses``, ``reconnects`` are counted here).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        robot_id: str,
+        token: str,
+        cfg: ClientConfig,
+        clock: Callable[[], float],
+        counters: dict[str, int],
+        on_message: Callable[[P.Message, float], None],
+        on_lost: Callable[[], None],
+        context: zmq.Context | None = None,
+    ):
+        self.endpoint = endpoint
+        self.robot_id = robot_id
+        self.cfg = cfg
+        self.counters = counters
+        self.socket = dealer_socket(context or zmq.Context.instance(), endpoint)
+        self.welcome: P.Welcome | None = None
+        self._token = token
+        self._clock = clock
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._ever_welcomed = False
+        self._last_hello = -math.inf
+        self._last_rx = clock()
+        self._last_tx = -math.inf
 
     @property
     def connected(self) -> bool:
@@ -77,54 +88,46 @@ class GatewayConnection:
                 self.counters["errors"] += 1
                 log.warning("%s: dropped a bad frame from the gateway: %s", self.robot_id, exc)
                 continue
-            self._handle(msg, now)
+            self._on_message(msg, now)
 
-    def _send(self, msg: P.Message, now: float) -> None:
+    def send(self, msg: P.Message, now: float) -> None:
         try:
             self.socket.send(P.encode(msg), zmq.NOBLOCK)
             self._last_tx = now
         except zmq.Again:
             pass  # no connection right now; the watchdog and hello retry cover it
 
-    def _check_link(self, now: float) -> bool:
+    def check_link(self, now: float) -> bool:
         """Notice a lost link and say hello while not welcomed; False when a hello just went out (the
         rest of this tick's housekeeping waits for the welcome)."""
         if self.welcome is not None and now - self._last_rx > self.cfg.link_timeout_s:
             self.counters["link_losses"] += 1
             log.warning("%s: link to %s lost; holding and re-connecting", self.robot_id, self.endpoint)
-            self.welcome = None
-            self._request = None
+            self._lose_session()
         if self.welcome is None and now - self._last_hello > self.cfg.hello_retry_s:
             self._last_hello = now
-            self._send(P.Hello(robot_id=self.robot_id, token=self._token), now)
+            self.send(P.Hello(robot_id=self.robot_id, token=self._token), now)
             return False
         return True
 
-    def _heartbeat(self, now: float) -> None:
+    def heartbeat(self, now: float) -> None:
         if now - self._last_tx > self.cfg.heartbeat_s and self.welcome is not None:
-            self._send(P.Ping(robot_id=self.robot_id), now)
+            self.send(P.Ping(robot_id=self.robot_id), now)
 
-    def _on_welcome(self, msg: P.Welcome) -> None:
-        obs_spec = P.specs_from_dict(msg.observation_spec)
-        act_spec = P.ArraySpec.from_dict(msg.action_spec)
-        if obs_spec != self.robot.observation_spec or act_spec.shape != self.robot.action_spec.shape:
-            raise RegistrationError(
-                f"{self.robot_id}: the gateway's task {msg.task!r} expects {msg.observation_spec} / "
-                f"{msg.action_spec}, this robot has {P.specs_to_dict(self.robot.observation_spec)}"
-            )
+    def welcomed(self, msg: P.Welcome) -> None:
+        """The gateway opened a session (the owner checked that its task fits this robot)."""
         if self._ever_welcomed:
             self.counters["reconnects"] += 1
         self._ever_welcomed = True
         self.welcome = msg
-        self._request = None
-        if self._operator is not None or self.counters["takeovers"]:
-            self._send_control(self._clock())  # a (new) gateway session learns who is in control
-        self._maybe_request(self._clock())
 
-    def _on_session_error(self, msg: P.Error) -> None:
+    def session_error(self, msg: P.Error) -> None:
         """The gateway does not know (``unknown_session``) or refuses (``unauthorized``) this session: say
         hello again."""
         if msg.code == "unauthorized":
             log.error("%s: gateway refused credentials: %s", self.robot_id, msg.message)
+        self._lose_session()
+
+    def _lose_session(self) -> None:
         self.welcome = None
-        self._request = None
+        self._on_lost()
