@@ -42,7 +42,8 @@ from common import REACHER_SPECS, run_header, tasks_config, write_json
 from fleetrl.algorithms.base import PolicySpec, build_algorithm
 from fleetrl.algorithms.ppo import PPOConfig
 from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
-from fleetrl.models.policies import GaussianMLPConfig, build_policy
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import build_policy
 from fleetrl.platform.platform import Platform
 from fleetrl.robots.demos import collect_oracle_demos
 from fleetrl.robots.sim import SimRobot, run_sim_fleet

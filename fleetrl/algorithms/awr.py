@@ -19,36 +19,23 @@ One ``update`` is one learner step: a critic step, a Polyak step, and (every ``a
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import Field
-from torch import nn
 
-from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec
+from fleetrl.algorithms.base import AlgorithmConfig
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.common import ChunkTensors, chunk_critic_pair, chunk_tensors, polyak_update
-from fleetrl.models.critics import ChunkQConfig
-from fleetrl.models.flow import FlowChunkPolicy, flow_matching_loss
+from fleetrl.algorithms.chunk_algorithm import (
+    ActorCriticAlgorithm,
+    ActorCriticConfig,
+    ChunkAdamWConfig,
+    ChunkTensors,
+)
+from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
+from fleetrl.models.flow import flow_matching_loss
 
-# --- loss maths (pure functions) -------------------------------------------------------------------
-
-
-def q_chunk_target(
-    chunk_reward: torch.Tensor, discount: torch.Tensor, not_done: torch.Tensor, next_q: torch.Tensor
-) -> torch.Tensor:
-    """ALOE eq. 7: ``y = sum_{k<h} gamma^k r_{t+k} + (1 - done) gamma^h Q^-(s_{t+h}, a')`` ([B] each)."""
-    return chunk_reward + not_done * discount * next_q
-
-
-def pessimistic_q(q_values: torch.Tensor) -> torch.Tensor:
-    """ALOE eq. 9: ``Q_pess = min_i Q_i``; ``q_values`` [K, ...] -> [...]."""
-    return q_values.min(dim=0).values
-
-
-def ensemble_td_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """ALOE eq. 8: ``1/K sum_i E[(Q_i - y)^2]``; ``q_values`` [K, B], ``target`` [B] (no gradient)."""
-    return (q_values - target.detach()).square().mean()
+# --- loss maths (pure functions; the TD maths is td.py's) ----------------------------------------------
 
 
 def advantage_vs_policy(q_data: torch.Tensor, q_policy_samples: torch.Tensor) -> torch.Tensor:
@@ -65,18 +52,12 @@ def awr_weights(advantages: torch.Tensor, beta: float, eps: float) -> torch.Tens
 # --- the plug-in ------------------------------------------------------------------------------------
 
 
-class AWRConfig(AlgorithmConfig):
+class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
     """ALOE's knobs. Appendix C: Polyak 0.005, gamma 0.99 (the replay's), AdamW (0.9, 0.95), gradient
     clipping 1.0, batch 256. Its peak lr 3e-5 is for a 3B-parameter VLA; small MLPs use 3e-4. ALOE gives
     no numbers for K, beta or eps_clip; the defaults here are the common K = 2 (clipped double Q), beta
     on the scale of a few reward units, and weights within [e^-2, e^2]."""
 
-    critic: ChunkQConfig = Field(default_factory=ChunkQConfig, description="Chunked Q ensemble (K critics).")
-    actor_lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the flow policy.")
-    critic_lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the critics.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas (ALOE app. C).")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm (ALOE app. C).")
     tau: float = Field(0.005, gt=0.0, le=1.0, description="Polyak coefficient omega of the target critics.")
     beta: float = Field(1.0, gt=0.0, description="Advantage temperature beta (eq. 11).")
     eps_clip: float = Field(2.0, gt=0.0, description="Clip of A / beta before exp (eq. 11).")
@@ -88,21 +69,16 @@ class AWRConfig(AlgorithmConfig):
     actor_delay: int = Field(0, ge=0, description="Critic-only steps before the first actor step.")
 
 
-class AWR(Algorithm):
+class AWR(ActorCriticAlgorithm):
     name: ClassVar[str] = "awr"
     config_cls: ClassVar[type[AlgorithmConfig]] = AWRConfig
-    data: ClassVar[Literal["episodes", "chunks"]] = "chunks"
-    policy_families: ClassVar[frozenset[str]] = frozenset({"flow_chunk"})
     config: AWRConfig
-    policy: FlowChunkPolicy
 
-    def __init__(self, config: AWRConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
-        super().__init__(config, policy, spec, device)
-        self.critic, self.target_critic = chunk_critic_pair(config.critic, spec, config.seed, self.device)
-        opt = dict(betas=config.adam_betas, weight_decay=config.weight_decay)
-        self.critic_optim = torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr, **opt)
-        self.actor_optim = torch.optim.AdamW(self.policy.parameters(), lr=config.actor_lr, **opt)
-        self.steps = 0
+    def critic_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with the actor's betas and weight decay (ALOE app. C)."""
+        return torch.optim.AdamW(
+            self.critic.parameters(), lr=self.config.critic_lr, **self.config.adamw_options()
+        )
 
     @torch.no_grad()
     def _sample_pi(self, obs_flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,19 +94,16 @@ class AWR(Algorithm):
         with torch.no_grad():
             next_obs, next_actions = self._sample_pi(t.next_obs, 1)
             next_q = pessimistic_q(self.target_critic.forward_flat(next_obs, next_actions))
-            target = q_chunk_target(t.chunk_reward, t.discount, t.not_done, next_q)
+            target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, next_q)
         q = self.critic.forward_flat(t.obs, t.actions)
         loss = ensemble_td_loss(q, target)
-        self.critic_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.grad_clip)
-        self.critic_optim.step()
+        grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())
         polyak_update(self.target_critic, self.critic, self.config.tau)
         return {
             "critic_loss": loss.item(),
             "q_mean": q.mean().item(),
             "target_mean": float(target.mean()),
-            "critic_grad_norm": grad_norm.item(),
+            "critic_grad_norm": grad_norm,
         }
 
     def actor_step(self, t: ChunkTensors) -> dict[str, float]:
@@ -143,10 +116,7 @@ class AWR(Algorithm):
             adv = advantage_vs_policy(q_data, q_pi)
             w = awr_weights(adv, self.config.beta, self.config.eps_clip)
         loss = flow_matching_loss(self.policy, t.obs, t.actions, w, t.mask)
-        self.actor_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
-        self.actor_optim.step()
+        grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
         clipped = (adv / self.config.beta).abs() >= self.config.eps_clip
         return {
             "actor_loss": loss.item(),
@@ -156,29 +126,13 @@ class AWR(Algorithm):
             "weight_mean": float(w.mean()),
             "weight_max": float(w.max()),
             "clip_fraction": float(clipped.float().mean()),
-            "actor_grad_norm": grad_norm.item(),
+            "actor_grad_norm": grad_norm,
         }
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
-        t = chunk_tensors(batch, self.critic.obs_keys, self.device)
+        t = self.tensors(batch)
         metrics = self.critic_step(t)
         self.steps += 1
         if self.steps > self.config.actor_delay and self.steps % self.config.actor_every == 0:
             metrics |= self.actor_step(t)
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "actor_optim": self.actor_optim.state_dict(),
-            "steps": self.steps,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        self.actor_optim.load_state_dict(state["actor_optim"])
-        self.steps = int(state.get("steps", 0))

@@ -8,10 +8,13 @@ and the loop (sample -> ``update`` -> publish -> checkpoint). An algorithm says 
   ``"chunks"`` (chunked off-policy replay, ``ChunkBatch``);
 * ``policy_families``: the policy families it can train (a switch to an algorithm that cannot train the
   task's policy is refused);
-* ``config_cls``: its pydantic config (batch size, learning rates, ...).
+* ``config_cls``: its pydantic config (batch size, learning rates, ...);
+* ``optimizers()``: the optimizers it steps, by name. The one named ``"policy"`` covers all of the policy's
+  trainable parameters; a plug-in that trains the policy declares it there.
 
 With ``learner.demo_replay`` on, the learner also calls ``imitation_step`` on demonstration batches (VLAC
-eq. 6); its default steps the algorithm's own policy optimizer, so a plug-in gets it for free.
+eq. 6); its default steps the ``"policy"`` optimizer, so a plug-in that declares it gets demo replay for
+free (one without gets an Adam of the demo step's own).
 
 Algorithms are found by name in ``registry()``: the built-ins plus whatever third-party packages declare
 in the ``fleetrl.algorithms`` entry-point group (``name = "package.module:AlgorithmClass"``).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +37,7 @@ from fleetrl.algorithms.demo_replay import DemoReplayConfig, imitation_loss
 from fleetrl.robots.protocol import ArraySpec
 
 ENTRY_POINT_GROUP = "fleetrl.algorithms"
+POLICY_OPTIMIZER = "policy"  # the key of ``Algorithm.optimizers()`` that names the policy's optimizer
 BUILTINS = {
     "ppo": "fleetrl.algorithms.ppo:PPO",
     "awr": "fleetrl.algorithms.awr:AWR",
@@ -84,6 +89,7 @@ class Algorithm(ABC):
 
     def __init__(self, config: AlgorithmConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
         self.config, self.policy, self.spec, self.device = config, policy, spec, torch.device(device)
+        self._imitation_optim: torch.optim.Optimizer | None = None
 
     @abstractmethod
     def update(self, batch: ChunkBatch | EpisodeBatch) -> dict[str, float]:
@@ -109,6 +115,18 @@ class Algorithm(ABC):
         """Whether ``batch`` is enough for a step (on-policy learners wait for enough fresh steps)."""
         return len(batch) > 0
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers this algorithm steps, by name (``"policy"``, ``"critic"``, ...). The one named
+        ``"policy"`` (``POLICY_OPTIMIZER``) must cover all of the policy's trainable parameters: the
+        learner's demo-replay step (``imitation_step``) steps it too. Default: none, for a plug-in that
+        trains no networks of its own; the demo step then keeps an Adam of its own."""
+        return {}
+
+    def policy_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer ``optimizers()`` declares under ``"policy"``; without one, the demo step's own Adam
+        once ``imitation_step`` made it (None before)."""
+        return self.optimizers().get(POLICY_OPTIMIZER, self._imitation_optim)
+
     def imitation_step(self, batch: ChunkBatch, family: str, cfg: DemoReplayConfig) -> dict[str, float]:
         """One optimizer step of ``cfg.weight * L_demo`` on the policy, ``batch`` being demonstrations: the
         learner's demo replay (VLAC eq. 6, ``demo_replay.py``). Returns ``demo_loss`` (unweighted) and more.
@@ -125,24 +143,21 @@ class Algorithm(ABC):
         params = [p for group in optim.param_groups for p in group["params"]]
         loss = imitation_loss(self.policy, family, batch, self.device)
         self.policy.zero_grad(set_to_none=True)
-        optim.zero_grad(set_to_none=True)
-        (cfg.weight * loss).backward()
-        grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optim.step()
+        grad_norm = clipped_step(cfg.weight * loss, optim, params, cfg.max_grad_norm)
         self.policy.zero_grad(set_to_none=True)
-        return {"demo_loss": loss.item(), "demo_grad_norm": float(grad_norm), "demo_rows": float(len(batch))}
+        return {"demo_loss": loss.item(), "demo_grad_norm": grad_norm, "demo_rows": float(len(batch))}
 
-    def policy_optimizer(self) -> torch.optim.Optimizer | None:
-        """The algorithm's optimizer over all of the policy's trainable parameters (PPO's ``optimizer``,
-        AWR's and QAM's ``actor_optim``, BC's and residual's ``optim``), found among its attributes so
-        plug-ins need not declare it; None if it has none. Override where that is ambiguous."""
-        trainable = {id(p) for p in self.policy.parameters() if p.requires_grad}
-        for value in vars(self).values():
-            if isinstance(value, torch.optim.Optimizer):
-                owned = {id(p) for group in value.param_groups for p in group["params"]}
-                if trainable and trainable <= owned:
-                    return value
-        return None
+
+def clipped_step(
+    loss: torch.Tensor, optim: torch.optim.Optimizer, params: Iterable[nn.Parameter], max_norm: float
+) -> float:
+    """One step of ``optim`` on ``loss`` with the global gradient norm of ``params`` clipped to
+    ``max_norm``, the step every algorithm here takes; returns the norm before clipping."""
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(params, max_norm)
+    optim.step()
+    return float(norm)
 
 
 def registry() -> dict[str, str]:

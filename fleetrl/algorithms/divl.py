@@ -18,8 +18,9 @@ Which V bootstraps: Appendix B2 keeps EMA copies of both "target critic and valu
 we bootstrap the TD target from the EMA value model. The paper gives no ``tau_min``/``tau_max``; ours are
 loose safety bounds (0.1, 0.99) that the paper's ``tau_base - alpha H`` never reaches for its settings.
 
-The loss maths are pure functions (tensors in, tensors out); ``DIVL`` only holds the value model, its EMA
-copy and optimizer and calls them.
+The distribution maths are pure functions (tensors in, tensors out); the TD target of eq. 19, the clipped
+double Q and the critics' loss are ``td.py``'s, shared with AWR. ``DIVL`` only holds the value model, its
+EMA copy and optimizer and calls them.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from fleetrl.algorithms.common import polyak_update
+from fleetrl.algorithms.base import clipped_step
+from fleetrl.algorithms.td import polyak_update
 from fleetrl.models.critics import CategoricalValue, CategoricalValueConfig
 from fleetrl.robots.protocol import ArraySpec
 
@@ -111,33 +112,6 @@ def value_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> tor
     return -(target_probs.detach() * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
-def clipped_double_q(q_values: torch.Tensor) -> torch.Tensor:
-    """The minimum over the critic heads, ``q_values`` [K, B] -> [B] (§IV-D, clipped double Q)."""
-    return q_values.min(dim=0).values
-
-
-def n_step_chunk_target(
-    chunk_rewards: torch.Tensor, chunk_discounts: torch.Tensor, dones: torch.Tensor, bootstrap: torch.Tensor
-) -> torch.Tensor:
-    """Eq. 19: ``y = sum_{i<n} gamma^{iH} r_{t+iH} + gamma^{nH} Quant(V(s_{t+nH}))`` for n consecutive
-    chunks. ``chunk_rewards``, ``chunk_discounts`` (``gamma^h`` of each chunk, so short final chunks
-    discount correctly) and ``dones`` (episode terminated within chunk i) are [B, n]; ``bootstrap`` [B] is
-    the quantile at the state after the last chunk. Terms after a terminal chunk and the bootstrap are
-    dropped ("truncate the return at the terminal chunk"). With n = 1 this is the ``ChunkBatch`` target
-    ``chunk_reward + (1 - done) * discount * bootstrap``."""
-    y = torch.zeros_like(bootstrap)
-    scale = torch.ones_like(bootstrap)  # gamma^{sum of earlier chunk lengths}, 0 after a termination
-    for i in range(chunk_rewards.shape[1]):
-        y = y + scale * chunk_rewards[:, i]
-        scale = scale * chunk_discounts[:, i] * (1.0 - dones[:, i].float())
-    return y + scale * bootstrap
-
-
-def q_td_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 15 for every critic head: ``mean_k E[(Q_k(s, a) - y)^2]``; ``q_values`` [K, B], ``target`` [B]."""
-    return (q_values - target.detach()).square().mean()
-
-
 # --- the value learner ---------------------------------------------------------------------------------
 
 
@@ -183,10 +157,7 @@ class DIVL:
         target = scalar_to_categorical(q_target.detach(), self.value.atoms)
         logits = self.value.logits_flat(obs_flat)
         loss = value_cross_entropy(logits, target)
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.value.parameters(), self.cfg.grad_clip)
-        self.optim.step()
+        clipped_step(loss, self.optim, self.value.parameters(), self.cfg.grad_clip)
         polyak_update(self.target, self.value, self.cfg.ema)
         return {"v_loss": float(loss.detach()), "v_mean": float(self.value.mean(logits.detach()).mean())}
 

@@ -41,12 +41,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec
+from fleetrl.algorithms.base import AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.common import ChunkTensors, chunk_critic_pair, chunk_tensors, polyak_update
-from fleetrl.algorithms.divl import DIVL, DIVLConfig, clipped_double_q, n_step_chunk_target, q_td_loss
-from fleetrl.models.critics import ChunkQConfig
+from fleetrl.algorithms.chunk_algorithm import ActorCriticAlgorithm, ActorCriticConfig, ChunkTensors
+from fleetrl.algorithms.divl import DIVL, DIVLConfig
+from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
 from fleetrl.models.flow import FlowChunkPolicy, flow_matching_loss
+from fleetrl.models.nets import seeded
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, x, w[B]) -> v
 
@@ -127,15 +128,11 @@ def adjoint_matching_loss(
 # --- the plug-in ------------------------------------------------------------------------------------
 
 
-class QAMConfig(AlgorithmConfig):
+class QAMConfig(ActorCriticConfig):
     """LWD app. B2: critics Adam 5e-4, policy AdamW 2e-5 (for a VLA; small MLPs use 3e-4), EMA 0.005,
     lambda = 2 for 0/1 rewards (scale lambda with your rewards' scale), two critics (clipped double Q)."""
 
-    critic: ChunkQConfig = Field(default_factory=ChunkQConfig, description="Chunked critics (2: double Q).")
     divl: DIVLConfig = Field(default_factory=DIVLConfig, description="Distributional value learning.")
-    critic_lr: float = Field(3e-4, gt=0.0, description="Adam learning rate of the critics.")
-    actor_lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the flow (BC and QAM).")
-    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm (critics and policy).")
     ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of the target critics.")
     temperature: float = Field(2.0, gt=0.0, description="lambda of eqs. 8 and 10.")
     actor_q: Literal["mean", "min"] = Field("mean", description="Critic aggregate whose gradient guides QAM.")
@@ -144,27 +141,26 @@ class QAMConfig(AlgorithmConfig):
     bc_steps: int = Field(1000, ge=0, description="BC updates on offline rows before freezing f_beta.")
 
 
-class QAM(Algorithm):
+class QAM(ActorCriticAlgorithm):
     name: ClassVar[str] = "qam"
     config_cls: ClassVar[type[AlgorithmConfig]] = QAMConfig
-    data: ClassVar[Literal["episodes", "chunks"]] = "chunks"
-    policy_families: ClassVar[frozenset[str]] = frozenset({"flow_chunk"})
     config: QAMConfig
-    policy: FlowChunkPolicy
 
     def __init__(self, config: QAMConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
         super().__init__(config, policy, spec, device)
-        self.critic, self.target_critic = chunk_critic_pair(config.critic, spec, config.seed, self.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 1)
+        with seeded(config.seed + 1):
             self.divl = DIVL(config.divl, spec.observation_spec, self.device)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.actor_optim = torch.optim.AdamW(self.policy.parameters(), lr=config.actor_lr)
         self.reference: FlowChunkPolicy | None = None
-        self.steps = 0
         self.bc_done = 0
         if config.bc_steps == 0:
             self._freeze_reference()
+
+    def critic_optimizer(self) -> torch.optim.Optimizer:
+        """Adam (LWD app. B2)."""
+        return torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return super().optimizers() | {"value": self.divl.optim}
 
     def _freeze_reference(self) -> None:
         self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
@@ -177,26 +173,17 @@ class QAM(Algorithm):
     def shift(self) -> float:
         return self.config.time_shift or 1.0 / self.n_flow
 
-    def _opt_step(self, loss: torch.Tensor, optim: torch.optim.Optimizer, module: nn.Module) -> float:
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
-        optim.step()
-        return float(norm)
-
     def critic_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 2, lines 1-4: V_psi on the EMA critics' min (eq. 12), the TD target with the
         entropy-adapted quantile of the EMA value (eqs. 17-19, 23), both critics on it (eq. 15), EMA."""
         with torch.no_grad():
-            q_replay = clipped_double_q(self.target_critic.forward_flat(t.obs, t.actions))
+            q_replay = pessimistic_q(self.target_critic.forward_flat(t.obs, t.actions))
         metrics = self.divl.step(t.obs, q_replay)
         boot, tau, entropy = self.divl.bootstrap(t.next_obs)
-        target = n_step_chunk_target(
-            t.chunk_reward[:, None], t.discount[:, None], (1.0 - t.not_done)[:, None], boot
-        )
+        target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, boot)  # one chunk per row: n = 1
         q = self.critic.forward_flat(t.obs, t.actions)
-        loss = q_td_loss(q, target)
-        grad_norm = self._opt_step(loss, self.critic_optim, self.critic)
+        loss = ensemble_td_loss(q, target)
+        grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())
         polyak_update(self.target_critic, self.critic, self.config.ema)
         return metrics | {
             "q_loss": float(loss.detach()),
@@ -213,7 +200,7 @@ class QAM(Algorithm):
         if not bool(rows.any()):
             return {}
         loss = flow_matching_loss(self.policy, t.obs[rows], t.actions[rows], mask=t.mask[rows])
-        self._opt_step(loss, self.actor_optim, self.policy)
+        self.optim_step(loss, self.actor_optim, self.trained_parameters())
         self.bc_done += 1
         if self.bc_done >= self.config.bc_steps:
             self._freeze_reference()
@@ -226,7 +213,7 @@ class QAM(Algorithm):
         obs, (b, d), n = t.obs, (t.obs.shape[0], self.policy.action_dim), self.n_flow
         x0 = torch.randn(b, d, device=obs.device)
         xs = sample_memoryless(self.policy.velocity, obs, x0, n, self.shift)
-        agg = clipped_double_q if self.config.actor_q == "min" else (lambda q: q.mean(0))
+        agg = pessimistic_q if self.config.actor_q == "min" else (lambda q: q.mean(0))
         q_fn = lambda a: agg(self.critic.forward_flat(obs, a))  # noqa: E731
         g1 = terminal_adjoint(q_fn, xs[-1], self.config.temperature, self.policy.low, self.policy.high)
         adj, v_ref = lean_adjoint(self.reference.velocity, obs, xs, g1, self.shift)
@@ -235,7 +222,7 @@ class QAM(Algorithm):
             obs.repeat(n, 1), xs[:n].reshape(n * b, d), ws.repeat_interleave(b)
         ).reshape(n, b, d)
         loss = adjoint_matching_loss(v_theta, v_ref, adj[:n], memoryless_sigma(ws, self.shift))
-        grad_norm = self._opt_step(loss, self.actor_optim, self.policy)
+        grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
         with torch.no_grad():
             q_pi = q_fn(xs[-1].clamp(self.policy.low, self.policy.high))
         return {
@@ -246,7 +233,7 @@ class QAM(Algorithm):
         }
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
-        t = chunk_tensors(batch, self.policy.obs_keys, self.device)
+        t = self.tensors(batch)
         metrics = self.critic_step(t)
         in_bc = self.reference is None
         metrics |= self.bc_step(t) if in_bc else self.actor_step(t)
@@ -254,24 +241,16 @@ class QAM(Algorithm):
         return metrics | {"phase": 0.0 if in_bc else 1.0, "bc_steps_done": float(self.bc_done)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
+        return super().state_dict() | {
             "divl": self.divl.state_dict(),
             "reference": None if self.reference is None else self.reference.state_dict(),
-            "actor_optim": self.actor_optim.state_dict(),
-            "steps": self.steps,
             "bc_done": self.bc_done,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
+        super().load_state_dict(state)
         self.divl.load_state_dict(state["divl"])
-        self.actor_optim.load_state_dict(state["actor_optim"])
-        self.steps, self.bc_done = int(state["steps"]), int(state["bc_done"])
+        self.bc_done = int(state["bc_done"])
         self.reference = None
         if state["reference"] is not None:
             self._freeze_reference()

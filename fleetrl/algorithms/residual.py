@@ -29,16 +29,16 @@ task's rewards. The paper mixes online and offline rows 3:1: set the replay's ``
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec
+from fleetrl.algorithms.base import AlgorithmConfig
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.common import chunk_tensors
+from fleetrl.algorithms.chunk_algorithm import PolicyOnlyAlgorithm, PolicyOnlyConfig
 from fleetrl.models.residual import ResidualAdapterPolicy
 
 # --- loss maths (pure functions) -------------------------------------------------------------------
@@ -102,14 +102,10 @@ def adapter_objective(
 # --- the plug-in ------------------------------------------------------------------------------------
 
 
-class ResidualConfig(AlgorithmConfig):
+class ResidualConfig(PolicyOnlyConfig):
     """The paper gives no values for lambda_keep, lambda_gate or the optimiser; these are small-MLP
     defaults. App. C.3 caps each update round at 900 steps (the learner's ``max_updates``)."""
 
-    lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the adapter h_phi.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
     lambda_keep: float = Field(0.1, ge=0.0, description="Weight of the behaviour-preservation loss L_keep.")
     lambda_gate: float = Field(0.1, ge=0.0, description="Weight of the gate cross-entropy L_gate.")
     delta_plus: float = Field(
@@ -125,26 +121,20 @@ class ResidualConfig(AlgorithmConfig):
     )
 
 
-class ResidualAdaptation(Algorithm):
+class ResidualAdaptation(PolicyOnlyAlgorithm):
     name: ClassVar[str] = "residual"
     config_cls: ClassVar[type[AlgorithmConfig]] = ResidualConfig
-    data: ClassVar[Literal["episodes", "chunks"]] = "chunks"
     policy_families: ClassVar[frozenset[str]] = frozenset({"residual"})
     config: ResidualConfig
     policy: ResidualAdapterPolicy
 
-    def __init__(self, config: ResidualConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
-        super().__init__(config, policy, spec, device)
-        self.optim = torch.optim.AdamW(
-            list(self.policy.adapter_parameters()),
-            lr=config.lr,
-            betas=config.adam_betas,
-            weight_decay=config.weight_decay,
-        )
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The adapter h_phi's parameters (``lr`` is its learning rate); the base policy stays frozen."""
+        return list(self.policy.adapter_parameters())
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         cfg, keys = self.config, self.policy.obs_keys
-        t = chunk_tensors(batch, keys, self.device)
+        t = self.tensors(batch)
         rewards = torch.as_tensor(batch.rewards, dtype=torch.float32, device=self.device)
         intervention = torch.as_tensor(batch.intervention, dtype=torch.bool, device=self.device)
         hq = high_quality_weights(
@@ -167,10 +157,7 @@ class ResidualAdaptation(Algorithm):
         l_keep = keep_loss(out.adapted, out.base, mask, off)
         l_gate = gate_loss(out.gate_logits, step_mask, hq, off)
         loss = adapter_objective(l_corr, l_keep, l_gate, cfg.lambda_keep, cfg.lambda_gate)
-        self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(list(self.policy.adapter_parameters()), cfg.grad_clip)
-        self.optim.step()
+        grad_norm = self.optim_step(loss, self.optim, self.trained_parameters())
         gate = torch.sigmoid(out.gate_logits.detach()).mean(-1)
         return stats | {
             "adapter_loss": loss.item(),
@@ -180,12 +167,5 @@ class ResidualAdaptation(Algorithm):
             "gate_mean_online": _subset_mean(gate, hq).item(),
             "gate_mean_offline": _subset_mean(gate, off).item(),
             "residual_abs_mean": out.residual.detach().abs().mean().item(),
-            "grad_norm": grad_norm.item(),
+            "grad_norm": grad_norm,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optim": self.optim.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "optim" in state:
-            self.optim.load_state_dict(state["optim"])

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.nets import flatten_obs, mlp
+from fleetrl.models.nets import ChunkPolicy, mlp
 from fleetrl.robots.protocol import ArraySpec
 
 
@@ -33,26 +33,17 @@ class FlowChunkConfig(BaseModel):
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
-class FlowChunkPolicy(nn.Module):
+class FlowChunkPolicy(ChunkPolicy):
     def __init__(
         self, cfg: FlowChunkConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
     ):
-        super().__init__()
-        self.obs_keys = list(obs_spec)
-        self.chunk_len = chunk_len
-        self.action_shape = action_spec.shape
-        self.action_dim = chunk_len * action_spec.size
+        super().__init__(obs_spec, action_spec, chunk_len)
         self.flow_steps = cfg.flow_steps
-        low = -torch.inf if action_spec.low is None else action_spec.low
-        high = torch.inf if action_spec.high is None else action_spec.high
-        self.register_buffer("low", torch.tensor(float(low)), persistent=False)
-        self.register_buffer("high", torch.tensor(float(high)), persistent=False)
+        self.register_bounds(action_spec)
         freqs = torch.pi * 2.0 ** torch.arange(cfg.time_features, dtype=torch.float32)
         self.register_buffer("freqs", freqs, persistent=False)
-        obs_dim = sum(s.size for s in obs_spec.values())
-        self.net = mlp(
-            obs_dim + self.action_dim + 2 * self.freqs.numel() + 1, cfg.hidden, self.action_dim, nn.SiLU
-        )
+        in_dim = self.obs_dim + self.action_dim + 2 * self.freqs.numel() + 1
+        self.net = mlp(in_dim, cfg.hidden, self.action_dim, nn.SiLU)
 
     def _time_embedding(self, w: torch.Tensor) -> torch.Tensor:
         angles = w[:, None] * self.freqs
@@ -61,9 +52,6 @@ class FlowChunkPolicy(nn.Module):
     def velocity(self, obs_flat: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """v(obs, x_w, w): obs_flat [B, D_obs], x [B, D_act] flat chunk, w [B] in [0, 1]."""
         return self.net(torch.cat([obs_flat, x, self._time_embedding(w)], dim=-1))
-
-    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return flatten_obs(obs, self.obs_keys)
 
     def sample_flat(
         self, obs_flat: torch.Tensor, noise: torch.Tensor, steps: int | None = None
@@ -75,9 +63,6 @@ class FlowChunkPolicy(nn.Module):
             w = torch.full((x.shape[0],), i * dt, device=x.device)
             x = x + dt * self.velocity(obs_flat, x, w)
         return x
-
-    def to_chunk(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.clamp(self.low, self.high).reshape(flat.shape[0], self.chunk_len, *self.action_shape)
 
     def act(
         self, obs: dict[str, torch.Tensor], deterministic: bool = False

@@ -1,17 +1,95 @@
-"""Small building blocks shared by the policies and critics."""
+"""Small building blocks shared by the policies, critics and value models: MLPs, seeded construction, the
+policy families' common base (``ChunkPolicy``) and config-plus-weights checkpoints."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
+from pydantic import BaseModel
 from torch import nn
+
+from fleetrl.robots.protocol import ArraySpec
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Build networks inside with deterministic initial weights (``torch.manual_seed(seed)``), leaving the
+    global CPU generator as it was: every replica of a pool starts identical, whatever ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def flatten_obs(obs: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
     """Concatenate observation entries (in spec order) into one float vector per batch row."""
     parts = [obs[k].reshape(obs[k].shape[0], -1).to(torch.float32) for k in keys]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+Cfg = TypeVar("Cfg", bound=BaseModel)
+Net = TypeVar("Net", bound=nn.Module)
+
+
+def config_checkpoint(model: nn.Module, cfg: BaseModel) -> dict[str, Any]:
+    """A self-describing snapshot of a model built from one config: the config as JSON and the weights on
+    CPU (``from_config_checkpoint`` reads it back)."""
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def from_config_checkpoint(
+    build: Callable[[Cfg], Net], config_cls: type[Cfg], ckpt: Mapping[str, Any]
+) -> Net:
+    """The model ``config_checkpoint`` saved: ``build`` from its config, then its weights loaded."""
+    model = build(config_cls.model_validate(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def action_bounds(action_spec: ArraySpec) -> tuple[float, float]:
+    """The action's (low, high), infinite where the spec gives no bound."""
+    low = -math.inf if action_spec.low is None else float(action_spec.low)
+    high = math.inf if action_spec.high is None else float(action_spec.high)
+    return low, high
+
+
+class ChunkPolicy(nn.Module):
+    """What the MLP policy families (Gaussian, flow, residual) know of their task: the observation keys in
+    spec order (``encode`` flattens observations in that order), the chunk length and the action's shape."""
+
+    def __init__(self, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int):
+        super().__init__()
+        self.obs_keys = list(obs_spec)
+        self.chunk_len = chunk_len
+        self.action_shape = action_spec.shape
+        self.step_dim = action_spec.size  # entries of one step's action
+        self.action_dim = chunk_len * action_spec.size  # entries of a flat chunk
+        self.obs_dim = sum(s.size for s in obs_spec.values())
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The flat observation vector [B, obs_dim] the networks read."""
+        return flatten_obs(obs, self.obs_keys)
+
+    def register_bounds(self, action_spec: ArraySpec) -> tuple[float, float]:
+        """Keep the action bounds as (non-persistent) ``low``/``high`` buffers for ``to_chunk``; returns them."""
+        low, high = action_bounds(action_spec)
+        self.register_buffer("low", torch.tensor(low), persistent=False)
+        self.register_buffer("high", torch.tensor(high), persistent=False)
+        return low, high
+
+    def unflatten(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat chunks [B, H * action_size] -> [B, H, *action_shape]."""
+        return flat.reshape(flat.shape[0], self.chunk_len, *self.action_shape)
+
+    def to_chunk(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat chunks clipped to the registered bounds, as [B, H, *action_shape]."""
+        return self.unflatten(flat.clamp(self.low, self.high))
 
 
 def mlp(
@@ -31,6 +109,11 @@ def mlp(
         width = h
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
+
+
+def layer_norm_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    """Linear -> LayerNorm -> SiLU blocks, then a linear head (the value and progress models' MLPs)."""
+    return mlp(in_dim, hidden, out_dim, activation=nn.SiLU, layer_norm=True)
 
 
 class EnsembleLinear(nn.Module):

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.nets import mlp
+from fleetrl.models.nets import config_checkpoint, from_config_checkpoint, layer_norm_mlp, seeded
 
 Obs = torch.Tensor | Mapping[str, torch.Tensor]
 
@@ -63,11 +63,6 @@ class ProgressCriticConfig(BaseModel):
     seed: int = Field(0, description="Seed for the initial weights.")
 
 
-def _mlp(width: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
-    """Linear -> LayerNorm -> SiLU blocks, then a linear head."""
-    return mlp(width, hidden, out, activation=nn.SiLU, layer_norm=True)
-
-
 class StateEncoder(nn.Module):
     """Flat state vector -> features, with a data-fitted input normaliser kept in the state dict."""
 
@@ -78,7 +73,7 @@ class StateEncoder(nn.Module):
         self.clip = cfg.input_clip
         self.register_buffer("obs_mean", torch.zeros(cfg.obs_dim))
         self.register_buffer("obs_std", torch.ones(cfg.obs_dim))
-        self.net = _mlp(cfg.obs_dim, cfg.encoder_hidden, cfg.feature_dim)
+        self.net = layer_norm_mlp(cfg.obs_dim, cfg.encoder_hidden, cfg.feature_dim)
 
     def set_normalizer(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -107,8 +102,8 @@ class ProgressCritic(nn.Module):
         self.encoder = ENCODERS[cfg.encoder](cfg)
         self.task_embed = nn.Embedding(len(cfg.tasks), cfg.task_embed_dim)
         f, e = cfg.feature_dim, cfg.task_embed_dim
-        self.pair_head = _mlp(3 * f + e, cfg.head_hidden, 1)
-        self.done_head = _mlp(f + e, cfg.head_hidden, 1)
+        self.pair_head = layer_norm_mlp(3 * f + e, cfg.head_hidden, 1)
+        self.done_head = layer_norm_mlp(f + e, cfg.head_hidden, 1)
         self._task_ids = {name: i for i, name in enumerate(cfg.tasks)}
 
     @property
@@ -157,23 +152,14 @@ class ProgressCritic(nn.Module):
 
     def checkpoint(self) -> dict[str, Any]:
         """A self-describing snapshot (config + weights, tensors on CPU) for ``from_checkpoint``."""
-        return {
-            "config": self.cfg.model_dump(mode="json"),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
+        return config_checkpoint(self, self.cfg)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> ProgressCritic:
-        model = cls(ProgressCriticConfig.model_validate(ckpt["config"]))
-        model.load_state_dict(ckpt["state_dict"])
-        return model
+        return from_config_checkpoint(cls, ProgressCriticConfig, ckpt)
 
 
 def build_progress_critic(cfg: ProgressCriticConfig) -> ProgressCritic:
     """Build a critic with deterministic initial weights (``cfg.seed``) without touching the global RNG."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed)
-    try:
+    with seeded(cfg.seed):
         return ProgressCritic(cfg)
-    finally:
-        torch.random.set_rng_state(gen_state)

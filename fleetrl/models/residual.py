@@ -27,26 +27,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.nets import flatten_obs, mlp
+from fleetrl.models.flow import FlowChunkConfig
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.nets import ChunkPolicy, mlp
+from fleetrl.models.token_policy import TokenLMConfig
 from fleetrl.robots.protocol import ArraySpec
-
-if TYPE_CHECKING:
-    from fleetrl.models.policies import BasePolicyConfig
 
 BASE_PREFIX = "base."
 
+BasePolicyConfig = Annotated[
+    GaussianMLPConfig | FlowChunkConfig | TokenLMConfig, Field(discriminator="family")
+]  # the families a residual adapter can sit on: every one but itself
+
 
 class ResidualAdapterConfig(BaseModel):
-    """A frozen base policy of another family plus a trainable bounded, gated residual (Robo-ValueRL §3.3).
-
-    ``base`` is a policy config of a non-residual family; ``BasePolicyConfig`` is resolved in policies.py
-    (which lists the families and imports this module), see the import at the end of this file."""
+    """A frozen base policy of another family plus a trainable bounded, gated residual (Robo-ValueRL §3.3)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["residual"] = Field("residual", description="Policy family name.")
@@ -106,7 +107,7 @@ def load_base_checkpoint(base: nn.Module, path: str) -> None:
 # --- the policy ------------------------------------------------------------------------------------
 
 
-class ResidualAdapterPolicy(nn.Module):
+class ResidualAdapterPolicy(ChunkPolicy):
     """``act`` like any other family; ``base`` is frozen (no gradient, always in eval mode)."""
 
     def __init__(
@@ -117,23 +118,14 @@ class ResidualAdapterPolicy(nn.Module):
         action_spec: ArraySpec,
         chunk_len: int,
     ):
-        super().__init__()
+        super().__init__(obs_spec, action_spec, chunk_len)
         if cfg.base_checkpoint is not None:
             load_base_checkpoint(base, cfg.base_checkpoint)
         self.base = base.requires_grad_(False).eval()
-        self.obs_keys = list(obs_spec)
-        self.chunk_len = chunk_len
-        self.action_shape = action_spec.shape
-        self.step_dim = action_spec.size
-        self.action_dim = chunk_len * action_spec.size
-        low = -math.inf if action_spec.low is None else float(action_spec.low)
-        high = math.inf if action_spec.high is None else float(action_spec.high)
+        low, high = self.register_bounds(action_spec)
         half_range = (high - low) / 2 if math.isfinite(low) and math.isfinite(high) else 1.0
-        self.register_buffer("low", torch.tensor(low), persistent=False)
-        self.register_buffer("high", torch.tensor(high), persistent=False)
         self.register_buffer("r_max", torch.tensor(cfg.max_residual * half_range), persistent=False)
-        obs_dim = sum(s.size for s in obs_spec.values())
-        self.net = mlp(obs_dim + self.action_dim, cfg.hidden, self.action_dim + chunk_len, nn.SiLU)
+        self.net = mlp(self.obs_dim + self.action_dim, cfg.hidden, self.action_dim + chunk_len, nn.SiLU)
         with torch.no_grad():  # zero-initialised (app. C.3): r = 0 at the start, so x_adapt = x_base
             self.net[-1].weight.zero_()
             self.net[-1].bias.zero_()
@@ -152,7 +144,7 @@ class ResidualAdapterPolicy(nn.Module):
 
     def adapt(self, obs: dict[str, torch.Tensor], base: torch.Tensor) -> AdapterOutput:
         """Eqs. 6-7 for flat base chunks ``base`` [B, D]: the adapted chunk (unclipped) and its pieces."""
-        out = self.net(torch.cat([flatten_obs(obs, self.obs_keys), base], dim=-1))
+        out = self.net(torch.cat([self.encode(obs), base], dim=-1))
         residual = bounded_residual(out[:, : self.action_dim], self.r_max)
         gate_logits = out[:, self.action_dim :]
         return AdapterOutput(
@@ -165,9 +157,8 @@ class ResidualAdapterPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapted chunks [B, H, *action_shape] clipped to the bounds, and NaN log-probs [B]."""
         out = self.adapt(obs, self.base_chunk(obs, deterministic))
-        flat = out.adapted.clamp(self.low, self.high)
-        nan = torch.full((flat.shape[0],), float("nan"), device=flat.device)
-        return flat.reshape(flat.shape[0], self.chunk_len, *self.action_shape), nan
+        nan = torch.full((out.adapted.shape[0],), float("nan"), device=out.adapted.device)
+        return self.to_chunk(out.adapted), nan
 
     def train(self, mode: bool = True) -> ResidualAdapterPolicy:
         """The base stays in eval mode (frozen: no dropout or norm-statistics updates)."""
@@ -187,9 +178,3 @@ class ResidualAdapterPolicy(nn.Module):
         """Accepts an adapter-only dict (what ``state_dict`` gives); base entries, if present, load too."""
         base_state = {BASE_PREFIX + k: v for k, v in self.base.state_dict().items()}
         return super().load_state_dict({**base_state, **state_dict}, strict=strict, assign=assign)
-
-
-# ``BasePolicyConfig`` lists policies.py's families, and policies.py imports this module for its union; it
-# resolves the forward reference (``model_rebuild``) once its union exists. Importing it here makes this
-# module usable on its own: whichever of the two is imported first, the config is complete afterwards.
-import fleetrl.models.policies  # noqa: E402, F401

@@ -36,7 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.nets import mlp
+from fleetrl.models.nets import config_checkpoint, from_config_checkpoint, layer_norm_mlp, seeded
 
 
 class ValueEstimatorConfig(BaseModel):
@@ -172,11 +172,6 @@ def distribution_quantiles(probs: np.ndarray, centres: np.ndarray, qs: Sequence[
 # --- model ---------------------------------------------------------------------------------------------
 
 
-def _mlp(width: int, hidden: tuple[int, ...], out: int) -> nn.Sequential:
-    """Linear -> LayerNorm -> SiLU blocks, then a linear head."""
-    return mlp(width, hidden, out, activation=nn.SiLU, layer_norm=True)
-
-
 class PerceiverSummary(nn.Module):
     """Learned latents cross-attend to the history tokens: K frames -> ``n_latents`` compact tokens."""
 
@@ -209,9 +204,9 @@ class HistoryValueEstimator(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(cfg.obs_dim))
         self.register_buffer("obs_std", torch.ones(cfg.obs_dim))
         self.register_buffer("centres", bin_centres(cfg.n_bins))
-        self.current_encoder = _mlp(cfg.obs_dim, cfg.encoder_hidden, d)
+        self.current_encoder = layer_norm_mlp(cfg.obs_dim, cfg.encoder_hidden, d)
         if cfg.history_frames:
-            self.history_encoder = _mlp(cfg.obs_dim, cfg.encoder_hidden, d)
+            self.history_encoder = layer_norm_mlp(cfg.obs_dim, cfg.encoder_hidden, d)
             self.slot_embed = nn.Parameter(torch.randn(cfg.history_frames, d) * 0.02)
             self.pad_embed = nn.Parameter(torch.randn(d) * 0.02)
             self.perceiver = PerceiverSummary(d, cfg.n_latents, cfg.n_heads)
@@ -285,27 +280,17 @@ class HistoryValueEstimator(nn.Module):
 
     def checkpoint(self) -> dict[str, Any]:
         """Config (with the resolved label scale) + weights on CPU, for ``from_checkpoint``."""
-        return {
-            "kind": "history_value_estimator",
-            "config": self.cfg.model_dump(mode="json"),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
+        return {"kind": "history_value_estimator", **config_checkpoint(self, self.cfg)}
 
     @classmethod
     def from_checkpoint(cls, ckpt: Mapping[str, Any]) -> HistoryValueEstimator:
-        model = cls(ValueEstimatorConfig.model_validate(ckpt["config"]))
-        model.load_state_dict(ckpt["state_dict"])
-        return model.eval()
+        return from_config_checkpoint(cls, ValueEstimatorConfig, ckpt).eval()
 
 
 def build_value_estimator(cfg: ValueEstimatorConfig) -> HistoryValueEstimator:
     """Build with deterministic initial weights (``cfg.seed``) without touching the global RNG."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed)
-    try:
+    with seeded(cfg.seed):
         return HistoryValueEstimator(cfg)
-    finally:
-        torch.random.set_rng_state(state)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetrl.algorithms.demo_replay import DemoReplayConfig
-from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig, action_spec_problem
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import PolicyConfig, action_spec_problem
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
 from fleetrl.workers.placement import ActorResources
 

@@ -18,7 +18,9 @@ from fleetrl.algorithms.base import (
     parse_config,
     registry,
 )
-from fleetrl.models.policies import FlowChunkConfig, GaussianMLPConfig, build_policy
+from fleetrl.models.flow import FlowChunkConfig
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import build_policy
 from fleetrl.platform.config import ConfigError
 from fleetrl.platform.config import parse_config as parse_platform
 from fleetrl.robots.protocol import ArraySpec

@@ -12,19 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from fleetrl.algorithms.awr import (
-    AWR,
-    AWRConfig,
-    advantage_vs_policy,
-    awr_weights,
-    ensemble_td_loss,
-    pessimistic_q,
-    q_chunk_target,
-)
+from fleetrl.algorithms.awr import AWR, AWRConfig, advantage_vs_policy, awr_weights
 from fleetrl.algorithms.base import PolicySpec, build_algorithm, parse_config
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.bc import BC, BCConfig
-from fleetrl.algorithms.common import chunk_tensors, polyak_update
+from fleetrl.algorithms.chunk_algorithm import chunk_tensors
+from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
 from fleetrl.models.critics import ChunkQConfig
 from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy, flow_matching_loss
 from fleetrl.robots.protocol import ArraySpec
@@ -82,12 +75,12 @@ def test_awr_weights_clip_at_eps_and_scale_with_beta():
     assert not awr_weights(adv.requires_grad_(), 1.0, 2.0).requires_grad
 
 
-def test_q_chunk_target_bootstraps_with_gamma_h_unless_done():
+def test_one_chunk_target_bootstraps_with_gamma_h_unless_done():
     gamma, h = 0.9, torch.tensor([3.0, 3.0, 2.0])
     rewards = torch.tensor([1.0, 1.0, 2.0])
     next_q = torch.tensor([10.0, 10.0, -5.0])
     not_done = torch.tensor([1.0, 0.0, 1.0])
-    y = q_chunk_target(rewards, gamma**h, not_done, next_q)
+    y = n_step_chunk_target(rewards, gamma**h, 1.0 - not_done, next_q)
     torch.testing.assert_close(y, torch.tensor([1.0 + 0.729 * 10.0, 1.0, 2.0 - 0.81 * 5.0]))
 
 

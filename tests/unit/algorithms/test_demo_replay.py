@@ -22,7 +22,8 @@ from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 from fleetrl.algorithms.bc import BC, BCConfig
 from fleetrl.algorithms.demo_replay import DemoReplayConfig, imitation_loss
 from fleetrl.models.flow import FlowChunkConfig
-from fleetrl.models.policies import GaussianMLPConfig, build_policy
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import build_policy
 from fleetrl.models.residual import ResidualAdapterConfig
 from fleetrl.models.token_policy import TokenLMConfig
 from fleetrl.workers.task import LearnerConfig

@@ -10,12 +10,12 @@ from fleetrl.algorithms.divl import (
     DIVLConfig,
     c51_project,
     entropy_adapted_tau,
-    n_step_chunk_target,
     normalized_entropy,
     quantile_readout,
     scalar_to_categorical,
     value_cross_entropy,
 )
+from fleetrl.algorithms.td import n_step_chunk_target
 from fleetrl.models.critics import CategoricalValueConfig
 from fleetrl.robots.protocol import ArraySpec
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from fleetrl.algorithms.ppo import PPOConfig
-from fleetrl.models.policies import GaussianMLPConfig, build_policy
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import build_policy
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import evaluate
 from fleetrl.testing.plain_ppo import train_plain_ppo

@@ -11,18 +11,18 @@ import torch
 
 from fleetrl.algorithms.base import PolicySpec, algorithm_class, build_algorithm
 from fleetrl.algorithms.batch import EpisodeBatch
-from fleetrl.algorithms.ppo import (
-    PPO,
-    PPOConfig,
+from fleetrl.algorithms.ppo import PPO, PPOConfig
+from fleetrl.algorithms.ppo_decisions import episode_decisions
+from fleetrl.algorithms.ppo_math import (
     approx_kl,
-    episode_decisions,
     gae,
     ppo_clip_loss,
     ratio_quantiles,
     tis_weights,
     value_loss,
 )
-from fleetrl.models.policies import GaussianMLPConfig, build_policy
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import build_policy
 from fleetrl.robots.episode import Episode, empty_columns
 from fleetrl.robots.protocol import ArraySpec
 

@@ -25,7 +25,8 @@ from fleetrl.algorithms.residual import (
     keep_loss,
 )
 from fleetrl.models.flow import FlowChunkConfig
-from fleetrl.models.policies import GaussianMLPConfig, PolicyConfig, build_policy
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import PolicyConfig, build_policy
 from fleetrl.models.residual import ResidualAdapterConfig, ResidualAdapterPolicy
 from fleetrl.platform.config import ConfigError
 from fleetrl.platform.config import parse_config as parse_platform

@@ -16,7 +16,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from fleetrl.models.policies import FlowChunkConfig, GaussianMLPConfig, build_policy
+from fleetrl.models.flow import FlowChunkConfig
+from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.policies import build_policy
 from fleetrl.robots.protocol import ArraySpec
 
 

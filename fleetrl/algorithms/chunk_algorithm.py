@@ -1,0 +1,194 @@
+"""What the algorithms that learn from chunked replay share: AWR, QAM and BC (a flow-matching chunk policy)
+and residual adaptation (a residual adapter).
+
+``ChunkAlgorithm`` holds what all four do: read a ``ChunkBatch`` as flat tensors (``chunk_tensors``), train
+the policy with AdamW and clip the global gradient norm of every step at ``grad_clip``. Two kinds build on
+it:
+
+* ``ActorCriticAlgorithm`` (AWR, QAM): a chunked Q ensemble, its Polyak target copy and their optimizer
+  next to the actor's, checkpointed under the same keys;
+* ``PolicyOnlyAlgorithm`` (BC, residual adaptation): no critics, one AdamW over what it trains (``optim``).
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec, clipped_step
+from fleetrl.algorithms.batch import ChunkBatch
+from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
+from fleetrl.models.flow import FlowChunkPolicy
+from fleetrl.models.nets import flatten_obs, seeded
+
+
+@dataclass
+class ChunkTensors:
+    """A ``ChunkBatch`` as flat float tensors on one device (observations flattened in spec order)."""
+
+    obs: torch.Tensor  # [B, D_obs]
+    actions: torch.Tensor  # [B, H * action_size]
+    chunk_reward: torch.Tensor  # [B]
+    next_obs: torch.Tensor  # [B, D_obs]
+    done: torch.Tensor  # [B] 1.0 where the episode terminated within the chunk (no bootstrap)
+    discount: torch.Tensor  # [B] gamma^h
+    mask: torch.Tensor  # [B, H * action_size] 1.0 for executed entries of the chunk
+    offline: torch.Tensor  # [B] bool
+
+
+def chunk_tensors(batch: ChunkBatch, obs_keys: list[str], device: torch.device | str = "cpu") -> ChunkTensors:
+    b = len(batch)
+    step_size = int(batch.actions[0, 0].size) if b else 1
+
+    def t(x, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=dtype, device=device)
+
+    obs = flatten_obs({k: t(batch.obs[k]) for k in obs_keys}, obs_keys)
+    next_obs = flatten_obs({k: t(batch.next_obs[k]) for k in obs_keys}, obs_keys)
+    return ChunkTensors(
+        obs=obs,
+        actions=t(batch.actions).reshape(b, -1),
+        chunk_reward=t(batch.chunk_reward),
+        next_obs=next_obs,
+        done=t(batch.done),
+        discount=t(batch.discount),
+        mask=t(batch.mask).repeat_interleave(step_size, dim=1),
+        offline=t(batch.offline, torch.bool),
+    )
+
+
+def chunk_critic_pair(
+    cfg: ChunkQConfig, spec: PolicySpec, seed: int, device: torch.device
+) -> tuple[ChunkQEnsemble, ChunkQEnsemble]:
+    """A seeded chunked Q ensemble and its frozen target copy (AWR and QAM start their critics alike)."""
+    with seeded(seed):
+        critic = ChunkQEnsemble(cfg, spec.observation_spec, spec.action_spec, spec.chunk_len).to(device)
+    return critic, copy.deepcopy(critic).requires_grad_(False)
+
+
+class ChunkAlgorithmConfig(AlgorithmConfig):
+    """Fields of every chunk-replay algorithm."""
+
+    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm of every optimizer step.")
+
+    def adamw_options(self) -> dict[str, Any]:
+        """AdamW arguments of the algorithm's optimizers besides the learning rate: torch's defaults."""
+        return {}
+
+
+class ChunkAdamWConfig(ChunkAlgorithmConfig):
+    """A chunk-replay algorithm whose AdamW betas and weight decay are knobs (ALOE app. C's settings)."""
+
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas (ALOE app. C).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+
+    def adamw_options(self) -> dict[str, Any]:
+        return {"betas": self.adam_betas, "weight_decay": self.weight_decay}
+
+
+class ChunkAlgorithm(Algorithm):
+    """An algorithm on ``ChunkBatch`` replay. It trains a ``flow_chunk`` policy unless a subclass says
+    otherwise (``policy_families``, ``trained_parameters``)."""
+
+    data: ClassVar[Literal["episodes", "chunks"]] = "chunks"
+    policy_families: ClassVar[frozenset[str]] = frozenset({"flow_chunk"})
+    config: ChunkAlgorithmConfig
+    policy: FlowChunkPolicy
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The policy parameters the algorithm trains: all of them."""
+        return list(self.policy.parameters())
+
+    def policy_adamw(self, lr: float) -> torch.optim.AdamW:
+        """The AdamW over ``trained_parameters`` that the algorithm declares as its ``"policy"`` optimizer."""
+        return torch.optim.AdamW(self.trained_parameters(), lr=lr, **self.config.adamw_options())
+
+    def tensors(self, batch: ChunkBatch) -> ChunkTensors:
+        """``batch`` as flat tensors on the algorithm's device, observations in the policy's key order."""
+        return chunk_tensors(batch, self.policy.obs_keys, self.device)
+
+    def optim_step(
+        self, loss: torch.Tensor, optim: torch.optim.Optimizer, params: Iterable[nn.Parameter]
+    ) -> float:
+        """One ``optim`` step on ``loss``, the gradient norm of ``params`` clipped at ``grad_clip``."""
+        return clipped_step(loss, optim, params, self.config.grad_clip)
+
+
+class ActorCriticConfig(ChunkAlgorithmConfig):
+    """The actor and critics of an actor-critic chunk algorithm."""
+
+    critic: ChunkQConfig = Field(
+        default_factory=ChunkQConfig, description="Chunked Q ensemble (K critics; K = 2: clipped double Q)."
+    )
+    actor_lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the flow policy.")
+    critic_lr: float = Field(3e-4, gt=0.0, description="Learning rate of the critics.")
+
+
+class ActorCriticAlgorithm(ChunkAlgorithm):
+    """A flow actor against a seeded chunked Q ensemble (``critic``) with a Polyak-averaged copy
+    (``target_critic``); ``steps`` counts updates. Subclasses choose the critics' optimizer."""
+
+    config: ActorCriticConfig
+
+    def __init__(self, config: ActorCriticConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
+        super().__init__(config, policy, spec, device)
+        self.critic, self.target_critic = chunk_critic_pair(config.critic, spec, config.seed, self.device)
+        self.critic_optim = self.critic_optimizer()
+        self.actor_optim = self.policy_adamw(config.actor_lr)
+        self.steps = 0
+
+    @abstractmethod
+    def critic_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over ``self.critic``'s parameters."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.actor_optim, "critic": self.critic_optim}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "actor_optim": self.actor_optim.state_dict(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.actor_optim.load_state_dict(state["actor_optim"])
+        self.steps = int(state.get("steps", 0))
+
+
+class PolicyOnlyConfig(ChunkAdamWConfig):
+    """The one optimizer of a chunk algorithm that trains only (part of) the policy."""
+
+    lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the parameters trained.")
+
+
+class PolicyOnlyAlgorithm(ChunkAlgorithm):
+    """A chunk algorithm with no networks of its own: one AdamW (``optim``) over ``trained_parameters``."""
+
+    config: PolicyOnlyConfig
+
+    def __init__(self, config: PolicyOnlyConfig, policy: nn.Module, spec: PolicySpec, device: str = "cpu"):
+        super().__init__(config, policy, spec, device)
+        self.optim = self.policy_adamw(config.lr)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.optim}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optim": self.optim.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "optim" in state:
+            self.optim.load_state_dict(state["optim"])

@@ -1,0 +1,137 @@
+"""Whole episodes -> PPO decisions, the rows PPO's maths runs over.
+
+A PPO *decision* is one action chunk. In an ``Episode`` it starts at a row with a finite ``log_prob`` and
+``policy_version >= 0`` and spans the following rows with the same (``policy_version``, ``obs_step``) and
+no ``log_prob`` of their own, at most ``chunk_len`` rows. Its state is ``observations[obs_step]`` (with
+asynchronous execution that observation may predate the chunk's first row), its action the executed
+rows (a chunk cut short by the episode's end or an operator gets ``mask = 0`` on its unexecuted tail,
+padded by repeating its last executed action), its reward ``sum_k gamma^k r_{t+k}`` over its ``h`` rows
+and its discount to the next decision ``gamma^h``. GAE runs over decisions with that per-decision
+discount and one ``lambda`` per decision.
+
+Chains: a decision followed directly by the next one bootstraps from the next decision's state and GAE
+flows through it. Rows that are not decisions (operator interventions, safety holds, the resumed tail
+of a chunk an operator interrupted) *break the chain*: their rewards are not credited to the policy,
+and the decision before them bootstraps from ``V(observations[t + h])`` like a time limit. At the end
+of an episode a ``terminated`` one has no bootstrap; any other bootstraps from ``V(final_observation)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fleetrl.algorithms.batch import EpisodeBatch
+from fleetrl.robots.episode import Episode
+
+
+@dataclass
+class Decisions:
+    """Decision tensors, episodes in order and decisions in time order within each (see module doc)."""
+
+    obs: dict[str, torch.Tensor]  # key -> [N, *shape]: observations[obs_step]
+    actions: torch.Tensor  # [N, H, *action_shape], padded by repeating the last executed action
+    mask: torch.Tensor  # [N, H] bool: executed
+    reward: torch.Tensor  # [N] sum_{k<h} gamma^k r_{t+k}
+    discount: torch.Tensor  # [N] gamma^h
+    next_obs: dict[str, torch.Tensor]  # key -> [N, *shape]: the bootstrap state
+    done: torch.Tensor  # [N] bool: the episode terminated after this decision (no bootstrap)
+    chain_end: torch.Tensor  # [N] bool: the next decision does not follow this one directly
+    reported_logp: torch.Tensor  # [N] the inference server's log-prob of the chunk
+    version: torch.Tensor  # [N] int64 policy version that produced the chunk
+
+    def __len__(self) -> int:
+        return int(self.reward.shape[0])
+
+    def select(self, idx: torch.Tensor) -> Decisions:
+        def pick(x):
+            return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+
+        return Decisions(**{f: pick(getattr(self, f)) for f in self.__dataclass_fields__})
+
+
+def _episode_decisions(ep: Episode, chunk_len: int, gamma: float, rows: dict[str, list]) -> None:
+    cols, n = ep.columns, len(ep)
+    version, obs_step, logp, reward = (
+        cols["policy_version"],
+        cols["obs_step"],
+        cols["log_prob"],
+        cols["reward"],
+    )
+    t, starts = 0, []
+    while t < n:  # find each decision's [start, end) rows
+        if version[t] < 0 or not np.isfinite(logp[t]):
+            t += 1
+            continue
+        end = t + 1
+        while (
+            end < n
+            and end - t < chunk_len
+            and version[end] == version[t]
+            and obs_step[end] == obs_step[t]
+            and not np.isfinite(logp[end])
+        ):
+            end += 1
+        starts.append((t, end))
+        t = end
+    for i, (t, end) in enumerate(starts):
+        h = end - t
+        nxt = starts[i + 1][0] if i + 1 < len(starts) else None
+        at_end, chained = end == n, nxt == end
+        rows["obs"].append((ep.observations, int(obs_step[t])))
+        if chained:
+            rows["next_obs"].append((ep.observations, int(obs_step[end])))
+        elif at_end:
+            rows["next_obs"].append((ep.final_observation, None))
+        else:
+            rows["next_obs"].append((ep.observations, end))
+        pad = np.concatenate([ep.actions[t:end], np.repeat(ep.actions[end - 1 : end], chunk_len - h, 0)])
+        rows["actions"].append(pad)
+        rows["mask"].append(np.arange(chunk_len) < h)
+        rows["reward"].append(float(np.sum(reward[t:end] * gamma ** np.arange(h))))
+        rows["discount"].append(gamma**h)
+        rows["done"].append(at_end and ep.terminated)
+        rows["chain_end"].append(not chained)
+        rows["reported_logp"].append(float(logp[t]))
+        rows["version"].append(int(version[t]))
+
+
+def episode_decisions(
+    episodes: EpisodeBatch | list[Episode], chunk_len: int, gamma: float, device: torch.device | str = "cpu"
+) -> Decisions:
+    """Turn whole episodes into PPO decisions (one per executed policy chunk; see module doc)."""
+    episodes = episodes.episodes if isinstance(episodes, EpisodeBatch) else episodes
+    rows: dict[str, list] = {k: [] for k in Decisions.__dataclass_fields__}
+    for ep in episodes:
+        _episode_decisions(ep, chunk_len, gamma, rows)
+    first = episodes[0] if episodes else None
+    obs_shapes = {k: v.shape[1:] for k, v in first.observations.items()} if first else {}
+    act_shape = first.actions.shape[1:] if first else ()
+
+    def stack(items: list, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        arr = np.stack(items) if items else np.zeros((0, *shape))
+        return torch.as_tensor(arr, dtype=dtype, device=device)
+
+    def gather(refs: list) -> dict[str, torch.Tensor]:
+        return {
+            k: stack([src[k] if i is None else src[k][i] for src, i in refs], shape, torch.float32)
+            for k, shape in obs_shapes.items()
+        }
+
+    def column(name: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(rows[name]), dtype=dtype, device=device)
+
+    return Decisions(
+        obs=gather(rows["obs"]),
+        actions=stack(rows["actions"], (chunk_len, *act_shape), torch.float32),
+        mask=stack(rows["mask"], (chunk_len,), torch.bool),
+        reward=column("reward", torch.float32),
+        discount=column("discount", torch.float32),
+        next_obs=gather(rows["next_obs"]),
+        done=column("done", torch.bool),
+        chain_end=column("chain_end", torch.bool),
+        reported_logp=column("reported_logp", torch.float32),
+        version=column("version", torch.int64),
+    )

@@ -1,0 +1,61 @@
+"""Temporal-difference maths of the critic ensembles, shared by ALOE's AWR and LWD's QAM/DIVL.
+
+Both papers train an ensemble of chunked critics ``Q_k(s_t, a_{t:t+H})`` on the same Q-chunking target
+(ALOE eq. 7 is LWD eq. 19 with one chunk), aggregate the ensemble pessimistically by its minimum (ALOE
+eq. 9, LWD §IV-D's clipped double Q), regress every head on the target with a squared error (ALOE eq. 8,
+LWD eq. 15) and keep Polyak-averaged target copies. The functions here are that maths, written once:
+tensors in, tensors out (``polyak_update`` writes into the target network it is given).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def pessimistic_q(q_values: torch.Tensor) -> torch.Tensor:
+    """``min_k Q_k`` over the ensemble's leading dimension: ``q_values`` [K, ...] -> [...] (ALOE eq. 9;
+    with K = 2 it is LWD's clipped double Q)."""
+    return q_values.min(dim=0).values
+
+
+def ensemble_td_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1/K sum_k E[(Q_k - y)^2]``: every head regresses the same target (ALOE eq. 8, LWD eq. 15);
+    ``q_values`` [K, B], ``target`` [B] (no gradient flows into it)."""
+    return (q_values - target.detach()).square().mean()
+
+
+def n_step_chunk_target(
+    chunk_rewards: torch.Tensor, chunk_discounts: torch.Tensor, dones: torch.Tensor, bootstrap: torch.Tensor
+) -> torch.Tensor:
+    """The Q-chunking TD target over n consecutive chunks (LWD eq. 19; ALOE eq. 7 is n = 1):
+
+        y = sum_{i<n} gamma^{iH} r_{t+iH} + gamma^{nH} V(s_{t+nH})
+
+    ``chunk_rewards`` (each chunk's discounted reward sum), ``chunk_discounts`` (``gamma^h`` of each
+    chunk, so a chunk cut short by the episode's end discounts by its own length) and ``dones`` (the
+    episode terminated within chunk i; bool or 0/1) are [B, n], or [B] for one chunk per row (a
+    ``ChunkBatch``); ``bootstrap`` [B] is the value at the state after the last chunk. Terms after a
+    terminal chunk and the bootstrap are dropped, so n = 1 is ``r + (1 - done) * gamma^h * bootstrap``."""
+    if chunk_rewards.dim() == 1:
+        chunk_rewards, chunk_discounts, dones = (
+            chunk_rewards[:, None],
+            chunk_discounts[:, None],
+            dones[:, None],
+        )
+    y = torch.zeros_like(bootstrap)
+    scale = torch.ones_like(bootstrap)  # gamma^{sum of earlier chunk lengths}, 0 after a termination
+    for i in range(chunk_rewards.shape[1]):
+        y = y + scale * chunk_rewards[:, i]
+        scale = scale * chunk_discounts[:, i] * (1.0 - dones[:, i].float())
+    return y + scale * bootstrap
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """The target networks' step, ``target <- (1 - tau) target + tau source`` (ALOE's omega, LWD's EMA
+    rate); buffers are copied."""
+    for tp, sp in zip(target.parameters(), source.parameters(), strict=True):
+        tp.lerp_(sp, tau)
+    for tb, sb in zip(target.buffers(), source.buffers(), strict=True):
+        tb.copy_(sb)

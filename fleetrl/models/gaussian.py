@@ -1,0 +1,105 @@
+"""The ``gaussian_mlp`` policy family (PPO's): a diagonal Gaussian over the whole flat action chunk, emitted by
+an MLP, with a separate state-value MLP; tanh-squashed into the action bounds by default, so a log-prob is
+a function of the executed action alone and can be recomputed exactly."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from fleetrl.models.nets import ChunkPolicy, mlp
+from fleetrl.robots.protocol import ArraySpec
+
+SQUASH_EPS = 1e-6  # keeps atanh finite for executed actions that sit on the bounds
+
+
+class GaussianMLPConfig(BaseModel):
+    """A diagonal-Gaussian MLP that emits a whole action chunk at once, with a state-value head."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    family: Literal["gaussian_mlp"] = Field("gaussian_mlp", description="Policy family name.")
+    hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the mean network.")
+    value_hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the value head.")
+    init_log_std: float = Field(-0.5, description="Initial log standard deviation of every action dimension.")
+    squash: bool = Field(
+        True,
+        description="tanh-squash samples into the action bounds, so the executed action is the sampled "
+        "one and its log-prob can be recomputed exactly (needs finite bounds).",
+    )
+    seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
+
+
+class GaussianChunkPolicy(ChunkPolicy):
+    """MLP mean over the flattened chunk, a state-independent log-std, and a separate value MLP.
+
+    With ``squash`` the action is ``center + scale * tanh(u)``, ``u ~ N(mean, std)``, and log-probs include
+    the change-of-variables term, so a log-prob is a function of the executed action alone. A chunk's
+    log-prob sums its steps; ``mask`` leaves out steps that were never executed (episode ended)."""
+
+    def __init__(
+        self, cfg: GaussianMLPConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
+    ):
+        super().__init__(obs_spec, action_spec, chunk_len)
+        self.body = mlp(self.obs_dim, cfg.hidden, self.action_dim, nn.Tanh)
+        with torch.no_grad():
+            self.body[-1].weight.mul_(0.01)
+            self.body[-1].bias.zero_()
+        self.log_std = nn.Parameter(torch.full((self.action_dim,), cfg.init_log_std))
+        self.value_net = mlp(self.obs_dim, cfg.value_hidden, 1, nn.Tanh)
+        self.squash = cfg.squash
+        if cfg.squash:
+            if action_spec.low is None or action_spec.high is None:
+                raise ValueError("a squashed Gaussian policy needs finite action bounds (low/high)")
+            self.center = (action_spec.high + action_spec.low) / 2
+            self.scale = (action_spec.high - action_spec.low) / 2
+
+    def distribution(self, obs: dict[str, torch.Tensor]) -> torch.distributions.Normal:
+        """The Gaussian over the flat pre-squash chunk ``u``."""
+        mean = self.body(self.encode(obs))
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.value_net(self.encode(obs)).squeeze(-1)
+
+    def entropy(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Entropy of the pre-squash Gaussian per row (the usual PPO bonus for squashed policies)."""
+        return self.distribution(obs).entropy().sum(-1)
+
+    def evaluate(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-prob, entropy) per row from one pass of the mean network."""
+        dist = self.distribution(obs)
+        return self._chunk_log_prob(dist, actions, mask), dist.entropy().sum(-1)
+
+    def _log_prob_flat(self, dist: torch.distributions.Normal, flat_action: torch.Tensor) -> torch.Tensor:
+        """Per-dimension log-prob [B, D] of executed flat actions."""
+        if not self.squash:
+            return dist.log_prob(flat_action)
+        y = ((flat_action - self.center) / self.scale).clamp(-1 + SQUASH_EPS, 1 - SQUASH_EPS)
+        u = torch.atanh(y)
+        return dist.log_prob(u) - torch.log(self.scale * (1 - y.square()))
+
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.distribution(obs)
+        u = dist.mean if deterministic else dist.sample()
+        flat = self.center + self.scale * torch.tanh(u) if self.squash else u
+        log_prob = self._log_prob_flat(dist, flat).sum(-1)
+        return self.unflatten(flat), log_prob
+
+    def log_prob(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Log-prob [B] of executed chunks [B, H, *action_shape]; ``mask`` [B, H] marginalises unexecuted steps."""
+        return self._chunk_log_prob(self.distribution(obs), actions, mask)
+
+    def _chunk_log_prob(self, dist, actions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        per_dim = self._log_prob_flat(dist, actions.reshape(actions.shape[0], -1).float())
+        if mask is not None:
+            per_dim = per_dim * mask.float().repeat_interleave(self.step_dim, dim=1)
+        return per_dim.sum(-1)
