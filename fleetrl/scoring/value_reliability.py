@@ -183,6 +183,51 @@ def _clean(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def _score_trace(
+    tr: ValueTrace,
+    source: dict[str, int],
+    *,
+    n_segments: int,
+    bump_eps: float,
+    error_fraction: float,
+    smooth_window: int,
+    fit_window: int,
+    ref_max: float | None,
+) -> tuple[dict[str, Any], list[float], list[float]]:
+    """One episode's metrics: (its per-episode row, the sensitivities and slopes of its error segments).
+    Counts in ``source`` where its boundaries and error segments came from."""
+    v = np.asarray(tr.values, dtype=np.float64)
+    T = len(v)
+    row: dict[str, Any] = {"episode_id": tr.episode_id, "outcome": tr.outcome, "length": T}
+    if T:
+        row["final_value"] = float(v[-1])
+        row["mean_value"] = float(v.mean())
+    if tr.outcome == "success" and T:
+        if tr.boundaries is not None:
+            b, source["boundaries_annotated"] = tr.boundaries, source["boundaries_annotated"] + 1
+        else:
+            b, source["boundaries_equal"] = equal_boundaries(T, n_segments), source["boundaries_equal"] + 1
+        row["mor"] = midpoint_ordering_rate(v, b)
+        row["bump_ratio"], row["bump_magnitude"] = bump_ratio(v, bump_eps), bump_magnitude(v)
+    segments: list[tuple[int, int]] = []
+    if tr.error_segments is not None:
+        segments = [(int(s), int(e)) for s, e in tr.error_segments]
+        source["errors_annotated"] += len(segments)
+    elif tr.outcome in FAILED_OUTCOMES and T >= 2:
+        segments = [failure_tail_segment(T, error_fraction)]
+        source["errors_failure"] += 1
+    ep_sens, ep_slope = [], []
+    for seg in segments:
+        if seg[0] < 1:
+            continue
+        d = error_deficits(v, seg, smooth_window, fit_window, ref_max)
+        ep_sens.append(error_sensitivity(d))
+        ep_slope.append(error_slope(d))
+    if segments:
+        row["error_sensitivity"], row["error_slope"] = _mean(ep_sens), _mean(ep_slope)
+    return row, ep_sens, ep_slope
+
+
 def reliability_report(
     episodes_values: Sequence[ValueTrace],
     *,
@@ -198,49 +243,28 @@ def reliability_report(
     MOR and the fluency metrics are averaged over successful episodes (where they are defined), error
     sensitivity and slope over error segments. Undefined values are ``None`` (JSON null).
     """
+    settings = {
+        "n_segments": n_segments,
+        "bump_eps": bump_eps,
+        "error_fraction": error_fraction,
+        "smooth_window": smooth_window,
+        "fit_window": fit_window,
+        "ref_max": ref_max,
+    }
     per_episode: list[dict[str, Any]] = []
     mors, ratios, mags, sens, slopes = [], [], [], [], []
     source = {"boundaries_annotated": 0, "boundaries_equal": 0, "errors_annotated": 0, "errors_failure": 0}
     finals: dict[str, list[float]] = {"success": [], "failed": []}
     for tr in episodes_values:
-        v = np.asarray(tr.values, dtype=np.float64)
-        T = len(v)
-        row: dict[str, Any] = {"episode_id": tr.episode_id, "outcome": tr.outcome, "length": T}
-        if T:
-            row["final_value"] = float(v[-1])
-            row["mean_value"] = float(v.mean())
+        row, ep_sens, ep_slope = _score_trace(tr, source, **settings)
+        if row["length"]:
             key = "success" if tr.outcome == "success" else "failed" if tr.outcome in FAILED_OUTCOMES else ""
             if key:
-                finals[key].append(float(v[-1]))
-        if tr.outcome == "success" and T:
-            if tr.boundaries is not None:
-                b, source["boundaries_annotated"] = tr.boundaries, source["boundaries_annotated"] + 1
-            else:
-                b, source["boundaries_equal"] = (
-                    equal_boundaries(T, n_segments),
-                    source["boundaries_equal"] + 1,
-                )
-            row["mor"] = midpoint_ordering_rate(v, b)
-            row["bump_ratio"], row["bump_magnitude"] = bump_ratio(v, bump_eps), bump_magnitude(v)
+                finals[key].append(row["final_value"])
+        if "mor" in row:
             mors.append(row["mor"])
             ratios.append(row["bump_ratio"])
             mags.append(row["bump_magnitude"])
-        segments: list[tuple[int, int]] = []
-        if tr.error_segments is not None:
-            segments = [(int(s), int(e)) for s, e in tr.error_segments]
-            source["errors_annotated"] += len(segments)
-        elif tr.outcome in FAILED_OUTCOMES and T >= 2:
-            segments = [failure_tail_segment(T, error_fraction)]
-            source["errors_failure"] += 1
-        ep_sens, ep_slope = [], []
-        for seg in segments:
-            if seg[0] < 1:
-                continue
-            d = error_deficits(v, seg, smooth_window, fit_window, ref_max)
-            ep_sens.append(error_sensitivity(d))
-            ep_slope.append(error_slope(d))
-        if segments:
-            row["error_sensitivity"], row["error_slope"] = _mean(ep_sens), _mean(ep_slope)
         sens += ep_sens
         slopes += ep_slope
         per_episode.append({k: _clean(x) if isinstance(x, float) else x for k, x in row.items()})
@@ -257,13 +281,6 @@ def reliability_report(
         "final_value_success": _mean(finals["success"]),
         "final_value_failed": _mean(finals["failed"]),
         "sources": source,
-        "settings": {
-            "n_segments": n_segments,
-            "bump_eps": bump_eps,
-            "error_fraction": error_fraction,
-            "smooth_window": smooth_window,
-            "fit_window": fit_window,
-            "ref_max": ref_max,
-        },
+        "settings": settings,
         "per_episode": per_episode,
     }

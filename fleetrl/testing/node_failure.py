@@ -27,7 +27,8 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,18 +120,64 @@ def _max_gap(times: np.ndarray, start: float, end: float) -> float:
     return float(np.diff(edges).max())
 
 
-def run(scenario: Scenario, log=print) -> dict[str, Any]:
-    import ray
+@dataclass
+class _Robots:
+    """The scenario's simulated robots, run by one ``FleetRunner`` on a background thread."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    clients: list[Any] = field(default_factory=list)
+    runner: Any = None
+    thread: threading.Thread | None = None
+    started: float = 0.0  # monotonic time the runner started
+
+    def start(self, rest_url: str, scenario: Scenario) -> None:
+        """Register ``scenario.robots`` Reacher arms over REST and start driving them."""
+        from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, register
+        from fleetrl.robots.sim import SimRobot
+
+        for i in range(scenario.robots):
+            robot = SimRobot("Reacher-v5", seed=scenario.seed + i, control_hz=scenario.control_hz)
+            info = register(rest_url, ADMIN_TOKEN, f"nf-{i}", "reach", robot)
+            self.clients.append(
+                RobotClient(
+                    robot,
+                    info["robot_id"],
+                    info["token"],
+                    info["endpoint"],
+                    config=ClientConfig(keep_episodes=100_000, keep_replies=1_000_000),
+                )
+            )
+        self.runner = FleetRunner(self.clients)
+        self.thread = threading.Thread(target=self.runner.run, kwargs={"stop": self.stop}, daemon=True)
+        self.thread.start()
+        self.started = time.monotonic()
+
+    def all_acked(self) -> bool:
+        """Every ended episode acknowledged by the platform."""
+        return all(ep.acked for c in self.clients for ep in c.episodes if ep.outcome is not None)
+
+    def halt(self) -> None:
+        """Stop driving the robots (their records stay readable)."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Monotonic times of the scenario's events."""
+
+    robots_started: float
+    failure: float
+    data_back: float
+    learner_back: float
+    end: float
+
+
+def _start_cluster(scenario: Scenario) -> tuple[Any, Any]:
+    """A head (with the gateway's resource and the scenario's node health check) and node A."""
     from ray.cluster_utils import Cluster
 
-    from fleetrl.platform.config import parse_config
-    from fleetrl.platform.platform import Platform
-    from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, register
-    from fleetrl.robots.sim import SimRobot
-    from fleetrl.testing.net import free_port
-
-    os.environ["FLEETRL_ADMIN_TOKEN"] = ADMIN_TOKEN
-    state = tempfile.mkdtemp(prefix="fleetrl-node-failure-")
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
@@ -143,11 +190,157 @@ def run(scenario: Scenario, log=print) -> dict[str, Any]:
             },
         },
     )
-    node_a = cluster.add_node(num_cpus=2, resources={"worker": 4})
+    return cluster, cluster.add_node(num_cpus=2, resources={"worker": 4})
+
+
+def _version(platform: Any) -> int:
+    """The newest weight version published for the task (-1: none yet)."""
+    import ray
+
+    latest = ray.get(platform.weights.latest.remote("reach"))
+    return -1 if latest is None else latest[0]
+
+
+def _placement(platform: Any, learner: Any, head: str, node_a: Any, node_b: Any) -> dict[str, Any]:
+    """The node of every node and actor the scenario cares about."""
+    import ray
+
+    learner_node = ray.get(learner.status.remote())["node_id"]
+    return {
+        "head": head,
+        "node_a": node_a.node_id,
+        "node_b": node_b.node_id,
+        "gateway": ray.get(platform.gateway.ready.remote())["node_id"],
+        "data": ray.get(platform.data.ready.remote())["node_id"],
+        "learner_worker": learner_node,
+        "replicas": ray.get([r.node_id.remote() for r in platform.replicas["reach"]]),
+    }
+
+
+def _ran_on_node_a(placement: dict[str, Any]) -> list[str]:
+    """What node A runs: the gateway, data server, learner worker and replicas placed there."""
+    on_a = [
+        k
+        for k, v in placement.items()
+        if k.startswith(("gateway", "data", "learner")) and v == placement["node_a"]
+    ]
+    return on_a + [f"replica {i}" for i, n in enumerate(placement["replicas"]) if n == placement["node_a"]]
+
+
+def _fail_node_a(
+    cluster: Any, node_a: Any, platform: Any, robots: _Robots, scenario: Scenario, log: Callable[[str], Any]
+) -> _Timeline:
+    """Remove node A without warning, wait for the data server and the learner to come back elsewhere,
+    let the robots run ``settle_s`` more, then wait until every ended episode is acked and stop them."""
+    import ray
+
+    t_fail, wall_fail = time.monotonic(), time.time()
+    cluster.remove_node(node_a, allow_graceful=False)
+
+    def published_after_failure() -> bool:
+        latest = ray.get(platform.weights.latest.remote("reach"))
+        return latest is not None and latest[2] > wall_fail
+
+    def data_back() -> bool:
+        try:
+            return ray.get(platform.data.ready.remote(), timeout=2)["node_id"] != node_a.node_id
+        except Exception:  # noqa: BLE001 - still restarting
+            return False
+
+    t_data = _wait(data_back, scenario.timeout_s, "the data server to come back", poll=0.2)
+    log(f"data server back after {t_data - t_fail:.1f} s")
+    t_learner = _wait(published_after_failure, scenario.timeout_s, "the learner to publish again", poll=0.2)
+    log(f"learner published again after {t_learner - t_fail:.1f} s (version {_version(platform)})")
+    time.sleep(scenario.settle_s)
+    t_end = time.monotonic()
+    # Every ended episode gets acked (robots re-send what the gateway lacked); then stop the robots.
+    try:
+        _wait(robots.all_acked, 60.0, "every ended episode to be acked", poll=0.5)
+    finally:
+        robots.halt()
+    return _Timeline(robots.started, t_fail, t_data, t_learner, t_end)
+
+
+def _timing(clients: list[Any], tl: _Timeline) -> dict[str, Any]:
+    """What the robots saw: action-chunk gaps around the failure and before it, reply intervals before it,
+    round trips after recovery."""
+    gaps = [_max_gap(np.asarray(c.reply_times), tl.failure - 1.0, tl.end) for c in clients]
+    before = [_max_gap(np.asarray(c.reply_times), tl.robots_started + 5.0, tl.failure) for c in clients]
+    intervals = np.concatenate(
+        [np.diff([t for t in c.reply_times if tl.robots_started + 5.0 <= t <= tl.failure]) for c in clients]
+    )
+    recent_rtt = [
+        rtt for c in clients for (rtt, _), t in zip(c.replies, c.reply_times, strict=True) if t > tl.end - 5.0
+    ]
+    return {
+        "action_gap_s": {"p50": float(np.median(gaps)), "max": float(np.max(gaps)), "per_robot": gaps},
+        "action_gap_before_failure_s": {"p50": float(np.median(before)), "max": float(np.max(before))},
+        "reply_interval_before_failure_s": {
+            "p50": float(np.percentile(intervals, 50)),
+            "p99": float(np.percentile(intervals, 99)),
+        },
+        "latency_after_recovery_ms": {
+            "p50": float(np.percentile(recent_rtt, 50)),
+            "p99": float(np.percentile(recent_rtt, 99)),
+        },
+    }
+
+
+def _result(
+    scenario: Scenario,
+    platform: Any,
+    learner: Any,
+    clients: list[Any],
+    placement: dict[str, Any],
+    version_at_failure: int,
+    tl: _Timeline,
+) -> dict[str, Any]:
+    """The scenario's result JSON."""
+    import ray
+
+    acked = {ep.episode_id for c in clients for ep in c.episodes if ep.acked}
+    unacked = [ep.episode_id for c in clients for ep in c.episodes if ep.outcome is not None and not ep.acked]
+    stored = set(ray.get(platform.data.episode_ids.remote("reach")))
+    final = ray.get(learner.status.remote())
+    data_node_after = ray.get(platform.data.ready.remote())["node_id"]
+    return {
+        "scenario": dataclasses.asdict(scenario),
+        "robots": scenario.robots,
+        "control_hz": scenario.control_hz,
+        "placement": placement,
+        "removed_node_ran": _ran_on_node_a(placement),
+        "version_at_failure": version_at_failure,
+        "version_after": _version(platform),
+        "learner_restored_step": final.get("restored_step"),
+        "learner_node_after": final.get("node_id"),
+        "data_node_after": data_node_after,
+        "replies_after_recovery": [
+            sum(tl.learner_back <= t <= tl.end for t in c.reply_times) for c in clients
+        ],
+        **_timing(clients, tl),
+        "episodes_acked": len(acked),
+        "episodes_lost": len(acked - stored),
+        "episodes_unacked_at_end": len(unacked),
+        "learner_resume_s": tl.learner_back - tl.failure,
+        "data_server_recovery_s": tl.data_back - tl.failure,
+    }
+
+
+def run(scenario: Scenario, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Run the scenario once on a fresh local cluster; returns its result JSON (see ``main``)."""
+    import ray
+
+    from fleetrl.platform.config import parse_config
+    from fleetrl.platform.platform import Platform
+    from fleetrl.testing.net import free_port
+
+    os.environ["FLEETRL_ADMIN_TOKEN"] = ADMIN_TOKEN
+    state = tempfile.mkdtemp(prefix="fleetrl-node-failure-")
+    cluster, node_a = _start_cluster(scenario)
     cfg = parse_config(platform_config(state, free_port(), free_port(), scenario.steps_per_update))
     cfg = cfg.model_copy(update={"ray_address": cluster.address})
     platform = Platform(cfg)
-    stop, runner, thread = threading.Event(), None, None
+    robots = _Robots()
     try:
         t0 = time.monotonic()
         platform.start(timeout=scenario.timeout_s)
@@ -157,139 +350,23 @@ def run(scenario: Scenario, log=print) -> dict[str, Any]:
         # the learner's Ray Train worker starts in the background: let it land (on A) before B exists
         _wait(lambda: ray.get(learner.status.remote()).get("node_id"), scenario.timeout_s, "the learner")
         node_b = cluster.add_node(num_cpus=2, resources={"worker": 4})  # standby capacity
-
-        clients = []
-        for i in range(scenario.robots):
-            robot = SimRobot("Reacher-v5", seed=scenario.seed + i, control_hz=scenario.control_hz)
-            info = register(platform.rest_url, ADMIN_TOKEN, f"nf-{i}", "reach", robot)
-            clients.append(
-                RobotClient(
-                    robot,
-                    info["robot_id"],
-                    info["token"],
-                    info["endpoint"],
-                    config=ClientConfig(keep_episodes=100_000, keep_replies=1_000_000),
-                )
-            )
-        runner = FleetRunner(clients)
-        thread = threading.Thread(target=runner.run, kwargs={"stop": stop}, daemon=True)
-        thread.start()
-        t_robots = time.monotonic()
-
-        def version() -> int:
-            latest = ray.get(platform.weights.latest.remote("reach"))
-            return -1 if latest is None else latest[0]
-
+        robots.start(platform.rest_url, scenario)
         _wait(
-            lambda: version() >= scenario.versions_before_failure,
+            lambda: _version(platform) >= scenario.versions_before_failure,
             scenario.timeout_s,
             f"learner version {scenario.versions_before_failure}",
             poll=0.5,
         )
-        status = ray.get(learner.status.remote())
-        placement = {
-            "head": head_id,
-            "node_a": node_a.node_id,
-            "node_b": node_b.node_id,
-            "gateway": ray.get(platform.gateway.ready.remote())["node_id"],
-            "data": ray.get(platform.data.ready.remote())["node_id"],
-            "learner_worker": status["node_id"],
-            "replicas": ray.get([r.node_id.remote() for r in platform.replicas["reach"]]),
-        }
-        on_a = [
-            k
-            for k, v in placement.items()
-            if k.startswith(("gateway", "data", "learner")) and v == placement["node_a"]
-        ]
-        on_a += [f"replica {i}" for i, n in enumerate(placement["replicas"]) if n == placement["node_a"]]
-        log(f"version {version()} published; removing node A (runs: {', '.join(on_a) or 'nothing'})")
-
-        version_at_failure = version()
-        t_fail, wall_fail = time.monotonic(), time.time()
-        cluster.remove_node(node_a, allow_graceful=False)
-
-        def published_after_failure() -> bool:
-            latest = ray.get(platform.weights.latest.remote("reach"))
-            return latest is not None and latest[2] > wall_fail
-
-        def data_back() -> bool:
-            try:
-                return ray.get(platform.data.ready.remote(), timeout=2)["node_id"] != placement["node_a"]
-            except Exception:  # noqa: BLE001 - still restarting
-                return False
-
-        t_data = _wait(data_back, scenario.timeout_s, "the data server to come back", poll=0.2)
-        log(f"data server back after {t_data - t_fail:.1f} s")
-        t_learner = _wait(
-            published_after_failure, scenario.timeout_s, "the learner to publish again", poll=0.2
-        )
-        log(f"learner published again after {t_learner - t_fail:.1f} s (version {version()})")
-        time.sleep(scenario.settle_s)
-        t_end = time.monotonic()
-
-        # Every ended episode gets acked (robots re-send what the gateway lacked); then stop the robots.
-        def all_acked() -> bool:
-            return all(ep.acked for c in clients for ep in c.episodes if ep.outcome is not None)
-
-        try:
-            _wait(all_acked, 60.0, "every ended episode to be acked", poll=0.5)
-        finally:
-            stop.set()
-            thread.join(timeout=10)
-
-        gaps = [_max_gap(np.asarray(c.reply_times), t_fail - 1.0, t_end) for c in clients]
-        before = [_max_gap(np.asarray(c.reply_times), t_robots + 5.0, t_fail) for c in clients]
-        intervals = np.concatenate(
-            [np.diff([t for t in c.reply_times if t_robots + 5.0 <= t <= t_fail]) for c in clients]
-        )
-        recent_rtt = [
-            rtt
-            for c in clients
-            for (rtt, _), t in zip(c.replies, c.reply_times, strict=True)
-            if t > t_end - 5.0
-        ]
-        acked = {ep.episode_id for c in clients for ep in c.episodes if ep.acked}
-        unacked = [
-            ep.episode_id for c in clients for ep in c.episodes if ep.outcome is not None and not ep.acked
-        ]
-        stored = set(ray.get(platform.data.episode_ids.remote("reach")))
-        final = ray.get(learner.status.remote())
-        replies_after = [sum(t_learner <= t <= t_end for t in c.reply_times) for c in clients]
-        data_node_after = ray.get(platform.data.ready.remote())["node_id"]
-        return {
-            "scenario": dataclasses.asdict(scenario),
-            "robots": scenario.robots,
-            "control_hz": scenario.control_hz,
-            "placement": placement,
-            "removed_node_ran": on_a,
-            "version_at_failure": version_at_failure,
-            "version_after": version(),
-            "learner_restored_step": final.get("restored_step"),
-            "learner_node_after": final.get("node_id"),
-            "data_node_after": data_node_after,
-            "replies_after_recovery": replies_after,
-            "action_gap_s": {"p50": float(np.median(gaps)), "max": float(np.max(gaps)), "per_robot": gaps},
-            "action_gap_before_failure_s": {"p50": float(np.median(before)), "max": float(np.max(before))},
-            "reply_interval_before_failure_s": {
-                "p50": float(np.percentile(intervals, 50)),
-                "p99": float(np.percentile(intervals, 99)),
-            },
-            "latency_after_recovery_ms": {
-                "p50": float(np.percentile(recent_rtt, 50)),
-                "p99": float(np.percentile(recent_rtt, 99)),
-            },
-            "episodes_acked": len(acked),
-            "episodes_lost": len(acked - stored),
-            "episodes_unacked_at_end": len(unacked),
-            "learner_resume_s": t_learner - t_fail,
-            "data_server_recovery_s": t_data - t_fail,
-        }
+        placement = _placement(platform, learner, head_id, node_a, node_b)
+        on_a = _ran_on_node_a(placement)
+        log(f"version {_version(platform)} published; removing node A (runs: {', '.join(on_a) or 'nothing'})")
+        version_at_failure = _version(platform)
+        timeline = _fail_node_a(cluster, node_a, platform, robots, scenario, log)
+        return _result(scenario, platform, learner, robots.clients, placement, version_at_failure, timeline)
     finally:
-        stop.set()
-        if thread is not None:
-            thread.join(timeout=10)
-        if runner is not None:
-            runner.close()
+        robots.halt()
+        if robots.runner is not None:
+            robots.runner.close()
         try:
             platform.stop()
         finally:

@@ -1,4 +1,5 @@
-"""Offline data export: ``Episode``s -> a LeRobot v3.0 dataset folder (the layout ``importers.py`` reads).
+"""Offline data export: ``Episode``s -> a LeRobot v3.0 dataset folder (the layout ``importers/lerobot.py``
+reads).
 
 Written so that ``import_lerobot`` (and LeRobot's own loaders, for the tabular parts) read it back: one
 data file ``data/chunk-000/file-000.parquet`` with every episode, ``meta/info.json`` and

@@ -8,16 +8,12 @@ Why it is shaped this way:
   the batch's ``notes`` say so.
 * Sampling is uniform over *transitions* within a partition (an episode is drawn with probability
   ∝ its length, then a step uniformly inside it), vectorised with flat index arrays.
-* Online transitions are further weighted per robot (VLAC appendix D, dynamic sampling): robot r's
-  transitions get weight ``(1 - s_r + robot_eps) ** robot_alpha``, where ``s_r`` is r's success rate
-  over its last ``robot_window`` labelled online episodes (``aborted`` ones carry no label and are not
-  counted). ``robot_alpha = 0`` is uniform; larger alpha favours robots that lag more. The probability
-  of drawing robot r is therefore ∝ w_r · (r's online transitions).
+* Online transitions are further weighted per robot (VLAC appendix D, dynamic sampling, see
+  ``robot_sampling.py``): ``robot_alpha = 0`` is uniform; larger alpha favours robots that lag more.
 * Chunks (Q-chunking, ALOE eq. 7 / LWD eq. 2): see ``fleetrl.algorithms.batch.ChunkBatch``.
-* Storage is a ring of rows per partition, one row per step plus one per episode holding its final
-  observation, so ``next_obs`` is always a single gather (row ``t + h``), also at the episode end.
-  ``capacity`` counts these rows for the online partition, whose oldest episodes are evicted first;
-  the offline partition (demos, play data) is never evicted.
+* Storage is a ring of rows per partition (``partition.py``). ``capacity`` counts these rows for the
+  online partition, whose oldest episodes are evicted first; the offline partition (demos, play data)
+  is never evicted.
 * ``sample_episodes`` serves on-policy learners from the most recent online episodes.
 """
 
@@ -25,166 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 from fleetrl.robots.episode import Episode
+from fleetrl.workers.data.partition import Partition
 from fleetrl.workers.data.rewards import REWARD_SCHEMES, with_rewards
+from fleetrl.workers.data.robot_sampling import RobotSampling
 from fleetrl.workers.task import ReplayConfig
-
-
-@dataclass
-class _Record:
-    start: int  # physical row of step 0
-    length: int  # steps T (the partition holds T + 1 rows)
-    robot: int  # robot code
-    terminated: bool
-    episode_id: str
-    snapshot: int
-
-
-class _Partition:
-    """A FIFO of episodes in a growable ring of rows (obs, action, reward, intervention)."""
-
-    def __init__(self, capacity: int | None) -> None:
-        self.capacity = capacity
-        self.alloc = 0
-        self.head = 0
-        self.rows = 0
-        self.transitions = 0
-        self.evicted = 0
-        self.records: deque[_Record] = deque()
-        self.obs: dict[str, np.ndarray] = {}
-        self.action = np.zeros(0)
-        self.reward = np.zeros(0, np.float32)
-        self.intervention = np.zeros(0, bool)
-        self.version = 0
-        self._table: dict[str, np.ndarray] | None = None
-        self._cum: tuple[object, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def add(self, ep: Episode, robot: int, snapshot: int) -> list[_Record]:
-        n = len(ep)
-        extra = n + 1
-        if self.capacity is not None and extra > self.capacity:
-            raise ValueError(
-                f"episode {ep.episode_id} has {n} steps; replay capacity is {self.capacity} rows"
-            )
-        evicted = []
-        while self.capacity is not None and self.rows + extra > self.capacity:
-            rec = self.records.popleft()
-            self.rows -= rec.length + 1
-            self.transitions -= rec.length
-            self.evicted += 1
-            evicted.append(rec)
-        self._reserve(ep, extra)
-        pos = (self.head + np.arange(extra)) % self.alloc
-        for key, arr in ep.observations.items():
-            self.obs[key][pos[:n]] = arr
-            self.obs[key][pos[n]] = ep.final_observation[key]
-        self.action[pos[:n]] = ep.actions
-        self.action[pos[n]] = ep.actions[-1]
-        self.reward[pos[:n]] = ep.columns["reward"]
-        self.reward[pos[n]] = 0.0
-        self.intervention[pos[:n]] = ep.columns["intervention"]
-        self.intervention[pos[n]] = False
-        self.records.append(_Record(self.head, n, robot, bool(ep.terminated), ep.episode_id, snapshot))
-        self.head = (self.head + extra) % self.alloc
-        self.rows += extra
-        self.transitions += n
-        self.version += 1
-        self._table = None
-        return evicted
-
-    def _reserve(self, ep: Episode, extra: int) -> None:
-        """Grow (doubling, up to capacity) so ``extra`` more rows fit; unwraps the ring when it grows."""
-        need = self.rows + extra
-        if need <= self.alloc:
-            return
-        new = max(need, 2 * self.alloc, 1024)
-        if self.capacity is not None:
-            new = min(new, self.capacity)
-        tail = (self.head - self.rows) % self.alloc if self.alloc else 0
-        live = (tail + np.arange(self.rows)) % max(self.alloc, 1)
-
-        def grown(old: np.ndarray | None, like: np.ndarray) -> np.ndarray:
-            out = np.zeros((new, *like.shape[1:]), like.dtype)
-            if old is not None and self.rows:
-                out[: self.rows] = old[live]
-            return out
-
-        for key, arr in ep.observations.items():
-            self.obs[key] = grown(self.obs.get(key), arr)
-        self.action = grown(self.action if self.alloc else None, ep.actions)
-        self.reward = grown(self.reward if self.alloc else None, self.reward)
-        self.intervention = grown(self.intervention if self.alloc else None, self.intervention)
-        for rec in self.records:
-            rec.start = (rec.start - tail) % self.alloc
-        self.alloc, self.head = new, self.rows
-
-    def table(self) -> dict[str, np.ndarray]:
-        """Per-episode arrays for vectorised sampling (rebuilt only after the partition changed)."""
-        if self._table is None:
-            recs = self.records
-            self._table = {
-                "start": np.fromiter((r.start for r in recs), np.int64, len(recs)),
-                "length": np.fromiter((r.length for r in recs), np.int64, len(recs)),
-                "robot": np.fromiter((r.robot for r in recs), np.int64, len(recs)),
-                "terminated": np.fromiter((r.terminated for r in recs), bool, len(recs)),
-                "episode_id": np.array([r.episode_id for r in recs], dtype=object),
-            }
-        return self._table
-
-    def draw(
-        self, n: int, rng: np.random.Generator, robot_w: np.ndarray | None, key: object
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(episode index [n], step [n]): uniform over transitions, times ``robot_w[robot]`` if given."""
-        tab = self.table()
-        if self._cum is None or self._cum[0] != key:
-            w = tab["length"].astype(np.float64)
-            if robot_w is not None:
-                weighted = w * robot_w[tab["robot"]]
-                w = weighted if weighted.sum() > 0 else w
-            self._cum = (key, np.cumsum(w))
-        cum = self._cum[1]
-        e = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
-        np.minimum(e, len(cum) - 1, out=e)
-        length = tab["length"][e]
-        t = np.minimum((rng.random(n) * length).astype(np.int64), length - 1)
-        return e, t
-
-    def gather(
-        self, out: dict, sl: slice, e: np.ndarray, t: np.ndarray, gamma: float, gpow: np.ndarray
-    ) -> None:
-        """Write the chunks starting at (episode e, step t) into rows ``sl`` of the batch arrays ``out``."""
-        tab = self.table()
-        horizon = len(gpow)
-        rem = tab["length"][e] - t
-        h = np.minimum(horizon, rem)
-        k = np.arange(horizon)
-        mask = k[None, :] < h[:, None]
-        first = tab["start"][e] + t
-        idx = (first[:, None] + np.minimum(k[None, :], h[:, None] - 1)) % self.alloc
-        first %= self.alloc
-        nxt = (first + h) % self.alloc
-        for key, arr in self.obs.items():
-            np.take(arr, first, axis=0, out=out["obs"][key][sl])
-            np.take(arr, nxt, axis=0, out=out["next_obs"][key][sl])
-        np.take(self.action, idx, axis=0, out=out["actions"][sl])
-        rewards = np.where(mask, self.reward[idx], np.float32(0.0))
-        out["rewards"][sl] = rewards
-        out["chunk_reward"][sl] = rewards.astype(np.float64) @ gpow
-        out["mask"][sl] = mask
-        out["done"][sl] = (rem <= horizon) & tab["terminated"][e]
-        out["discount"][sl] = np.power(gamma, h.astype(np.float64))
-        out["intervention"][sl] = (self.intervention[idx] & mask).any(axis=1)
-        out["robot"][sl] = tab["robot"][e]
-        out["episode_id"][sl] = tab["episode_id"][e]
-        out["step"][sl] = t
 
 
 class Replay:
@@ -213,24 +58,25 @@ class Replay:
         if reward not in REWARD_SCHEMES:
             raise ValueError(f"unknown reward scheme {reward!r}; choose one of {REWARD_SCHEMES}")
         self.chunk_len, self.gamma, self.offline_fraction = chunk_len, float(gamma), offline_fraction
-        self.robot_alpha, self.robot_eps, self.robot_window = robot_alpha, robot_eps, robot_window
+        self.robots = RobotSampling(robot_alpha, robot_eps, robot_window)
         self.reward, self.c_fail = reward, c_fail
         self.rng = np.random.default_rng(seed)
-        self.offline = _Partition(None)
-        self.online = _Partition(capacity)
+        self.offline = Partition(None)
+        self.online = Partition(capacity)
         self.snapshot = 0
         self._gpow = self.gamma ** np.arange(chunk_len, dtype=np.float64)
         self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
-        self._robots: dict[str, int] = {}
-        self._robot_names = np.zeros(0, dtype=object)
-        self._history: dict[int, deque[bool]] = {}
-        self._robot_version = 0
         self._live: set[str] = set()
         self._recent: deque[tuple[int, Episode]] = deque(maxlen=recent_episodes)
 
     @classmethod
     def from_config(cls, cfg: ReplayConfig, chunk_len: int, seed: int | None = None) -> Replay:
         return cls(chunk_len, seed=seed, **cfg.model_dump())
+
+    @property
+    def robot_alpha(self) -> float:
+        """The dynamic-sampling exponent (0: robots sampled uniformly)."""
+        return self.robots.alpha
 
     # ------------------------------------------------------------------ adding
 
@@ -244,15 +90,14 @@ class Replay:
             return False
         episode.validate()
         ep = with_rewards(self._conform(episode), self.reward, self.c_fail)
-        robot = self._robot_code(ep.robot_id)
+        robot = self.robots.code(ep.robot_id)
         if ep.source == "offline":
             self.offline.add(ep, robot, snapshot)
         else:
             for rec in self.online.add(ep, robot, snapshot):
                 self._live.discard(rec.episode_id)
             if ep.outcome != "aborted":
-                self._history.setdefault(robot, deque(maxlen=self.robot_window)).append(ep.success)
-                self._robot_version += 1
+                self.robots.record(robot, ep.success)
             self._recent.append((snapshot, ep))
         self._live.add(ep.episode_id)
         return True
@@ -262,15 +107,7 @@ class Replay:
         flag are recomputed in place. Robot success statistics keep the original label (a window
         that turns over quickly). Returns False if the episode is not held."""
         ep = with_rewards(episode, self.reward, self.c_fail)
-        for part in (self.online, self.offline):
-            for rec in part.records:
-                if rec.episode_id == ep.episode_id:
-                    pos = (rec.start + np.arange(rec.length)) % part.alloc
-                    part.reward[pos] = ep.columns["reward"]
-                    rec.terminated = bool(ep.terminated)
-                    part.version += 1
-                    return True
-        return False
+        return self.online.relabel(ep) or self.offline.relabel(ep)
 
     def _conform(self, ep: Episode) -> Episode:
         """Fix the task's array spec on the first episode; later ones must match it: shapes exactly, dtypes
@@ -309,35 +146,13 @@ class Replay:
             actions=conv("action", ep.actions),
         )
 
-    def _robot_code(self, robot_id: str) -> int:
-        code = self._robots.get(robot_id)
-        if code is None:
-            code = self._robots[robot_id] = len(self._robots)
-            self._robot_names = np.array(list(self._robots), dtype=object)
-        return code
-
-    # ------------------------------------------------------------------ robot weights
-
-    def _robot_weight_array(self) -> np.ndarray | None:
-        if self.robot_alpha == 0:
-            return None
-        w = np.ones(len(self._robots))
-        for code, hist in self._history.items():
-            rate = sum(hist) / len(hist)
-            w[code] = (1.0 - rate + self.robot_eps) ** self.robot_alpha
-        return w
-
     def robot_weights(self) -> dict[str, float]:
         """Relative per-transition weight of each robot with online episodes (sums to 1)."""
-        w = self._robot_weight_array()
-        codes = sorted({r.robot for r in self.online.records})
-        vals = np.array([1.0 if w is None else w[c] for c in codes])
-        total = vals.sum()
-        return {str(self._robot_names[c]): float(v / total) for c, v in zip(codes, vals, strict=True)}
+        return self.robots.relative_weights(r.robot for r in self.online.records)
 
     def success_rates(self) -> dict[str, float]:
         """Each robot's success rate over its window of recent labelled online episodes."""
-        return {str(self._robot_names[c]): sum(h) / len(h) for c, h in self._history.items() if h}
+        return self.robots.success_rates()
 
     # ------------------------------------------------------------------ sampling
 
@@ -360,11 +175,11 @@ class Replay:
         out = self._alloc_batch(batch_size)
         parts = (
             (self.offline, slice(0, n_off), None),  # dynamic sampling is for the online fleet only
-            (self.online, slice(n_off, batch_size), self._robot_weight_array()),
+            (self.online, slice(n_off, batch_size), self.robots.weight_array()),
         )
         for part, sl, robot_w in parts:
             if sl.stop > sl.start:
-                key = (part.version, self._robot_version if robot_w is not None else -1)
+                key = (part.version, self.robots.version if robot_w is not None else -1)
                 e, t = part.draw(sl.stop - sl.start, self.rng, robot_w, key)
                 part.gather(out, sl, e, t, self.gamma, self._gpow)
         offline = np.zeros(batch_size, bool)
@@ -380,7 +195,7 @@ class Replay:
             discount=out["discount"],
             intervention=out["intervention"],
             offline=offline,
-            robot_id=self._robot_names[out["robot"]],
+            robot_id=self.robots.names[out["robot"]],
             episode_id=out["episode_id"],
             step=out["step"],
             snapshot=self.snapshot,

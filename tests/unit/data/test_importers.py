@@ -1,4 +1,4 @@
-"""workers/data/importers.py: our own episode folders and LeRobot v2.x / v3.0 datasets -> Episodes -> store."""
+"""workers/data/importers/: our own episode folders and LeRobot v2.x / v3.0 datasets -> Episodes -> store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""workers/data/replay.py and workers/data/rewards.py: chunk maths, partition mix, dynamic sampling, eviction, rewards."""
+"""workers/data/replay.py (its partition.py ring and robot_sampling.py weights) and rewards.py: chunk maths,
+partition mix, dynamic sampling, eviction, rewards."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Offline data import: folders of our own episode files and LeRobot datasets (v2.x, v3.0) -> ``Episode``s.
-
-Both readers return every episode of the source or raise ``DatasetImportError`` (a ``ValueError`` whose
-message names the file and what is wrong) before returning any: nothing is half-imported. The caller
-stores the result, e.g. with ``import_into_store``. numpy/pyarrow/pydantic only (no Ray, no torch).
+"""Import LeRobot datasets (v2.x, v3.0) as ``Episode``s.
 
 LeRobot layout (read from huggingface/lerobot ``datasets/utils.py``, ``dataset_writer.py`` and
 ``scripts/convert_dataset_v21_to_v30.py``; this is our own reader, not their code):
@@ -32,7 +28,6 @@ episode index and content), so importing a dataset twice stores it once.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -45,86 +40,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetrl.robots.episode import Episode, empty_columns
-from fleetrl.workers.data.episode_file import read_episode
-from fleetrl.workers.data.store import SAFE_NAME, EpisodeStore
+from fleetrl.workers.data.importers.common import DatasetImportError, spec_problem
 
 if TYPE_CHECKING:  # task.py pulls in torch through the policy config; we only read its specs
     from fleetrl.workers.task import TaskConfig
-
-
-class DatasetImportError(ValueError):
-    """A dataset cannot be imported; the message names the file and what is wrong with it."""
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _spec_problem(name: str, shape: tuple[int, ...], dtype: Any, spec: Any) -> str | None:
-    """Why an array of ``shape``/``dtype`` does not fit a task ArraySpec, or None."""
-    try:
-        same_dtype = np.dtype(dtype) == np.dtype(spec.dtype)
-    except TypeError:
-        same_dtype = False
-    if tuple(shape) != tuple(spec.shape) or not same_dtype:
-        return f"{name} is {dtype}{list(shape)}, the task expects {spec.dtype}{list(spec.shape)}"
-    return None
-
-
-# -------------------------------------------------------------------------------------- our own format
-
-
-def import_fleetrl_folder(path: str | Path, task: TaskConfig) -> list[Episode]:
-    """Every ``*.parquet`` episode file under ``path`` (recursively), in our own format (e.g. an
-    ``EpisodeStore`` root or a copy of one task's folder), checked against the task's observation and
-    action specs. The episodes keep their ids (a re-import is a duplicate) and are re-assigned to
-    ``task`` (the original task goes to ``meta['imported_from_task']`` when it differs); ``source``
-    becomes ``'offline'``. Outcomes are the files' own: a later relabel that lives only in a store's
-    catalog is not seen."""
-    root = Path(path)
-    if not root.is_dir():
-        raise DatasetImportError(f"{root}: not a folder")
-    files = sorted(
-        p
-        for p in root.rglob("*.parquet")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise DatasetImportError(f"{root}: no *.parquet episode files found")
-    episodes = []
-    for file in files:
-        try:
-            ep = read_episode(str(file))
-            ep.validate()
-        except (ValueError, KeyError, TypeError) as e:
-            msg = str(e)
-            raise DatasetImportError(msg if str(file) in msg else f"{file}: {msg}") from e
-        problems = [
-            p
-            for p in (
-                _spec_problem(f"observation {k!r}", v.shape[1:], v.dtype, task.observation_spec[k])
-                for k, v in ep.observations.items()
-                if k in task.observation_spec
-            )
-            if p
-        ]
-        missing = sorted(set(task.observation_spec) - set(ep.observations))
-        extra = sorted(set(ep.observations) - set(task.observation_spec))
-        problems += [f"lacks observation {k!r}" for k in missing]
-        problems += [f"has observation {k!r} that the task does not declare" for k in extra]
-        act = _spec_problem("action", ep.actions.shape[1:], ep.actions.dtype, task.action_spec)
-        problems += [act] if act else []
-        if problems:
-            raise DatasetImportError(
-                f"{file}: episode {ep.episode_id} does not fit task {task.name!r}: " + "; ".join(problems)
-            )
-        meta = dict(ep.meta)
-        if ep.task != task.name:
-            meta["imported_from_task"] = ep.task
-        episodes.append(dataclasses.replace(ep, task=task.name, source="offline", meta=meta))
-    return episodes
-
-
-# --------------------------------------------------------------------------------------------- LeRobot
 
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?")
 _LEGACY_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"  # v2.x
@@ -200,7 +119,7 @@ def _feature_plan(
             )
         else:
             shape = () if ft.shape == (1,) and spec.shape == () else ft.shape
-            p = _spec_problem(f"feature {feat!r} (for {role})", shape, ft.dtype, spec)
+            p = spec_problem(f"feature {feat!r} (for {role})", shape, ft.dtype, spec)
             problems += [p] if p else []
     if problems:
         available = sorted(info.features)
@@ -404,24 +323,3 @@ def _lerobot_episode(
     except ValueError as e:
         raise DatasetImportError(f"{file}: episode_index {ep_index}: {e}") from e
     return ep
-
-
-# ---------------------------------------------------------------------------------------------- storing
-
-
-def import_into_store(store: EpisodeStore, episodes: list[Episode]) -> dict[str, int]:
-    """Put ``episodes`` into ``store``: ``{"stored": n, "duplicates": m}`` (ids the store already had,
-    or repeated in ``episodes``). All are checked before the first is written; should a write itself
-    fail, the episodes before it stay stored and a re-run stores only the rest."""
-    for ep in episodes:
-        try:
-            ep.validate()
-        except ValueError as e:
-            raise DatasetImportError(str(e)) from e
-        for what, name in (("task", ep.task), ("episode_id", ep.episode_id)):
-            if not SAFE_NAME.match(name):
-                raise DatasetImportError(f"episode {ep.episode_id}: {what} {name!r} is not a safe file name")
-    stored = 0
-    for ep in episodes:
-        stored += int(store.put(ep)[0])
-    return {"stored": stored, "duplicates": len(episodes) - stored}

@@ -1,0 +1,124 @@
+"""``fleetrl demos collect|import|export``: demonstration data into and out of episode stores.
+
+``collect`` records scripted demos to a store folder, ``import`` asks a running platform's data server to
+read a folder into a task, ``export`` writes a store's episodes of one task as a LeRobot dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleetrl.cli.common import add_api_arguments, add_command_group, admin_token
+
+
+def cmd_demos_collect(args: argparse.Namespace) -> int:
+    """Record demonstrations (OGBench scripted oracles, or a scripted policy on any sim robot) to a store."""
+    from fleetrl.robots import demos
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.workers.data.store import EpisodeStore
+
+    every = max(1, args.n // 10)
+    if args.policy == "oracle":
+        episodes = demos.collect_oracle_demos(
+            args.env,
+            n=args.n,
+            oracle=args.oracle,
+            noise=args.noise,
+            seed=args.seed,
+            task=args.task,
+            log_every=every,
+        )
+    else:
+        policy = (
+            demos.reacher_reach_policy
+            if args.policy == "reacher"
+            else demos.RandomPolicy(SimRobot(args.env).action_spec, seed=args.seed)
+        )
+        episodes = demos.collect_scripted_demos(
+            args.env, policy, n=args.n, seed=args.seed, task=args.task, log_every=every
+        )
+    with EpisodeStore(args.out) as store:
+        stored = sum(store.put(ep)[0] for ep in episodes)
+    successes = sum(ep.success for ep in episodes)
+    print(
+        f"{stored} episodes ({successes} successful, {sum(map(len, episodes))} steps) written to {args.out}"
+    )
+    return 0
+
+
+def cmd_demos_import(args: argparse.Namespace) -> int:
+    """Ask a running platform to import a folder of demonstrations (read by its data server)."""
+    import httpx
+
+    token = admin_token(args)
+    if not token:
+        return 2
+    body = {"path": str(Path(args.path).resolve()), "format": args.format}
+    r = httpx.post(
+        f"{args.api.rstrip('/')}/v1/tasks/{args.task}/demos",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=600,
+    )
+    if r.status_code != 201:
+        print(f"error: import refused ({r.status_code}): {r.json().get('detail', r.text)}", file=sys.stderr)
+        return 1
+    print(f"imported into {args.task}: {r.json()}")
+    return 0
+
+
+def cmd_demos_export(args: argparse.Namespace) -> int:
+    """Write a store's episodes of one task as a LeRobot v3.0 dataset."""
+    from fleetrl.workers.data.exporters import export_lerobot
+    from fleetrl.workers.data.store import load_store_episodes
+
+    episodes = load_store_episodes(args.store, args.task)
+    if not episodes:
+        print(f"error: no episodes of task {args.task!r} in {args.store}", file=sys.stderr)
+        return 2
+    try:
+        result = export_lerobot(episodes, args.out, fps=args.fps)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {result['episodes']} episodes ({result['frames']} frames) to {result['path']}")
+    return 0
+
+
+def add_demos_parser(subparsers: Any) -> None:
+    """Add ``demos`` (with ``collect``, ``import`` and ``export``) to the ``fleetrl`` subcommands."""
+    dsub = add_command_group(subparsers, "demos", "demonstration data")
+    collect = dsub.add_parser("collect", help="record demos from OGBench scripted oracles")
+    collect.add_argument("--env", default="cube-single-singletask-task1-v0", help="OGBench env id")
+    collect.add_argument("--n", type=int, default=20, help="episodes")
+    collect.add_argument(
+        "--policy",
+        choices=["oracle", "reacher", "random"],
+        default="oracle",
+        help="OGBench oracle, the Reacher scripted controller, or random actions (failed episodes)",
+    )
+    collect.add_argument(
+        "--oracle", choices=["plan", "markov"], default="plan", help="clean demos or noisy play"
+    )
+    collect.add_argument("--noise", type=float, default=0.1, help="action noise of the markov oracle")
+    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--task", default="cube-single", help="task name stored with the episodes")
+    collect.add_argument("--out", required=True, help="episode store folder to write")
+    collect.set_defaults(func=cmd_demos_collect)
+
+    imp = dsub.add_parser("import", help="import a demo folder into a running platform's task")
+    imp.add_argument("path", help="folder readable by the data server")
+    imp.add_argument("--task", required=True)
+    imp.add_argument("--format", choices=["fleetrl", "lerobot"], default="fleetrl")
+    add_api_arguments(imp)
+    imp.set_defaults(func=cmd_demos_import)
+
+    exp = dsub.add_parser("export", help="write a store's episodes of a task as a LeRobot v3.0 dataset")
+    exp.add_argument("--store", required=True, help="episode store folder (e.g. <state_dir>/episodes)")
+    exp.add_argument("--task", required=True)
+    exp.add_argument("--out", required=True, help="empty or new folder")
+    exp.add_argument("--fps", type=float, required=True, help="control rate of the episodes")
+    exp.set_defaults(func=cmd_demos_export)

@@ -1,0 +1,266 @@
+"""``fleetrl run``, ``fleetrl serve`` and ``fleetrl robot``: the commands that start a platform or robots.
+
+``run`` is the local all-in-one (a platform, the config's simulated robots as their own processes, its
+oracle demos and a live view); ``serve`` the platform alone, as a service; ``robot`` simulated robots that
+register over REST like real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fleetrl.cli.common import add_api_arguments, admin_token, install_stop_handlers, load_platform_config
+
+
+def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
+    """Start each sim fleet as its own process; the robots register over REST like real ones."""
+    procs = []
+    env = {
+        **os.environ,
+        cfg.rest.admin_token_env: platform.admin_token,
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for i, sim in enumerate(cfg.sim_robots):
+        if sim.count == 0:
+            continue
+        cmd = [sys.executable, "-m", "fleetrl.cli", "robot", "--sim", sim.env, "--n", str(sim.count)]
+        cmd += [
+            "--task",
+            sim.task,
+            "--api",
+            platform.rest_url,
+            "--seed",
+            str(sim.seed),
+            "--name",
+            f"{sim.task}-{i}",
+        ]
+        cmd += ["--token-env", cfg.rest.admin_token_env]
+        if sim.control_hz:
+            cmd += ["--hz", str(sim.control_hz)]
+        out = open(log_dir / f"robots-{i}-{sim.task}.log", "w")  # noqa: SIM115 - lives as long as the process
+        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _collect_oracle_demos(cfg, platform) -> None:
+    """Fill offline replay with the config's oracle demonstrations unless the store already holds them."""
+    import ray
+
+    from fleetrl.robots.demos import collect_oracle_demos
+
+    for demos in cfg.oracle_demos:
+        have = ray.get(platform.data.stats.remote(demos.task))["replay"]["offline_episodes"]
+        if have >= demos.n:
+            print(
+                f"{demos.task}: {have} offline episodes in the store; no oracle demos collected", flush=True
+            )
+            continue
+        print(f"{demos.task}: collecting {demos.n} {demos.oracle}-oracle demos on {demos.env} …", flush=True)
+        episodes = collect_oracle_demos(
+            demos.env, n=demos.n, oracle=demos.oracle, noise=demos.noise, seed=demos.seed, task=demos.task
+        )
+        stored = sum(r["stored"] for r in ray.get([platform.data.ingest.remote(e) for e in episodes]))
+        successes = sum(e.success for e in episodes)
+        print(f"{demos.task}: {stored} demos stored ({successes}/{len(episodes)} successful)", flush=True)
+
+
+def _stop_processes(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _live_view(
+    platform,
+    stop: threading.Event,
+    duration: float | None,
+    interactive: bool,
+    procs,
+    until_version: int | None = None,
+) -> None:
+    import ray
+    from rich.console import Console
+    from rich.live import Live
+
+    from fleetrl.platform.live_view import render, summary_line
+
+    start = time.monotonic()
+    console = Console()
+    seen: dict[str, dict] = {}  # the newest learner statuses, for --until-version
+
+    def frame():
+        gw, snap, learners = ray.get(
+            [
+                platform.gateway.stats.remote(),
+                platform.metrics.snapshot.remote(),
+                platform.tasks.learners_status.remote(),
+            ],
+            timeout=10,
+        )
+        seen.update(learners)
+        return gw, snap, time.monotonic() - start, learners
+
+    def done() -> bool:
+        if duration is not None and time.monotonic() - start >= duration:
+            return True
+        if (
+            until_version is not None
+            and seen
+            and all(s.get("version", 0) >= until_version for s in seen.values())
+        ):
+            console.print(f"every learner has published version {until_version}: stopping")
+            return True
+        for p in procs:
+            if p.poll() not in (None, 0):
+                console.print(f"[red]robot process exited with code {p.returncode}; see its log[/red]")
+                return True
+        return stop.is_set()
+
+    if interactive:
+        with Live(render(*frame()), console=console, refresh_per_second=2) as live:
+            while not done():
+                stop.wait(1.0)
+                live.update(render(*frame()))
+    else:
+        last = 0.0
+        while not done():
+            stop.wait(1.0)
+            if time.monotonic() - last >= 5.0:
+                last = time.monotonic()
+                print(summary_line(*frame()), flush=True)
+    print(summary_line(*frame()), flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetrl.platform.platform import Platform
+
+    cfg = load_platform_config(args.config)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    print(f"starting fleetrl '{cfg.name}' from {args.config} …", flush=True)
+    platform = Platform(cfg)
+    procs: list[subprocess.Popen] = []
+    try:
+        platform.start()
+        print(
+            f"REST {platform.public_rest_url} (docs {platform.public_rest_url}/docs) · "
+            f"robots connect to {platform.endpoint}"
+        )
+        print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
+        _collect_oracle_demos(cfg, platform)
+        if not args.no_robots:
+            procs = _start_sim_robots(cfg, platform, cfg.state_path / "logs")
+            print(
+                f"started {sum(s.count for s in cfg.sim_robots)} simulated robots (logs in {cfg.state_path / 'logs'})"
+            )
+        interactive = sys.stdout.isatty() and not args.plain
+        _live_view(platform, stop, args.duration, interactive, procs, args.until_version)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("shutting down …", flush=True)
+        _stop_processes(procs)
+        platform.stop()
+    print("stopped.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The platform as a long-running service: on a cluster head (``--address auto``, or inside
+    ``ray job submit``, which sets RAY_ADDRESS) it attaches to the running Ray instead of starting one."""
+    from fleetrl.platform.platform import Platform
+
+    cfg = load_platform_config(args.config)
+    if args.address:
+        cfg = cfg.model_copy(update={"ray_address": args.address})
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    platform = Platform(cfg)
+    where = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+    print(f"starting fleetrl '{cfg.name}' from {args.config} on {where} …", flush=True)
+    try:
+        platform.start()
+        print(f"REST {platform.public_rest_url} (docs {platform.public_rest_url}/docs)", flush=True)
+        print(f"robots connect to {platform.endpoint} (gateway bound to {cfg.gateway.bind})", flush=True)
+        print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        print("shutting down …", flush=True)
+        platform.stop()
+    print("stopped.", flush=True)
+    return 0
+
+
+def cmd_robot(args: argparse.Namespace) -> int:
+    from fleetrl.robots.sim import run_sim_fleet
+
+    token = admin_token(args)
+    if not token:
+        return 2
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    clients = run_sim_fleet(
+        args.sim,
+        args.n,
+        args.api,
+        token,
+        args.task,
+        name_prefix=args.name or args.task,
+        seed=args.seed,
+        control_hz=args.hz,
+        duration=args.duration,
+        stop=stop,
+    )
+    total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
+    print(f"{len(clients)} robots stopped: {total}", flush=True)
+    return 0
+
+
+def add_run_parsers(subparsers: Any) -> None:
+    """Add ``run``, ``serve`` and ``robot`` to the ``fleetrl`` subcommands."""
+    run = subparsers.add_parser(
+        "run", help="start a local platform with its simulated robots and a live view"
+    )
+    run.add_argument("config", help="platform YAML, e.g. configs/local.yaml")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument(
+        "--until-version",
+        type=int,
+        default=None,
+        help="stop once every learner has published this weight version (a smoke test; with --duration as a cap)",
+    )
+    run.add_argument("--no-robots", action="store_true", help="do not start the config's simulated robots")
+    run.add_argument("--plain", action="store_true", help="print summary lines instead of the live table")
+    run.set_defaults(func=cmd_run)
+
+    serve = subparsers.add_parser("serve", help="start the platform only (e.g. on a Ray cluster head)")
+    serve.add_argument("config")
+    serve.add_argument("--address", default=None, help="Ray address to attach to, e.g. 'auto'")
+    serve.set_defaults(func=cmd_serve)
+
+    robot = subparsers.add_parser("robot", help="run simulated robots against a running platform")
+    robot.add_argument("--sim", required=True, help="gymnasium env id, e.g. Reacher-v5")
+    robot.add_argument("--n", type=int, default=1, help="number of robots (one process)")
+    robot.add_argument("--task", required=True, help="task to register for")
+    add_api_arguments(robot)
+    robot.add_argument("--hz", type=float, default=None, help="control rate (default: the preset's)")
+    robot.add_argument("--seed", type=int, default=0)
+    robot.add_argument("--name", default=None, help="robot name prefix")
+    robot.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    robot.set_defaults(func=cmd_robot)
