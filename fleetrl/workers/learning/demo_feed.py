@@ -1,4 +1,5 @@
-"""The learner's supply of demonstration batches for demo replay (VLAC eq. 6; ``algorithms/demo_replay.py``).
+"""Demo replay for the learner (VLAC eq. 6; ``algorithms/demo_replay.py``): when to take an imitation step
+and where its demonstration batches come from.
 
 Demonstrations are the task's offline replay partition (demos, play and imported data, and the human
 demonstrations recorded through the robot client), sampled with ``offline_fraction=1.0``. The feed never
@@ -7,40 +8,35 @@ blocks the learner while there are none: it polls the replay sizes in the backgr
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import ray
 
+from fleetrl.algorithms.base import Algorithm
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.demo_replay import DemoReplayConfig
+from fleetrl.workers.learning.sampling import ReplayBatches
 
 
 class DemoFeed:
     """``next()``: a demonstration batch, or None with the reason in ``waiting``."""
 
     def __init__(self, data: Any, task: str, cfg: DemoReplayConfig, prefetch: int):
-        self.data, self.task, self.cfg, self.prefetch = data, task, cfg, prefetch
+        self.data, self.task, self.cfg = data, task, cfg
         self.waiting: str | None = "waiting for demos"
         self._episodes = 0  # offline episodes last seen (the offline partition is never evicted)
         self._sizes: Any = None  # ref of the replay sizes, while waiting for min_demos
-        self._batches: deque[ChunkBatch] = deque()
-        self._prefetch: Any = None  # ref of the next batches
+        self._batches = ReplayBatches(data, task, prefetch)
 
     def next(self) -> ChunkBatch | None:
         """Batches come ``prefetch`` per data-server call with the next call in flight, as replay batches
         do for off-policy learners; none until the offline partition holds ``min_demos`` episodes."""
         if self._episodes < self.cfg.min_demos and not self._enough_demos():
             return None
-        if not self._batches:
-            args = (self.task, self.cfg.batch_size, self.prefetch, 1.0)
-            fetch = self.data.sample_chunk_batches.remote
-            ref, self._prefetch = self._prefetch or fetch(*args), fetch(*args)
-            try:
-                self._batches = deque(ray.get(ref))
-            except ray.exceptions.RayTaskError as exc:  # replay emptied (a data server rebuilding it)
-                return self._reset(f"waiting for demos: {exc.cause}")
-        batch = self._batches.popleft()
+        try:
+            batch = self._batches.next(self.cfg.batch_size, 1.0)
+        except ray.exceptions.RayTaskError as exc:  # replay emptied (a data server rebuilding it)
+            return self._reset(f"waiting for demos: {exc.cause}")
         if not batch.offline.all():  # with the offline partition empty the replay fills in online rows
             return self._reset("waiting for demos: the offline partition is empty")
         self.waiting = None
@@ -58,5 +54,37 @@ class DemoFeed:
         return True
 
     def _reset(self, why: str) -> None:
-        self._episodes, self._batches, self._prefetch, self.waiting = 0, deque(), None, why
+        self._episodes, self.waiting = 0, why
+        self._batches.clear()
         return None
+
+
+class DemoReplay:
+    """VLAC eq. 6, offline demonstration replay: after every ``every``-th online update, one optimizer step
+    of ``weight * L_demo`` on the policy (``Algorithm.imitation_step``) on a batch drawn from the task's
+    offline partition only. Keeps the latest demo step's metrics (``demo_loss``, ...) to report them also
+    between demo steps, so every report and TensorBoard point carries them."""
+
+    def __init__(
+        self, data: Any, task: str, cfg: DemoReplayConfig, prefetch: int, offline_steps: int, family: str
+    ):
+        self.cfg, self.offline_steps, self.family = cfg, offline_steps, family
+        self.feed = DemoFeed(data, task, cfg, prefetch)
+        self.metrics: dict[str, float] = {}
+
+    def after_update(self, algorithm: Algorithm, step: int) -> dict[str, float]:
+        """Called after the update that makes learner step ``step``; takes a demo step when one is due."""
+        if not self.cfg.due(step, self.offline_steps):
+            return self.metrics
+        batch = self.feed.next()
+        if batch is not None:
+            self.metrics = algorithm.imitation_step(batch, self.family, self.cfg)
+        return self.metrics
+
+    def status(self, step: int) -> str:
+        """The learner status' ``demo_replay``: off, not started yet, waiting (why) or active."""
+        if self.cfg.weight <= 0:
+            return "off"
+        if step < self.offline_steps:
+            return "starts after the offline pretraining steps"
+        return self.feed.waiting or "active"

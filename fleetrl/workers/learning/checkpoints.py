@@ -1,0 +1,112 @@
+"""The learner's checkpoints: the policy, every algorithm's state, the step and the weight version.
+
+One ``learner.pt`` per checkpoint folder, reported to Ray Train, which copies it into the run folder
+(``<root>/checkpoint_<step>_<time>/learner.pt``) and keeps the newest ``keep_checkpoints``. A Ray Train
+worker restarted after a failure restores the newest readable one and continues from its step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from torch import nn
+
+from fleetrl.workers.learning.algorithm_set import AlgorithmSet
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FILE = "learner.pt"
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a restored checkpoint left off: the loop continues from ``step`` with ``algorithm``."""
+
+    step: int
+    version: int
+    algorithm: str
+    algorithm_config: dict[str, Any]
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """Folder names sort in report order: by step, then by report time."""
+    return f"checkpoint_{step:010d}_{time.time_ns()}"
+
+
+def registered_checkpoint() -> Path | None:
+    """The folder of the checkpoint Ray Train hands a (re)started worker, if any."""
+    ckpt = ray.train.get_checkpoint()
+    return Path(ckpt.path) if ckpt is not None else None
+
+
+class Checkpoints:
+    """``save`` the policy and ``algorithms`` through Ray Train; ``restore`` the newest into them."""
+
+    def __init__(
+        self, root: str, task: str, policy: nn.Module, algorithms: AlgorithmSet, device: torch.device
+    ):
+        self.root, self.task, self.policy, self.algorithms, self.device = (
+            Path(root),
+            task,
+            policy,
+            algorithms,
+            device,
+        )
+        self.restored_step: int | None = None
+
+    def save(self, step: int, version: int, wait: bool = False) -> None:
+        """Saved to a fresh local folder; Ray Train copies it into the run folder and deletes the local copy,
+        on a background thread (ASYNC) unless the caller must know it is on disk (``wait``)."""
+        directory = tempfile.mkdtemp(prefix=f"fleetrl-{self.task}-ckpt-")
+        self.write(directory, step, version)
+        mode = ray.train.CheckpointUploadMode
+        ray.train.report(
+            {"step": step, "version": version},
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_dir_name=checkpoint_dir_name(step),
+            checkpoint_upload_mode=mode.SYNC if wait else mode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
+
+    def write(self, directory: str | Path, step: int, version: int) -> Path:
+        """Write the checkpoint file into ``directory`` (created if missing); returns its path."""
+        state = {"policy": self.policy.state_dict(), "step": step, "version": version}
+        state |= self.algorithms.checkpoint_entries()
+        path = Path(directory) / CHECKPOINT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, os.fspath(path))
+        return path
+
+    def restore(self, registered: Path | None) -> Resumed | None:
+        """Load the newest checkpoint into the policy and keep its algorithm states; None if there is none.
+
+        Ray Train registers a reported checkpoint (``registered``) only when its controller next polls the
+        worker, so one written just before a crash (e.g. right after an algorithm switch) may be
+        unregistered; the files are on disk all the same, so the newest readable one wins. Folder names
+        order them (step, then report time): background uploads may finish out of order."""
+        saved = self._newest(registered)
+        if saved is None:
+            return None
+        self.policy.load_state_dict(saved["policy"])
+        self.algorithms.restore(saved["algorithms"])
+        self.restored_step = saved["step"]
+        log.info("learner %s: resumed at step %d, version %d", self.task, saved["step"], saved["version"])
+        return Resumed(saved["step"], saved["version"], saved["algorithm"], saved["algorithm_config"])
+
+    def _newest(self, registered: Path | None) -> dict[str, Any] | None:
+        candidates = set(self.root.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+        if registered is not None:
+            candidates.add(registered / CHECKPOINT_FILE)
+        for path in sorted((p for p in candidates if p.exists()), key=lambda p: p.parent.name, reverse=True):
+            try:
+                return torch.load(path, map_location=self.device, weights_only=False)
+            except (OSError, RuntimeError, EOFError) as exc:
+                log.warning("learner %s: unreadable checkpoint %s (%s)", self.task, path, exc)
+        return None

@@ -1,0 +1,191 @@
+"""The learner's work inside its Ray Train worker: sample -> update -> publish -> checkpoint -> report.
+
+``LearnerLoop`` owns the policy and holds the parts that do each step: the ``Sampler`` (replay batches or
+fresh episodes), the ``AlgorithmSet`` (the current algorithm and those kept for switching back),
+``DemoReplay`` (VLAC eq. 6 imitation steps), the ``Publisher`` (weight versions), ``Checkpoints`` (save and
+restore) and the ``Reporter`` (status, commands, metrics, TensorBoard). Commands from the ``Learner``
+actor (an algorithm switch, stop) apply at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import ray
+import torch
+
+from fleetrl.algorithms.base import Algorithm, PolicySpec
+from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
+from fleetrl.models.policies import build_policy
+from fleetrl.workers.learning.algorithm_set import AlgorithmSet
+from fleetrl.workers.learning.checkpoints import Checkpoints, registered_checkpoint
+from fleetrl.workers.learning.demo_feed import DemoReplay
+from fleetrl.workers.learning.publishing import Publisher
+from fleetrl.workers.learning.reporting import Reporter
+from fleetrl.workers.learning.sampling import Sampler
+from fleetrl.workers.metrics_server import RemoteLogHandler
+from fleetrl.workers.task import LearnerConfig, TaskConfig
+
+log = logging.getLogger(__name__)
+
+
+class Throttle:
+    """At most ``per_s`` updates a second (None or 0: as fast as they come)."""
+
+    def __init__(self, per_s: float | None):
+        self.per_s, self._next_at = per_s, 0.0
+
+    def wait(self) -> None:
+        if self.per_s:
+            wait = self._next_at - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._next_at = time.monotonic() + 1.0 / self.per_s
+
+
+class LearnerLoop:
+    """The learner's work, inside the Ray Train worker. Owns the policy; algorithms own everything else."""
+
+    POLL_S = 0.05  # wait between looks for fresh on-policy episodes (one cheap data-server call)
+
+    def __init__(
+        self,
+        task: TaskConfig,
+        learner: LearnerConfig,
+        gamma: float,
+        data: Any,
+        weights: Any,
+        control: Any,
+        metrics: Any | None,
+        tensorboard_dir: str | None,
+        checkpoint_root: str,
+    ):
+        torch.set_num_threads(learner.torch_threads)
+        self.task, self.cfg = task, learner
+        device = ray.train.torch.get_device() if learner.num_gpus else torch.device("cpu")
+        policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len).to(device)
+        spec = PolicySpec(task.observation_spec, task.action_spec, task.chunk_len, gamma)
+        family, prefetch, offline_steps = task.policy.family, learner.prefetch_batches, learner.offline_steps
+        self.algorithms = AlgorithmSet(policy, spec, family, device)
+        self.checkpoints = Checkpoints(checkpoint_root, task.name, policy, self.algorithms, device)
+        resumed = self.checkpoints.restore(registered_checkpoint())
+        self.step = resumed.step if resumed else 0
+        self.publisher = Publisher(weights, task.name, policy, resumed.version if resumed else None)
+        self.sampler = Sampler(task.name, data, weights, prefetch, offline_steps)
+        self.demos = DemoReplay(data, task.name, learner.demo_replay, prefetch, offline_steps, family)
+        self.reporter = Reporter(task.name, learner.report_every_s, data, control, metrics, tensorboard_dir)
+        self.throttle = Throttle(learner.max_updates_per_s)
+        self.finished: str | None = None  # why the loop ended on its own (max_updates)
+        self.activate(
+            resumed.algorithm if resumed else learner.algorithm,
+            resumed.algorithm_config if resumed else learner.config,
+        )
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self.algorithms.current
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.publish(initial=True)
+        while self.apply_commands() and not self.reached_max_updates():
+            batch = self.sample()
+            if batch is None:
+                self.report()
+                time.sleep(self.POLL_S)
+                continue
+            self.update(batch)
+            if self.step % self.cfg.publish_every == 0:
+                self.publish()
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.checkpoint()
+            self.report()
+        self.checkpoint()
+        self.report(force=True)
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def sample(self) -> ChunkBatch | EpisodeBatch | None:
+        """The next batch the algorithm asked for, or None while there is not enough data yet."""
+        return self.sampler.next(self.algorithm.batch_request(), self.step, self.publisher.version)
+
+    def update(self, batch: ChunkBatch | EpisodeBatch) -> None:
+        """One learner step: the algorithm's update, then a demo step when one is due."""
+        self.throttle.wait()
+        started = time.perf_counter()
+        metrics = self.algorithm.update(batch)
+        metrics |= self.demos.after_update(self.algorithm, self.step + 1)
+        self.step += 1
+        self.reporter.record(self.algorithm.name, metrics, time.perf_counter() - started)
+
+    def publish(self, initial: bool = False) -> None:
+        """Give the fleet the current policy as a new version (replicas load it at a batch boundary)."""
+        self.algorithms.published(self.publisher.publish(initial))
+
+    def checkpoint(self, wait: bool = False) -> None:
+        self.checkpoints.save(self.step, self.publisher.version, wait)
+
+    def report(self, force: bool = False) -> None:
+        self.reporter.report(self.step, self.publisher.version, self.algorithm.name, self.status, force)
+
+    # -- commands --------------------------------------------------------------------------------------
+    def apply_commands(self) -> bool:
+        """Run the commands queued by the ``Learner``; False when told to stop."""
+        for cmd in self.reporter.commands():
+            if cmd["kind"] == "stop":
+                return False
+            if cmd["kind"] == "switch":
+                self.switch(cmd["algorithm"], cmd["config"])
+        return True
+
+    def switch(self, name: str, config: dict[str, Any]) -> None:
+        old = self.algorithm.name
+        self.activate(name, config)
+        log.info("learner %s: %s -> %s at step %d", self.task.name, old, name, self.step)
+        self.checkpoint(wait=True)  # the switch survives a restart from the moment it shows
+        self.report(force=True)
+
+    def activate(self, name: str, config: dict[str, Any]) -> None:
+        """Make ``name`` the current algorithm; what was sampled for the previous one is dropped."""
+        self.algorithms.activate(name, config, self.publisher.version)
+        self.sampler.reset()
+
+    def reached_max_updates(self) -> bool:
+        if self.cfg.max_updates is None or self.step < self.cfg.max_updates:
+            return False
+        self.finished = "max_updates reached"
+        self.report(force=True)
+        return True
+
+    # -- reporting -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        reporter, sampler = self.reporter, self.sampler
+        return {
+            "algorithm": self.algorithm.name,
+            "algorithm_config": self.algorithm.config.model_dump(),
+            "step": self.step,
+            "version": self.publisher.version,
+            "phase": "offline" if self.step < self.cfg.offline_steps else "online",
+            "waiting": self.finished or sampler.waiting,
+            "losses": reporter.losses,
+            "demo_replay": self.demos.status(self.step),
+            "updates_per_s": reporter.updates_per_s,
+            "update_s": reporter.update_s,
+            "restored_step": self.checkpoints.restored_step,
+            "dropped_stale_episodes": sampler.dropped_stale_episodes,
+            "fleet_waits": sampler.fleet_waits,
+            "kept_algorithms": self.algorithms.names(),
+            "rollout": reporter.rollout,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),  # where the updates run (placement)
+            "time": time.time(),
+        }
+
+
+def learner_loop(config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``."""
+    if config.get("metrics") is not None:
+        RemoteLogHandler.install(config["metrics"], f"learner {config['task'].name}")
+    LearnerLoop(**config).run()

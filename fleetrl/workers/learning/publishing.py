@@ -1,0 +1,58 @@
+"""The learner's side of the weight board: each publish gives the fleet the policy as a new version.
+
+Versions only grow: a learner that restarts, from a checkpoint or from nothing while the board still holds
+a version, continues above anything the fleet may have seen. Only a fresh start keeps version 0: the
+replicas already serve those seeded initial weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from torch import nn
+
+from fleetrl.workers.weights import to_numpy_state
+
+
+def first_version(resumed_version: int | None, board_version: int) -> int:
+    """The version of a learner's first publish, given its checkpoint's version (None: no checkpoint) and
+    the board's newest for the task (-1: none)."""
+    if resumed_version is None and board_version < 0:
+        return 0
+    return max(resumed_version or 0, board_version) + 1
+
+
+class Publisher:
+    """``publish()``: the policy's current weights to the board as ``version`` + 1 (the first one as
+    ``first_version``). Replicas load a version at a batch boundary."""
+
+    def __init__(
+        self,
+        weights: Any,
+        task: str,
+        policy: nn.Module,
+        resumed_version: int | None,
+        get: Callable[[Any], Any] = ray.get,
+    ):
+        self.weights, self.task, self.policy, self._get = weights, task, policy, get
+        self._resumed_version = resumed_version
+        self.version = resumed_version or 0
+        self._ack: Any = None  # the board's ack of the last publish, awaited only before the next
+
+    def publish(self, initial: bool = False) -> int:
+        """Publish and return the new version. The ``initial`` publish waits for the board: replicas
+        starting now must find it."""
+        if initial:
+            newest = self._get(self.weights.latest.remote(self.task))
+            self.version = first_version(self._resumed_version, newest[0] if newest else -1)
+        else:
+            self.version += 1
+        state = to_numpy_state(self.policy.state_dict())
+        if self._ack is not None:
+            self._get(self._ack)  # back-pressure (usually long done) and surfaces a failed publish
+        self._ack = self.weights.publish.remote(self.task, self.version, state)
+        if initial:
+            self._get(self._ack)
+        return self.version

@@ -1,0 +1,130 @@
+"""What the learner tells the platform: its status to its ``Learner`` actor (whose answer carries the
+commands queued since), Prometheus metrics to the metrics server, and TensorBoard scalars.
+
+Reports go out every ``report_every_s`` without blocking the loop: the status goes with a ``poll`` whose
+answer is picked up at a later report, and the fleet's rollout statistics are asked for one report ahead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import ray
+
+from fleetrl.workers.metrics_server import MetricsBuffer
+
+ROLLOUT_SCALARS = ("success_rate", "mean_return", "mean_length")
+
+
+class Scalars:
+    """The learner's metrics (``learner_steps_total``, ``learner_updates_per_second``, ``learner_loss``),
+    shipped to the metrics server at each report, and its TensorBoard scalars (``<algorithm>/<loss>``,
+    ``learner/version``, ``learner/updates_per_s``, ``rollout/<stat>``)."""
+
+    def __init__(self, task: str, metrics_server: Any | None, tensorboard_dir: str | None):
+        self.task, self.server, self.buffer = task, metrics_server, MetricsBuffer()
+        self.writer = None
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(tensorboard_dir)
+
+    def count_step(self, algorithm: str) -> None:
+        self.buffer.inc("learner_steps_total", (self.task, algorithm))
+
+    def log(
+        self,
+        step: int,
+        version: int,
+        algorithm: str,
+        losses: dict[str, float],
+        updates_per_s: float,
+        rollout: dict[str, float],
+    ) -> None:
+        self.buffer.set("learner_updates_per_second", (self.task,), updates_per_s)
+        for loss, value in losses.items():
+            if np.isfinite(value):
+                self.buffer.set("learner_loss", (self.task, loss), value)
+        if self.server is not None:
+            self.server.ingest.remote(*self.buffer.drain())
+        if self.writer is None:
+            return
+        for key, value in losses.items():
+            self.writer.add_scalar(f"{algorithm}/{key}", value, step)
+        self.writer.add_scalar("learner/version", version, step)
+        self.writer.add_scalar("learner/updates_per_s", updates_per_s, step)
+        for key in ROLLOUT_SCALARS:
+            if key in rollout:
+                self.writer.add_scalar(f"rollout/{key}", rollout[key], step)
+        self.writer.flush()
+
+
+class Reporter:
+    """Keeps the latest losses and timings, reports them, and hands out the commands that came back."""
+
+    def __init__(
+        self,
+        task: str,
+        report_every_s: float,
+        data: Any,
+        control: Any,
+        metrics_server: Any | None,
+        tensorboard_dir: str | None,
+    ):
+        self.task, self.every_s, self.data, self.control = task, report_every_s, data, control
+        self.scalars = Scalars(task, metrics_server, tensorboard_dir)
+        self.losses: dict[str, float] = {}
+        self.update_s = 0.0  # seconds in ``update`` + demo steps (the rest is waiting, I/O, publishing)
+        self.updates_per_s = 0.0
+        self.rollout: dict[str, float] = {}
+        self._last_report, self._steps_at_report = 0.0, 0
+        self._poll: Any = None  # the control actor's answer (queued commands) to the last status sent
+        self._rollout_ref: Any = None
+        self._commands: deque[dict[str, Any]] = deque()
+
+    def record(self, algorithm: str, metrics: dict[str, float], seconds: float) -> None:
+        """One learner step of ``algorithm`` that took ``seconds`` and returned ``metrics``."""
+        self.update_s += seconds
+        self.losses = {k: float(v) for k, v in metrics.items()}
+        self.scalars.count_step(algorithm)
+
+    def commands(self) -> Iterator[dict[str, Any]]:
+        """The commands received so far, oldest first, including any a report made meanwhile brings."""
+        self._exchange()
+        while self._commands:
+            yield self._commands.popleft()
+
+    def report(
+        self,
+        step: int,
+        version: int,
+        algorithm: str,
+        status: Callable[[], dict[str, Any]],
+        force: bool = False,
+    ) -> None:
+        """Report if ``report_every_s`` passed since the last report (or ``force``): ``status()`` goes to
+        the control actor unless the previous one is still unanswered."""
+        now = time.monotonic()
+        if not force and now - self._last_report < self.every_s:
+            return
+        if self._last_report:
+            self.updates_per_s = (step - self._steps_at_report) / max(now - self._last_report, 1e-9)
+        self._last_report, self._steps_at_report = now, step
+        if self._rollout_ref is not None and ray.wait([self._rollout_ref], timeout=0)[0]:
+            self.rollout = ray.get(self._rollout_ref)
+            self._rollout_ref = None
+        if self._rollout_ref is None:
+            self._rollout_ref = self.data.rollout_stats.remote(self.task)
+        self._exchange()
+        if self._poll is None or force:
+            self._poll = self.control.poll.remote(status())
+        self.scalars.log(step, version, algorithm, self.losses, self.updates_per_s, self.rollout)
+
+    def _exchange(self) -> None:
+        if self._poll is not None and ray.wait([self._poll], timeout=0)[0]:
+            self._commands.extend(ray.get(self._poll))
+            self._poll = None

@@ -1,0 +1,155 @@
+"""Where the learner's batches come from: the data server's replay and fresh on-policy episodes.
+
+An off-policy algorithm asks for replay chunks: they come several per data-server call, with the next call
+in flight while the learner works through the current ones. An on-policy algorithm asks for fresh episodes:
+the sampler collects them across calls, drops those too many versions behind (counted, not corrected), and,
+when the algorithm wants it, waits until every inference replica serves the newest version first. Answers
+of the data server and the weight board are awaited with ``get`` (``ray.get``; a test's stand-in handles
+resolve their own).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from fleetrl.algorithms.base import BatchRequest
+from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
+
+ReplayKey = tuple[int, float | None]  # (batch size, offline fraction) a replay batch is drawn for
+
+
+class ReplayBatches:
+    """Replay batches come ``per_call`` per data-server call, and the next call is in flight while the
+    learner works through the current ones; a change of size or mix drops what was fetched."""
+
+    def __init__(self, data: Any, task: str, per_call: int, get: Callable[[Any], Any] = ray.get):
+        self.data, self.task, self.per_call, self._get = data, task, per_call, get
+        self._batches: deque[ChunkBatch] = deque()  # fetched, not yet used ...
+        self._key: ReplayKey | None = None  # ... and the (size, offline) they were drawn for
+        self._prefetch: tuple[ReplayKey, Any] | None = None  # the call in flight for the next batches
+
+    def next(self, size: int, offline: float | None) -> ChunkBatch:
+        """The next batch of ``size`` chunks (``offline``: the offline partition's share, None: the replay's
+        own mix). Raises ``RayTaskError`` while the replay cannot give one (it is empty)."""
+        key = (size, offline)
+        if self._key != key:
+            self._batches.clear()
+        if not self._batches:
+            ref = self._prefetch[1] if self._prefetch and self._prefetch[0] == key else None
+            ref = ref or self._fetch(key)
+            self._prefetch = (key, self._fetch(key))
+            try:
+                self._batches, self._key = deque(self._get(ref)), key
+            except ray.exceptions.RayTaskError:
+                self._prefetch = None
+                raise
+        return self._batches.popleft()
+
+    def clear(self) -> None:
+        """Forget what was fetched and the call in flight (the next batch asks the data server afresh)."""
+        self._batches, self._prefetch = deque(), None
+
+    def _fetch(self, key: ReplayKey) -> Any:
+        size, offline = key
+        return self.data.sample_chunk_batches.remote(self.task, size, self.per_call, offline)
+
+
+class Sampler:
+    """``next(request, step, version)``: the batch the algorithm asked for, or None with the reason in
+    ``waiting``. Counts the stale episodes it dropped and the looks that found the fleet behind."""
+
+    EPISODES_PER_LOOK = 1024  # online episodes asked for per data-server call (only unseen ones come)
+    EMPTY_REPLAY_WAIT_S = 0.5
+
+    def __init__(
+        self,
+        task: str,
+        data: Any,
+        weights: Any,
+        prefetch_batches: int,
+        offline_steps: int,
+        get: Callable[[Any], Any] = ray.get,
+    ):
+        self.task, self.data, self.weights, self.offline_steps, self._get = (
+            task,
+            data,
+            weights,
+            offline_steps,
+            get,
+        )
+        self.replay = ReplayBatches(data, task, prefetch_batches, get)
+        self.waiting: str | None = None
+        self.dropped_stale_episodes = 0
+        self.fleet_waits = 0  # looks that found a replica still on an older version (stale: wait)
+        self._fleet_serving = -1  # newest version every replica was seen serving
+        self._fresh: list[tuple[int, Any]] = []  # (snapshot, episode) collected for the next update
+        self._seen_snapshot = 0
+
+    def next(self, request: BatchRequest, step: int, version: int) -> ChunkBatch | EpisodeBatch | None:
+        """The next batch for ``request`` at learner ``step`` with the policy at ``version``, or None while
+        there is not enough data yet. Replay batches are offline-only during the offline pretraining steps."""
+        if request.kind == "chunks":
+            return self._replay_batch(request.size, 1.0 if step < self.offline_steps else None)
+        if request.wait_for_fleet and not self._fleet_serves(version):
+            return None
+        return self._fresh_episodes(request.size, request.max_version_lag, version)
+
+    def reset(self) -> None:
+        """Drop what was collected or fetched for the previous algorithm's requests."""
+        self._fresh = []
+        self.replay.clear()
+
+    def _replay_batch(self, size: int, offline: float | None) -> ChunkBatch | None:
+        try:
+            batch = self.replay.next(size, offline)
+        except ray.exceptions.RayTaskError as exc:  # replay still empty
+            self.waiting = f"no data: {exc.cause}"
+            time.sleep(self.EMPTY_REPLAY_WAIT_S)
+            return None
+        self.waiting = None
+        return batch
+
+    def _fleet_serves(self, version: int) -> bool:
+        """Asks the replicas (through the board) only until they are seen serving ``version``, not on every
+        poll: replicas answer robots between these calls."""
+        if self._fleet_serving >= version:
+            return True
+        serving = self._get(self.weights.serving.remote(self.task))
+        if serving is not None and serving < version:
+            self.waiting = f"waiting for the fleet to serve v{version} (slowest replica on v{serving})"
+            self.fleet_waits += 1
+            return False
+        self._fleet_serving = version
+        return True
+
+    def _fresh_episodes(self, steps: int, max_lag: int | None, version: int) -> EpisodeBatch | None:
+        """Collect online episodes not used before; drop those with steps from versions older than
+        ``max_lag`` behind ``version`` (counted). Returns a batch once ``steps`` steps are in."""
+        new = self._get(
+            self.data.sample_episodes.remote(self.task, self.EPISODES_PER_LOOK, None, self._seen_snapshot)
+        )
+        for episode, snapshot in zip(new.episodes, new.snapshots, strict=True):
+            self._seen_snapshot = max(self._seen_snapshot, snapshot)
+            versions = episode.columns["policy_version"]
+            versions = versions[versions >= 0]
+            if versions.size == 0:
+                continue  # nothing the policy chose (an operator drove the whole episode)
+            if max_lag is not None and int(versions.min()) < version - max_lag:
+                self.dropped_stale_episodes += 1
+                continue
+            self._fresh.append((snapshot, episode))
+        have = sum(len(e) for _, e in self._fresh)
+        if have < steps:
+            self.waiting = f"collecting fresh on-policy steps: {have}/{steps}"
+            return None
+        self.waiting = None
+        batch = EpisodeBatch(
+            episodes=[e for _, e in self._fresh], snapshots=[s for s, _ in self._fresh], snapshot=new.snapshot
+        )
+        self._fresh = []
+        return batch
