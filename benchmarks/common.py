@@ -66,7 +66,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_header(args: Any) -> dict[str, Any]:
-    """The fields every result JSON starts with (DESIGN §5): command, seed, mode, machine, date."""
+    """The fields every result JSON starts with (docs/architecture.md, "Benchmarks"): command, seed, mode, machine, date."""
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "seed": args.seed,
@@ -77,7 +77,7 @@ def run_header(args: Any) -> dict[str, Any]:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write a benchmark's result (DESIGN §5: benchmarks/results/<script>.json)."""
+    """Write a benchmark's result (benchmarks/results/<script>.json)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Learning: PPO through the whole platform vs. a plain loop, and BC / AWR / QAM on cube-single from demos.
 
-(a) ``ppo_reacher``: PPO on Reacher-v5 with the hyper-parameters of ``tests/unit/test_learning_ppo.py``
+(a) ``ppo_reacher``: PPO on Reacher-v5 with the hyper-parameters of ``tests/unit/algorithms/test_learning_ppo.py``
 (lr 1e-3, epochs 5, batch 128, gae_lambda 0.9, steps_per_update 2048), same policy config and seed, the
 same env-step budget on both sides:
 

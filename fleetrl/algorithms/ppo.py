@@ -1,7 +1,7 @@
 """PPO over action chunks (``ppo_decisions.py``: what a decision is), with old log-probs recomputed in torch
 by the weight version that acted.
 
-The log-probs an inference backend reports are never used for the ratio (DESIGN §3): PPO keeps the last
+The log-probs an inference backend reports are never used for the ratio: PPO keeps the last
 ``history`` published weight versions and recomputes each decision's old log-prob with the version that
 produced it; decisions of versions no longer kept are dropped and counted (``dropped_stale``). The gap
 between reported and recomputed log-probs is reported (``logprob_gap``), with the clip fraction the

@@ -1,6 +1,6 @@
 """Durable episode store: one Parquet file per episode plus a SQLite catalog (pure pyarrow/sqlite, no Ray).
 
-Episodes are the unit of durability (DESIGN §3 "Data"). ``put`` writes ``<root>/<task>/<episode_id>.parquet``
+Episodes are the unit of durability (docs/architecture.md, "Data flow"). ``put`` writes ``<root>/<task>/<episode_id>.parquet``
 under a temporary name and renames it, then inserts the catalog row; the catalog's primary key is the
 ``snapshot``, a monotonically increasing integer per committed episode (LWD's versioned snapshots), and
 ``episode_id`` is unique, so an episode re-sent under at-least-once delivery is stored exactly once.
