@@ -9,7 +9,9 @@ where ``chunk_reward = sum_{k < h} gamma^k r_{t+k}`` over the ``h = mask.sum(1)`
 ``discount = gamma^h``. A chunk that runs past the end of its episode has ``h < H``: its missing actions
 repeat the last executed one with ``mask = 0`` and ``next_obs`` is the episode's final observation.
 ``done`` is 1 only when the environment terminated the episode inside the chunk (a truncated episode
-still bootstraps). ``EpisodeBatch`` carries whole recent episodes for on-policy learners (PPO).
+still bootstraps). ``returns`` is the discounted return observed from ``s_t`` to the episode's end, the
+ground truth a critic's Q can be checked against (NaN where the episode did not terminate, so its return
+is not complete). ``EpisodeBatch`` carries whole recent episodes for on-policy learners (PPO).
 Learners convert to tensors themselves; nothing here knows torch.
 """
 
@@ -40,6 +42,7 @@ class ChunkBatch:
     snapshot: int  # store snapshot of the newest episode in the replay when sampled
     gamma: float
     notes: tuple[str, ...] = ()  # e.g. that a partition was empty and the other filled the batch
+    returns: np.ndarray | None = None  # [B] float32: sum_k gamma^k r_{t+k} to the end; NaN if incomplete
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -68,6 +71,8 @@ class ChunkBatch:
         ):
             if getattr(self, name).shape != (b,):
                 problems.append(f"{name} shape {getattr(self, name).shape}, expected ({b},)")
+        if self.returns is not None and self.returns.shape != (b,):
+            problems.append(f"returns shape {self.returns.shape}, expected ({b},)")
         for name in ("rewards", "mask"):
             if getattr(self, name).shape != (b, h):
                 problems.append(f"{name} shape {getattr(self, name).shape}, expected ({b}, {h})")

@@ -30,11 +30,23 @@ class EpisodeRecord:
     snapshot: int
 
 
-class Partition:
-    """A FIFO of episodes in a growable ring of rows (obs, action, reward, intervention)."""
+def returns_to_go(rewards: np.ndarray, gamma: float, complete: bool) -> np.ndarray:
+    """``G_t = sum_k gamma^k r_{t+k}`` to the episode's end [T] (float32); all NaN for an episode that did not
+    terminate (its return is cut off, not observed)."""
+    out = np.full(len(rewards), np.nan, np.float32)
+    if complete:
+        acc = 0.0
+        for i in range(len(rewards) - 1, -1, -1):
+            acc = float(rewards[i]) + gamma * acc
+            out[i] = acc
+    return out
 
-    def __init__(self, capacity: int | None) -> None:
-        self.capacity = capacity
+
+class Partition:
+    """A FIFO of episodes in a growable ring of rows (obs, action, reward, intervention, return to go)."""
+
+    def __init__(self, capacity: int | None, gamma: float) -> None:
+        self.capacity, self.gamma = capacity, gamma
         self.alloc = 0
         self.head = 0
         self.rows = 0
@@ -44,6 +56,7 @@ class Partition:
         self.obs: dict[str, np.ndarray] = {}
         self.action = np.zeros(0)
         self.reward = np.zeros(0, np.float32)
+        self.to_go = np.zeros(0, np.float32)
         self.intervention = np.zeros(0, bool)
         self.version = 0
         self._table: dict[str, np.ndarray] | None = None
@@ -76,6 +89,8 @@ class Partition:
         self.action[pos[n]] = ep.actions[-1]
         self.reward[pos[:n]] = ep.columns["reward"]
         self.reward[pos[n]] = 0.0
+        self.to_go[pos[:n]] = returns_to_go(ep.columns["reward"], self.gamma, ep.terminated)
+        self.to_go[pos[n]] = 0.0 if ep.terminated else np.nan
         self.intervention[pos[:n]] = ep.columns["intervention"]
         self.intervention[pos[n]] = False
         self.records.append(EpisodeRecord(self.head, n, robot, bool(ep.terminated), ep.episode_id, snapshot))
@@ -92,8 +107,10 @@ class Partition:
             if rec.episode_id == ep.episode_id:
                 pos = (rec.start + np.arange(rec.length)) % self.alloc
                 self.reward[pos] = ep.columns["reward"]
+                self.to_go[pos] = returns_to_go(ep.columns["reward"], self.gamma, ep.terminated)
                 rec.terminated = bool(ep.terminated)
                 self.version += 1
+                self._table = None  # the sampling table holds the terminal flags
                 return True
         return False
 
@@ -118,6 +135,7 @@ class Partition:
             self.obs[key] = grown(self.obs.get(key), arr)
         self.action = grown(self.action if self.alloc else None, ep.actions)
         self.reward = grown(self.reward if self.alloc else None, self.reward)
+        self.to_go = grown(self.to_go if self.alloc else None, self.to_go)
         self.intervention = grown(self.intervention if self.alloc else None, self.intervention)
         for rec in self.records:
             rec.start = (rec.start - tail) % self.alloc
@@ -175,6 +193,7 @@ class Partition:
         rewards = np.where(mask, self.reward[idx], np.float32(0.0))
         out["rewards"][sl] = rewards
         out["chunk_reward"][sl] = rewards.astype(np.float64) @ gpow
+        np.take(self.to_go, first, out=out["returns"][sl])
         out["mask"][sl] = mask
         out["done"][sl] = (rem <= horizon) & tab["terminated"][e]
         out["discount"][sl] = np.power(gamma, h.astype(np.float64))

@@ -61,8 +61,8 @@ class Replay:
         self.robots = RobotSampling(robot_alpha, robot_eps, robot_window)
         self.reward, self.c_fail = reward, c_fail
         self.rng = np.random.default_rng(seed)
-        self.offline = Partition(None)
-        self.online = Partition(capacity)
+        self.offline = Partition(None, self.gamma)
+        self.online = Partition(capacity, self.gamma)
         self.snapshot = 0
         self._gpow = self.gamma ** np.arange(chunk_len, dtype=np.float64)
         self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
@@ -189,6 +189,7 @@ class Replay:
             actions=out["actions"],
             rewards=out["rewards"],
             chunk_reward=out["chunk_reward"],
+            returns=out["returns"],
             next_obs=out["next_obs"],
             done=out["done"],
             mask=out["mask"],
@@ -214,6 +215,7 @@ class Replay:
             "actions": np.empty((b, h, *a_shape), a_dtype),
             "rewards": np.empty((b, h), np.float32),
             "chunk_reward": np.empty(b, np.float32),
+            "returns": np.empty(b, np.float32),
             "mask": np.empty((b, h), bool),
             "done": np.empty(b, bool),
             "discount": np.empty(b, np.float32),

@@ -9,7 +9,12 @@ Real robots rarely have a dense reward; the label at the end of the episode is w
   ``aborted`` carries no task label (operator stop, disconnect) and keeps −1 on its last step.
   ALOE sets C_fail to the task's average episode length.
 
-Only the rewards change: ``terminated``/``truncated`` (and hence bootstrapping) stay as the episode says.
+The label schemes also end the episode for learning where the label says the task is over: a success
+(``sparse`` and ``aloe``: the goal ends the task, whether the robot or a human later labelled it) and, under
+``aloe``, a failure or timeout, whose −C_fail is the value of the failure: the last chunk must not bootstrap
+past it (ALOE eq. 14's episodes terminate on failure; a timeout that bootstrapped from its final state would
+add the value of a continuation the label says did not succeed). ``aborted`` and ``env`` keep
+``terminated``/``truncated`` as the episode says.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from fleetrl.robots.episode import Episode
 
 REWARD_SCHEMES = ("env", "sparse", "aloe")
 FAILURE_OUTCOMES = ("failure", "timeout")
+TERMINAL_LABELS = {"sparse": ("success",), "aloe": ("success", *FAILURE_OUTCOMES)}  # outcomes that end it
 
 
 def assign_rewards(episode: Episode, scheme: str = "env", c_fail: float = 100.0) -> np.ndarray:
@@ -45,9 +51,12 @@ def assign_rewards(episode: Episode, scheme: str = "env", c_fail: float = 100.0)
 
 
 def with_rewards(episode: Episode, scheme: str = "env", c_fail: float = 100.0) -> Episode:
-    """A shallow copy of ``episode`` whose reward column follows ``scheme`` (the input is not changed)."""
+    """A shallow copy of ``episode`` whose reward column and terminal flag follow ``scheme`` (the input is
+    not changed)."""
     if scheme == "env":
         return episode
     columns = dict(episode.columns)
     columns["reward"] = assign_rewards(episode, scheme, c_fail)
+    if len(episode) and episode.outcome in TERMINAL_LABELS[scheme]:
+        return dataclasses.replace(episode, columns=columns, terminated=True, truncated=False)
     return dataclasses.replace(episode, columns=columns)

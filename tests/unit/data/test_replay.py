@@ -261,3 +261,59 @@ def test_relabel_recomputes_rewards_in_place():
     by_step = {int(t): float(r) for t, r in zip(b.step, b.chunk_reward, strict=True)}
     assert by_step == {0: -1.5, 1: -1.0, 2: 0.0}  # success: no failure penalty, 0 on the last step
     assert not replay.relabel(synthetic_episode(3, episode_id="unknown"))
+
+
+def test_aloe_failure_and_timeout_end_the_episode_and_do_not_bootstrap():
+    """ALOE eq. 14: a failure (a timeout counts as one) is terminal: its last chunk carries -C_fail and no
+    bootstrap, however the robot flagged the end (a time limit reports truncated)."""
+    for outcome in ("failure", "timeout"):
+        ep = synthetic_episode(5, outcome=outcome, terminated=False, truncated=True)
+        scored = with_rewards(ep, "aloe", c_fail=20.0)
+        assert scored.terminated and not scored.truncated and not ep.terminated  # the input is unchanged
+        replay = Replay(chunk_len=3, gamma=0.9, seed=1, reward="aloe", c_fail=20.0)
+        replay.add(ep)
+        b = replay.sample_chunks(300)
+        reaches_end = b.step >= 2
+        assert b.done[reaches_end].all() and not b.done[~reaches_end].any()
+    aborted = with_rewards(synthetic_episode(5, outcome="aborted", truncated=True), "aloe")
+    assert not aborted.terminated and aborted.truncated  # no task label: still bootstraps
+    env = with_rewards(synthetic_episode(5, outcome="timeout", truncated=True), "env")
+    assert not env.terminated and env.truncated  # the env's own flags under the env scheme
+
+
+def test_relabel_that_changes_the_terminal_flag_reaches_the_sampled_chunks():
+    import dataclasses
+
+    replay = Replay(chunk_len=2, gamma=0.5, seed=3, reward="sparse")
+    ep = synthetic_episode(4, outcome="timeout", terminated=False, truncated=True)
+    replay.add(ep)
+    assert not replay.sample_chunks(100).done.any()  # a timeout bootstraps under the sparse scheme
+    assert replay.relabel(dataclasses.replace(ep, outcome="success", labelled_by="human"))
+    b = replay.sample_chunks(200)
+    assert b.done[b.step >= 2].all() and not b.done[b.step < 2].any()
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_chunks_carry_the_observed_return_of_complete_episodes(terminated):
+    """``returns`` = sum_k gamma^k r_{t+k} to the end (rewards 1..5, gamma 0.9), NaN for an episode that was
+    cut off (its return is not observed); a relabel recomputes it."""
+    replay = Replay(chunk_len=3, gamma=0.9, seed=2)
+    replay.add(five_step(terminated))
+    b = replay.sample_chunks(300)
+    b.validate()
+    by_hand = {t: sum(0.9**k * (t + k + 1) for k in range(5 - t)) for t in range(5)}
+    for t, g in zip(b.step.tolist(), b.returns.tolist(), strict=True):
+        assert (g == pytest.approx(by_hand[t], rel=1e-6)) if terminated else np.isnan(g)
+
+
+def test_relabelled_returns_follow_the_new_rewards():
+    import dataclasses
+
+    replay = Replay(chunk_len=2, gamma=0.5, seed=4, reward="aloe", c_fail=10.0)
+    ep = synthetic_episode(3, outcome="failure")
+    replay.add(ep)
+    b = replay.sample_chunks(100)
+    assert {int(t): float(g) for t, g in zip(b.step, b.returns, strict=True)} == {0: -4.0, 1: -6.0, 2: -10.0}
+    replay.relabel(dataclasses.replace(ep, outcome="success"))
+    b = replay.sample_chunks(100)
+    assert {int(t): float(g) for t, g in zip(b.step, b.returns, strict=True)} == {0: -1.5, 1: -1.0, 2: 0.0}
