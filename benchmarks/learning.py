@@ -16,60 +16,50 @@ replay's ``rollout_stats``). Returns are negative, so ``ratio = plain_return / p
 equal, < 1 = the platform learned less). Also reported: a deterministic evaluation of both final weights
 on the same evaluation robot (``eval_*``), and of the initial policy.
 
-(b) ``cube_single``: cube-single-singletask-task1 from OGBench ``plan``-oracle demos, in-process (algorithm
-classes + a ``Replay`` with the local config's ALOE reward; the platform path is covered by (a)). Per
-algorithm a fresh flow_chunk policy (the local config's): offline stage = updates on the demos only
-(offline fraction 1.0); online stage = rounds of plain stochastic rollouts of the current policy
-(``rollout_episodes``, added as online episodes) and updates on the 1:1 offline/online mix. Success rate
-after each stage = deterministic ``evaluate`` on ``SimRobot(cube-single...)`` (same evaluation seeds).
+(b) ``offline``: BC, AWR, QAM and RLPD on OGBench cube-single tasks 1 and 4 from an expert and a
+mixed-quality dataset, several seeds each, in worker processes (``offline_cells.py`` says what was fixed
+before any outcome: datasets, budget, seeds, evaluation). ``offline.{expert,mixed}.{task}.{alg}`` holds
+``success_mean``, ``success_sem`` and ``seeds``.
 
-    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick] [--only ppo|cube]
+The online cells through the platform (``online.{task}.{alg}``: from an offline start, success vs robot
+time) are not part of this script yet.
+
+    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick] [--only ppo|offline] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import offline_cells
 import ray
 import torch
 from common import REACHER_SPECS, run_header, tasks_config, write_json
 
-from fleetrl.algorithms.base import PolicySpec, build_algorithm
+from fleetrl.algorithms.base import registry
 from fleetrl.algorithms.ppo import PPOConfig
-from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
 from fleetrl.models.gaussian import GaussianMLPConfig
 from fleetrl.models.policies import build_policy
 from fleetrl.platform.platform import Platform
-from fleetrl.robots.demos import collect_oracle_demos
 from fleetrl.robots.sim import SimRobot, run_sim_fleet
-from fleetrl.testing.plain_loop import evaluate, rollout_episodes
+from fleetrl.testing.plain_loop import evaluate
 from fleetrl.testing.plain_ppo import train_plain_ppo
-from fleetrl.workers.data.replay import Replay
-from fleetrl.workers.task import ReplayConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-REACHER, CUBE = "Reacher-v5", "cube-single-singletask-task1-v0"
+REACHER = "Reacher-v5"
 PPO = {"lr": 1e-3, "epochs": 5, "batch_size": 128, "gae_lambda": 0.9, "steps_per_update": 2048}
-CUBE_REPLAY = ReplayConfig(offline_fraction=0.5, reward="aloe", c_fail=200.0)  # configs/local.yaml
-CUBE_POLICY = FlowChunkConfig(hidden=(256, 256, 256), flow_steps=10)
-CUBE_ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers ALOE returns (local.yaml)
-    "bc": {"batch_size": 256},
-    "awr": {"batch_size": 256},
-    "qam": {"batch_size": 256, "divl": {"value": {"n_atoms": 101, "v_min": -250.0, "v_max": 0.0}}},
-}
 BUDGETS = {  # quick / full
     "ppo_env_steps": (12_288, 81_920),
-    "eval_episodes": (5, 30),
-    "cube_demos": (30, 100),
-    "cube_offline_updates": (150, 1500),
-    "cube_online_rounds": (1, 4),
-    "cube_episodes_per_round": (3, 10),
-    "cube_updates_per_round": (50, 250),
+    "eval_episodes": (5, 50),
+    "offline_updates": (40, 1000),
+    "offline_seeds": (1, 3),
 }
 
 
@@ -176,54 +166,84 @@ def ppo_reacher(args: argparse.Namespace) -> dict:
     }
 
 
-# -- (b) cube-single: offline, then online -------------------------------------------------------------
-def cube_single(alg: str, demos: list, args: argparse.Namespace) -> dict:
-    b, seed = args.budget, args.seed
-    torch.manual_seed(seed)
-    robot = SimRobot(CUBE, seed=seed + 1)
-    spec = PolicySpec(robot.observation_spec, robot.action_spec, chunk_len=5, gamma=CUBE_REPLAY.gamma)
-    policy = FlowChunkPolicy(CUBE_POLICY.model_copy(update={"seed": seed}), spec.observation_spec,
-                             spec.action_spec, spec.chunk_len)  # fmt: skip
-    config = CUBE_ALGORITHMS[alg] | {"seed": seed}
-    if alg == "qam":
-        config["bc_steps"] = b["cube_offline_updates"] // 2  # BC reference, then adjoint matching, offline
-    algo = build_algorithm(alg, config, policy, spec, "flow_chunk")
-    replay = Replay.from_config(CUBE_REPLAY, chunk_len=spec.chunk_len, seed=seed)
-    for ep in demos:
-        replay.add(ep)
+# -- (b) offline: algorithms x datasets x tasks x seeds -------------------------------------------------
+def offline(args: argparse.Namespace) -> dict:
+    """Every offline cell, ``args.workers`` at a time; seeds 3 and 4 where RL and BC are within 0.2."""
+    algs = [a for a in offline_cells.ALGORITHMS if a in registry()]
+    b = args.budget
+    seeds = offline_cells.SEEDS[: b["offline_seeds"]]
+    data = {(d, task): offline_cells.build_dataset(task, d, args.quick)
+            for d in offline_cells.DATASETS for task in offline_cells.TASKS}  # fmt: skip
+    results: dict[tuple, float] = {}
+    cells: dict[tuple, dict] = {}
 
-    def success() -> float:
-        return evaluate(SimRobot(CUBE, seed=10_000 + seed), policy, b["eval_episodes"]).success_rate
+    def run(keys: list[tuple]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(args.workers) as pool:
+            jobs = {
+                k: pool.apply_async(offline_cells.run_cell, (k[1], k[2], k[3], data[(k[0], k[1])],
+                                                             b["offline_updates"], b["eval_episodes"]))
+                for k in keys
+            }  # fmt: skip
+            for k, job in jobs.items():
+                cells[k] = job.get()
+                results[k] = cells[k]["success"]
+                print(
+                    f"  {'/'.join(map(str, k))}: success {results[k]:.2f} ({cells[k]['train_s']} s)",
+                    flush=True,
+                )
 
-    t0 = time.monotonic()
-    for _ in range(b["cube_offline_updates"]):
-        algo.update(replay.sample_chunks(algo.config.batch_size, 1.0))
-    out = {"offline": success(), "offline_wall_s": round(time.monotonic() - t0, 1)}
-    online_successes = []
-    for r in range(b["cube_online_rounds"]):
-        episodes = rollout_episodes(robot, policy, b["cube_episodes_per_round"], "cube-single", version=r + 1)
-        online_successes += [e.success for e in episodes]
-        for ep in episodes:
-            replay.add(ep)
-        for _ in range(b["cube_updates_per_round"]):
-            algo.update(replay.sample_chunks(algo.config.batch_size))
-    out |= {
-        "online": success(),
-        "online_training_success": round(sum(online_successes) / len(online_successes), 3),
-    }
-    out["wall_s"] = round(time.monotonic() - t0, 1)
-    print(f"  {alg}: {out}", flush=True)
+    run([(d, task, alg, s) for (d, task) in data for alg in algs for s in seeds])
+    if not args.quick:  # the contract's rule: 5 seeds where an RL algorithm and BC differ by less than 0.2
+        close = {(d, task) for (d, task) in data for alg in algs if alg != "bc"
+                 and abs(mean_of(results, d, task, alg) - mean_of(results, d, task, "bc")) < offline_cells.CLOSE}  # fmt: skip
+        run([(d, task, alg, s) for (d, task) in close for alg in algs for s in offline_cells.EXTRA_SEEDS])
+    out: dict = {}
+    for (d, task), episodes in data.items():
+        row = out.setdefault(d, {}).setdefault(task, {"dataset": offline_cells.dataset_stats(episodes)})
+        for alg in algs:
+            keys = sorted(k for k in results if k[:3] == (d, task, alg))
+            row[alg] = offline_cells.summarize([results[k] for k in keys], [k[3] for k in keys])
+            row[alg]["cells"] = [cells[k] for k in keys]
     return out
+
+
+def mean_of(results: dict, d: str, task: str, alg: str) -> float:
+    return float(np.mean([v for k, v in results.items() if k[:3] == (d, task, alg)]))
+
+
+def plot_offline(offline_result: dict, path: Path) -> None:
+    """Success (mean +- s.e.m. over seeds) per algorithm, one panel per dataset x task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(d, task) for d in offline_result for task in offline_result[d]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), sharey=True, squeeze=False)
+    for ax, (d, task) in zip(axes[0], panels, strict=True):
+        row = offline_result[d][task]
+        algs = [a for a in row if a != "dataset"]
+        means = [row[a]["success_mean"] for a in algs]
+        sems = [row[a]["success_sem"] or 0.0 for a in algs]
+        ax.bar(algs, means, yerr=sems, capsize=3, color="#4c72b0")
+        ax.set_title(f"{d} / {task}", fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("success rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small budgets (about two minutes)")
-    ap.add_argument("--only", choices=("ppo", "cube"), help="run one part only")
+    ap.add_argument("--quick", action="store_true", help="small budgets (a few minutes)")
+    ap.add_argument("--only", choices=("ppo", "offline"), help="run one part only")
     ap.add_argument("--robots", type=int, default=8, help="sim robots (platform) = robots (plain loop)")
     ap.add_argument("--hz", type=float, default=100.0, help="sim robots' control rate (Reacher preset: 20)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="offline cells run at once (one core each)")
+    ap.add_argument("--seed", type=int, default=0, help="PPO's seed (offline cells use their own list)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))
     args = ap.parse_args(argv)
     args.budget = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
@@ -235,20 +255,27 @@ def main(argv: list[str] | None = None) -> None:
         **run_header(args),
         "budgets": args.budget | {"robots": args.robots, "control_hz": args.hz},
         "ppo_config": PPO,
-        "cube_algorithms": CUBE_ALGORITHMS,
-        "cube_policy": CUBE_POLICY.model_dump(),
-        "cube_replay": CUBE_REPLAY.model_dump(),
+        "offline_setup": {
+            "tasks": offline_cells.TASKS,
+            "datasets": {
+                d: [dict(zip(("oracle", "noise", "episodes"), s, strict=True)) for s in spec]
+                for d, spec in offline_cells.DATASETS.items()
+            },  # fmt: skip
+            "algorithms": offline_cells.ALGORITHMS,
+            "policy": offline_cells.POLICY,
+            "replay": offline_cells.REPLAY,
+            "chunk_len": offline_cells.CHUNK_LEN,
+            "budget_rule": "BC: offline_updates steps; AWR/RLPD: the same; QAM: a frozen BC reference of "
+            "offline_updates steps, then offline_updates QAM steps",
+        },
     }
     if args.only in (None, "ppo"):
         print("(a) PPO on Reacher-v5: plain loop, then the platform ...", flush=True)
         result["ppo_reacher"] = ppo_reacher(args)
-    if args.only in (None, "cube"):
-        demos = collect_oracle_demos(CUBE, args.budget["cube_demos"], "plan", seed=args.seed, task="cube-single",
-                                     log_every=0)  # fmt: skip
-        rate = sum(e.success for e in demos) / len(demos)
-        print(f"(b) cube-single: {len(demos)} oracle demos ({rate:.0%} successful) ...", flush=True)
-        result["cube_single"] = {a: cube_single(a, demos, args) for a in CUBE_ALGORITHMS}
-        result["cube_single"]["demo_success_rate"] = rate
+    if args.only in (None, "offline"):
+        print("(b) offline cells on cube-single ...", flush=True)
+        result["offline"] = offline(args)
+        plot_offline(result["offline"], Path(args.out).with_suffix(".png"))
     result["wall_s"] = round(time.monotonic() - t0, 1)
     out = write_json(result, args.out)
     print(f"wrote {out} ({result['wall_s']} s)")
@@ -257,11 +284,13 @@ def main(argv: list[str] | None = None) -> None:
         p = result["ppo_reacher"]
         line += f" PPO Reacher return platform {p['platform_return']:.2f} vs plain {p['plain_return']:.2f} "
         line += f"(ratio {p['ratio']:.2f}, goal >= 0.95) at {p['env_steps']['platform']} env steps;"
-    if "cube_single" in result:
-        c = result["cube_single"]
-        line += " cube-single success offline/online " + ", ".join(
-            f"{a} {c[a]['offline']:.2f}/{c[a]['online']:.2f}" for a in CUBE_ALGORITHMS
-        )
+    if "offline" in result:
+        parts = []
+        for d, tasks in result["offline"].items():
+            for task, row in tasks.items():
+                algs = " ".join(f"{a} {row[a]['success_mean']:.2f}" for a in row if a != "dataset")
+                parts.append(f"{d}/{task}: {algs}")
+        line += " offline success " + "; ".join(parts)
     print(line)
 
 

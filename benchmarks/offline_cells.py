@@ -1,0 +1,130 @@
+"""The offline cells of ``learning.py``: one algorithm trained on one fixed dataset of one cube-single task
+with one seed, in-process (algorithm classes + a ``Replay`` with the aloe reward, no Ray), then evaluated.
+
+Fixed before any outcome was seen (the benchmark contract):
+
+* tasks: OGBench cube-single-singletask-task1-v0 and task4-v0;
+* datasets (one per task, the same for every seed; the training seed varies):
+  ``expert`` = 100 episodes of the ``plan`` oracle at its default noise 0.1 (near-perfect demonstrations),
+  ``mixed`` = 50 ``plan`` episodes at noise 0.3 (noisy, mostly successful) + 50 at noise 1.0 (flailing
+  failures that run into the time limit): about half of the episodes fail, as a fleet's data does;
+* budget: ``updates`` (1000) optimizer steps of BC; every other algorithm gets the same number of steps of
+  its own loss; QAM first trains its frozen BC reference for the same ``updates`` (that reference *is* the
+  BC baseline, so QAM >= BC measures what policy extraction adds to cloning), then ``updates`` QAM steps;
+* evaluation: 50 deterministic episodes per seed on evaluation seeds no training episode used; success rate;
+* seeds 0, 1, 2; where RL and BC differ by less than 0.2 in a cell, seeds 3 and 4 are added (5 seeds).
+
+A worker process runs one cell (torch on one thread), so ``--workers 2`` uses both cores of a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+TASKS = {"task1": "cube-single-singletask-task1-v0", "task4": "cube-single-singletask-task4-v0"}
+DATASETS = {  # name -> [(oracle, noise, episodes)] (quick mode takes a fifth of each)
+    "expert": [("plan", 0.1, 100)],
+    "mixed": [("plan", 0.3, 50), ("plan", 1.0, 50)],
+}
+CHUNK_LEN = 5
+REPLAY = {"offline_fraction": 1.0, "reward": "aloe", "c_fail": 200.0}  # configs/local.yaml's cube reward
+POLICY = {"family": "flow_chunk", "hidden": [256, 256, 256], "flow_steps": 10}
+ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns in [-250, 0]
+    "bc": {"batch_size": 256},
+    "awr": {"batch_size": 256},
+    "qam": {"batch_size": 256, "divl": {"value": {"n_atoms": 101, "v_min": -250.0, "v_max": 0.0}}},
+    "rlpd": {"batch_size": 256},
+}
+SEEDS, EXTRA_SEEDS, CLOSE = (0, 1, 2), (3, 4), 0.2
+EVAL_SEED = 10_000
+
+
+def build_dataset(task: str, name: str, quick: bool) -> list:
+    """The fixed dataset ``name`` of ``task`` (episodes of the scripted oracle, data seed 0)."""
+    from fleetrl.robots.demos import collect_oracle_demos
+
+    episodes = []
+    for i, (oracle, noise, n) in enumerate(DATASETS[name]):
+        n = max(2, n // 5) if quick else n
+        episodes += collect_oracle_demos(
+            TASKS[task], n, oracle, noise=noise, seed=1000 * i, task=task, log_every=0
+        )
+    return episodes
+
+
+def dataset_stats(episodes: list) -> dict[str, Any]:
+    return {
+        "episodes": len(episodes),
+        "steps": int(sum(len(e) for e in episodes)),
+        "success_rate": round(float(np.mean([e.success for e in episodes])), 3),
+    }
+
+
+def policy_family(alg: str) -> dict[str, Any]:
+    """The policy an algorithm trains: the flow chunk policy where it can, else its first family."""
+    from fleetrl.algorithms.base import algorithm_class
+
+    families = algorithm_class(alg).policy_families
+    if "flow_chunk" in families:
+        return dict(POLICY)
+    return {"family": sorted(families)[0], "hidden": [256, 256, 256]}
+
+
+def run_cell(task: str, alg: str, seed: int, episodes: list, updates: int, eval_episodes: int) -> dict:
+    """Train ``alg`` on ``episodes`` for the budget, evaluate; the cell's result (success, timings, metrics)."""
+    import torch
+    from pydantic import TypeAdapter
+
+    from fleetrl.algorithms.base import PolicySpec, build_algorithm
+    from fleetrl.models.policies import PolicyConfig, build_policy
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.testing.plain_loop import evaluate
+    from fleetrl.workers.data.replay import Replay
+    from fleetrl.workers.task import ReplayConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    robot = SimRobot(TASKS[task], seed=EVAL_SEED + seed)
+    cfg = ReplayConfig(**REPLAY)
+    spec = PolicySpec(robot.observation_spec, robot.action_spec, CHUNK_LEN, cfg.gamma)
+    policy_cfg = TypeAdapter(PolicyConfig).validate_python(policy_family(alg) | {"seed": seed})
+    policy = build_policy(policy_cfg, spec.observation_spec, spec.action_spec, CHUNK_LEN)
+    config = ALGORITHMS[alg] | {"seed": seed}
+    steps = updates
+    if alg == "qam":
+        config["bc_steps"] = updates  # the frozen reference gets BC's whole budget
+        steps = 2 * updates
+    algo = build_algorithm(alg, config, policy, spec, policy_cfg.family)
+    replay = Replay.from_config(cfg, chunk_len=CHUNK_LEN, seed=seed)
+    for ep in episodes:
+        replay.add(ep)
+    t0, last = time.monotonic(), {}
+    for _ in range(steps):
+        last = algo.update(replay.sample_chunks(algo.config.batch_size, 1.0)) or last
+    train_s = time.monotonic() - t0
+    stats = evaluate(robot, policy, eval_episodes)
+    return {
+        "success": float(stats.success_rate),
+        "return": round(float(stats.mean_return), 2),
+        "updates": steps,
+        "train_s": round(train_s, 1),
+        "eval_s": round(time.monotonic() - t0 - train_s, 1),
+        "final_metrics": {k: round(float(v), 4) for k, v in last.items() if isinstance(v, (int, float))},
+    }
+
+
+def summarize(successes: list[float], seeds: list[int]) -> dict[str, Any]:
+    """Mean and standard error over seeds."""
+    a = np.asarray(successes, np.float64)
+    sem = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
+    return {
+        "success_mean": round(float(a.mean()), 4),
+        "success_sem": None if sem is None else round(sem, 4),
+        "seeds": list(seeds),
+        "per_seed": [round(float(s), 4) for s in a],
+    }
