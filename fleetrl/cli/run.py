@@ -46,6 +46,8 @@ def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
         cmd += ["--token-env", cfg.rest.admin_token_env]
         if sim.control_hz:
             cmd += ["--hz", str(sim.control_hz)]
+        if sim.lockstep:
+            cmd += ["--lockstep"]
         out = open(log_dir / f"robots-{i}-{sim.task}.log", "w")  # noqa: SIM115 - lives as long as the process
         procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
     return procs
@@ -97,11 +99,12 @@ def _live_view(
     from rich.console import Console
     from rich.live import Live
 
-    from fleetrl.platform.live_view import render, summary_line
+    from fleetrl.platform.live_view import RunSummary, render, summary_line
 
     start = time.monotonic()
     console = Console()
     seen: dict[str, dict] = {}  # the newest learner statuses, for --until-version
+    summary = RunSummary()
 
     def frame():
         gw, snap, learners = ray.get(
@@ -113,6 +116,7 @@ def _live_view(
             timeout=10,
         )
         seen.update(learners)
+        summary.observe(learners)
         return gw, snap, time.monotonic() - start, learners
 
     def done() -> bool:
@@ -144,6 +148,8 @@ def _live_view(
                 last = time.monotonic()
                 print(summary_line(*frame()), flush=True)
     print(summary_line(*frame()), flush=True)
+    if summary.last:
+        console.print(summary.table(time.monotonic() - start))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -226,6 +232,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
         control_hz=args.hz,
         duration=args.duration,
         stop=stop,
+        lockstep=args.lockstep,
     )
     total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
     print(f"{len(clients)} robots stopped: {total}", flush=True)
@@ -263,4 +270,9 @@ def add_run_parsers(subparsers: Any) -> None:
     robot.add_argument("--seed", type=int, default=0)
     robot.add_argument("--name", default=None, help="robot name prefix")
     robot.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    robot.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="simulated time waits for each chunk instead of holding (learning benchmarks; default off)",
+    )
     robot.set_defaults(func=cmd_robot)

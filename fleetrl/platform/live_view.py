@@ -183,9 +183,48 @@ def summary_line(
         )
         learner = by_task.get(r["task"])
         if learner is not None:
-            recent = learner["recent_success"]
             parts[-1] += (
-                f", {learner['algorithm']} step {learner['step']} v{learner['version']}"
-                f" recent success {'-' if recent is None else f'{100 * recent:.0f}%'}"
+                f", {learner['algorithm']} {learner['phase']} step {learner['step']} v{learner['version']}"
+                f" recent success {_pct(learner['recent_success'])} return {_num(learner['recent_return'])}"
             )
     return f"[{elapsed_s:5.0f}s] " + " | ".join(parts)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+class RunSummary:
+    """What a run changed, per task with a learner: the first and the last recent success and return the
+    learner reported (its window of recent episodes), the phase it reached and the versions it published,
+    so the end of ``fleetrl run`` says in one screen whether learning happened."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, dict[str, Any]] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def observe(self, learners: dict[str, dict[str, Any]]) -> None:
+        for row in learner_rows(learners):
+            if row["recent_success"] is not None or row["recent_return"] is not None:
+                self.first.setdefault(row["task"], row)
+            self.last[row["task"]] = row
+
+    def table(self, elapsed_s: float) -> Table:
+        table = Table(title=f"fleetrl — what this run learned ({elapsed_s:.0f} s)", expand=False)
+        for col in ("task", "algorithm", "phase", "success start → end", "return start → end", "versions"):
+            table.add_column(col)
+        for task, end in sorted(self.last.items()):
+            start = self.first.get(task, {})
+            table.add_row(
+                task,
+                end["algorithm"],
+                end["phase"],
+                f"{_pct(start.get('recent_success'))} → {_pct(end['recent_success'])}",
+                f"{_num(start.get('recent_return'))} → {_num(end['recent_return'])}",
+                str(end["version"]),
+            )
+        return table
