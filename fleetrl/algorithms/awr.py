@@ -10,27 +10,41 @@ pessimistic min over the target ensemble ("TD targets (eq. 7) and pessimistic ag
 
 Policy improvement (§IV-B/C): ``Q_pess = min_i Q_i`` (eq. 9), ``A = Q_pess(s, a_data) - sg(V^pi(s))`` with
 ``V^pi(s) = E_{a ~ pi}[Q_pess(s, a)]`` estimated from ``n_policy_samples`` chunks sampled from the current
-flow policy (eq. 10), weights ``w = exp(clip(A / beta, -eps, eps))`` (eq. 11), and the actor minimises the
-w-weighted flow-matching loss (eq. 15, the tractable surrogate of the weighted log-likelihood eq. 12).
+flow policy (eq. 10), weights ``w = exp(clip(A / (beta * sigma_A), -eps, eps))`` (eq. 11, the advantage in
+units of a running scale ``sigma_A`` of its spread, as AWR implementations do: see ``AWRConfig``), and the
+actor minimises the w-weighted flow-matching loss (eq. 15, the surrogate of the weighted likelihood eq. 12).
 
-One ``update`` is one learner step: a critic step, a Polyak step, and (every ``actor_every`` steps after
-``actor_delay`` critic-only warm-up steps, Algorithm 1's N_Q/N_pi split) an actor step.
+One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``):
+
+* updates 1..``bc_steps``: behaviour cloning of the offline rows (line 1: the policy is warm-started by
+  imitation on the demonstrations; unit-weight flow matching, eq. 16) while the critics already train on
+  the cloned policy's next actions;
+* the next ``actor_delay`` updates: critic only (the first N_Q critic steps against the fixed warm-started
+  policy, lines 4-9);
+* then a critic step every update and an advantage-weighted actor step every ``actor_every`` (N_Q/N_pi).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 
-from fleetrl.algorithms.base import AlgorithmConfig
+from fleetrl.algorithms.base import AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.chunk_algorithm import (
     ActorCriticAlgorithm,
     ActorCriticConfig,
     ChunkAdamWConfig,
     ChunkTensors,
+)
+from fleetrl.algorithms.diagnostics import (
+    action_distance,
+    q_diagnostics,
+    return_correlation,
+    uniform_chunks,
+    weight_stats,
 )
 from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
 from fleetrl.models.flow import flow_matching_loss
@@ -44,9 +58,18 @@ def advantage_vs_policy(q_data: torch.Tensor, q_policy_samples: torch.Tensor) ->
     return q_data - q_policy_samples.mean(dim=0).detach()
 
 
-def awr_weights(advantages: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
-    """ALOE eq. 11: ``w = exp(clip(A / beta, -eps, eps))`` (no gradient)."""
-    return torch.exp(torch.clamp(advantages.detach() / beta, -eps, eps))
+def awr_weights(advantages: torch.Tensor, beta: float, eps: float, scale: float = 1.0) -> torch.Tensor:
+    """ALOE eq. 11 on the advantage in units of ``scale``: ``w = exp(clip(A / (beta * scale), -eps, eps))``
+    (no gradient). ``scale = 1`` is eq. 11 on raw advantages."""
+    return torch.exp(torch.clamp(advantages.detach() / (beta * scale), -eps, eps))
+
+
+def running_scale(previous: float, batch_spread: float, rate: float, floor: float = 1e-6) -> float:
+    """One step of the running advantage scale: the batch's spread itself at the first step
+    (``previous <= 0``), else ``previous + rate * (batch_spread - previous)`` (an exponential moving
+    average, as TD-MPC2's ``RunningScale``); never below ``floor``."""
+    value = batch_spread if previous <= 0.0 else previous + rate * (batch_spread - previous)
+    return max(float(value), floor)
 
 
 # --- the plug-in ------------------------------------------------------------------------------------
@@ -54,19 +77,64 @@ def awr_weights(advantages: torch.Tensor, beta: float, eps: float) -> torch.Tens
 
 class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
     """ALOE's knobs. Appendix C: Polyak 0.005, gamma 0.99 (the replay's), AdamW (0.9, 0.95), gradient
-    clipping 1.0, batch 256. Its peak lr 3e-5 is for a 3B-parameter VLA; small MLPs use 3e-4. ALOE gives
-    no numbers for K, beta or eps_clip; the defaults here are the common K = 2 (clipped double Q), beta
-    on the scale of a few reward units, and weights within [e^-2, e^2]."""
+    clipping 1.0, batch 256; its peak lr 3e-5 is for a 3B-parameter VLA, small MLPs use AWAC's 3e-4
+    (rlkit examples/awac). ALOE gives no numbers for K, beta, eps_clip, the number of policy samples or
+    N_Q/N_pi; each default below names the reference it comes from."""
 
-    tau: float = Field(0.005, gt=0.0, le=1.0, description="Polyak coefficient omega of the target critics.")
-    beta: float = Field(1.0, gt=0.0, description="Advantage temperature beta (eq. 11).")
-    eps_clip: float = Field(2.0, gt=0.0, description="Clip of A / beta before exp (eq. 11).")
-    n_policy_samples: int = Field(4, ge=1, le=256, description="Chunks sampled from pi to estimate V^pi.")
+    tau: float = Field(0.005, gt=0.0, le=1.0, description="Polyak coefficient omega (ALOE app. C: 0.005).")
+    beta: float = Field(
+        1.0,
+        gt=0.0,
+        description="Temperature beta of eq. 11, in units of the advantage scale when normalize_advantages "
+        "(AWR, Peng et al. 2019, xbpeng/awr learning/awr_agent.py: temp 1.0 on normalised advantages); "
+        "in reward units otherwise.",
+    )
+    eps_clip: float = Field(
+        3.0,
+        gt=0.0,
+        description="Clip of A / beta before exp (eq. 11): weights within [e^-eps, e^eps]; 3.0 puts the upper "
+        "bound at e^3 = 20, AWR's weight_clip 20 (xbpeng/awr awr_agent.py).",
+    )
+    normalize_advantages: bool = Field(
+        True,
+        description="Divide A by a running scale of its batch standard deviation before eq. 11 (AWR "
+        "normalises advantages by their std, xbpeng/awr awr_agent.py _calc_adv; the running average is "
+        "TD-MPC2's RunningScale). Scale only: A = 0 stays 'as good as the current policy' (eq. 10).",
+    )
+    adv_scale_rate: float = Field(
+        0.01, gt=0.0, le=1.0, description="Rate of the running advantage scale (TD-MPC2's scale tau 0.01)."
+    )
+    n_policy_samples: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Chunks sampled from pi per state to estimate V^pi as their mean Q_pess (eq. 10; CRR, "
+        "Wang et al. 2020, averages m = 4 policy samples).",
+    )
     flow_steps: int | None = Field(
         None, ge=1, le=256, description="Euler steps when sampling pi for targets/V^pi; None: the policy's."
     )
-    actor_every: int = Field(1, ge=1, description="One actor step per this many critic steps (N_Q / N_pi).")
-    actor_delay: int = Field(0, ge=0, description="Critic-only steps before the first actor step.")
+    bc_steps: int = Field(
+        1000,
+        ge=0,
+        description="Warm start (Algorithm 1 line 1): updates that clone the offline rows with plain flow "
+        "matching while the critics train. 1000 = 5 / tau: five time constants of the Polyak targets, so they "
+        "have moved 1 - e^-5 > 99 % away from their initialisation before the first weighted step.",
+    )
+    actor_delay: int = Field(
+        0,
+        ge=0,
+        description="Critic-only updates after the warm start (Algorithm 1's first N_Q steps against the fixed "
+        "cloned policy). 0: the critics already trained for bc_steps updates during the warm start.",
+    )
+    actor_every: int = Field(
+        1,
+        ge=1,
+        description="One actor step per this many critic steps (N_Q / N_pi; AWAC's update periods 1).",
+    )
+    diagnostics_every: int = Field(
+        10, ge=1, description="Every this many updates, also Q of random chunks and the other extra passes."
+    )
 
 
 class AWR(ActorCriticAlgorithm):
@@ -74,11 +142,25 @@ class AWR(ActorCriticAlgorithm):
     config_cls: ClassVar[type[AlgorithmConfig]] = AWRConfig
     config: AWRConfig
 
+    def __init__(self, config: AWRConfig, policy: torch.nn.Module, spec: PolicySpec, device: str = "cpu"):
+        super().__init__(config, policy, spec, device)
+        self.adv_scale = 0.0  # running scale of the advantages' spread; 0 until the first weighted step
+
     def critic_optimizer(self) -> torch.optim.Optimizer:
         """AdamW with the actor's betas and weight decay (ALOE app. C)."""
         return torch.optim.AdamW(
             self.critic.parameters(), lr=self.config.critic_lr, **self.config.adamw_options()
         )
+
+    def phase(self, step: int) -> str:
+        """What update number ``step`` (1-based) trains: ``"bc"`` (critic + cloning), ``"critic"`` (critic
+        only) or ``"awr"`` (critic, and the weighted actor step every ``actor_every``)."""
+        c = self.config
+        if step <= c.bc_steps:
+            return "bc"
+        if step <= c.bc_steps + c.actor_delay:
+            return "critic"
+        return "awr"
 
     @torch.no_grad()
     def _sample_pi(self, obs_flat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +170,10 @@ class AWR(ActorCriticAlgorithm):
         noise = torch.randn(obs_rep.shape[0], self.policy.action_dim, device=obs_flat.device)
         flat = self.policy.sample_flat(obs_rep, noise, self.config.flow_steps)
         return obs_rep, flat.clamp(self.policy.low, self.policy.high)
+
+    @torch.no_grad()
+    def _q_pess(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return pessimistic_q(self.critic.forward_flat(obs, actions))
 
     def critic_step(self, t: ChunkTensors) -> dict[str, float]:
         """Eqs. 7-8 and the Polyak step of Algorithm 1 (lines 5-8)."""
@@ -106,33 +192,90 @@ class AWR(ActorCriticAlgorithm):
             "critic_grad_norm": grad_norm,
         }
 
-    def actor_step(self, t: ChunkTensors) -> dict[str, float]:
-        """Eqs. 9-11 and 15 (Algorithm 1, lines 11-14)."""
-        b, n = t.obs.shape[0], self.config.n_policy_samples
+    def bc_step(self, t: ChunkTensors) -> dict[str, float]:
+        """Algorithm 1 line 1: unit-weight flow matching (eq. 16) on the batch's offline rows."""
+        keep = t.offline
+        if not bool(keep.any()):
+            return {"bc_rows": 0.0}
+        loss = flow_matching_loss(self.policy, t.obs[keep], t.actions[keep], mask=t.mask[keep])
+        grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
+        return {"bc_loss": loss.item(), "bc_rows": float(keep.sum()), "actor_grad_norm": grad_norm}
+
+    def actor_step(self, t: ChunkTensors, returns: torch.Tensor | None = None) -> dict[str, float]:
+        """Eqs. 9-11 and 15 (Algorithm 1, lines 11-14), with the diagnostics that reuse its passes."""
+        b, n, c = t.obs.shape[0], self.config.n_policy_samples, self.config
         with torch.no_grad():
-            q_data = pessimistic_q(self.critic.forward_flat(t.obs, t.actions))
+            q_data = self._q_pess(t.obs, t.actions)
             obs_rep, pi_actions = self._sample_pi(t.obs, n)
-            q_pi = pessimistic_q(self.critic.forward_flat(obs_rep, pi_actions)).reshape(n, b)
+            q_pi = self._q_pess(obs_rep, pi_actions).reshape(n, b)
             adv = advantage_vs_policy(q_data, q_pi)
-            w = awr_weights(adv, self.config.beta, self.config.eps_clip)
+            spread = float(adv.std()) if b > 1 else 0.0
+            if c.normalize_advantages:
+                self.adv_scale = running_scale(self.adv_scale, spread, c.adv_scale_rate)
+            scale = self.adv_scale if c.normalize_advantages else 1.0
+            w = awr_weights(adv, c.beta, c.eps_clip, scale)
         loss = flow_matching_loss(self.policy, t.obs, t.actions, w, t.mask)
         grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
-        clipped = (adv / self.config.beta).abs() >= self.config.eps_clip
-        return {
+        metrics = {
             "actor_loss": loss.item(),
             "v_pi_mean": float(q_pi.mean()),
             "advantage_mean": float(adv.mean()),
-            "advantage_std": float(adv.std()) if b > 1 else 0.0,
-            "weight_mean": float(w.mean()),
-            "weight_max": float(w.max()),
-            "clip_fraction": float(clipped.float().mean()),
+            "advantage_std": spread,
+            "adv_scale": float(scale),
+            "clip_fraction": float(((adv / (c.beta * scale)).abs() >= c.eps_clip).float().mean()),
+            "policy_data_distance": action_distance(pi_actions[:b], t.actions, t.mask),
             "actor_grad_norm": grad_norm,
         }
+        metrics |= weight_stats(w)
+        if n > 1:  # the standard error of the V^pi estimate, in units of the advantage scale
+            metrics["v_pi_sem_over_scale"] = float(q_pi.std(dim=0).mean()) / n**0.5 / max(scale, 1e-6)
+        if self.steps % c.diagnostics_every == 0:
+            metrics |= self._value_diagnostics(t, q_data, q_pi.mean(dim=0), returns)
+        return metrics
+
+    @torch.no_grad()
+    def _value_diagnostics(
+        self, t: ChunkTensors, q_data: torch.Tensor, q_policy: torch.Tensor, returns: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Q of the data, the policy and uniformly random chunks in the batch's states, and the correlation
+        of Q on the data with the observed returns (issue 15 item 7)."""
+        d = self.policy.action_dim
+        random = uniform_chunks(t.obs.shape[0], self.policy.low.expand(d), self.policy.high.expand(d))
+        out = q_diagnostics(q_data, q_policy, self._q_pess(t.obs, random))
+        corr = return_correlation(q_data, returns) if returns is not None else None
+        if corr is not None:
+            out["q_return_corr"] = corr
+        return out
+
+    @torch.no_grad()
+    def _idle_diagnostics(self, t: ChunkTensors, returns: torch.Tensor | None) -> dict[str, float]:
+        """The diagnostics of an update without a weighted actor step (one policy sample per state)."""
+        q_data = self._q_pess(t.obs, t.actions)
+        obs_rep, pi_actions = self._sample_pi(t.obs, 1)
+        out = self._value_diagnostics(t, q_data, self._q_pess(obs_rep, pi_actions), returns)
+        out["policy_data_distance"] = action_distance(pi_actions, t.actions, t.mask)
+        return out
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         t = self.tensors(batch)
+        returns = None
+        if batch.returns is not None:
+            returns = torch.as_tensor(batch.returns, dtype=torch.float32, device=self.device)
         metrics = self.critic_step(t)
         self.steps += 1
-        if self.steps > self.config.actor_delay and self.steps % self.config.actor_every == 0:
-            metrics |= self.actor_step(t)
+        phase = self.phase(self.steps)
+        metrics["phase"] = {"bc": 0.0, "critic": 1.0, "awr": 2.0}[phase]
+        if phase == "bc":
+            metrics |= self.bc_step(t)
+        if phase == "awr" and self.steps % self.config.actor_every == 0:
+            metrics |= self.actor_step(t, returns)
+        elif self.steps % self.config.diagnostics_every == 0:
+            metrics |= self._idle_diagnostics(t, returns)
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"adv_scale": self.adv_scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.adv_scale = float(state.get("adv_scale", 0.0))

@@ -87,13 +87,12 @@ def test_awr_learns_from_mixed_offline_data(episodes):
         critic=ChunkQConfig(n_critics=2, hidden=HIDDEN),
         actor_lr=1e-3,
         critic_lr=1e-3,
-        beta=3.0,
-        eps_clip=2.0,
         n_policy_samples=2,
-        actor_delay=100,
+        bc_steps=500,  # warm start (Algorithm 1 line 1), then 1000 weighted steps; beta, clip: the defaults
     )
     before, after, m = train(lambda p, s: AWR(cfg, p, s), episodes, steps=1500)
     print(f"AWR: return {before:.2f} -> {after:.2f}, " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     assert np.isfinite(m["critic_loss"]) and m["critic_loss"] < 10.0
     assert -30.0 < m["q_mean"] < 0.0  # per-step rewards are negative
-    assert after > before + 1.0  # seeds 0-2: +1.2, +1.7, +3.6 (BC on the same data: +3.0, +2.9, +5.5)
+    assert after > before + 1.0  # seed 0: +1.5 (before the warm start and normalised weights, seeds 0-2:
+    # +1.2, +1.7, +3.6; BC on the same data: +3.0, +2.9, +5.5)
