@@ -14,9 +14,12 @@ with ``Quant_tau`` the first atom whose CDF reaches ``tau`` (eq. 23) and an entr
 ``tau(s) = clip(tau_base - alpha * H(s), tau_min, tau_max)`` with ``H`` the entropy of ``V(s)``
 normalised by ``log K`` (eqs. 17-18, 24), treated as a constant (stop-gradient).
 
-Which V bootstraps: Appendix B2 keeps EMA copies of both "target critic and value networks" (rate 0.005);
-we bootstrap the TD target from the EMA value model. The paper gives no ``tau_min``/``tau_max``; ours are
-loose safety bounds (0.1, 0.99) that the paper's ``tau_base - alpha H`` never reaches for its settings.
+Which V bootstraps: eqs. 14 and 19 and Algorithm 2 (line 1 updates ``psi``, line 2 builds the target with
+``V_psi``) read the *online* value model, as IQL does; app. B2 also keeps an EMA copy of the value network
+(rate 0.005). ``V_psi`` already fits the EMA critics (eq. 12), so bootstrapping from its EMA copy as well
+puts two moving averages in series (about twice the lag); ``bootstrap_from="online"`` (default) follows the
+equations, ``"ema"`` the copy. The paper gives no ``tau_min``/``tau_max``; ours are loose safety bounds
+(0.1, 0.99) that the paper's ``tau_base - alpha H`` never reaches for its settings.
 
 The distribution maths are pure functions (tensors in, tensors out); the TD target of eq. 19, the clipped
 double Q and the critics' loss are ``td.py``'s, shared with AWR. ``DIVL`` only holds the value model, its
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +120,8 @@ def value_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> tor
 
 class DIVLConfig(BaseModel):
     """DIVL's knobs (LWD app. A1, B2). The paper uses K = 201 atoms on [-0.1, 1.1] for 0/1 sparse rewards
-    and gamma = 0.9999; set ``value.v_min``/``v_max`` to cover your task's discounted chunk returns."""
+    and gamma = 0.9999; set ``value.v_min``/``v_max`` to cover your task's discounted chunk returns and
+    ``n_atoms`` so that one atom is small next to one chunk's reward (eq. 23 reads whole atoms)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     value: CategoricalValueConfig = Field(default_factory=CategoricalValueConfig, description="V_psi.")
@@ -129,6 +133,9 @@ class DIVLConfig(BaseModel):
     alpha: float = Field(0.3, ge=0.0, description="Entropy sensitivity of tau (eq. 18).")
     tau_min: float = Field(0.1, gt=0.0, lt=1.0, description="Lower clip of tau (not given by the paper).")
     tau_max: float = Field(0.99, gt=0.0, lt=1.0, description="Upper clip of tau (not given by the paper).")
+    bootstrap_from: Literal["online", "ema"] = Field(
+        "online", description="V whose quantile bootstraps: V_psi (eqs. 14, 19, Alg. 2) or its EMA copy."
+    )
     interpolate: bool = Field(False, description="Interpolated quantile instead of eq. 23's atom.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm of V_psi.")
 
@@ -144,12 +151,13 @@ class DIVL:
 
     @torch.no_grad()
     def bootstrap(self, next_obs_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``Quant_tau(s')`` of the EMA value model with the entropy-adapted ``tau(s')`` (eqs. 17-18, 23);
-        returns (quantiles [B], tau [B], normalised entropy [B])."""
-        probs = self.target.logits_flat(next_obs_flat).softmax(-1)
+        """``Quant_tau(s')`` of ``V_psi`` (or its EMA copy, ``bootstrap_from``) with the entropy-adapted
+        ``tau(s')`` (eqs. 17-18, 23); returns (quantiles [B], tau [B], normalised entropy [B])."""
+        model = self.value if self.cfg.bootstrap_from == "online" else self.target
+        probs = model.logits_flat(next_obs_flat).softmax(-1)
         c = self.cfg
         tau = entropy_adapted_tau(probs, c.tau_base, c.alpha, c.tau_min, c.tau_max)
-        return quantile_readout(probs, self.target.atoms, tau, c.interpolate), tau, normalized_entropy(probs)
+        return quantile_readout(probs, model.atoms, tau, c.interpolate), tau, normalized_entropy(probs)
 
     def step(self, obs_flat: torch.Tensor, q_target: torch.Tensor) -> dict[str, float]:
         """One cross-entropy step of ``V_psi(s)`` towards the projected scalar ``q_target`` [B] (eqs. 12,

@@ -1,6 +1,6 @@
 """QAM, Q-learning with Adjoint Matching (LWD seed 003 §III-C, §IV-B, Algorithms 1-2) with DIVL critics.
 
-Target (eq. 8): ``pi*(a | s) ∝ pi_beta(a | s) exp(Q(s, a) / lambda)`` for a frozen behaviour-cloned
+Target (eq. 8): ``pi*(a | s) ∝ pi_beta(a | s) exp(Q(s, a) / lambda)`` for a behaviour-cloned
 reference flow ``f_beta``. Adjoint Matching (Domingo-Enrich et al. 2024) reaches it by regression:
 
 * Memoryless noise schedule. For the straight path ``a^w = (1 - w) a^0 + w a^1`` (eq. 7) the SDE with the
@@ -19,21 +19,26 @@ reference flow ``f_beta``. Adjoint Matching (Domingo-Enrich et al. 2024) reaches
   discretised forward map, computed with one vector-Jacobian product of ``f_beta`` per step.
 * Loss (eq. 9): ``mean_k E || 2 (f_theta - f_beta)(s, x_k, w_k) / sigma_k + sigma_k g_k ||^2``.
 
-Actions outside the bounds: the critic scores the clipped chunk and its gradient is passed straight
-through the clip to ``a^1`` (the critic never saw unclipped actions).
+Actions outside the bounds: the critic scores the clipped chunk; the clip's gradient (zero outside) reaches
+``a^1``. The critic that guides is the EMA ensemble's mean (the QAM reference, ``use_target_grad``), and
+the last flow step under it is the reference's noiseless ODE step (reference, after Adjoint Matching).
 
-Reference flow (Algorithm 1, lines 1-2, app. B3: BC checkpoint first, frozen reference = that
-checkpoint): QAM's first ``bc_steps`` updates train the policy by flow-matching BC (eq. 34) on the
-batch's *offline* rows (demonstrations; a batch without offline rows makes no BC step and the step is
-not counted), then a frozen copy becomes ``f_beta`` and adjoint matching starts. ``bc_steps = 0`` takes
-the policy as given (e.g. trained by the ``bc`` algorithm) as the reference. Critics and ``V_psi`` learn
-from the first update. Critic learning is DIVL (``fleetrl.algorithms.divl``) with one-chunk TD targets
-(eq. 19 with n = 1: a ``ChunkBatch`` holds one chunk per row).
+Reference flow (Algorithm 1, lines 1-2, app. B3): QAM's first ``bc_steps`` updates train the policy by
+flow-matching BC (eq. 34) on the batch's *offline* rows (demonstrations; a batch without offline rows
+makes no BC step and the step is not counted). Then adjoint matching starts against ``f_beta``:
+``reference="frozen"`` freezes a copy of that BC policy (LWD); ``reference="ema"`` (default) keeps
+training a BC flow on the offline rows every update and ``f_beta`` is its EMA copy (the QAM reference's
+``target_actor_slow``), so the reference keeps improving for the whole budget instead of stopping at
+``bc_steps``. ``bc_steps = 0`` takes the policy as given (e.g. trained by ``bc``) as the start. Critics and
+``V_psi`` learn from the first update: DIVL (``fleetrl.algorithms.divl``) with one-chunk TD targets (eq. 19
+with n = 1: a ``ChunkBatch`` holds one chunk per row). Every ``diagnostics_every`` updates the metrics
+carry Q of data / policy / random chunks and the policy's distances to the data and to ``f_beta``.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -44,8 +49,10 @@ from torch import nn
 from fleetrl.algorithms.base import AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.chunk_algorithm import ActorCriticAlgorithm, ActorCriticConfig, ChunkTensors
+from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, uniform_chunks
 from fleetrl.algorithms.divl import DIVL, DIVLConfig
 from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
+from fleetrl.models.critics import ChunkQConfig
 from fleetrl.models.flow import FlowChunkPolicy, flow_matching_loss
 from fleetrl.models.nets import seeded
 
@@ -71,14 +78,26 @@ def time_grid(steps: int, device: torch.device | str = "cpu", dtype=torch.float3
 
 @torch.no_grad()
 def sample_memoryless(
-    velocity: Velocity, obs: torch.Tensor, x0: torch.Tensor, steps: int, shift: float, noise=None
+    velocity: Velocity,
+    obs: torch.Tensor,
+    x0: torch.Tensor,
+    steps: int,
+    shift: float,
+    noise=None,
+    last_velocity: Velocity | None = None,
 ) -> torch.Tensor:
     """Euler-Maruyama on the memoryless SDE: ``x_{k+1} = x_k + h b(x_k, w_k) + sqrt(h) sigma_k xi_k``;
-    ``noise`` [steps, B, D] fixes the ``xi_k``. Returns the trajectory [steps + 1, B, D]."""
+    ``noise`` [steps, B, D] fixes the ``xi_k``. With ``last_velocity`` the last step is the noiseless ODE
+    step ``x_N = x_{N-1} + h v_last(x_{N-1}, w_{N-1})`` instead (the QAM reference, agents/qam.py, after
+    Adjoint Matching: the critic then scores a chunk without the last step's noise). Returns the
+    trajectory [steps + 1, B, D]."""
     h, ws = 1.0 / steps, time_grid(steps, x0.device, x0.dtype)
     xs = [x0]
     for k in range(steps):
         w = ws[k].expand(x0.shape[0])
+        if last_velocity is not None and k == steps - 1:
+            xs.append(xs[-1] + h * last_velocity(obs, xs[-1], w))
+            break
         xi = torch.randn_like(x0) if noise is None else noise[k]
         drift = memoryless_drift(velocity(obs, xs[-1], w), xs[-1], ws[k], shift)
         xs.append(xs[-1] + h * drift + (h**0.5) * memoryless_sigma(ws[k], shift) * xi)
@@ -88,20 +107,28 @@ def sample_memoryless(
 def terminal_adjoint(
     q_fn: Callable[[torch.Tensor], torch.Tensor], a1: torch.Tensor, temperature: float, low, high
 ) -> torch.Tensor:
-    """Eq. 10: ``g_1 = -grad_a Q(s, a^1) / lambda`` with ``q_fn(actions) -> [B]``; Q scores the clipped
-    chunk and the gradient passes straight through the clip."""
+    """Eq. 10: ``g_1 = -grad_a Q(s, clip(a^1)) / lambda`` with ``q_fn(actions) -> [B]``. The critic scores
+    the clipped chunk and the gradient is the clip's: zero for entries outside the bounds (the QAM
+    reference's ``clip_adj``; the critic never saw actions out of bounds, so its slope there is noise)."""
     with torch.enable_grad():
         a = a1.detach().requires_grad_(True)
-        q = q_fn(a + (a.clamp(low, high) - a).detach())
+        q = q_fn(a.clamp(low, high))
         (grad,) = torch.autograd.grad(q.sum(), a)
     return -grad / temperature
 
 
 def lean_adjoint(
-    velocity: Velocity, obs: torch.Tensor, xs: torch.Tensor, g1: torch.Tensor, shift: float
+    velocity: Velocity,
+    obs: torch.Tensor,
+    xs: torch.Tensor,
+    g1: torch.Tensor,
+    shift: float,
+    ode_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward recursion of the lean adjoint along the trajectory ``xs`` [N + 1, B, D] with the drift of
-    ``velocity`` (the reference flow): ``g_N = g1``, ``g_k = g_{k+1} + h g_{k+1}^T d b / dx (x_k, w_k)``.
+    ``velocity`` (the reference flow): ``g_N = g1``, ``g_k = g_{k+1} + h g_{k+1}^T d b / dx (x_k, w_k)``;
+    with ``ode_last`` the last step is the ODE step ``x + h v`` (``sample_memoryless``'s ``last_velocity``)
+    and ``g_{N-1} = g_N + h g_N^T d v / dx``: the exact reverse-mode derivative of the forward map either way.
     Returns (adjoints ``g_0..g_N`` [N + 1, B, D], ``velocity(x_k, w_k)`` for k < N [N, B, D])."""
     n = xs.shape[0] - 1
     h, ws = 1.0 / n, time_grid(n, xs.device, xs.dtype)
@@ -112,7 +139,10 @@ def lean_adjoint(
             v = velocity(obs, x, ws[k].expand(x.shape[0]))
             (vjp,) = torch.autograd.grad(v, x, grad_outputs=adj[-1])
         vels[k] = v.detach()
-        adj.append(adj[-1] + h * (2.0 * vjp - adj[-1] / (ws[k] + shift)))
+        if ode_last and k == n - 1:
+            adj.append(adj[-1] + h * vjp)
+        else:
+            adj.append(adj[-1] + h * (2.0 * vjp - adj[-1] / (ws[k] + shift)))
     return torch.stack(adj[::-1]), torch.stack(vels)
 
 
@@ -129,16 +159,40 @@ def adjoint_matching_loss(
 
 
 class QAMConfig(ActorCriticConfig):
-    """LWD app. B2: critics Adam 5e-4, policy AdamW 2e-5 (for a VLA; small MLPs use 3e-4), EMA 0.005,
-    lambda = 2 for 0/1 rewards (scale lambda with your rewards' scale), two critics (clipped double Q)."""
+    """Defaults and their sources (LWD = seed 003; ref = the QAM authors' agents/qam.py and
+    experiments/reproduce.py; both keep EMA rate 0.005, 10 flow steps, batch 256, Adam(W) 3e-4 for MLPs)."""
 
+    critic: ChunkQConfig = Field(
+        default_factory=lambda: ChunkQConfig(hidden=(512, 512, 512, 512)),
+        description="Chunked Q ensemble: K = 2 (LWD's clipped double Q); 512x4 with LayerNorm (ref).",
+    )
     divl: DIVLConfig = Field(default_factory=DIVLConfig, description="Distributional value learning.")
-    ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of the target critics.")
-    temperature: float = Field(2.0, gt=0.0, description="lambda of eqs. 8 and 10.")
-    actor_q: Literal["mean", "min"] = Field("mean", description="Critic aggregate whose gradient guides QAM.")
+    ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of the target critics (LWD B2, ref).")
+    temperature: float = Field(
+        1.0, gt=0.0, description="lambda of eqs. 8 and 10, in reward units: 1 for -1 per step rewards "
+        "(ref: inv_temp 1 on cube tasks); LWD uses 2 for 0/1 rewards. Q is not normalised (LWD, ref).",
+    )  # fmt: skip
+    actor_q: Literal["mean", "min"] = Field("mean", description="Ensemble aggregate guiding QAM (ref: mean).")
+    guide_critic: Literal["target", "online"] = Field(
+        "target", description="Critic whose action gradient is g_1 (ref: target, use_target_grad)."
+    )
+    ode_last_step: bool = Field(True, description="Noiseless last flow step under the critic (ref).")
     flow_steps: int | None = Field(None, ge=1, le=256, description="Adjoint-matching steps; None: policy's.")
     time_shift: float | None = Field(None, gt=0.0, description="delta in 1 / (w + delta); None: 1 / steps.")
-    bc_steps: int = Field(1000, ge=0, description="BC updates on offline rows before freezing f_beta.")
+    bc_steps: int = Field(
+        1000, ge=0, description="Updates that train the policy by BC on offline rows before adjoint "
+        "matching starts (LWD Alg. 1 l. 1); give it BC's whole budget. 0: the policy as given."
+    )  # fmt: skip
+    reference: Literal["ema", "frozen"] = Field(
+        "ema", description="After bc_steps: 'frozen' keeps f_beta = the BC policy (LWD Alg. 1 l. 2); 'ema' "
+        "keeps training a BC flow on offline rows and f_beta is its EMA copy (ref: target_actor_slow).",
+    )  # fmt: skip
+    reference_ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of f_beta ('ema'; ref).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the flows (ref: Adam, none).")
+    diagnostics_every: int = Field(10, ge=0, description="Updates between diagnostics (0: never).")
+
+    def adamw_options(self) -> dict[str, Any]:
+        return {"weight_decay": self.weight_decay}
 
 
 class QAM(ActorCriticAlgorithm):
@@ -150,20 +204,30 @@ class QAM(ActorCriticAlgorithm):
         super().__init__(config, policy, spec, device)
         with seeded(config.seed + 1):
             self.divl = DIVL(config.divl, spec.observation_spec, self.device)
-        self.reference: FlowChunkPolicy | None = None
+        self.reference: FlowChunkPolicy | None = None  # f_beta, no gradient
+        self.bc_flow: FlowChunkPolicy | None = None  # 'ema': the BC flow f_beta follows
+        self.bc_optim: torch.optim.Optimizer | None = None
         self.bc_done = 0
+        self.last_diagnostics: dict[str, float] = {}
         if config.bc_steps == 0:
-            self._freeze_reference()
+            self._start_reference()
 
     def critic_optimizer(self) -> torch.optim.Optimizer:
         """Adam (LWD app. B2)."""
         return torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return super().optimizers() | {"value": self.divl.optim}
+        extra = {} if self.bc_optim is None else {"reference": self.bc_optim}
+        return super().optimizers() | {"value": self.divl.optim} | extra
 
-    def _freeze_reference(self) -> None:
+    def _start_reference(self) -> None:
+        """End of the BC phase: f_beta = a frozen copy of the policy; in 'ema' mode also the BC flow that
+        keeps training (a copy of the policy, its own AdamW) and that f_beta follows."""
         self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        if self.config.reference == "ema":
+            self.bc_flow = copy.deepcopy(self.policy).requires_grad_(True)
+            opts = self.config.adamw_options()
+            self.bc_optim = torch.optim.AdamW(self.bc_flow.parameters(), lr=self.config.actor_lr, **opts)
 
     @property
     def n_flow(self) -> int:
@@ -173,9 +237,15 @@ class QAM(ActorCriticAlgorithm):
     def shift(self) -> float:
         return self.config.time_shift or 1.0 / self.n_flow
 
+    def guide_q(self, obs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``actions -> [B]``: the ensemble aggregate (``actor_q``) of the guiding critic at ``obs``."""
+        critic = self.target_critic if self.config.guide_critic == "target" else self.critic
+        agg = pessimistic_q if self.config.actor_q == "min" else (lambda q: q.mean(0))
+        return lambda a: agg(critic.forward_flat(obs, a))
+
     def critic_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 2, lines 1-4: V_psi on the EMA critics' min (eq. 12), the TD target with the
-        entropy-adapted quantile of the EMA value (eqs. 17-19, 23), both critics on it (eq. 15), EMA."""
+        entropy-adapted quantile of V_psi (eqs. 17-19, 23), both critics on it (eq. 15), EMA."""
         with torch.no_grad():
             q_replay = pessimistic_q(self.target_critic.forward_flat(t.obs, t.actions))
         metrics = self.divl.step(t.obs, q_replay)
@@ -194,17 +264,35 @@ class QAM(ActorCriticAlgorithm):
             "critic_grad_norm": grad_norm,
         }
 
-    def bc_step(self, t: ChunkTensors) -> dict[str, float]:
-        """Flow-matching BC (eq. 34) on the batch's offline rows; counts towards ``bc_steps``."""
+    def _bc_loss(self, flow: FlowChunkPolicy, t: ChunkTensors) -> torch.Tensor | None:
+        """Flow-matching BC (eq. 34) on the batch's offline rows; None without offline rows."""
         rows = t.offline
         if not bool(rows.any()):
+            return None
+        return flow_matching_loss(flow, t.obs[rows], t.actions[rows], mask=t.mask[rows])
+
+    def bc_step(self, t: ChunkTensors) -> dict[str, float]:
+        """The BC phase: one BC step of the policy; counts towards ``bc_steps`` (rows without offline
+        data make no step and are not counted)."""
+        loss = self._bc_loss(self.policy, t)
+        if loss is None:
             return {}
-        loss = flow_matching_loss(self.policy, t.obs[rows], t.actions[rows], mask=t.mask[rows])
         self.optim_step(loss, self.actor_optim, self.trained_parameters())
         self.bc_done += 1
         if self.bc_done >= self.config.bc_steps:
-            self._freeze_reference()
+            self._start_reference()
         return {"bc_loss": float(loss.detach())}
+
+    def reference_step(self, t: ChunkTensors) -> dict[str, float]:
+        """'ema' mode: one BC step of the BC flow, then f_beta moves towards it (rate ``reference_ema``)."""
+        if self.bc_flow is None or self.bc_optim is None:
+            return {}
+        loss = self._bc_loss(self.bc_flow, t)
+        if loss is not None:
+            self.optim_step(loss, self.bc_optim, self.bc_flow.parameters())
+        assert self.reference is not None
+        polyak_update(self.reference, self.bc_flow, self.config.reference_ema)
+        return {} if loss is None else {"bc_loss": float(loss.detach())}
 
     def actor_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 2, lines 5-8: fine-tuned trajectories, grad_a Q at their ends, lean adjoint along
@@ -212,47 +300,80 @@ class QAM(ActorCriticAlgorithm):
         assert self.reference is not None
         obs, (b, d), n = t.obs, (t.obs.shape[0], self.policy.action_dim), self.n_flow
         x0 = torch.randn(b, d, device=obs.device)
-        xs = sample_memoryless(self.policy.velocity, obs, x0, n, self.shift)
-        agg = pessimistic_q if self.config.actor_q == "min" else (lambda q: q.mean(0))
-        q_fn = lambda a: agg(self.critic.forward_flat(obs, a))  # noqa: E731
-        g1 = terminal_adjoint(q_fn, xs[-1], self.config.temperature, self.policy.low, self.policy.high)
-        adj, v_ref = lean_adjoint(self.reference.velocity, obs, xs, g1, self.shift)
+        last = self.reference.velocity if self.config.ode_last_step else None
+        xs = sample_memoryless(self.policy.velocity, obs, x0, n, self.shift, last_velocity=last)
+        g1 = terminal_adjoint(self.guide_q(obs), xs[-1], self.config.temperature, *self._bounds())
+        adj, v_ref = lean_adjoint(self.reference.velocity, obs, xs, g1, self.shift, last is not None)
         ws = time_grid(n, obs.device)
         v_theta = self.policy.velocity(
             obs.repeat(n, 1), xs[:n].reshape(n * b, d), ws.repeat_interleave(b)
         ).reshape(n, b, d)
         loss = adjoint_matching_loss(v_theta, v_ref, adj[:n], memoryless_sigma(ws, self.shift))
         grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
-        with torch.no_grad():
-            q_pi = q_fn(xs[-1].clamp(self.policy.low, self.policy.high))
         return {
             "adjoint_loss": float(loss.detach()),
-            "q_policy": float(q_pi.mean()),
             "adjoint_norm": float(g1.norm(dim=-1).mean()),
             "actor_grad_norm": grad_norm,
         }
+
+    def _bounds(self) -> tuple[float, float]:
+        return float(self.policy.low), float(self.policy.high)
+
+    @torch.no_grad()
+    def diagnostics(self, t: ChunkTensors) -> dict[str, float]:
+        """Issue 15 item 7: the guiding critic's Q of the data's, the deployed policy's (ODE sample) and
+        uniformly random chunks, and the RMS distances policy-data, policy-reference, reference-data
+        (reference and policy from the same noise). Forward passes only."""
+        low, high = self._bounds()
+        obs, data = t.obs, t.actions
+        noise = torch.randn_like(data)
+        pi = self.policy.sample_flat(obs, noise).clamp(low, high)
+        lo = torch.full_like(data[0], low) if math.isfinite(low) else data.min(0).values
+        hi = torch.full_like(data[0], high) if math.isfinite(high) else data.max(0).values
+        q = self.guide_q(obs)
+        out = q_diagnostics(q(data), q(pi), q(uniform_chunks(data.shape[0], lo, hi)))
+        out["policy_to_data"] = action_distance(pi, data, t.mask)
+        if self.reference is not None:
+            ref = self.reference.sample_flat(obs, noise).clamp(low, high)
+            out["policy_to_reference"] = action_distance(pi, ref)
+            out["reference_to_data"] = action_distance(ref, data, t.mask)
+        return out
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         t = self.tensors(batch)
         metrics = self.critic_step(t)
         in_bc = self.reference is None
-        metrics |= self.bc_step(t) if in_bc else self.actor_step(t)
+        metrics |= self.bc_step(t) if in_bc else self.actor_step(t) | self.reference_step(t)
+        every = self.config.diagnostics_every
+        if every and self.steps % every == 0:
+            self.last_diagnostics = self.diagnostics(t)
         self.steps += 1
-        return metrics | {"phase": 0.0 if in_bc else 1.0, "bc_steps_done": float(self.bc_done)}
+        phase = {"phase": 0.0 if in_bc else 1.0, "bc_steps_done": float(self.bc_done)}
+        return metrics | self.last_diagnostics | phase
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {
             "divl": self.divl.state_dict(),
             "reference": None if self.reference is None else self.reference.state_dict(),
+            "bc_flow": None if self.bc_flow is None else self.bc_flow.state_dict(),
+            "bc_optim": None if self.bc_optim is None else self.bc_optim.state_dict(),
             "bc_done": self.bc_done,
+            "diagnostics": dict(self.last_diagnostics),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.divl.load_state_dict(state["divl"])
         self.bc_done = int(state["bc_done"])
-        self.reference = None
+        self.last_diagnostics = dict(state.get("diagnostics", {}))
+        self.reference = self.bc_flow = self.bc_optim = None
         if state["reference"] is not None:
-            self._freeze_reference()
+            self._start_reference()
             assert self.reference is not None
             self.reference.load_state_dict(state["reference"])
+        if self.bc_flow is not None and self.bc_optim is not None:
+            if state.get("bc_flow") is not None:  # checkpoints before 'ema' carry no BC flow: restart it
+                self.bc_flow.load_state_dict(state["bc_flow"])
+                self.bc_optim.load_state_dict(state["bc_optim"])
+            else:
+                self.bc_flow.load_state_dict(state["reference"])

@@ -48,10 +48,12 @@ class ChunkQEnsemble(nn.Module):
 
 class CategoricalValueConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    n_atoms: int = Field(51, ge=2, le=1001, description="Number of return atoms K.")
+    n_atoms: int = Field(201, ge=2, le=1001, description="Number of return atoms K (LWD app. A1: 201).")
     v_min: float = Field(-100.0, description="Smallest atom (lowest representable return).")
     v_max: float = Field(0.0, description="Largest atom (highest representable return).")
-    hidden: tuple[int, ...] = Field((256, 256, 256), description="Hidden widths.")
+    hidden: tuple[int, ...] = Field(
+        (512, 512, 512, 512), description="Hidden widths (the QAM reference's value networks: 512x4)."
+    )
     layer_norm: bool = Field(True, description="LayerNorm after every hidden layer.")
 
 

@@ -110,3 +110,26 @@ def test_value_model_fits_scalar_targets_and_reads_quantiles():
     assert metrics["v_loss"] < 0.7  # entropy of the 0.7/0.3 mixture is 0.61
     assert quantile_readout(probs, divl.value.atoms, 0.5).item() == pytest.approx(-8.0)
     assert quantile_readout(probs, divl.value.atoms, 0.9).item() == pytest.approx(-2.0)
+
+
+def test_bootstrap_reads_the_online_value_model_by_default():
+    """Eqs. 14/19 and Alg. 2: the target's quantile is V_psi's, not its EMA copy's (``bootstrap_from``)."""
+    torch.manual_seed(0)
+    value = CategoricalValueConfig(n_atoms=11, v_min=-10, v_max=0, hidden=(16,))
+    obs = torch.randn(8, 2)
+    for source in ("online", "ema"):
+        divl = DIVL(
+            DIVLConfig(value=value, lr=0.05, bootstrap_from=source), {"state": ArraySpec((2,), "float32")}
+        )
+        for _ in range(20):
+            divl.step(obs, torch.full((8,), -1.0))  # online V moves to -1 fast, the EMA copy lags
+        model = divl.value if source == "online" else divl.target
+        probs = model.logits_flat(obs).softmax(-1)
+        tau = entropy_adapted_tau(probs, 0.6, 0.3, 0.1, 0.99)
+        boot, tau_out, _ = divl.bootstrap(obs)
+        torch.testing.assert_close(boot, quantile_readout(probs, model.atoms, tau))
+        torch.testing.assert_close(tau_out, tau)
+        if source == "online":
+            assert boot.mean().item() == pytest.approx(-1.0)
+        else:
+            assert boot.mean().item() < -2.0

@@ -25,13 +25,19 @@ CASES = {  # algorithm -> (its config, policy config, optimizer names, state-dic
         SMALL_CRITIC,
         FLOW,
         {"policy", "critic"},
-        {"critic", "target_critic", "critic_optim", "actor_optim", "steps"},
+        {"critic", "target_critic", "critic_optim", "actor_optim", "steps", "adv_scale"},
     ),
     "qam": (
         SMALL_CRITIC | {"bc_steps": 0},
         FLOW,
-        {"policy", "critic", "value"},
-        {"critic", "target_critic", "critic_optim", "divl", "reference", "actor_optim", "steps", "bc_done"},
+        {
+            "policy",
+            "critic",
+            "value",
+            "reference",
+        },  # "reference": the BC flow f_beta follows (reference="ema")
+        {"critic", "target_critic", "critic_optim", "divl", "reference", "actor_optim", "steps", "bc_done"}
+        | {"bc_flow", "bc_optim", "diagnostics"},
     ),
     "bc": ({}, FLOW, {"policy"}, {"optim"}),
     "residual": (

@@ -20,6 +20,7 @@ from fleetrl.algorithms.qam import (
     memoryless_drift,
     memoryless_sigma,
     sample_memoryless,
+    terminal_adjoint,
     time_grid,
 )
 from fleetrl.models.critics import CategoricalValueConfig, ChunkQConfig
@@ -114,13 +115,15 @@ def _batch(rng: np.random.Generator, b: int = 16) -> ChunkBatch:
     )
 
 
-def _make(bc_steps: int) -> QAM:
+def _make(bc_steps: int, **overrides) -> QAM:
     spec = _spec()
     policy = FlowChunkPolicy(
         FlowChunkConfig(hidden=(16,), flow_steps=3), spec.observation_spec, spec.action_spec, 2
     )
     value = CategoricalValueConfig(n_atoms=11, v_min=-5, v_max=5, hidden=(16,))
-    cfg = QAMConfig(critic=ChunkQConfig(hidden=(16,)), divl=DIVLConfig(value=value), bc_steps=bc_steps)
+    cfg = QAMConfig(
+        critic=ChunkQConfig(hidden=(16,)), divl=DIVLConfig(value=value), bc_steps=bc_steps, **overrides
+    )
     return QAM(cfg, policy, spec)
 
 
@@ -140,17 +143,18 @@ def test_registry_and_phases():
     assert _make(bc_steps=0).reference is not None  # the policy as given is the reference
 
 
-def test_state_dict_round_trip_resumes_exactly():
+@pytest.mark.parametrize("reference", ["ema", "frozen"])
+def test_state_dict_round_trip_resumes_exactly(reference):
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     batches = [_batch(rng) for _ in range(4)]
-    algo = _make(bc_steps=2)
+    algo = _make(bc_steps=2, reference=reference, diagnostics_every=2)
     for batch in batches[:3]:
         algo.update(batch)
     state = copy.deepcopy(algo.state_dict())
     policy_state = copy.deepcopy(algo.policy.state_dict())
 
-    resumed = _make(bc_steps=2)
+    resumed = _make(bc_steps=2, reference=reference, diagnostics_every=2)
     resumed.policy.load_state_dict(policy_state)
     resumed.load_state_dict(state)
     assert resumed.steps == 3 and resumed.bc_done == 2 and resumed.reference is not None
@@ -164,6 +168,111 @@ def test_state_dict_round_trip_resumes_exactly():
         (algo.policy, resumed.policy),
         (algo.critic, resumed.critic),
         (algo.divl.target, resumed.divl.target),
+        (algo.reference, resumed.reference),
     ]:
         for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
             assert torch.equal(p, q)
+
+
+def _net_velocity(d: int):
+    net = nn.Sequential(nn.Linear(2 + d + 1, 32), nn.Tanh(), nn.Linear(32, d)).double()
+    return lambda obs, x, w: net(torch.cat([obs, x, w[:, None]], -1))
+
+
+def test_ode_last_step_sampling_and_its_lean_adjoint_equal_autograd():
+    """The noiseless last step (QAM reference) is ``x_{N-1} + h v_last``, and the lean adjoint with
+    ``ode_last`` is then still the exact reverse-mode derivative of the forward map."""
+    torch.manual_seed(1)
+    b, d, n, shift = 4, 3, 5, 0.2
+    velocity, last = _net_velocity(d), _net_velocity(d)
+    obs = torch.randn(b, 2, dtype=torch.float64)
+    noise = torch.randn(n, b, d, dtype=torch.float64)
+    x0 = torch.randn(b, d, dtype=torch.float64)
+    xs_sampled = sample_memoryless(velocity, obs, x0, n, shift, noise, last_velocity=last)
+    h, ws = 1.0 / n, time_grid(n, dtype=torch.float64)
+    xs = [x0.clone().requires_grad_(True)]
+    for k in range(n):
+        w = ws[k].expand(b)
+        if k == n - 1:
+            xs.append(xs[-1] + h * last(obs, xs[-1], w))
+        else:
+            drift = memoryless_drift(velocity(obs, xs[-1], w), xs[-1], ws[k], shift)
+            xs.append(xs[-1] + h * drift + h**0.5 * memoryless_sigma(ws[k], shift) * noise[k])
+    torch.testing.assert_close(xs_sampled, torch.stack([x.detach() for x in xs]))
+    # the lean adjoint runs the reference drift only: here the reference is ``velocity`` on every step
+    # and ``last`` = ``velocity`` so that the forward map is the one the adjoint differentiates
+    xs2 = [x0.clone().requires_grad_(True)]
+    for k in range(n):
+        w = ws[k].expand(b)
+        if k == n - 1:
+            xs2.append(xs2[-1] + h * velocity(obs, xs2[-1], w))
+        else:
+            drift = memoryless_drift(velocity(obs, xs2[-1], w), xs2[-1], ws[k], shift)
+            xs2.append(xs2[-1] + h * drift + h**0.5 * memoryless_sigma(ws[k], shift) * noise[k])
+    for x in xs2:
+        x.retain_grad()
+    (xs2[-1].square().sum() + xs2[-1][:, 1].cos().sum()).backward()
+    traj = torch.stack([x.detach() for x in xs2])
+    adj, _ = lean_adjoint(velocity, obs, traj, -xs2[-1].grad, shift, ode_last=True)
+    for k in range(n + 1):
+        torch.testing.assert_close(adj[k], -xs2[k].grad, rtol=1e-9, atol=1e-10)
+
+
+def test_terminal_adjoint_is_the_clipped_critics_gradient():
+    """g_1 = -grad_a Q(clip(a)) / lambda: autograd through the clip, zero for entries out of bounds."""
+    torch.manual_seed(0)
+    w = torch.randn(6)
+
+    def q_fn(a):
+        return (a * w).sum(-1) + a.square().sum(-1)
+
+    a1 = torch.tensor([[0.5, -0.2, 1.7, -3.0, 0.0, 0.9], [2.0, 0.1, -0.4, 0.3, -1.2, 0.2]])
+    g = terminal_adjoint(q_fn, a1, 2.0, -1.0, 1.0)
+    inside = (a1.abs() <= 1.0).float()
+    torch.testing.assert_close(g, -(w + 2 * a1.clamp(-1, 1)) * inside / 2.0)
+    assert (g[a1.abs() > 1.0] == 0).all()
+
+
+def test_guiding_critic_is_the_target_ensembles_mean_by_default():
+    algo = _make(bc_steps=0)
+    obs, a = torch.randn(5, 3), torch.rand(5, 4) * 2 - 1
+    with torch.no_grad():
+        for p in algo.critic.parameters():
+            p.add_(torch.randn_like(p))  # online and target critics now differ
+    expected = algo.target_critic.forward_flat(obs, a).mean(0)
+    torch.testing.assert_close(algo.guide_q(obs)(a), expected)
+    online = _make(bc_steps=0, guide_critic="online", actor_q="min")
+    torch.testing.assert_close(online.guide_q(obs)(a), online.critic.forward_flat(obs, a).min(0).values)
+
+
+def test_reference_modes_ema_follows_a_bc_flow_frozen_stays():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    for mode in ("ema", "frozen"):
+        algo = _make(bc_steps=1, reference=mode, reference_ema=0.5)
+        algo.update(_batch(rng))  # the BC step, then f_beta starts
+        start = copy.deepcopy(algo.reference.state_dict())
+        bc_before = None if algo.bc_flow is None else copy.deepcopy(algo.bc_flow.state_dict())
+        for _ in range(3):
+            metrics = algo.update(_batch(rng))
+        moved = any(not torch.equal(start[k], v) for k, v in algo.reference.state_dict().items())
+        assert moved == (mode == "ema") and ("bc_loss" in metrics) == (mode == "ema")
+        assert not any(p.requires_grad for p in algo.reference.parameters())
+        if mode == "ema":  # the BC flow trained, f_beta moved half-way towards it on the last update
+            assert any(not torch.equal(bc_before[k], v) for k, v in algo.bc_flow.state_dict().items())
+            assert set(algo.optimizers()) == {"policy", "critic", "value", "reference"}
+        else:
+            assert algo.bc_flow is None and "reference" not in algo.optimizers()
+
+
+def test_diagnostics_reported_every_n_updates_and_kept_in_between():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    algo = _make(bc_steps=2, diagnostics_every=3)
+    ms = [algo.update(_batch(rng)) for _ in range(5)]
+    keys = {"q_data", "q_policy", "q_random", "random_above_data", "policy_to_data"}
+    assert keys <= set(ms[0]) and "policy_to_reference" not in ms[0]  # BC phase: no reference yet
+    assert ms[1]["q_data"] == ms[0]["q_data"] and ms[2]["q_data"] == ms[0]["q_data"]
+    assert {"policy_to_reference", "reference_to_data"} <= set(ms[3]) and ms[3]["q_data"] != ms[0]["q_data"]
+    assert all(math.isfinite(ms[3][k]) for k in keys) and 0.0 <= ms[3]["random_above_data"] <= 1.0
+    assert "q_data" not in _make(bc_steps=1, diagnostics_every=0).update(_batch(rng))
