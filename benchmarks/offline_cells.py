@@ -36,7 +36,7 @@ POLICY = {"family": "flow_chunk", "hidden": [256, 256, 256], "flow_steps": 10}
 ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns in [-250, 0]
     "bc": {"batch_size": 256},
     "awr": {"batch_size": 256},
-    "qam": {"batch_size": 256, "divl": {"value": {"n_atoms": 101, "v_min": -250.0, "v_max": 0.0}}},
+    "qam": {"batch_size": 256, "divl": {"value": {"v_min": -250.0, "v_max": 0.0}}},  # 201 atoms (LWD)
     "rlpd": {"batch_size": 256},
 }
 SEEDS, EXTRA_SEEDS, CLOSE = (0, 1, 2), (3, 4), 0.2
