@@ -37,7 +37,7 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
     "bc": {"batch_size": 256},
     "awr": {"batch_size": 256},
     "qam": {"batch_size": 256, "divl": {"value": {"v_min": -250.0, "v_max": 0.0}}},  # 201 atoms (LWD)
-    "rlpd": {"batch_size": 256},
+    "rlpd": {"batch_size": 256, "utd": 1},  # offline: no data is collected, one critic step per update
 }
 SEEDS, EXTRA_SEEDS, CLOSE = (0, 1, 2), (3, 4), 0.2
 EVAL_SEED = 10_000

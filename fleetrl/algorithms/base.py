@@ -44,6 +44,7 @@ BUILTINS = {
     "qam": "fleetrl.algorithms.qam:QAM",
     "bc": "fleetrl.algorithms.bc:BC",
     "residual": "fleetrl.algorithms.residual:ResidualAdaptation",
+    "rlpd": "fleetrl.algorithms.rlpd:RLPD",
 }
 
 
