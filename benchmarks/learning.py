@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
             "policy": offline_cells.POLICY,
             "replay": offline_cells.REPLAY,
             "chunk_len": offline_cells.CHUNK_LEN,
-            "budget_rule": "BC: offline_updates steps; AWR/RLPD: the same; QAM: a frozen BC reference of "
-            "offline_updates steps, then offline_updates QAM steps",
+            "budget_rule": "BC: offline_updates steps; QAM and AWR: a BC start of offline_updates steps "
+            "(bc_steps), then offline_updates steps of their own; RLPD: offline_updates steps (utd 1)",
         },
     }
     if args.only in (None, "ppo"):

@@ -8,9 +8,11 @@ Fixed before any outcome was seen (the benchmark contract):
   ``expert`` = 100 episodes of the ``plan`` oracle at its default noise 0.1 (near-perfect demonstrations),
   ``mixed`` = 50 ``plan`` episodes at noise 0.3 (noisy, mostly successful) + 50 at noise 1.0 (flailing
   failures that run into the time limit): about half of the episodes fail, as a fleet's data does;
-* budget: ``updates`` (1000) optimizer steps of BC; every other algorithm gets the same number of steps of
-  its own loss; QAM first trains its frozen BC reference for the same ``updates`` (that reference *is* the
-  BC baseline, so QAM >= BC measures what policy extraction adds to cloning), then ``updates`` QAM steps;
+* budget: ``updates`` (1000) optimizer steps of BC. The algorithms that start from a BC warm start (QAM: its
+  BC reference, AWR: ALOE's warm start) get BC's whole budget for it (``bc_steps = updates``: that start *is*
+  the BC baseline, so RL >= BC measures what the RL step adds to cloning), then ``updates`` steps of their
+  own; RLPD, which starts from scratch, gets ``updates`` steps with one critic step each (offline there is
+  no data collection, so no update-to-data ratio);
 * evaluation: 50 deterministic episodes per seed on evaluation seeds no training episode used; success rate;
 * seeds 0, 1, 2; where RL and BC differ by less than 0.2 in a cell, seeds 3 and 4 are added (5 seeds).
 
@@ -96,8 +98,8 @@ def run_cell(task: str, alg: str, seed: int, episodes: list, updates: int, eval_
     policy = build_policy(policy_cfg, spec.observation_spec, spec.action_spec, CHUNK_LEN)
     config = ALGORITHMS[alg] | {"seed": seed}
     steps = updates
-    if alg == "qam":
-        config["bc_steps"] = updates  # the frozen reference gets BC's whole budget
+    if alg in ("qam", "awr"):
+        config["bc_steps"] = updates  # the BC start gets BC's whole budget, then as many RL steps
         steps = 2 * updates
     algo = build_algorithm(alg, config, policy, spec, policy_cfg.family)
     replay = Replay.from_config(cfg, chunk_len=CHUNK_LEN, seed=seed)
