@@ -7,6 +7,10 @@ produced it; decisions of versions no longer kept are dropped and counted (``dro
 between reported and recomputed log-probs is reported (``logprob_gap``), with the clip fraction the
 reported values would have caused (``reported_clip_fraction``; the VLAC paper saw ~60% with vLLM).
 VLAC eq. 6 (an NLL loss on demonstrations) is the learner's ``demo_replay`` option, for every algorithm.
+Advantages run over every decision of the batch in time order before stale ones leave, so a dropped
+decision never joins the chains of its neighbours. Held steps (the robot's ``hold()``) are no decisions;
+their time and rewards count for the decision before them, and ``hold_fraction`` (held / all steps of
+the batch) is reported beside ``mean_return``.
 """
 
 from __future__ import annotations
@@ -73,6 +77,18 @@ class PPOConfig(AlgorithmConfig):
         return self
 
 
+def batch_stats(batch: EpisodeBatch) -> dict[str, float]:
+    """The batch's mean episode return and ``hold_fraction``: held steps (the robot's ``hold()`` ran, no
+    chunk was ready) over all steps, what asynchronous execution cost this batch."""
+    returns = [float(e.columns["reward"].sum()) for e in batch.episodes]
+    steps = sum(len(e) for e in batch.episodes)
+    held = sum(int(e.columns["held"].sum()) for e in batch.episodes if "held" in e.columns)
+    return {
+        "mean_return": float(np.mean(returns)) if returns else float("nan"),
+        "hold_fraction": held / steps if steps else float("nan"),
+    }
+
+
 class PPO(Algorithm):
     name = "ppo"
     data = "episodes"
@@ -120,11 +136,17 @@ class PPO(Algorithm):
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
         cfg = self.config
         d = episode_decisions(batch, self.spec.chunk_len, self.spec.gamma, self.device)
+        if len(d) == 0:
+            return {"decisions": 0.0, "dropped_stale": 0.0} | batch_stats(batch)
+        # GAE runs over every decision in time order before stale ones leave: a dropped decision must not
+        # join its neighbours' chains (the advantages of the kept ones flow through it, as they happened).
+        with torch.no_grad():
+            values, next_values = self.policy.value(d.obs), self.policy.value(d.next_obs)
+        adv, ret = gae(d.reward, values, next_values, d.discount, d.done, d.chain_end, cfg.gae_lambda)
         kept = torch.tensor([v in self.history for v in d.version.tolist()], dtype=torch.bool)
-        d = d.select(kept.nonzero().squeeze(-1).to(self.device))
-        returns = [float(e.columns["reward"].sum()) for e in batch.episodes]
-        metrics = {"decisions": float(len(d)), "dropped_stale": float((~kept).sum())}
-        metrics["mean_return"] = float(np.mean(returns)) if returns else float("nan")
+        idx = kept.nonzero().squeeze(-1).to(self.device)
+        d, values, adv, ret = d.select(idx), values[idx], adv[idx], ret[idx]
+        metrics = {"decisions": float(len(d)), "dropped_stale": float((~kept).sum())} | batch_stats(batch)
         if len(d) == 0:
             return metrics
         recomputed = self.recompute_log_probs(d)
@@ -134,9 +156,6 @@ class PPO(Algorithm):
             weights, capped = tis_weights(recomputed, behaviour, cfg.tis_cap)
             metrics["tis_capped_fraction"] = float(capped)
             metrics["tis_weight_mean"] = float(weights.mean())
-        with torch.no_grad():
-            values, next_values = self.policy.value(d.obs), self.policy.value(d.next_obs)
-        adv, ret = gae(d.reward, values, next_values, d.discount, d.done, d.chain_end, cfg.gae_lambda)
         metrics |= self._gap_metrics(d, recomputed)
         metrics["explained_variance"] = explained_variance(values, ret)
         if cfg.normalize_advantages and len(d) > 1:

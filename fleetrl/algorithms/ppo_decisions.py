@@ -2,18 +2,25 @@
 
 A PPO *decision* is one action chunk. In an ``Episode`` it starts at a row with a finite ``log_prob`` and
 ``policy_version >= 0`` and spans the following rows with the same (``policy_version``, ``obs_step``) and
-no ``log_prob`` of their own, at most ``chunk_len`` rows. Its state is ``observations[obs_step]`` (with
-asynchronous execution that observation may predate the chunk's first row), its action the executed
-rows (a chunk cut short by the episode's end or an operator gets ``mask = 0`` on its unexecuted tail,
-padded by repeating its last executed action), its reward ``sum_k gamma^k r_{t+k}`` over its ``h`` rows
-and its discount to the next decision ``gamma^h``. GAE runs over decisions with that per-decision
-discount and one ``lambda`` per decision.
+no ``log_prob`` of their own, at most ``chunk_len`` executed rows. Its state is
+``observations[obs_step]`` (with asynchronous execution that observation may predate the chunk's first
+row), its action the executed rows (a chunk cut short by the episode's end or an operator gets
+``mask = 0`` on its unexecuted tail, padded by repeating its last executed action).
 
-Chains: a decision followed directly by the next one bootstraps from the next decision's state and GAE
-flows through it. Rows that are not decisions (operator interventions, safety holds, the resumed tail
-of a chunk an operator interrupted) *break the chain*: their rewards are not credited to the policy,
-and the decision before them bootstraps from ``V(observations[t + h])`` like a time limit. At the end
-of an episode a ``terminated`` one has no bootstrap; any other bootstraps from ``V(final_observation)``.
+Held rows (``held``: the robot's ``hold()`` ran because no chunk was ready, or the link was lost) are
+environment dynamics, not policy actions: they never enter a decision's actions or log-prob, but their
+time and rewards belong to the decision that was executing before them. A decision's *span* is its
+executed rows plus the held rows right after them (and, where the link was lost mid-chunk, the held rows
+inside it, after which the same chunk resumes). Its reward is ``sum_k gamma^k r_{t+k}`` over the ``h``
+rows of its span (held ones included), and its discount to the next decision is ``gamma^h``. GAE runs
+over decisions with that per-decision discount and one ``lambda`` per decision.
+
+Chains: a decision whose span ends where the next decision starts bootstraps from the next decision's
+state and GAE flows through it (holds between two chunks do not break the chain). Rows that are neither
+decisions nor holds (operator interventions, the resumed tail of a chunk an operator interrupted) *break
+the chain*: their rewards are not credited to the policy, and the decision before them bootstraps from
+``V(observations[t + h])`` like a time limit. At the end of an episode a ``terminated`` one has no
+bootstrap; any other bootstraps from ``V(final_observation)``.
 """
 
 from __future__ import annotations
@@ -52,50 +59,60 @@ class Decisions:
         return Decisions(**{f: pick(getattr(self, f)) for f in self.__dataclass_fields__})
 
 
-def _episode_decisions(ep: Episode, chunk_len: int, gamma: float, rows: dict[str, list]) -> None:
+def decision_spans(ep: Episode, chunk_len: int) -> list[tuple[list[int], int]]:
+    """Each decision of ``ep`` as (its executed rows, the end of its span): the span is
+    ``[rows[0], end)``, the executed rows plus the held rows inside and right after them."""
     cols, n = ep.columns, len(ep)
-    version, obs_step, logp, reward = (
-        cols["policy_version"],
-        cols["obs_step"],
-        cols["log_prob"],
-        cols["reward"],
-    )
-    t, starts = 0, []
-    while t < n:  # find each decision's [start, end) rows
-        if version[t] < 0 or not np.isfinite(logp[t]):
+    version, obs_step, logp = cols["policy_version"], cols["obs_step"], cols["log_prob"]
+    held = cols["held"] if "held" in cols else np.zeros(n, dtype=bool)
+    t, spans = 0, []
+    while t < n:
+        if held[t] or version[t] < 0 or not np.isfinite(logp[t]):
             t += 1
             continue
-        end = t + 1
-        while (
-            end < n
-            and end - t < chunk_len
-            and version[end] == version[t]
-            and obs_step[end] == obs_step[t]
-            and not np.isfinite(logp[end])
-        ):
+        rows, end = [t], t + 1
+        while len(rows) < chunk_len:
+            j = end
+            while j < n and held[j]:
+                j += 1
+            if not (
+                j < n and version[j] == version[t] and obs_step[j] == obs_step[t] and not np.isfinite(logp[j])
+            ):
+                break
+            rows.append(j)
+            end = j + 1
+        while end < n and held[end]:
             end += 1
-        starts.append((t, end))
+        spans.append((rows, end))
         t = end
-    for i, (t, end) in enumerate(starts):
-        h = end - t
-        nxt = starts[i + 1][0] if i + 1 < len(starts) else None
+    return spans
+
+
+def _episode_decisions(ep: Episode, chunk_len: int, gamma: float, out: dict[str, list]) -> None:
+    n, reward = len(ep), ep.columns["reward"]
+    obs_step, logp, version = ep.columns["obs_step"], ep.columns["log_prob"], ep.columns["policy_version"]
+    spans = decision_spans(ep, chunk_len)
+    for i, (rows, end) in enumerate(spans):
+        t, h = rows[0], end - rows[0]
+        nxt = spans[i + 1][0][0] if i + 1 < len(spans) else None
         at_end, chained = end == n, nxt == end
-        rows["obs"].append((ep.observations, int(obs_step[t])))
+        out["obs"].append((ep.observations, int(obs_step[t])))
         if chained:
-            rows["next_obs"].append((ep.observations, int(obs_step[end])))
+            out["next_obs"].append((ep.observations, int(obs_step[end])))
         elif at_end:
-            rows["next_obs"].append((ep.final_observation, None))
+            out["next_obs"].append((ep.final_observation, None))
         else:
-            rows["next_obs"].append((ep.observations, end))
-        pad = np.concatenate([ep.actions[t:end], np.repeat(ep.actions[end - 1 : end], chunk_len - h, 0)])
-        rows["actions"].append(pad)
-        rows["mask"].append(np.arange(chunk_len) < h)
-        rows["reward"].append(float(np.sum(reward[t:end] * gamma ** np.arange(h))))
-        rows["discount"].append(gamma**h)
-        rows["done"].append(at_end and ep.terminated)
-        rows["chain_end"].append(not chained)
-        rows["reported_logp"].append(float(logp[t]))
-        rows["version"].append(int(version[t]))
+            out["next_obs"].append((ep.observations, end))
+        executed = ep.actions[rows]
+        pad = np.concatenate([executed, np.repeat(executed[-1:], chunk_len - len(rows), 0)])
+        out["actions"].append(pad)
+        out["mask"].append(np.arange(chunk_len) < len(rows))
+        out["reward"].append(float(np.sum(reward[t:end] * gamma ** np.arange(h))))
+        out["discount"].append(gamma**h)
+        out["done"].append(at_end and ep.terminated)
+        out["chain_end"].append(not chained)
+        out["reported_logp"].append(float(logp[t]))
+        out["version"].append(int(version[t]))
 
 
 def episode_decisions(

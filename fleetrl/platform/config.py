@@ -27,6 +27,9 @@ class SimFleetConfig(BaseModel):
     task: str = Field(pattern=NAME_RE, description="Task the robots register for.")
     count: int = Field(1, ge=0, le=1024, description="Number of robots (all in one process).")
     control_hz: float | None = Field(None, gt=0, description="Control rate (default: the robot preset's).")
+    lockstep: bool = Field(
+        False, description="Simulated time waits for each chunk instead of holding (learning benchmarks)."
+    )
     seed: int = Field(0, description="Seed of the first robot; robot i uses seed + i.")
 
 

@@ -4,6 +4,13 @@ A ``SimRobot`` exposes the ``Robot`` interface of ``fleetrl.robots.client``: one
 ``state`` observation, a bounded action, a success predicate, and ``hold()`` = a zero action (what a
 real arm does when it stops and keeps its pose). ``run_sim_fleet`` registers K robots over REST and
 drives them all from one thread.
+
+``lockstep`` (default off; real robots cannot do it): the simulated robot's time waits for the network.
+Its ``RobotClient`` asks for a chunk only once the current one has run out, with the observation right
+before it, and does not step the environment until the chunk is there, so no step is ever held and each
+chunk is conditioned on the latest observation, as in the plain loop. Learning benchmarks use it to
+measure learning apart from latency (holds and observation lag); the robot-time figures then count
+only executed steps.
 """
 
 from __future__ import annotations
@@ -99,6 +106,7 @@ class SimRobot:
         control_hz: float | None = None,
         max_episode_steps: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        lockstep: bool = False,
     ):
         preset = PRESETS.get(env_id, SimPreset(success="never", control_hz=10.0))
         name = success or preset.success
@@ -107,6 +115,7 @@ class SimRobot:
         self.env_id = env_id
         self.success_fn = SUCCESS_PREDICATES[name]
         self.control_hz = float(control_hz or preset.control_hz)
+        self.lockstep = bool(lockstep)  # read by RobotClient: wait for chunks instead of holding
         steps = max_episode_steps or preset.max_episode_steps
         self.env = make_env(env_id, **({"max_episode_steps": steps} if steps else {}), **(env_kwargs or {}))
         space = self.env.observation_space
@@ -182,11 +191,13 @@ def run_sim_fleet(
     stop: threading.Event | None = None,
     config: ClientConfig | None = None,
     on_start: Callable[[list[RobotClient]], None] | None = None,
+    lockstep: bool = False,
 ) -> list[RobotClient]:
-    """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``."""
+    """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``
+    (``lockstep``: they wait for their chunks instead of holding; see the module doc)."""
     clients = []
     for i in range(n):
-        robot = SimRobot(env_id, seed=seed + i, control_hz=control_hz)
+        robot = SimRobot(env_id, seed=seed + i, control_hz=control_hz, lockstep=lockstep)
         info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot)
         clients.append(RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)

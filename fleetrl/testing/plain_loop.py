@@ -3,7 +3,8 @@
 This is the no-Ray, no-ZeroMQ baseline the learning benchmark compares the platform against, and the
 data source of the algorithms' learning tests. It writes the same ``Episode`` columns the robot SDK
 does (``policy_version``, ``obs_step``, the chunk's ``log_prob`` on its first step), so learners see the
-same data; the only difference is that every chunk is conditioned on the observation right before it.
+same data; the only difference is that every chunk is conditioned on the observation right before it
+(unless ``holds`` mimics late chunks: held steps before each chunk, which then acts on an older one).
 """
 
 from __future__ import annotations
@@ -25,6 +26,39 @@ class RolloutStats:
     steps: int
     mean_return: float
     success_rate: float
+    hold_fraction: float = 0.0  # held steps / all steps (the plain loop never holds; platform episodes may)
+
+
+def _run_episode(robot: SimRobot, policy: nn.Module, version: int, deterministic: bool, holds: int) -> dict:
+    """One episode's per-step lists (``rows``: obs, action, version, obs_step, log_prob, held, reward) and
+    its end flags; ``holds`` held zero-action steps before every chunk but the first (a late chunk)."""
+    obs = robot.reset()
+    rows: list[tuple] = []
+    flags = {"success": False, "terminated": False, "truncated": False}
+
+    def step(action, row_version, obs_step, log_prob, held) -> bool:
+        nonlocal obs
+        result = robot.hold() if held else robot.act(action)
+        rows.append((obs, action, row_version, obs_step, log_prob, held, result.reward))
+        obs = result.observation
+        flags["success"] = flags["success"] or result.success
+        flags["terminated"], flags["truncated"] = result.terminated, result.truncated
+        return flags["success"] or result.terminated or result.truncated
+
+    done = False
+    while not done:
+        with torch.no_grad():
+            chunk, log_prob = policy.act(
+                {k: torch.from_numpy(v[None]) for k, v in obs.items()}, deterministic
+            )
+        chunk, t0 = chunk[0].numpy(), len(rows)
+        for _ in range(holds if t0 else 0):  # the chunk is late: the robot holds, its observation ages
+            if done := step(np.zeros_like(chunk[0]), -1, -1, float("nan"), True):
+                break
+        for k in range(0 if done else chunk.shape[0]):
+            if done := step(chunk[k], version, t0, float(log_prob[0]) if k == 0 else float("nan"), False):
+                break
+    return {"rows": rows, "final": obs, **flags}
 
 
 def rollout_episodes(
@@ -35,40 +69,28 @@ def rollout_episodes(
     version: int = 0,
     deterministic: bool = False,
     robot_id: str = "plain",
+    holds: int = 0,
 ) -> list[Episode]:
-    """Run ``n_episodes`` with ``policy.act`` on one observation per chunk; chunks run to their end."""
+    """Run ``n_episodes`` with ``policy.act`` on one observation per chunk; chunks run to their end.
+    ``holds`` > 0 mimics a robot whose chunks come late: before each chunk but the first it holds that
+    many steps (``held``, zero action), and the chunk is conditioned on the observation before them."""
     episodes = []
     for _ in range(n_episodes):
-        obs = robot.reset()
-        observations, actions, rewards, versions, obs_steps, log_probs = [], [], [], [], [], []
-        done = success = terminated = truncated = False
-        while not done:
-            with torch.no_grad():
-                chunk, log_prob = policy.act(
-                    {k: torch.from_numpy(v[None]) for k, v in obs.items()}, deterministic
-                )
-            chunk = chunk[0].numpy()
-            t0 = len(actions)
-            for k in range(chunk.shape[0]):
-                observations.append(obs)
-                actions.append(chunk[k])
-                versions.append(version)
-                obs_steps.append(t0)
-                log_probs.append(float(log_prob[0]) if k == 0 else float("nan"))
-                result = robot.act(chunk[k])
-                obs = result.observation
-                rewards.append(result.reward)
-                success = success or result.success
-                terminated, truncated = result.terminated, result.truncated
-                if success or terminated or truncated:
-                    done = True
-                    break
+        run = _run_episode(robot, policy, version, deterministic, holds)
+        observations, actions, versions, obs_steps, log_probs, held, rewards = zip(*run["rows"], strict=True)
+        obs, success, terminated, truncated = (
+            run["final"],
+            run["success"],
+            run["terminated"],
+            run["truncated"],
+        )
         n = len(actions)
         cols = empty_columns(n)
         cols["reward"][:] = rewards
         cols["policy_version"][:] = versions
         cols["obs_step"][:] = obs_steps
         cols["log_prob"][:] = log_probs
+        cols["held"][:] = held
         cols["obs_time"][:] = cols["action_start"][:] = np.arange(n) / robot.control_hz
         term, trunc = end_flags(success, terminated, truncated)
         outcome = "success" if success else ("timeout" if trunc else "failure")
@@ -91,11 +113,13 @@ def rollout_episodes(
 
 def summarize(episodes: list[Episode]) -> RolloutStats:
     returns = [float(e.columns["reward"].sum()) for e in episodes]
+    steps = sum(len(e) for e in episodes)
     return RolloutStats(
         episodes=len(episodes),
-        steps=sum(len(e) for e in episodes),
+        steps=steps,
         mean_return=float(np.mean(returns)) if returns else float("nan"),
         success_rate=float(np.mean([e.success for e in episodes])) if episodes else float("nan"),
+        hold_fraction=sum(int(e.columns["held"].sum()) for e in episodes) / max(1, steps),
     )
 
 

@@ -5,9 +5,9 @@ network.
 is about to run out (the remaining steps cover the measured round trip), uploads the current observation
 so the next chunk arrives before the current one ends; the new chunk then starts exactly where the old
 one ends (VLAC §3.2.1). When no chunk is ready, or the link is lost, the client calls the robot's
-``hold()`` instead of running past its chunk. The link, the uploads and human control are parts it
-owns and builds with what each needs (``transport``, ``uploads``, ``takeover``); the client keeps the
-episode, the chunks and the robot, and routes each gateway frame to the part it concerns.
+``hold()`` instead of running past its chunk (a ``held`` step); a ``lockstep`` robot (simulated: time can
+wait) asks once its chunk has run out and waits for the next (``lockstep_waits``), never holding. Parts it
+owns: ``transport``, ``uploads``, ``takeover``; it keeps the episode, chunks and robot, routes each frame.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ COUNTERS = (
     "successes",
     "holds",
     "startup_waits",
+    "lockstep_waits",
     "watchdog_trips",
     "link_losses",
     "reconnects",
@@ -88,6 +89,7 @@ class RobotClient:
         self._next: Chunk | None = None
         self._request: Request | None = None
         self._zero_action = np.zeros(robot.action_spec.shape, dtype=np.float32)
+        self.lockstep = bool(getattr(robot, "lockstep", False))  # waits for chunks instead of holding
         self.episodes: deque[EpisodeLog] = deque(maxlen=self.cfg.keep_episodes)
         # (robot-measured round trip in ms, the gateway's timings) for each answered request
         self.replies: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.cfg.keep_replies)
@@ -214,12 +216,14 @@ class RobotClient:
 
     def _hold_or_wait(self, now: float) -> None:
         self._maybe_request(now)  # nothing to execute and nothing asked (e.g. a refused request): ask now
-        if self._episode is not None and self._step > 0:
+        if self._episode is None or self._step == 0:
+            self.counters["startup_waits"] += 1
+        elif self.lockstep:
+            self.counters["lockstep_waits"] += 1  # simulated time stands still until the chunk is here
+        else:
             self.counters["holds"] += 1
             rec = StepRecord(self._step, -1, now, now, -1, "", held=True)
             self._after_step(rec, self._zero_action, self.robot.hold(), now)
-        else:
-            self.counters["startup_waits"] += 1
 
     # -- episodes ------------------------------------------------------------------------------------
     def _start_episode(self, now: float) -> None:
@@ -309,7 +313,7 @@ class RobotClient:
         if not self.connection.connected or self.human.under_human_control:
             return
         remaining = self._current.remaining if self._current is not None else 0
-        lookahead = math.ceil(self._latency / self.control_dt)
+        lookahead = 0 if self.lockstep else math.ceil(self._latency / self.control_dt)
         if remaining > lookahead:
             return
         if len(self._episode.steps) - self._episode.sent >= self.cfg.steps_per_upload:

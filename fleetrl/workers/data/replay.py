@@ -255,6 +255,10 @@ class Replay:
             "success_rate": float(np.mean([ep.success for ep in eps])),
             "mean_return": float(np.mean([ep.columns["reward"].sum() for ep in eps])),
             "mean_length": float(np.mean([len(ep) for ep in eps])),
+            # asynchronous execution: share of executed steps the robot held (no chunk was ready)
+            "hold_fraction": float(
+                sum(ep.columns["held"].sum() for ep in eps) / max(1, sum(len(ep) for ep in eps))
+            ),
             # human in the loop: share of executed steps an operator drove, share of episodes with any,
             # and the success rate counting only episodes the robot finished on its own
             "intervention_rate": float(

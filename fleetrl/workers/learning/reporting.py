@@ -17,7 +17,7 @@ import ray
 
 from fleetrl.workers.metrics_server import MetricsBuffer
 
-ROLLOUT_SCALARS = ("success_rate", "mean_return", "mean_length")
+ROLLOUT_SCALARS = ("success_rate", "mean_return", "mean_length", "hold_fraction")
 
 
 class Scalars:

@@ -277,3 +277,86 @@ def test_torch_fast_backend_reports_log_probs_that_differ_from_the_fp32_recomput
     assert np.isfinite(reported).all() and (np.abs(actions) <= 1).all()
     with pytest.raises(ValueError, match="unknown inference backend"):
         build_backend("tensorrt", **kwargs)
+
+
+def held_episode(versions, obs_steps, logp_rows, held_rows, terminated=False) -> Episode:
+    """``make_episode`` with the robot's hold at ``held_rows`` (zero action, version and obs_step -1)."""
+    ep = make_episode(versions, obs_steps, logp_rows, terminated=terminated)
+    ep.columns["held"][held_rows] = True
+    ep.actions[held_rows] = 0.0
+    return ep
+
+
+def test_holds_after_a_late_chunk_count_for_the_decision_before_them_and_keep_the_chain():
+    # rows 0-2: a v0 chunk from obs 0; rows 3-4 held (the next chunk was late); rows 5-7: the v0 chunk asked
+    # for at step 2 (lagged observation); the episode is truncated after row 7
+    ep = held_episode([0, 0, 0, -1, -1, 0, 0, 0], [0, 0, 0, -1, -1, 2, 2, 2], [0, 5], [3, 4])
+    d = episode_decisions([ep], chunk_len=3, gamma=G)
+    assert len(d) == 2 and d.mask.all()
+    r = np.arange(8) + 1.0
+    assert d.reward.tolist() == pytest.approx(
+        [sum(G**k * r[k] for k in range(5)), r[5] + G * r[6] + G**2 * r[7]]
+    )
+    assert d.discount.tolist() == pytest.approx([G**5, G**3])  # held time counts in the discount
+    assert d.chain_end.tolist() == [False, True]  # the holds do not break the chain
+    obs = ep.observations["state"]
+    np.testing.assert_array_equal(d.next_obs["state"][0].numpy(), obs[2])  # the next decision's state
+    np.testing.assert_array_equal(d.next_obs["state"][1].numpy(), ep.final_observation["state"])
+    # the held zero actions are not the policy's: the decisions' actions are the executed chunk rows only
+    np.testing.assert_allclose(d.actions[:, :, 0].numpy(), [[0.0, 0.1, 0.2], [0.5, 0.6, 0.7]], rtol=1e-6)
+
+
+def test_a_hold_inside_a_chunk_keeps_the_chunk_one_decision():
+    # the link is lost after row 1: rows 2-3 held, then the same v0 chunk resumes at row 4 (its third action);
+    # row 5 starts the next chunk, which the episode's end cuts short
+    ep = held_episode([0, 0, -1, -1, 0, 1], [0, 0, -1, -1, 0, 4], [0, 5], [2, 3])
+    d = episode_decisions([ep], chunk_len=3, gamma=G)
+    assert len(d) == 2 and d.mask.tolist() == [[True] * 3, [True, False, False]]
+    np.testing.assert_allclose(d.actions[0, :, 0].numpy(), [0.0, 0.1, 0.4], rtol=1e-6)
+    assert d.reward[0].item() == pytest.approx(sum(G**k * (k + 1.0) for k in range(5)))
+    assert d.discount.tolist() == pytest.approx([G**5, G])
+    assert d.chain_end.tolist() == [False, True] and d.version.tolist() == [0, 1]
+    # the log-prob is the executed chunk's: the held rows' actions do not enter it
+    ppo = small_ppo()
+    ppo.published(0)
+    ppo.published(1)
+    want = ppo.recompute_log_probs(d)
+    ep.actions[[2, 3]] = 0.9  # whatever the hold did
+    torch.testing.assert_close(ppo.recompute_log_probs(episode_decisions([ep], 3, G)), want)
+
+
+@pytest.mark.parametrize("terminated", [False, True])
+def test_holds_at_the_end_of_an_episode_bootstrap_from_the_final_observation_unless_terminated(terminated):
+    ep = held_episode([0, 0, -1, -1], [0, 0, -1, -1], [0], [2, 3], terminated=terminated)
+    d = episode_decisions([ep], chunk_len=2, gamma=G)
+    assert len(d) == 1 and d.done.tolist() == [terminated] and d.chain_end.tolist() == [True]
+    assert d.reward[0].item() == pytest.approx(1 + 2 * G + 3 * G**2 + 4 * G**3)
+    assert d.discount[0].item() == pytest.approx(G**4)
+    np.testing.assert_array_equal(d.next_obs["state"][0].numpy(), ep.final_observation["state"])
+    # the truncated one's return bootstraps V(final) over the held time; the terminated one's does not
+    v = torch.tensor([0.5])
+    adv, _ = gae(d.reward, v, torch.tensor([2.0]), d.discount, d.done, d.chain_end, 0.95)
+    want = d.reward[0].item() + (0.0 if terminated else G**4 * 2.0) - 0.5
+    assert adv.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_hold_fraction_and_stale_decisions_do_not_join_the_chains_of_kept_ones():
+    # three chained v0 / v1 / v2 chunks; version 1 is no longer kept, so its decision is dropped, but the
+    # v0 decision's advantage still flows through it (GAE over the episode as it happened, then the drop)
+    ep = held_episode([0, 0, -1, 1, 1, 2, 2, -1], [0, 0, -1, 1, 1, 3, 3, -1], [0, 3, 5], [2, 7])
+    ppo = small_ppo(normalize_advantages=False, history=3, max_version_lag=2)
+    for v in (0, 1, 2):
+        ppo.published(v)
+    d = episode_decisions([ep], 3, G)
+    with torch.no_grad():
+        values, next_values = ppo.policy.value(d.obs), ppo.policy.value(d.next_obs)
+    adv, _ = gae(d.reward, values, next_values, d.discount, d.done, d.chain_end, ppo.config.gae_lambda)
+    del ppo.history[1]
+    seen = []
+    minibatch = ppo._minibatch
+    ppo._minibatch = lambda sel, old, a, *rest: (seen.append(a.clone()), minibatch(sel, old, a, *rest))[1]
+    metrics = ppo.update(EpisodeBatch([ep], [0], 0))
+    assert metrics["dropped_stale"] == 1 and metrics["decisions"] == 2
+    assert metrics["hold_fraction"] == pytest.approx(2 / 8)
+    got = torch.cat(seen)
+    assert sorted(got.tolist()) == pytest.approx(sorted(adv[[0, 2]].tolist()), rel=1e-5)
