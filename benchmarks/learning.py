@@ -30,6 +30,7 @@ time) are not part of this script yet.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing
 import tempfile
@@ -176,6 +177,7 @@ def offline(args: argparse.Namespace) -> dict:
             for d in offline_cells.DATASETS for task in offline_cells.TASKS}  # fmt: skip
     results: dict[tuple, float] = {}
     cells: dict[tuple, dict] = {}
+    partial = Path(args.out).with_suffix(".cells.json")  # every finished cell, should the run be cut short
 
     def run(keys: list[tuple]) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -188,6 +190,7 @@ def offline(args: argparse.Namespace) -> dict:
             for k, job in jobs.items():
                 cells[k] = job.get()
                 results[k] = cells[k]["success"]
+                partial.write_text(json.dumps({"/".join(map(str, c)): v for c, v in cells.items()}, indent=1))
                 print(
                     f"  {'/'.join(map(str, k))}: success {results[k]:.2f} ({cells[k]['train_s']} s)",
                     flush=True,
