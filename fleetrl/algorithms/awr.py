@@ -201,7 +201,7 @@ class AWR(ActorCriticAlgorithm):
         grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
         return {"bc_loss": loss.item(), "bc_rows": float(keep.sum()), "actor_grad_norm": grad_norm}
 
-    def actor_step(self, t: ChunkTensors, returns: torch.Tensor | None = None) -> dict[str, float]:
+    def actor_step(self, t: ChunkTensors) -> dict[str, float]:
         """Eqs. 9-11 and 15 (Algorithm 1, lines 11-14), with the diagnostics that reuse its passes."""
         b, n, c = t.obs.shape[0], self.config.n_policy_samples, self.config
         with torch.no_grad():
@@ -223,44 +223,41 @@ class AWR(ActorCriticAlgorithm):
             "advantage_std": spread,
             "adv_scale": float(scale),
             "clip_fraction": float(((adv / (c.beta * scale)).abs() >= c.eps_clip).float().mean()),
-            "policy_data_distance": action_distance(pi_actions[:b], t.actions, t.mask),
+            "policy_to_data": action_distance(pi_actions[:b], t.actions, t.mask),
             "actor_grad_norm": grad_norm,
         }
         metrics |= weight_stats(w)
         if n > 1:  # the standard error of the V^pi estimate, in units of the advantage scale
             metrics["v_pi_sem_over_scale"] = float(q_pi.std(dim=0).mean()) / n**0.5 / max(scale, 1e-6)
         if self.steps % c.diagnostics_every == 0:
-            metrics |= self._value_diagnostics(t, q_data, q_pi.mean(dim=0), returns)
+            metrics |= self._value_diagnostics(t, q_data, q_pi.mean(dim=0))
         return metrics
 
     @torch.no_grad()
     def _value_diagnostics(
-        self, t: ChunkTensors, q_data: torch.Tensor, q_policy: torch.Tensor, returns: torch.Tensor | None
+        self, t: ChunkTensors, q_data: torch.Tensor, q_policy: torch.Tensor
     ) -> dict[str, float]:
         """Q of the data, the policy and uniformly random chunks in the batch's states, and the correlation
-        of Q on the data with the observed returns (issue 15 item 7)."""
+        of Q on the data with the observed returns."""
         d = self.policy.action_dim
         random = uniform_chunks(t.obs.shape[0], self.policy.low.expand(d), self.policy.high.expand(d))
         out = q_diagnostics(q_data, q_policy, self._q_pess(t.obs, random))
-        corr = return_correlation(q_data, returns) if returns is not None else None
+        corr = return_correlation(q_data, t.returns)
         if corr is not None:
             out["q_return_corr"] = corr
         return out
 
     @torch.no_grad()
-    def _idle_diagnostics(self, t: ChunkTensors, returns: torch.Tensor | None) -> dict[str, float]:
+    def _idle_diagnostics(self, t: ChunkTensors) -> dict[str, float]:
         """The diagnostics of an update without a weighted actor step (one policy sample per state)."""
         q_data = self._q_pess(t.obs, t.actions)
         obs_rep, pi_actions = self._sample_pi(t.obs, 1)
-        out = self._value_diagnostics(t, q_data, self._q_pess(obs_rep, pi_actions), returns)
-        out["policy_data_distance"] = action_distance(pi_actions, t.actions, t.mask)
+        out = self._value_diagnostics(t, q_data, self._q_pess(obs_rep, pi_actions))
+        out["policy_to_data"] = action_distance(pi_actions, t.actions, t.mask)
         return out
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
         t = self.tensors(batch)
-        returns = None
-        if batch.returns is not None:
-            returns = torch.as_tensor(batch.returns, dtype=torch.float32, device=self.device)
         metrics = self.critic_step(t)
         self.steps += 1
         phase = self.phase(self.steps)
@@ -268,9 +265,9 @@ class AWR(ActorCriticAlgorithm):
         if phase == "bc":
             metrics |= self.bc_step(t)
         if phase == "awr" and self.steps % self.config.actor_every == 0:
-            metrics |= self.actor_step(t, returns)
+            metrics |= self.actor_step(t)
         elif self.steps % self.config.diagnostics_every == 0:
-            metrics |= self._idle_diagnostics(t, returns)
+            metrics |= self._idle_diagnostics(t)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class ChunkTensors:
     discount: torch.Tensor  # [B] gamma^h
     mask: torch.Tensor  # [B, H * action_size] 1.0 for executed entries of the chunk
     offline: torch.Tensor  # [B] bool
+    returns: torch.Tensor  # [B] observed discounted return to the episode's end; NaN where not observed
 
 
 def chunk_tensors(batch: ChunkBatch, obs_keys: list[str], device: torch.device | str = "cpu") -> ChunkTensors:
@@ -61,6 +62,9 @@ def chunk_tensors(batch: ChunkBatch, obs_keys: list[str], device: torch.device |
         discount=t(batch.discount),
         mask=t(batch.mask).repeat_interleave(step_size, dim=1),
         offline=t(batch.offline, torch.bool),
+        returns=t(batch.returns)
+        if batch.returns is not None
+        else torch.full((b,), float("nan"), device=device),
     )
 
 

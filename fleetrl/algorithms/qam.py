@@ -49,7 +49,7 @@ from torch import nn
 from fleetrl.algorithms.base import AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.chunk_algorithm import ActorCriticAlgorithm, ActorCriticConfig, ChunkTensors
-from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, uniform_chunks
+from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, return_correlation, uniform_chunks
 from fleetrl.algorithms.divl import DIVL, DIVLConfig
 from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
 from fleetrl.models.critics import ChunkQConfig
@@ -321,9 +321,10 @@ class QAM(ActorCriticAlgorithm):
 
     @torch.no_grad()
     def diagnostics(self, t: ChunkTensors) -> dict[str, float]:
-        """Issue 15 item 7: the guiding critic's Q of the data's, the deployed policy's (ODE sample) and
-        uniformly random chunks, and the RMS distances policy-data, policy-reference, reference-data
-        (reference and policy from the same noise). Forward passes only."""
+        """What the learner reports of its critic and policy: the guiding critic's Q of the data's, the
+        deployed policy's (ODE sample) and uniformly random chunks, Q's correlation with the observed
+        returns, and the RMS distances policy-data, policy-reference, reference-data (reference and policy
+        from the same noise). Forward passes only."""
         low, high = self._bounds()
         obs, data = t.obs, t.actions
         noise = torch.randn_like(data)
@@ -331,7 +332,11 @@ class QAM(ActorCriticAlgorithm):
         lo = torch.full_like(data[0], low) if math.isfinite(low) else data.min(0).values
         hi = torch.full_like(data[0], high) if math.isfinite(high) else data.max(0).values
         q = self.guide_q(obs)
-        out = q_diagnostics(q(data), q(pi), q(uniform_chunks(data.shape[0], lo, hi)))
+        q_data = q(data)
+        out = q_diagnostics(q_data, q(pi), q(uniform_chunks(data.shape[0], lo, hi)))
+        corr = return_correlation(q_data, t.returns)
+        if corr is not None:
+            out["q_return_corr"] = corr
         out["policy_to_data"] = action_distance(pi, data, t.mask)
         if self.reference is not None:
             ref = self.reference.sample_flat(obs, noise).clamp(low, high)

@@ -192,7 +192,7 @@ class RLPD(ChunkAlgorithm):
         return metrics, actions.detach(), entropy
 
     @torch.no_grad()
-    def diagnostics(self, t: ChunkTensors, pi_actions: torch.Tensor, returns: Any) -> dict[str, float]:
+    def diagnostics(self, t: ChunkTensors, pi_actions: torch.Tensor) -> dict[str, float]:
         """Q (ensemble mean, what the actor climbs) of the data's, the policy's and uniform chunks; Q's
         correlation with observed returns; the deterministic policy's distance to the data."""
         low = torch.full((self.action_dim,), self.center - self.scale, device=self.device)
@@ -204,10 +204,9 @@ class RLPD(ChunkAlgorithm):
         out = q_diagnostics(q_data, q_pi, q_rand)
         mean_chunk = self.center + self.scale * torch.tanh(self.pi(t.obs).mean)
         out["policy_to_data"] = action_distance(mean_chunk, t.actions, t.mask)
-        if returns is not None:
-            corr = return_correlation(q_data, torch.as_tensor(returns, device=self.device))
-            if corr is not None:
-                out["q_return_corr"] = corr
+        corr = return_correlation(q_data, t.returns)
+        if corr is not None:
+            out["q_return_corr"] = corr
         return out
 
     def update(self, batch: ChunkBatch) -> dict[str, float]:
@@ -221,12 +220,11 @@ class RLPD(ChunkAlgorithm):
         metrics = {k: v / parts for k, v in sums.items()}  # means over the step's critic updates
         last = take(t, slices[-1].to(self.device))
         actor_metrics, pi_actions, _ = self.actor_step(last)
-        returns = None if batch.returns is None else batch.returns[slices[-1].numpy()]
         self.steps += 1
         return {
             **metrics,
             **actor_metrics,
-            **self.diagnostics(last, pi_actions, returns),
+            **self.diagnostics(last, pi_actions),
             "critic_updates": float(parts),
             "offline_fraction": batch.offline_fraction,
         }

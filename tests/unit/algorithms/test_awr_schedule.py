@@ -53,7 +53,7 @@ def test_actor_step_weights_match_a_direct_computation():
     # the scale moved by its rate towards this batch's advantage std
     assert m["adv_scale"] == pytest.approx(2.0 + 0.1 * (m["advantage_std"] - 2.0), rel=1e-6)
     assert algo.adv_scale == pytest.approx(m["adv_scale"])
-    assert 0.0 < m["weight_ess"] <= 1.0 and math.isfinite(m["policy_data_distance"])
+    assert 0.0 < m["weight_ess"] <= 1.0 and math.isfinite(m["policy_to_data"])
 
     # the same pass by hand, from an identical (same-seed) algorithm and the same random draws
     fresh = small_awr(beta=0.5, eps_clip=2.0, adv_scale_rate=0.1)
@@ -127,9 +127,9 @@ def test_diagnostics_every_n_updates_in_every_phase():
     for k in ("q_data", "q_policy", "q_random", "random_above_data", "policy_above_data"):
         assert k not in ms[0] and k not in ms[2] and math.isfinite(ms[1][k]) and math.isfinite(ms[3][k])
     assert "q_return_corr" in ms[1] and -1.0 <= ms[3]["q_return_corr"] <= 1.0
-    assert "policy_data_distance" in ms[1]  # warm start: from one extra policy sample
+    assert "policy_to_data" in ms[1]  # warm start: from one extra policy sample
     # a weighted step always reports the weight statistics and the distance it computes anyway
-    for k in ("weight_mean", "weight_max", "weight_ess", "policy_data_distance", "v_pi_sem_over_scale"):
+    for k in ("weight_mean", "weight_max", "weight_ess", "policy_to_data", "v_pi_sem_over_scale"):
         assert math.isfinite(ms[2][k])
 
 
