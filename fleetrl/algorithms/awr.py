@@ -46,7 +46,7 @@ from fleetrl.algorithms.diagnostics import (
     uniform_chunks,
     weight_stats,
 )
-from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
+from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q
 from fleetrl.models.flow import flow_matching_loss
 
 # --- loss maths (pure functions; the TD maths is td.py's) ----------------------------------------------
@@ -181,16 +181,8 @@ class AWR(ActorCriticAlgorithm):
             next_obs, next_actions = self._sample_pi(t.next_obs, 1)
             next_q = pessimistic_q(self.target_critic.forward_flat(next_obs, next_actions))
             target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, next_q)
-        q = self.critic.forward_flat(t.obs, t.actions)
-        loss = ensemble_td_loss(q, target)
-        grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())
-        polyak_update(self.target_critic, self.critic, self.config.tau)
-        return {
-            "critic_loss": loss.item(),
-            "q_mean": q.mean().item(),
-            "target_mean": float(target.mean()),
-            "critic_grad_norm": grad_norm,
-        }
+        fit = self.fit_critics(t, target, self.config.tau)
+        return {"critic_loss": fit.pop("loss"), **fit}
 
     def bc_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 1 line 1: unit-weight flow matching (eq. 16) on the batch's offline rows."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec, clipped_step
 from fleetrl.algorithms.batch import ChunkBatch
+from fleetrl.algorithms.td import ensemble_td_loss, polyak_update
 from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
 from fleetrl.models.flow import FlowChunkPolicy
 from fleetrl.models.nets import flatten_obs, seeded
@@ -145,12 +146,30 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
         super().__init__(config, policy, spec, device)
         self.critic, self.target_critic = chunk_critic_pair(config.critic, spec, config.seed, self.device)
         self.critic_optim = self.critic_optimizer()
-        self.actor_optim = self.policy_adamw(config.actor_lr)
+        self.actor_optim = self.actor_optimizer()
         self.steps = 0
 
     @abstractmethod
     def critic_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer over ``self.critic``'s parameters."""
+
+    def actor_optimizer(self) -> torch.optim.Optimizer:
+        """The ``"policy"`` optimizer: AdamW over ``trained_parameters`` at ``actor_lr``."""
+        return self.policy_adamw(self.config.actor_lr)
+
+    def fit_critics(self, t: ChunkTensors, target: torch.Tensor, polyak: float) -> dict[str, float]:
+        """One regression step of every critic head on the TD ``target`` [B] (the ensemble's mean squared
+        error), then the Polyak step of the target copy at rate ``polyak``."""
+        q = self.critic.forward_flat(t.obs, t.actions)
+        loss = ensemble_td_loss(q, target)
+        grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())
+        polyak_update(self.target_critic, self.critic, polyak)
+        return {
+            "loss": float(loss.detach()),
+            "q_mean": float(q.detach().mean()),
+            "target_mean": float(target.mean()),
+            "critic_grad_norm": grad_norm,
+        }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.actor_optim, "critic": self.critic_optim}

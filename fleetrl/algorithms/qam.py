@@ -51,7 +51,7 @@ from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.chunk_algorithm import ActorCriticAlgorithm, ActorCriticConfig, ChunkTensors
 from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, return_correlation, uniform_chunks
 from fleetrl.algorithms.divl import DIVL, DIVLConfig
-from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
+from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q, polyak_update
 from fleetrl.models.critics import ChunkQConfig
 from fleetrl.models.flow import FlowChunkPolicy, flow_matching_loss
 from fleetrl.models.nets import seeded
@@ -251,17 +251,12 @@ class QAM(ActorCriticAlgorithm):
         metrics = self.divl.step(t.obs, q_replay)
         boot, tau, entropy = self.divl.bootstrap(t.next_obs)
         target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, boot)  # one chunk per row: n = 1
-        q = self.critic.forward_flat(t.obs, t.actions)
-        loss = ensemble_td_loss(q, target)
-        grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())
-        polyak_update(self.target_critic, self.critic, self.config.ema)
+        fit = self.fit_critics(t, target, self.config.ema)
         return metrics | {
-            "q_loss": float(loss.detach()),
-            "q_mean": float(q.detach().mean()),
-            "target_mean": float(target.mean()),
+            "q_loss": fit.pop("loss"),
+            **fit,
             "tau": float(tau.mean()),
             "value_entropy": float(entropy.mean()),
-            "critic_grad_norm": grad_norm,
         }
 
     def _bc_loss(self, flow: FlowChunkPolicy, t: ChunkTensors) -> torch.Tensor | None:

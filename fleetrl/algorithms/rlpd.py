@@ -41,7 +41,7 @@ from torch import nn
 
 from fleetrl.algorithms.base import AlgorithmConfig, BatchRequest, PolicySpec, clipped_step
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.chunk_algorithm import ChunkAlgorithm, ChunkTensors, chunk_critic_pair
+from fleetrl.algorithms.chunk_algorithm import ActorCriticAlgorithm, ActorCriticConfig, ChunkTensors
 from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, return_correlation, uniform_chunks
 from fleetrl.algorithms.sac_math import (
     random_subset,
@@ -51,7 +51,6 @@ from fleetrl.algorithms.sac_math import (
     strided_slices,
     temperature_loss,
 )
-from fleetrl.algorithms.td import ensemble_td_loss, polyak_update
 from fleetrl.models.critics import ChunkQConfig
 from fleetrl.models.gaussian import GaussianChunkPolicy
 from fleetrl.robots.protocol import ArraySpec
@@ -59,7 +58,7 @@ from fleetrl.robots.protocol import ArraySpec
 RLPD_CRITIC = ChunkQConfig(n_critics=10, hidden=(256, 256), layer_norm=True)
 
 
-class RLPDConfig(AlgorithmConfig):
+class RLPDConfig(ActorCriticConfig):
     """RLPD's knobs (defaults from the reference, module docstring). ``batch_size`` is one critic
     minibatch; a learner step samples ``utd * batch_size`` chunks."""
 
@@ -102,7 +101,7 @@ def take(t: ChunkTensors, rows: torch.Tensor) -> ChunkTensors:
     return ChunkTensors(**{f.name: getattr(t, f.name)[rows] for f in dataclasses.fields(t)})
 
 
-class RLPD(ChunkAlgorithm):
+class RLPD(ActorCriticAlgorithm):
     name: ClassVar[str] = "rlpd"
     config_cls: ClassVar[type[AlgorithmConfig]] = RLPDConfig
     policy_families: ClassVar[frozenset[str]] = frozenset({"gaussian_mlp"})
@@ -121,16 +120,18 @@ class RLPD(ChunkAlgorithm):
         self.target_entropy = (
             -self.action_dim / 2 if config.target_entropy is None else float(config.target_entropy)
         )
-        self.critic, self.target_critic = chunk_critic_pair(config.critic, spec, config.seed, self.device)
         self.log_alpha = torch.tensor(math.log(config.init_temperature), device=self.device).requires_grad_()
-        self.actor_optim = torch.optim.Adam(self.trained_parameters(), lr=config.actor_lr)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.temp_optim = torch.optim.Adam([self.log_alpha], lr=config.temp_lr)
         self.generator = torch.Generator().manual_seed(config.seed)  # the target subsets
-        self.steps = 0
+
+    def critic_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
+
+    def actor_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.trained_parameters(), lr=self.config.actor_lr)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"policy": self.actor_optim, "critic": self.critic_optim, "temperature": self.temp_optim}
+        return super().optimizers() | {"temperature": self.temp_optim}
 
     def batch_request(self) -> BatchRequest:
         return BatchRequest("chunks", self.config.batch_size * self.config.utd)
@@ -156,16 +157,8 @@ class RLPD(ChunkAlgorithm):
             target = soft_chunk_target(
                 t.chunk_reward, t.discount, t.done, next_q, next_logp, self.alpha, self.config.backup_entropy
             )
-        q = self.critic.forward_flat(t.obs, t.actions)
-        loss = ensemble_td_loss(q, target)
-        grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())
-        polyak_update(self.target_critic, self.critic, self.config.tau)
-        return {
-            "critic_loss": loss.item(),
-            "q_mean": float(q.detach().mean()),
-            "target_mean": float(target.mean()),
-            "critic_grad_norm": grad_norm,
-        }
+        fit = self.fit_critics(t, target, self.config.tau)
+        return {"critic_loss": fit.pop("loss"), **fit}
 
     def actor_step(self, t: ChunkTensors) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         """The reparameterised actor step, then the temperature step on its entropy estimate. Returns the
@@ -230,25 +223,16 @@ class RLPD(ChunkAlgorithm):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "critic_optim": self.critic_optim.state_dict(),
-            "actor_optim": self.actor_optim.state_dict(),
+        return super().state_dict() | {
             "log_alpha": self.log_alpha.detach().clone(),
             "temp_optim": self.temp_optim.state_dict(),
             "generator": self.generator.get_state(),
-            "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.critic_optim.load_state_dict(state["critic_optim"])
-        self.actor_optim.load_state_dict(state["actor_optim"])
+        super().load_state_dict(state)
         with torch.no_grad():
             self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
         self.temp_optim.load_state_dict(state["temp_optim"])
         if "generator" in state:
             self.generator.set_state(torch.as_tensor(state["generator"]).cpu())
-        self.steps = int(state.get("steps", 0))
