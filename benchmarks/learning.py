@@ -290,6 +290,14 @@ def main(argv: list[str] | None = None) -> None:
         result["offline"] = offline(args)
         plot_offline(result["offline"], Path(args.out).with_suffix(".png"))
     result["wall_s"] = round(time.monotonic() - t0, 1)
+    if args.only and Path(args.out).exists():  # one part rerun: the other part's figures stay in the file
+        earlier = json.loads(Path(args.out).read_text())
+        other = "offline" if args.only == "ppo" else "ppo_reacher"
+        if other in earlier:
+            result[other] = earlier[other]
+            result.setdefault("runs", earlier.get("runs", [])).append(
+                {"part": other, "command": earlier.get("command"), "date": earlier.get("date")}
+            )
     out = write_json(result, args.out)
     print(f"wrote {out} ({result['wall_s']} s)")
     line = "learning:"
