@@ -132,9 +132,6 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
         ge=1,
         description="One actor step per this many critic steps (N_Q / N_pi; AWAC's update periods 1).",
     )
-    diagnostics_every: int = Field(
-        10, ge=1, description="Every this many updates, also Q of random chunks and the other extra passes."
-    )
 
 
 class AWR(ActorCriticAlgorithm):
@@ -221,7 +218,7 @@ class AWR(ActorCriticAlgorithm):
         metrics |= weight_stats(w)
         if n > 1:  # the standard error of the V^pi estimate, in units of the advantage scale
             metrics["v_pi_sem_over_scale"] = float(q_pi.std(dim=0).mean()) / n**0.5 / max(scale, 1e-6)
-        if self.steps % c.diagnostics_every == 0:
+        if self.diagnostics_due():
             metrics |= self._value_diagnostics(t, q_data, q_pi.mean(dim=0))
         return metrics
 
@@ -258,7 +255,7 @@ class AWR(ActorCriticAlgorithm):
             metrics |= self.bc_step(t)
         if phase == "awr" and self.steps % self.config.actor_every == 0:
             metrics |= self.actor_step(t)
-        elif self.steps % self.config.diagnostics_every == 0:
+        elif self.diagnostics_due():
             metrics |= self._idle_diagnostics(t)
         return metrics
 

@@ -134,6 +134,10 @@ class ActorCriticConfig(ChunkAlgorithmConfig):
     )
     actor_lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the flow policy.")
     critic_lr: float = Field(3e-4, gt=0.0, description="Learning rate of the critics.")
+    diagnostics_every: int = Field(
+        10, ge=0, description="Updates between the diagnostics' extra forward passes (Q of policy and random "
+        "chunks, distances; algorithms/diagnostics.py); 0: never.",
+    )  # fmt: skip
 
 
 class ActorCriticAlgorithm(ChunkAlgorithm):
@@ -156,6 +160,11 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
     def actor_optimizer(self) -> torch.optim.Optimizer:
         """The ``"policy"`` optimizer: AdamW over ``trained_parameters`` at ``actor_lr``."""
         return self.policy_adamw(self.config.actor_lr)
+
+    def diagnostics_due(self) -> bool:
+        """Whether this update (``steps`` so far) also computes the diagnostics."""
+        every = self.config.diagnostics_every
+        return bool(every) and self.steps % every == 0
 
     def fit_critics(self, t: ChunkTensors, target: torch.Tensor, polyak: float) -> dict[str, float]:
         """One regression step of every critic head on the TD ``target`` [B] (the ensemble's mean squared

@@ -189,7 +189,6 @@ class QAMConfig(ActorCriticConfig):
     )  # fmt: skip
     reference_ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of f_beta ('ema'; ref).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the flows (ref: Adam, none).")
-    diagnostics_every: int = Field(10, ge=0, description="Updates between diagnostics (0: never).")
 
     def adamw_options(self) -> dict[str, Any]:
         return {"weight_decay": self.weight_decay}
@@ -344,8 +343,7 @@ class QAM(ActorCriticAlgorithm):
         metrics = self.critic_step(t)
         in_bc = self.reference is None
         metrics |= self.bc_step(t) if in_bc else self.actor_step(t) | self.reference_step(t)
-        every = self.config.diagnostics_every
-        if every and self.steps % every == 0:
+        if self.diagnostics_due():
             self.last_diagnostics = self.diagnostics(t)
         self.steps += 1
         phase = {"phase": 0.0 if in_bc else 1.0, "bc_steps_done": float(self.bc_done)}

@@ -123,6 +123,7 @@ class RLPD(ActorCriticAlgorithm):
         self.log_alpha = torch.tensor(math.log(config.init_temperature), device=self.device).requires_grad_()
         self.temp_optim = torch.optim.Adam([self.log_alpha], lr=config.temp_lr)
         self.generator = torch.Generator().manual_seed(config.seed)  # the target subsets
+        self.last_diagnostics: dict[str, float] = {}
 
     def critic_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr)
@@ -213,11 +214,13 @@ class RLPD(ActorCriticAlgorithm):
         metrics = {k: v / parts for k, v in sums.items()}  # means over the step's critic updates
         last = take(t, slices[-1].to(self.device))
         actor_metrics, pi_actions, _ = self.actor_step(last)
+        if self.diagnostics_due():  # between refreshes the last values are reported again
+            self.last_diagnostics = self.diagnostics(last, pi_actions)
         self.steps += 1
         return {
             **metrics,
             **actor_metrics,
-            **self.diagnostics(last, pi_actions),
+            **self.last_diagnostics,
             "critic_updates": float(parts),
             "offline_fraction": batch.offline_fraction,
         }
@@ -227,6 +230,7 @@ class RLPD(ActorCriticAlgorithm):
             "log_alpha": self.log_alpha.detach().clone(),
             "temp_optim": self.temp_optim.state_dict(),
             "generator": self.generator.get_state(),
+            "diagnostics": dict(self.last_diagnostics),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -236,3 +240,4 @@ class RLPD(ActorCriticAlgorithm):
         self.temp_optim.load_state_dict(state["temp_optim"])
         if "generator" in state:
             self.generator.set_state(torch.as_tensor(state["generator"]).cpu())
+        self.last_diagnostics = dict(state.get("diagnostics", {}))
