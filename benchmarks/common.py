@@ -40,10 +40,12 @@ REACHER_SPECS = {  # Reacher-v5 as a task sees it
 }
 
 
-def tasks_config(state_dir: str, tasks: list[dict]) -> PlatformConfig:
-    """Just these tasks, free ports, a temp state dir, no sim robots."""
+def tasks_config(state_dir: str, tasks: list[dict], **replay: Any) -> PlatformConfig:
+    """Just these tasks, free ports, a temp state dir, no sim robots; ``replay``: ``data.replay`` keys."""
     rest, gateway = {"host": "127.0.0.1", "port": free_port()}, {"bind": f"tcp://127.0.0.1:{free_port()}"}
     data = {"name": "bench", "state_dir": state_dir, "rest": rest, "gateway": gateway, "tasks": tasks}
+    if replay:
+        data["data"] = {"replay": replay}
     return parse_config(data, "benchmark config")
 
 

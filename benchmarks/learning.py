@@ -1,20 +1,23 @@
 """Learning: PPO through the whole platform vs. a plain loop, and BC / AWR / QAM on cube-single from demos.
 
-(a) ``ppo_reacher``: PPO on Reacher-v5 with the hyper-parameters of ``tests/unit/algorithms/test_learning_ppo.py``
-(lr 1e-3, epochs 5, batch 128, gae_lambda 0.9, steps_per_update 2048), same policy config and seed, the
-same env-step budget on both sides:
+(a) ``ppo_reacher``: PPO on Reacher-v5 with CleanRL's ``ppo_continuous_action`` settings (``PPOConfig``'s
+defaults, 2048 env steps per update), 200k env steps, seeds 0-2, the same policy config, seeds and env-step
+budget on three sides:
 
 * platform: ``--robots`` sim robots over REST + ZeroMQ (``run_sim_fleet``, as ``fleetrl robot`` runs them)
   at ``--hz`` (faster than real time), asynchronous: the learner on Ray Train takes whatever fresh steps
-  arrived, replicas reload published weights at batch boundaries. The run ends when the data server's
-  replay holds the budget of online env steps;
+  arrived, replicas reload published weights at batch boundaries, a robot whose chunk is late holds.
+  The run ends when the data server's replay holds the budget of online env steps;
+* lockstep: the same, the sim robots' time waiting for late chunks instead of holding (learning
+  separated from latency);
 * plain: ``train_plain_ppo`` (synchronous, single process) over as many robots with the same seeds.
 
-Final return (primary) = mean env return of the last K finished training episodes (stochastic policy, what
-the robots experienced; K = the plain loop's last iteration's episode count; the platform's from the
-replay's ``rollout_stats``). Returns are negative, so ``ratio = plain_return / platform_return`` (1.0 =
-equal, < 1 = the platform learned less). Also reported: a deterministic evaluation of both final weights
-on the same evaluation robot (``eval_*``), and of the initial policy.
+Final return (primary) = mean env return of the finished training episodes of the last 10k env steps
+(stochastic policy, what the robots experienced; the platform's: as many of its last episodes, from the
+replay's ``rollout_stats``), mean and s.e.m. over seeds. Returns are negative, so ``ratio =
+plain_return / platform_return`` (1.0 = equal, < 1 = the platform learned less). The hold fraction (held
+steps / steps) is reported beside it. Also reported: a deterministic evaluation of the final weights on
+the same evaluation robot (``eval_*``), and of the initial policy.
 
 (b) ``offline``: BC, AWR, QAM and RLPD on OGBench cube-single tasks 1 and 4 from an expert and a
 mixed-quality dataset, several seeds each, in worker processes (``offline_cells.py`` says what was fixed
@@ -55,9 +58,16 @@ from fleetrl.testing.plain_ppo import train_plain_ppo
 
 ROOT = Path(__file__).resolve().parent.parent
 REACHER = "Reacher-v5"
-PPO = {"lr": 1e-3, "epochs": 5, "batch_size": 128, "gae_lambda": 0.9, "steps_per_update": 2048}
+# CleanRL's ppo_continuous_action settings on our config (PPOConfig's defaults are CleanRL's: lr 3e-4, 10
+# epochs, clip 0.2, GAE lambda 0.95, value coef 0.5, max grad norm 0.5, advantages standardised per
+# minibatch-set; 2048 env steps per update). Ours acts in chunks of 4, so a minibatch of 64 decisions is
+# 256 env steps. CleanRL's extras (observation and reward normalisation, value clipping, lr annealing,
+# orthogonal init) are not on either side: the comparison is platform vs plain loop, same maths.
+PPO = {"steps_per_update": 2048}
+LAST_STEPS = 10_000  # "final return": mean over the episodes of the last 10k env steps (CleanRL's figure)
 BUDGETS = {  # quick / full
-    "ppo_env_steps": (12_288, 81_920),
+    "ppo_env_steps": (12_288, 200_704),
+    "ppo_seeds": (1, 3),
     "eval_episodes": (5, 50),
     "offline_updates": (40, 1000),
     "offline_seeds": (1, 3),
@@ -85,11 +95,15 @@ def load_policy(state: dict, seed: int) -> torch.nn.Module:
     return policy
 
 
+def sem(xs: list[float]) -> float:
+    return float(np.std(xs, ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
+
+
 # -- (a) PPO: platform vs plain ------------------------------------------------------------------------
-def ppo_platform(args: argparse.Namespace, budget: int, k: int) -> dict:
+def ppo_platform(args: argparse.Namespace, seed: int, budget: int, k: int, lockstep: bool) -> dict:
     """Run the fleet until the replay holds ``budget`` online env steps; the last-K return, final weights."""
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        platform = Platform(tasks_config(state_dir, [reach_task(args.seed)])).start()
+        platform = Platform(tasks_config(state_dir, [reach_task(seed)], recent_episodes=max(256, k))).start()
         try:
             deadline = time.monotonic() + 180  # robots start once the learner has published version 0
             while ray.get(platform.weights.latest.remote("reach")) is None and time.monotonic() < deadline:
@@ -98,17 +112,18 @@ def ppo_platform(args: argparse.Namespace, budget: int, k: int) -> dict:
             fleet = threading.Thread(
                 target=run_sim_fleet,
                 args=(REACHER, args.robots, platform.rest_url, platform.admin_token, "reach"),
-                kwargs={"seed": args.seed, "control_hz": args.hz, "stop": stop, "on_start": clients.extend},
+                kwargs={"seed": seed, "control_hz": args.hz, "stop": stop, "on_start": clients.extend,
+                        "lockstep": lockstep},
                 daemon=True,
-            )
+            )  # fmt: skip
             t0, shown = time.monotonic(), 0.0
             fleet.start()
             while (
                 steps := ray.get(platform.data.stats.remote("reach"))["replay"]["online_transitions"]
             ) < budget:
-                if time.monotonic() - shown > 10:
+                if time.monotonic() - shown > 30:
                     shown = time.monotonic()
-                    print(f"  platform: {steps}/{budget} env steps after {shown - t0:.0f} s", flush=True)
+                    print(f"    platform: {steps}/{budget} env steps after {shown - t0:.0f} s", flush=True)
                 time.sleep(0.5)
             wall = time.monotonic() - t0
             stop.set()
@@ -118,8 +133,9 @@ def ppo_platform(args: argparse.Namespace, budget: int, k: int) -> dict:
             rollout = ray.get(platform.data.rollout_stats.remote("reach", k))
             return {
                 "return": rollout["mean_return"],
+                "hold_fraction": round(rollout["hold_fraction"], 4),
                 "env_steps": ray.get(platform.data.stats.remote("reach"))["replay"]["online_transitions"],
-                "policy": load_policy(ray.get(refs[0]), args.seed),
+                "policy": load_policy(ray.get(refs[0]), seed),
                 "wall_s": round(wall, 1),
                 "updates": status["step"],
                 "version": version,
@@ -130,40 +146,93 @@ def ppo_platform(args: argparse.Namespace, budget: int, k: int) -> dict:
             platform.stop()
 
 
-def ppo_reacher(args: argparse.Namespace) -> dict:
+def last_window(iterations: list, steps: int) -> tuple[float, int]:
+    """Mean return and episode count of the plain loop's iterations covering its last ``steps`` env steps."""
+    end, rows = iterations[-1].env_steps, []
+    for it in iterations:
+        if it.env_steps > end - steps:
+            rows.append(it)
+    k = sum(it.episodes for it in rows)
+    return sum(it.mean_return * it.episodes for it in rows) / k, k
+
+
+def ppo_seed(args: argparse.Namespace, seed: int) -> dict:
+    """One seed: the plain loop, then the platform asynchronous and in lockstep, same seeds and budget."""
     budget, n_eval = args.budget["ppo_env_steps"], args.budget["eval_episodes"]
     t0 = time.monotonic()
-    robots = [SimRobot(REACHER, seed=args.seed + i) for i in range(args.robots)]
-    cfg = GaussianMLPConfig(seed=args.seed)
-    plain = train_plain_ppo(robots, cfg, PPOConfig(**PPO, seed=args.seed), budget, args.seed)
-    last, k = plain.iterations[-1], plain.iterations[-1].episodes
+    robots = [SimRobot(REACHER, seed=seed + i) for i in range(args.robots)]
+    cfg = GaussianMLPConfig(seed=seed)
+    plain = train_plain_ppo(robots, cfg, PPOConfig(**PPO, seed=seed), budget, seed)
+    plain_return, k = last_window(plain.iterations, LAST_STEPS)
+    last = plain.iterations[-1]
     print(
-        f"  plain: {last.env_steps} env steps in {time.monotonic() - t0:.0f} s, return {last.mean_return:.2f}"
+        f"  seed {seed} plain: {last.env_steps} env steps in {time.monotonic() - t0:.0f} s, return {plain_return:.2f}"
     )
-    platform = ppo_platform(args, budget, k)
-    print(f"  platform: {platform['env_steps']} env steps, return {platform['return']:.2f}", flush=True)
 
     def score(policy: torch.nn.Module) -> float:
-        return round(evaluate(SimRobot(REACHER, seed=10_000 + args.seed), policy, n_eval).mean_return, 3)
+        return round(evaluate(SimRobot(REACHER, seed=10_000 + seed), policy, n_eval).mean_return, 3)
 
-    spec = robots[0]
-    initial = build_policy(cfg, spec.observation_spec, spec.action_spec, 4)
-    platform_return = platform.pop("return")
-    return {
-        "platform_return": round(platform_return, 3),
-        "plain_return": round(last.mean_return, 3),
-        "ratio": round(last.mean_return / platform_return, 3),
-        "ratio_definition": "plain_return / platform_return (returns < 0; 1.0 = equal, < 1 = platform worse)",
-        "return_definition": f"mean env return of the last K={k} finished training episodes (stochastic policy)",
-        "env_steps": {"platform": platform.pop("env_steps"), "plain": last.env_steps},
-        "eval_platform_return": score(platform.pop("policy")),
-        "eval_plain_return": score(plain.policy),
-        "eval_initial_return": score(initial),
-        "eval_definition": f"deterministic return, {n_eval} episodes, Reacher-v5 seed {10_000 + args.seed}",
+    row = {
+        "plain_return": round(plain_return, 3),
+        "plain_env_steps": last.env_steps,
         "plain_first_update_return": round(plain.iterations[0].mean_return, 3),
-        "plain_updates": len(plain.iterations),
         "plain_wall_s": round(last.wall_s, 1),
-        "platform": platform,
+        "eval_plain_return": score(plain.policy),
+        "episodes_in_window": k,
+    }
+    for name, lockstep in (("platform", False), ("lockstep", True)):
+        run = ppo_platform(args, seed, budget, k, lockstep)
+        print(f"  seed {seed} {name}: {run['env_steps']} env steps, return {run['return']:.2f}, "
+              f"hold fraction {run['hold_fraction']:.3f}", flush=True)  # fmt: skip
+        row[f"{name}_return"] = round(run.pop("return"), 3)
+        row[f"eval_{name}_return"] = score(run.pop("policy"))
+        row[name] = run
+    return row
+
+
+def ppo_reacher(args: argparse.Namespace) -> dict:
+    seeds = [args.seed + i for i in range(args.budget["ppo_seeds"])]
+    rows = {str(s): ppo_seed(args, s) for s in seeds}
+
+    def stat(key: str) -> dict:
+        xs = [r[key] for r in rows.values()]
+        return {"mean": round(float(np.mean(xs)), 3), "sem": round(sem(xs), 3)}
+
+    platform, plain = stat("platform_return"), stat("plain_return")
+    robot = SimRobot(REACHER)
+    initial = build_policy(GaussianMLPConfig(seed=seeds[0]), robot.observation_spec, robot.action_spec, 4)
+    n_eval = args.budget["eval_episodes"]
+    return {
+        "platform_return": platform["mean"],
+        "plain_return": plain["mean"],
+        "lockstep_return": stat("lockstep_return")["mean"],
+        "spread": {
+            "platform": platform,
+            "plain": plain,
+            "lockstep": stat("lockstep_return"),
+            "eval_platform": stat("eval_platform_return"),
+            "eval_plain": stat("eval_plain_return"),
+            "eval_lockstep": stat("eval_lockstep_return"),
+        },  # fmt: skip
+        "ratio": round(plain["mean"] / platform["mean"], 3),
+        "ratio_definition": "plain_return / platform_return (returns < 0; 1.0 = equal, < 1 = platform worse)",
+        "return_definition": f"mean env return of the finished training episodes of the last {LAST_STEPS} env "
+        "steps (stochastic policy; the platform's: as many of its last episodes); mean and s.e.m. over seeds",
+        "cleanrl_reference": "CleanRL ppo_continuous_action, Reacher: about -18 at this budget (issue figure)",
+        "env_steps": args.budget["ppo_env_steps"],
+        "hold_fraction": stat_hold(rows),
+        "seeds": rows,
+        "eval_initial_return": round(
+            evaluate(SimRobot(REACHER, seed=10_000), initial, n_eval).mean_return, 3
+        ),
+        "eval_definition": f"deterministic return, {n_eval} episodes, Reacher-v5 seed 10000 + seed",
+    }
+
+
+def stat_hold(rows: dict) -> dict:
+    return {
+        m: round(float(np.mean([r[m]["hold_fraction"] for r in rows.values()])), 4)
+        for m in ("platform", "lockstep")
     }
 
 
@@ -304,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     if "ppo_reacher" in result:
         p = result["ppo_reacher"]
         line += f" PPO Reacher return platform {p['platform_return']:.2f} vs plain {p['plain_return']:.2f} "
-        line += f"(ratio {p['ratio']:.2f}, goal >= 0.95) at {p['env_steps']['platform']} env steps;"
+        line += f"(ratio {p['ratio']:.2f}, goal >= 0.95), lockstep {p['lockstep_return']:.2f}, "
+        line += f"at {p['env_steps']} env steps, {len(p['seeds'])} seeds;"
     if "offline" in result:
         parts = []
         for d, tasks in result["offline"].items():

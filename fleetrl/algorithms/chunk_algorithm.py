@@ -45,7 +45,14 @@ class ChunkTensors:
     returns: torch.Tensor  # [B] observed discounted return to the episode's end; NaN where not observed
 
 
-def chunk_tensors(batch: ChunkBatch, obs_keys: list[str], device: torch.device | str = "cpu") -> ChunkTensors:
+def chunk_tensors(
+    batch: ChunkBatch,
+    obs_keys: list[str],
+    device: torch.device | str = "cpu",
+    bounds: tuple[float | None, float | None] = (None, None),
+) -> ChunkTensors:
+    """``bounds``: the action spec's (low, high). Robots record a Gaussian policy's sample, which may lie
+    outside them, and execute it clipped: the critics learn the values of what was executed."""
     b = len(batch)
     step_size = int(batch.actions[0, 0].size) if b else 1
 
@@ -53,10 +60,13 @@ def chunk_tensors(batch: ChunkBatch, obs_keys: list[str], device: torch.device |
         return torch.as_tensor(x, dtype=dtype, device=device)
 
     obs = flatten_obs({k: t(batch.obs[k]) for k in obs_keys}, obs_keys)
+    actions = t(batch.actions).reshape(b, -1)
+    if bounds != (None, None):
+        actions = actions.clamp(*bounds)
     next_obs = flatten_obs({k: t(batch.next_obs[k]) for k in obs_keys}, obs_keys)
     return ChunkTensors(
         obs=obs,
-        actions=t(batch.actions).reshape(b, -1),
+        actions=actions,
         chunk_reward=t(batch.chunk_reward),
         next_obs=next_obs,
         done=t(batch.done),
@@ -117,7 +127,8 @@ class ChunkAlgorithm(Algorithm):
 
     def tensors(self, batch: ChunkBatch) -> ChunkTensors:
         """``batch`` as flat tensors on the algorithm's device, observations in the policy's key order."""
-        return chunk_tensors(batch, self.policy.obs_keys, self.device)
+        a = self.spec.action_spec
+        return chunk_tensors(batch, self.policy.obs_keys, self.device, (a.low, a.high))
 
     def optim_step(
         self, loss: torch.Tensor, optim: torch.optim.Optimizer, params: Iterable[nn.Parameter]

@@ -38,7 +38,7 @@ def _run_episode(robot: SimRobot, policy: nn.Module, version: int, deterministic
 
     def step(action, row_version, obs_step, log_prob, held) -> bool:
         nonlocal obs
-        result = robot.hold() if held else robot.act(action)
+        result = robot.hold() if held else robot.act(robot.action_spec.clip(action))  # recorded as sampled
         rows.append((obs, action, row_version, obs_step, log_prob, held, result.reward))
         obs = result.observation
         flags["success"] = flags["success"] or result.success

@@ -190,18 +190,19 @@ class RobotClient:
             self._hold_or_wait(now)
             return
         chunk = self._current
-        commanded = self._clip(chunk.actions[chunk.index])
+        sampled = chunk.actions[chunk.index]
         rec = StepRecord(self._step, chunk.obs_step, chunk.obs_time, now, chunk.version, chunk.replica)
         if chunk.index == 0:
             rec.log_prob = chunk.log_prob
         chunk.index += 1
-        self._after_step(rec, commanded, self.robot.act(commanded), now)
+        # executed clipped, recorded as sampled: the chunk's log-prob is of the sample (chunk replay clips)
+        self._after_step(rec, sampled, self.robot.act(self.robot.action_spec.clip(sampled)), now)
 
     def _operator_step(self, now: float) -> None:
         """One tick under human control: the operator's action, recorded as an intervention."""
         assert self._obs is not None
         rec, action = self.human.operator_step(self._obs, self._step, now)
-        action = self._clip(action)
+        action = self.robot.action_spec.clip(action)
         self._after_step(rec, action, self.robot.act(action), now)
 
     def _housekeeping(self, now: float) -> None:
@@ -245,7 +246,7 @@ class RobotClient:
         self._maybe_request(now)
 
     def _after_step(self, rec: StepRecord, commanded: np.ndarray, result: StepResult, now: float) -> None:
-        """Record the executed step (the operator's action if one intervened) and decide what comes next."""
+        """Record the step (the operator's action if one intervened) and decide what comes next."""
         assert self._episode is not None and self._obs is not None
         executed = commanded
         if result.executed_action is not None:
@@ -352,12 +353,6 @@ class RobotClient:
             log.warning("%s: action chunk of shape %s refused", self.robot_id, actions.shape)
             return
         self._next = Chunk(actions, req.step, req.obs_time, msg.policy_version, msg.replica, msg.log_prob)
-
-    def _clip(self, action: np.ndarray) -> np.ndarray:
-        spec = self.robot.action_spec
-        if spec.low is None and spec.high is None:
-            return action
-        return np.clip(action, spec.low, spec.high)
 
     # -- replies -------------------------------------------------------------------------------------
     def _handle(self, msg: P.Message, now: float) -> None:

@@ -55,6 +55,12 @@ class ArraySpec:
             raise ValueError(f"shape must be a list of integers, got {shape!r}")
         return cls(tuple(shape), str(d.get("dtype", "float32")), d.get("low"), d.get("high"))
 
+    def clip(self, action: np.ndarray) -> np.ndarray:
+        """``action`` within the bounds (what a robot executes); unchanged when there are none."""
+        if self.low is None and self.high is None:
+            return action
+        return np.clip(action, self.low, self.high)
+
     def check(self, name: str, arr: Any) -> None:
         """Raise ProtocolError('bad_observation') if ``arr`` does not match this spec."""
         if not isinstance(arr, np.ndarray):

@@ -198,3 +198,13 @@ def test_bc_masks_padding_and_can_use_offline_rows_only():
         expected = flow_matching_loss(plain.policy, t.obs, t.actions, mask=t.mask).item()
     torch.manual_seed(1)
     assert plain.update(batch)["bc_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_chunk_replay_reads_recorded_samples_as_the_clipped_actions_robots_executed():
+    # robots record a Gaussian policy's sample (its log-prob's action) and execute it clipped
+    batch = make_batch()
+    batch.actions[1, 0] = [3.0, -2.5]
+    assert chunk_tensors(batch, ["state"]).actions[1, :2].tolist() == [3.0, -2.5]  # no bounds: as stored
+    awr = small_awr()
+    assert awr.tensors(batch).actions[1, :2].tolist() == [1.0, -1.0]  # the task's bounds
+    assert awr.tensors(batch).actions.abs().max() <= 1.0

@@ -158,6 +158,8 @@ def test_chunks_execute_in_order_and_the_next_is_asked_for_early(rig):
         client.tick()
     executed = np.array(robot.actions)
     np.testing.assert_allclose(executed[:3], [[0.1, 0.1], [0.2, 0.2], [1.0, -1.0]], rtol=1e-6)  # clipped
+    # the record keeps the sample the chunk's log-prob belongs to (PPO's ratio), not the clipped action
+    np.testing.assert_allclose(client._episode.actions[2], [5.0, -5.0], rtol=1e-6)
     np.testing.assert_allclose(executed[3:], 0.5)  # the new chunk starts where the old one ended
     assert robot.holds == 0 and client.counters["holds"] == 0
     steps = client._episode.steps
