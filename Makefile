@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Five minutes, then the run's summary (what it learned); DEMO_ARGS= runs until Ctrl-C.
+DEMO_ARGS ?= --duration 300
+
 demo: setup
 	$(VENV)/bin/fleetrl run configs/local.yaml $(DEMO_ARGS)
 

@@ -24,10 +24,11 @@ mixed-quality dataset, several seeds each, in worker processes (``offline_cells.
 before any outcome: datasets, budget, seeds, evaluation). ``offline.{expert,mixed}.{task}.{alg}`` holds
 ``success_mean``, ``success_sem`` and ``seeds``.
 
-The online cells through the platform (``online.{task}.{alg}``: from an offline start, success vs robot
-time) are not part of this script yet.
+(c) ``online``: QAM, AWR and BC on cube-single task 1 through the whole platform, from an offline start on
+the expert dataset, success vs robot time (``online_cells.py`` says what was fixed before any outcome).
+``online.task1.{alg}`` holds ``success_start``, ``success_end``, ``robot_minutes`` and ``curve`` (per seed).
 
-    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick] [--only ppo|offline] [--workers 2]
+    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick] [--only ppo|offline|online] [--workers 2]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import offline_cells
+import online_cells
 import ray
 import torch
 from common import REACHER_SPECS, run_header, tasks_config, write_json
@@ -57,6 +59,7 @@ from fleetrl.testing.plain_loop import evaluate
 from fleetrl.testing.plain_ppo import train_plain_ppo
 
 ROOT = Path(__file__).resolve().parent.parent
+PARTS = {"ppo": "ppo_reacher", "offline": "offline", "online": "online"}  # --only: result key
 REACHER = "Reacher-v5"
 # CleanRL's ppo_continuous_action settings on our config (PPOConfig's defaults are CleanRL's: lr 3e-4, 10
 # epochs, clip 0.2, GAE lambda 0.95, value coef 0.5, max grad norm 0.5, advantages standardised per
@@ -71,6 +74,8 @@ BUDGETS = {  # quick / full
     "eval_episodes": (5, 50),
     "offline_updates": (40, 1000),
     "offline_seeds": (1, 3),
+    "online_env_steps": (2_000, 30_000),
+    "online_seeds": (1, 3),
 }
 
 
@@ -315,11 +320,59 @@ def plot_offline(offline_result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# -- (c) online: from an offline start, through the platform --------------------------------------------
+def online(args: argparse.Namespace) -> dict:
+    """Every online cell, one at a time (each is a whole platform); finished cells kept for ``--resume``."""
+    b = args.budget
+    episodes = offline_cells.build_dataset("task1", "expert", args.quick)
+    partial = Path(args.out).with_suffix(".online.cells.json")
+    cells: dict[str, dict] = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    for alg in online_cells.ALGORITHMS:
+        for seed in offline_cells.SEEDS[: b["online_seeds"]]:
+            key = f"{alg}/{seed}"
+            if key in cells:
+                continue
+            print(f"  online {key} ...", flush=True)
+            cells[key] = online_cells.run_cell(alg, seed, episodes, b)
+            partial.write_text(json.dumps(cells, indent=1))
+            c = cells[key]
+            print(f"  online {key}: success {c['success_start']:.2f} -> {c['success_end']:.2f} in "
+                  f"{c['robot_minutes']} robot-minutes", flush=True)  # fmt: skip
+    by_alg: dict[str, dict[int, dict]] = {}
+    for key, cell in cells.items():
+        alg, seed = key.split("/")
+        by_alg.setdefault(alg, {})[int(seed)] = cell
+    return {"task1": {alg: online_cells.summarize(c) for alg, c in by_alg.items()}}
+
+
+def plot_online(online_result: dict, path: Path) -> None:
+    """The fleet's success (last 20 episodes) vs robot-minutes, one line per algorithm and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for i, (alg, row) in enumerate(online_result["task1"].items()):
+        for j, points in enumerate(row["curve"].values()):
+            xs = [p["robot_minutes"] for p in points if p["success"] is not None]
+            ys = [p["success"] for p in points if p["success"] is not None]
+            ax.plot(xs, ys, color=f"C{i}", alpha=0.8, label=alg if j == 0 else None)
+    ax.set_xlabel("robot-minutes (10 Hz)")
+    ax.set_ylabel("fleet success (last 20 episodes)")
+    ax.set_title("cube-single task 1, online from an offline start", fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small budgets (a few minutes)")
-    ap.add_argument("--only", choices=("ppo", "offline"), help="run one part only")
+    ap.add_argument("--only", choices=tuple(PARTS), help="run one part only")
     ap.add_argument("--robots", type=int, default=8, help="sim robots (platform) = robots (plain loop)")
     ap.add_argument("--hz", type=float, default=100.0, help="sim robots' control rate (Reacher preset: 20)")
     ap.add_argument("--workers", type=int, default=2, help="offline cells run at once (one core each)")
@@ -358,15 +411,19 @@ def main(argv: list[str] | None = None) -> None:
         print("(b) offline cells on cube-single ...", flush=True)
         result["offline"] = offline(args)
         plot_offline(result["offline"], Path(args.out).with_suffix(".png"))
+    if args.only in (None, "online"):
+        print("(c) online cells on cube-single through the platform ...", flush=True)
+        result["online"] = online(args)
+        plot_online(result["online"], Path(args.out).with_name(Path(args.out).stem + "_online.png"))
     result["wall_s"] = round(time.monotonic() - t0, 1)
-    if args.only and Path(args.out).exists():  # one part rerun: the other part's figures stay in the file
+    if args.only and Path(args.out).exists():  # one part rerun: the other parts' figures stay in the file
         earlier = json.loads(Path(args.out).read_text())
-        other = "offline" if args.only == "ppo" else "ppo_reacher"
-        if other in earlier:
-            result[other] = earlier[other]
-            result.setdefault("runs", earlier.get("runs", [])).append(
-                {"part": other, "command": earlier.get("command"), "date": earlier.get("date")}
-            )
+        for part, key in PARTS.items():
+            if part != args.only and key in earlier:
+                result[key] = earlier[key]
+                result.setdefault("runs", earlier.get("runs", [])).append(
+                    {"part": key, "command": earlier.get("command"), "date": earlier.get("date")}
+                )
     out = write_json(result, args.out)
     print(f"wrote {out} ({result['wall_s']} s)")
     line = "learning:"
@@ -381,7 +438,12 @@ def main(argv: list[str] | None = None) -> None:
             for task, row in tasks.items():
                 algs = " ".join(f"{a} {row[a]['success_mean']:.2f}" for a in row if a != "dataset")
                 parts.append(f"{d}/{task}: {algs}")
-        line += " offline success " + "; ".join(parts)
+        line += " offline success " + "; ".join(parts) + ";"
+    if "online" in result:
+        row = result["online"]["task1"]
+        line += " online task1 success " + ", ".join(
+            f"{a} {r['success_start']:.2f}->{r['success_end']:.2f}" for a, r in row.items()
+        )
     print(line)
 
 

@@ -66,3 +66,44 @@ def test_qam_improves_reacher_policy():
     assert metrics["phase"] == 1.0 and np.isfinite(metrics["adjoint_loss"])
     assert final > initial + 2.0
     assert final > reference - 1.0
+
+
+def test_qam_beats_its_bc_reference_on_mixed_quality_demos():
+    """Half the demos are the reacher controller, half uniform random actions that never reach: cloning
+    copies both, adjoint matching under the critics keeps what reaches. Success = fingertip within 2 cm
+    (the episode ends there), deterministic evaluation over 30 episodes."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    robot = SimRobot(ENV, seed=1000)
+    spec = PolicySpec(robot.observation_spec, robot.action_spec, chunk_len=H, gamma=GAMMA)
+    policy = FlowChunkPolicy(
+        FlowChunkConfig(hidden=(128, 128), flow_steps=8), robot.observation_spec, robot.action_spec, H
+    )
+    rng = np.random.default_rng(0)
+
+    def random_actions(obs):  # noqa: ARG001 - a flailing operator
+        return rng.uniform(-1, 1, 2)
+
+    replay = Replay.from_config(ReplayConfig(gamma=GAMMA, reward="aloe", c_fail=20.0), chunk_len=H, seed=0)
+    for ep in collect_scripted_demos(ENV, reacher_reach_policy, 30, seed=0, log_every=0):
+        replay.add(ep)
+    for ep in collect_scripted_demos(ENV, random_actions, 30, seed=100, log_every=0, policy_name="random"):
+        replay.add(ep)
+
+    def success() -> float:
+        return evaluate(SimRobot(ENV, seed=77), policy, 30).success_rate
+
+    value = CategoricalValueConfig(n_atoms=51, v_min=-70.0, v_max=0.0, hidden=(128, 128))
+    cfg = QAMConfig(
+        batch_size=256, critic=ChunkQConfig(hidden=(128, 128)), divl=DIVLConfig(value=value),
+        temperature=1.0, bc_steps=600,
+    )  # fmt: skip
+    algo = QAM(cfg, policy, spec)
+    for _ in range(cfg.bc_steps):
+        algo.update(replay.sample_chunks(cfg.batch_size))
+    reference = success()
+    for _ in range(600):
+        metrics = algo.update(replay.sample_chunks(cfg.batch_size))
+    final = success()
+    print(f"bc reference success {reference:.2f}  qam {final:.2f}  {metrics}")
+    assert final >= reference + 0.2

@@ -1,0 +1,180 @@
+"""The online cells of ``learning.py``: from an offline start, the fleet learns through the whole platform.
+
+One cell = one algorithm, one seed, on OGBench cube-single task 1: a platform (gateway, inference replica,
+data server, learner on Ray Train, REST) whose offline replay holds the ``expert`` dataset of
+``offline_cells`` (100 ``plan``-oracle demos at noise 0.1). The learner first trains offline only
+(``offline_steps``: QAM and AWR a BC start of ``offline_updates`` steps then as many of their own; BC
+``offline_updates`` steps, as in the offline cells), then sim robots register over REST and run over
+ZeroMQ (lockstep: their simulated time waits for late chunks, so the figure is learning, not latency)
+and the learner trains on LWD's 1:1 offline/online mix until the replay holds the budget of online env
+steps. Plain BC continuing on the same stream is the reference.
+
+Fixed before any outcome was seen:
+
+* task cube-single-singletask-task1-v0, chunk length 5, the offline cells' policy, replay reward
+  (``aloe``: -1 per step, -200 on failure) and algorithm configs; ``offline_fraction`` 0.5 online;
+* 4 robots; budget 30,000 online env steps = 50 robot-minutes at the task's 10 Hz (quick: 2,000);
+* success start / end: 50 deterministic evaluation episodes (evaluation seeds no training episode used)
+  of the weights the fleet was served when the robots started, and of the last published weights;
+* the curve: every ~15 s, online env steps (as robot-minutes at 10 Hz) and the success rate of the
+  fleet's last 20 finished episodes (the policy as it acts, with its sampling noise);
+* seeds 0, 1, 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import offline_cells
+import ray
+import torch
+from common import tasks_config
+from pydantic import TypeAdapter
+
+from fleetrl.models.policies import PolicyConfig, build_policy
+from fleetrl.platform.platform import Platform
+from fleetrl.robots.sim import SimRobot, run_sim_fleet
+from fleetrl.testing.plain_loop import evaluate
+
+TASK, ENV = "cube-task1", offline_cells.TASKS["task1"]
+ALGORITHMS = ("qam", "awr", "bc")
+ROBOTS, CONTROL_HZ, ROBOT_HZ = 4, 50.0, 10.0  # sim rate (lockstep) / the task's real rate for robot time
+CURVE_EVERY_S, CURVE_WINDOW, PUBLISH_EVERY = 15.0, 20, 20
+
+
+def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
+    """The cell's task (as a platform config's ``tasks`` entry) and its number of offline-only steps."""
+    config = offline_cells.ALGORITHMS[alg] | {"seed": seed}
+    offline_steps = offline_updates
+    if alg in ("qam", "awr"):
+        config["bc_steps"] = offline_updates
+        offline_steps = 2 * offline_updates
+    robot = SimRobot(ENV)
+    task = {
+        "name": TASK,
+        "observation": {k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in robot.observation_spec.items()},
+        "action": robot.action_spec.to_dict(),
+        "chunk_len": offline_cells.CHUNK_LEN,
+        "policy": offline_cells.policy_family(alg) | {"seed": seed},
+        "inference": {"replicas": 1, "max_batch": 32},
+        "learner": {"algorithm": alg, "config": config, "offline_steps": offline_steps,
+                    "publish_every": PUBLISH_EVERY, "checkpoint_every": 1000},
+    }  # fmt: skip
+    robot.close()
+    return task, offline_steps
+
+
+def served_policy(platform: Platform, alg: str, seed: int) -> tuple[int, torch.nn.Module]:
+    """The latest published version and its weights in a policy of the cell's family."""
+    version, refs, _ = ray.get(platform.weights.latest.remote(TASK))
+    robot = SimRobot(ENV)
+    cfg = TypeAdapter(PolicyConfig).validate_python(offline_cells.policy_family(alg) | {"seed": seed})
+    policy = build_policy(cfg, robot.observation_spec, robot.action_spec, offline_cells.CHUNK_LEN)
+    policy.load_state_dict({k: torch.tensor(v) for k, v in ray.get(refs[0]).items()})
+    robot.close()
+    return version, policy
+
+
+def success_of(policy: torch.nn.Module, seed: int, n: int) -> float:
+    robot = SimRobot(ENV, seed=offline_cells.EVAL_SEED + seed)
+    try:
+        return float(evaluate(robot, policy, n).success_rate)
+    finally:
+        robot.close()
+
+
+def wait_for(what: str, check, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"online cell: {what} not reached in {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
+def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dict[str, Any]:
+    """One online cell (see the module doc); its start/end success, robot time and curve."""
+    task, offline_steps = task_config(alg, seed, budget["offline_updates"])
+    online_steps, n_eval = budget["online_env_steps"], budget["eval_episodes"]
+    with tempfile.TemporaryDirectory(prefix="fleetrl-online-") as state_dir:
+        platform = Platform(
+            tasks_config(state_dir, [task], **(offline_cells.REPLAY | {"offline_fraction": 0.5}))
+        ).start()
+        try:
+            t0 = time.monotonic()
+            ray.get([platform.data.ingest.remote(dataclasses.replace(e, task=TASK)) for e in episodes])
+            learner = platform.learner(TASK)
+
+            def step() -> int:
+                return int(ray.get(learner.status.remote()).get("step", 0))
+
+            # the offline phase, and a version published after it (the learner trains on offline data
+            # until the robots' first episodes arrive)
+            wait_for(f"{offline_steps} offline steps", lambda: step() >= offline_steps + PUBLISH_EVERY, 3600)
+            offline_s = time.monotonic() - t0
+            start_version, start_policy = served_policy(platform, alg, seed)
+            stop, curve = threading.Event(), []
+            fleet = threading.Thread(
+                target=run_sim_fleet,
+                args=(ENV, ROBOTS, platform.rest_url, platform.admin_token, TASK),
+                kwargs={"seed": 100 * (seed + 1), "control_hz": CONTROL_HZ, "stop": stop, "lockstep": True},
+                daemon=True,
+            )
+            t1 = time.monotonic()
+            fleet.start()
+            steps, shown = 0, 0.0
+            while steps < online_steps:
+                time.sleep(CURVE_EVERY_S)
+                steps = ray.get(platform.data.stats.remote(TASK))["replay"]["online_transitions"]
+                rollout = ray.get(platform.data.rollout_stats.remote(TASK, CURVE_WINDOW))
+                point = {
+                    "robot_minutes": round(steps / ROBOT_HZ / 60, 2),
+                    "success": rollout.get("success_rate"),
+                    "episodes": rollout.get("episodes", 0),
+                    "learner_step": step(),
+                    "wall_s": round(time.monotonic() - t1, 1),
+                }
+                curve.append(point)
+                if time.monotonic() - shown > 60:
+                    shown = time.monotonic()
+                    print(f"    {alg} seed {seed}: {point}", flush=True)
+            stop.set()
+            fleet.join(60)
+            end_version, end_policy = served_policy(platform, alg, seed)
+            status = ray.get(learner.status.remote())
+        finally:
+            platform.stop()
+    return {
+        "success_start": success_of(start_policy, seed, n_eval),
+        "success_end": success_of(end_policy, seed, n_eval),
+        "robot_minutes": round(steps / ROBOT_HZ / 60, 2),
+        "online_env_steps": steps,
+        "versions": [start_version, end_version],
+        "learner_steps": status.get("step"),
+        "offline_wall_s": round(offline_s, 1),
+        "online_wall_s": round(time.monotonic() - t1, 1),
+        "curve": curve,
+    }
+
+
+def summarize(cells: dict[int, dict]) -> dict[str, Any]:
+    """Mean and standard error over seeds of a (task, algorithm)'s cells, the per-seed curves kept."""
+
+    def stat(key: str) -> tuple[float, float | None]:
+        a = np.asarray([c[key] for c in cells.values()], np.float64)
+        sem = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
+        return round(float(a.mean()), 4), None if sem is None else round(sem, 4)
+
+    (start, start_sem), (end, end_sem) = stat("success_start"), stat("success_end")
+    return {
+        "success_start": start, "success_start_sem": start_sem,
+        "success_end": end, "success_end_sem": end_sem,
+        "robot_minutes": stat("robot_minutes")[0],
+        "seeds": sorted(cells),
+        "curve": {str(s): c["curve"] for s, c in cells.items()},
+        "per_seed": {str(s): {k: v for k, v in c.items() if k != "curve"} for s, c in cells.items()},
+    }  # fmt: skip
