@@ -49,6 +49,12 @@ def tasks_config(state_dir: str, tasks: list[dict], **replay: Any) -> PlatformCo
     return parse_config(data, "benchmark config")
 
 
+def sem(xs: Any) -> float | None:
+    """Standard error of the mean over seeds (None for a single seed)."""
+    a = np.asarray(xs, np.float64)
+    return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
+
+
 def percentiles(values: list[float], digits: int = 4) -> dict[str, float | int | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None, "n": 0}

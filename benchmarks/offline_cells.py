@@ -122,11 +122,12 @@ def run_cell(task: str, alg: str, seed: int, episodes: list, updates: int, eval_
 
 def summarize(successes: list[float], seeds: list[int]) -> dict[str, Any]:
     """Mean and standard error over seeds."""
-    a = np.asarray(successes, np.float64)
-    sem = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
+    from common import sem
+
+    a, spread = np.asarray(successes, np.float64), sem(successes)
     return {
         "success_mean": round(float(a.mean()), 4),
-        "success_sem": None if sem is None else round(sem, 4),
+        "success_sem": None if spread is None else round(spread, 4),
         "seeds": list(seeds),
         "per_seed": [round(float(s), 4) for s in a],
     }

@@ -33,7 +33,7 @@ import numpy as np
 import offline_cells
 import ray
 import torch
-from common import tasks_config
+from common import sem, tasks_config
 from pydantic import TypeAdapter
 
 from fleetrl.models.policies import PolicyConfig, build_policy
@@ -165,9 +165,9 @@ def summarize(cells: dict[int, dict]) -> dict[str, Any]:
     """Mean and standard error over seeds of a (task, algorithm)'s cells, the per-seed curves kept."""
 
     def stat(key: str) -> tuple[float, float | None]:
-        a = np.asarray([c[key] for c in cells.values()], np.float64)
-        sem = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
-        return round(float(a.mean()), 4), None if sem is None else round(sem, 4)
+        xs = [c[key] for c in cells.values()]
+        spread = sem(xs)
+        return round(float(np.mean(xs)), 4), None if spread is None else round(spread, 4)
 
     (start, start_sem), (end, end_sem) = stat("success_start"), stat("success_end")
     return {

@@ -36,7 +36,7 @@ class EpisodeLog:
     episode_id: str
     steps: list[StepRecord] = field(default_factory=list)
     observations: list[dict[str, np.ndarray]] = field(default_factory=list)  # before each action
-    actions: list[np.ndarray] = field(default_factory=list)  # the policy's sample (executed clipped) or the operator's
+    actions: list[np.ndarray] = field(default_factory=list)  # policy sample (executed clipped) / operator's
     final_observation: dict[str, np.ndarray] | None = None
     outcome: str | None = None
     terminated: bool = False

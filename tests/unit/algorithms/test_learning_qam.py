@@ -66,4 +66,3 @@ def test_qam_improves_reacher_policy():
     assert metrics["phase"] == 1.0 and np.isfinite(metrics["adjoint_loss"])
     assert final > initial + 2.0
     assert final > reference - 1.0
-
