@@ -6,6 +6,9 @@ import datetime
 import json
 import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import numpy as np
 import yaml
 
 from fleetrl.platform.config import PlatformConfig, parse_config
+from fleetrl.robots.sim import run_sim_fleet
 from fleetrl.testing.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +51,41 @@ def tasks_config(state_dir: str, tasks: list[dict], **replay: Any) -> PlatformCo
     if replay:
         data["data"] = {"replay": replay}
     return parse_config(data, "benchmark config")
+
+
+def run_fleet_until(
+    platform: Any,
+    env_id: str,
+    n: int,
+    task: str,
+    online_steps: int,
+    poll_s: float = 0.5,
+    on_poll: Callable[[int, float], None] | None = None,
+    **fleet: Any,
+) -> tuple[list, int, float]:
+    """``n`` sim robots (``run_sim_fleet`` in a thread, ``fleet``: its keyword arguments) on ``platform``
+    until the task's replay holds ``online_steps`` online env steps; ``on_poll(steps, elapsed_s)`` after
+    every look. Returns (the robot clients, the steps seen last, the wall time until then)."""
+    import ray
+
+    stop, clients = threading.Event(), []
+    runner = threading.Thread(
+        target=run_sim_fleet,
+        args=(env_id, n, platform.rest_url, platform.admin_token, task),
+        kwargs={**fleet, "stop": stop, "on_start": clients.extend},
+        daemon=True,
+    )
+    t0, steps = time.monotonic(), 0
+    runner.start()
+    while steps < online_steps:
+        time.sleep(poll_s)
+        steps = ray.get(platform.data.stats.remote(task))["replay"]["online_transitions"]
+        if on_poll is not None:
+            on_poll(steps, time.monotonic() - t0)
+    wall = time.monotonic() - t0
+    stop.set()
+    runner.join(60)
+    return clients, steps, wall
 
 
 def sem(xs: Any) -> float | None:

@@ -38,7 +38,6 @@ import json
 import logging
 import multiprocessing
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -47,16 +46,17 @@ import offline_cells
 import online_cells
 import ray
 import torch
-from common import REACHER_SPECS, run_header, sem, tasks_config, write_json
+from common import REACHER_SPECS, run_fleet_until, run_header, sem, tasks_config, write_json
 
 from fleetrl.algorithms.base import registry
 from fleetrl.algorithms.ppo import PPOConfig
 from fleetrl.models.gaussian import GaussianMLPConfig
 from fleetrl.models.policies import build_policy
 from fleetrl.platform.platform import Platform
-from fleetrl.robots.sim import SimRobot, run_sim_fleet
+from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import evaluate
 from fleetrl.testing.plain_ppo import train_plain_ppo
+from fleetrl.workers.weights import to_torch_state
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = {"ppo": "ppo_reacher", "offline": "offline", "online": "online"}  # --only: result key
@@ -96,7 +96,7 @@ def reach_task(seed: int) -> dict:
 def load_policy(state: dict, seed: int) -> torch.nn.Module:
     robot = SimRobot(REACHER)
     policy = build_policy(GaussianMLPConfig(seed=seed), robot.observation_spec, robot.action_spec, 4)
-    policy.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    policy.load_state_dict(to_torch_state(state))
     return policy
 
 
@@ -109,26 +109,17 @@ def ppo_platform(args: argparse.Namespace, seed: int, budget: int, k: int, locks
             deadline = time.monotonic() + 180  # robots start once the learner has published version 0
             while ray.get(platform.weights.latest.remote("reach")) is None and time.monotonic() < deadline:
                 time.sleep(0.5)
-            stop, clients = threading.Event(), []
-            fleet = threading.Thread(
-                target=run_sim_fleet,
-                args=(REACHER, args.robots, platform.rest_url, platform.admin_token, "reach"),
-                kwargs={"seed": seed, "control_hz": args.hz, "stop": stop, "on_start": clients.extend,
-                        "lockstep": lockstep},
-                daemon=True,
+            shown = [0.0]
+
+            def progress(steps: int, elapsed: float) -> None:
+                if elapsed - shown[0] > 30:
+                    shown[0] = elapsed
+                    print(f"    platform: {steps}/{budget} env steps after {elapsed:.0f} s", flush=True)
+
+            clients, _, wall = run_fleet_until(
+                platform, REACHER, args.robots, "reach", budget, on_poll=progress,
+                seed=seed, control_hz=args.hz, lockstep=lockstep,
             )  # fmt: skip
-            t0, shown = time.monotonic(), 0.0
-            fleet.start()
-            while (
-                steps := ray.get(platform.data.stats.remote("reach"))["replay"]["online_transitions"]
-            ) < budget:
-                if time.monotonic() - shown > 30:
-                    shown = time.monotonic()
-                    print(f"    platform: {steps}/{budget} env steps after {shown - t0:.0f} s", flush=True)
-                time.sleep(0.5)
-            wall = time.monotonic() - t0
-            stop.set()
-            fleet.join(30)
             status = ray.get(platform.learner("reach").status.remote())
             version, refs, _ = ray.get(platform.weights.latest.remote("reach"))
             rollout = ray.get(platform.data.rollout_stats.remote("reach", k))
@@ -149,10 +140,7 @@ def ppo_platform(args: argparse.Namespace, seed: int, budget: int, k: int, locks
 
 def last_window(iterations: list, steps: int) -> tuple[float, int]:
     """Mean return and episode count of the plain loop's iterations covering its last ``steps`` env steps."""
-    end, rows = iterations[-1].env_steps, []
-    for it in iterations:
-        if it.env_steps > end - steps:
-            rows.append(it)
+    rows = [it for it in iterations if it.env_steps > iterations[-1].env_steps - steps]
     k = sum(it.episodes for it in rows)
     return sum(it.mean_return * it.episodes for it in rows) / k, k
 
@@ -195,45 +183,37 @@ def ppo_reacher(args: argparse.Namespace) -> dict:
     seeds = [args.seed + i for i in range(args.budget["ppo_seeds"])]
     rows = {str(s): ppo_seed(args, s) for s in seeds}
 
-    def stat(key: str) -> dict:
-        xs = [r[key] for r in rows.values()]
-        return {"mean": round(float(np.mean(xs)), 3), "sem": round(sem(xs) or 0.0, 3)}
+    def stat(value, digits: int = 3) -> dict:
+        xs = [value(r) for r in rows.values()]
+        return {"mean": round(float(np.mean(xs)), digits), "sem": round(sem(xs) or 0.0, digits)}
 
-    platform, plain = stat("platform_return"), stat("plain_return")
+    spread = {name: stat(lambda r, key=key: r[key]) for name, key in (
+        ("platform", "platform_return"), ("plain", "plain_return"), ("lockstep", "lockstep_return"),
+        ("eval_platform", "eval_platform_return"), ("eval_plain", "eval_plain_return"),
+        ("eval_lockstep", "eval_lockstep_return"))}  # fmt: skip
+    platform, plain = spread["platform"], spread["plain"]
     robot = SimRobot(REACHER)
     initial = build_policy(GaussianMLPConfig(seed=seeds[0]), robot.observation_spec, robot.action_spec, 4)
     n_eval = args.budget["eval_episodes"]
     return {
         "platform_return": platform["mean"],
         "plain_return": plain["mean"],
-        "lockstep_return": stat("lockstep_return")["mean"],
-        "spread": {
-            "platform": platform,
-            "plain": plain,
-            "lockstep": stat("lockstep_return"),
-            "eval_platform": stat("eval_platform_return"),
-            "eval_plain": stat("eval_plain_return"),
-            "eval_lockstep": stat("eval_lockstep_return"),
-        },  # fmt: skip
+        "lockstep_return": spread["lockstep"]["mean"],
+        "spread": spread,
         "ratio": round(plain["mean"] / platform["mean"], 3),
         "ratio_definition": "plain_return / platform_return (returns < 0; 1.0 = equal, < 1 = platform worse)",
         "return_definition": f"mean env return of the finished training episodes of the last {LAST_STEPS} env "
         "steps (stochastic policy; the platform's: as many of its last episodes); mean and s.e.m. over seeds",
         "cleanrl_reference": "CleanRL ppo_continuous_action, Reacher: about -18 at this budget (issue figure)",
         "env_steps": args.budget["ppo_env_steps"],
-        "hold_fraction": stat_hold(rows),
+        "hold_fraction": {
+            m: stat(lambda r, m=m: r[m]["hold_fraction"], 4)["mean"] for m in ("platform", "lockstep")
+        },
         "seeds": rows,
         "eval_initial_return": round(
             evaluate(SimRobot(REACHER, seed=10_000), initial, n_eval).mean_return, 3
         ),
         "eval_definition": f"deterministic return, {n_eval} episodes, Reacher-v5 seed 10000 + seed",
-    }
-
-
-def stat_hold(rows: dict) -> dict:
-    return {
-        m: round(float(np.mean([r[m]["hold_fraction"] for r in rows.values()])), 4)
-        for m in ("platform", "lockstep")
     }
 
 

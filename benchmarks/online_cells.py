@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -33,13 +32,15 @@ import numpy as np
 import offline_cells
 import ray
 import torch
-from common import sem, tasks_config
+from common import run_fleet_until, sem, tasks_config
 from pydantic import TypeAdapter
 
 from fleetrl.models.policies import PolicyConfig, build_policy
 from fleetrl.platform.platform import Platform
-from fleetrl.robots.sim import SimRobot, run_sim_fleet
+from fleetrl.robots.protocol import specs_to_dict
+from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import evaluate
+from fleetrl.workers.weights import to_torch_state
 
 TASK, ENV = "cube-task1", offline_cells.TASKS["task1"]
 ALGORITHMS = ("qam", "awr", "bc")
@@ -57,7 +58,7 @@ def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
     robot = SimRobot(ENV)
     task = {
         "name": TASK,
-        "observation": {k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in robot.observation_spec.items()},
+        "observation": specs_to_dict(robot.observation_spec),
         "action": robot.action_spec.to_dict(),
         "chunk_len": offline_cells.CHUNK_LEN,
         "policy": offline_cells.policy_family(alg) | {"seed": seed},
@@ -75,7 +76,7 @@ def served_policy(platform: Platform, alg: str, seed: int) -> tuple[int, torch.n
     robot = SimRobot(ENV)
     cfg = TypeAdapter(PolicyConfig).validate_python(offline_cells.policy_family(alg) | {"seed": seed})
     policy = build_policy(cfg, robot.observation_spec, robot.action_spec, offline_cells.CHUNK_LEN)
-    policy.load_state_dict({k: torch.tensor(v) for k, v in ray.get(refs[0]).items()})
+    policy.load_state_dict(to_torch_state(ray.get(refs[0])))
     robot.close()
     return version, policy
 
@@ -117,33 +118,27 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
             wait_for(f"{offline_steps} offline steps", lambda: step() >= offline_steps + PUBLISH_EVERY, 3600)
             offline_s = time.monotonic() - t0
             start_version, start_policy = served_policy(platform, alg, seed)
-            stop, curve = threading.Event(), []
-            fleet = threading.Thread(
-                target=run_sim_fleet,
-                args=(ENV, ROBOTS, platform.rest_url, platform.admin_token, TASK),
-                kwargs={"seed": 100 * (seed + 1), "control_hz": CONTROL_HZ, "stop": stop, "lockstep": True},
-                daemon=True,
-            )
-            t1 = time.monotonic()
-            fleet.start()
-            steps, shown = 0, 0.0
-            while steps < online_steps:
-                time.sleep(CURVE_EVERY_S)
-                steps = ray.get(platform.data.stats.remote(TASK))["replay"]["online_transitions"]
+            curve, shown = [], [0.0]
+
+            def look(steps: int, elapsed: float) -> None:
                 rollout = ray.get(platform.data.rollout_stats.remote(TASK, CURVE_WINDOW))
                 point = {
                     "robot_minutes": round(steps / ROBOT_HZ / 60, 2),
                     "success": rollout.get("success_rate"),
                     "episodes": rollout.get("episodes", 0),
                     "learner_step": step(),
-                    "wall_s": round(time.monotonic() - t1, 1),
+                    "wall_s": round(elapsed, 1),
                 }
                 curve.append(point)
-                if time.monotonic() - shown > 60:
-                    shown = time.monotonic()
+                if elapsed - shown[0] > 60:
+                    shown[0] = elapsed
                     print(f"    {alg} seed {seed}: {point}", flush=True)
-            stop.set()
-            fleet.join(60)
+
+            t1 = time.monotonic()
+            _, steps, _ = run_fleet_until(
+                platform, ENV, ROBOTS, TASK, online_steps, poll_s=CURVE_EVERY_S, on_poll=look,
+                seed=100 * (seed + 1), control_hz=CONTROL_HZ, lockstep=True,
+            )  # fmt: skip
             end_version, end_policy = served_policy(platform, alg, seed)
             status = ray.get(learner.status.remote())
         finally:

@@ -245,16 +245,15 @@ class RobotClient:
             self.supervisor.episode_started(self)
         self._maybe_request(now)
 
-    def _after_step(self, rec: StepRecord, commanded: np.ndarray, result: StepResult, now: float) -> None:
+    def _after_step(self, rec: StepRecord, recorded: np.ndarray, result: StepResult, now: float) -> None:
         """Record the step (the operator's action if one intervened) and decide what comes next."""
         assert self._episode is not None and self._obs is not None
-        executed = commanded
         if result.executed_action is not None:
-            executed = result.executed_action
+            recorded = result.executed_action
             rec.intervention, rec.policy_version, rec.obs_step = True, -1, self._step
             self.counters["interventions"] += 1
         rec.reward = float(result.reward)
-        self._episode.record(rec, self._obs, executed)
+        self._episode.record(rec, self._obs, recorded)
         if self.supervisor is not None and self._episode.source == "online":
             self.supervisor.after_step(self, result)
         self._step += 1
