@@ -291,8 +291,8 @@ def audit(platform: Platform, clients: list[TimedClient], root: str) -> dict[str
     acked = {ep.episode_id for ep in logged if ep.acked}
     ids = ray.get(platform.data.episode_ids.remote(TASK), timeout=60)
     stored = set(ids)
-    file_ids = {f.stem for f in Path(root, TASK).glob("*.parquet")}
-    temp_files = [f for f in Path(root, TASK).iterdir() if f.name.endswith(".tmp")]
+    file_ids = {f.stem for f in Path(root, TASK).rglob("*.parquet")}  # <task>/<robot>/<episode>.parquet
+    temp_files = [f for f in Path(root, TASK).rglob("*.tmp")]
     replay = ray.get(platform.data.stats.remote(TASK), timeout=60)["replay"]
     produced = sum(c.counters["episodes"] for c in clients)
     return {

@@ -17,7 +17,13 @@ def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:
         "name": "test",
         "state_dir": state_dir,
         "rest": {"host": "127.0.0.1", "port": rest_port, "admin_token_env": "FLEETRL_TEST_ADMIN_TOKEN"},
-        "gateway": {"bind": f"tcp://127.0.0.1:{zmq_port}", "lease_timeout_s": 1.5, "num_cpus": 0.5},
+        "gateway": {
+            "bind": f"tcp://127.0.0.1:{zmq_port}",
+            "lease_timeout_s": 1.5,
+            "resume_window_s": 2.0,
+            "max_episode_steps": 5000,
+            "num_cpus": 0.5,
+        },
         "tasks": [
             {
                 "name": "reach",

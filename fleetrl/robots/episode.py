@@ -9,12 +9,17 @@ execution: the chunk was computed from an earlier observation — the VLAC paper
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 OUTCOMES = ("success", "failure", "timeout", "aborted")
+# Robot ids, episode ids and task names become parts of file paths in the store, so they follow one rule.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # whole string (fullmatch)
+ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
 SOURCES = ("online", "offline")
 
 # Per-step columns besides the observations (``obs/<key>``) and the action, with their dtypes.
@@ -28,6 +33,10 @@ STEP_COLUMNS: dict[str, str] = {
     "obs_time": "float64",  # robot monotonic time of the observation of this step
     "action_start": "float64",  # robot monotonic time the action began executing
 }
+
+
+class EpisodeConflict(ValueError):
+    """A different episode under a (robot, episode id) that is stored already: refused, never acked."""
 
 
 @dataclass
@@ -81,6 +90,34 @@ class Episode:
     @property
     def success(self) -> bool:
         return self.outcome == "success"
+
+    def digest(self) -> str:
+        """SHA-256 of what the robot sent: identity, outcome, flags and every array's dtype, shape and
+        bytes (not ``meta``, which the gateway stamps). The store keeps it to tell a true re-send (same
+        digest: stored once, acked again) from a different episode under the same id (refused)."""
+        h = hashlib.sha256()
+        head = (self.robot_id, self.episode_id, self.task, self.outcome, self.source, self.terminated,
+                self.truncated)  # fmt: skip
+        h.update(repr(head).encode())
+        arrays = [("action", self.actions)]
+        arrays += [(f"obs/{k}", self.observations[k]) for k in sorted(self.observations)]
+        arrays += [(f"col/{k}", self.columns[k]) for k in sorted(self.columns)]
+        arrays += [
+            (f"final/{k}", np.asarray(self.final_observation[k])) for k in sorted(self.final_observation)
+        ]
+        for name, arr in arrays:
+            arr = np.ascontiguousarray(arr)
+            h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+
+def check_id(what: str, value: object) -> str | None:
+    """Why ``value`` cannot be a robot id, episode id or task name, or None if it can."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return f"{what} {shown} is not valid: {ID_RULE}"
+    return None
 
 
 def end_flags(success: bool, terminated: bool, truncated: bool) -> tuple[bool, bool]:

@@ -44,6 +44,7 @@ class EpisodeLog:
     total_reward: float = 0.0
     sent: int = 0  # rows the gateway has (as far as we know)
     acked: bool = False
+    refused: str | None = None  # the gateway refused the episode for good (an ``EPISODE_REFUSALS`` code)
     source: str = "online"  # "offline": a demonstration recorded through the SDK
     meta: dict = field(default_factory=dict)  # the robot's facts about the episode (reset seed, operator)
 

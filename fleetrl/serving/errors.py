@@ -7,6 +7,8 @@ each invalid field.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +20,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(BaseModel):
@@ -52,19 +56,65 @@ def checked(result: dict[str, Any], *, keep_ok: bool = False) -> dict[str, Any]:
     return result if keep_ok else {k: v for k, v in result.items() if k != "ok"}
 
 
+def actor_refusal(exc: BaseException) -> str:
+    """What an actor's exception says, without Ray's wrapping: a ``RayTaskError``'s text is the whole
+    remote traceback (pid, actor id, source paths, ANSI colours), which no client should see."""
+    cause = getattr(exc, "cause", None)
+    text = str(cause if isinstance(cause, BaseException) else exc)
+    if isinstance(cause, KeyError) or isinstance(exc, KeyError):
+        text = text.strip("'\"")  # str(KeyError) quotes its message
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
 @contextmanager
 def missing_as_404(detail: str) -> Iterator[None]:
-    """An actor's ``KeyError`` (no such robot or episode) inside the block becomes a 404 saying ``detail``."""
+    """An actor's ``KeyError`` (no such robot or episode) inside the block becomes a 404 saying ``detail``;
+    ``AmbiguousEpisode`` (an episode id several robots use) a 409 naming them."""
+    from fleetrl.workers.data.store import AmbiguousEpisode
+
     try:
         yield
     except KeyError:
         raise HTTPException(404, detail) from None
+    except AmbiguousEpisode as exc:
+        raise HTTPException(409, actor_refusal(exc)) from None
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer HTTP errors and validation failures on ``app`` with ``ApiError`` bodies."""
+    """Answer HTTP errors, validation failures, unavailable actors and anything unexpected on ``app``
+    with ``ApiError`` bodies: every answer is JSON, none carries a traceback."""
     app.add_exception_handler(StarletteHTTPException, _refusal)
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def _unavailable_actor(exc: BaseException) -> str | None:
+    """What is unavailable when ``exc`` says an actor is dead, restarting or not answering, else None."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayActorError | rex.ActorUnavailableError | rex.GetTimeoutError):
+        return "a platform component"
+    return None
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """503 with a reason while a control actor is coming back; else 500 with an error id that the server
+    log carries beside the traceback (the client never sees the traceback, pids or paths)."""
+    actor = _unavailable_actor(exc)
+    if actor is not None:
+        log.warning(
+            "REST %s %s: %s unavailable (%s)", request.method, request.url.path, actor, type(exc).__name__
+        )
+        return JSONResponse(
+            status_code=503,
+            content={"detail": f"{actor} is restarting or unavailable; retry in a few seconds"},
+            headers={"Retry-After": "2"},
+        )
+    error_id = uuid.uuid4().hex[:12]
+    log.error("REST %s %s failed (error id %s)", request.method, request.url.path, error_id, exc_info=exc)
+    return JSONResponse(
+        status_code=500, content={"detail": f"internal error (error id {error_id}: the server log has it)"}
+    )
 
 
 async def _refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:

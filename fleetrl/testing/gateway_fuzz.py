@@ -227,10 +227,10 @@ def stored_episode_report(data: Any, task: str, robot_ids: set[str]) -> dict[str
     import ray
 
     stored, problems = 0, []
-    for episode_id in ray.get(data.episode_ids.remote(task)):
-        episode = ray.get(data.get_episode.remote(episode_id))
-        if episode.robot_id not in robot_ids:
+    for robot_id, episode_id in ray.get(data.episode_keys.remote(task)):
+        if robot_id not in robot_ids:
             continue
+        episode = ray.get(data.get_episode.remote(episode_id, robot_id))
         stored += 1
         try:
             episode.validate()

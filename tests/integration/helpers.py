@@ -5,8 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+
+from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, register
 from fleetrl.robots.sim import SimRobot
+from fleetrl.testing.net import RawRobotSocket
 from tests.conftest import ADMIN_TOKEN
 
 
@@ -63,3 +67,56 @@ class RunningFleet(FleetThread):
                 RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config)
             )
         super().__init__(clients)
+
+
+# -- a bare robot socket (no SDK logic) and the frames tests send through it ----------------------------
+def authenticated_raw(platform, api_name: str):
+    import httpx
+
+    body = {
+        "name": api_name,
+        "task": "reach",
+        "observation_spec": {"state": {"shape": [10], "dtype": "float32"}},
+        "action_spec": {"shape": [2], "dtype": "float32"},
+    }
+    creds = httpx.post(
+        f"{platform.rest_url}/v1/robots", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ).json()
+    raw = RawRobotSocket(creds["endpoint"])
+    raw.token = creds["token"]
+    welcome = raw.request(P.Hello(robot_id=creds["robot_id"], token=creds["token"]))
+    assert isinstance(welcome, P.Welcome) and welcome.task == "reach" and welcome.chunk_len == 4
+    return raw, creds["robot_id"]
+
+
+def raw_obs(robot_id, step, episode="ep1", state=None):
+    state = np.zeros(10, np.float32) if state is None else state
+    return P.Obs(
+        robot_id=robot_id,
+        episode_id=episode,
+        step=step,
+        t_robot=time.monotonic(),
+        observation={"state": state},
+    )
+
+
+def raw_steps(robot_id, episode, first, n, action_shape=(2,)):
+    from fleetrl.robots.episode import empty_columns
+
+    cols = empty_columns(n)
+    cols["obs_step"] += first
+    return P.Steps(
+        robot_id=robot_id,
+        episode_id=episode,
+        first_step=first,
+        observations={"state": np.full((n, 10), first, np.float32)},
+        actions=np.zeros((n, *action_shape), np.float32),
+        columns=cols,
+    )
+
+
+def raw_end(robot_id, episode, steps, outcome="success"):
+    final = {"state": np.ones(10, np.float32)}
+    return P.EpisodeEnd(
+        robot_id=robot_id, episode_id=episode, outcome=outcome, steps=steps, final_observation=final
+    )

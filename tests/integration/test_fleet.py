@@ -11,7 +11,7 @@ from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig
 from fleetrl.testing.net import RawRobotSocket
 from tests.conftest import ADMIN_TOKEN
-from tests.integration.helpers import RunningFleet
+from tests.integration.helpers import RunningFleet, authenticated_raw, raw_end, raw_obs, raw_steps
 
 
 def _gateway_row(platform, robot_id):
@@ -90,103 +90,56 @@ def test_bad_frames_get_errors_and_others_keep_being_served(platform):
     assert refused["bad_frame"] >= 3 and refused["unauthorized"] >= 2 and refused["frame_too_large"] >= 1
 
 
-def _authenticated_raw(platform, api_name: str):
-    import httpx
-
-    body = {
-        "name": api_name,
-        "task": "reach",
-        "observation_spec": {"state": {"shape": [10], "dtype": "float32"}},
-        "action_spec": {"shape": [2], "dtype": "float32"},
-    }
-    creds = httpx.post(
-        f"{platform.rest_url}/v1/robots", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    ).json()
-    raw = RawRobotSocket(creds["endpoint"])
-    welcome = raw.request(P.Hello(robot_id=creds["robot_id"], token=creds["token"]))
-    assert isinstance(welcome, P.Welcome) and welcome.task == "reach" and welcome.chunk_len == 4
-    return raw, creds["robot_id"]
-
-
-def _obs(robot_id, step, episode="ep1", state=None):
-    state = np.zeros(10, np.float32) if state is None else state
-    return P.Obs(
-        robot_id=robot_id,
-        episode_id=episode,
-        step=step,
-        t_robot=time.monotonic(),
-        observation={"state": state},
-    )
-
-
-def _steps(robot_id, episode, first, n, action_shape=(2,)):
-    from fleetrl.robots.episode import empty_columns
-
-    cols = empty_columns(n)
-    cols["obs_step"] += first
-    return P.Steps(
-        robot_id=robot_id,
-        episode_id=episode,
-        first_step=first,
-        observations={"state": np.full((n, 10), first, np.float32)},
-        actions=np.zeros((n, *action_shape), np.float32),
-        columns=cols,
-    )
-
-
-def _end(robot_id, episode, steps, outcome="success"):
-    final = {"state": np.ones(10, np.float32)}
-    return P.EpisodeEnd(
-        robot_id=robot_id, episode_id=episode, outcome=outcome, steps=steps, final_observation=final
-    )
-
-
 def test_out_of_order_and_bad_observations_are_refused(platform):
-    raw, rid = _authenticated_raw(platform, "raw-1")
-    reply = raw.request(_obs(rid, 0))
+    raw, rid = authenticated_raw(platform, "raw-1")
+    reply = raw.request(raw_obs(rid, 0))
     assert isinstance(reply, P.Action) and reply.step == 0 and reply.actions.shape == (4, 2)
     assert np.isfinite(reply.log_prob) and reply.timings["queue_ms"] >= 0
-    retry = raw.request(_obs(rid, 0))  # the same step again is a retry and is served
+    retry = raw.request(raw_obs(rid, 0))  # the same step again is a retry and is served
     assert isinstance(retry, P.Action) and retry.step == 0
-    raw.send(_steps(rid, "ep1", 0, 3))  # rows 0..2 (no reply)
-    assert isinstance(raw.request(_obs(rid, 3)), P.Action)
-    stale = raw.request(_obs(rid, 2))
+    raw.send(raw_steps(rid, "ep1", 0, 3))  # rows 0..2 (no reply)
+    assert isinstance(raw.request(raw_obs(rid, 3)), P.Action)
+    stale = raw.request(raw_obs(rid, 2))
     assert stale.code == "out_of_order" and stale.step == 2
-    assert raw.request(_obs(rid, 4, state=np.zeros(11, np.float32))).code == "bad_observation"
-    assert raw.request(_obs(rid, 4, state=np.zeros(10, np.float64))).code == "bad_observation"
+    assert raw.request(raw_obs(rid, 4, state=np.zeros(11, np.float32))).code == "bad_observation"
+    assert raw.request(raw_obs(rid, 4, state=np.zeros(10, np.float64))).code == "bad_observation"
     bad_keys = P.Obs(robot_id=rid, episode_id="ep1", step=4, observation={"image": np.zeros(10, np.float32)})
     assert raw.request(bad_keys).code == "bad_observation"
-    assert raw.request(_steps(rid, "ep1", 3, 2, action_shape=(3,))).code == "bad_observation"
+    assert raw.request(raw_steps(rid, "ep1", 3, 2, action_shape=(3,))).code == "bad_observation"
     # non-finite numbers are refused before they are batched with other robots' or stored
     nan = np.full(10, np.nan, np.float32)
-    assert raw.request(_obs(rid, 4, state=nan)).code == "bad_observation"
-    inf_reward = _steps(rid, "ep1", 3, 2)
+    assert raw.request(raw_obs(rid, 4, state=nan)).code == "bad_observation"
+    inf_reward = raw_steps(rid, "ep1", 3, 2)
     inf_reward.columns["reward"][1] = np.inf
     assert raw.request(inf_reward).code == "bad_observation"
-    gap = raw.request(_steps(rid, "ep1", 4, 1))  # row 3 is missing: the gateway asks for it
+    gap = raw.request(raw_steps(rid, "ep1", 4, 1))  # row 3 is missing: the gateway asks for it
     assert gap.code == "out_of_order" and gap.step == 3 and gap.episode_id == "ep1"
-    assert raw.request(_end(rid, "ep1", 5, outcome="exploded")).code == "bad_message"
-    incomplete = raw.request(_end(rid, "ep1", 5))
+    assert raw.request(raw_end(rid, "ep1", 5, outcome="exploded")).code == "bad_message"
+    incomplete = raw.request(raw_end(rid, "ep1", 5))
     assert incomplete.code == "incomplete_episode" and incomplete.step == 3 and incomplete.episode_id == "ep1"
-    raw.send(_steps(rid, "ep1", 3, 2))
-    assert isinstance(raw.request(_end(rid, "ep1", 5)), P.Ack)
-    assert isinstance(raw.request(_end(rid, "ep1", 5)), P.Ack)  # a re-sent end is acked again …
+    raw.send(raw_steps(rid, "ep1", 3, 2))
+    assert isinstance(raw.request(raw_end(rid, "ep1", 5)), P.Ack)
+    assert isinstance(raw.request(raw_end(rid, "ep1", 5)), P.Ack)  # a re-sent end is acked again …
     assert _gateway_row(platform, rid)["outcomes"] == {"success": 1}  # … and counted once
     assert _gateway_row(platform, rid)["steps"] == 5
-    assert raw.request(_obs(rid, 9)).code == "out_of_order"  # the episode has ended
-    assert isinstance(raw.request(_obs(rid, 0, episode="ep2")), P.Action)
+    assert raw.request(raw_obs(rid, 9)).code == "out_of_order"  # the episode has ended
+    assert isinstance(raw.request(raw_obs(rid, 0, episode="ep2")), P.Action)
     raw.close()
 
 
-def test_silent_robot_goes_offline_and_its_episode_is_aborted(platform):
-    raw, rid = _authenticated_raw(platform, "raw-silent")
-    assert isinstance(raw.request(_obs(rid, 0, episode="lease-ep")), P.Action)
+def test_silent_robot_goes_offline_and_its_episode_is_aborted_after_the_resume_window(platform):
+    raw, rid = authenticated_raw(platform, "raw-silent")
+    assert isinstance(raw.request(raw_obs(rid, 0, episode="lease-ep")), P.Action)
     assert _gateway_row(platform, rid)["online"] is True
     deadline = time.monotonic() + 10
     while _gateway_row(platform, rid)["online"] and time.monotonic() < deadline:
         time.sleep(0.2)
-    row = _gateway_row(platform, rid)
-    assert row["online"] is False and row["outcomes"] == {"aborted": 1}
+    assert _gateway_row(platform, rid)["online"] is False
+    assert _gateway_row(platform, rid)["outcomes"] == {}  # its episode waits for it (resume window: 2 s)
+    deadline = time.monotonic() + 10
+    while not _gateway_row(platform, rid)["outcomes"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gateway_row(platform, rid)["outcomes"] == {"aborted": 1}
 
     def offline_logged():
         logs = ray.get(platform.metrics.logs.remote(2000))
@@ -266,4 +219,8 @@ def test_restarted_gateway_is_reconnected_to(platform):
             what="episodes to be committed by the restarted gateway",
         )
     assert ray.get(platform.gateway.ready.remote())["endpoint"] == platform.endpoint
-    assert all(ep.acked for c in fleet.clients for ep in list(c.episodes)[:-1])
+    assert all(ep.acked for c in fleet.clients for ep in list(c.episodes)[:-1]), [
+        (ep.episode_id, ep.acked, ep.refused, ep.outcome, len(ep.steps))
+        for c in fleet.clients
+        for ep in c.episodes
+    ]

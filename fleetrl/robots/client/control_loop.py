@@ -48,6 +48,7 @@ COUNTERS = (
     "link_losses",
     "reconnects",
     "stale_replies",
+    "episodes_refused",
     "errors",
     "resent_episode_ends",
     "resent_steps",
@@ -367,6 +368,22 @@ class RobotClient:
             self._on_reset(msg, now)
         # Pong: the connection has already noted that the gateway was heard from.
 
+    def _episode_refused(self, msg: P.Error) -> None:
+        """The gateway will never store this episode as sent (cut by the lease, too long, a conflicting
+        id): an ended one is no longer re-sent; the running one is abandoned and a new episode begins."""
+        running = self._episode
+        if running is not None and running.episode_id == msg.episode_id:
+            running.refused = msg.code
+            self.episodes.append(running)
+            self._episode = None  # the next tick resets the robot and starts a new episode
+            self._current = self._next = None
+            self._request = None
+        elif self.uploads.give_up(msg) is None:
+            return  # already given up (the refusal of a frame sent before the first one came back)
+        self.counters["episodes_refused"] += 1
+        log.warning("%s: episode %s refused by the gateway (%s): %s",
+                    self.robot_id, msg.episode_id, msg.code, msg.message)  # fmt: skip
+
     def _on_welcome(self, msg: P.Welcome) -> None:
         """A session on a task that fits this robot: say who is in control, then ask for a chunk."""
         obs_spec = P.specs_from_dict(msg.observation_spec)
@@ -386,6 +403,9 @@ class RobotClient:
         self.last_error = msg
         if msg.code in ("incomplete_episode", "out_of_order") and msg.episode_id and msg.step is not None:
             self.uploads.resend_from(msg.episode_id, msg.step, self._episode, self._clock())
+            return
+        if msg.code in P.EPISODE_REFUSALS and msg.episode_id:
+            self._episode_refused(msg)
             return
         if msg.code in ("unknown_session", "unauthorized"):
             self.connection.session_error(msg)

@@ -54,6 +54,15 @@ class EpisodeUploads:
                 self.counters["resent_episode_ends"] += 1
                 self.upload_ended(ep, now)
 
+    def give_up(self, msg: P.Error) -> EpisodeLog | None:
+        """The gateway refused an ended episode for good (``P.EPISODE_REFUSALS``: it will never be stored
+        as sent): stop re-sending it. Returns its log, or None if it was not waiting for an ack."""
+        refused = self.unacked.pop(msg.episode_id or "", None)
+        if refused is None:
+            return None
+        refused[0].refused = msg.code
+        return refused[0]
+
     def on_ack(self, msg: P.Ack) -> None:
         acked = self.unacked.pop(msg.episode_id, None)
         if acked is not None:

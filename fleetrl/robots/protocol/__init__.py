@@ -11,7 +11,9 @@ from fleetrl.robots.protocol.codec import ALLOWED_DTYPES, ARRAY_EXT, DEFAULT_LIM
 from fleetrl.robots.protocol.errors import ProtocolError
 from fleetrl.robots.protocol.messages import (
     CONTROL_MODES,
+    EPISODE_REFUSALS,
     EPISODE_SOURCES,
+    ERROR_CODES,
     LABELLERS,
     MAX_META_KEYS,
     MESSAGE_TYPES,
@@ -47,7 +49,9 @@ __all__ = [
     "ARRAY_EXT",
     "CONTROL_MODES",
     "DEFAULT_LIMITS",
+    "EPISODE_REFUSALS",
     "EPISODE_SOURCES",
+    "ERROR_CODES",
     "LABELLERS",
     "MAX_META_KEYS",
     "MESSAGE_TYPES",

@@ -23,6 +23,30 @@ LABELLERS = ("robot", "critic", "human", "gateway")
 CONTROL_MODES = ("autonomous", "human")
 EPISODE_SOURCES = ("online", "offline")
 MAX_META_KEYS = 32
+# Every ``error`` code the gateway sends, and what it means to the robot (docs/protocol.md has the table).
+ERROR_CODES: dict[str, str] = {
+    "bad_frame": "not one msgpack map frame of the protocol (framing, array payload)",
+    "frame_too_large": "a frame over the gateway's max_frame_bytes",
+    "version_mismatch": "the frame's protocol version is not this gateway's",
+    "bad_message": "a field breaks a rule the message states (ids, outcome, meta, columns, ...)",
+    "bad_observation": "an array does not match the task's observation or action spec",
+    "unknown_session": "no session for this connection: send hello",
+    "unauthorized": "unknown robot id, wrong token or key, or a task not served here",
+    "rate_limited": "too many hello attempts from this peer or in all: wait and say hello again",
+    "unavailable": "a platform component is restarting: retry",
+    "overloaded": "too many open episodes or queued requests",
+    "out_of_order": "rows or an observation arrived out of order; ``step`` is the first one needed",
+    "incomplete_episode": "episode_end before all its rows; ``step`` is the first one needed",
+    "human_control": "an operator has control: no chunk until hand-back",
+    "inference_failed": "the replica failed on this observation: ask again",
+    "internal": "the gateway failed on this frame",
+    # The episode (``episode_id``) is refused for good: the robot stops sending it and drops its copy.
+    "episode_cut": "the robot was silent past the lease and the resume window; its rows are stored as aborted",
+    "episode_too_long": "the episode passed the gateway's max_episode_steps or max_episode_bytes",
+    "episode_conflict": "another episode is stored under this robot's episode id: use a new id",
+    "episode_unstorable": "the data server refused the episode (the message says why)",
+}
+EPISODE_REFUSALS = ("episode_cut", "episode_too_long", "episode_conflict", "episode_unstorable")
 
 
 def check_meta(meta: dict) -> None:

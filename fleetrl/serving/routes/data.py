@@ -8,14 +8,21 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query
 
 from ..dependencies import ServicesDep
-from ..errors import missing_as_404, refusals
+from ..errors import actor_refusal, missing_as_404, refusals
 from ..models import DemoImport, EpisodeLabel
 
 router = APIRouter(tags=["data"])
 
 
-def no_episode(episode_id: str) -> str:
-    return f"no episode with id {episode_id!r}"
+def no_episode(episode_id: str, robot_id: str | None) -> str:
+    return f"no episode with id {episode_id!r}" + (f" of robot {robot_id!r}" if robot_id else "")
+
+
+ROBOT_OF_EPISODE = Query(
+    None,
+    description="The robot whose episode this is. Episodes are identified by (robot, episode id); the id "
+    "alone is enough while one robot used it, else the answer is 409 naming the robots.",
+)
 
 
 @router.get("/v1/tasks/{task}/data", responses=refusals(404))
@@ -60,17 +67,22 @@ async def import_demos(svc: ServicesDep, task: str, body: DemoImport) -> dict[st
     try:
         return await svc.data.import_demos.remote(task, body.path, body.format, body.observation_keys)
     except ValueError as exc:  # DatasetImportError names the file and the problem
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(422, actor_refusal(exc)) from None
 
 
-@router.get("/v1/episodes/{episode_id}", responses=refusals(404))
-async def get_episode(svc: ServicesDep, episode_id: str) -> dict[str, Any]:
-    with missing_as_404(no_episode(episode_id)):
-        return await svc.data.episode_summary.remote(episode_id)
+@router.get("/v1/episodes/{episode_id}", responses=refusals(404, 409))
+async def get_episode(
+    svc: ServicesDep, episode_id: str, robot_id: str | None = ROBOT_OF_EPISODE
+) -> dict[str, Any]:
+    """One stored episode's catalog row and metadata."""
+    with missing_as_404(no_episode(episode_id, robot_id)):
+        return await svc.data.episode_summary.remote(episode_id, robot_id)
 
 
-@router.post("/v1/episodes/{episode_id}/label", responses=refusals(400, 415, 404, 422))
-async def label_episode(svc: ServicesDep, episode_id: str, body: EpisodeLabel) -> dict[str, Any]:
+@router.post("/v1/episodes/{episode_id}/label", responses=refusals(400, 415, 404, 409, 422))
+async def label_episode(
+    svc: ServicesDep, episode_id: str, body: EpisodeLabel, robot_id: str | None = ROBOT_OF_EPISODE
+) -> dict[str, Any]:
     """A human success/failure label; it replaces the episode's outcome for learning."""
-    with missing_as_404(no_episode(episode_id)):
-        return await svc.data.label.remote(episode_id, body.outcome, body.labelled_by)
+    with missing_as_404(no_episode(episode_id, robot_id)):
+        return await svc.data.label.remote(episode_id, body.outcome, body.labelled_by, robot_id)

@@ -6,7 +6,8 @@ in its own row group — holds ``final_observation`` in the ``obs/<key>`` column
 step columns null: one representation for all observations, compressed like the rest, exact dtypes.
 The schema metadata key ``fleetrl`` holds JSON with the episode's scalar fields, ``meta``, the shape and
 numpy dtype of every array column, and summary numbers (``n_steps``, ``intervention_steps``,
-``duration_s``, ``total_reward``) so a catalog can be rebuilt from file footers alone.
+``duration_s``, ``total_reward``) and the episode's ``digest`` (``Episode.digest``), so a catalog can be
+rebuilt from file footers alone.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def _array_column(values: np.ndarray, mask: np.ndarray | None) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, size, mask=None if mask is None else pa.array(mask))
 
 
-def to_table(ep: Episode) -> tuple[pa.Table, dict[str, Any]]:
-    """The episode as a T + 1 row table with its JSON header in the schema metadata, and its summary."""
+def to_table(ep: Episode, digest: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """The episode as a T + 1 row table with its JSON header in the schema metadata, and its summary
+    (``digest``: ``ep.digest()`` when the caller has it already)."""
     n = len(ep)
     pad = np.zeros(n + 1, dtype=bool)
     pad[n] = True  # the final-observation row has no action and no step columns
@@ -88,7 +90,9 @@ def to_table(ep: Episode) -> tuple[pa.Table, dict[str, Any]]:
     for name, dtype in STEP_COLUMNS.items():
         arrays[name] = pa.array(np.concatenate([ep.columns[name], np.zeros(1, dtype)]), mask=pad)
     summary = episode_summary(ep)
-    header = scalar_fields(ep) | {"format": FORMAT, "meta": ep.meta, "arrays": specs, "summary": summary}
+    header = scalar_fields(ep) | {
+        "format": FORMAT, "meta": ep.meta, "arrays": specs, "summary": summary, "digest": digest or ep.digest()
+    }  # fmt: skip
     try:
         blob = json.dumps(header, default=_json_default)
     except (TypeError, ValueError) as e:

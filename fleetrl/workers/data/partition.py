@@ -101,10 +101,11 @@ class Partition:
         self._table = None
         return evicted
 
-    def relabel(self, ep: Episode) -> bool:
-        """Overwrite the rewards and terminal flag of the held episode with ``ep``'s id; False if not held."""
+    def relabel(self, ep: Episode, robot: int) -> bool:
+        """Overwrite the rewards and terminal flag of the held episode of ``ep``'s id and ``robot`` (its
+        robot's code); False if not held."""
         for rec in self.records:
-            if rec.episode_id == ep.episode_id:
+            if rec.episode_id == ep.episode_id and rec.robot == robot:
                 pos = (rec.start + np.arange(rec.length)) % self.alloc
                 self.reward[pos] = ep.columns["reward"]
                 self.to_go[pos] = returns_to_go(ep.columns["reward"], self.gamma, ep.terminated)

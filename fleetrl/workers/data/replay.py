@@ -86,20 +86,20 @@ class Replay:
         already held or one with no steps."""
         snapshot = self.snapshot + 1 if snapshot is None else int(snapshot)
         self.snapshot = max(self.snapshot, snapshot)
-        if episode.episode_id in self._live or len(episode) == 0:
+        robot = self.robots.code(episode.robot_id)
+        if (robot, episode.episode_id) in self._live or len(episode) == 0:
             return False
         episode.validate()
         ep = with_rewards(self._conform(episode), self.reward, self.c_fail)
-        robot = self.robots.code(ep.robot_id)
         if ep.source == "offline":
             self.offline.add(ep, robot, snapshot)
         else:
             for rec in self.online.add(ep, robot, snapshot):
-                self._live.discard(rec.episode_id)
+                self._live.discard((rec.robot, rec.episode_id))
             if ep.outcome != "aborted":
                 self.robots.record(robot, ep.success)
             self._recent.append((snapshot, ep))
-        self._live.add(ep.episode_id)
+        self._live.add((robot, ep.episode_id))  # episodes are (robot, episode id): robots may share ids
         return True
 
     def relabel(self, episode: Episode) -> bool:
@@ -107,7 +107,8 @@ class Replay:
         flag are recomputed in place. Robot success statistics keep the original label (a window
         that turns over quickly). Returns False if the episode is not held."""
         ep = with_rewards(episode, self.reward, self.c_fail)
-        return self.online.relabel(ep) or self.offline.relabel(ep)
+        robot = self.robots.code(ep.robot_id)
+        return self.online.relabel(ep, robot) or self.offline.relabel(ep, robot)
 
     def _conform(self, ep: Episode) -> Episode:
         """Fix the task's array spec on the first episode; later ones must match it: shapes exactly, dtypes

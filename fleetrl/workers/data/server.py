@@ -102,9 +102,10 @@ class DataServer:
         replay = self.replays.get(episode.task)
         if replay is None and episode.task not in self.removed:
             raise KeyError(f"no task named {episode.task!r} on this data server")
+        sent = episode.digest()  # what the robot sent: a re-send is judged by it, not by the critic's rewards
         if episode.task in self.scored_tasks and episode.source == "online":
             episode = ray.get(self.critic.score.remote(episode))  # rewards from the task's learned critic
-        stored, snapshot = self.store.put(episode)
+        stored, snapshot = self.store.put(episode, sent)
         labels = (episode.task,)
         if replay is None:  # its task was deleted while the episode was on its way: kept, not replayed
             log.info("data server: episode %s of deleted task %s stored", episode.episode_id, episode.task)
@@ -187,8 +188,13 @@ class DataServer:
     def episode_ids(self, task: str | None = None) -> list[str]:
         return [row["episode_id"] for row in self.store.list(task)]
 
-    def get_episode(self, episode_id: str) -> Episode:
-        return self.store.get(episode_id)
+    def episode_keys(self, task: str | None = None) -> list[tuple[str, str]]:
+        """(robot id, episode id) of every stored episode, oldest first: what identifies an episode."""
+        return [(row["robot_id"], row["episode_id"]) for row in self.store.list(task)]
+
+    def get_episode(self, episode_id: str, robot_id: str | None = None) -> Episode:
+        """The stored episode (``robot_id`` may be left out while only one robot used the id)."""
+        return self.store.get(episode_id, robot_id)
 
     def import_demos(
         self, task: str, path: str, fmt: str = "fleetrl", observation_keys: dict[str, str] | None = None
@@ -218,17 +224,19 @@ class DataServer:
         )
         return {"stored": stored, "duplicates": duplicates, "snapshot": self.store.snapshot()}
 
-    def episode_summary(self, episode_id: str) -> dict[str, Any]:
+    def episode_summary(self, episode_id: str, robot_id: str | None = None) -> dict[str, Any]:
         """Catalog row plus the episode's metadata (not its arrays)."""
-        row = self.store.row(episode_id)
-        return {**row, "meta": self.store.get(episode_id).meta}
+        row = self.store.row(episode_id, robot_id)
+        return {**row, "meta": self.store.get(episode_id, row["robot_id"]).meta}
 
-    def label(self, episode_id: str, outcome: str, labelled_by: str = "human") -> dict[str, Any]:
+    def label(
+        self, episode_id: str, outcome: str, labelled_by: str = "human", robot_id: str | None = None
+    ) -> dict[str, Any]:
         """A human (or critic) outcome label: kept in the catalog and applied to the replay's rewards."""
-        row = self.store.set_label(episode_id, outcome, labelled_by)
+        row = self.store.set_label(episode_id, outcome, labelled_by, robot_id)
         replay = self.replays.get(row["task"])
         if replay is not None:
-            replay.relabel(self.store.get(episode_id))
+            replay.relabel(self.store.get(episode_id, row["robot_id"]))
         log.info("data server: episode %s labelled %s by %s", episode_id, outcome, labelled_by)
         return row
 

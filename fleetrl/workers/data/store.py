@@ -1,9 +1,16 @@
 """Durable episode store: one Parquet file per episode plus a SQLite catalog (pure pyarrow/sqlite, no Ray).
 
-Episodes are the unit of durability (docs/architecture.md, "Data flow"). ``put`` writes ``<root>/<task>/<episode_id>.parquet``
-under a temporary name and renames it, then inserts the catalog row; the catalog's primary key is the
-``snapshot``, a monotonically increasing integer per committed episode (LWD's versioned snapshots), and
-``episode_id`` is unique, so an episode re-sent under at-least-once delivery is stored exactly once.
+Episodes are the unit of durability (docs/architecture.md, "Data flow"). ``put`` writes
+``<root>/<task>/<robot_id>/<episode_id>.parquet`` under a temporary name and renames it, then inserts the
+catalog row; the catalog's primary key is the ``snapshot``, a monotonically increasing integer per
+committed episode (LWD's versioned snapshots). An episode is identified by (robot id, episode id): two
+robots may use the same episode id. A re-send under at-least-once delivery is stored exactly once, and
+only a true re-send: a different episode under a stored (robot, id) — other rows, outcome or values, told
+apart by ``Episode.digest`` — raises ``EpisodeConflict`` instead of passing for the stored one.
+
+Stores written before episodes were keyed by robot (``episode_id`` unique, files at
+``<task>/<episode_id>.parquet``) are migrated on open: the catalog is rebuilt with the new key, the files
+stay where they are.
 
 A crash between the rename and the catalog insert leaves a file without a row: ``reconcile`` (run on open)
 inserts it from the file's footer alone, and deletes temporary files a crash left behind. A crash before
@@ -18,7 +25,6 @@ import builtins
 import dataclasses
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -30,18 +36,24 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fleetrl.robots.episode import OUTCOMES, Episode
+from fleetrl.robots.episode import ID_PATTERN, OUTCOMES, Episode, EpisodeConflict, check_id
 from fleetrl.workers.data.episode_file import read_episode, read_header, scalar_fields, to_table
 
 log = logging.getLogger(__name__)
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # task and episode id become path parts
+SAFE_NAME = ID_PATTERN  # task, robot id and episode id become path parts
 TMP_SUFFIX = ".tmp"
+__all__ = ["AmbiguousEpisode", "EpisodeConflict", "EpisodeStore", "SAFE_NAME", "load_store_episodes"]
+
+
+class AmbiguousEpisode(LookupError):
+    """An episode id alone that several robots' episodes share: name the robot too."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
     snapshot INTEGER PRIMARY KEY AUTOINCREMENT,
-    episode_id TEXT NOT NULL UNIQUE,
+    episode_id TEXT NOT NULL,
     task TEXT NOT NULL,
     robot_id TEXT NOT NULL,
     outcome TEXT NOT NULL,
@@ -54,10 +66,14 @@ CREATE TABLE IF NOT EXISTS episodes (
     duration_s REAL NOT NULL,
     total_reward REAL NOT NULL,
     path TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    digest TEXT,
+    UNIQUE (robot_id, episode_id)
 );
 CREATE INDEX IF NOT EXISTS episodes_task ON episodes(task, snapshot);
+CREATE INDEX IF NOT EXISTS episodes_id ON episodes(episode_id);
 """
+_LEGACY_KEY = "episode_id TEXT NOT NULL UNIQUE"  # catalogs before (robot, episode id) was the key
 _ROW_FIELDS = (
     "snapshot",
     "episode_id",
@@ -113,27 +129,75 @@ class EpisodeStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate_legacy_catalog()
         self._db.executescript(_SCHEMA)
         self.last_reconcile: dict[str, builtins.list[str]] = {}
         if reconcile:
             self.reconcile()
 
+    def _migrate_legacy_catalog(self) -> None:
+        """Rebuild a catalog whose ``episode_id`` alone was unique with the (robot, episode id) key, in
+        one transaction; snapshots, rows and file paths are kept as they were."""
+        row = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='episodes'"
+        ).fetchone()
+        if row is None or _LEGACY_KEY not in row[0]:
+            return
+        n = self._db.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
+        columns = ", ".join(_ROW_FIELDS)
+        self._db.executescript(
+            "BEGIN IMMEDIATE;"
+            "ALTER TABLE episodes RENAME TO episodes_legacy;"
+            "DROP INDEX IF EXISTS episodes_task;"
+            + _SCHEMA
+            + f"INSERT INTO episodes ({columns}) SELECT {columns} FROM episodes_legacy ORDER BY snapshot;"
+            "DROP TABLE episodes_legacy;"
+            "COMMIT;"
+        )
+        log.info(
+            "episode store %s: catalog of %d episodes migrated to (robot, episode id) keys", self.root, n
+        )
+
     # ------------------------------------------------------------------ writing
 
-    def put(self, episode: Episode) -> tuple[bool, int]:
-        """Store ``episode`` once. Returns (stored, snapshot); a re-sent id gives (False, its snapshot)."""
+    def put(self, episode: Episode, digest: str | None = None) -> tuple[bool, int]:
+        """Store ``episode`` once. Returns (stored, snapshot); a true re-send of a stored (robot, episode
+        id) gives (False, its snapshot); a different episode under it raises ``EpisodeConflict``.
+        ``digest``: of the episode as the robot sent it, when the caller changed it since (rewards a
+        critic scored); default ``episode.digest()``."""
         episode.validate()
-        for what, name in (("task", episode.task), ("episode_id", episode.episode_id)):
-            if not SAFE_NAME.match(name):
-                raise ValueError(f"{what} {name!r} is not a safe file name (pattern {SAFE_NAME.pattern})")
+        for what, name in (
+            ("task", episode.task),
+            ("robot_id", episode.robot_id),
+            ("episode_id", episode.episode_id),
+        ):
+            problem = check_id(what, name)
+            if problem is not None:
+                raise ValueError(problem)
+        digest = digest or episode.digest()
         with self._lock:
-            existing = self._snapshot_of(episode.episode_id)
+            existing = self._stored_as(episode.robot_id, episode.episode_id)
             if existing is not None:
-                return False, existing
-            table, summary = to_table(episode)
-            rel = f"{episode.task}/{episode.episode_id}.parquet"
+                self._check_same(episode, digest, existing)
+                return False, int(existing["snapshot"])
+            table, summary = to_table(episode, digest)
+            rel = f"{episode.task}/{episode.robot_id}/{episode.episode_id}.parquet"
             self._write_atomic(rel, table)
-            return self._insert(episode, summary, rel, time.time())
+            return self._insert(episode, summary, rel, time.time(), digest)
+
+    @staticmethod
+    def _check_same(episode: Episode, digest: str, stored: sqlite3.Row) -> None:
+        """Raise ``EpisodeConflict`` unless ``episode`` is what is stored under its key (by digest; rows of
+        catalogs older than digests compare by step count)."""
+        same = (
+            stored["digest"] == digest if stored["digest"] is not None else stored["n_steps"] == len(episode)
+        )
+        if not same:
+            raise EpisodeConflict(
+                f"robot {episode.robot_id!r} episode {episode.episode_id!r} is stored already with other "
+                f"contents ({stored['n_steps']} steps, outcome {stored['outcome']!r}; this one: "
+                f"{len(episode)} steps, {episode.outcome!r}): not stored again, use a new episode id"
+            )
 
     def _write_atomic(self, rel: str, table: pa.Table) -> None:
         final = f"{self._base}/{rel}"
@@ -154,12 +218,14 @@ class EpisodeStore:
                 pass
             raise
 
-    def _insert(self, ep: Episode | dict, summary: dict, rel: str, created: float) -> tuple[bool, int]:
+    def _insert(
+        self, ep: Episode | dict, summary: dict, rel: str, created: float, digest: str | None
+    ) -> tuple[bool, int]:
         f = ep if isinstance(ep, dict) else scalar_fields(ep)
         cur = self._db.execute(
             "INSERT OR IGNORE INTO episodes (episode_id, task, robot_id, outcome, source, labelled_by,"
-            " terminated, truncated, n_steps, intervention_steps, duration_s, total_reward, path, created)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " terminated, truncated, n_steps, intervention_steps, duration_s, total_reward, path, created,"
+            " digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 f["episode_id"],
                 f["task"],
@@ -175,13 +241,14 @@ class EpisodeStore:
                 summary["total_reward"],
                 rel,
                 created,
+                digest,
             ),
         )
         if cur.rowcount == 1:
             return True, int(cur.lastrowid)
-        existing = self._snapshot_of(f["episode_id"])  # another writer got there first
+        existing = self._stored_as(f["robot_id"], f["episode_id"])  # another writer got there first
         assert existing is not None
-        return False, existing
+        return False, int(existing["snapshot"])
 
     def reconcile(self) -> dict[str, builtins.list[str]]:
         """Make the catalog agree with the files after a crash; returns what it did.
@@ -204,7 +271,10 @@ class EpisodeStore:
                 if info.type != pafs.FileType.File:
                     continue
                 rel = info.path[len(self._base) + 1 :] if info.path.startswith(self._base) else info.path
-                if rel.count("/") != 1:
+                if rel.count("/") not in (
+                    1,
+                    2,
+                ):  # <task>/<robot>/<id>.parquet, or a legacy <task>/<id>.parquet
                     continue
                 if rel.endswith(TMP_SUFFIX):
                     self.fs.delete_file(info.path)
@@ -222,7 +292,7 @@ class EpisodeStore:
                     report["corrupt"].append(rel)
                     continue
                 created = info.mtime.timestamp() if info.mtime is not None else time.time()
-                stored, _ = self._insert(header, header["summary"], rel, created)
+                stored, _ = self._insert(header, header["summary"], rel, created, header.get("digest"))
                 if stored:
                     report["inserted"].append(rel)
             report["missing"] = sorted(known - seen)
@@ -233,14 +303,25 @@ class EpisodeStore:
 
     # ------------------------------------------------------------------ reading
 
-    def get(self, episode_id: str) -> Episode:
-        """The stored episode; KeyError if the catalog does not know it, ValueError if its file is bad."""
-        rows = self._query(
-            "SELECT path, outcome, labelled_by FROM episodes WHERE episode_id=?", (episode_id,)
-        )
+    def get(self, episode_id: str, robot_id: str | None = None) -> Episode:
+        """The stored episode; KeyError if the catalog does not know it, ``AmbiguousEpisode`` if robots
+        share the id and none is named, ValueError if its file is bad."""
+        return self._read(self._one(episode_id, robot_id))
+
+    def _one(self, episode_id: str, robot_id: str | None) -> sqlite3.Row:
+        """The catalog row of (robot, episode id), or of the id alone when only one robot used it."""
+        sql = f"SELECT {', '.join(_ROW_FIELDS)} FROM episodes WHERE episode_id = ?"
+        args: tuple = (episode_id,)
+        if robot_id is not None:
+            sql, args = sql + " AND robot_id = ?", (episode_id, robot_id)
+        rows = self._query(sql, args)
         if not rows:
-            raise KeyError(f"episode {episode_id!r} is not in the store")
-        return self._read(rows[0])
+            of = f" of robot {robot_id!r}" if robot_id is not None else ""
+            raise KeyError(f"no episode with id {episode_id!r}{of}")
+        if len(rows) > 1:
+            robots = sorted(r["robot_id"] for r in rows)
+            raise AmbiguousEpisode(f"episode id {episode_id!r} is used by robots {robots}: name the robot")
+        return rows[0]
 
     def _read(self, row: Any) -> Episode:
         """Read an episode file; the catalog's outcome label (possibly a later human label) wins."""
@@ -293,34 +374,33 @@ class EpisodeStore:
             k: int(v) for k, v in zip(keys, r[3:], strict=True)
         }
 
-    def set_label(self, episode_id: str, outcome: str, labelled_by: str = "human") -> dict[str, Any]:
+    def set_label(
+        self, episode_id: str, outcome: str, labelled_by: str = "human", robot_id: str | None = None
+    ) -> dict[str, Any]:
         """Record a new outcome label for a stored episode (the Parquet file stays as written; the
         catalog's label wins on ``get``). Returns the updated catalog row."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome {outcome!r} not in {OUTCOMES}")
         with self._lock:
-            cur = self._db.execute(
-                "UPDATE episodes SET outcome = ?, labelled_by = ? WHERE episode_id = ?",
-                (outcome, labelled_by, episode_id),
+            snapshot = self._one(episode_id, robot_id)["snapshot"]
+            self._db.execute(
+                "UPDATE episodes SET outcome = ?, labelled_by = ? WHERE snapshot = ?",
+                (outcome, labelled_by, snapshot),
             )
-            if cur.rowcount == 0:
-                raise KeyError(f"no episode with id {episode_id!r}")
-        return self.row(episode_id)
+        return self.row(episode_id, robot_id)
 
-    def row(self, episode_id: str) -> dict[str, Any]:
-        """The catalog row of one episode."""
-        rows = self._query(
-            f"SELECT {', '.join(_ROW_FIELDS)} FROM episodes WHERE episode_id = ?", (episode_id,)
-        )
-        if not rows:
-            raise KeyError(f"no episode with id {episode_id!r}")
-        d = dict(rows[0])
+    def row(self, episode_id: str, robot_id: str | None = None) -> dict[str, Any]:
+        """The catalog row of one episode (``get``'s lookup rules)."""
+        d = dict(self._one(episode_id, robot_id))
         d["terminated"], d["truncated"] = bool(d["terminated"]), bool(d["truncated"])
         return d
 
-    def _snapshot_of(self, episode_id: str) -> int | None:
-        rows = self._query("SELECT snapshot FROM episodes WHERE episode_id=?", (episode_id,))
-        return int(rows[0][0]) if rows else None
+    def _stored_as(self, robot_id: str, episode_id: str) -> sqlite3.Row | None:
+        rows = self._query(
+            "SELECT snapshot, n_steps, outcome, digest FROM episodes WHERE robot_id = ? AND episode_id = ?",
+            (robot_id, episode_id),
+        )
+        return rows[0] if rows else None
 
     def _query(self, sql: str, args: tuple | builtins.list = ()) -> builtins.list[sqlite3.Row]:
         with self._lock:  # one connection shared by the threads of this process

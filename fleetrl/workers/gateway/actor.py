@@ -3,8 +3,9 @@
 It authenticates robots (token checked against the registry at ``hello``, then the connection's
 routing id is bound to the robot), validates every frame, hands observations to the scheduler and
 sends each robot its action chunk. Malformed, oversized, unauthorised or out-of-order frames get an
-``error`` reply and are counted; nothing a peer sends can raise out of the receive loop. Robots hold a
-lease: one silent for ``lease_timeout_s`` goes offline and its open episode ends as ``aborted``.
+``error`` reply (naming the episode a frame was about) and are counted; nothing a peer sends can raise
+out of the receive loop. Robots hold a lease: one silent for ``lease_timeout_s`` goes offline; back within
+``resume_window_s`` it goes on with its open episodes, after that its open episode ends as ``aborted``.
 
 The socket, the scheduler and the replica calls all live on one asyncio loop in a thread of the actor,
 so the scheduler needs no locks; Ray method calls reach that loop through ``_call``. The gateway owns its
@@ -31,6 +32,7 @@ import zmq
 import zmq.asyncio
 
 from fleetrl.robots import protocol as P
+from fleetrl.robots.episode import check_id
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
 from fleetrl.workers.gateway.intake import EpisodeIntake
 from fleetrl.workers.gateway.resets import ResetRequests
@@ -81,8 +83,9 @@ class Gateway:
         # ``data``: the data server; None: episodes are acked and dropped (and no reset can be recorded)
         self.resets = ResetRequests(self.robots, data, self._send, random.Random(0))
         self.intake = EpisodeIntake(
-            data, self._send, self._refuse, self.refused, self.metrics, self._loop, self.resets.maybe_explore
-        )
+            data, self._send, self._refuse, self.refused, self.metrics, self._loop, self.resets.maybe_explore,
+            max_episode_steps=config.max_episode_steps, max_episode_bytes=config.max_episode_bytes,
+        )  # fmt: skip
         if weights is not None:
             pools = {**ray.get(weights.pools.remote()), **replicas}
             served = [t for t, _ in registered_tasks(ray.get(registry.task_configs.remote()), tasks)]
@@ -162,7 +165,8 @@ class Gateway:
         self._ctx = zmq.asyncio.Context()
         self.sock = self._ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting robot takes over its identity
+        # No ROUTER_HANDOVER: a peer that sets a connected robot's routing id must not inherit its session
+        # (robots' DEALER sockets leave the routing id to libzmq, so a reconnect gets a new one anyway).
         # Hard cap far above the soft limit: larger frames are dropped by libzmq before they use memory.
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.cfg.max_frame_bytes)
         try:
@@ -199,11 +203,20 @@ class Gateway:
             pass  # the peer is gone (ROUTER drops unroutable frames)
 
     def _refuse(
-        self, ident: bytes, code: str, message: str, robot_id: str | None, step: int | None = None
+        self,
+        ident: bytes,
+        code: str,
+        message: str,
+        robot_id: str | None,
+        step: int | None = None,
+        episode_id: str | None = None,
     ) -> None:
         self.refused[code] += 1
         self.metrics.inc("frames_refused_total", (code,))
-        self._send(ident, P.Error(robot_id=robot_id or "", code=code, message=message, step=step))
+        echoed = episode_id[:128] if isinstance(episode_id, str) else None
+        self._send(
+            ident, P.Error(robot_id=robot_id or "", code=code, message=message, step=step, episode_id=echoed)
+        )
 
     def _on_frames(self, frames: list[bytes]) -> None:
         ident = frames[0]
@@ -224,6 +237,12 @@ class Gateway:
             return
         state = self.robots[robot_id]
         state.last_seen = time.monotonic()
+        episode_id = getattr(msg, "episode_id", None)
+        if isinstance(msg, P.Obs | P.Steps | P.EpisodeEnd) or (isinstance(msg, P.Control) and episode_id):
+            problem = check_id("episode_id", episode_id)
+            if problem is not None:
+                self._refuse(ident, "bad_message", problem, robot_id, getattr(msg, "step", None), episode_id)
+                return
         if isinstance(msg, P.Obs):
             self._on_obs(ident, state, msg)
         elif isinstance(msg, P.Steps):
@@ -257,6 +276,7 @@ class Gateway:
             self.by_ident.pop(state.ident, None)
         state.ident = ident
         state.online = True
+        state.offline_since = None  # back within the resume window: its open episodes go on
         state.last_seen = time.monotonic()
         self.by_ident[ident] = msg.robot_id
         self._send(
@@ -324,15 +344,20 @@ class Gateway:
             for state in self.robots.values():
                 if state.online and now - state.last_seen > self.cfg.lease_timeout_s:
                     self._go_offline(state)
+                    log.info("gateway: robot %s offline (lease expired)", state.robot_id)
+                elif state.offline_since is not None and now - state.offline_since > self.cfg.resume_window_s:
+                    why = f"silent past the lease and the {self.cfg.resume_window_s:g} s resume window"
+                    self.intake.end_session(state, why)
 
     def _go_offline(self, state: RobotState) -> None:
+        """The session ends; the robot's open episodes wait ``resume_window_s`` for it to come back."""
         state.online = False
         if state.ident is not None:
             self.by_ident.pop(state.ident, None)
             state.ident = None
-        self.intake.end_session(state)
+        if state.assemblies or state.episode_id is not None:
+            state.offline_since = time.monotonic()
         self.dispatch.drop_pending(state)
-        log.info("gateway: robot %s offline (lease expired)", state.robot_id)
 
     def _forget(self, robot_id: str) -> bool:
         """End a robot's session and forget it (deleted, or its task was); False if it was not known."""
@@ -340,6 +365,8 @@ class Gateway:
         if state is None:
             return False
         self._go_offline(state)
+        self.intake.end_session(state, "the robot or its task was deleted")
+        log.info("gateway: robot %s forgotten", robot_id)
         return True
 
     async def _stats(self) -> dict[str, Any]:

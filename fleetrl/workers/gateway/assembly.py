@@ -20,6 +20,7 @@ class EpisodeAssembly:
     def __init__(self, task: TaskConfig, robot_id: str, episode_id: str):
         self.task, self.robot_id, self.episode_id = task, robot_id, episode_id
         self.expected = 0  # next row the gateway needs
+        self.nbytes = 0  # array bytes held
         self.asked_from: int | None = None  # row we last asked the robot to re-send from
         self._obs: dict[str, list[np.ndarray]] = {k: [] for k in task.observation}
         self._actions: list[np.ndarray] = []
@@ -62,6 +63,8 @@ class EpisodeAssembly:
             P.check_finite(
                 f"column {name!r}", col, allow_nan=name == "log_prob"
             )  # NaN: no behaviour log-prob
+        self.nbytes += msg.actions.nbytes + sum(a.nbytes for a in msg.observations.values())
+        self.nbytes += sum(c.nbytes for c in msg.columns.values())
         for key in self._obs:
             self._obs[key].append(msg.observations[key])
         self._actions.append(msg.actions)

@@ -6,6 +6,13 @@ is acked only after the data server stored it, so delivery is at-least-once and,
 exactly-once ingest, nothing acked is lost or stored twice. The gateway hands it each frame with the
 sender's ``RobotState``; what it needs beyond that (``send``/``refuse``, the refusal counter, the
 metrics buffer, the loop, the data server and what to do after a commit) comes through its constructor.
+
+An ack means: what the robot sent is stored as it sent it. So an episode the gateway will not store as
+sent is refused for good with an ``error`` naming the rule and the episode (``P.EPISODE_REFUSALS``):
+too many rows or bytes, a different episode already stored under the robot's id, or one the data server
+cannot store; every later frame of it gets the same answer. A robot that goes offline mid-episode (lease
+expired) keeps its open episodes for ``resume_window_s``: back in time, it goes on where its rows stopped;
+later, the rows that arrived are stored as an aborted episode and the robot is told ``episode_cut``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fleetrl.robots import protocol as P
-from fleetrl.robots.episode import Episode
+from fleetrl.robots.episode import Episode, EpisodeConflict
 from fleetrl.workers.gateway.assembly import EpisodeAssembly
 from fleetrl.workers.metrics_server import MetricsBuffer
 
@@ -42,12 +49,16 @@ class EpisodeIntake:
         metrics: MetricsBuffer,
         loop: asyncio.AbstractEventLoop,
         after_commit: Callable[[RobotState], Awaitable[None]],
+        max_episode_steps: int = 100_000,
+        max_episode_bytes: int = 256 * 1024 * 1024,
     ):
         """``data``: the data server (``ingest(episode)``), None to ack and drop episodes; ``refuse(ident,
-        code, message, robot_id, step)`` answers with an ``error`` and counts it in ``refused``, where rows
-        that arrive twice are counted too; ``after_commit(state)`` runs once an episode the robot ran online is
-        stored while it is still connected (return-and-explore)."""
+        code, message, robot_id, step, episode_id=)`` answers with an ``error`` and counts it in
+        ``refused``, where rows that arrive twice are counted too; ``after_commit(state)`` runs once an
+        episode the robot ran online is stored while it is still connected (return-and-explore)."""
         self.data = data
+        self.max_episode_steps = max_episode_steps
+        self.max_episode_bytes = max_episode_bytes
         self.send = send
         self.refuse = refuse
         self.refused = refused
@@ -62,8 +73,10 @@ class EpisodeIntake:
             return True
         if self._assembly(ident, state, episode_id, step) is None:
             return False
-        if state.episode_id is not None:
-            self.abort_episode(state, state.episode_id)  # a new episode began without an end for the last
+        if state.episode_id is not None:  # a new episode began without an end for the last
+            self.abort_episode(
+                state, state.episode_id, f"the robot began episode {episode_id!r} before ending it"
+            )
         state.episode_id, state.last_step = episode_id, -1
         return True
 
@@ -74,11 +87,17 @@ class EpisodeIntake:
         asm = state.assemblies.get(episode_id)
         if asm is not None:
             return asm
+        if episode_id in state.closed:
+            code, message = state.closed[episode_id]
+            self.refuse(ident, code, message, state.robot_id, step, episode_id=episode_id)
+            return None
         if not episode_id or episode_id in state.recent_ends or episode_id in state.committing:
-            self.refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step)
+            self.refuse(ident, "out_of_order", f"episode {episode_id!r} already ended", state.robot_id, step,
+                        episode_id=episode_id)  # fmt: skip
             return None
         if len(state.assemblies) >= MAX_OPEN_EPISODES:
-            self.refuse(ident, "overloaded", f"more than {MAX_OPEN_EPISODES} open episodes", state.robot_id)
+            self.refuse(ident, "overloaded", f"more than {MAX_OPEN_EPISODES} open episodes", state.robot_id,
+                        episode_id=episode_id)  # fmt: skip
             return None
         asm = state.assemblies[episode_id] = EpisodeAssembly(state.task, state.robot_id, episode_id)
         return asm
@@ -117,18 +136,45 @@ class EpisodeIntake:
             else:
                 self._ask_for_missing_rows(ident, state, asm, msg.first_step)
             return
+        rows = int(msg.actions.shape[0]) if msg.actions is not None and msg.actions.ndim >= 1 else 0
+        if (
+            asm.expected + rows > self.max_episode_steps
+            or asm.nbytes + len_bytes(msg) > self.max_episode_bytes
+        ):
+            self._refuse_for_good(ident, state, msg.episode_id, "episode_too_long",
+                                  f"episode {msg.episode_id!r} passes the gateway's limit of "
+                                  f"{self.max_episode_steps} rows or {self.max_episode_bytes} bytes: not stored")  # fmt: skip
+            return
         try:
             asm.add(msg)
         except P.ProtocolError as exc:
-            self.refuse(ident, exc.code, exc.message, state.robot_id)
+            self.refuse(ident, exc.code, exc.message, state.robot_id, episode_id=msg.episode_id)
+
+    def _refuse_for_good(
+        self, ident: bytes, state: RobotState, episode_id: str, code: str, message: str
+    ) -> None:
+        """Drop the episode's rows, tell the robot, and answer every later frame of it the same way."""
+        state.assemblies.pop(episode_id, None)
+        if episode_id == state.episode_id:
+            state.episode_id, state.last_step = None, -1
+        state.close_episode(episode_id, code, message)
+        self.metrics.inc("episodes_refused_total", (state.task.name, code))
+        self.refuse(ident, code, message, state.robot_id, episode_id=episode_id)
 
     def on_episode_end(self, ident: bytes, state: RobotState, msg: P.EpisodeEnd) -> None:
         if msg.outcome not in P.OUTCOMES or msg.labelled_by not in P.LABELLERS:
-            self.refuse(ident, "bad_message", f"outcome must be one of {P.OUTCOMES}", state.robot_id)
+            why = f"outcome must be one of {P.OUTCOMES}, labelled_by one of {P.LABELLERS}"
+            self.refuse(ident, "bad_message", why, state.robot_id, episode_id=msg.episode_id)
             return
         if msg.episode_id in state.committing:
             return  # acked when the data server has it (or re-processed if it fails)
         if msg.episode_id in state.recent_ends:  # a re-sent end of a committed episode: ack again, count once
+            stored = state.recent_ends[msg.episode_id]
+            if stored != (msg.steps, msg.outcome):  # not a re-send: another episode under a used id
+                why = (f"episode {msg.episode_id!r} is stored already with {stored[0]} rows, outcome "
+                       f"{stored[1]!r}; this end says {msg.steps}, {msg.outcome!r}: use a new episode id")  # fmt: skip
+                self.refuse(ident, "episode_conflict", why, state.robot_id, episode_id=msg.episode_id)
+                return
             self.metrics.inc("episode_resends_total", ("end_after_commit",))
             self.send(ident, P.Ack(robot_id=state.robot_id, episode_id=msg.episode_id))
             return
@@ -142,14 +188,17 @@ class EpisodeIntake:
             return
         try:
             episode = asm.finish(msg)
-        except (P.ProtocolError, ValueError) as exc:
-            self.refuse(ident, "bad_message", str(exc), state.robot_id)
+        except P.ProtocolError as exc:
+            self.refuse(ident, exc.code, exc.message, state.robot_id, episode_id=msg.episode_id)
+            return
+        except ValueError as exc:
+            self.refuse(ident, "bad_message", str(exc), state.robot_id, episode_id=msg.episode_id)
             return
         del state.assemblies[msg.episode_id]
         if msg.episode_id == state.episode_id:
             state.episode_id, state.last_step = None, -1
         state.steps_done += len(episode)
-        self._count_outcome(state, msg.episode_id, msg.outcome)
+        self._count_outcome(state, msg.episode_id, msg.outcome, end=(len(episode), msg.outcome))
         state.committing.add(msg.episode_id)
         self.loop.create_task(self._commit(ident, state, episode))
 
@@ -167,6 +216,17 @@ class EpisodeIntake:
                     if self.data is not None:
                         await self.data.ingest.remote(episode)
                     break
+                except ValueError as exc:  # the data server will never store it as sent: say so, once
+                    self._uncount_outcome(state, episode)
+                    code = "episode_conflict" if isinstance(exc, EpisodeConflict) else "episode_unstorable"
+                    cause = getattr(exc, "cause", None) or exc  # a RayTaskError's text is a traceback
+                    log.warning("gateway: episode %s of %s refused by the data server: %s",
+                                episode.episode_id, state.robot_id, cause)  # fmt: skip
+                    state.close_episode(episode.episode_id, code, str(cause)[:500])
+                    self.metrics.inc("episodes_refused_total", (state.task.name, code))
+                    self.refuse(state.ident or ident, code, str(cause)[:500], state.robot_id,
+                                episode_id=episode.episode_id)  # fmt: skip
+                    return
                 except Exception as exc:  # noqa: BLE001 - data server restarting: keep the episode, retry
                     if time.monotonic() + delay > deadline:
                         log.warning("gateway: episode %s not stored (%s); left to the robot's re-send",
@@ -183,19 +243,25 @@ class EpisodeIntake:
         if episode.source == "online" and state.online:
             await self.after_commit(state)
 
-    def end_session(self, state: RobotState) -> None:
-        """The robot went offline: its current episode ends as aborted, and the other open ones are
-        dropped (re-sends of ended episodes: the robot sends them again when it is back)."""
+    def end_session(self, state: RobotState, why: str) -> None:
+        """The robot is gone for good (its resume window passed, it was deleted): its current episode
+        ends as aborted (what arrived is stored; the robot is told ``episode_cut`` if it comes back), and
+        the other open ones are dropped (re-sends of ended episodes: the robot sends them again)."""
         if state.episode_id is not None:
-            self.abort_episode(state, state.episode_id)
+            self.abort_episode(state, state.episode_id, why)
         state.assemblies.clear()
+        state.offline_since = None
 
-    def abort_episode(self, state: RobotState, episode_id: str) -> None:
-        """The robot left (or started another episode) without ending this one: keep what arrived."""
+    def abort_episode(self, state: RobotState, episode_id: str, why: str) -> None:
+        """The robot left (or started another episode) without ending this one: keep what arrived, as an
+        aborted episode, and refuse the rest of it (``episode_cut``: an ack must mean stored as sent)."""
         asm = state.assemblies.pop(episode_id, None)
         partial = asm.abort() if asm is not None else None
         state.steps_done += len(partial) if partial is not None else 0
         self._count_outcome(state, episode_id, "aborted")
+        rows = len(partial) if partial is not None else 0
+        state.close_episode(episode_id, "episode_cut", f"episode {episode_id!r} was cut ({why}); its first "
+                            f"{rows} rows are stored as aborted: start a new episode")  # fmt: skip
         if episode_id == state.episode_id:
             state.episode_id, state.last_step = None, -1
         if partial is not None and self.data is not None:
@@ -214,12 +280,24 @@ class EpisodeIntake:
 
     def _uncount_outcome(self, state: RobotState, episode: Episode) -> None:
         """A commit failed: forget the end so the robot's re-send is processed afresh."""
-        if episode.episode_id in state.recent_ends:
-            state.recent_ends.remove(episode.episode_id)
+        state.recent_ends.pop(episode.episode_id, None)
         state.outcomes[episode.outcome] -= 1
         state.steps_done -= len(episode)
 
-    def _count_outcome(self, state: RobotState, episode_id: str, outcome: str) -> None:
-        state.recent_ends.append(episode_id)
+    def _count_outcome(
+        self, state: RobotState, episode_id: str, outcome: str, end: tuple[int, str] | None = None
+    ) -> None:
+        """Count an ended episode; ``end``: (rows, outcome) the robot ended it with, so that a re-sent end
+        of it is acked again (and one that says otherwise is refused)."""
+        if end is not None:
+            state.recent_ends[episode_id] = end
+            while len(state.recent_ends) > 16:
+                state.recent_ends.popitem(last=False)
         state.outcomes[outcome] += 1
         self.metrics.inc("episodes_total", (state.task.name, outcome))
+
+
+def len_bytes(msg: P.Steps) -> int:
+    """Array bytes a ``steps`` frame carries (what the assembly would hold of it)."""
+    arrays = [msg.actions, *msg.observations.values(), *msg.columns.values()]
+    return sum(a.nbytes for a in arrays if hasattr(a, "nbytes"))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,25 @@ class GatewayConfig(ActorResources):
     )
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest frame accepted from a robot.")
     lease_timeout_s: float = Field(5.0, gt=0, description="A robot silent this long goes offline.")
+    resume_window_s: float = Field(
+        60.0,
+        ge=0,
+        description="A robot that went offline mid-episode and says hello again within this long goes on "
+        "with its open episodes (their rows must continue where they stopped); after it, the rows that "
+        "arrived are stored as an aborted episode and the robot is told episode_cut.",
+    )
+    max_episode_steps: int = Field(
+        100_000,
+        ge=1,
+        strict=True,
+        description="Rows one episode may have; more are refused (episode_too_long).",
+    )
+    max_episode_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        strict=True,
+        description="Array bytes one episode may hold in the gateway; more are refused (episode_too_long).",
+    )
     heartbeat_s: float = Field(1.0, gt=0, description="How often robots should ping when otherwise idle.")
     metrics_flush_s: float = Field(0.5, gt=0, description="How often buffered metrics go to the log server.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the gateway.")
@@ -53,9 +72,11 @@ class RobotState:
     last_step: int = -1
     steps_done: int = 0  # steps of finished episodes
     outcomes: Counter = field(default_factory=Counter)
-    recent_ends: deque = field(default_factory=lambda: deque(maxlen=16))
+    recent_ends: OrderedDict = field(default_factory=OrderedDict)  # episode id -> (rows, outcome): acked
     committing: set = field(default_factory=set)  # ended episodes on their way to the data server
     assemblies: dict = field(default_factory=dict)  # episode id -> EpisodeAssembly (open episodes)
+    closed: OrderedDict = field(default_factory=OrderedDict)  # refused episode id -> (code, message)
+    offline_since: float | None = None  # went offline with open episodes at (monotonic): resumable
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     pinned: tuple[str, int] | None = None  # (episode id, weight version) in episode reload mode
     control: str = "autonomous"  # "human" while an operator has taken over
@@ -71,6 +92,12 @@ class RobotState:
             return True
         episode, since = self.control_since
         return episode_id == episode and step < since
+
+    def close_episode(self, episode_id: str, code: str, message: str) -> None:
+        """Remember that ``episode_id`` is refused for good (every later frame of it gets ``code``)."""
+        self.closed[episode_id] = (code, message)
+        while len(self.closed) > 64:
+            self.closed.popitem(last=False)
 
     def row(self) -> dict[str, Any]:
         lat = np.fromiter(self.latency_ms, dtype=np.float64) if self.latency_ms else None

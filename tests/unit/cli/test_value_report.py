@@ -103,7 +103,7 @@ def test_value_report_from_episode_files_and_a_saved_estimator(tmp_path):
     write_store(tmp_path / "store", episodes)
     files = tmp_path / "files"
     files.mkdir()
-    for f in (tmp_path / "store" / "reach").glob("*.parquet"):
+    for f in (tmp_path / "store" / "reach").rglob("*.parquet"):
         shutil.copy(f, files / f.name)
     out = tmp_path / "out"
     assert (

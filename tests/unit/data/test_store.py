@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 
 import numpy as np
 import pytest
 
-from fleetrl.robots.episode import STEP_COLUMNS
+from fleetrl.robots.episode import STEP_COLUMNS, EpisodeConflict
 from fleetrl.testing.episodes import synthetic_episode
 from fleetrl.workers.data.episode_file import read_episode
-from fleetrl.workers.data.store import EpisodeStore
+from fleetrl.workers.data.store import AmbiguousEpisode, EpisodeStore
 
 OBS = {"image": ((6, 5, 3), "uint8"), "state": ((7,), "float16"), "gripper": ((), "bool")}
 
@@ -61,7 +62,7 @@ def test_round_trip_keeps_values_shapes_and_dtypes(tmp_path):
     back = store.get(ep.episode_id)
     back.validate()
     assert_same(ep, back)
-    assert (tmp_path / "reach" / f"{ep.episode_id}.parquet").is_file()
+    assert (tmp_path / "reach" / "arm-3" / f"{ep.episode_id}.parquet").is_file()
     row = store.list()[0]
     assert row["n_steps"] == 9 and row["intervention_steps"] == 2 and row["outcome"] == "timeout"
     assert row["robot_id"] == "arm-3" and row["source"] == "offline" and row["truncated"] is True
@@ -90,7 +91,8 @@ def test_duplicate_put_is_stored_once(tmp_path):
     assert store.put(other) == (True, 2)
     assert store.put(ep) == (False, 1)  # at-least-once delivery re-sends it
     assert [r["episode_id"] for r in store.list()] == [ep.episode_id, other.episode_id]
-    assert sorted(os.listdir(tmp_path / "reach")) == sorted(f"{e.episode_id}.parquet" for e in (ep, other))
+    files = sorted(os.listdir(tmp_path / "reach" / "robot-0"))
+    assert files == sorted(f"{e.episode_id}.parquet" for e in (ep, other))
     assert store.snapshot() == 2
 
 
@@ -152,12 +154,12 @@ def test_reconcile_after_crash_between_file_and_catalog(tmp_path, monkeypatch):
         store.put(lost)
     monkeypatch.undo()
     store.close()
-    assert (tmp_path / "reach" / f"{lost.episode_id}.parquet").is_file()
+    assert (tmp_path / "reach" / "robot-0" / f"{lost.episode_id}.parquet").is_file()
     # a crash before the rename leaves a temporary file
     (tmp_path / "reach" / ".deadbeef.tmp").write_bytes(b"half an episode")
 
     store = EpisodeStore(str(tmp_path))
-    assert store.last_reconcile["inserted"] == [f"reach/{lost.episode_id}.parquet"]
+    assert store.last_reconcile["inserted"] == [f"reach/robot-0/{lost.episode_id}.parquet"]
     assert store.last_reconcile["temp_removed"] == ["reach/.deadbeef.tmp"]
     assert not (tmp_path / "reach" / ".deadbeef.tmp").exists()
     rows = store.list()
@@ -187,7 +189,7 @@ def test_crash_before_rename_loses_nothing_acked(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         store.put(ep)
     monkeypatch.undo()
-    assert store.list() == [] and os.listdir(tmp_path / "reach") == []  # temp file cleaned up
+    assert store.list() == [] and os.listdir(tmp_path / "reach" / "robot-0") == []  # temp file cleaned up
     assert store.put(ep) == (True, 1)
 
 
@@ -195,7 +197,7 @@ def test_corrupt_file_raises_value_error_naming_it(tmp_path):
     store = EpisodeStore(str(tmp_path))
     ep = synthetic_episode(6)
     store.put(ep)
-    path = tmp_path / "reach" / f"{ep.episode_id}.parquet"
+    path = tmp_path / "reach" / "robot-0" / f"{ep.episode_id}.parquet"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=str(path)):
@@ -212,8 +214,8 @@ def test_missing_file_is_reported(tmp_path):
     store = EpisodeStore(str(tmp_path))
     ep = synthetic_episode(3)
     store.put(ep)
-    os.remove(tmp_path / "reach" / f"{ep.episode_id}.parquet")
-    assert EpisodeStore(str(tmp_path)).last_reconcile["missing"] == [f"reach/{ep.episode_id}.parquet"]
+    os.remove(tmp_path / "reach" / "robot-0" / f"{ep.episode_id}.parquet")
+    assert EpisodeStore(str(tmp_path)).last_reconcile["missing"] == [f"reach/robot-0/{ep.episode_id}.parquet"]
 
 
 def test_rejects_invalid_or_unsafe_episodes(tmp_path):
@@ -222,8 +224,11 @@ def test_rejects_invalid_or_unsafe_episodes(tmp_path):
     bad.columns["reward"] = bad.columns["reward"][:2]
     with pytest.raises(ValueError, match="reward"):
         store.put(bad)
-    with pytest.raises(ValueError, match="safe file name"):
-        store.put(synthetic_episode(3, episode_id="../escape"))
+    for bad_id in ("../escape", "bad id", ".hidden", "x" * 129, "épisode", "ep\n"):
+        with pytest.raises(ValueError, match="is not valid: 1-128 characters"):
+            store.put(synthetic_episode(3, episode_id=bad_id))
+    with pytest.raises(ValueError, match="robot_id"):
+        store.put(synthetic_episode(3, robot_id="a/b"))
     with pytest.raises(ValueError, match="JSON"):
         store.put(synthetic_episode(3, meta={"x": object()}))
     with pytest.raises(KeyError):
@@ -257,3 +262,101 @@ def test_human_label_overrides_the_stored_outcome(tmp_path):
         store.set_label(ep.episode_id, "great")
     store.close()
     assert EpisodeStore(str(tmp_path / "s")).get(ep.episode_id).labelled_by == "human"  # durable
+
+
+def test_two_robots_may_use_the_same_episode_id(tmp_path):
+    store = EpisodeStore(str(tmp_path))
+    a = synthetic_episode(8, episode_id="ep-0", robot_id="robot-a", seed=1)
+    b = synthetic_episode(12, episode_id="ep-0", robot_id="robot-b", seed=2)
+    assert store.put(a) == (True, 1) and store.put(b) == (True, 2)  # both stored, neither dropped
+    assert store.put(b) == (False, 2)  # a true re-send of b: stored once
+    assert len(store.get("ep-0", "robot-a")) == 8 and len(store.get("ep-0", "robot-b")) == 12
+    with pytest.raises(AmbiguousEpisode, match="robot-a.*robot-b"):
+        store.get("ep-0")  # the id alone no longer says which
+    assert store.set_label("ep-0", "failure", robot_id="robot-b")["n_steps"] == 12
+    assert store.get("ep-0", "robot-a").outcome == "success"
+    assert store.get(b.episode_id, "robot-b").labelled_by == "human"
+    assert {e.robot_id for _, e in store.iter_episodes()} == {"robot-a", "robot-b"}
+
+
+def test_a_different_episode_under_a_stored_robot_and_id_is_refused(tmp_path):
+    store = EpisodeStore(str(tmp_path))
+    full = synthetic_episode(20, episode_id="ep-1", seed=3)
+    cut = dataclasses.replace(full, outcome="aborted", actions=full.actions[:10],
+                              observations={k: v[:10] for k, v in full.observations.items()},
+                              columns={k: v[:10] for k, v in full.columns.items()})  # fmt: skip
+    assert store.put(cut) == (True, 1)
+    with pytest.raises(EpisodeConflict, match="10 steps, outcome 'aborted'; this one: 20 steps"):
+        store.put(full)
+    changed = dataclasses.replace(cut, actions=cut.actions + 0.5)  # same length, other values
+    with pytest.raises(EpisodeConflict):
+        store.put(changed)
+    relabelled = dataclasses.replace(cut, meta={"gateway_end_time": 1.0})  # meta is not what was sent
+    assert store.put(relabelled) == (False, 1)
+    store.close()
+    reopened = EpisodeStore(str(tmp_path))  # the digest is in the catalog and in the file's header
+    with pytest.raises(EpisodeConflict):
+        reopened.put(full)
+
+
+def test_a_catalog_keyed_by_episode_id_alone_is_migrated_on_open(tmp_path):
+    """A store written before episodes were keyed by robot: one unique ``episode_id`` column, files at
+    ``<task>/<episode_id>.parquet``. It opens with its episodes, snapshots and labels; robots may then
+    share ids."""
+    import pyarrow.parquet as pq
+
+    from fleetrl.workers.data.episode_file import to_table
+
+    old = [synthetic_episode(4 + i, episode_id=f"ep-{i}", robot_id=f"robot-{i}", seed=i) for i in range(3)]
+    (tmp_path / "reach").mkdir()
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    db.executescript(LEGACY_SCHEMA)
+    for i, ep in enumerate(old):
+        table, summary = to_table(ep)
+        pq.write_table(table, tmp_path / "reach" / f"{ep.episode_id}.parquet")
+        db.execute(
+            "INSERT INTO episodes (episode_id, task, robot_id, outcome, source, labelled_by, terminated,"
+            " truncated, n_steps, intervention_steps, duration_s, total_reward, path, created)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ep.episode_id, "reach", ep.robot_id, "failure" if i == 1 else ep.outcome, ep.source,
+             "human" if i == 1 else "robot", 1, 0, len(ep), 0, 0.0, 0.0, f"reach/{ep.episode_id}.parquet", 1.0),
+        )  # fmt: skip
+    db.commit()
+    db.close()
+    store = EpisodeStore(str(tmp_path))
+    assert not any(store.last_reconcile.values())  # every legacy file is still known by its path
+    assert [(r["snapshot"], r["episode_id"]) for r in store.list()] == [(1, "ep-0"), (2, "ep-1"), (3, "ep-2")]
+    assert store.get("ep-1").outcome == "failure" and store.get("ep-1").labelled_by == "human"
+    assert_same(old[2], store.get("ep-2", "robot-2"))
+    assert store.put(old[0]) == (False, 1)  # a legacy row without digest: a re-send of the same length
+    with pytest.raises(EpisodeConflict):
+        store.put(synthetic_episode(9, episode_id="ep-0", robot_id="robot-0"))
+    assert store.put(synthetic_episode(5, episode_id="ep-0", robot_id="robot-9"))[0]  # another robot's ep-0
+    sql = (
+        sqlite3.connect(tmp_path / "catalog.sqlite")
+        .execute("SELECT sql FROM sqlite_master WHERE name='episodes'")
+        .fetchone()[0]
+    )
+    assert "UNIQUE (robot_id, episode_id)" in sql and "episode_id TEXT NOT NULL UNIQUE" not in sql
+
+
+LEGACY_SCHEMA = """
+CREATE TABLE episodes (
+    snapshot INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL,
+    robot_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    source TEXT NOT NULL,
+    labelled_by TEXT NOT NULL,
+    terminated INTEGER NOT NULL,
+    truncated INTEGER NOT NULL,
+    n_steps INTEGER NOT NULL,
+    intervention_steps INTEGER NOT NULL,
+    duration_s REAL NOT NULL,
+    total_reward REAL NOT NULL,
+    path TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX episodes_task ON episodes(task, snapshot);
+"""

@@ -46,10 +46,19 @@ class Wire:
         self.sent.append((ident, msg))
 
     def refuse(
-        self, ident: bytes, code: str, message: str, robot_id: str | None, step: int | None = None
+        self,
+        ident: bytes,
+        code: str,
+        message: str,
+        robot_id: str | None,
+        step: int | None = None,
+        episode_id: str | None = None,
     ) -> None:
         self.refused[code] += 1
-        self.send(ident, P.Error(robot_id=robot_id or "", code=code, message=message, step=step))
+        self.send(
+            ident,
+            P.Error(robot_id=robot_id or "", code=code, message=message, step=step, episode_id=episode_id),
+        )
 
     def to(self, ident: bytes, kind: type[P.Message] | None = None) -> list[P.Message]:
         """What went to ``ident`` (only frames of ``kind`` when given)."""

@@ -146,7 +146,7 @@ def test_a_robot_going_offline_keeps_the_rows_of_its_current_episode_as_aborted(
         assert part.enter_episode(state.ident, state, "ep-1", 0)
         part.on_steps(state.ident, state, steps("r1", "ep-1", 0, 3))
         part.on_steps(state.ident, state, steps("r1", "ep-0", 0, 1))  # an earlier episode being re-sent
-        part.end_session(state)
+        part.end_session(state, "silent past the resume window")
         await settle()
         (partial,) = data.stored
         assert (partial.episode_id, partial.outcome, len(partial), partial.truncated) == (
@@ -157,6 +157,70 @@ def test_a_robot_going_offline_keeps_the_rows_of_its_current_episode_as_aborted(
         )
         assert state.assemblies == {} and state.episode_id is None and state.outcomes["aborted"] == 1
         assert wire.sent == []  # nobody to ack: the robot is gone
+        # Back later, the robot sends the rest and its end: what is stored is not what it sent, so no ack
+        part.on_steps(state.ident, state, steps("r1", "ep-1", 3, 2))
+        part.on_episode_end(state.ident, state, end("r1", "ep-1", 5))
+        await settle()
+        codes = [(m.code, m.episode_id) for _, m in wire.sent]
+        assert (
+            codes == [("episode_cut", "ep-1")] * 2
+            and "3 rows are stored as aborted" in wire.sent[0][1].message
+        )
+        assert not any(isinstance(m, P.Ack) for _, m in wire.sent) and len(data.stored) == 1
+
+    asyncio.run(scenario())
+
+
+def test_an_episode_over_the_row_limit_is_refused_for_good_and_never_acked():
+    async def scenario():
+        data = DataServer()
+        part, wire, metrics, _, state = build(data)
+        part.max_episode_steps = 4
+        part.on_steps(state.ident, state, steps("r1", "ep-1", 0, 3))
+        part.on_steps(state.ident, state, steps("r1", "ep-1", 3, 2))  # rows 3-4: one over the limit
+        part.on_steps(state.ident, state, steps("r1", "ep-1", 5, 1))
+        part.on_episode_end(state.ident, state, end("r1", "ep-1", 6))
+        await settle()
+        assert [(m.code, m.episode_id) for _, m in wire.sent] == [("episode_too_long", "ep-1")] * 3
+        assert "4 rows" in wire.sent[0][1].message and data.stored == [] and "ep-1" not in state.assemblies
+        assert events(metrics, "episodes_refused_total") == [("reach", "episode_too_long")]
+        part.on_steps(state.ident, state, steps("r1", "ep-2", 0, 4))  # the next episode is fine
+        part.on_episode_end(state.ident, state, end("r1", "ep-2", 4))
+        await settle()
+        assert wire.sent[-1][1] == P.Ack(robot_id="r1", episode_id="ep-2")
+
+    asyncio.run(scenario())
+
+
+class RefusingDataServer(DataServer):
+    """``ingest`` raises ``error`` (what a real data server raises for an episode it will never store)."""
+
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.error, self.calls = error, 0
+
+    def _ingest(self, episode) -> dict:
+        self.calls += 1
+        raise self.error
+
+
+def test_an_episode_the_data_server_refuses_is_answered_once_and_not_retried():
+    from fleetrl.robots.episode import EpisodeConflict
+
+    async def scenario():
+        for error, code in ((EpisodeConflict("stored already with other contents"), "episode_conflict"),
+                            (ValueError("column reward has NaN"), "episode_unstorable")):  # fmt: skip
+            data = RefusingDataServer(error)
+            part, wire, _, _, state = build(data)
+            part.on_steps(state.ident, state, steps("r1", "ep-1", 0, 2))
+            part.on_episode_end(state.ident, state, end("r1", "ep-1", 2))
+            await settle()
+            (answer,) = [m for _, m in wire.sent]
+            assert (answer.code, answer.episode_id, answer.message) == (code, "ep-1", str(error))
+            assert data.calls == 1 and sum(state.outcomes.values()) == 0 and not state.committing
+            part.on_episode_end(state.ident, state, end("r1", "ep-1", 2))  # a re-send gets the same answer
+            await settle()
+            assert wire.sent[-1][1].code == code and data.calls == 1
 
     asyncio.run(scenario())
 

@@ -346,6 +346,52 @@ def test_incomplete_episode_makes_the_client_resend_its_rows(rig):
     assert client.counters["resent_steps"] == 1
 
 
+def test_an_ended_episode_refused_for_good_is_no_longer_resent(rig):
+    client, gw, clock, robot = rig
+    robot.horizon = 2
+    obs0 = connect(client, gw, clock)
+    gw.chunk(obs0, np.zeros((3, 2)))
+    deliver(client)
+    for _ in range(2):
+        clock.t += 0.1
+        client.tick()
+    end = gw.recv()
+    assert isinstance(end, P.EpisodeEnd)
+    gw.send(
+        P.Error(
+            robot_id="rbt_1", code="episode_conflict", message="stored already", episode_id=end.episode_id
+        )
+    )
+    deliver(client)
+    refused = client.episodes[-1]
+    assert (refused.episode_id, refused.refused, refused.acked) == (end.episode_id, "episode_conflict", False)
+    assert client.counters["episodes_refused"] == 1 and not client.uploads.unacked
+    clock.t += 1.1
+    client.tick()  # past the ack timeout: nothing goes again
+    resent = [
+        m for m in iter(lambda: gw.recv() if gw.pending() else None, None) if isinstance(m, P.EpisodeEnd)
+    ]
+    assert resent == []
+
+
+def test_the_running_episode_refused_for_good_is_abandoned_for_a_new_one(rig):
+    client, gw, clock, robot = rig
+    obs0 = connect(client, gw, clock)
+    gw.chunk(obs0, np.zeros((3, 2)))
+    deliver(client)
+    clock.t += 0.1
+    client.tick()
+    running = obs0.episode_id
+    gw.send(P.Error(robot_id="rbt_1", code="episode_cut", message="cut by the lease", episode_id=running))
+    deliver(client)
+    assert client.episodes[-1].episode_id == running and client.episodes[-1].refused == "episode_cut"
+    clock.t += 0.1
+    client.tick()  # a new episode: the robot is reset and asks for its first chunk
+    obs = [m for m in iter(lambda: gw.recv() if gw.pending() else None, None) if isinstance(m, P.Obs)]
+    assert obs and obs[-1].episode_id != running and obs[-1].step == 0 and robot.t == 0
+    assert client.counters["episodes_refused"] == 1
+
+
 def test_the_sdk_logger_silences_every_part_of_the_client(rig, caplog):
     # benchmarks quieten the SDK with logging.getLogger("fleetrl.robots.client"): each part logs below it
     client, gw, clock, _ = rig

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from fleetrl.robots.episode import Episode
-from fleetrl.workers.data.store import SAFE_NAME, EpisodeStore
+from fleetrl.robots.episode import Episode, check_id
+from fleetrl.workers.data.store import EpisodeStore
 
 
 class DatasetImportError(ValueError):
@@ -35,9 +35,10 @@ def import_into_store(store: EpisodeStore, episodes: list[Episode]) -> dict[str,
             ep.validate()
         except ValueError as e:
             raise DatasetImportError(str(e)) from e
-        for what, name in (("task", ep.task), ("episode_id", ep.episode_id)):
-            if not SAFE_NAME.match(name):
-                raise DatasetImportError(f"episode {ep.episode_id}: {what} {name!r} is not a safe file name")
+        for what, name in (("task", ep.task), ("robot_id", ep.robot_id), ("episode_id", ep.episode_id)):
+            problem = check_id(what, name)
+            if problem is not None:
+                raise DatasetImportError(f"episode {ep.episode_id!r}: {problem}")
     stored = 0
     for ep in episodes:
         stored += int(store.put(ep)[0])

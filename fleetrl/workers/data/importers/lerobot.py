@@ -306,7 +306,9 @@ def _lerobot_episode(
     ep = Episode(
         episode_id=f"lerobot-{ep_index:06d}-{digest.hexdigest()}",
         task=task.name,
-        robot_id=f"lerobot-{info.robot_type}" if info.robot_type else "lerobot",
+        robot_id=f"lerobot-{re.sub(r'[^A-Za-z0-9_.-]', '-', info.robot_type)[:100]}"
+        if info.robot_type
+        else "lerobot",
         outcome="success" if success else "timeout",
         observations=observations,
         actions=actions,
