@@ -34,6 +34,7 @@ import zmq.asyncio
 from fleetrl.robots import protocol as P
 from fleetrl.robots.episode import check_id
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
+from fleetrl.workers.gateway.hello_limits import HelloLimits
 from fleetrl.workers.gateway.intake import EpisodeIntake
 from fleetrl.workers.gateway.resets import ResetRequests
 from fleetrl.workers.gateway.scheduler import Scheduler
@@ -74,6 +75,10 @@ class Gateway:
         self.robots: dict[str, RobotState] = {}
         self.by_ident: dict[bytes, str] = {}
         self.refused: Counter = Counter()
+        self.hello_limits = HelloLimits(
+            per_peer_rate=config.hello_per_peer_per_s, registry_rate=config.hello_registry_per_s,
+            registry_burst=2 * config.hello_registry_per_s,
+        )  # fmt: skip
         self._bound = threading.Event()
         self._error: BaseException | None = None
         self._loop = asyncio.new_event_loop()
@@ -112,8 +117,13 @@ class Gateway:
         return self._call(self._stats())
 
     def revoke(self, robot_id: str) -> bool:
-        """Drop a deleted robot's session now; its next frame is refused."""
-        return self._on_loop(self._forget, robot_id)
+        """Drop a deleted robot's session and its verified credentials now; its next frame is refused."""
+
+        def revoke() -> bool:
+            self.hello_limits.forget(robot_id)
+            return self._forget(robot_id)
+
+        return self._on_loop(revoke)
 
     def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
         """Serve a task created at runtime (POST /v1/tasks)."""
@@ -229,6 +239,10 @@ class Gateway:
             self._refuse(ident, exc.code, exc.message, None)
             return
         if isinstance(msg, P.Hello):
+            if not self.hello_limits.admit(ident):  # bounded per connection before anything else is spent
+                self._refuse(ident, "rate_limited", "too many hello attempts from this connection: wait a "
+                             "second", msg.robot_id)  # fmt: skip
+                return
             self._loop.create_task(self._on_hello(ident, msg))
             return
         robot_id = self.by_ident.get(ident)
@@ -257,11 +271,27 @@ class Gateway:
             self._refuse(ident, "bad_message", f"robots may not send {msg.KIND!r}", robot_id)
 
     async def _on_hello(self, ident: bytes, msg: P.Hello) -> None:
+        """Verify the credentials (locally when verified before; else the registry, within the shared
+        budget) and bind the connection to the robot."""
         try:
-            record = await self.registry.verify.remote(msg.robot_id, msg.token)
-        except Exception as exc:  # noqa: BLE001 - registry unavailable: refuse, the robot retries
-            self._refuse(ident, "unavailable", f"registry unavailable: {type(exc).__name__}", msg.robot_id)
+            record = self.hello_limits.cached(msg.robot_id, msg.token)
+        except PermissionError:
+            self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
             return
+        if record is None:
+            if not self.hello_limits.admit_registry_call():
+                self._refuse(ident, "rate_limited", "the gateway is answering too many hellos: retry in a "
+                             "second", msg.robot_id)  # fmt: skip
+                return
+            try:
+                record = await self.registry.verify.remote(msg.robot_id, msg.token)
+            except Exception as exc:  # noqa: BLE001 - registry unavailable: refuse, the robot retries
+                self._refuse(
+                    ident, "unavailable", f"registry unavailable: {type(exc).__name__}", msg.robot_id
+                )
+                return
+            if record is not None:
+                self.hello_limits.remember(msg.robot_id, msg.token, record)
         if record is None:
             self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
             return

@@ -45,6 +45,18 @@ class GatewayConfig(ActorResources):
         description="Array bytes one episode may hold in the gateway; more are refused (episode_too_long).",
     )
     heartbeat_s: float = Field(1.0, gt=0, description="How often robots should ping when otherwise idle.")
+    hello_per_peer_per_s: float = Field(
+        2.0,
+        gt=0,
+        description="Hello attempts one connection may make per second (burst 5); more: rate_limited.",
+    )
+    hello_registry_per_s: float = Field(
+        50.0,
+        gt=0,
+        description="Hellos per second, over all connections, whose credentials the gateway has not verified "
+        "before and asks the registry about (burst twice that); more: rate_limited. Robots already "
+        "connected are never affected.",
+    )
     metrics_flush_s: float = Field(0.5, gt=0, description="How often buffered metrics go to the log server.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the gateway.")
 
