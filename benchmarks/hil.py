@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for r in range(b["robots_per_task"]):
                     robot = make_robot(env, seed=args.seed + 1000 * i + r, hz=args.hz)
                     info = register(platform.rest_url, platform.admin_token, f"{name}-{r}", name, robot)
-                    client = RobotClient(robot, info["robot_id"], info["token"], info["endpoint"])
+                    client = RobotClient.from_registration(robot, info)
                     if name.endswith("-op"):
                         client.supervisor = operators.setdefault(client.robot_id, OracleOperator(robot))
                     clients.append(client)

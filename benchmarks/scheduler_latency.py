@@ -85,9 +85,15 @@ class ServeRoutedGateway(Gateway):
     """The platform's gateway with one change: observations go through a Serve ``DeploymentHandle``."""
 
     def __init__(
-        self, config: GatewayConfig, tasks: list[TaskConfig], registry: Any, metrics: Any, handle: Any
+        self,
+        config: GatewayConfig,
+        tasks: list[TaskConfig],
+        registry: Any,
+        metrics: Any,
+        handle: Any,
+        curve_keys: tuple[str, str] | None,
     ):
-        super().__init__(config, tasks, {}, registry, metrics)
+        super().__init__(config, tasks, {}, registry, metrics, curve_keys=curve_keys)
         self.handle = handle
 
     def _submit(self, task: TaskConfig, robot_id: str, ident: bytes, msg: P.Obs) -> None:
@@ -123,7 +129,7 @@ def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str
     gateway = (
         ray.remote(ServeRoutedGateway)
         .options(num_cpus=cfg.num_cpus)
-        .remote(cfg, [task], platform.registry, platform.metrics, handle)
+        .remote(cfg, [task], platform.registry, platform.metrics, handle, platform.curve_keys)
     )
     endpoint = ray.get(gateway.ready.remote(), timeout=60)["endpoint"]
     return gateway, endpoint
@@ -140,7 +146,7 @@ def register_fleet(platform: Platform, endpoint: str, n: int, label: str, seed: 
     with ThreadPoolExecutor(REST_THREADS) as pool:
         made = list(pool.map(make, range(n)))
     # Sockets are made here, in the thread that will use them (ZeroMQ sockets are not thread-safe).
-    return [RobotClient(robot, info["robot_id"], info["token"], endpoint) for robot, info in made]
+    return [RobotClient.from_registration(robot, info | {"endpoint": endpoint}) for robot, info in made]
 
 
 def drain(clients: list[RobotClient], seconds: float) -> None:

@@ -22,6 +22,7 @@ from fleetrl.serving.deployment import deploy_rest, undeploy_rest
 from fleetrl.workers.critic import CriticServer
 from fleetrl.workers.data.server import DataServer, default_root
 from fleetrl.workers.gateway.actor import start_gateway
+from fleetrl.workers.gateway.curve import server_keys
 from fleetrl.workers.inference.replica import start_replicas
 from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.metrics_server import MetricsServer
@@ -71,6 +72,7 @@ class Platform:
         self.rest_url: str | None = None  # where this machine reaches the API
         self.public_rest_url: str | None = None  # what users and robots on other hosts are told
         self.endpoint: str | None = None  # the ZeroMQ endpoint robots are told
+        self.curve_keys: tuple[str, str] | None = None  # the gateway's CURVE key pair (security: curve)
         self._owns_ray = False
 
     def start(self, timeout: float = 120.0) -> Platform:
@@ -115,9 +117,11 @@ class Platform:
         self.weights = control_actor(WeightBoard).remote()
         self.replicas = {t.name: start_replicas(t, self.metrics, self.weights) for t in cfg.tasks}
         ray.get([self.weights.register.remote(name, pool) for name, pool in self.replicas.items()])
+        self.curve_keys = server_keys(cfg.state_path) if cfg.gateway.security == "curve" else None
         self.gateway = start_gateway(
-            cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data, self.weights
-        )
+            cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data, self.weights,
+            self.curve_keys,
+        )  # fmt: skip
         pending = [self.gateway.ready.remote(), self.metrics.ready.remote(), self.data.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
         gateway_info, *_ = ray.get(pending, timeout=timeout)
@@ -136,6 +140,7 @@ class Platform:
             tasks=self.tasks,
             admin_token_sha256=hashlib.sha256(self.admin_token.encode()).hexdigest(),
             robot_endpoint=self.endpoint,
+            robot_server_key=self.curve_keys[0] if self.curve_keys else None,
         )
         self.public_rest_url = cfg.rest.public_url(ray.util.get_node_ip_address())
         self._wait_healthy(timeout)

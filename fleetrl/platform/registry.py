@@ -2,7 +2,9 @@
 
 The platform runs one ``Registry`` as a Ray actor; the REST app and the gateway get its handle.
 Tokens are 256-bit random strings, so a plain SHA-256 is the right hash (no password stretching needed);
-comparison is constant-time.
+comparison is constant-time. Each robot also has a CURVE public key (its link to the gateway is encrypted
+and authenticated by it): a key pair issued at registration, whose secret half is returned once and not
+kept, or the robot's own public key.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ CREATE TABLE IF NOT EXISTS robots (
     token_sha256 TEXT NOT NULL,
     observation_spec TEXT NOT NULL,
     action_spec TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    curve_public_key TEXT
 );
 CREATE INDEX IF NOT EXISTS robots_task ON robots(task);
 """
@@ -57,6 +60,13 @@ class Registry:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(tasks)")}
         if "config" not in columns:  # a registry written before tasks created over REST were kept
             self._db.execute("ALTER TABLE tasks ADD COLUMN config TEXT")
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(robots)")}
+        if "curve_public_key" not in columns:  # robots registered before CURVE: token mode only until
+            self._db.execute("ALTER TABLE robots ADD COLUMN curve_public_key TEXT")  # re-registered
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS robots_curve_key ON robots(curve_public_key)"
+            " WHERE curve_public_key IS NOT NULL"
+        )
 
     def ready(self) -> str:
         return str(self.path)
@@ -110,16 +120,31 @@ class Registry:
 
     # -- robots --------------------------------------------------------------------------------------
     def register_robot(
-        self, name: str, task: str, observation_spec: dict[str, Any], action_spec: dict[str, Any]
+        self,
+        name: str,
+        task: str,
+        observation_spec: dict[str, Any],
+        action_spec: dict[str, Any],
+        curve_public_key: str | None = None,
     ) -> dict[str, Any]:
-        """Create a robot; the returned record carries the plain token, which is never stored."""
+        """Create a robot; the returned record carries the plain token and, unless the robot brought its own
+        ``curve_public_key``, its CURVE secret key: neither is stored."""
+        import zmq
+
         if self._db.execute("SELECT 1 FROM tasks WHERE name = ?", (task,)).fetchone() is None:
             raise NotFound(f"no task named {task!r}")
         robot_id = f"rbt_{uuid.uuid4().hex[:16]}"
         token = secrets.token_urlsafe(32)
+        secret = None
+        if curve_public_key is None:
+            public, secret_key = zmq.curve_keypair()
+            curve_public_key, secret = public.decode("ascii"), secret_key.decode("ascii")
+        elif self.robot_for_curve_key(curve_public_key) is not None:
+            raise ValueError("that CURVE public key belongs to another robot: every robot needs its own")
         created = time.time()
         self._db.execute(
-            "INSERT INTO robots VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO robots (robot_id, name, task, token_sha256, observation_spec, action_spec, created,"
+            " curve_public_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 robot_id,
                 name,
@@ -128,9 +153,18 @@ class Registry:
                 json.dumps(observation_spec),
                 json.dumps(action_spec),
                 created,
+                curve_public_key,
             ),
         )
-        return {**self.get_robot(robot_id), "token": token}
+        record = {**self.get_robot(robot_id), "token": token}
+        return record | ({"curve_secret_key": secret} if secret is not None else {})
+
+    def robot_for_curve_key(self, public_key: str) -> str | None:
+        """The robot whose CURVE public key (Z85) this is, or None."""
+        r = self._db.execute(
+            "SELECT robot_id FROM robots WHERE curve_public_key = ?", (public_key,)
+        ).fetchone()
+        return r["robot_id"] if r is not None else None
 
     def _row(self, r: sqlite3.Row) -> dict[str, Any]:
         return {
@@ -140,6 +174,7 @@ class Registry:
             "observation_spec": json.loads(r["observation_spec"]),
             "action_spec": json.loads(r["action_spec"]),
             "created": r["created"],
+            "curve_public_key": r["curve_public_key"],
         }
 
     def list_robots(self, task: str | None = None) -> list[dict[str, Any]]:

@@ -199,7 +199,7 @@ def run_sim_fleet(
     for i in range(n):
         robot = SimRobot(env_id, seed=seed + i, control_hz=control_hz, lockstep=lockstep)
         info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot)
-        clients.append(RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config))
+        clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)
     if on_start is not None:
         on_start(clients)

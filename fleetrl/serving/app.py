@@ -26,6 +26,7 @@ def create_app(
     tasks: Any,
     admin_token_sha256: str,
     robot_endpoint: str,
+    robot_server_key: str | None = None,
 ) -> FastAPI:
     """Build the app around actor handles (``registry``, ``gateway``, ``metrics``, ``data`` and ``tasks``,
     the task manager)."""
@@ -41,6 +42,7 @@ def create_app(
         data=data,
         tasks=tasks,
         robot_endpoint=robot_endpoint,
+        robot_server_key=robot_server_key,
     )
     install_error_handlers(app)
     # Every admin route needs the bearer token, and documents the 401 and 403 it may answer.

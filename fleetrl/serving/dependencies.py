@@ -21,6 +21,7 @@ class Services:
     data: Any
     tasks: Any
     robot_endpoint: str
+    robot_server_key: str | None = None  # the gateway's CURVE public key (None: token mode)
 
     async def task_config(self, name: str) -> TaskConfig:
         """The task's config, or a 404 naming the tasks there are."""

@@ -16,6 +16,23 @@ class RobotRegistration(BaseModel):
     task: str = Field(pattern=NAME_RE, description="Task the robot works on.")
     observation_spec: dict[str, ArraySpecConfig] = Field(description="What the robot observes.")
     action_spec: ArraySpecConfig = Field(description="One control step's action.")
+    curve_public_key: str | None = Field(
+        None,
+        min_length=40,
+        max_length=40,
+        description="The robot's own CURVE public key (Z85, 40 characters), when it keeps its secret key "
+        "itself; if absent, the platform issues a key pair and returns its secret key once.",
+    )
+
+
+class CurveCredentials(BaseModel):
+    """What the robot's socket needs for an encrypted, authenticated link (ZeroMQ CURVE)."""
+
+    server_key: str = Field(description="The gateway's public key: set as the socket's CURVE_SERVERKEY.")
+    public_key: str = Field(description="The robot's public key: CURVE_PUBLICKEY.")
+    secret_key: str | None = Field(
+        None, description="The robot's secret key (CURVE_SECRETKEY): shown once, not kept by the platform."
+    )
 
 
 class RobotCredentials(BaseModel):
@@ -25,6 +42,9 @@ class RobotCredentials(BaseModel):
     token: str = Field(description="Shown once; the platform keeps only its hash.")
     endpoint: str = Field(description="ZeroMQ endpoint the robot connects its DEALER socket to.")
     chunk_len: int
+    curve: CurveCredentials | None = Field(
+        None, description="CURVE keys for the robot's socket; null when the gateway runs security: token."
+    )
 
 
 class ResetRequest(BaseModel):

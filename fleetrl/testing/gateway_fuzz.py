@@ -36,9 +36,9 @@ ROBOT_KINDS = ("obs", "obs", "obs", "steps", "steps", "episode_end", "control", 
 class GatewayFuzzer:
     """One authenticated raw session of a robot whose task observes ``state`` (float32) and acts in float32."""
 
-    def __init__(self, endpoint: str, robot_id: str, token: str, seed: int = 0):
+    def __init__(self, endpoint: str, robot_id: str, token: str, seed: int = 0, curve: dict | None = None):
         self.rng = np.random.default_rng(seed)
-        self.raw = RawRobotSocket(endpoint)
+        self.raw = RawRobotSocket(endpoint, curve)
         self.robot_id, self.token = robot_id, token
         welcome = self.raw.request(P.Hello(robot_id=robot_id, token=token))
         if not isinstance(welcome, P.Welcome):
@@ -199,7 +199,9 @@ def fuzz(
                 "action_spec": {"shape": [2], "dtype": "float32"}}  # fmt: skip
         creds = httpx.post(f"{platform.rest_url}/v1/robots", json=body,
                            headers={"Authorization": f"Bearer {token}"}, timeout=30).json()  # fmt: skip
-        fz = GatewayFuzzer(creds["endpoint"], creds["robot_id"], creds["token"], seed * 1000 + i)
+        fz = GatewayFuzzer(
+            creds["endpoint"], creds["robot_id"], creds["token"], seed * 1000 + i, creds.get("curve")
+        )
         try:
             for _ in range(min(per_robot, frames - sent)):
                 fz.send_one()

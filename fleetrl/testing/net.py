@@ -7,6 +7,7 @@ import socket
 import zmq
 
 from fleetrl.robots import protocol as P
+from fleetrl.robots.client.transport import use_curve_keys
 
 
 def free_port() -> int:
@@ -18,8 +19,11 @@ def free_port() -> int:
 class RawRobotSocket:
     """A bare DEALER that sends whatever bytes a test wants and reads decoded replies (no SDK logic)."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, curve: dict | None = None):
+        """``curve``: the registration's CURVE keys (a gateway in CURVE mode answers no other socket)."""
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        if curve is not None:
+            use_curve_keys(self.sock, curve)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
 

@@ -139,12 +139,8 @@ class _Robots:
             robot = SimRobot("Reacher-v5", seed=scenario.seed + i, control_hz=scenario.control_hz)
             info = register(rest_url, ADMIN_TOKEN, f"nf-{i}", "reach", robot)
             self.clients.append(
-                RobotClient(
-                    robot,
-                    info["robot_id"],
-                    info["token"],
-                    info["endpoint"],
-                    config=ClientConfig(keep_episodes=100_000, keep_replies=1_000_000),
+                RobotClient.from_registration(
+                    robot, info, config=ClientConfig(keep_episodes=100_000, keep_replies=1_000_000)
                 )
             )
         self.runner = FleetRunner(self.clients)

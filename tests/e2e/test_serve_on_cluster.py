@@ -67,7 +67,7 @@ def robot_gets_actions(api: str, task: str = "reach") -> None:
     """Register one Reacher at ``api`` and drive it until it has received action chunks."""
     robot = SimRobot("Reacher-v5", seed=0, control_hz=50.0)
     info = register(api, TOKEN, f"remote-{time.monotonic_ns()}", task, robot)
-    client = RobotClient(robot, info["robot_id"], info["token"], info["endpoint"])
+    client = RobotClient.from_registration(robot, info)
     runner, stop = FleetRunner([client]), threading.Event()
     thread = threading.Thread(target=runner.run, kwargs={"stop": stop}, daemon=True)
     thread.start()

@@ -63,14 +63,13 @@ class RunningFleet(FleetThread):
         for i in range(n):
             robot = SimRobot("Reacher-v5", seed=seed + i, control_hz=hz)
             info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}", task, robot)
-            clients.append(
-                RobotClient(robot, info["robot_id"], info["token"], info["endpoint"], config=config)
-            )
+            clients.append(RobotClient.from_registration(robot, info, config=config))
         super().__init__(clients)
 
 
 # -- a bare robot socket (no SDK logic) and the frames tests send through it ----------------------------
-def authenticated_raw(platform, api_name: str):
+def register_raw(platform, api_name: str) -> dict:
+    """Register a Reacher-shaped robot over REST; its credentials (id, token, endpoint, CURVE keys)."""
     import httpx
 
     body = {
@@ -79,10 +78,17 @@ def authenticated_raw(platform, api_name: str):
         "observation_spec": {"state": {"shape": [10], "dtype": "float32"}},
         "action_spec": {"shape": [2], "dtype": "float32"},
     }
-    creds = httpx.post(
+    r = httpx.post(
         f"{platform.rest_url}/v1/robots", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    ).json()
-    raw = RawRobotSocket(creds["endpoint"])
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def authenticated_raw(platform, api_name: str):
+    """A registered robot's raw socket (its CURVE keys), welcomed; (socket, robot id)."""
+    creds = register_raw(platform, api_name)
+    raw = RawRobotSocket(creds["endpoint"], creds.get("curve"))
     raw.token = creds["token"]
     welcome = raw.request(P.Hello(robot_id=creds["robot_id"], token=creds["token"]))
     assert isinstance(welcome, P.Welcome) and welcome.task == "reach" and welcome.chunk_len == 4

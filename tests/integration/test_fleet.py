@@ -5,13 +5,21 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import ray
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig
 from fleetrl.testing.net import RawRobotSocket
 from tests.conftest import ADMIN_TOKEN
-from tests.integration.helpers import RunningFleet, authenticated_raw, raw_end, raw_obs, raw_steps
+from tests.integration.helpers import (
+    RunningFleet,
+    authenticated_raw,
+    raw_end,
+    raw_obs,
+    raw_steps,
+    register_raw,
+)
 
 
 def _gateway_row(platform, robot_id):
@@ -63,7 +71,9 @@ def test_robots_get_action_chunks_asynchronously(platform):
 
 
 def test_bad_frames_get_errors_and_others_keep_being_served(platform):
-    raw = RawRobotSocket(platform.endpoint)
+    creds = register_raw(platform, "garbage")  # a registered robot's connection sending garbage
+    raw = RawRobotSocket(platform.endpoint, creds["curve"])
+    me = creds["robot_id"]
     with RunningFleet(platform, n=1, hz=50.0, seed=10) as fleet:
         fleet.wait_for(lambda: fleet.total("replies") >= 5, what="first replies")
         before = fleet.total("replies")
@@ -73,21 +83,50 @@ def test_bad_frames_get_errors_and_others_keep_being_served(platform):
         assert raw.recv().code == "bad_frame"
         raw.send_raw(b"\x00" * 1000)  # valid msgpack int followed by trailing bytes
         assert raw.recv().code == "bad_frame"
-        raw.send_raw(P.pack({"v": 1, "kind": "obs", "robot_id": "x", "blob": b"\x00" * (5 * 1024 * 1024)}))
+        raw.send_raw(P.pack({"v": 1, "kind": "obs", "robot_id": me, "blob": b"\x00" * (5 * 1024 * 1024)}))
         assert raw.recv().code == "frame_too_large"
-        raw.send_raw(P.pack({"v": 99, "kind": "ping", "robot_id": "x"}))
+        raw.send_raw(P.pack({"v": 99, "kind": "ping", "robot_id": me}))
         assert raw.recv().code == "version_mismatch"
-        raw.send_raw(P.pack({"v": 1, "kind": "launch_missiles", "robot_id": "x"}))
+        raw.send_raw(P.pack({"v": 1, "kind": "launch_missiles", "robot_id": me}))
         assert raw.recv().code == "bad_message"
-        assert raw.request(P.Ping(robot_id="rbt_unknown")).code == "unknown_session"
-        assert raw.request(P.Hello(robot_id="rbt_unknown", token="nope")).code == "unauthorized"
-        victim = fleet.clients[0]
-        assert raw.request(P.Hello(robot_id=victim.robot_id, token="wrong-token")).code == "unauthorized"
+        assert raw.request(P.Ping(robot_id=me)).code == "unknown_session"
+        assert raw.request(P.Hello(robot_id=me, token="nope")).code == "unauthorized"
+        victim = fleet.clients[0]  # its connection's key is not this one: nothing in its name is heard
+        for frame in (P.Hello(robot_id=victim.robot_id, token="wrong-token"), P.Ping(robot_id=victim.robot_id),
+                      raw_obs(victim.robot_id, 0, episode="spoofed")):  # fmt: skip
+            reply = raw.request(frame)
+            assert reply.code == "unauthorized" and me in reply.message, reply
         fleet.wait_for(lambda: fleet.total("replies") >= before + 20, what="service to continue")
     raw.close()
     assert all(c.counters["errors"] == 0 for c in fleet.clients)
     refused = ray.get(platform.gateway.stats.remote())["refused"]
-    assert refused["bad_frame"] >= 3 and refused["unauthorized"] >= 2 and refused["frame_too_large"] >= 1
+    assert refused["bad_frame"] >= 3 and refused["unauthorized"] >= 4 and refused["frame_too_large"] >= 1
+
+
+def test_only_registered_curve_keys_get_through(platform):
+    """A plain socket, one with unregistered keys and one replaying a robot's captured hello with another
+    robot's keys: the first two are not even answered (ZAP refuses the connection), the third is refused."""
+    import zmq
+
+    victim, other = register_raw(platform, "victim"), register_raw(platform, "other")
+    hello = P.Hello(robot_id=victim["robot_id"], token=victim["token"])  # captured in clear? it is encrypted
+    plain = RawRobotSocket(platform.endpoint)
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    stranger = RawRobotSocket(
+        platform.endpoint, {**victim["curve"], "public_key": public, "secret_key": secret}
+    )
+    for raw in (plain, stranger):
+        raw.send(hello)
+        with pytest.raises(TimeoutError):
+            raw.recv(timeout_s=1.5)
+        raw.close()
+    replay = RawRobotSocket(platform.endpoint, other["curve"])
+    reply = replay.request(hello)
+    assert reply.code == "unauthorized" and other["robot_id"] in reply.message
+    replay.close()
+    real = RawRobotSocket(platform.endpoint, victim["curve"])  # the robot itself, with its own keys
+    assert isinstance(real.request(hello), P.Welcome)
+    real.close()
 
 
 def test_out_of_order_and_bad_observations_are_refused(platform):

@@ -58,7 +58,7 @@ class Cubes(FleetThread):
         clients = []
         for i, robot in enumerate(self.robots):
             info = register(platform.rest_url, ADMIN_TOKEN, f"{task}-{seed}-{i}", task, robot)
-            client = RobotClient(robot, info["robot_id"], info["token"], info["endpoint"])
+            client = RobotClient.from_registration(robot, info)
             if operators:
                 client.supervisor = OracleOperator(
                     robot, stall_steps=8, assist_steps=12, rescue_steps=15, max_steps=steps
@@ -82,7 +82,7 @@ def _raw_robot(platform, api, task: str) -> tuple[RawRobotSocket, str]:
     body = {"name": "raw-hil", "task": task, "observation_spec": {"state": {"shape": [28], "dtype": "float32"}},
             "action_spec": {"shape": [5], "dtype": "float32"}}  # fmt: skip
     creds = api.post("/v1/robots", json=body).json()
-    raw = RawRobotSocket(creds["endpoint"])
+    raw = RawRobotSocket(creds["endpoint"], creds.get("curve"))
     assert isinstance(raw.request(P.Hello(robot_id=creds["robot_id"], token=creds["token"])), P.Welcome)
     return raw, creds["robot_id"]
 

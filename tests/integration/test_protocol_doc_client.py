@@ -51,9 +51,13 @@ def _default(obj):
 class DocClient:
     """One robot, one DEALER socket, one frame per message."""
 
-    def __init__(self, endpoint: str, robot_id: str, token: str):
+    def __init__(self, endpoint: str, robot_id: str, token: str, curve: dict | None):
         self.robot_id, self.token = robot_id, token
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        if curve is not None:  # section 1: the keys from registration, set before connecting
+            self.sock.curve_serverkey = curve["server_key"].encode()
+            self.sock.curve_publickey = curve["public_key"].encode()
+            self.sock.curve_secretkey = curve["secret_key"].encode()
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
         self.sock.connect(endpoint)
@@ -144,7 +148,8 @@ def test_a_client_written_from_the_protocol_document_stores_episodes_as_sent(pla
     creds = httpx.post(
         f"{platform.rest_url}/v1/robots", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
     ).json()
-    client = DocClient(creds["endpoint"], creds["robot_id"], creds["token"])
+    assert creds["curve"] is not None  # the default gateway speaks CURVE
+    client = DocClient(creds["endpoint"], creds["robot_id"], creds["token"], creds["curve"])
     welcome = client.hello()
     assert welcome["task"] == "reach"
     rng = np.random.default_rng(0)

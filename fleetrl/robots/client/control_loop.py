@@ -75,7 +75,9 @@ class RobotClient:
         context: zmq.Context | None = None,
         config: ClientConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        curve: dict | None = None,
     ):
+        """``curve``: the ``curve`` credentials of the registration (None for a gateway in token mode)."""
         self.robot = robot
         self.robot_id = robot_id
         self.cfg = config or ClientConfig()
@@ -101,7 +103,7 @@ class RobotClient:
 
         self.connection = GatewayConnection(
             endpoint, robot_id, token, self.cfg, clock, self.counters,
-            on_message=self._handle, on_lost=self._forget_request, context=context,
+            on_message=self._handle, on_lost=self._forget_request, context=context, curve=curve,
         )  # fmt: skip
         self.uploads = EpisodeUploads(
             robot_id, self.cfg, send=self.connection.send, connected=self._connected, counters=self.counters
@@ -110,6 +112,13 @@ class RobotClient:
             robot_id, clock, send=self.connection.send, connected=self._connected, position=self._position,
             on_take_over=self._drop_chunks, on_hand_back=self._maybe_request, counters=self.counters,
         )  # fmt: skip
+
+    @classmethod
+    def from_registration(cls, robot: Robot, info: dict, **kwargs) -> RobotClient:
+        """A client for what ``register`` (``POST /v1/robots``) returned: id, token, endpoint, CURVE keys."""
+        return cls(
+            robot, info["robot_id"], info["token"], info["endpoint"], curve=info.get("curve"), **kwargs
+        )
 
     # -- the parts' public faces ---------------------------------------------------------------------
     @property

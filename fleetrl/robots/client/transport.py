@@ -20,9 +20,30 @@ from fleetrl.robots.client.config import ClientConfig
 log = logging.getLogger(__name__)
 
 
-def dealer_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    """A DEALER socket connected to ``endpoint`` that drops frames rather than queue them for no peer."""
+def use_curve_keys(socket: zmq.Socket, curve: dict) -> None:
+    """Make ``socket`` a CURVE client with the registration's ``{server_key, public_key, secret_key}``
+    (before it connects)."""
+    missing = [k for k in ("server_key", "public_key", "secret_key") if not curve.get(k)]
+    if missing:
+        raise ValueError(f"CURVE credentials lack {missing}: the secret key is shown once at registration")
+    socket.curve_serverkey = curve["server_key"].encode()
+    socket.curve_publickey = curve["public_key"].encode()
+    socket.curve_secretkey = curve["secret_key"].encode()
+
+
+def dealer_socket(context: zmq.Context, endpoint: str, curve: dict | None = None) -> zmq.Socket:
+    """A DEALER socket connected to ``endpoint`` that drops frames rather than queue them for no peer;
+    ``curve``: ``{server_key, public_key, secret_key}`` (Z85, from registration) for an encrypted link."""
     socket = context.socket(zmq.DEALER)
+    if curve is not None:
+        missing = [k for k in ("server_key", "public_key", "secret_key") if not curve.get(k)]
+        if missing:
+            raise ValueError(
+                f"CURVE credentials lack {missing}: the secret key is shown once at registration"
+            )
+        socket.curve_serverkey = curve["server_key"].encode()
+        socket.curve_publickey = curve["public_key"].encode()
+        socket.curve_secretkey = curve["secret_key"].encode()
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.IMMEDIATE, 1)  # never queue frames for a gateway that is not there
     socket.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -50,12 +71,13 @@ class GatewayConnection:
         on_message: Callable[[P.Message, float], None],
         on_lost: Callable[[], None],
         context: zmq.Context | None = None,
+        curve: dict | None = None,
     ):
         self.endpoint = endpoint
         self.robot_id = robot_id
         self.cfg = cfg
         self.counters = counters
-        self.socket = dealer_socket(context or zmq.Context.instance(), endpoint)
+        self.socket = dealer_socket(context or zmq.Context.instance(), endpoint, curve)
         self.welcome: P.Welcome | None = None
         self._token = token
         self._clock = clock

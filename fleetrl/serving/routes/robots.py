@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
+from fleetrl.workers.gateway.curve import is_curve_key
 from fleetrl.workers.task import spec_mismatch
 
 from ..dependencies import Services, ServicesDep
-from ..errors import checked, missing_as_404, refusals
-from ..models import ResetRequest, RobotCredentials, RobotRegistration
+from ..errors import actor_refusal, checked, missing_as_404, refusals
+from ..models import CurveCredentials, ResetRequest, RobotCredentials, RobotRegistration
 
 router = APIRouter(tags=["robots"])
 
@@ -37,7 +38,7 @@ def no_robot(robot_id: str) -> str:
     return f"no robot with id {robot_id!r}"
 
 
-@router.post("/v1/robots", status_code=201, responses=refusals(400, 415, 404, 422))
+@router.post("/v1/robots", status_code=201, responses=refusals(400, 415, 404, 409, 422))
 async def register_robot(svc: ServicesDep, body: RobotRegistration) -> RobotCredentials:
     task = await svc.task_config(body.task)
     obs = {k: v.model_dump(exclude_none=True) for k, v in body.observation_spec.items()}
@@ -45,8 +46,21 @@ async def register_robot(svc: ServicesDep, body: RobotRegistration) -> RobotCred
     problem = spec_mismatch(task, obs, act)
     if problem:
         raise HTTPException(422, problem)
-    rec = await svc.registry.register_robot.remote(body.name, body.task, obs, act)
-    return RobotCredentials(**rec, endpoint=svc.robot_endpoint, chunk_len=task.chunk_len)
+    if body.curve_public_key is not None and not is_curve_key(body.curve_public_key):
+        raise HTTPException(422, "curve_public_key: not a Z85-encoded 32-byte CURVE key")
+    try:
+        rec = await svc.registry.register_robot.remote(body.name, body.task, obs, act, body.curve_public_key)
+    except ValueError as exc:  # the key is another robot's
+        raise HTTPException(409, actor_refusal(exc)) from None
+    curve = None
+    if svc.robot_server_key is not None:
+        curve = CurveCredentials(
+            server_key=svc.robot_server_key,
+            public_key=rec["curve_public_key"],
+            secret_key=rec.get("curve_secret_key"),
+        )
+    fields = {k: rec[k] for k in ("robot_id", "name", "task", "token")}
+    return RobotCredentials(**fields, endpoint=svc.robot_endpoint, chunk_len=task.chunk_len, curve=curve)
 
 
 @router.get("/v1/robots")

@@ -33,6 +33,7 @@ import zmq.asyncio
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.episode import check_id
+from fleetrl.workers.gateway.curve import ZAP_DOMAIN, RobotKeyAuthenticator
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
 from fleetrl.workers.gateway.hello_limits import HelloLimits
 from fleetrl.workers.gateway.intake import EpisodeIntake
@@ -58,11 +59,16 @@ class Gateway:
         metrics: Any | None = None,
         data: Any | None = None,
         weights: Any | None = None,
+        curve_keys: tuple[str, str] | None = None,
     ):
-        """``weights``: the weight board; when given, the tasks served are the registry's, with the replicas
+        """``curve_keys``: the gateway's (public, secret) CURVE key pair (``security: curve``); ``weights``: the weight board; when given, the tasks served are the registry's, with the replicas
         the board knows, so a gateway Ray restarts keeps the tasks created and deleted over REST since the
         platform started (a created task whose replicas are not registered yet arrives by ``add_task``)."""
         self.cfg = config
+        if config.security == "curve" and curve_keys is None:
+            raise ValueError("security: curve needs the gateway's key pair (curve.server_keys)")
+        self.curve_keys = curve_keys if config.security == "curve" else None
+        self.auth: RobotKeyAuthenticator | None = None
         self.node_ip = ray.util.get_node_ip_address()
         self.endpoint = config.public_endpoint(self.node_ip)  # what robots are told
         self.registry = registry
@@ -121,6 +127,8 @@ class Gateway:
 
         def revoke() -> bool:
             self.hello_limits.forget(robot_id)
+            if self.auth is not None:
+                self.auth.forget(robot_id)
             return self._forget(robot_id)
 
         return self._on_loop(revoke)
@@ -179,6 +187,12 @@ class Gateway:
         # (robots' DEALER sockets leave the routing id to libzmq, so a reconnect gets a new one anyway).
         # Hard cap far above the soft limit: larger frames are dropped by libzmq before they use memory.
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.cfg.max_frame_bytes)
+        if self.curve_keys is not None:
+            self.auth = RobotKeyAuthenticator(self._ctx, self._robot_for_key)
+            self.auth.start()
+            self.sock.curve_server = True
+            self.sock.curve_publickey, self.sock.curve_secretkey = (k.encode() for k in self.curve_keys)
+            self.sock.zap_domain = ZAP_DOMAIN.encode()
         try:
             self.sock.bind(self.cfg.bind)
         except zmq.ZMQError as exc:
@@ -193,14 +207,30 @@ class Gateway:
         try:
             self._loop.run_forever()
         finally:
+            if self.auth is not None:
+                self.auth.stop()
             self.sock.close(linger=0)
             self._ctx.term()
 
+    async def _robot_for_key(self, public_key: str) -> str | None:
+        """ZAP: the registered robot with this CURVE key (None: the connection is refused); a key not seen
+        before costs a registry call, within the hello budget."""
+        if not self.hello_limits.admit_registry_call():
+            return None
+        try:
+            return await self.registry.robot_for_curve_key.remote(public_key)
+        except Exception:  # noqa: BLE001 - registry restarting: refuse, the robot's socket retries
+            return None
+
     async def _recv_loop(self) -> None:
         while True:
-            frames = await self.sock.recv_multipart()
+            if self.auth is None:
+                frames, user = await self.sock.recv_multipart(), None
+            else:
+                parts = await self.sock.recv_multipart(copy=False)
+                frames, user = [p.bytes for p in parts], parts[-1].get("User-Id")
             try:
-                self._on_frames(frames)
+                self._on_frames(frames, user)
             except Exception:  # noqa: BLE001 - the gateway never dies of one frame
                 log.exception("gateway: unexpected error handling a frame")
                 self._refuse(frames[0], "internal", "internal error", None)
@@ -228,7 +258,8 @@ class Gateway:
             ident, P.Error(robot_id=robot_id or "", code=code, message=message, step=step, episode_id=echoed)
         )
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes], user: str | None = None) -> None:
+        """One message; ``user``: the robot id CURVE authenticated this connection as (None: token mode)."""
         ident = frames[0]
         if len(frames) != 2:
             self._refuse(ident, "bad_frame", f"expected one frame per message, got {len(frames) - 1}", None)
@@ -237,6 +268,9 @@ class Gateway:
             msg = P.decode(frames[1], self.limits)
         except P.ProtocolError as exc:
             self._refuse(ident, exc.code, exc.message, None)
+            return
+        if self.auth is not None and msg.robot_id != user:  # every frame speaks for its connection's robot
+            self._refuse(ident, "unauthorized", f"this connection is authenticated as robot {user!r}", user)
             return
         if isinstance(msg, P.Hello):
             if not self.hello_limits.admit(ident):  # bounded per connection before anything else is spent
@@ -404,6 +438,7 @@ class Gateway:
             "endpoint": self.endpoint,
             "robots": [s.row() for s in self.robots.values()],
             "refused": dict(self.refused),
+            "zap_denied": self.auth.denied if self.auth is not None else 0,  # connections refused (CURVE)
             "episodes_committed": self.intake.episodes_committed,
             "pools": {
                 p: {
@@ -436,9 +471,11 @@ class Gateway:
                 log.warning("gateway: metrics server unreachable")
 
 
-def start_gateway(config: GatewayConfig, tasks, replicas, registry, metrics, data=None, weights=None) -> Any:
+def start_gateway(
+    config: GatewayConfig, tasks, replicas, registry, metrics, data=None, weights=None, curve_keys=None
+) -> Any:
     return (
         ray.remote(Gateway)
         .options(**config.ray_options("gateway"))
-        .remote(config, tasks, replicas, registry, metrics, data, weights)
+        .remote(config, tasks, replicas, registry, metrics, data, weights, curve_keys)
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fleetrl.workers.placement import ActorResources
 from fleetrl.workers.task import TaskConfig
@@ -22,6 +22,16 @@ class GatewayConfig(ActorResources):
         None,
         description="Endpoint robots are told to connect to, when it differs from the bind address (NAT, "
         "multi-homed head); default: bind, with 0.0.0.0/* replaced by the gateway node's IP.",
+    )
+    security: Literal["curve", "token"] = Field(
+        "curve",
+        description="curve: robot links are encrypted and each connection is authenticated by the robot's "
+        "CURVE key (issued at registration); token: the token in hello only, in clear (lab networks).",
+    )
+    allow_token_on_network: bool = Field(
+        False,
+        description="Allow security: token on a bind other than loopback (anyone on the network can read "
+        "tokens and take over robot sessions).",
     )
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest frame accepted from a robot.")
     lease_timeout_s: float = Field(5.0, gt=0, description="A robot silent this long goes offline.")
@@ -59,6 +69,16 @@ class GatewayConfig(ActorResources):
     )
     metrics_flush_s: float = Field(0.5, gt=0, description="How often buffered metrics go to the log server.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the gateway.")
+
+    @model_validator(mode="after")
+    def _token_mode_on_loopback_only(self) -> GatewayConfig:
+        local = ("tcp://127.0.0.1:", "tcp://localhost:", "ipc://", "inproc://")
+        if self.security == "token" and not self.bind.startswith(local) and not self.allow_token_on_network:
+            raise ValueError(
+                f"security: token sends robot tokens in clear; on {self.bind} use security: curve, or set "
+                "allow_token_on_network: true for a closed lab network"
+            )
+        return self
 
     @property
     def endpoint(self) -> str:

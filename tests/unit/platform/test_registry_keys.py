@@ -1,0 +1,55 @@
+"""The registry's robot keys: a CURVE key pair issued at registration (secret returned once, not stored),
+or the robot's own public key; each key is one robot's; registries from before keys are migrated."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import zmq
+
+from fleetrl.platform.registry import Registry
+from fleetrl.workers.gateway.curve import is_curve_key, server_keys
+
+SPEC = ({"state": {"shape": [3], "dtype": "float32"}}, {"shape": [2], "dtype": "float32"})
+
+
+def test_issued_and_brought_keys(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.upsert_task("reach", {})
+    issued = reg.register_robot("a", "reach", *SPEC)
+    assert is_curve_key(issued["curve_public_key"]) and is_curve_key(issued["curve_secret_key"])
+    assert reg.robot_for_curve_key(issued["curve_public_key"]) == issued["robot_id"]
+    stored = sqlite3.connect(tmp_path / "r.sqlite").execute("SELECT * FROM robots").fetchall()
+    assert issued["curve_secret_key"] not in repr(stored)  # the secret is never kept
+    public, _ = (k.decode() for k in zmq.curve_keypair())
+    own = reg.register_robot("b", "reach", *SPEC, curve_public_key=public)
+    assert "curve_secret_key" not in own and reg.robot_for_curve_key(public) == own["robot_id"]
+    with pytest.raises(ValueError, match="another robot"):
+        reg.register_robot("c", "reach", *SPEC, curve_public_key=public)
+    assert reg.robot_for_curve_key("x" * 40) is None
+    reg.delete_robot(own["robot_id"])
+    assert reg.robot_for_curve_key(public) is None
+
+
+def test_a_registry_from_before_keys_opens_with_its_robots(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.executescript(
+        "CREATE TABLE tasks (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created REAL NOT NULL, config TEXT);"
+        "CREATE TABLE robots (robot_id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL,"
+        " token_sha256 TEXT NOT NULL, observation_spec TEXT NOT NULL, action_spec TEXT NOT NULL,"
+        " created REAL NOT NULL);"
+        "INSERT INTO tasks VALUES ('reach', '{}', 0, NULL);"
+        "INSERT INTO robots VALUES ('rbt_old', 'old', 'reach', 'h', '{}', '{}', 0);"
+    )
+    db.commit()
+    db.close()
+    reg = Registry(tmp_path / "old.sqlite")
+    assert reg.get_robot("rbt_old")["curve_public_key"] is None  # re-register it for a CURVE gateway
+    assert is_curve_key(reg.register_robot("new", "reach", *SPEC)["curve_public_key"])
+
+
+def test_the_gateway_key_pair_is_made_once_and_kept_private(tmp_path):
+    public, secret = server_keys(tmp_path)
+    assert is_curve_key(public) and is_curve_key(secret) and server_keys(tmp_path) == (public, secret)
+    assert (tmp_path / "keys" / "gateway.curve").stat().st_mode & 0o777 == 0o600
