@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleetrl.serving.deployment import RestConfig
+from fleetrl.workers.config_checks import reject_bool_numbers
 from fleetrl.workers.critic import CriticConfig
 from fleetrl.workers.data.server import DataConfig
 from fleetrl.workers.gateway.session import GatewayConfig
@@ -161,9 +162,14 @@ def parse_config(data: Any, source: str = "<config>") -> PlatformConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
     try:
-        return PlatformConfig.model_validate(data)
+        parsed = PlatformConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc, PlatformConfig)) from None
+    try:
+        reject_bool_numbers(data, parsed)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return parsed
 
 
 def load_config(path: str | Path) -> PlatformConfig:

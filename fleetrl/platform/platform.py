@@ -27,7 +27,6 @@ from fleetrl.workers.inference.replica import start_replicas
 from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.metrics_server import MetricsServer
 from fleetrl.workers.placement import on_this_node
-from fleetrl.workers.task import restore_saved
 from fleetrl.workers.task_manager import TaskManager
 from fleetrl.workers.weights import WeightBoard
 
@@ -125,11 +124,12 @@ class Platform:
         pending = [self.gateway.ready.remote(), self.metrics.ready.remote(), self.data.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
         gateway_info, *_ = ray.get(pending, timeout=timeout)
-        self.tasks = control_actor(
-            TaskManager, max_restarts=0, max_concurrency=TaskManager.MAX_CONCURRENCY
-        ).remote(self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path)
+        self.tasks = control_actor(TaskManager, max_concurrency=TaskManager.MAX_CONCURRENCY).remote(
+            self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path,
+            list(cfg.tasks),
+        )  # fmt: skip
         ray.get([self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks], timeout=timeout)
-        self._restore_runtime_tasks()
+        ray.get(self.tasks.restore_runtime_tasks.remote(), timeout=10 * timeout)
         self.endpoint = gateway_info["endpoint"]
         self.rest_url = deploy_rest(
             cfg.rest,
@@ -148,26 +148,6 @@ class Platform:
             "platform %s up: REST %s, robots connect to %s", cfg.name, self.public_rest_url, self.endpoint
         )
         return self
-
-    def _restore_runtime_tasks(self) -> None:
-        """Tasks created over REST in an earlier run start again, as ``POST /v1/tasks`` made them (a task
-        of the same name in the config file wins). One that cannot start is logged and stays listed, so
-        its robots keep their records; ``DELETE /v1/tasks/{task}`` removes it."""
-        for name, saved in ray.get(self.registry.task_configs.remote()).items():
-            if saved is None or name in self.replicas:
-                continue  # the config file's
-            try:
-                task, replay = restore_saved(saved)
-            except ValueError as exc:
-                log.error(
-                    "task %s (created over REST) not restored: its stored config is invalid: %s", name, exc
-                )
-                continue
-            result = ray.get(self.tasks.create.remote(task, replay))
-            if result["ok"]:
-                log.info("task %s (created over REST) restored", name)
-            else:
-                log.error("task %s (created over REST) not restored: %s", name, result["error"])
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetrl.workers.config_checks import reject_bool_numbers
 from fleetrl.workers.task import NAME_RE, ArraySpecConfig, ReplayConfig, TaskConfig
 
 
@@ -49,9 +50,20 @@ class RobotCredentials(BaseModel):
 
 class ResetRequest(BaseModel):
     """Where the robot's next episode starts: a state it knows by name, a recorded step of a stored
-    episode, or a failure point the platform recorded for its task (return-and-explore)."""
+    episode, or a failure point the platform recorded for its task (return-and-explore). Exactly one of
+    ``state``, ``episode_id`` (with ``step``) or ``failure: true``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={  # the cross-field rule, where OpenAPI can say it
+            "oneOf": [
+                {"required": ["state"], "not": {"anyOf": [{"required": ["episode_id"]}, {"required": ["failure"]}]}},
+                {"required": ["episode_id"], "not": {"anyOf": [{"required": ["state"]}, {"required": ["failure"]}]}},
+                {"required": ["failure"], "properties": {"failure": {"const": True}},
+                 "not": {"anyOf": [{"required": ["state"]}, {"required": ["episode_id"]}]}},
+            ]
+        },
+    )  # fmt: skip
     state: str | None = Field(None, min_length=1, max_length=64, description="A named state, e.g. 'initial'.")
     episode_id: str | None = Field(None, min_length=1, max_length=128, description="A stored episode.")
     step: int = Field(0, ge=0, description="The step of that episode to restart from.")
@@ -66,9 +78,20 @@ class ResetRequest(BaseModel):
 
 
 class TaskCreation(BaseModel):
+    """A task to create. Rules across fields, checked on creation (422 naming the field): a squashed
+    Gaussian policy (the default) needs finite ``action.low`` and ``action.high`` (low < high); an array
+    spec has at most 2**24 elements; numbers are never booleans."""
+
     model_config = ConfigDict(extra="forbid")
     task: TaskConfig = Field(description="The task: specs, chunk length, policy, inference pool, learner.")
     replay: ReplayConfig | None = Field(None, description="Replay settings (default: the platform's).")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any, handler: Any) -> TaskCreation:
+        parsed = handler(data)
+        reject_bool_numbers(data, parsed)
+        return parsed
 
 
 class AlgorithmSwitch(BaseModel):

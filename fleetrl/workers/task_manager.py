@@ -10,6 +10,12 @@ The actor is threaded (``MAX_CONCURRENCY``): a creation waits for its replicas a
 learner's last checkpoint, and neither should hold up the other tasks' calls. A name being created or
 deleted is reserved (a second call on it is refused with 409), and a task becomes visible only once all of
 its actors run.
+
+Ray restarts it when it dies (``max_restarts=-1``). Its learners and the replicas of tasks created over
+REST die with it (Ray ties an actor's children to their owner), so the new incarnation rebuilds its tables
+from what outlives it: the config file's tasks still in the registry get their learners again (they resume
+from their last checkpoint; their replicas, the driver's, kept serving), and the tasks created over REST are
+created again from their saved configs, as at a platform start. While it is away, the REST API answers 503.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import ray
 from fleetrl.workers.inference.replica import start_replicas
 from fleetrl.workers.learning.learner import start_learner
 from fleetrl.workers.lifecycle import stop_actors
-from fleetrl.workers.task import ReplayConfig, TaskConfig, saved_task
+from fleetrl.workers.task import ReplayConfig, TaskConfig, restore_saved, saved_task
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +47,66 @@ class TaskManager:
     MAX_CONCURRENCY = 8
 
     def __init__(
-        self, registry: Any, gateway: Any, data: Any, weights: Any, metrics: Any | None, learner_dir: str
+        self,
+        registry: Any,
+        gateway: Any,
+        data: Any,
+        weights: Any,
+        metrics: Any | None,
+        learner_dir: str,
+        config_tasks: list[TaskConfig] | None = None,
     ):
+        """``config_tasks``: the config file's tasks (what a restarted task manager adopts again)."""
         self.registry, self.gateway, self.data = registry, gateway, data
+        self.config_tasks = list(config_tasks or [])
         self.weights, self.metrics, self.learner_dir = weights, metrics, learner_dir
         self.tasks: dict[str, TaskConfig] = {}
         self.replicas: dict[str, list[Any]] = {}
         self.learners: dict[str, Any] = {}
         self._lock = threading.Lock()  # guards the name reservations and the check-then-act on the tables
         self._busy: set[str] = set()  # names being created or deleted
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            self._recover()
+
+    def _recover(self) -> None:
+        """A restart after a crash: adopt the config tasks still registered (with the replicas the weight
+        board knows), drop the gateway pools of the rest (their replicas died), re-create those from their
+        saved configs."""
+        registered = ray.get(self.registry.task_configs.remote())
+        pools = ray.get(self.weights.pools.remote())
+        configured = {t.name for t in self.config_tasks}
+        for task in self.config_tasks:
+            if task.name in registered:
+                self.adopt(task, pools.get(task.name, []))
+        for name in ray.get(self.gateway.served_tasks.remote()):
+            if name not in configured:
+                ray.get(self.gateway.remove_task.remote(name))
+        restored = self.restore_runtime_tasks()
+        log.warning("task manager restarted: %d config tasks adopted, %d created over REST restored",
+                    len(self.tasks) - len(restored), len(restored))  # fmt: skip
+
+    def restore_runtime_tasks(self) -> list[str]:
+        """Start the tasks created over REST (in an earlier run, or before this task manager restarted) as
+        ``POST /v1/tasks`` made them; a config-file task of the same name wins. One that cannot start is
+        logged and stays listed, so its robots keep their records. Returns the names restored."""
+        restored = []
+        for name, saved in ray.get(self.registry.task_configs.remote()).items():
+            if saved is None or name in self.tasks:
+                continue  # the config file's
+            try:
+                task, replay = restore_saved(saved)
+            except ValueError as exc:
+                log.error(
+                    "task %s (created over REST) not restored: its stored config is invalid: %s", name, exc
+                )
+                continue
+            result = self.create(task, replay)
+            if result["ok"]:
+                restored.append(name)
+                log.info("task %s (created over REST) restored", name)
+            else:
+                log.error("task %s (created over REST) not restored: %s", name, result["error"])
+        return restored
 
     def _reserve(self, name: str, creating: bool) -> dict[str, Any] | None:
         """Claim ``name`` for one creation or deletion; the refusal if it cannot be claimed."""

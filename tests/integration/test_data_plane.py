@@ -41,18 +41,41 @@ def test_acked_episodes_are_stored_exactly_as_executed(platform):
         ray.get(platform.data.sample_chunk_batches.remote("reach", 32, 0))
 
 
+def _after_restart(call, timeout: float = 30.0):
+    """``ray.get(call())``, asked again while Ray still reports the actor's restart (ActorUnavailableError:
+    a call that crossed the restart)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(call(), timeout=timeout)
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):
     cfg = ClientConfig(ack_timeout_s=0.5)
     with RunningFleet(platform, n=3, hz=50.0, config=cfg, seed=60) as fleet:
         fleet.wait_for(lambda: len(_acked(fleet)) >= 3, timeout=40, what="first acked episodes")
+        learner = platform.learner("reach")
+        fleet.wait_for(lambda: "pid" in ray.get(learner.status.remote()), timeout=60, what="a learner report")
+        before = ray.get(learner.status.remote())
         ray.kill(platform.data, no_restart=False)  # Ray restarts it; it rebuilds replay from disk
         t_kill = time.monotonic()
         fleet.wait_for(lambda: len(_acked(fleet)) >= 12, timeout=60, what="episodes acked after the restart")
+        fleet.wait_for(lambda: ray.get(learner.status.remote())["time"] > time.time() - 1, timeout=30,
+                       what="a learner report after the restart")  # fmt: skip
+        after = ray.get(learner.status.remote())
+    # The learner waited for the data server instead of being restarted from a checkpoint: same worker
+    # process, nothing thrown away.
+    assert after["pid"] == before["pid"] and after["step"] >= before["step"], (before, after)
+    assert after["restored_step"] == before["restored_step"]
     assert time.monotonic() - t_kill < 60
-    stored = ray.get(platform.data.episode_keys.remote("reach"), timeout=30)
+    stored = _after_restart(lambda: platform.data.episode_keys.remote("reach"))
     assert len(stored) == len(set(stored))  # exactly once
     assert set(_acked(fleet)) <= {episode_id for _, episode_id in stored}  # every acked episode is on disk
-    sizes = ray.get(platform.data.stats.remote("reach"))["replay"]
+    sizes = _after_restart(lambda: platform.data.stats.remote("reach"))["replay"]
     assert sizes["online_episodes"] >= len(_acked(fleet))  # and back in replay after the rebuild
 
 

@@ -280,3 +280,36 @@ def test_other_tasks_are_answered_while_a_task_is_being_created(api, platform):
     during = [t for t in answered if created["sent"] + 0.5 < t < created["answered"]]
     assert len(during) >= 3, (len(answered), created["answered"] - created["sent"])  # not queued behind it
     delete_task(api, "reach-slow")
+
+
+def test_a_killed_task_manager_comes_back_with_its_tasks_and_rest_answers_json_meanwhile(api, platform):
+    """Ray restarts the task manager; until it is back the task routes answer 503 JSON (never a plain
+    500), then the config tasks (learners resumed from their checkpoints) and a task created over REST (its
+    replicas re-created) are served again."""
+    from fleetrl.robots import protocol as P
+    from tests.integration.helpers import raw_obs
+
+    assert api.post("/v1/tasks", json=reacher_task("reach-rt")).status_code == 201
+    ray.kill(platform.tasks, no_restart=False)
+    seen, deadline = set(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r = api.get("/v1/tasks/reach")
+        assert r.headers["content-type"].startswith("application/json"), r.text  # JSON while it is away
+        seen.add(r.status_code)
+        if r.status_code == 200 and api.get("/v1/tasks/reach-rt").status_code == 200:
+            break
+        assert r.status_code == 503 and "restarting" in r.json()["detail"], r.text  # never a plain 500
+        time.sleep(0.3)
+    assert api.get("/v1/tasks/reach").json()["learner"] is not None  # its learner is running again
+    assert ray.get(platform.learner("reach").status.remote())["step"] >= 0
+    assert "reach-rt" in ray.get(platform.gateway.served_tasks.remote())
+    body = {"name": "after-restart", "task": "reach-rt", "observation_spec": {"state": {"shape": [10], "dtype": "float32"}},
+            "action_spec": {"shape": [2], "dtype": "float32"}}  # fmt: skip
+    creds = api.post("/v1/robots", json=body).json()
+    from fleetrl.testing.net import RawRobotSocket
+
+    raw = RawRobotSocket(creds["endpoint"], creds["curve"])
+    assert isinstance(raw.request(P.Hello(robot_id=creds["robot_id"], token=creds["token"])), P.Welcome)
+    assert isinstance(raw.request(raw_obs(creds["robot_id"], 0, episode="after")), P.Action)  # new replicas
+    raw.close()
+    delete_task(api, "reach-rt")

@@ -15,7 +15,7 @@ import ray
 from fleetrl.algorithms.base import Algorithm
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.demo_replay import DemoReplayConfig
-from fleetrl.workers.learning.sampling import ReplayBatches
+from fleetrl.workers.learning.sampling import UNAVAILABLE, ReplayBatches
 
 
 class DemoFeed:
@@ -37,6 +37,8 @@ class DemoFeed:
             batch = self._batches.next(self.cfg.batch_size, 1.0)
         except ray.exceptions.RayTaskError as exc:  # replay emptied (a data server rebuilding it)
             return self._reset(f"waiting for demos: {exc.cause}")
+        except UNAVAILABLE as exc:  # the data server is restarting
+            return self._reset(f"waiting for the data server ({type(exc).__name__})")
         if not batch.offline.all():  # with the offline partition empty the replay fills in online rows
             return self._reset("waiting for demos: the offline partition is empty")
         self.waiting = None
@@ -47,7 +49,11 @@ class DemoFeed:
             self._sizes = self.data.stats.remote(self.task)
         if not ray.wait([self._sizes], timeout=0)[0]:
             return False
-        self._episodes, self._sizes = ray.get(self._sizes)["replay"]["offline_episodes"], None
+        try:
+            self._episodes, self._sizes = ray.get(self._sizes)["replay"]["offline_episodes"], None
+        except UNAVAILABLE:  # the data server is restarting: ask the new one
+            self._sizes = None
+            return False
         if self._episodes < self.cfg.min_demos:
             self.waiting = f"waiting for demos: {self._episodes}/{self.cfg.min_demos} episodes"
             return False

@@ -176,6 +176,7 @@ class LearnerLoop:
             "restored_step": self.checkpoints.restored_step,
             "dropped_stale_episodes": sampler.dropped_stale_episodes,
             "fleet_waits": sampler.fleet_waits,
+            "data_server_waits": sampler.data_server_waits,
             "kept_algorithms": self.algorithms.names(),
             "rollout": reporter.rollout,
             "pid": os.getpid(),

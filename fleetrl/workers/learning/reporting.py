@@ -115,7 +115,10 @@ class Reporter:
             self.updates_per_s = (step - self._steps_at_report) / max(now - self._last_report, 1e-9)
         self._last_report, self._steps_at_report = now, step
         if self._rollout_ref is not None and ray.wait([self._rollout_ref], timeout=0)[0]:
-            self.rollout = ray.get(self._rollout_ref)
+            try:
+                self.rollout = ray.get(self._rollout_ref)
+            except ray.exceptions.RayActorError:  # the data server restarted: ask the new one next time
+                pass
             self._rollout_ref = None
         if self._rollout_ref is None:
             self._rollout_ref = self.data.rollout_stats.remote(self.task)

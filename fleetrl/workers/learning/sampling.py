@@ -6,6 +6,9 @@ the sampler collects them across calls, drops those too many versions behind (co
 when the algorithm wants it, waits until every inference replica serves the newest version first. Answers
 of the data server and the weight board are awaited with ``get`` (``ray.get``; a test's stand-in handles
 resolve their own).
+
+A data server that dies and restarts (it rebuilds its replay from the store) is waited for, never passed
+up: the learner goes on from where it was rather than being restarted from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from fleetrl.algorithms.base import BatchRequest
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 
 ReplayKey = tuple[int, float | None]  # (batch size, offline fraction) a replay batch is drawn for
+# What a data server that is not there (dead, restarting, rebuilding) raises at the caller.
+UNAVAILABLE = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
 
 
 class ReplayBatches:
@@ -45,7 +50,7 @@ class ReplayBatches:
             self._prefetch = (key, self._fetch(key))
             try:
                 self._batches, self._key = deque(self._get(ref)), key
-            except ray.exceptions.RayTaskError:
+            except (ray.exceptions.RayTaskError, *UNAVAILABLE):
                 self._prefetch = None
                 raise
         return self._batches.popleft()
@@ -86,6 +91,7 @@ class Sampler:
         self.waiting: str | None = None
         self.dropped_stale_episodes = 0
         self.fleet_waits = 0  # looks that found a replica still on an older version (stale: wait)
+        self.data_server_waits = 0  # looks that found the data server away (restarting)
         self._fleet_serving = -1  # newest version every replica was seen serving
         self._fresh: list[tuple[int, Any]] = []  # (snapshot, episode) collected for the next update
         self._seen_snapshot = 0
@@ -111,8 +117,17 @@ class Sampler:
             self.waiting = f"no data: {exc.cause}"
             time.sleep(self.EMPTY_REPLAY_WAIT_S)
             return None
+        except UNAVAILABLE as exc:
+            return self._data_server_away(exc)
         self.waiting = None
         return batch
+
+    def _data_server_away(self, exc: BaseException) -> None:
+        """The data server is restarting: wait (the caller polls again), keep what was collected."""
+        self.waiting = f"data server unavailable ({type(exc).__name__}): waiting for it to come back"
+        self.data_server_waits += 1
+        time.sleep(self.EMPTY_REPLAY_WAIT_S)
+        return None
 
     def _fleet_serves(self, version: int) -> bool:
         """Asks the replicas (through the board) only until they are seen serving ``version``, not on every
@@ -130,9 +145,12 @@ class Sampler:
     def _fresh_episodes(self, steps: int, max_lag: int | None, version: int) -> EpisodeBatch | None:
         """Collect online episodes not used before; drop those with steps from versions older than
         ``max_lag`` behind ``version`` (counted). Returns a batch once ``steps`` steps are in."""
-        new = self._get(
-            self.data.sample_episodes.remote(self.task, self.EPISODES_PER_LOOK, None, self._seen_snapshot)
-        )
+        try:
+            new = self._get(
+                self.data.sample_episodes.remote(self.task, self.EPISODES_PER_LOOK, None, self._seen_snapshot)
+            )
+        except UNAVAILABLE as exc:
+            return self._data_server_away(exc)
         for episode, snapshot in zip(new.episodes, new.snapshots, strict=True):
             self._seen_snapshot = max(self._seen_snapshot, snapshot)
             versions = episode.columns["policy_version"]
