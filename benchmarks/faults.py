@@ -130,11 +130,18 @@ def hostile_phase(platform: Platform, seconds: float) -> dict[str, Any]:
         strangers.append(RawRobotSocket(platform.endpoint, {**flooder["curve"], "public_key": public,
                                                             "secret_key": secret}))  # fmt: skip
     fuzzer = GatewayFuzzer(fuzzed["endpoint"], fuzzed["robot_id"], fuzzed["token"], 7, fuzzed["curve"])
+    hello = P.Hello(robot_id=flooder["robot_id"], token=flooder["token"])  # a captured hello, replayed
     sent = 0
     while time.monotonic() < stop:
         for _ in range(50):
-            flood.send(P.Hello(robot_id=flooder["robot_id"], token="wrong"))
-            strangers[sent % 60].send(P.Hello(robot_id=flooder["robot_id"], token=flooder["token"]))
+            try:
+                flood.sock.send(P.encode(P.Hello(robot_id=flooder["robot_id"], token="wrong")), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            try:  # their handshake is refused, so there is no peer to queue for: never block on them
+                strangers[sent % 60].sock.send(P.encode(hello), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
             sent += 1
         for _ in range(10):
             fuzzer.send_one()
