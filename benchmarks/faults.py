@@ -3,27 +3,31 @@
 A platform with one Reacher task (2 replicas, a PPO learner) serves sim robots through the real gateway
 (CURVE links), data server and learner. Then, with the fleet running:
 
-1. **Kills**: ``ray.kill`` (SIGKILL, Ray restarts the actor) of every restartable actor kind, several
-   times each, in rounds — gateway, data server, inference replica, learner, registry, metrics server.
-   ``recovery_s`` is the time until the killed actor answers again and (gateway, data server) a robot
-   episode ended after the kill is acked. The task manager and the weight board are killed last, once:
-   they do not restart with their state yet, so the run records what the REST API answers then.
-2. **Hostile frames**: a flood of hellos with wrong tokens from a registered robot's connection, 60
-   connections with unregistered CURVE keys and a fuzzer speaking random frames with valid keys, while the
-   healthy robots' observation-to-action round trip is measured (``healthy_robot_p99_ms_during_flood``
-   beside the same figure before the flood).
+1. **Hostile frames**, from a separate process (an attacker is another machine, not a thread sharing the
+   robots' interpreter): a flood of hellos with wrong tokens from a registered robot's connection, a
+   captured hello replayed from 60 connections with unregistered CURVE keys, and a fuzzer speaking random
+   frames with valid keys. Quiet and flood windows alternate (three of each) so the learner's load falls on
+   both alike; ``healthy_robot_p99_ms_during_flood`` is the healthy robots' observation-to-action round
+   trip in the flood windows, beside the quiet windows' figure.
+2. **Kills**: ``ray.kill`` (SIGKILL, Ray restarts the actor) of every actor kind, several times each, in
+   rounds — gateway, data server, inference replica, learner, registry, metrics server, weight board,
+   task manager. ``recovery_s`` is the time from the kill until Ray's restarted process answers and
+   (gateway, data server) a robot episode ended after the kill is acked, (task manager) the task's REST
+   route answers 200. A REST poller records every answer of ``GET /v1/tasks/{task}`` meanwhile
+   (``rest_during_kills``: status counts, answers that were not JSON).
 3. **Audit**: every episode a robot had acked must be in the store (``acked_not_stored``) exactly as it
    was sent (``stored_differs_from_sent``: rows, outcome, actions, observations), stored once
    (``duplicates``).
 
-``--quick``: 8 robots, one kill per kind, a short flood (a minute or two). Full: 32 robots, 3 kills per
-kind, ~10 minutes. Writes ``benchmarks/results/faults.json`` and prints a summary.
+``--quick``: 8 robots, one kill per kind, 3 s windows (about four minutes). Full: 32 robots, 3 kills per
+kind, 10 s windows (about fifteen minutes). Writes ``benchmarks/results/faults.json`` and prints a summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing as mp
 import tempfile
 import threading
 import time
@@ -42,10 +46,12 @@ from fleetrl.robots.client import ClientConfig
 from fleetrl.robots.sim import run_sim_fleet
 from fleetrl.testing.gateway_fuzz import GatewayFuzzer
 from fleetrl.testing.net import RawRobotSocket
+from fleetrl.testing.restarts import kill_and_await_restart
 
 TASK = "reach"
-RESTARTABLE = ("gateway", "data_server", "replica", "learner", "registry", "metrics_server")
-BUDGETS = {"robots": (8, 32), "kills_per_kind": (1, 3), "settle_s": (10, 20), "flood_s": (10, 30)}
+KINDS = ("gateway", "data_server", "replica", "learner", "registry", "metrics_server", "weight_board",
+         "task_manager")  # fmt: skip
+BUDGETS = {"robots": (8, 32), "kills_per_kind": (1, 3), "settle_s": (10, 20), "window_s": (3, 10)}
 
 
 def task_config() -> dict:
@@ -83,23 +89,40 @@ def acked_after(clients: list, t: float) -> bool:
     )
 
 
-def kill_and_time(platform: Platform, kind: str, clients: list, limit_s: float = 120.0) -> float | None:
+def kill_and_time(platform: Platform, kind: str, clients: list, api: httpx.Client) -> float | None:
     actor, probe = handle_of(platform, kind)
-    ray.kill(actor, no_restart=False)
     t_kill = time.monotonic()
-    answered = False
-    while time.monotonic() - t_kill < limit_s:
-        if not answered:
+
+    def served() -> bool:
+        if kind in ("gateway", "data_server"):
+            return acked_after(clients, t_kill)
+        if kind == "task_manager":
+            return api.get(f"/v1/tasks/{TASK}").status_code == 200
+        return True
+
+    took = kill_and_await_restart(actor, probe, timeout=120.0, then=served)
+    return None if took is None else round(took, 2)
+
+
+class RestPoller(threading.Thread):
+    """``GET /v1/tasks/{task}`` five times a second: what a REST client sees while actors die."""
+
+    def __init__(self, api: httpx.Client):
+        super().__init__(daemon=True)
+        self.api, self.stop = api, threading.Event()
+        self.statuses: dict[str, int] = {}
+        self.not_json = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
             try:
-                ray.get(probe(actor), timeout=2)
-                answered = True
-            except Exception:  # noqa: BLE001 - still restarting
-                time.sleep(0.2)
-                continue
-        if kind not in ("gateway", "data_server") or acked_after(clients, t_kill):
-            return round(time.monotonic() - t_kill, 2)
-        time.sleep(0.2)
-    return None
+                r = self.api.get(f"/v1/tasks/{TASK}")
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            else:
+                key = str(r.status_code)
+                self.not_json += not r.headers.get("content-type", "").startswith("application/json")
+            self.statuses[key] = self.statuses.get(key, 0) + 1
 
 
 def round_trips_ms(clients: list, t0: float, t1: float) -> list[float]:
@@ -112,36 +135,30 @@ def round_trips_ms(clients: list, t0: float, t1: float) -> list[float]:
     return out
 
 
-def hostile_phase(platform: Platform, seconds: float) -> dict[str, Any]:
-    """Flood and fuzz for ``seconds``; what the hostile peers got back."""
-    api = httpx.Client(
-        base_url=platform.rest_url, headers={"Authorization": f"Bearer {platform.admin_token}"}
-    )
-    body = {"task": TASK, "observation_spec": REACHER_SPECS["observation"],
-            "action_spec": {"shape": [2], "dtype": "float32"}}  # fmt: skip
-    flooder = api.post("/v1/robots", json={"name": "flooder", **body}).json()
-    fuzzed = api.post("/v1/robots", json={"name": "fuzzer", **body}).json()
-    codes: dict[str, int] = {}
-    stop = time.monotonic() + seconds
-    flood = RawRobotSocket(platform.endpoint, flooder["curve"])
+def hostile_peers(endpoint: str, flooder: dict, fuzzed: dict, flooding: Any, done: Any, out: Any) -> None:
+    """The attacker's process: flood and fuzz while ``flooding`` is set, until ``done``; what the hostile
+    peers got back goes to ``out``."""
+    flood = RawRobotSocket(endpoint, flooder["curve"])
     strangers = []
     for _ in range(60):
         public, secret = (k.decode() for k in zmq.curve_keypair())
-        strangers.append(RawRobotSocket(platform.endpoint, {**flooder["curve"], "public_key": public,
-                                                            "secret_key": secret}))  # fmt: skip
-    fuzzer = GatewayFuzzer(fuzzed["endpoint"], fuzzed["robot_id"], fuzzed["token"], 7, fuzzed["curve"])
-    hello = P.Hello(robot_id=flooder["robot_id"], token=flooder["token"])  # a captured hello, replayed
+        strangers.append(
+            RawRobotSocket(endpoint, {**flooder["curve"], "public_key": public, "secret_key": secret})
+        )
+    fuzzer = GatewayFuzzer(endpoint, fuzzed["robot_id"], fuzzed["token"], 7, fuzzed["curve"])
+    hello = P.encode(P.Hello(robot_id=flooder["robot_id"], token=flooder["token"]))  # captured, replayed
+    wrong = P.encode(P.Hello(robot_id=flooder["robot_id"], token="wrong"))
+    codes: dict[str, int] = {}
     sent = 0
-    while time.monotonic() < stop:
+    while not done.is_set():
+        if not flooding.wait(0.05):
+            continue
         for _ in range(50):
-            try:
-                flood.sock.send(P.encode(P.Hello(robot_id=flooder["robot_id"], token="wrong")), zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            try:  # their handshake is refused, so there is no peer to queue for: never block on them
-                strangers[sent % 60].sock.send(P.encode(hello), zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+            for sock, frame in ((flood.sock, wrong), (strangers[sent % 60].sock, hello)):
+                try:  # the strangers' handshakes are refused, so there is no peer to queue for: never block
+                    sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
             sent += 1
         for _ in range(10):
             fuzzer.send_one()
@@ -149,14 +166,42 @@ def hostile_phase(platform: Platform, seconds: float) -> dict[str, Any]:
             code = P.decode(flood.sock.recv()).code
             codes[code] = codes.get(code, 0) + 1
         time.sleep(0.02)
-    stranger_answers = sum(1 for s in strangers if s.sock.poll(0))
+    answered = sum(1 for s in strangers if s.sock.poll(0))
     for s in [flood, *strangers]:
         s.close()
     fuzzer.close()
+    out.put({"hellos_sent": sent * 2, "flood_answers": codes, "stranger_connections_answered": answered,
+             "fuzz_frames": fuzzer.frames, "fuzz_answers": dict(fuzzer.codes)})  # fmt: skip
+
+
+def hostile_phase(platform: Platform, api: httpx.Client, clients: list, window_s: float) -> dict[str, Any]:
+    """Three quiet and three flood windows, alternating; the healthy robots' round trips in each kind."""
+    body = {"task": TASK, "observation_spec": REACHER_SPECS["observation"],
+            "action_spec": {"shape": [2], "dtype": "float32"}}  # fmt: skip
+    flooder = api.post("/v1/robots", json={"name": "flooder", **body}).json()
+    fuzzed = api.post("/v1/robots", json={"name": "fuzzer", **body}).json()
+    ctx = mp.get_context("spawn")
+    flooding, done, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    attacker = ctx.Process(
+        target=hostile_peers, args=(platform.endpoint, flooder, fuzzed, flooding, done, out)
+    )
+    attacker.start()
+    time.sleep(3.0)  # its sockets connect (and are refused) before the first window
+    quiet_ms: list[float] = []
+    flood_ms: list[float] = []
+    for _ in range(3):
+        for samples, flood in ((quiet_ms, False), (flood_ms, True)):
+            (flooding.set if flood else flooding.clear)()
+            t0 = time.monotonic()
+            time.sleep(window_s)
+            samples += round_trips_ms(clients, t0 + 0.5, time.monotonic())  # the switch settles first
+    flooding.clear()
+    done.set()
+    hostile = out.get(timeout=60)
+    attacker.join(30)
     api.delete(f"/v1/robots/{flooder['robot_id']}")
     api.delete(f"/v1/robots/{fuzzed['robot_id']}")
-    return {"hellos_sent": sent * 2, "flood_answers": codes, "stranger_connections_answered": stranger_answers,
-            "fuzz_frames": fuzzer.frames, "fuzz_answers": dict(fuzzer.codes)}  # fmt: skip
+    return {**hostile, "quiet_ms": quiet_ms, "flood_ms": flood_ms}
 
 
 def audit(platform: Platform, clients: list) -> dict[str, Any]:
@@ -210,69 +255,55 @@ def main(argv: list[str] | None = None) -> None:
             daemon=True,
         )  # fmt: skip
         fleet.start()
+        api = httpx.Client(base_url=platform.rest_url, timeout=10,
+                           headers={"Authorization": f"Bearer {platform.admin_token}"})  # fmt: skip
         try:
             deadline = time.monotonic() + 120
             while not acked_after(clients, 0.0) and time.monotonic() < deadline:
                 time.sleep(0.5)
             time.sleep(b["settle_s"])
-            t0 = time.monotonic()
-            time.sleep(b["flood_s"])
-            before_ms = round_trips_ms(clients, t0, time.monotonic())
-            print(f"  {len(clients)} robots up; round trip p99 before the flood "
-                  f"{percentiles(before_ms)['p99']} ms", flush=True)  # fmt: skip
-            t_flood = time.monotonic()
-            hostile = hostile_phase(platform, b["flood_s"])
-            during_ms = round_trips_ms(clients, t_flood, time.monotonic())
+            print(f"  {len(clients)} robots up; hostile phase: 3 x ({b['window_s']} s quiet, "
+                  f"{b['window_s']} s flood)", flush=True)  # fmt: skip
+            hostile = hostile_phase(platform, api, clients, b["window_s"])
+            quiet_ms, flood_ms = hostile.pop("quiet_ms"), hostile.pop("flood_ms")
             print(f"  flood: {hostile['hellos_sent']} hellos, {hostile['fuzz_frames']} fuzz frames; round trip "
-                  f"p99 {percentiles(during_ms)['p99']} ms", flush=True)  # fmt: skip
-            recovery: dict[str, list[float | None]] = {k: [] for k in RESTARTABLE}
+                  f"p99 {percentiles(quiet_ms)['p99']} ms quiet, {percentiles(flood_ms)['p99']} ms flooded",
+                  flush=True)  # fmt: skip
+            poller = RestPoller(api)
+            poller.start()
+            recovery: dict[str, list[float | None]] = {k: [] for k in KINDS}
             for round_ in range(b["kills_per_kind"]):
-                for kind in RESTARTABLE:
-                    recovery[kind].append(kill_and_time(platform, kind, clients))
+                for kind in KINDS:
+                    recovery[kind].append(kill_and_time(platform, kind, clients, api))
                     print(f"  round {round_ + 1}: {kind} back in {recovery[kind][-1]} s", flush=True)
                     time.sleep(2.0)
             time.sleep(b["settle_s"])  # robots re-send what the kills left unacked
+            poller.stop.set()
+            poller.join(5)
             stop.set()
             fleet.join(60)
             time.sleep(3.0)
             found = audit(platform, clients)
-            unrestartable = {}
-            for kind in ("weight_board", "task_manager"):
-                actor, probe = handle_of(platform, kind)
-                ray.kill(actor, no_restart=False)
-                time.sleep(5.0)
-                try:
-                    ray.get(probe(actor), timeout=5)
-                    back = True
-                except Exception:  # noqa: BLE001
-                    back = False
-                r = httpx.get(f"{platform.rest_url}/v1/tasks/{TASK}",
-                              headers={"Authorization": f"Bearer {platform.admin_token}"}, timeout=10)  # fmt: skip
-                unrestartable[kind] = {"answers_after_5s": back, "rest_status": r.status_code,
-                                       "rest_is_json": r.headers.get("content-type", "").startswith("application/json")}  # fmt: skip
         finally:
             stop.set()
-            try:
-                platform.stop()
-            except Exception:  # noqa: BLE001 - the task manager may be dead by design
-                ray.shutdown()
+            platform.stop()
     result.update(found)
     result["kills"] = {k: len(v) for k, v in recovery.items()}
+    result["rest_during_kills"] = {"statuses": poller.statuses, "not_json": poller.not_json}
     result["recovery_s"] = {
         k: {"p50": float(np.median([x for x in v if x is not None])) if any(x is not None for x in v) else None,
             "max": max((x for x in v if x is not None), default=None), "not_back": sum(x is None for x in v)}
         for k, v in recovery.items()
     }  # fmt: skip
-    result["healthy_robot_p99_ms_before_flood"] = percentiles(before_ms)["p99"]
-    result["healthy_robot_p99_ms_during_flood"] = percentiles(during_ms)["p99"]
-    result["round_trip_ms"] = {"before_flood": percentiles(before_ms), "during_flood": percentiles(during_ms)}
+    result["healthy_robot_p99_ms_quiet"] = percentiles(quiet_ms)["p99"]
+    result["healthy_robot_p99_ms_during_flood"] = percentiles(flood_ms)["p99"]
+    result["round_trip_ms"] = {"quiet": percentiles(quiet_ms), "during_flood": percentiles(flood_ms)}
     result["hostile"] = hostile
-    result["not_restartable_yet"] = unrestartable
     result["wall_s"] = round(time.monotonic() - t_start, 1)
     out = write_json(result, args.out or Path(__file__).parent / "results" / "faults.json")
     print(f"faults: {result['episodes_acked']} acked, {result['acked_not_stored']} acked-not-stored, "
           f"{result['stored_differs_from_sent']} stored-differs, {result['duplicates']} duplicates; "
-          f"p99 {result['healthy_robot_p99_ms_before_flood']} -> {result['healthy_robot_p99_ms_during_flood']} ms "
+          f"p99 {result['healthy_robot_p99_ms_quiet']} -> {result['healthy_robot_p99_ms_during_flood']} ms "
           f"under the flood; recovery p50 {({k: v['p50'] for k, v in result['recovery_s'].items()})}; -> {out}")  # fmt: skip
 
 

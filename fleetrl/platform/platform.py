@@ -113,7 +113,7 @@ class Platform:
             .options(**cfg.data.ray_options("data server"))
             .remote(cfg.data, list(cfg.tasks), root, self.metrics, self.critic, scored, self.registry)
         )
-        self.weights = control_actor(WeightBoard).remote()
+        self.weights = control_actor(WeightBoard).remote(secrets.token_hex(6))
         self.replicas = {t.name: start_replicas(t, self.metrics, self.weights) for t in cfg.tasks}
         ray.get([self.weights.register.remote(name, pool) for name, pool in self.replicas.items()])
         self.curve_keys = server_keys(cfg.state_path) if cfg.gateway.security == "curve" else None

@@ -33,6 +33,15 @@ class RawRobotSocket:
     def send(self, msg: P.Message) -> None:
         self.sock.send(P.encode(msg))
 
+    def try_send(self, msg: P.Message) -> bool:
+        """Send without blocking; False when no connection takes the frame. A socket whose CURVE handshake the
+        gateway refused has no peer to queue for, and a plain ``send`` would wait for one forever."""
+        try:
+            self.sock.send(P.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
     def recv(self, timeout_s: float = 5.0) -> P.Message:
         if not self.sock.poll(int(timeout_s * 1000)):
             raise TimeoutError("no reply from the gateway")

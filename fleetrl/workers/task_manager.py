@@ -234,7 +234,9 @@ class TaskManager:
         try:
             status = ray.get(learner.status.remote()) if learner is not None else None
         except ray.exceptions.RayActorError:
-            return None  # its task is being deleted
+            if name in self._busy or name not in self.tasks:
+                return None  # its task is being deleted
+            raise  # its learner is restarting: the REST layer answers 503, not "no such task"
         return {
             **task.public(),
             "algorithm": status["algorithm"] if status else None,

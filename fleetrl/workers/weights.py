@@ -4,12 +4,19 @@ A learner publishes ``(version, state)`` for its task; the board puts the state 
 once (the board owns that object, so it outlives a restarted learner worker), pushes the reference to
 every replica of the task, and keeps the newest version so a replica that (re)starts loads it before
 serving. Weights travel as numpy arrays (zero-copy reads from the object store).
+
+Ray restarts a dead board. Its state is rebuilt from what is still alive rather than from disk: replicas
+carry names ``fleetrl-replica|<board id>|<task>|<index>|<nonce>`` (the board id is a constructor argument,
+so a restarted board has it), which gives back the pools; the newest version is the highest one a live
+replica serves, copied back from that replica into the object store.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -27,16 +34,76 @@ def to_torch_state(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
+REPLICA_PREFIX = "fleetrl-replica"
+
+
+def replica_actor_name(board_id: str, task: str, index: int) -> str:
+    """The Ray name of a task's replica ``index``: how a restarted board finds its pools again (the nonce
+    keeps a re-created task's replicas apart from ones of its deleted namesake still being killed)."""
+    return f"{REPLICA_PREFIX}|{board_id}|{task}|{index}|{uuid.uuid4().hex[:8]}"
+
+
+def named_pools(board_id: str) -> dict[str, list[Any]]:
+    """Every live replica named for ``board_id``, as ``{task: [replica by index]}``."""
+    found: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    for name in ray.util.list_named_actors():
+        parts = name.split("|")
+        if len(parts) != 5 or parts[0] != REPLICA_PREFIX or parts[1] != board_id:
+            continue
+        try:
+            found[parts[2]].append((int(parts[3]), ray.get_actor(name)))
+        except ValueError:
+            continue  # killed since it was listed
+    return {task: [h for _, h in sorted(members, key=lambda m: m[0])] for task, members in found.items()}
+
+
 class WeightBoard:
     """Ray actor: ``register(task, replicas)``, ``unregister(task)``, ``pools()``, ``publish(task, version,
     state)``, ``latest(task)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, board_id: str = "") -> None:
+        self.board_id = board_id  # "": replicas are not named, a restart forgets the pools
         self.replicas: dict[str, list[Any]] = {}
         self.newest: dict[str, tuple[int, ray.ObjectRef, float]] = {}
+        if board_id and ray.get_runtime_context().was_current_actor_reconstructed:
+            self._recover()
 
     def ready(self) -> bool:
         return True
+
+    def identity(self) -> str:
+        """The id replicas are named with (``replica_actor_name``)."""
+        return self.board_id
+
+    def _recover(self, timeout: float = 5.0) -> None:
+        """After a restart: the pools from the replicas' names, each task's newest version from the replica
+        serving the highest one (a replica restarting meanwhile is left out; version 0 needs nothing)."""
+        self.replicas = named_pools(self.board_id)
+        for task, pool in self.replicas.items():
+            refs = {replica.served_version.remote(): replica for replica in pool}
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            served = []
+            for ref in ready:
+                try:
+                    served.append((ray.get(ref), refs[ref]))
+                except ray.exceptions.RayError:
+                    continue
+            if not served or max(v for v, _ in served) == 0:
+                continue
+            version, replica = max(served, key=lambda s: s[0])
+            try:
+                state = ray.get(replica.served_state.remote(), timeout=timeout * 6)
+            except ray.exceptions.RayError as exc:
+                log.warning(
+                    "weights: %s version %d could not be read back from its replica: %s", task, version, exc
+                )
+                continue
+            self.newest[task] = (version, ray.put(state), time.time())
+        log.warning(
+            "weight board restarted: pools %s, versions %s",
+            {t: len(p) for t, p in self.replicas.items()},
+            {t: v[0] for t, v in self.newest.items()},
+        )
 
     def register(self, task: str, replicas: list[Any]) -> None:
         self.replicas[task] = list(replicas)

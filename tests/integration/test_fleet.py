@@ -116,9 +116,11 @@ def test_only_registered_curve_keys_get_through(platform):
         platform.endpoint, {**victim["curve"], "public_key": public, "secret_key": secret}
     )
     for raw in (plain, stranger):
-        raw.send(hello)
-        with pytest.raises(TimeoutError):
-            raw.recv(timeout_s=1.5)
+        if raw.try_send(
+            hello
+        ):  # queued before the handshake failed, or no connection at all: either way unheard
+            with pytest.raises(TimeoutError):
+                raw.recv(timeout_s=1.5)
         raw.close()
     replay = RawRobotSocket(platform.endpoint, other["curve"])
     reply = replay.request(hello)

@@ -13,6 +13,7 @@ import pytest
 import ray
 
 from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
+from fleetrl.testing.restarts import kill_and_await_restart
 from tests.conftest import delete_task, reacher_task
 from tests.integration.helpers import RunningFleet
 
@@ -105,6 +106,44 @@ def test_killed_learner_resumes_from_checkpoint(api, platform, flow_demos):
     assert after["restored_step"] >= 5
     assert after["version"] > before["version"]  # versions continue above what the fleet has seen
     assert after["algorithm"] == before["algorithm"]
+
+
+def test_a_killed_weight_board_comes_back_with_its_pools_and_newest_version(api, platform, flow_demos):
+    """Ray restarts the board; it finds the pools by the replicas' names and takes the newest version back
+    from the replica serving it, so a replica restarting afterwards still serves trained weights, and the
+    learner (not restarted) goes on publishing above it."""
+    before = wait_status(api, FLOW, lambda s: s["version"] >= 2 and s["pid"], what="published versions")
+    learner_pid = before["learner"]["pid"]
+    assert kill_and_await_restart(platform.weights, lambda a: a.ready.remote(), 60) is not None
+    pools = ray.get(platform.weights.pools.remote())
+    ids = {t: [r._actor_id for r in pool] for t, pool in pools.items()}
+    assert ids[FLOW] == [r._actor_id for r in platform.replicas[FLOW]]
+    assert ids["reach"] == [r._actor_id for r in platform.replicas["reach"]]
+    recovered = ray.get(platform.weights.latest.remote(FLOW))
+    assert recovered is not None and recovered[0] >= before["learner"]["version"]
+    replica = platform.replicas[FLOW][0]
+    assert kill_and_await_restart(replica, lambda a: a.ready.remote(), 60) is not None
+    served = ray.get(replica.served_version.remote())  # it loaded the version the recovered board holds
+    assert served >= recovered[0] > 0
+    deadline = time.monotonic() + 60
+    while ray.get(platform.weights.latest.remote(FLOW))[0] <= recovered[0] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert ray.get(platform.weights.latest.remote(FLOW))[0] > recovered[0]  # publishes land again
+    assert api.get(f"/v1/tasks/{FLOW}").json()["learner"]["pid"] == learner_pid  # the learner did not restart
+
+
+def test_while_a_learner_restarts_its_task_answers_503_not_404(api, platform, flow_demos):
+    statuses = set()
+
+    def restarted_and_described() -> bool:
+        r = api.get(f"/v1/tasks/{FLOW}")
+        statuses.add(r.status_code)
+        return r.status_code == 200 and r.json()["learner"] is not None
+
+    learner = platform.learner(FLOW)
+    took = kill_and_await_restart(learner, lambda a: a.status.remote(), 90, then=restarted_and_described)
+    assert took is not None
+    assert statuses <= {200, 503}, statuses  # a restarting learner is not an unknown task
 
 
 def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):

@@ -12,6 +12,7 @@ import ray
 from fleetrl.workers.inference.backends import build_backend
 from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.task import TaskConfig
+from fleetrl.workers.weights import replica_actor_name
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class InferenceReplica:
     def served_version(self) -> int:
         return self.backend.version
 
+    def served_state(self) -> dict[str, np.ndarray]:
+        """The weights of the version served now (a restarted weight board takes its newest from here)."""
+        return self.backend.served_state()
+
     def stop(self) -> None:
         pass
 
@@ -98,5 +103,11 @@ def start_replicas(
     options = cfg.ray_options(f"inference pool {task.name}")
     if cfg.spread:
         options["scheduling_strategy"] = "SPREAD"
-    cls = ray.remote(InferenceReplica).options(**options)
-    return [cls.remote(task, i, metrics, weights) for i in range(cfg.replicas)]
+    board_id = ray.get(weights.identity.remote()) if weights is not None else ""
+    cls = ray.remote(InferenceReplica)
+
+    def replica(i: int) -> ray.actor.ActorHandle:
+        named = {"name": replica_actor_name(board_id, task.name, i)} if board_id else {}
+        return cls.options(**options, **named).remote(task, i, metrics, weights)
+
+    return [replica(i) for i in range(cfg.replicas)]

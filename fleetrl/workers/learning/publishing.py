@@ -7,6 +7,7 @@ replicas already serve those seeded initial weights.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ import ray
 from torch import nn
 
 from fleetrl.workers.weights import to_numpy_state
+
+log = logging.getLogger(__name__)
 
 
 def first_version(resumed_version: int | None, board_version: int) -> int:
@@ -51,7 +54,11 @@ class Publisher:
             self.version += 1
         state = to_numpy_state(self.policy.state_dict())
         if self._ack is not None:
-            self._get(self._ack)  # back-pressure (usually long done) and surfaces a failed publish
+            try:
+                self._get(self._ack)  # back-pressure (usually long done) and surfaces a failed publish
+            except ray.exceptions.RayActorError:  # the board died with it; this publish supersedes it
+                log.warning("weights: the board lost %s version %d; publishing %d", self.task,
+                            self.version - 1, self.version)  # fmt: skip
         self._ack = self.weights.publish.remote(self.task, self.version, state)
         if initial:
             self._get(self._ack)

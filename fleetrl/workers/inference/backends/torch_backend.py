@@ -20,6 +20,7 @@ from fleetrl.models.flow import FlowChunkConfig
 from fleetrl.models.gaussian import GaussianMLPConfig
 from fleetrl.models.policies import build_policy
 from fleetrl.robots.protocol import ArraySpec
+from fleetrl.workers.weights import to_numpy_state
 
 
 class TorchBackend:
@@ -99,6 +100,9 @@ class TorchBackend:
                 actions_out = np.empty((n, *a.shape[1:]), dtype=np.float32)
             actions_out[rows], log_out[rows] = a, lp
         return actions_out, log_out, versions
+
+    def served_state(self) -> dict[str, np.ndarray]:
+        return to_numpy_state(self.policies[self.version].state_dict())
 
     def load_weights(self, state_dict: dict, version: int) -> None:
         if version <= self.version:

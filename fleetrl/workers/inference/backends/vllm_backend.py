@@ -27,6 +27,7 @@ import torch
 
 from fleetrl.models.policies import build_policy
 from fleetrl.robots.protocol import ArraySpec
+from fleetrl.workers.weights import to_numpy_state
 
 
 class VLLMBackend:
@@ -102,6 +103,9 @@ class VLLMBackend:
         actions = policy._to_actions(tokens[:, policy.slots] - policy.number_ids[0])
         versions = np.full(n, self.version, dtype=np.int64)
         return actions.cpu().numpy(), log_prob.float().numpy(), versions
+
+    def served_state(self) -> dict[str, np.ndarray]:
+        return to_numpy_state(self.policy.state_dict())
 
     def load_weights(self, state_dict: dict, version: int) -> None:
         if version <= self.version:
