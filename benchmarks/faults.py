@@ -5,10 +5,13 @@ A platform with one Reacher task (2 replicas, a PPO learner) serves sim robots t
 
 1. **Hostile frames**, from a separate process (an attacker is another machine, not a thread sharing the
    robots' interpreter): a flood of hellos with wrong tokens from a registered robot's connection, a
-   captured hello replayed from 60 connections with unregistered CURVE keys, and a fuzzer speaking random
-   frames with valid keys. Quiet and flood windows alternate (three of each) so the learner's load falls on
-   both alike; ``healthy_robot_p99_ms_during_flood`` is the healthy robots' observation-to-action round
-   trip in the flood windows, beside the quiet windows' figure.
+   captured hello replayed from 60 connections with unregistered CURVE keys (opened for each flood window,
+   closed after it: ZeroMQ re-tries a refused handshake for as long as the socket lives), and a fuzzer
+   speaking random frames with valid keys. Quiet and flood windows alternate (three of each) so the
+   learner's load falls on both alike; ``healthy_robot_p99_ms_during_flood`` is the healthy robots'
+   observation-to-action round trip in the flood windows, beside the quiet windows' figure;
+   ``hostile.cores_busy`` is the gateway's and the attacker's CPU use in each kind of window (cores; on
+   one machine the attacker's is taken from the robots' cores too).
 2. **Kills**: ``ray.kill`` (SIGKILL, Ray restarts the actor) of every actor kind, several times each, in
    rounds — gateway, data server, inference replica, learner, registry, metrics server, weight board,
    task manager. ``recovery_s`` is the time from the kill until Ray's restarted process answers and
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import os
 import tempfile
 import threading
 import time
@@ -125,6 +129,19 @@ class RestPoller(threading.Thread):
             self.statuses[key] = self.statuses.get(key, 0) + 1
 
 
+def actor_pid(actor: Any) -> int:
+    return int(ray._private.state.actors(actor._actor_id.hex())["Pid"])
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``; 0 where it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def round_trips_ms(clients: list, t0: float, t1: float) -> list[float]:
     """Healthy robots' observation-to-action round trips answered between ``t0`` and ``t1``."""
     out = []
@@ -135,43 +152,49 @@ def round_trips_ms(clients: list, t0: float, t1: float) -> list[float]:
     return out
 
 
-def hostile_peers(endpoint: str, flooder: dict, fuzzed: dict, flooding: Any, done: Any, out: Any) -> None:
-    """The attacker's process: flood and fuzz while ``flooding`` is set, until ``done``; what the hostile
-    peers got back goes to ``out``."""
-    flood = RawRobotSocket(endpoint, flooder["curve"])
-    strangers = []
-    for _ in range(60):
+def stranger_sockets(endpoint: str, curve: dict, n: int) -> list[RawRobotSocket]:
+    """``n`` connections with CURVE keys nobody registered: the gateway refuses their handshakes (ZAP), and
+    ZeroMQ keeps re-trying them, so they cost it work for as long as they are open."""
+    out = []
+    for _ in range(n):
         public, secret = (k.decode() for k in zmq.curve_keypair())
-        strangers.append(
-            RawRobotSocket(endpoint, {**flooder["curve"], "public_key": public, "secret_key": secret})
-        )
+        out.append(RawRobotSocket(endpoint, {**curve, "public_key": public, "secret_key": secret}))
+    return out
+
+
+def hostile_peers(endpoint: str, flooder: dict, fuzzed: dict, flooding: Any, done: Any, out: Any) -> None:
+    """The attacker's process: while ``flooding`` is set, 60 stranger connections are open and it floods and
+    fuzzes; between windows they are closed, so the quiet windows are quiet. Until ``done``; what the
+    hostile peers got back goes to ``out``."""
+    flood = RawRobotSocket(endpoint, flooder["curve"])
     fuzzer = GatewayFuzzer(endpoint, fuzzed["robot_id"], fuzzed["token"], 7, fuzzed["curve"])
-    hello = P.encode(P.Hello(robot_id=flooder["robot_id"], token=flooder["token"]))  # captured, replayed
-    wrong = P.encode(P.Hello(robot_id=flooder["robot_id"], token="wrong"))
+    hello = P.Hello(robot_id=flooder["robot_id"], token=flooder["token"])  # captured, replayed
+    wrong = P.Hello(robot_id=flooder["robot_id"], token="wrong")
     codes: dict[str, int] = {}
-    sent = 0
+    sent = answered = windows = 0
     while not done.is_set():
         if not flooding.wait(0.05):
             continue
-        for _ in range(50):
-            for sock, frame in ((flood.sock, wrong), (strangers[sent % 60].sock, hello)):
-                try:  # the strangers' handshakes are refused, so there is no peer to queue for: never block
-                    sock.send(frame, zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-            sent += 1
-        for _ in range(10):
-            fuzzer.send_one()
-        while flood.sock.poll(0):
-            code = P.decode(flood.sock.recv()).code
-            codes[code] = codes.get(code, 0) + 1
-        time.sleep(0.02)
-    answered = sum(1 for s in strangers if s.sock.poll(0))
-    for s in [flood, *strangers]:
-        s.close()
+        strangers, windows = stranger_sockets(endpoint, flooder["curve"], 60), windows + 1
+        while flooding.is_set():
+            for _ in range(50):
+                flood.try_send(wrong)
+                strangers[sent % 60].try_send(hello)  # their handshake is refused: never block on them
+                sent += 1
+            for _ in range(10):
+                fuzzer.send_one()
+            while flood.sock.poll(0):
+                code = P.decode(flood.sock.recv()).code
+                codes[code] = codes.get(code, 0) + 1
+            time.sleep(0.02)
+        answered += sum(1 for s in strangers if s.sock.poll(0))
+        for s in strangers:
+            s.close()
+    flood.close()
     fuzzer.close()
     out.put({"hellos_sent": sent * 2, "flood_answers": codes, "stranger_connections_answered": answered,
-             "fuzz_frames": fuzzer.frames, "fuzz_answers": dict(fuzzer.codes)})  # fmt: skip
+             "stranger_connections": 60 * windows, "fuzz_frames": fuzzer.frames,
+             "fuzz_answers": dict(fuzzer.codes)})  # fmt: skip
 
 
 def hostile_phase(platform: Platform, api: httpx.Client, clients: list, window_s: float) -> dict[str, Any]:
@@ -186,22 +209,27 @@ def hostile_phase(platform: Platform, api: httpx.Client, clients: list, window_s
         target=hostile_peers, args=(platform.endpoint, flooder, fuzzed, flooding, done, out)
     )
     attacker.start()
-    time.sleep(3.0)  # its sockets connect (and are refused) before the first window
+    time.sleep(3.0)  # its sockets connect before the first window
     quiet_ms: list[float] = []
     flood_ms: list[float] = []
+    pids = {"gateway": actor_pid(platform.gateway), "attacker": attacker.pid}
+    cores: dict[str, dict[str, list[float]]] = {w: {p: [] for p in pids} for w in ("quiet", "flood")}
     for _ in range(3):
         for samples, flood in ((quiet_ms, False), (flood_ms, True)):
             (flooding.set if flood else flooding.clear)()
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), {p: process_cpu_s(pid) for p, pid in pids.items()}
             time.sleep(window_s)
             samples += round_trips_ms(clients, t0 + 0.5, time.monotonic())  # the switch settles first
+            for p, pid in pids.items():
+                cores["flood" if flood else "quiet"][p].append((process_cpu_s(pid) - cpu0[p]) / window_s)
     flooding.clear()
     done.set()
     hostile = out.get(timeout=60)
     attacker.join(30)
     api.delete(f"/v1/robots/{flooder['robot_id']}")
     api.delete(f"/v1/robots/{fuzzed['robot_id']}")
-    return {**hostile, "quiet_ms": quiet_ms, "flood_ms": flood_ms}
+    cpu = {w: {p: round(float(np.mean(v)), 3) for p, v in per.items()} for w, per in cores.items()}
+    return {**hostile, "cores_busy": cpu, "quiet_ms": quiet_ms, "flood_ms": flood_ms}
 
 
 def audit(platform: Platform, clients: list) -> dict[str, Any]:

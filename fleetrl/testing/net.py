@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 import zmq
@@ -9,11 +10,23 @@ import zmq
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client.transport import use_curve_keys
 
+# Below Linux's ephemeral range (32768+, where outgoing connections and bind(0) draw from) and above Ray's
+# worker ports (10002-19999): a port found free here is not handed to another process before we bind it.
+_PORTS = (20000, 32000)
+
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback TCP port that no other process is about to be given by the kernel or by Ray."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 class RawRobotSocket:

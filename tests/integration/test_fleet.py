@@ -131,6 +131,29 @@ def test_only_registered_curve_keys_get_through(platform):
     real.close()
 
 
+def test_a_robot_that_keeps_its_own_secret_key_is_served(platform):
+    """Registered with its own CURVE public key through the SDK: the platform issues no secret, the SDK
+    asks for the robot's, and with it the robot is welcomed and its episode stored."""
+    import zmq
+
+    from fleetrl.robots.client import FleetRunner, RobotClient, register
+    from fleetrl.robots.sim import SimRobot
+
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    robot = SimRobot("Reacher-v5", seed=41)
+    creds = register(platform.rest_url, ADMIN_TOKEN, "own-keys", "reach", robot, curve_public_key=public)
+    assert creds["curve"]["public_key"] == public and creds["curve"]["secret_key"] is None
+    with pytest.raises(ValueError, match="curve_secret_key"):
+        RobotClient.from_registration(robot, creds)
+    client = RobotClient.from_registration(robot, creds, curve_secret_key=secret)
+    try:
+        FleetRunner([client]).run(duration=6.0)
+        assert client.welcome is not None and client.counters["replies"] > 0
+        assert client.counters["errors"] == 0
+    finally:
+        client.close()
+
+
 def test_out_of_order_and_bad_observations_are_refused(platform):
     raw, rid = authenticated_raw(platform, "raw-1")
     reply = raw.request(raw_obs(rid, 0))

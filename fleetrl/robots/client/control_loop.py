@@ -114,11 +114,21 @@ class RobotClient:
         )  # fmt: skip
 
     @classmethod
-    def from_registration(cls, robot: Robot, info: dict, **kwargs) -> RobotClient:
-        """A client for what ``register`` (``POST /v1/robots``) returned: id, token, endpoint, CURVE keys."""
-        return cls(
-            robot, info["robot_id"], info["token"], info["endpoint"], curve=info.get("curve"), **kwargs
-        )
+    def from_registration(
+        cls, robot: Robot, info: dict, curve_secret_key: str | None = None, **kwargs
+    ) -> RobotClient:
+        """A client for what ``register`` (``POST /v1/robots``) returned: id, token, endpoint, CURVE keys.
+        ``curve_secret_key``: the robot's own secret key, when it registered its own public key (the
+        platform then issued none)."""
+        curve = info.get("curve")
+        if curve is not None and curve_secret_key is not None:
+            curve = {**curve, "secret_key": curve_secret_key}
+        if curve is not None and not curve.get("secret_key"):
+            raise ValueError(
+                "the registration issued no CURVE secret key (the robot sent its own public key): "
+                "pass curve_secret_key"
+            )
+        return cls(robot, info["robot_id"], info["token"], info["endpoint"], curve=curve, **kwargs)
 
     # -- the parts' public faces ---------------------------------------------------------------------
     @property

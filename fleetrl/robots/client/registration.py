@@ -18,9 +18,17 @@ class RegistrationError(RuntimeError):
 
 
 def register(
-    api_url: str, admin_token: str, name: str, task: str, robot: Robot, timeout: float = 10.0
+    api_url: str,
+    admin_token: str,
+    name: str,
+    task: str,
+    robot: Robot,
+    timeout: float = 10.0,
+    curve_public_key: str | None = None,
 ) -> dict[str, Any]:
-    """Register a robot over REST; returns ``{robot_id, token, endpoint, ...}``."""
+    """Register a robot over REST; returns ``{robot_id, token, endpoint, chunk_len, curve}``.
+    ``curve_public_key``: the robot's own CURVE public key (its secret never leaves the robot); without it
+    the platform issues a key pair and returns the secret once."""
     import httpx
 
     body = {
@@ -29,6 +37,8 @@ def register(
         "observation_spec": specs_to_dict(robot.observation_spec),
         "action_spec": robot.action_spec.to_dict(),
     }
+    if curve_public_key is not None:
+        body["curve_public_key"] = curve_public_key
     r = httpx.post(
         f"{api_url.rstrip('/')}/v1/robots",
         json=body,
