@@ -19,6 +19,11 @@ plain_return / platform_return`` (1.0 = equal, < 1 = the platform learned less).
 steps / steps) is reported beside it. Also reported: a deterministic evaluation of the final weights on
 the same evaluation robot (``eval_*``), and of the initial policy.
 
+(a') ``ppo_reacher_normalized_obs`` (``--only ppo_norm``): part (a) again with the Gaussian policy's running
+observation normalisation (``normalize_obs``, CleanRL's ``NormalizeObservation`` + clip 10) on all three
+sides. Added after part (a)'s asynchronous seed 2 collapsed twice into a policy that spins Reacher's first
+joint (observation entries up to ~50, gradient norms 20-75 under the 0.5 clip); part (a) stays as it was.
+
 (b) ``offline``: BC, AWR, QAM and RLPD on OGBench cube-single tasks 1 and 4 from an expert and a
 mixed-quality dataset, several seeds each, in worker processes (``offline_cells.py`` says what was fixed
 before any outcome: datasets, budget, seeds, evaluation). ``offline.{expert,mixed}.{task}.{alg}`` holds
@@ -59,13 +64,19 @@ from fleetrl.testing.plain_ppo import train_plain_ppo
 from fleetrl.workers.weights import to_torch_state
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = {"ppo": "ppo_reacher", "offline": "offline", "online": "online"}  # --only: result key
+PARTS = {  # --only: result key
+    "ppo": "ppo_reacher",
+    "ppo_norm": "ppo_reacher_normalized_obs",
+    "offline": "offline",
+    "online": "online",
+}
 REACHER = "Reacher-v5"
 # CleanRL's ppo_continuous_action settings on our config (PPOConfig's defaults are CleanRL's: lr 3e-4, 10
 # epochs, clip 0.2, GAE lambda 0.95, value coef 0.5, max grad norm 0.5, advantages standardised per
 # minibatch-set; 2048 env steps per update). Ours acts in chunks of 4, so a minibatch of 64 decisions is
 # 256 env steps. CleanRL's extras (observation and reward normalisation, value clipping, lr annealing,
-# orthogonal init) are not on either side: the comparison is platform vs plain loop, same maths.
+# orthogonal init) are not on either side in part (a): the comparison is platform vs plain loop, same maths;
+# part (a') adds the observation normalisation to all three sides.
 PPO = {"steps_per_update": 2048}
 LAST_STEPS = 10_000  # "final return": mean over the episodes of the last 10k env steps (CleanRL's figure)
 BUDGETS = {  # quick / full
@@ -79,7 +90,11 @@ BUDGETS = {  # quick / full
 }
 
 
-def reach_task(seed: int) -> dict:
+def reacher_policy(seed: int, normalize_obs: bool) -> GaussianMLPConfig:
+    return GaussianMLPConfig(seed=seed, normalize_obs=normalize_obs)
+
+
+def reach_task(seed: int, normalize_obs: bool = False) -> dict:
     learner = {
         "algorithm": "ppo",
         "config": {**PPO, "seed": seed},
@@ -87,24 +102,28 @@ def reach_task(seed: int) -> dict:
         "checkpoint_every": 10,
     }
     return {
-        "name": "reach", "chunk_len": 4, "policy": GaussianMLPConfig(seed=seed).model_dump(), "learner": learner,
+        "name": "reach", "chunk_len": 4, "policy": reacher_policy(seed, normalize_obs).model_dump(), "learner": learner,
         **REACHER_SPECS,
         "inference": {"replicas": 2, "max_batch": 32},
     }  # fmt: skip
 
 
-def load_policy(state: dict, seed: int) -> torch.nn.Module:
+def load_policy(state: dict, seed: int, normalize_obs: bool) -> torch.nn.Module:
     robot = SimRobot(REACHER)
-    policy = build_policy(GaussianMLPConfig(seed=seed), robot.observation_spec, robot.action_spec, 4)
+    policy = build_policy(reacher_policy(seed, normalize_obs), robot.observation_spec, robot.action_spec, 4)
     policy.load_state_dict(to_torch_state(state))
     return policy
 
 
 # -- (a) PPO: platform vs plain ------------------------------------------------------------------------
-def ppo_platform(args: argparse.Namespace, seed: int, budget: int, k: int, lockstep: bool) -> dict:
+def ppo_platform(
+    args: argparse.Namespace, seed: int, budget: int, k: int, lockstep: bool, normalize_obs: bool
+) -> dict:
     """Run the fleet until the replay holds ``budget`` online env steps; the last-K return, final weights."""
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        platform = Platform(tasks_config(state_dir, [reach_task(seed)], recent_episodes=max(256, k))).start()
+        platform = Platform(
+            tasks_config(state_dir, [reach_task(seed, normalize_obs)], recent_episodes=max(256, k))
+        ).start()
         try:
             deadline = time.monotonic() + 180  # robots start once the learner has published version 0
             while ray.get(platform.weights.latest.remote("reach")) is None and time.monotonic() < deadline:
@@ -127,7 +146,7 @@ def ppo_platform(args: argparse.Namespace, seed: int, budget: int, k: int, locks
                 "return": rollout["mean_return"],
                 "hold_fraction": round(rollout["hold_fraction"], 4),
                 "env_steps": ray.get(platform.data.stats.remote("reach"))["replay"]["online_transitions"],
-                "policy": load_policy(ray.get(refs[0]), seed),
+                "policy": load_policy(ray.get(refs[0]), seed, normalize_obs),
                 "wall_s": round(wall, 1),
                 "updates": status["step"],
                 "version": version,
@@ -145,12 +164,12 @@ def last_window(iterations: list, steps: int) -> tuple[float, int]:
     return sum(it.mean_return * it.episodes for it in rows) / k, k
 
 
-def ppo_seed(args: argparse.Namespace, seed: int) -> dict:
+def ppo_seed(args: argparse.Namespace, seed: int, normalize_obs: bool) -> dict:
     """One seed: the plain loop, then the platform asynchronous and in lockstep, same seeds and budget."""
     budget, n_eval = args.budget["ppo_env_steps"], args.budget["eval_episodes"]
     t0 = time.monotonic()
     robots = [SimRobot(REACHER, seed=seed + i) for i in range(args.robots)]
-    cfg = GaussianMLPConfig(seed=seed)
+    cfg = reacher_policy(seed, normalize_obs)
     plain = train_plain_ppo(robots, cfg, PPOConfig(**PPO, seed=seed), budget, seed)
     plain_return, k = last_window(plain.iterations, LAST_STEPS)
     last = plain.iterations[-1]
@@ -170,7 +189,7 @@ def ppo_seed(args: argparse.Namespace, seed: int) -> dict:
         "episodes_in_window": k,
     }
     for name, lockstep in (("platform", False), ("lockstep", True)):
-        run = ppo_platform(args, seed, budget, k, lockstep)
+        run = ppo_platform(args, seed, budget, k, lockstep, normalize_obs)
         print(f"  seed {seed} {name}: {run['env_steps']} env steps, return {run['return']:.2f}, "
               f"hold fraction {run['hold_fraction']:.3f}", flush=True)  # fmt: skip
         row[f"{name}_return"] = round(run.pop("return"), 3)
@@ -179,9 +198,11 @@ def ppo_seed(args: argparse.Namespace, seed: int) -> dict:
     return row
 
 
-def ppo_reacher(args: argparse.Namespace) -> dict:
+def ppo_reacher(args: argparse.Namespace, normalize_obs: bool = False) -> dict:
+    """Part (a); ``normalize_obs``: the same with the policy's running observation normalisation (CleanRL's
+    NormalizeObservation), on all three sides."""
     seeds = [args.seed + i for i in range(args.budget["ppo_seeds"])]
-    rows = {str(s): ppo_seed(args, s) for s in seeds}
+    rows = {str(s): ppo_seed(args, s, normalize_obs) for s in seeds}
 
     def stat(value, digits: int = 3) -> dict:
         xs = [value(r) for r in rows.values()]
@@ -193,7 +214,9 @@ def ppo_reacher(args: argparse.Namespace) -> dict:
         ("eval_lockstep", "eval_lockstep_return"))}  # fmt: skip
     platform, plain = spread["platform"], spread["plain"]
     robot = SimRobot(REACHER)
-    initial = build_policy(GaussianMLPConfig(seed=seeds[0]), robot.observation_spec, robot.action_spec, 4)
+    initial = build_policy(
+        reacher_policy(seeds[0], normalize_obs), robot.observation_spec, robot.action_spec, 4
+    )
     n_eval = args.budget["eval_episodes"]
     return {
         "platform_return": platform["mean"],
@@ -205,6 +228,7 @@ def ppo_reacher(args: argparse.Namespace) -> dict:
         "return_definition": f"mean env return of the finished training episodes of the last {LAST_STEPS} env "
         "steps (stochastic policy; the platform's: as many of its last episodes); mean and s.e.m. over seeds",
         "cleanrl_reference": "CleanRL ppo_continuous_action, Reacher: about -18 at this budget (issue figure)",
+        "normalize_obs": normalize_obs,
         "env_steps": args.budget["ppo_env_steps"],
         "hold_fraction": {
             m: stat(lambda r, m=m: r[m]["hold_fraction"], 4)["mean"] for m in ("platform", "lockstep")
@@ -386,6 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "ppo"):
         print("(a) PPO on Reacher-v5: plain loop, then the platform ...", flush=True)
         result["ppo_reacher"] = ppo_reacher(args)
+    if args.only in (None, "ppo_norm"):
+        print("(a') the same with running observation normalisation ...", flush=True)
+        result["ppo_reacher_normalized_obs"] = ppo_reacher(args, normalize_obs=True)
     if args.only in (None, "offline"):
         print("(b) offline cells on cube-single ...", flush=True)
         result["offline"] = offline(args)
@@ -406,11 +433,12 @@ def main(argv: list[str] | None = None) -> None:
     out = write_json(result, args.out)
     print(f"wrote {out} ({result['wall_s']} s)")
     line = "learning:"
-    if "ppo_reacher" in result:
-        p = result["ppo_reacher"]
-        line += f" PPO Reacher return platform {p['platform_return']:.2f} vs plain {p['plain_return']:.2f} "
-        line += f"(ratio {p['ratio']:.2f}, goal >= 0.95), lockstep {p['lockstep_return']:.2f}, "
-        line += f"at {p['env_steps']} env steps, {len(p['seeds'])} seeds;"
+    for key, label in (("ppo_reacher", ""), ("ppo_reacher_normalized_obs", " (normalised obs)")):
+        if key in result:
+            p = result[key]
+            line += f" PPO Reacher{label} return platform {p['platform_return']:.2f} vs plain "
+            line += f"{p['plain_return']:.2f} (ratio {p['ratio']:.2f}, goal >= 0.95), lockstep "
+            line += f"{p['lockstep_return']:.2f}, at {p['env_steps']} env steps, {len(p['seeds'])} seeds;"
     if "offline" in result:
         parts = []
         for d, tasks in result["offline"].items():

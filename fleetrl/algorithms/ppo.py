@@ -183,6 +183,11 @@ class PPO(Algorithm):
         first = torch.cat(first_epoch_log_ratios)
         metrics |= ratio_quantiles(first, "ratio")
         metrics["clip_fraction_first_epoch"] = float(((first.exp() - 1).abs() > cfg.clip).float().mean())
+        # observation statistics move after the update, so the version published next carries them (and
+        # the next update's old log-probs are recomputed with the statistics each version acted with)
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:
+            observe(d.obs)
         return metrics | {k: v / steps for k, v in sums.items()}
 
     def _anchor(self, d: Decisions, recomputed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

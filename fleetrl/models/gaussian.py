@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.nets import ChunkPolicy, mlp
+from fleetrl.models.nets import ChunkPolicy, RunningObsNorm, mlp
 from fleetrl.robots.protocol import ArraySpec
 
 SQUASH_EPS = 1e-6  # keeps atanh finite for executed actions that sit on the bounds
@@ -28,6 +28,11 @@ class GaussianMLPConfig(BaseModel):
         True,
         description="tanh-squash samples into the action bounds, so the executed action is the sampled "
         "one and its log-prob can be recomputed exactly (needs finite bounds).",
+    )
+    normalize_obs: bool = Field(
+        False,
+        description="Normalise observations by their running mean and variance (clipped to +-10), as CleanRL "
+        "does; the statistics are part of the weights and PPO updates them after each update.",
     )
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
@@ -49,12 +54,22 @@ class GaussianChunkPolicy(ChunkPolicy):
             self.body[-1].bias.zero_()
         self.log_std = nn.Parameter(torch.full((self.action_dim,), cfg.init_log_std))
         self.value_net = mlp(self.obs_dim, cfg.value_hidden, 1, nn.Tanh)
+        self.obs_norm = RunningObsNorm(self.obs_dim) if cfg.normalize_obs else None
         self.squash = cfg.squash
         if cfg.squash:
             if action_spec.low is None or action_spec.high is None:
                 raise ValueError("a squashed Gaussian policy needs finite action bounds (low/high)")
             self.center = (action_spec.high + action_spec.low) / 2
             self.scale = (action_spec.high - action_spec.low) / 2
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        flat = super().encode(obs)
+        return flat if self.obs_norm is None else self.obs_norm(flat)
+
+    def observe(self, obs: dict[str, torch.Tensor]) -> None:
+        """Fold observations the policy acted on into the running statistics (no-op without them)."""
+        if self.obs_norm is not None:
+            self.obs_norm.update(super().encode(obs))
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> torch.distributions.Normal:
         """The Gaussian over the flat pre-squash chunk ``u``."""

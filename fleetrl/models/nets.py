@@ -59,6 +59,38 @@ def action_bounds(action_spec: ArraySpec) -> tuple[float, float]:
     return low, high
 
 
+class RunningObsNorm(nn.Module):
+    """Running mean and variance of the flat observation, applied as ``clip((x - mean) / sqrt(var + eps),
+    -clip, clip)`` (CleanRL's ``NormalizeObservation`` + ``TransformObservation(clip 10)``). It lives inside
+    the policy, as buffers, so its statistics travel with the weights to every replica and into each
+    published version (PPO recomputes an old log-prob with the statistics that version acted with)."""
+
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8):
+        super().__init__()
+        self.clip, self.eps = clip, eps
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))  # CleanRL's initial count
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch [B, dim] into the statistics (the parallel mean/variance update of Chan et al.)."""
+        if x.shape[0] == 0:
+            return
+        x = x.to(torch.float64)
+        n, batch_mean, batch_var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
+        self.mean.add_(delta * n / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
+        return scaled.clamp(-self.clip, self.clip)
+
+
 class ChunkPolicy(nn.Module):
     """What the MLP policy families (Gaussian, flow, residual) know of their task: the observation keys in
     spec order (``encode`` flattens observations in that order), the chunk length and the action's shape."""

@@ -360,3 +360,17 @@ def test_hold_fraction_and_stale_decisions_do_not_join_the_chains_of_kept_ones()
     assert metrics["hold_fraction"] == pytest.approx(2 / 8)
     got = torch.cat(seen)
     assert sorted(got.tolist()) == pytest.approx(sorted(adv[[0, 2]].tolist()), rel=1e-5)
+
+
+def test_a_ppo_update_folds_the_batch_into_the_policys_observation_statistics():
+    """After an update (not before: the batch's old log-probs are of the statistics it acted with)."""
+    policy = build_policy(GaussianMLPConfig(hidden=(16,), value_hidden=(16,), normalize_obs=True), OBS, ACT, 3)
+    ppo = PPO(PPOConfig(epochs=1, batch_size=4, steps_per_update=1), policy, PolicySpec(OBS, ACT, 3, G))
+    ppo.published(0)
+    ppo.published(1)
+    ep = make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)
+    ep.observations["state"] += 100.0
+    ppo.update(EpisodeBatch([ep], [0], 0))
+    seen = ep.observations["state"][[0, 3, 5]]  # the decisions' observations
+    np.testing.assert_allclose(policy.obs_norm.mean.numpy(), seen.mean(0), rtol=1e-3)
+    assert ppo.history[0]["obs_norm.count"].item() < 1e-3  # the kept version has the statistics it acted with
