@@ -364,7 +364,9 @@ def test_hold_fraction_and_stale_decisions_do_not_join_the_chains_of_kept_ones()
 
 def test_a_ppo_update_folds_the_batch_into_the_policys_observation_statistics():
     """After an update (not before: the batch's old log-probs are of the statistics it acted with)."""
-    policy = build_policy(GaussianMLPConfig(hidden=(16,), value_hidden=(16,), normalize_obs=True), OBS, ACT, 3)
+    policy = build_policy(
+        GaussianMLPConfig(hidden=(16,), value_hidden=(16,), normalize_obs=True), OBS, ACT, 3
+    )
     ppo = PPO(PPOConfig(epochs=1, batch_size=4, steps_per_update=1), policy, PolicySpec(OBS, ACT, 3, G))
     ppo.published(0)
     ppo.published(1)

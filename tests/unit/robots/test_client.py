@@ -243,16 +243,21 @@ def test_unknown_session_error_triggers_a_new_hello(rig):
     assert any(isinstance(m, P.Hello) for m in msgs)
 
 
-def test_episode_end_is_resent_until_acked(rig):
-    client, gw, clock, robot = rig
+def run_two_step_episode(client, gw, clock, robot) -> None:
+    """Connect, answer with a 3-step chunk, and run the robot's 2-step episode to its end."""
     robot.horizon = 2
     obs0 = connect(client, gw, clock)
     gw.chunk(obs0, np.zeros((3, 2)))
     deliver(client)
-    ends = []
     for _ in range(2):
         clock.t += 0.1
         client.tick()
+
+
+def test_episode_end_is_resent_until_acked(rig):
+    client, gw, clock, robot = rig
+    run_two_step_episode(client, gw, clock, robot)
+    ends = []
     while gw.pending():
         m = gw.recv()
         if isinstance(m, P.EpisodeEnd):
@@ -326,13 +331,7 @@ def test_steps_upload_pairs_each_observation_with_the_executed_action(rig):
 
 def test_incomplete_episode_makes_the_client_resend_its_rows(rig):
     client, gw, clock, robot = rig
-    robot.horizon = 2
-    obs0 = connect(client, gw, clock)
-    gw.chunk(obs0, np.zeros((3, 2)))
-    deliver(client)
-    for _ in range(2):
-        clock.t += 0.1
-        client.tick()
+    run_two_step_episode(client, gw, clock, robot)
     end = gw.recv()
     assert isinstance(end, P.EpisodeEnd) and end.steps == 2 and end.truncated and not end.terminated
     assert end.final_observation["state"][0] == 2.0
@@ -348,13 +347,7 @@ def test_incomplete_episode_makes_the_client_resend_its_rows(rig):
 
 def test_an_ended_episode_refused_for_good_is_no_longer_resent(rig):
     client, gw, clock, robot = rig
-    robot.horizon = 2
-    obs0 = connect(client, gw, clock)
-    gw.chunk(obs0, np.zeros((3, 2)))
-    deliver(client)
-    for _ in range(2):
-        clock.t += 0.1
-        client.tick()
+    run_two_step_episode(client, gw, clock, robot)
     end = gw.recv()
     assert isinstance(end, P.EpisodeEnd)
     gw.send(
