@@ -50,7 +50,7 @@ from fleetrl.robots.client import ClientConfig
 from fleetrl.robots.sim import run_sim_fleet
 from fleetrl.testing.gateway_fuzz import GatewayFuzzer
 from fleetrl.testing.net import RawRobotSocket
-from fleetrl.testing.restarts import kill_and_await_restart
+from fleetrl.testing.restarts import actor_pid, kill_and_await_restart
 
 TASK = "reach"
 KINDS = ("gateway", "data_server", "replica", "learner", "registry", "metrics_server", "weight_board",
@@ -127,10 +127,6 @@ class RestPoller(threading.Thread):
                 key = str(r.status_code)
                 self.not_json += not r.headers.get("content-type", "").startswith("application/json")
             self.statuses[key] = self.statuses.get(key, 0) + 1
-
-
-def actor_pid(actor: Any) -> int:
-    return int(ray._private.state.actors(actor._actor_id.hex())["Pid"])
 
 
 def process_cpu_s(pid: int) -> float:

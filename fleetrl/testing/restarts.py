@@ -14,9 +14,18 @@ from typing import Any
 import ray
 
 
+def _gcs_record(actor: Any) -> dict[str, Any]:
+    return ray._private.state.actors(actor._actor_id.hex())
+
+
 def restart_count(actor: Any) -> int:
     """How many times Ray has restarted ``actor`` (its GCS record)."""
-    return int(ray._private.state.actors(actor._actor_id.hex())["NumRestarts"])
+    return int(_gcs_record(actor)["NumRestarts"])
+
+
+def actor_pid(actor: Any) -> int:
+    """The process id of ``actor``'s current incarnation (its GCS record)."""
+    return int(_gcs_record(actor)["Pid"])
 
 
 def kill_and_await_restart(
