@@ -152,6 +152,29 @@ def _live_view(
         console.print(summary.table(time.monotonic() - start))
 
 
+def earlier_state(cfg) -> str | None:
+    """What an earlier run left in the state dir that this one goes on from (learner checkpoints, stored
+    episodes), as a sentence, or None for a fresh start. A second ``make demo`` resumes the first one's
+    learners and store by design (the platform is restartable), so its "start" figures are that run's end."""
+    from fleetrl.workers.data.server import default_root
+
+    def non_empty(path: Path) -> bool:
+        return path.is_dir() and any(path.iterdir())
+
+    found = []
+    if non_empty(Path(cfg.learner_storage_path)):
+        found.append("learner checkpoints")
+    root = default_root(cfg.state_path, cfg.data)
+    if "://" not in root and non_empty(Path(root)):
+        found.append("stored episodes")
+    if not found:
+        return None
+    return (
+        f"resuming the earlier run's {' and '.join(found)} in {cfg.state_path}: this run starts where that "
+        f"one ended (delete the folder, or set state_dir, to start fresh)"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fleetrl.platform.platform import Platform
 
@@ -159,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     print(f"starting fleetrl '{cfg.name}' from {args.config} …", flush=True)
+    resumed = earlier_state(cfg)
+    if resumed:
+        print(resumed, flush=True)
     platform = Platform(cfg)
     procs: list[subprocess.Popen] = []
     try:
