@@ -23,7 +23,7 @@ A platform with one Reacher task (2 replicas, a PPO learner) serves sim robots t
    (``duplicates``).
 
 ``--quick``: 8 robots, one kill per kind, 3 s windows (about four minutes). Full: 32 robots, 3 kills per
-kind, 10 s windows (about fifteen minutes). Writes ``benchmarks/results/faults.json`` and prints a summary.
+kind, 10 s windows (about six minutes here). Writes ``benchmarks/results/faults.json`` and prints a summary.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from typing import Any
 import httpx
 import numpy as np
 import ray
-import zmq
 from common import REACHER_SPECS, percentiles, run_header, tasks_config, write_json
 
 from fleetrl.platform.platform import Platform
@@ -49,7 +48,7 @@ from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig
 from fleetrl.robots.sim import run_sim_fleet
 from fleetrl.testing.gateway_fuzz import GatewayFuzzer
-from fleetrl.testing.net import RawRobotSocket
+from fleetrl.testing.net import RawRobotSocket, unregistered_socket
 from fleetrl.testing.restarts import actor_pid, kill_and_await_restart
 
 TASK = "reach"
@@ -148,16 +147,6 @@ def round_trips_ms(clients: list, t0: float, t1: float) -> list[float]:
     return out
 
 
-def stranger_sockets(endpoint: str, curve: dict, n: int) -> list[RawRobotSocket]:
-    """``n`` connections with CURVE keys nobody registered: the gateway refuses their handshakes (ZAP), and
-    ZeroMQ keeps re-trying them, so they cost it work for as long as they are open."""
-    out = []
-    for _ in range(n):
-        public, secret = (k.decode() for k in zmq.curve_keypair())
-        out.append(RawRobotSocket(endpoint, {**curve, "public_key": public, "secret_key": secret}))
-    return out
-
-
 def hostile_peers(endpoint: str, flooder: dict, fuzzed: dict, flooding: Any, done: Any, out: Any) -> None:
     """The attacker's process: while ``flooding`` is set, 60 stranger connections are open and it floods and
     fuzzes; between windows they are closed, so the quiet windows are quiet. Until ``done``; what the
@@ -171,7 +160,8 @@ def hostile_peers(endpoint: str, flooder: dict, fuzzed: dict, flooding: Any, don
     while not done.is_set():
         if not flooding.wait(0.05):
             continue
-        strangers, windows = stranger_sockets(endpoint, flooder["curve"], 60), windows + 1
+        strangers = [unregistered_socket(endpoint, flooder["curve"]) for _ in range(60)]
+        windows += 1
         while flooding.is_set():
             for _ in range(50):
                 flood.try_send(wrong)

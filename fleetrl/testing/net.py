@@ -66,3 +66,10 @@ class RawRobotSocket:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+def unregistered_socket(endpoint: str, curve: dict) -> RawRobotSocket:
+    """A socket with a fresh CURVE key pair nobody registered (``curve``: a registration's keys, for the
+    gateway's public key): the gateway refuses its handshake, and ZeroMQ re-tries it while it is open."""
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    return RawRobotSocket(endpoint, {**curve, "public_key": public, "secret_key": secret})

@@ -10,7 +10,7 @@ import ray
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig
-from fleetrl.testing.net import RawRobotSocket
+from fleetrl.testing.net import RawRobotSocket, unregistered_socket
 from tests.conftest import ADMIN_TOKEN
 from tests.integration.helpers import (
     RunningFleet,
@@ -106,19 +106,13 @@ def test_bad_frames_get_errors_and_others_keep_being_served(platform):
 def test_only_registered_curve_keys_get_through(platform):
     """A plain socket, one with unregistered keys and one replaying a robot's captured hello with another
     robot's keys: the first two are not even answered (ZAP refuses the connection), the third is refused."""
-    import zmq
-
     victim, other = register_raw(platform, "victim"), register_raw(platform, "other")
     hello = P.Hello(robot_id=victim["robot_id"], token=victim["token"])  # captured in clear? it is encrypted
     plain = RawRobotSocket(platform.endpoint)
-    public, secret = (k.decode() for k in zmq.curve_keypair())
-    stranger = RawRobotSocket(
-        platform.endpoint, {**victim["curve"], "public_key": public, "secret_key": secret}
-    )
+    stranger = unregistered_socket(platform.endpoint, victim["curve"])
     for raw in (plain, stranger):
-        if raw.try_send(
-            hello
-        ):  # queued before the handshake failed, or no connection at all: either way unheard
+        # queued before the handshake failed, or no connection at all: either way unheard
+        if raw.try_send(hello):
             with pytest.raises(TimeoutError):
                 raw.recv(timeout_s=1.5)
         raw.close()

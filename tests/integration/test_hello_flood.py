@@ -10,7 +10,7 @@ import time
 import ray
 
 from fleetrl.robots import protocol as P
-from fleetrl.testing.net import RawRobotSocket
+from fleetrl.testing.net import RawRobotSocket, unregistered_socket
 from tests.integration.helpers import RunningFleet, register_raw
 
 
@@ -26,8 +26,6 @@ def _answers(sockets: list[RawRobotSocket], n: int, timeout_s: float = 2.0) -> l
 
 
 def test_a_hello_flood_is_rate_limited_and_the_connected_robot_is_served(platform):
-    import zmq
-
     with RunningFleet(platform, n=1, hz=50.0, seed=90) as fleet:
         fleet.wait_for(lambda: fleet.total("replies") >= 5, what="first replies")
         before = ray.get(platform.gateway.stats.remote())["refused"]
@@ -39,10 +37,7 @@ def test_a_hello_flood_is_rate_limited_and_the_connected_robot_is_served(platfor
         assert codes.count("unauthorized") <= 6 and codes.count("rate_limited") >= 194, codes[:10]
         strangers = []  # 60 connections with keys nobody registered: refused in the handshake (ZAP)
         for _ in range(60):
-            public, secret = (k.decode() for k in zmq.curve_keypair())
-            raw = RawRobotSocket(
-                platform.endpoint, {**creds["curve"], "public_key": public, "secret_key": secret}
-            )
+            raw = unregistered_socket(platform.endpoint, creds["curve"])
             for i in range(4):  # refused in the handshake, so there may be no peer to queue for
                 raw.try_send(P.Hello(robot_id=f"rbt_many{i}", token="nope"))
             strangers.append(raw)
