@@ -2,27 +2,20 @@
 
 (a) ``ppo_reacher``: PPO on Reacher-v5 with CleanRL's ``ppo_continuous_action`` settings (``PPOConfig``'s
 defaults, 2048 env steps per update), 200k env steps, seeds 0-2, the same policy config, seeds and env-step
-budget on three sides:
-
-* platform: ``--robots`` sim robots over REST + ZeroMQ (``run_sim_fleet``, as ``fleetrl robot`` runs them)
-  at ``--hz`` (faster than real time), asynchronous: the learner on Ray Train takes whatever fresh steps
-  arrived, replicas reload published weights at batch boundaries, a robot whose chunk is late holds.
-  The run ends when the data server's replay holds the budget of online env steps;
-* lockstep: the same, the sim robots' time waiting for late chunks instead of holding (learning
-  separated from latency);
-* plain: ``train_plain_ppo`` (synchronous, single process) over as many robots with the same seeds.
-
-Final return (primary) = mean env return of the finished training episodes of the last 10k env steps
-(stochastic policy, what the robots experienced; the platform's: as many of its last episodes, from the
-replay's ``rollout_stats``), mean and s.e.m. over seeds. Returns are negative, so ``ratio =
-plain_return / platform_return`` (1.0 = equal, < 1 = the platform learned less). The hold fraction (held
-steps / steps) is reported beside it. Also reported: a deterministic evaluation of the final weights on
-the same evaluation robot (``eval_*``), and of the initial policy.
+budget on three sides: the platform asynchronous (``--robots`` sim robots at ``--hz``, faster than real
+time), the platform in lockstep, and the plain single-process loop (``ppo_cells.py`` says how each side runs
+and what the final return, the ratio and the evaluation are). The hold fraction is reported beside them.
 
 (a') ``ppo_reacher_normalized_obs`` (``--only ppo_norm``): part (a) again with the Gaussian policy's running
 observation normalisation (``normalize_obs``, CleanRL's ``NormalizeObservation`` + clip 10) on all three
 sides. Added after part (a)'s asynchronous seed 2 collapsed twice into a policy that spins Reacher's first
 joint (observation entries up to ~50, gradient norms 20-75 under the 0.5 clip); part (a) stays as it was.
+
+(a'') ``ppo_mujoco`` (``--only ppo_mujoco --envs Hopper-v5,HalfCheetah-v5 [--cleanrl DIR]``): the same
+comparison on more gymnasium MuJoCo tasks (fixed before running: Hopper-v5, which terminates, and
+HalfCheetah-v5, which does not; the same budget, seeds, robots and rate as part (a)) with both of CleanRL's
+normalisations on every side (``normalize_obs`` and PPO's ``normalize_rewards``: returns run to the
+hundreds there), and CleanRL's own script's figure beside.
 
 (b) ``offline``: BC, AWR, QAM and RLPD on OGBench cube-single tasks 1 and 4 from an expert and a
 mixed-quality dataset, several seeds each, in worker processes (``offline_cells.py`` says what was fixed
@@ -33,7 +26,7 @@ before any outcome: datasets, budget, seeds, evaluation). ``offline.{expert,mixe
 the expert dataset, success vs robot time (``online_cells.py`` says what was fixed before any outcome).
 ``online.task1.{alg}`` holds ``success_start``, ``success_end``, ``robot_minutes`` and ``curve`` (per seed).
 
-    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick] [--only ppo|offline|online] [--workers 2]
+    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick] [--only ppo|ppo_norm|ppo_mujoco|offline|online]
 """
 
 from __future__ import annotations
@@ -42,43 +35,27 @@ import argparse
 import json
 import logging
 import multiprocessing
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import offline_cells
 import online_cells
-import ray
+import ppo_cells
 import torch
-from common import REACHER_SPECS, run_fleet_until, run_header, sem, tasks_config, write_json
+from common import run_header, write_json
 
 from fleetrl.algorithms.base import registry
-from fleetrl.algorithms.ppo import PPOConfig
-from fleetrl.models.gaussian import GaussianMLPConfig
-from fleetrl.models.policies import build_policy
-from fleetrl.platform.platform import Platform
-from fleetrl.robots.sim import SimRobot
-from fleetrl.testing.plain_loop import evaluate
-from fleetrl.testing.plain_ppo import train_plain_ppo
-from fleetrl.workers.weights import to_torch_state
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = {  # --only: result key
     "ppo": "ppo_reacher",
     "ppo_norm": "ppo_reacher_normalized_obs",
+    "ppo_mujoco": "ppo_mujoco",
     "offline": "offline",
     "online": "online",
 }
 REACHER = "Reacher-v5"
-# CleanRL's ppo_continuous_action settings on our config (PPOConfig's defaults are CleanRL's: lr 3e-4, 10
-# epochs, clip 0.2, GAE lambda 0.95, value coef 0.5, max grad norm 0.5, advantages standardised per
-# minibatch-set; 2048 env steps per update). Ours acts in chunks of 4, so a minibatch of 64 decisions is
-# 256 env steps. CleanRL's extras (observation and reward normalisation, value clipping, lr annealing,
-# orthogonal init) are not on either side in part (a): the comparison is platform vs plain loop, same maths;
-# part (a') adds the observation normalisation to all three sides.
-PPO = {"steps_per_update": 2048}
-LAST_STEPS = 10_000  # "final return": mean over the episodes of the last 10k env steps (CleanRL's figure)
 BUDGETS = {  # quick / full
     "ppo_env_steps": (12_288, 200_704),
     "ppo_seeds": (1, 3),
@@ -90,155 +67,22 @@ BUDGETS = {  # quick / full
 }
 
 
-def reacher_policy(seed: int, normalize_obs: bool) -> GaussianMLPConfig:
-    return GaussianMLPConfig(seed=seed, normalize_obs=normalize_obs)
-
-
-def reach_task(seed: int, normalize_obs: bool = False) -> dict:
-    learner = {
-        "algorithm": "ppo",
-        "config": {**PPO, "seed": seed},
-        "publish_every": 1,
-        "checkpoint_every": 10,
-    }
-    return {
-        "name": "reach", "chunk_len": 4, "policy": reacher_policy(seed, normalize_obs).model_dump(), "learner": learner,
-        **REACHER_SPECS,
-        "inference": {"replicas": 2, "max_batch": 32},
-    }  # fmt: skip
-
-
-def load_policy(state: dict, seed: int, normalize_obs: bool) -> torch.nn.Module:
-    robot = SimRobot(REACHER)
-    policy = build_policy(reacher_policy(seed, normalize_obs), robot.observation_spec, robot.action_spec, 4)
-    policy.load_state_dict(to_torch_state(state))
-    return policy
-
-
-# -- (a) PPO: platform vs plain ------------------------------------------------------------------------
-def ppo_platform(
-    args: argparse.Namespace, seed: int, budget: int, k: int, lockstep: bool, normalize_obs: bool
-) -> dict:
-    """Run the fleet until the replay holds ``budget`` online env steps; the last-K return, final weights."""
-    with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        platform = Platform(
-            tasks_config(state_dir, [reach_task(seed, normalize_obs)], recent_episodes=max(256, k))
-        ).start()
-        try:
-            deadline = time.monotonic() + 180  # robots start once the learner has published version 0
-            while ray.get(platform.weights.latest.remote("reach")) is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-            shown = [0.0]
-
-            def progress(steps: int, elapsed: float) -> None:
-                if elapsed - shown[0] > 30:
-                    shown[0] = elapsed
-                    print(f"    platform: {steps}/{budget} env steps after {elapsed:.0f} s", flush=True)
-
-            clients, _, wall = run_fleet_until(
-                platform, REACHER, args.robots, "reach", budget, on_poll=progress,
-                seed=seed, control_hz=args.hz, lockstep=lockstep,
-            )  # fmt: skip
-            status = ray.get(platform.learner("reach").status.remote())
-            version, refs, _ = ray.get(platform.weights.latest.remote("reach"))
-            rollout = ray.get(platform.data.rollout_stats.remote("reach", k))
-            return {
-                "return": rollout["mean_return"],
-                "hold_fraction": round(rollout["hold_fraction"], 4),
-                "env_steps": ray.get(platform.data.stats.remote("reach"))["replay"]["online_transitions"],
-                "policy": load_policy(ray.get(refs[0]), seed, normalize_obs),
-                "wall_s": round(wall, 1),
-                "updates": status["step"],
-                "version": version,
-                "dropped_stale_episodes": status["dropped_stale_episodes"],
-                "fleet": {key: sum(c.counters[key] for c in clients) for key in clients[0].counters},
-            }
-        finally:
-            platform.stop()
-
-
-def last_window(iterations: list, steps: int) -> tuple[float, int]:
-    """Mean return and episode count of the plain loop's iterations covering its last ``steps`` env steps."""
-    rows = [it for it in iterations if it.env_steps > iterations[-1].env_steps - steps]
-    k = sum(it.episodes for it in rows)
-    return sum(it.mean_return * it.episodes for it in rows) / k, k
-
-
-def ppo_seed(args: argparse.Namespace, seed: int, normalize_obs: bool) -> dict:
-    """One seed: the plain loop, then the platform asynchronous and in lockstep, same seeds and budget."""
-    budget, n_eval = args.budget["ppo_env_steps"], args.budget["eval_episodes"]
-    t0 = time.monotonic()
-    robots = [SimRobot(REACHER, seed=seed + i) for i in range(args.robots)]
-    cfg = reacher_policy(seed, normalize_obs)
-    plain = train_plain_ppo(robots, cfg, PPOConfig(**PPO, seed=seed), budget, seed)
-    plain_return, k = last_window(plain.iterations, LAST_STEPS)
-    last = plain.iterations[-1]
-    print(
-        f"  seed {seed} plain: {last.env_steps} env steps in {time.monotonic() - t0:.0f} s, return {plain_return:.2f}"
-    )
-
-    def score(policy: torch.nn.Module) -> float:
-        return round(evaluate(SimRobot(REACHER, seed=10_000 + seed), policy, n_eval).mean_return, 3)
-
-    row = {
-        "plain_return": round(plain_return, 3),
-        "plain_env_steps": last.env_steps,
-        "plain_first_update_return": round(plain.iterations[0].mean_return, 3),
-        "plain_wall_s": round(last.wall_s, 1),
-        "eval_plain_return": score(plain.policy),
-        "episodes_in_window": k,
-    }
-    for name, lockstep in (("platform", False), ("lockstep", True)):
-        run = ppo_platform(args, seed, budget, k, lockstep, normalize_obs)
-        print(f"  seed {seed} {name}: {run['env_steps']} env steps, return {run['return']:.2f}, "
-              f"hold fraction {run['hold_fraction']:.3f}", flush=True)  # fmt: skip
-        row[f"{name}_return"] = round(run.pop("return"), 3)
-        row[f"eval_{name}_return"] = score(run.pop("policy"))
-        row[name] = run
-    return row
-
-
+# -- (a) PPO: platform vs plain (ppo_cells.py) -----------------------------------------------------------
 def ppo_reacher(args: argparse.Namespace, normalize_obs: bool = False) -> dict:
     """Part (a); ``normalize_obs``: the same with the policy's running observation normalisation (CleanRL's
     NormalizeObservation), on all three sides."""
-    seeds = [args.seed + i for i in range(args.budget["ppo_seeds"])]
-    rows = {str(s): ppo_seed(args, s, normalize_obs) for s in seeds}
-
-    def stat(value, digits: int = 3) -> dict:
-        xs = [value(r) for r in rows.values()]
-        return {"mean": round(float(np.mean(xs)), digits), "sem": round(sem(xs) or 0.0, digits)}
-
-    spread = {name: stat(lambda r, key=key: r[key]) for name, key in (
-        ("platform", "platform_return"), ("plain", "plain_return"), ("lockstep", "lockstep_return"),
-        ("eval_platform", "eval_platform_return"), ("eval_plain", "eval_plain_return"),
-        ("eval_lockstep", "eval_lockstep_return"))}  # fmt: skip
-    platform, plain = spread["platform"], spread["plain"]
-    robot = SimRobot(REACHER)
-    initial = build_policy(
-        reacher_policy(seeds[0], normalize_obs), robot.observation_spec, robot.action_spec, 4
+    result = ppo_cells.ppo_part(args, REACHER, normalize_obs)
+    result["cleanrl_reference"] = (
+        "CleanRL ppo_continuous_action, Reacher: about -18 at this budget (issue figure)"
     )
-    n_eval = args.budget["eval_episodes"]
-    return {
-        "platform_return": platform["mean"],
-        "plain_return": plain["mean"],
-        "lockstep_return": spread["lockstep"]["mean"],
-        "spread": spread,
-        "ratio": round(plain["mean"] / platform["mean"], 3),
-        "ratio_definition": "plain_return / platform_return (returns < 0; 1.0 = equal, < 1 = platform worse)",
-        "return_definition": f"mean env return of the finished training episodes of the last {LAST_STEPS} env "
-        "steps (stochastic policy; the platform's: as many of its last episodes); mean and s.e.m. over seeds",
-        "cleanrl_reference": "CleanRL ppo_continuous_action, Reacher: about -18 at this budget (issue figure)",
-        "normalize_obs": normalize_obs,
-        "env_steps": args.budget["ppo_env_steps"],
-        "hold_fraction": {
-            m: stat(lambda r, m=m: r[m]["hold_fraction"], 4)["mean"] for m in ("platform", "lockstep")
-        },
-        "seeds": rows,
-        "eval_initial_return": round(
-            evaluate(SimRobot(REACHER, seed=10_000), initial, n_eval).mean_return, 3
-        ),
-        "eval_definition": f"deterministic return, {n_eval} episodes, Reacher-v5 seed 10000 + seed",
-    }
+    return result
+
+
+def ppo_mujoco(args: argparse.Namespace) -> dict:
+    """Part (a''): the same comparison on more MuJoCo tasks with both of CleanRL's normalisations, CleanRL's
+    own script beside."""
+    cleanrl = Path(args.cleanrl) if args.cleanrl else None
+    return {env: ppo_cells.ppo_part(args, env, True, True, cleanrl) for env in args.envs.split(",")}
 
 
 # -- (b) offline: algorithms x datasets x tasks x seeds -------------------------------------------------
@@ -380,6 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true", help="reuse the offline cells a cut-short run finished")
     ap.add_argument("--online-seeds", type=int, help="online cells: seeds 0..N-1 (default: 3, quick 1)")
     ap.add_argument("--no-extra-seeds", action="store_true", help="skip seeds 3 and 4 of close cells")
+    ap.add_argument("--envs", default="Hopper-v5,HalfCheetah-v5", help="part (a''): MuJoCo tasks")
+    ap.add_argument(
+        "--cleanrl", help="part (a''): folder of CleanRL runs' out_<env>_<seed>.json to report beside"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))
     args = ap.parse_args(argv)
     args.budget = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
@@ -392,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         **run_header(args),
         "budgets": args.budget | {"robots": args.robots, "control_hz": args.hz},
-        "ppo_config": PPO,
+        "ppo_config": ppo_cells.PPO,
         "offline_setup": {
             "tasks": offline_cells.TASKS,
             "datasets": {
@@ -413,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "ppo_norm"):
         print("(a') the same with running observation normalisation ...", flush=True)
         result["ppo_reacher_normalized_obs"] = ppo_reacher(args, normalize_obs=True)
+    if args.only in (None, "ppo_mujoco"):
+        print(f"(a'') PPO on {args.envs}: plain loop, then the platform ...", flush=True)
+        result["ppo_mujoco"] = ppo_mujoco(args)
     if args.only in (None, "offline"):
         print("(b) offline cells on cube-single ...", flush=True)
         result["offline"] = offline(args)
@@ -439,6 +290,14 @@ def main(argv: list[str] | None = None) -> None:
             line += f" PPO Reacher{label} return platform {p['platform_return']:.2f} vs plain "
             line += f"{p['plain_return']:.2f} (ratio {p['ratio']:.2f}, goal >= 0.95), lockstep "
             line += f"{p['lockstep_return']:.2f}, at {p['env_steps']} env steps, {len(p['seeds'])} seeds;"
+    for env, p in result.get("ppo_mujoco", {}).items():
+        clean = p.get("cleanrl") or {}
+        line += (
+            f" PPO {env} platform {p['platform_return']:.1f} / lockstep {p['lockstep_return']:.1f} / plain "
+        )
+        line += (
+            f"{p['plain_return']:.1f}" + (f" / CleanRL {clean['return']['mean']:.1f}" if clean else "") + ";"
+        )
     if "offline" in result:
         parts = []
         for d, tasks in result["offline"].items():

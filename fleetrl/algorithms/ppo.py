@@ -28,6 +28,7 @@ from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, BatchRequest, Po
 from fleetrl.algorithms.batch import EpisodeBatch
 from fleetrl.algorithms.ppo_decisions import Decisions, episode_decisions
 from fleetrl.algorithms.ppo_math import (
+    RewardScale,
     approx_kl,
     explained_variance,
     gae,
@@ -50,6 +51,11 @@ class PPOConfig(AlgorithmConfig):
     entropy_coef: float = Field(0.0, description="Weight of the entropy bonus.")
     max_grad_norm: float = Field(0.5, gt=0, description="Global gradient norm clip.")
     normalize_advantages: bool = Field(True, description="Standardise advantages over the batch.")
+    normalize_rewards: bool = Field(
+        False,
+        description="Divide rewards by the running standard deviation of the discounted return (CleanRL's "
+        "NormalizeReward): keeps value targets near unit scale when returns run to the hundreds.",
+    )
     max_version_lag: int = Field(2, ge=0, description="Oldest policy version, behind the current, to accept.")
     history: int = Field(4, ge=1, description="Published weight versions kept to recompute log-probs.")
     stale: Literal["drop", "wait"] = Field(
@@ -102,6 +108,7 @@ class PPO(Algorithm):
         self.history: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self._scratch: nn.Module | None = None
+        self.reward_scale = RewardScale(spec.gamma) if config.normalize_rewards else None
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.optimizer}
@@ -138,6 +145,11 @@ class PPO(Algorithm):
         d = episode_decisions(batch, self.spec.chunk_len, self.spec.gamma, self.device)
         if len(d) == 0:
             return {"decisions": 0.0, "dropped_stale": 0.0} | batch_stats(batch)
+        scale_metrics = {}
+        if self.reward_scale is not None:  # a decision's reward is linear in its rows' rewards
+            self.reward_scale.observe([e.columns["reward"] for e in batch.episodes])
+            d.reward = d.reward / self.reward_scale.std
+            scale_metrics = {"reward_std": self.reward_scale.std}
         # GAE runs over every decision in time order before stale ones leave: a dropped decision must not
         # join its neighbours' chains (the advantages of the kept ones flow through it, as they happened).
         with torch.no_grad():
@@ -147,6 +159,7 @@ class PPO(Algorithm):
         idx = kept.nonzero().squeeze(-1).to(self.device)
         d, values, adv, ret = d.select(idx), values[idx], adv[idx], ret[idx]
         metrics = {"decisions": float(len(d)), "dropped_stale": float((~kept).sum())} | batch_stats(batch)
+        metrics |= scale_metrics
         if len(d) == 0:
             return metrics
         recomputed = self.recompute_log_probs(d)
@@ -245,8 +258,13 @@ class PPO(Algorithm):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "history": dict(self.history)}
+        state = {"optimizer": self.optimizer.state_dict(), "history": dict(self.history)}
+        if self.reward_scale is not None:
+            state["reward_scale"] = self.reward_scale.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = OrderedDict(sorted(state.get("history", {}).items()))
+        if self.reward_scale is not None and state.get("reward_scale") is not None:
+            self.reward_scale.load_state_dict(state["reward_scale"])

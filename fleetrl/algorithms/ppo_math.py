@@ -1,11 +1,52 @@
 """PPO's maths over decisions (tensors in, tensors out): GAE with a per-decision discount, the clipped
-surrogate and value losses, truncated importance weights and the diagnostics PPO reports (approximate
-KL, explained variance, ratio quantiles). ``ppo.py`` runs them; ``ppo_decisions.py`` makes their inputs.
+surrogate and value losses, truncated importance weights, the reward scale and the diagnostics PPO reports
+(approximate KL, explained variance, ratio quantiles). ``ppo.py`` runs them; ``ppo_decisions.py`` makes
+their inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 import torch
+
+from fleetrl.models.nets import RunningObsNorm
+
+
+def discounted_running_return(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """``G_t = gamma G_{t-1} + r_t`` from ``G_{-1} = 0``: the return-so-far NormalizeReward tracks."""
+    out, acc = np.empty(len(rewards), np.float64), 0.0
+    for t, r in enumerate(np.asarray(rewards, np.float64)):
+        acc = out[t] = gamma * acc + r
+    return out
+
+
+class RewardScale:
+    """CleanRL's ``NormalizeReward`` for whole episodes: the running variance of ``G_t`` (from each
+    episode's start) over every step seen, and rewards divided by its standard deviation (not centred, so
+    the sign of a reward and the meaning of termination stay). CleanRL also clips each scaled reward to
+    +-10; a decision's reward is a sum over its steps, so that clip is left out."""
+
+    def __init__(self, gamma: float, eps: float = 1e-8):
+        self.gamma, self.eps = gamma, eps
+        self.stats = RunningObsNorm(1)  # gymnasium's RunningMeanStd: count 1e-4, mean 0, var 1
+
+    def observe(self, episode_rewards: Sequence[np.ndarray]) -> None:
+        returns = [discounted_running_return(r, self.gamma) for r in episode_rewards if len(r)]
+        if returns:
+            self.stats.update(torch.as_tensor(np.concatenate(returns))[:, None])
+
+    @property
+    def std(self) -> float:
+        return float(torch.sqrt(self.stats.var[0] + self.eps))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in self.stats.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state)
 
 
 def gae(

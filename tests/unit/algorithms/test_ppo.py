@@ -14,7 +14,9 @@ from fleetrl.algorithms.batch import EpisodeBatch
 from fleetrl.algorithms.ppo import PPO, PPOConfig
 from fleetrl.algorithms.ppo_decisions import episode_decisions
 from fleetrl.algorithms.ppo_math import (
+    RewardScale,
     approx_kl,
+    discounted_running_return,
     gae,
     ppo_clip_loss,
     ratio_quantiles,
@@ -376,3 +378,47 @@ def test_a_ppo_update_folds_the_batch_into_the_policys_observation_statistics():
     seen = ep.observations["state"][[0, 3, 5]]  # the decisions' observations
     np.testing.assert_allclose(policy.obs_norm.mean.numpy(), seen.mean(0), rtol=1e-3)
     assert ppo.history[0]["obs_norm.count"].item() < 1e-3  # the kept version has the statistics it acted with
+
+
+def test_reward_scale_is_the_std_of_the_discounted_return_so_far_over_every_step():
+    """Against a direct computation: G_t = sum_k<=t gamma^(t-k) r_k per episode, std over all steps of all
+    batches seen (gymnasium's RunningMeanStd starts from var 1 with count 1e-4, a negligible prior)."""
+    rng = np.random.default_rng(0)
+    episodes = [rng.normal(3.0, 2.0, n) for n in (40, 7, 120)]
+    direct = [
+        np.array([sum(G ** (t - k) * r[k] for k in range(t + 1)) for t in range(len(r))]) for r in episodes
+    ]
+    np.testing.assert_allclose(discounted_running_return(episodes[0], G), direct[0], rtol=1e-12)
+    scale = RewardScale(G)
+    scale.observe(episodes[:2])
+    scale.observe(episodes[2:])
+    assert scale.std == pytest.approx(np.concatenate(direct).std(), rel=1e-4)
+    other = RewardScale(G)
+    other.load_state_dict(scale.state_dict())
+    assert other.std == scale.std
+
+
+def test_normalize_rewards_divides_every_decisions_reward_and_checkpoints_its_statistics(monkeypatch):
+    seen = {}
+    real_gae = gae
+
+    def spy(rewards, *args):
+        seen.setdefault("rewards", []).append(rewards.clone())
+        return real_gae(rewards, *args)
+
+    monkeypatch.setattr("fleetrl.algorithms.ppo.gae", spy)
+    ep = make_episode(VERSIONS, OBS_STEPS, LOGP_ROWS)
+    raw = episode_decisions([ep], 3, G).reward
+    plain, scaled = small_ppo(), small_ppo(normalize_rewards=True)
+    for ppo in (plain, scaled):
+        ppo.published(0)
+        ppo.published(1)
+        ppo.update(EpisodeBatch([ep], [0], 0))
+    std = RewardScale(G)
+    std.observe([ep.columns["reward"]])
+    torch.testing.assert_close(seen["rewards"][0], raw)
+    torch.testing.assert_close(seen["rewards"][1], raw / std.std)
+    assert "reward_scale" not in plain.state_dict()
+    restored = small_ppo(normalize_rewards=True)
+    restored.load_state_dict(scaled.state_dict())
+    assert restored.reward_scale.std == scaled.reward_scale.std != 1.0
