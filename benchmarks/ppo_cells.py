@@ -129,6 +129,7 @@ def run_platform(
                 "updates": status["step"],
                 "version": version,
                 "dropped_stale_episodes": status["dropped_stale_episodes"],
+                "partly_stale_episodes": status["partly_stale_episodes"],
                 "fleet": {key: sum(c.counters[key] for c in clients) for key in clients[0].counters},
             }
         finally:

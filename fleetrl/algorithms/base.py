@@ -61,8 +61,9 @@ class PolicySpec:
 @dataclass(frozen=True)
 class BatchRequest:
     """``chunks``: a ``ChunkBatch`` of ``size`` chunks from replay. ``episodes``: fresh online episodes
-    totalling at least ``size`` steps, each step's ``policy_version`` at most ``max_version_lag`` versions
-    behind the learner's current one (older steps are dropped and counted, not importance-corrected).
+    holding at least ``size`` steps of policy versions at most ``max_version_lag`` behind the learner's
+    current one; an episode with no such step is dropped and counted, one that started on an older version
+    comes whole (its older steps are the algorithm's to leave out, not importance-corrected).
     ``wait_for_fleet``: the learner takes no new batch until every inference replica serves its newest
     version, so it never runs ahead of the robots (fewer episodes go stale when weight loads are slow)."""
 

@@ -3,7 +3,9 @@ by the weight version that acted.
 
 The log-probs an inference backend reports are never used for the ratio: PPO keeps the last
 ``history`` published weight versions and recomputes each decision's old log-prob with the version that
-produced it; decisions of versions no longer kept are dropped and counted (``dropped_stale``). The gap
+produced it; decisions more than ``max_version_lag`` versions behind the newest (or of versions no longer
+kept) are dropped after GAE and counted (``dropped_stale``): a long episode that started on an old version
+still trains on its recent decisions. The gap
 between reported and recomputed log-probs is reported (``logprob_gap``), with the clip fraction the
 reported values would have caused (``reported_clip_fraction``; the VLAC paper saw ~60% with vLLM).
 VLAC eq. 6 (an NLL loss on demonstrations) is the learner's ``demo_replay`` option, for every algorithm.
@@ -60,7 +62,7 @@ class PPOConfig(AlgorithmConfig):
     history: int = Field(4, ge=1, description="Published weight versions kept to recompute log-probs.")
     stale: Literal["drop", "wait"] = Field(
         "drop",
-        description="Episodes with steps over max_version_lag behind are dropped either way; 'wait' also "
+        description="Decisions over max_version_lag behind are dropped either way; 'wait' also "
         "holds each update until every inference replica serves the newest version (never runs ahead).",
     )
     anchor: Literal["recompute", "bypass"] = Field(
@@ -155,7 +157,8 @@ class PPO(Algorithm):
         with torch.no_grad():
             values, next_values = self.policy.value(d.obs), self.policy.value(d.next_obs)
         adv, ret = gae(d.reward, values, next_values, d.discount, d.done, d.chain_end, cfg.gae_lambda)
-        kept = torch.tensor([v in self.history for v in d.version.tolist()], dtype=torch.bool)
+        floor = max(self.history, default=0) - cfg.max_version_lag  # the newest published is the current
+        kept = torch.tensor([v in self.history and v >= floor for v in d.version.tolist()], dtype=torch.bool)
         idx = kept.nonzero().squeeze(-1).to(self.device)
         d, values, adv, ret = d.select(idx), values[idx], adv[idx], ret[idx]
         metrics = {"decisions": float(len(d)), "dropped_stale": float((~kept).sum())} | batch_stats(batch)

@@ -175,6 +175,7 @@ class LearnerLoop:
             "update_s": reporter.update_s,
             "restored_step": self.checkpoints.restored_step,
             "dropped_stale_episodes": sampler.dropped_stale_episodes,
+            "partly_stale_episodes": sampler.partly_stale_episodes,
             "fleet_waits": sampler.fleet_waits,
             "data_server_waits": sampler.data_server_waits,
             "kept_algorithms": self.algorithms.names(),

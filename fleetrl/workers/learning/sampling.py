@@ -90,6 +90,7 @@ class Sampler:
         self.replay = ReplayBatches(data, task, prefetch_batches, get)
         self.waiting: str | None = None
         self.dropped_stale_episodes = 0
+        self.partly_stale_episodes = 0  # long episodes that started on versions older than the lag
         self.fleet_waits = 0  # looks that found a replica still on an older version (stale: wait)
         self.data_server_waits = 0  # looks that found the data server away (restarting)
         self._fleet_serving = -1  # newest version every replica was seen serving
@@ -143,25 +144,34 @@ class Sampler:
         return True
 
     def _fresh_episodes(self, steps: int, max_lag: int | None, version: int) -> EpisodeBatch | None:
-        """Collect online episodes not used before; drop those with steps from versions older than
-        ``max_lag`` behind ``version`` (counted). Returns a batch once ``steps`` steps are in."""
+        """Collect online episodes not used before; drop those with no step of a version within ``max_lag``
+        of ``version`` (counted). Returns a batch once ``steps`` steps of such versions are in.
+
+        An episode that *started* on an older version is kept whole (and counted as partly stale): a long
+        episode outlives several updates, so dropping every episode with an old step would drop exactly
+        the long ones, which on tasks that terminate early are the good ones (Hopper: the learner saw the
+        falls and lost the hops). Its stale decisions still carry GAE; the algorithm leaves them out of
+        the loss (PPO: ``max_version_lag``)."""
         try:
             new = self._get(
                 self.data.sample_episodes.remote(self.task, self.EPISODES_PER_LOOK, None, self._seen_snapshot)
             )
         except UNAVAILABLE as exc:
             return self._data_server_away(exc)
+        floor = None if max_lag is None else version - max_lag
         for episode, snapshot in zip(new.episodes, new.snapshots, strict=True):
             self._seen_snapshot = max(self._seen_snapshot, snapshot)
             versions = episode.columns["policy_version"]
             versions = versions[versions >= 0]
             if versions.size == 0:
                 continue  # nothing the policy chose (an operator drove the whole episode)
-            if max_lag is not None and int(versions.min()) < version - max_lag:
-                self.dropped_stale_episodes += 1
+            if floor is not None and int(versions.max()) < floor:
+                self.dropped_stale_episodes += 1  # nothing in it is recent enough
                 continue
+            if floor is not None and int(versions.min()) < floor:
+                self.partly_stale_episodes += 1  # kept: its old decisions carry GAE, the algorithm drops them
             self._fresh.append((snapshot, episode))
-        have = sum(len(e) for _, e in self._fresh)
+        have = sum(fresh_steps(e, floor) for _, e in self._fresh)
         if have < steps:
             self.waiting = f"collecting fresh on-policy steps: {have}/{steps}"
             return None
@@ -171,3 +181,11 @@ class Sampler:
         )
         self._fresh = []
         return batch
+
+
+def fresh_steps(episode: Any, floor: int | None) -> int:
+    """Steps of ``episode`` that do not belong to a policy version below ``floor`` (all without a floor)."""
+    if floor is None:
+        return len(episode)
+    versions = episode.columns["policy_version"]
+    return len(episode) - int(((versions >= 0) & (versions < floor)).sum())

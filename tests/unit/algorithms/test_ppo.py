@@ -422,3 +422,14 @@ def test_normalize_rewards_divides_every_decisions_reward_and_checkpoints_its_st
     restored = small_ppo(normalize_rewards=True)
     restored.load_state_dict(scaled.state_dict())
     assert restored.reward_scale.std == scaled.reward_scale.std != 1.0
+
+
+def test_decisions_more_than_max_version_lag_behind_are_dropped_even_while_their_weights_are_kept():
+    """History keeps 4 versions for recomputation; the lag (1) decides what trains: at v3 the v1 chunk
+    (rows 0-1) leaves after GAE, the v2 and v3 chunks stay."""
+    ppo = small_ppo(history=4, max_version_lag=1)
+    for v in range(4):
+        ppo.published(v)
+    ep = make_episode([1, 1, 2, 2, 3, 3], [0, 0, 2, 2, 4, 4], [0, 2, 4])
+    metrics = ppo.update(EpisodeBatch([ep], [0], 0))
+    assert metrics["dropped_stale"] == 1.0 and metrics["decisions"] == 2.0

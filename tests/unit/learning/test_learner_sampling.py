@@ -107,10 +107,24 @@ def test_fresh_episodes_drop_stale_ones_and_wait_for_enough_steps(data):
     assert data.sample_episodes.calls[-1][3] == 3  # only episodes after those already seen
     assert [e.episode_id for e in batch.episodes] == ["ok", "ok2"]
     assert batch.snapshots == [3, 4] and batch.snapshot == 4 and s.waiting is None
-    assert s.dropped_stale_episodes == 1
+    assert s.dropped_stale_episodes == 1 and s.partly_stale_episodes == 0
 
     assert s.next(request, step=1, version=5) is None  # the used episodes are not used again
     assert s.waiting == "collecting fresh on-policy steps: 0/6"
+
+
+def test_a_long_episode_that_started_on_an_old_version_comes_whole_and_counts_its_fresh_steps(data):
+    """A long episode outlives several updates: dropping it for its first steps would drop exactly the
+    long (on tasks that end in a fall: the good) episodes. It comes whole; only its fresh steps count."""
+    s = sampler(data)
+    request = BatchRequest("episodes", size=4, max_version_lag=1)
+    data.episodes = [(1, episode([2, 2, 3, 4, -1, 5], "long"))]  # at v5, lag 1: rows of v4 and v5 are fresh
+    assert s.next(request, step=0, version=5) is None
+    assert s.waiting == "collecting fresh on-policy steps: 3/4"  # the v4, held and v5 rows
+    assert s.partly_stale_episodes == 1 and s.dropped_stale_episodes == 0
+    data.episodes.append((2, episode([5], "short")))
+    batch = s.next(request, step=0, version=5)
+    assert [e.episode_id for e in batch.episodes] == ["long", "short"]
 
 
 def test_reset_drops_the_collected_episodes(data):
