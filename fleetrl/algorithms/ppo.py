@@ -77,6 +77,16 @@ class PPOConfig(AlgorithmConfig):
         description="Truncated importance sampling between the backend (behaviour) and the recomputed "
         "(proximal) policy: each row's surrogate is weighted by min(pi/mu, tis_cap) (None: off).",
     )
+    proximal: Literal["current", "producing"] = Field(
+        "current",
+        description="Policy the ratio is clipped around: 'current' (the weights at the start of the update; "
+        "a row of an older version is weighted by min(pi_current / pi_producing, staleness_cap): decoupled "
+        "PPO, Hilton et al. 2021) or 'producing' (the version that acted: with asynchronous collection most "
+        "stale rows start outside the clip and give no gradient). Identical on fresh rows.",
+    )
+    staleness_cap: float = Field(
+        2.0, gt=0, description="Cap of the importance weight pi_current / pi_producing ('current')."
+    )
 
     @model_validator(mode="after")
     def _history_covers_lag(self) -> PPOConfig:
@@ -168,10 +178,18 @@ class PPO(Algorithm):
         recomputed = self.recompute_log_probs(d)
         old_logp, behaviour, metrics["bypass_coverage"] = self._anchor(d, recomputed)
         weights = None
+        if cfg.proximal == "current":  # clip around the weights now; stale rows weighted towards them
+            with torch.no_grad():
+                current = self.policy.log_prob(d.obs, d.actions, d.mask)
+            weights, capped = tis_weights(current, old_logp, cfg.staleness_cap)
+            metrics["staleness_capped_fraction"] = float(capped)
+            metrics["staleness_weight_mean"] = float(weights.mean())
+            old_logp = current
         if cfg.tis_cap is not None:
-            weights, capped = tis_weights(recomputed, behaviour, cfg.tis_cap)
+            backend, capped = tis_weights(recomputed, behaviour, cfg.tis_cap)
             metrics["tis_capped_fraction"] = float(capped)
-            metrics["tis_weight_mean"] = float(weights.mean())
+            metrics["tis_weight_mean"] = float(backend.mean())
+            weights = backend if weights is None else weights * backend
         metrics |= self._gap_metrics(d, recomputed)
         metrics["explained_variance"] = explained_variance(values, ret)
         if cfg.normalize_advantages and len(d) > 1:

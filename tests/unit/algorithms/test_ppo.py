@@ -245,7 +245,8 @@ def test_bypass_anchor_clips_a_mismatched_backends_data_and_recomputation_does_n
     for ep in episodes:
         lp = ep.columns["log_prob"]
         lp[np.isfinite(lp)] += rng.normal(0, 0.5, np.isfinite(lp).sum()).astype(lp.dtype)
-    ppo = PPO(PPOConfig(epochs=1, lr=1e-7, steps_per_update=64, anchor=anchor, tis_cap=2.0), policy, spec)
+    cfg = PPOConfig(epochs=1, lr=1e-7, steps_per_update=64, anchor=anchor, tis_cap=2.0, proximal="producing")
+    ppo = PPO(cfg, policy, spec)
     ppo.published(0)
     m = ppo.update(EpisodeBatch(episodes, [0] * len(episodes), 0))
     assert 0.5 < m["mismatch_ratio_p50"] < 2 and m["mismatch_ratio_p99"] / m["mismatch_ratio_p01"] > 3
@@ -433,3 +434,38 @@ def test_decisions_more_than_max_version_lag_behind_are_dropped_even_while_their
     ep = make_episode([1, 1, 2, 2, 3, 3], [0, 0, 2, 2, 4, 4], [0, 2, 4])
     metrics = ppo.update(EpisodeBatch([ep], [0], 0))
     assert metrics["dropped_stale"] == 1.0 and metrics["decisions"] == 2.0
+
+
+def stale_and_fresh_ppo(proximal: str, fresh: bool) -> tuple[PPO, dict]:
+    """A PPO whose policy moved between v0 and v1, updated (one minibatch, one epoch) on an episode acted
+    by v1 (fresh) or v0 (one version stale); returns it and the update's metrics."""
+    ppo = small_ppo(proximal=proximal, batch_size=64, lr=1e-3)
+    ppo.published(0)
+    with torch.no_grad():
+        ppo.policy.body[-1].bias.add_(0.4)
+        ppo.policy.log_std.add_(0.3)
+    ppo.published(1)
+    v = 1 if fresh else 0
+    ep = make_episode([v] * 6, [0, 0, 0, 3, 3, 3], [0, 3], h=3)
+    return ppo, ppo.update(EpisodeBatch([ep], [0], 0))
+
+
+def test_proximal_current_is_the_producing_anchor_on_fresh_rows_bit_for_bit():
+    (a, ma), (b, mb) = stale_and_fresh_ppo("current", True), stale_and_fresh_ppo("producing", True)
+    for (name, x), y in zip(a.policy.state_dict().items(), b.policy.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    assert ma["staleness_weight_mean"] == 1.0 and ma["policy_loss"] == mb["policy_loss"]
+
+
+def test_proximal_current_clips_stale_rows_around_the_current_weights_and_weights_them_towards_it():
+    """Decoupled PPO: acted by v0, learned at v1. Around the producing version the first minibatch's ratios
+    start where v1 already is (clipped, no gradient); around the current weights they start at 1 and each row
+    carries min(pi_v1 / pi_v0, cap)."""
+    ppo, current = stale_and_fresh_ppo("current", False)
+    _, producing = stale_and_fresh_ppo("producing", False)
+    assert current["ratio_p01"] == current["ratio_p99"] == 1.0
+    assert current["clip_fraction_first_epoch"] == 0.0 < producing["clip_fraction_first_epoch"]
+    assert (
+        current["staleness_weight_mean"] != 1.0
+        and current["staleness_weight_mean"] <= ppo.config.staleness_cap
+    )
