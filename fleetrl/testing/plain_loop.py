@@ -4,7 +4,9 @@ This is the no-Ray, no-ZeroMQ baseline the learning benchmark compares the platf
 data source of the algorithms' learning tests. It writes the same ``Episode`` columns the robot SDK
 does (``policy_version``, ``obs_step``, the chunk's ``log_prob`` on its first step), so learners see the
 same data; the only difference is that every chunk is conditioned on the observation right before it
-(unless ``holds`` mimics late chunks: held steps before each chunk, which then acts on an older one).
+(unless ``holds`` mimics late chunks: held steps before each chunk, which then acts on an older one, or
+``lookahead`` mimics the robot SDK's prefetch: the next chunk is asked for ``lookahead`` steps before the
+current one ends, so it acts that many steps after its observation, as on the platform with no hold).
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ class RolloutStats:
     hold_fraction: float = 0.0  # held steps / all steps (the plain loop never holds; platform episodes may)
 
 
-def _run_episode(robot: SimRobot, policy: nn.Module, version: int, deterministic: bool, holds: int) -> dict:
+def _run_episode(
+    robot: SimRobot, policy: nn.Module, version: int, deterministic: bool, holds: int, lookahead: int = 0
+) -> dict:
     """One episode's per-step lists (``rows``: obs, action, version, obs_step, log_prob, held, reward) and
-    its end flags; ``holds`` held zero-action steps before every chunk but the first (a late chunk)."""
+    its end flags; ``holds`` held zero-action steps before every chunk but the first (a late chunk);
+    ``lookahead``: each chunk after the first is computed ``lookahead`` steps before the previous one ends."""
     obs = robot.reset()
     rows: list[tuple] = []
     flags = {"success": False, "terminated": False, "truncated": False}
@@ -45,18 +50,25 @@ def _run_episode(robot: SimRobot, policy: nn.Module, version: int, deterministic
         flags["terminated"], flags["truncated"] = result.terminated, result.truncated
         return flags["success"] or result.terminated or result.truncated
 
-    done = False
-    while not done:
+    def ask() -> tuple[
+        np.ndarray, float, int
+    ]:  # a chunk for the current observation: (chunk, log-prob, step)
         with torch.no_grad():
             chunk, log_prob = policy.act(
                 {k: torch.from_numpy(v[None]) for k, v in obs.items()}, deterministic
             )
-        chunk, t0 = chunk[0].numpy(), len(rows)
+        return chunk[0].numpy(), float(log_prob[0]), len(rows)
+
+    done, early = False, None
+    while not done:
+        (chunk, log_prob, t0), early = early or ask(), None
         for _ in range(holds if t0 else 0):  # the chunk is late: the robot holds, its observation ages
             if done := step(np.zeros_like(chunk[0]), -1, -1, float("nan"), True):
                 break
         for k in range(0 if done else chunk.shape[0]):
-            if done := step(chunk[k], version, t0, float(log_prob[0]) if k == 0 else float("nan"), False):
+            if lookahead and chunk.shape[0] - k == min(lookahead, chunk.shape[0]):
+                early = ask()  # the robot uploads its observation before the chunk runs out
+            if done := step(chunk[k], version, t0, log_prob if k == 0 else float("nan"), False):
                 break
     return {"rows": rows, "final": obs, **flags}
 
@@ -70,13 +82,16 @@ def rollout_episodes(
     deterministic: bool = False,
     robot_id: str = "plain",
     holds: int = 0,
+    lookahead: int = 0,
 ) -> list[Episode]:
     """Run ``n_episodes`` with ``policy.act`` on one observation per chunk; chunks run to their end.
     ``holds`` > 0 mimics a robot whose chunks come late: before each chunk but the first it holds that
-    many steps (``held``, zero action), and the chunk is conditioned on the observation before them."""
+    many steps (``held``, zero action), and the chunk is conditioned on the observation before them.
+    ``lookahead`` > 0 mimics the SDK's prefetch: each chunk but the first is conditioned on the observation
+    ``lookahead`` steps before the previous chunk ends (the platform's action lag without holds)."""
     episodes = []
     for _ in range(n_episodes):
-        run = _run_episode(robot, policy, version, deterministic, holds)
+        run = _run_episode(robot, policy, version, deterministic, holds, lookahead)
         observations, actions, versions, obs_steps, log_probs, held, rewards = zip(*run["rows"], strict=True)
         obs, success, terminated, truncated = (
             run["final"],

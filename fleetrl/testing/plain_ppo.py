@@ -62,15 +62,21 @@ class BackendActor:
 
 
 def collect(
-    robots: Sequence[SimRobot], policy: torch.nn.Module, steps: int, version: int, holds: int = 0
+    robots: Sequence[SimRobot],
+    policy: torch.nn.Module,
+    steps: int,
+    version: int,
+    holds: int = 0,
+    lookahead: int = 0,
 ) -> list[Episode]:
     """Whole episodes, one per robot in turn, until they total at least ``steps`` env steps (``holds``:
-    held steps before each chunk but the first, as with late chunks; see ``rollout_episodes``)."""
+    held steps before each chunk but the first, as with late chunks; ``lookahead``: chunks asked for that
+    many steps early, as the SDK does; see ``rollout_episodes``)."""
     episodes: list[Episode] = []
     while sum(len(e) for e in episodes) < steps:
         i = len(episodes) % len(robots)
         episodes += rollout_episodes(
-            robots[i], policy, 1, version=version, robot_id=f"plain-{i}", holds=holds
+            robots[i], policy, 1, version=version, robot_id=f"plain-{i}", holds=holds, lookahead=lookahead
         )
     return episodes
 
@@ -87,12 +93,14 @@ def train_plain_ppo(
     fast_numerics: str = "bf16",
     progress: bool = False,
     holds: int = 0,
+    lookahead: int = 0,
 ) -> PlainPPOResult:
     """Train a fresh policy (``gaussian_mlp`` or ``token_lm``) with PPO for ``total_steps`` env steps.
 
     ``seed`` seeds torch's global generator (action sampling); the policy's initial weights come from
     ``policy_config.seed`` and minibatch order from ``ppo_config.seed``; the robots carry their own seeds.
-    ``holds`` > 0: late chunks, each preceded by that many held steps (PPO's hold handling under test).
+    ``holds`` > 0: late chunks, each preceded by that many held steps (PPO's hold handling under test);
+    ``lookahead`` > 0: chunks conditioned on the observation that many steps before they start.
     """
     robots = [robots] if isinstance(robots, SimRobot) else list(robots)
     spec = PolicySpec(robots[0].observation_spec, robots[0].action_spec, chunk_len, gamma)
@@ -109,7 +117,7 @@ def train_plain_ppo(
         actor = BackendActor(served)
     start = time.perf_counter()
     while env_steps < total_steps:
-        episodes = collect(robots, actor, ppo.batch_request().size, version, holds)
+        episodes = collect(robots, actor, ppo.batch_request().size, version, holds, lookahead)
         metrics = ppo.update(EpisodeBatch(episodes, [0] * len(episodes), 0))
         version += 1
         ppo.published(version)

@@ -469,3 +469,21 @@ def test_proximal_current_clips_stale_rows_around_the_current_weights_and_weight
         current["staleness_weight_mean"] != 1.0
         and current["staleness_weight_mean"] <= ppo.config.staleness_cap
     )
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 4])
+def test_the_plain_loops_lookahead_conditions_each_chunk_on_the_observation_that_many_steps_before_it(
+    lookahead,
+):
+    """As the SDK's prefetch does: chunk i > 0 starts at 4 i and acts on observation 4 i - lookahead."""
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.testing.plain_loop import rollout_episodes
+
+    robot = SimRobot("Reacher-v5", seed=0)
+    policy = build_policy(GaussianMLPConfig(hidden=(8,)), robot.observation_spec, robot.action_spec, 4)
+    (ep,) = rollout_episodes(robot, policy, 1, lookahead=lookahead)
+    starts = np.arange(0, len(ep), 4)
+    want = np.repeat(np.maximum(starts - lookahead, 0) * (starts > 0), 4)[: len(ep)]
+    np.testing.assert_array_equal(ep.columns["obs_step"], want)
+    d = episode_decisions([ep], 4, G)
+    assert len(d) == len(starts) and not d.chain_end[:-1].any()  # one chain: every chunk follows the last
