@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true", help="reuse the offline cells a cut-short run finished")
     ap.add_argument("--online-seeds", type=int, help="online cells: seeds 0..N-1 (default: 3, quick 1)")
     ap.add_argument("--no-extra-seeds", action="store_true", help="skip seeds 3 and 4 of close cells")
+    ap.add_argument("--chunk-len", type=int, default=ppo_cells.CHUNK_LEN, help="PPO parts: steps per chunk")
     ap.add_argument("--envs", default="Hopper-v5,HalfCheetah-v5", help="part (a''): MuJoCo tasks")
     ap.add_argument(
         "--cleanrl", help="part (a''): folder of CleanRL runs' out_<env>_<seed>.json to report beside"

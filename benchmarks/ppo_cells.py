@@ -52,7 +52,7 @@ from fleetrl.workers.weights import to_torch_state
 # minibatch-set; 2048 env steps per update). Ours acts in chunks of 4, so a minibatch of 64 decisions is
 # 256 env steps.
 PPO = {"steps_per_update": 2048}
-CHUNK_LEN = 4
+CHUNK_LEN = 4  # part (a)'s, and the default of --chunk-len
 LAST_STEPS = 10_000  # "final return": mean over the episodes of the last 10k env steps (CleanRL's figure)
 TASK = "ppo-task"
 
@@ -61,7 +61,7 @@ def policy_config(seed: int, normalize_obs: bool) -> GaussianMLPConfig:
     return GaussianMLPConfig(seed=seed, normalize_obs=normalize_obs)
 
 
-def task_config(env: str, seed: int, normalize_obs: bool, ppo: dict) -> dict:
+def task_config(env: str, seed: int, normalize_obs: bool, ppo: dict, chunk_len: int = CHUNK_LEN) -> dict:
     """The platform task: ``env``'s own observation and action specs, PPO (``ppo``) publishing every update."""
     robot = SimRobot(env)
     learner = {
@@ -71,17 +71,17 @@ def task_config(env: str, seed: int, normalize_obs: bool, ppo: dict) -> dict:
         "checkpoint_every": 10,
     }
     return {
-        "name": TASK, "chunk_len": CHUNK_LEN, "learner": learner,
+        "name": TASK, "chunk_len": chunk_len, "learner": learner,
         "policy": policy_config(seed, normalize_obs).model_dump(),
         "observation": specs_to_dict(robot.observation_spec), "action": robot.action_spec.to_dict(),
         "inference": {"replicas": 2, "max_batch": 32},
     }  # fmt: skip
 
 
-def load_policy(env: str, state: dict, seed: int, normalize_obs: bool) -> torch.nn.Module:
+def load_policy(env: str, state: dict, seed: int, normalize_obs: bool, chunk_len: int) -> torch.nn.Module:
     robot = SimRobot(env)
     cfg = policy_config(seed, normalize_obs)
-    policy = build_policy(cfg, robot.observation_spec, robot.action_spec, CHUNK_LEN)
+    policy = build_policy(cfg, robot.observation_spec, robot.action_spec, chunk_len)
     policy.load_state_dict(to_torch_state(state))
     return policy
 
@@ -99,7 +99,9 @@ def run_platform(
     """Run the fleet until the replay holds ``budget`` online env steps; the last-K return, final weights."""
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
         config = tasks_config(
-            state_dir, [task_config(env, seed, normalize_obs, ppo)], recent_episodes=max(256, k)
+            state_dir,
+            [task_config(env, seed, normalize_obs, ppo, args.chunk_len)],
+            recent_episodes=max(256, k),
         )
         platform = Platform(config).start()
         try:
@@ -124,7 +126,7 @@ def run_platform(
                 "return": rollout["mean_return"],
                 "hold_fraction": round(rollout["hold_fraction"], 4),
                 "env_steps": ray.get(platform.data.stats.remote(TASK))["replay"]["online_transitions"],
-                "policy": load_policy(env, ray.get(refs[0]), seed, normalize_obs),
+                "policy": load_policy(env, ray.get(refs[0]), seed, normalize_obs, args.chunk_len),
                 "wall_s": round(wall, 1),
                 "updates": status["step"],
                 "version": version,
@@ -149,7 +151,7 @@ def run_seed(args: argparse.Namespace, env: str, seed: int, normalize_obs: bool,
     t0 = time.monotonic()
     robots = [SimRobot(env, seed=seed + i) for i in range(args.robots)]
     cfg = policy_config(seed, normalize_obs)
-    plain = train_plain_ppo(robots, cfg, PPOConfig(**ppo, seed=seed), budget, seed, chunk_len=CHUNK_LEN)
+    plain = train_plain_ppo(robots, cfg, PPOConfig(**ppo, seed=seed), budget, seed, chunk_len=args.chunk_len)
     plain_return, k = last_window(plain.iterations, LAST_STEPS)
     last = plain.iterations[-1]
     print(f"  {env} seed {seed} plain: {last.env_steps} env steps in {time.monotonic() - t0:.0f} s, "
@@ -228,7 +230,7 @@ def ppo_part(
     platform, plain = spread["platform"], spread["plain"]
     robot = SimRobot(env)
     initial = build_policy(
-        policy_config(seeds[0], normalize_obs), robot.observation_spec, robot.action_spec, CHUNK_LEN
+        policy_config(seeds[0], normalize_obs), robot.observation_spec, robot.action_spec, args.chunk_len
     )
     n_eval = args.budget["eval_episodes"]
     result = {
@@ -245,6 +247,7 @@ def ppo_part(
         "steps (stochastic policy; the platform's: as many of its last episodes); mean and s.e.m. over seeds",
         "normalize_obs": normalize_obs,
         "normalize_rewards": normalize_rewards,
+        "chunk_len": args.chunk_len,
         "env_steps": args.budget["ppo_env_steps"],
         "robots": args.robots,
         "control_hz": args.hz,
