@@ -50,9 +50,8 @@ def _run_episode(
         flags["terminated"], flags["truncated"] = result.terminated, result.truncated
         return flags["success"] or result.terminated or result.truncated
 
-    def ask() -> tuple[
-        np.ndarray, float, int
-    ]:  # a chunk for the current observation: (chunk, log-prob, step)
+    def ask() -> tuple[np.ndarray, float, int]:
+        """A chunk for the current observation: (chunk, its log-prob, the observation's step)."""
         with torch.no_grad():
             chunk, log_prob = policy.act(
                 {k: torch.from_numpy(v[None]) for k, v in obs.items()}, deterministic
