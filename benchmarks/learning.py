@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
                 result.setdefault("runs", earlier.get("runs", [])).append(
                     {"part": key, "command": earlier.get("command"), "date": earlier.get("date")}
                 )
+        if args.only == "ppo_mujoco":  # tasks left out of --envs keep their earlier figures, marked so
+            for env, part in earlier.get("ppo_mujoco", {}).items():
+                if env not in result["ppo_mujoco"]:
+                    run = part.get("run") or {"command": earlier.get("command"), "date": earlier.get("date")}
+                    result["ppo_mujoco"][env] = {**part, "run": run}
     out = write_json(result, args.out)
     print(f"wrote {out} ({result['wall_s']} s)")
     line = "learning:"

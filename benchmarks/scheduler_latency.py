@@ -100,7 +100,7 @@ class ServeRoutedGateway(Gateway):
         self._loop.create_task(self._serve_one(task, ident, msg, time.time()))
 
     async def _serve_one(self, task: TaskConfig, ident: bytes, msg: P.Obs, arrived: float) -> None:
-        batch = stack_observations([msg], list(task.observation))
+        batch = stack_observations([msg], task)
         try:
             result = await self.handle.infer.remote(batch)
         except Exception as exc:  # noqa: BLE001 - like the gateway: refuse the frame, keep serving

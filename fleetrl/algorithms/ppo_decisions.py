@@ -4,7 +4,8 @@ A PPO *decision* is one action chunk. In an ``Episode`` it starts at a row with 
 ``policy_version >= 0`` and spans the following rows with the same (``policy_version``, ``obs_step``) and
 no ``log_prob`` of their own, at most ``chunk_len`` executed rows. Its state is
 ``observations[obs_step]`` (with asynchronous execution that observation may predate the chunk's first
-row), its action the executed rows (a chunk cut short by the episode's end or an operator gets
+row, and the actions the robot executed in between are its *pending actions*, ``fleetrl.robots.pending``,
+under ``PENDING_KEY`` in ``obs`` and ``next_obs``), its action the executed rows (a chunk cut short by the episode's end or an operator gets
 ``mask = 0`` on its unexecuted tail, padded by repeating its last executed action).
 
 Held rows (``held``: the robot's ``hold()`` ran because no chunk was ready, or the link was lost) are
@@ -32,13 +33,14 @@ import torch
 
 from fleetrl.algorithms.batch import EpisodeBatch
 from fleetrl.robots.episode import Episode
+from fleetrl.robots.pending import PENDING_KEY, encode_pending, episode_pending
 
 
 @dataclass
 class Decisions:
     """Decision tensors, episodes in order and decisions in time order within each (see module doc)."""
 
-    obs: dict[str, torch.Tensor]  # key -> [N, *shape]: observations[obs_step]
+    obs: dict[str, torch.Tensor]  # key -> [N, *shape]: observations[obs_step], and PENDING_KEY (see below)
     actions: torch.Tensor  # [N, H, *action_shape], padded by repeating the last executed action
     mask: torch.Tensor  # [N, H] bool: executed
     reward: torch.Tensor  # [N] sum_{k<h} gamma^k r_{t+k}
@@ -89,7 +91,7 @@ def decision_spans(ep: Episode, chunk_len: int) -> list[tuple[list[int], int]]:
 
 
 def _episode_decisions(ep: Episode, chunk_len: int, gamma: float, out: dict[str, list]) -> None:
-    n, reward = len(ep), ep.columns["reward"]
+    n, reward, size = len(ep), ep.columns["reward"], int(np.prod(ep.actions.shape[1:]))
     obs_step, logp, version = ep.columns["obs_step"], ep.columns["log_prob"], ep.columns["policy_version"]
     spans = decision_spans(ep, chunk_len)
     for i, (rows, end) in enumerate(spans):
@@ -97,12 +99,19 @@ def _episode_decisions(ep: Episode, chunk_len: int, gamma: float, out: dict[str,
         nxt = spans[i + 1][0][0] if i + 1 < len(spans) else None
         at_end, chained = end == n, nxt == end
         out["obs"].append((ep.observations, int(obs_step[t])))
+        out["pending"].append(
+            encode_pending(episode_pending(ep, int(obs_step[t]), t, chunk_len), chunk_len, size)
+        )
         if chained:
             out["next_obs"].append((ep.observations, int(obs_step[end])))
+            nxt_pending = episode_pending(ep, int(obs_step[end]), end, chunk_len)
         elif at_end:
             out["next_obs"].append((ep.final_observation, None))
+            nxt_pending = None
         else:
             out["next_obs"].append((ep.observations, end))
+            nxt_pending = None
+        out["next_pending"].append(encode_pending(nxt_pending, chunk_len, size))
         executed = ep.actions[rows]
         pad = np.concatenate([executed, np.repeat(executed[-1:], chunk_len - len(rows), 0)])
         out["actions"].append(pad)
@@ -120,7 +129,7 @@ def episode_decisions(
 ) -> Decisions:
     """Turn whole episodes into PPO decisions (one per executed policy chunk; see module doc)."""
     episodes = episodes.episodes if isinstance(episodes, EpisodeBatch) else episodes
-    rows: dict[str, list] = {k: [] for k in Decisions.__dataclass_fields__}
+    rows: dict[str, list] = {k: [] for k in (*Decisions.__dataclass_fields__, "pending", "next_pending")}
     for ep in episodes:
         _episode_decisions(ep, chunk_len, gamma, rows)
     first = episodes[0] if episodes else None
@@ -140,13 +149,18 @@ def episode_decisions(
     def column(name: str, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(rows[name]), dtype=dtype, device=device)
 
+    size = int(np.prod(act_shape))
+    pending_shape = (chunk_len, size + 1)
     return Decisions(
-        obs=gather(rows["obs"]),
+        obs={**gather(rows["obs"]), PENDING_KEY: stack(rows["pending"], pending_shape, torch.float32)},
         actions=stack(rows["actions"], (chunk_len, *act_shape), torch.float32),
         mask=stack(rows["mask"], (chunk_len,), torch.bool),
         reward=column("reward", torch.float32),
         discount=column("discount", torch.float32),
-        next_obs=gather(rows["next_obs"]),
+        next_obs={
+            **gather(rows["next_obs"]),
+            PENDING_KEY: stack(rows["next_pending"], pending_shape, torch.float32),
+        },
         done=column("done", torch.bool),
         chain_end=column("chain_end", torch.bool),
         reported_logp=column("reported_logp", torch.float32),

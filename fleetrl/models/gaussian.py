@@ -34,6 +34,13 @@ class GaussianMLPConfig(BaseModel):
         description="Normalise observations by their running mean and variance (clipped to +-10), as CleanRL "
         "does; the statistics are part of the weights and PPO updates them after each update.",
     )
+    pending_actions: bool = Field(
+        True,
+        description="Also read the actions the robot will still execute before the chunk starts (asked "
+        "for early, a chunk starts a round trip after its observation); without them the policy must guess "
+        "where the robot will be when its chunk begins. A robot that asks only once its chunk has run out "
+        "(lockstep, the plain loop) sends none: the entry is zeros.",
+    )
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
@@ -47,7 +54,7 @@ class GaussianChunkPolicy(ChunkPolicy):
     def __init__(
         self, cfg: GaussianMLPConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
     ):
-        super().__init__(obs_spec, action_spec, chunk_len)
+        super().__init__(obs_spec, action_spec, chunk_len, pending=cfg.pending_actions)
         self.body = mlp(self.obs_dim, cfg.hidden, self.action_dim, nn.Tanh)
         with torch.no_grad():
             self.body[-1].weight.mul_(0.01)

@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from fleetrl.robots.pending import PENDING_KEY, pending_spec
 from fleetrl.robots.protocol import ArraySpec
 
 
@@ -93,20 +94,32 @@ class RunningObsNorm(nn.Module):
 
 class ChunkPolicy(nn.Module):
     """What the MLP policy families (Gaussian, flow, residual) know of their task: the observation keys in
-    spec order (``encode`` flattens observations in that order), the chunk length and the action's shape."""
+    spec order (``encode`` flattens observations in that order), the chunk length and the action's shape.
 
-    def __init__(self, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int):
+    ``pending``: the policy also reads the robot's pending actions (``fleetrl.robots.pending``), after the
+    observation; a batch without that entry has none pending (all zeros)."""
+
+    def __init__(
+        self, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int, pending: bool = False
+    ):
         super().__init__()
         self.obs_keys = list(obs_spec)
         self.chunk_len = chunk_len
         self.action_shape = action_spec.shape
         self.step_dim = action_spec.size  # entries of one step's action
         self.action_dim = chunk_len * action_spec.size  # entries of a flat chunk
-        self.obs_dim = sum(s.size for s in obs_spec.values())
+        self.pending_dim = pending_spec(action_spec, chunk_len).size if pending else 0
+        self.obs_dim = sum(s.size for s in obs_spec.values()) + self.pending_dim
 
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The flat observation vector [B, obs_dim] the networks read."""
-        return flatten_obs(obs, self.obs_keys)
+        flat = flatten_obs(obs, self.obs_keys)
+        if not self.pending_dim:
+            return flat
+        pending = obs.get(PENDING_KEY)
+        if pending is None:
+            pending = flat.new_zeros(flat.shape[0], self.pending_dim)
+        return torch.cat([flat, pending.reshape(flat.shape[0], -1).to(flat.dtype)], dim=-1)
 
     def register_bounds(self, action_spec: ArraySpec) -> tuple[float, float]:
         """Keep the action bounds as (non-persistent) ``low``/``high`` buffers for ``to_chunk``; returns them."""

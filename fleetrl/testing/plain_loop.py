@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fleetrl.robots.episode import Episode, empty_columns, end_flags
+from fleetrl.robots.pending import PENDING_KEY, encode_pending
 from fleetrl.robots.sim import SimRobot
 
 
@@ -50,13 +51,16 @@ def _run_episode(
         flags["terminated"], flags["truncated"] = result.terminated, result.truncated
         return flags["success"] or result.terminated or result.truncated
 
-    def ask() -> tuple[np.ndarray, float, int]:
-        """A chunk for the current observation: (chunk, its log-prob, the observation's step)."""
+    def ask(pending: np.ndarray | None = None, chunk_len: int = 0) -> tuple[np.ndarray, float, int]:
+        """A chunk for the current observation and the actions still ``pending`` before it starts (as the
+        SDK sends them): (chunk, its log-prob, the observation's step)."""
+        batch = {k: torch.from_numpy(v[None]) for k, v in obs.items()}
+        if pending is not None:
+            encoded = encode_pending(pending, chunk_len, pending[0].size)
+            batch[PENDING_KEY] = torch.from_numpy(encoded[None])
         with torch.no_grad():
-            chunk, log_prob = policy.act(
-                {k: torch.from_numpy(v[None]) for k, v in obs.items()}, deterministic
-            )
-        return chunk[0].numpy(), float(log_prob[0]), len(rows)
+            actions, log_prob = policy.act(batch, deterministic)
+        return actions[0].numpy(), float(log_prob[0]), len(rows)
 
     done, early = False, None
     while not done:
@@ -66,7 +70,9 @@ def _run_episode(
                 break
         for k in range(0 if done else chunk.shape[0]):
             if lookahead and chunk.shape[0] - k == min(lookahead, chunk.shape[0]):
-                early = ask()  # the robot uploads its observation before the chunk runs out
+                early = ask(
+                    chunk[k:], len(chunk)
+                )  # the robot uploads its observation before the chunk runs out
             if done := step(chunk[k], version, t0, log_prob if k == 0 else float("nan"), False):
                 break
     return {"rows": rows, "final": obs, **flags}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,6 +164,8 @@ def test_out_of_order_and_bad_observations_are_refused(platform):
     assert raw.request(raw_obs(rid, 4, state=np.zeros(10, np.float64))).code == "bad_observation"
     bad_keys = P.Obs(robot_id=rid, episode_id="ep1", step=4, observation={"image": np.zeros(10, np.float32)})
     assert raw.request(bad_keys).code == "bad_observation"
+    for pending in (np.zeros((5, 2), np.float32), np.zeros((1, 3), np.float32)):  # chunks of 4 x 2 actions
+        assert raw.request(replace(raw_obs(rid, 4), pending=pending)).code == "bad_observation"
     assert raw.request(raw_steps(rid, "ep1", 3, 2, action_shape=(3,))).code == "bad_observation"
     # non-finite numbers are refused before they are batched with other robots' or stored
     nan = np.full(10, np.nan, np.float32)

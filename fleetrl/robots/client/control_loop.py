@@ -347,6 +347,8 @@ class RobotClient:
             t_robot=now,
             observation=self._obs,
             last_latency_ms=self._last_latency_ms,
+            # the rest of the current chunk runs before the reply's chunk starts: the policy may read it
+            pending=self._current.actions[self._current.index :] if remaining else None,
         )
         self.connection.send(obs, now)
 

@@ -107,6 +107,8 @@ class Obs(Message):
     ``t_robot`` is the robot's monotonic clock when the observation was taken; ``last_latency_ms`` is the
     robot-measured round trip of its previous request (observation sent → action received).
     ``human_action`` is the action an operator executed at this step, when one is intervening.
+    ``pending`` [k, *action_shape] are the actions the robot will still execute before the reply's chunk
+    starts (the tail of its current chunk; ``fleetrl.robots.pending``), None when there are none.
     """
 
     KIND: ClassVar[str] = "obs"
@@ -116,6 +118,7 @@ class Obs(Message):
     observation: dict = field(default_factory=dict)
     human_action: np.ndarray | None = None
     last_latency_ms: float | None = None
+    pending: np.ndarray | None = None
 
 
 @dataclass

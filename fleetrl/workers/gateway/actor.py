@@ -33,6 +33,7 @@ import zmq.asyncio
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.episode import check_id
+from fleetrl.robots.pending import check_pending
 from fleetrl.workers.gateway.curve import ZAP_DOMAIN, RobotKeyAuthenticator
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
 from fleetrl.workers.gateway.hello_limits import HelloLimits
@@ -386,6 +387,7 @@ class Gateway:
             P.check_observation(task.observation_spec, msg.observation)
             if msg.human_action is not None:
                 task.action_spec.check("human_action", msg.human_action)
+            check_pending(msg.pending, task.action_spec, task.chunk_len)
         except P.ProtocolError as exc:
             self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
             return

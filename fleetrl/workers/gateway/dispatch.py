@@ -22,6 +22,7 @@ import numpy as np
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from fleetrl.robots import protocol as P
+from fleetrl.robots.pending import PENDING_KEY, encode_pending
 from fleetrl.workers.gateway.scheduler import Dispatch, Scheduler
 from fleetrl.workers.metrics_server import MetricsBuffer
 from fleetrl.workers.task import TaskConfig
@@ -33,8 +34,14 @@ log = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
-def stack_observations(messages: list[P.Obs], keys: list[str]) -> dict[str, np.ndarray]:
-    return {k: np.stack([m.observation[k] for m in messages]) for k in keys}
+def stack_observations(messages: list[P.Obs], task: TaskConfig) -> dict[str, np.ndarray]:
+    """The batch a replica's policy reads: the task's observation entries and, for a policy that reads
+    them, the robots' pending actions (``fleetrl.robots.pending``)."""
+    batch = {k: np.stack([m.observation[k] for m in messages]) for k in task.observation}
+    if getattr(task.policy, "pending_actions", False):
+        size = task.action_spec.size
+        batch[PENDING_KEY] = np.stack([encode_pending(m.pending, task.chunk_len, size) for m in messages])
+    return batch
 
 
 class ReplicaDispatch:
@@ -98,7 +105,7 @@ class ReplicaDispatch:
     async def _run_batch(self, d: Dispatch) -> None:
         task = self.tasks[d.pool]
         messages = [item.payload[1] for item in d.items]
-        batch = stack_observations(messages, list(task.observation))
+        batch = stack_observations(messages, task)
         pins = self._pins(messages) if task.inference.reload == "episode" else None
         handle = self.replicas[d.replica]
         call = handle.infer.remote(batch, pins)

@@ -377,7 +377,7 @@ def test_a_ppo_update_folds_the_batch_into_the_policys_observation_statistics():
     ep.observations["state"] += 100.0
     ppo.update(EpisodeBatch([ep], [0], 0))
     seen = ep.observations["state"][[0, 3, 5]]  # the decisions' observations
-    np.testing.assert_allclose(policy.obs_norm.mean.numpy(), seen.mean(0), rtol=1e-3)
+    np.testing.assert_allclose(policy.obs_norm.mean.numpy()[:3], seen.mean(0), rtol=1e-3)
     assert ppo.history[0]["obs_norm.count"].item() < 1e-3  # the kept version has the statistics it acted with
 
 

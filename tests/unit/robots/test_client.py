@@ -151,6 +151,8 @@ def test_chunks_execute_in_order_and_the_next_is_asked_for_early(rig):
         client.tick()
     early = gw.recv()
     assert isinstance(early, P.Obs) and early.step == 2  # asked while one action of the chunk is left
+    # it says which actions still run before the reply's chunk starts (a policy may read them)
+    assert obs0.pending is None and early.pending.tolist() == [[5.0, -5.0]]
     gw.chunk(early, np.full((3, 2), 0.5))
     deliver(client)
     for _ in range(3):

@@ -95,6 +95,7 @@ def test_a_late_chunk_is_waited_for_in_lockstep_and_held_otherwise(rig):
     client.tick()  # starts the episode and asks for the first chunk
     _, obs = recv(gw)
     for k in range(3):  # three chunks, each answered only after five control periods
+        assert (obs.pending is None) == robot.lockstep or k == 0  # a lockstep robot asks with none left
         reply(gw, ident, obs, 0.1 * (k + 1))
         deliver(client)
         for _ in range(3):
