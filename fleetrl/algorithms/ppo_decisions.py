@@ -4,9 +4,10 @@ A PPO *decision* is one action chunk. In an ``Episode`` it starts at a row with 
 ``policy_version >= 0`` and spans the following rows with the same (``policy_version``, ``obs_step``) and
 no ``log_prob`` of their own, at most ``chunk_len`` executed rows. Its state is
 ``observations[obs_step]`` (with asynchronous execution that observation may predate the chunk's first
-row, and the actions the robot executed in between are its *pending actions*, ``fleetrl.robots.pending``,
-under ``PENDING_KEY`` in ``obs`` and ``next_obs``), its action the executed rows (a chunk cut short by the episode's end or an operator gets
-``mask = 0`` on its unexecuted tail, padded by repeating its last executed action).
+row; the robot's actions in between are the chunk's *pending actions*, ``fleetrl.robots.pending``, under
+``PENDING_KEY`` in ``obs`` and ``next_obs``), its action the executed rows (a chunk cut short by the
+episode's end or an operator gets ``mask = 0`` on its unexecuted tail, padded by repeating its last
+executed action).
 
 Held rows (``held``: the robot's ``hold()`` ran because no chunk was ready, or the link was lost) are
 environment dynamics, not policy actions: they never enter a decision's actions or log-prob, but their
