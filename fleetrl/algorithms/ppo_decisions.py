@@ -105,13 +105,12 @@ def _episode_decisions(ep: Episode, chunk_len: int, gamma: float, out: dict[str,
         )
         if chained:
             out["next_obs"].append((ep.observations, int(obs_step[end])))
-            nxt_pending = episode_pending(ep, int(obs_step[end]), end, chunk_len)
         elif at_end:
             out["next_obs"].append((ep.final_observation, None))
-            nxt_pending = None
         else:
             out["next_obs"].append((ep.observations, end))
-            nxt_pending = None
+        # only a chained bootstrap state is a chunk request with pending actions; the others have none
+        nxt_pending = episode_pending(ep, int(obs_step[end]), end, chunk_len) if chained else None
         out["next_pending"].append(encode_pending(nxt_pending, chunk_len, size))
         executed = ep.actions[rows]
         pad = np.concatenate([executed, np.repeat(executed[-1:], chunk_len - len(rows), 0)])
