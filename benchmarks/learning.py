@@ -88,7 +88,8 @@ def ppo_mujoco(args: argparse.Namespace) -> dict:
 # -- (b) offline: algorithms x datasets x tasks x seeds -------------------------------------------------
 def offline(args: argparse.Namespace) -> dict:
     """Every offline cell, ``args.workers`` at a time; seeds 3 and 4 where RL and BC are within 0.2."""
-    algs = [a for a in offline_cells.ALGORITHMS if a in registry()]
+    names = [*offline_cells.ALGORITHMS, *offline_cells.VARIANTS]
+    algs = [a for a in names if offline_cells.resolve(a)[0] in registry()]
     b = args.budget
     seeds = offline_cells.SEEDS[: b["offline_seeds"]]
     data = {(d, task): offline_cells.build_dataset(task, d, args.quick)
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                 for d, spec in offline_cells.DATASETS.items()
             },  # fmt: skip
             "algorithms": offline_cells.ALGORITHMS,
+            "variants": {k: {"algorithm": a, "config": c} for k, (a, c) in offline_cells.VARIANTS.items()},
             "policy": offline_cells.POLICY,
             "replay": offline_cells.REPLAY,
             "chunk_len": offline_cells.CHUNK_LEN,

@@ -14,6 +14,13 @@ flow policy (eq. 10), weights ``w = exp(clip(A / (beta * sigma_A), -eps, eps))``
 units of a running scale ``sigma_A`` of its spread, as AWR implementations do: see ``AWRConfig``), and the
 actor minimises the w-weighted flow-matching loss (eq. 15, the surrogate of the weighted likelihood eq. 12).
 
+Two knobs for data of mixed quality (a fleet's, or noisy demonstrations with failures), where eq. 7's TD
+target carries a failure back only one chunk per Polyak time constant and eq. 11's soft weights leave most
+of the batch to the failing episodes, which are also the longest: ``critic_target: return`` regresses
+the critics on the discounted return each terminated episode observed (AWR's lambda = 1 return, Peng et
+al. 2019; one-step RL), and ``weighting: binary`` keeps exactly the chunks with A > 0 (CRR, Wang et al.
+2020). ``benchmarks/results/learning.json`` (``offline``) measures both settings.
+
 One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``):
 
 * updates 1..``bc_steps``: behaviour cloning of the offline rows (line 1: the policy is warm-started by
@@ -26,7 +33,7 @@ One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``)
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -62,6 +69,12 @@ def awr_weights(advantages: torch.Tensor, beta: float, eps: float, scale: float 
     """ALOE eq. 11 on the advantage in units of ``scale``: ``w = exp(clip(A / (beta * scale), -eps, eps))``
     (no gradient). ``scale = 1`` is eq. 11 on raw advantages."""
     return torch.exp(torch.clamp(advantages.detach() / (beta * scale), -eps, eps))
+
+
+def binary_weights(advantages: torch.Tensor) -> torch.Tensor:
+    """CRR's binary filter (Wang et al. 2020, ``f = 1[A > 0]``): clone exactly the data chunks the critic
+    ranks above the current policy (no gradient)."""
+    return (advantages.detach() > 0).to(advantages.dtype)
 
 
 def running_scale(previous: float, batch_spread: float, rate: float, floor: float = 1e-6) -> float:
@@ -103,6 +116,12 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
     )
     adv_scale_rate: float = Field(
         0.01, gt=0.0, le=1.0, description="Rate of the running advantage scale (TD-MPC2's scale tau 0.01)."
+    )
+    weighting: Literal["exp", "binary"] = Field(
+        "exp",
+        description="'exp': eq. 11's exponential weights; 'binary': CRR's 1[A > 0] (Wang et al. 2020), a hard "
+        "filter that drops every chunk the critic ranks below the policy, whatever its margin (beta, eps_clip "
+        "and the advantage scale then do not apply).",
     )
     n_policy_samples: int = Field(
         4,
@@ -202,7 +221,10 @@ class AWR(ActorCriticAlgorithm):
             if c.normalize_advantages:
                 self.adv_scale = running_scale(self.adv_scale, spread, c.adv_scale_rate)
             scale = self.adv_scale if c.normalize_advantages else 1.0
-            w = awr_weights(adv, c.beta, c.eps_clip, scale)
+            if c.weighting == "binary":
+                w = binary_weights(adv)
+            else:
+                w = awr_weights(adv, c.beta, c.eps_clip, scale)
         loss = flow_matching_loss(self.policy, t.obs, t.actions, w, t.mask)
         grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
         metrics = {

@@ -24,7 +24,7 @@ from torch import nn
 
 from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec, clipped_step
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.td import ensemble_td_loss, polyak_update
+from fleetrl.algorithms.td import ensemble_td_loss, mc_bounded_target, polyak_update
 from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
 from fleetrl.models.flow import FlowChunkPolicy
 from fleetrl.models.nets import flatten_obs, seeded
@@ -145,6 +145,14 @@ class ActorCriticConfig(ChunkAlgorithmConfig):
     )
     actor_lr: float = Field(3e-4, gt=0.0, description="AdamW learning rate of the flow policy.")
     critic_lr: float = Field(3e-4, gt=0.0, description="Learning rate of the critics.")
+    critic_target: Literal["td", "mc_bound", "return"] = Field(
+        "td",
+        description="What the critics regress where a row's episode terminated, so its discounted return G "
+        "is known: 'td' the TD target alone; 'mc_bound' max(TD, G) (MCAC, Wilcox et al. 2022: a return "
+        "seen is a lower bound on the optimal Q, and reaches the critic at once instead of one chunk per "
+        "Polyak time constant); 'return' G itself, the behaviour policy's Q (AWR with lambda = 1, Peng et "
+        "al. 2019; one-step RL, Brandfonbrener et al. 2021). Rows without G always use the TD target.",
+    )
     diagnostics_every: int = Field(
         10, ge=0, description="Updates between the diagnostics' extra forward passes (Q of policy and random "
         "chunks, distances; algorithms/diagnostics.py); 0: never.",
@@ -179,7 +187,10 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
 
     def fit_critics(self, t: ChunkTensors, target: torch.Tensor, polyak: float) -> dict[str, float]:
         """One regression step of every critic head on the TD ``target`` [B] (the ensemble's mean squared
-        error), then the Polyak step of the target copy at rate ``polyak``."""
+        error), then the Polyak step of the target copy at rate ``polyak``. ``critic_target`` says how the
+        row's observed return enters first (``mc_bounded_target``)."""
+        if self.config.critic_target != "td":
+            target = mc_bounded_target(target, t.returns, self.config.critic_target == "return")
         q = self.critic.forward_flat(t.obs, t.actions)
         loss = ensemble_td_loss(q, target)
         grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())

@@ -54,9 +54,9 @@ def action_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None 
 
 @torch.no_grad()
 def weight_stats(w: torch.Tensor) -> dict[str, float]:
-    """Mean, max and effective-sample-size fraction of per-sample weights ``w`` [B] (> 0)."""
-    n = w.numel()
-    ess = float(w.sum().square() / (n * w.square().sum())) if n else 0.0
+    """Mean, max and effective-sample-size fraction of per-sample weights ``w`` [B] (>= 0; all zero: ESS 0)."""
+    n, power = w.numel(), w.square().sum()
+    ess = float(w.sum().square() / (n * power)) if n and power > 0 else 0.0
     return {"weight_mean": float(w.mean()), "weight_max": float(w.max()), "weight_ess": ess}
 
 

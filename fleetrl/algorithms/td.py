@@ -51,6 +51,15 @@ def n_step_chunk_target(
     return y + scale * bootstrap
 
 
+def mc_bounded_target(target: torch.Tensor, returns: torch.Tensor, replace: bool = False) -> torch.Tensor:
+    """``max(y, G)`` (``G`` itself if ``replace``) where the observed discounted return ``G`` [B] is known, ``y`` elsewhere (``G`` NaN:
+    the episode did not terminate, so its return is incomplete). Monte Carlo augmented actor-critic
+    (MCAC, Wilcox et al. 2022): with sparse rewards a TD target needs one chunk per target-network time
+    constant to carry a success back to the episode's start; the return the data achieved is a lower
+    bound on the optimal Q that carries it at once."""
+    return torch.where(torch.isnan(returns), target, returns if replace else torch.maximum(target, returns))
+
+
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """The target networks' step, ``target <- (1 - tau) target + tau source`` (ALOE's omega, LWD's EMA

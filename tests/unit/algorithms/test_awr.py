@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from fleetrl.algorithms.awr import AWR, AWRConfig, advantage_vs_policy, awr_weights
+from fleetrl.algorithms.awr import AWR, AWRConfig, advantage_vs_policy, awr_weights, binary_weights
 from fleetrl.algorithms.base import PolicySpec, build_algorithm, parse_config
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.bc import BC, BCConfig
@@ -74,6 +74,46 @@ def test_awr_weights_clip_at_eps_and_scale_with_beta():
     w4 = awr_weights(torch.tensor([2.0, -2.0, 100.0]), beta=4.0, eps=2.0)
     torch.testing.assert_close(w4, torch.exp(torch.tensor([0.5, -0.5, 2.0])))
     assert not awr_weights(adv.requires_grad_(), 1.0, 2.0).requires_grad
+
+
+def test_binary_weights_keep_exactly_the_chunks_above_the_policy():
+    adv = torch.tensor([-3.0, -1e-4, 0.0, 1e-4, 50.0], requires_grad=True)
+    assert binary_weights(adv).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert not binary_weights(adv).requires_grad
+
+
+def test_binary_awr_step_regresses_only_the_rows_with_positive_advantage():
+    """With CRR's binary filter the actor's loss is flow matching over the rows whose A > 0 (weight 1) and
+    nothing from the others: its value is the masked per-row loss, recomputed from the same noise."""
+    algo = small_awr(weighting="binary")
+    batch = make_batch(b=16)
+    t = algo.tensors(batch)
+    with torch.no_grad():
+        q_data = algo._q_pess(t.obs, t.actions)
+    torch.manual_seed(3)
+    obs_rep, pi = algo._sample_pi(t.obs, algo.config.n_policy_samples)
+    keep = (q_data - algo._q_pess(obs_rep, pi).reshape(2, -1).mean(0)) > 0
+    assert 0 < int(keep.sum()) < 16  # the test needs both kinds of rows
+    torch.manual_seed(3)
+    m = algo.actor_step(t)
+    assert m["weight_mean"] == pytest.approx(float(keep.float().mean()))
+    assert m["weight_max"] == 1.0
+
+
+def test_critic_target_return_regresses_the_observed_return():
+    """critic_target='return': a terminated episode's rows regress their discounted return (AWR with
+    lambda = 1), so the critics converge to it whatever the bootstrap says; 'td' would not."""
+    batch = dataclasses.replace(make_batch(b=8), returns=np.linspace(-5, 5, 8).astype(np.float32))
+    results = {}
+    for mode in ("return", "td"):
+        algo = small_awr(critic_target=mode, critic_lr=3e-3)
+        for _ in range(300):
+            algo.critic_step(algo.tensors(batch))
+        t = algo.tensors(batch)
+        with torch.no_grad():
+            q = algo.critic.forward_flat(t.obs, t.actions).mean(0)
+        results[mode] = float((q - t.returns).abs().max())
+    assert results["return"] < 0.5 < results["td"]
 
 
 def test_one_chunk_target_bootstraps_with_gamma_h_unless_done():

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
+from fleetrl.algorithms.td import (
+    ensemble_td_loss,
+    mc_bounded_target,
+    n_step_chunk_target,
+    pessimistic_q,
+    polyak_update,
+)
 
 torch.set_num_threads(1)
 
@@ -97,3 +103,11 @@ def test_polyak_update_moves_parameters_by_tau_and_copies_buffers():
     polyak_update(tgt, src, 0.1)
     torch.testing.assert_close(tgt.weight.detach(), 0.9 * before + 0.1 * src.weight.detach())
     assert torch.equal(tgt.running_mean, src.running_mean)
+
+
+def test_mc_bounded_target_raises_to_the_observed_return_where_known():
+    y = torch.tensor([-10.0, -10.0, -10.0])
+    g = torch.tensor([-4.0, -30.0, float("nan")])  # return higher, lower, not observed
+    torch.testing.assert_close(mc_bounded_target(y, g), torch.tensor([-4.0, -10.0, -10.0]))
+    # 'return' mode: the critic regresses the observed return itself, TD only where none was observed
+    torch.testing.assert_close(mc_bounded_target(y, g, replace=True), torch.tensor([-4.0, -30.0, -10.0]))
