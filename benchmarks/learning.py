@@ -158,6 +158,7 @@ def plot_offline(offline_result: dict, path: Path) -> None:
         sems = [row[a]["success_sem"] or 0.0 for a in algs]
         ax.bar(algs, means, yerr=sems, capsize=3, color="#4c72b0")
         ax.set_title(f"{d} / {task}", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=40, labelsize=8)
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("success rate")
     fig.tight_layout()

@@ -44,9 +44,9 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # A cell's algorithm may be a named setting of a registered one: (algorithm, config on top of its entry).
 # ``awr_filtered`` is AWR as recommended for data of mixed quality (README: critic on observed returns, CRR's
 # binary filter). It was chosen on cube-single tasks 2 and 3, which this benchmark does not score, before
-# it ran on tasks 1 and 4 (dev runs, seeds 0-3, 50 evaluation episodes: mixed data, task 2 0.16 vs default
-# AWR 0.05 vs BC 0.00, task 3 0.13 vs 0.01 vs 0.00; expert data, task 2 0.19 vs default AWR 0.56 vs BC 0.36,
-# so it is not the default).
+# it ran on tasks 1 and 4 (dev runs, 50 evaluation episodes: mixed data, seeds 0-2, task 2 0.16 vs default
+# AWR 0.05 vs BC 0.00, task 3 0.13 vs 0.01 vs 0.00; expert data, task 2, seeds 0-3, 0.19 vs default AWR 0.56
+# (seeds 0, 2, 3) vs BC 0.36, so it is not the default).
 VARIANTS = {"awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"})}
 SEEDS, EXTRA_SEEDS, CLOSE = (0, 1, 2), (3, 4), 0.2
 EVAL_SEED = 10_000
