@@ -24,7 +24,7 @@ from torch import nn
 
 from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec, clipped_step
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.td import ensemble_td_loss, mc_bounded_target, polyak_update
+from fleetrl.algorithms.td import ensemble_td_loss, observed_return_target, polyak_update
 from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
 from fleetrl.models.flow import FlowChunkPolicy
 from fleetrl.models.nets import flatten_obs, seeded
@@ -188,9 +188,8 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
     def fit_critics(self, t: ChunkTensors, target: torch.Tensor, polyak: float) -> dict[str, float]:
         """One regression step of every critic head on the TD ``target`` [B] (the ensemble's mean squared
         error), then the Polyak step of the target copy at rate ``polyak``. ``critic_target`` says how the
-        row's observed return enters first (``mc_bounded_target``)."""
-        if self.config.critic_target != "td":
-            target = mc_bounded_target(target, t.returns, self.config.critic_target == "return")
+        row's observed return enters first (``observed_return_target``)."""
+        target = observed_return_target(target, t.returns, self.config.critic_target)
         q = self.critic.forward_flat(t.obs, t.actions)
         loss = ensemble_td_loss(q, target)
         grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())

@@ -51,13 +51,17 @@ def n_step_chunk_target(
     return y + scale * bootstrap
 
 
-def mc_bounded_target(target: torch.Tensor, returns: torch.Tensor, replace: bool = False) -> torch.Tensor:
-    """``max(y, G)`` (``G`` itself if ``replace``) where the observed discounted return ``G`` [B] is known, ``y`` elsewhere (``G`` NaN:
-    the episode did not terminate, so its return is incomplete). Monte Carlo augmented actor-critic
-    (MCAC, Wilcox et al. 2022): with sparse rewards a TD target needs one chunk per target-network time
-    constant to carry a success back to the episode's start; the return the data achieved is a lower
-    bound on the optimal Q that carries it at once."""
-    return torch.where(torch.isnan(returns), target, returns if replace else torch.maximum(target, returns))
+def observed_return_target(target: torch.Tensor, returns: torch.Tensor, mode: str) -> torch.Tensor:
+    """The critics' regression target under ``critic_target`` ``mode``: the TD target ``y`` [B] (``"td"``),
+    ``max(y, G)`` (``"mc_bound"``) or ``G`` (``"return"``) where the observed discounted return ``G`` [B] is
+    known, ``y`` where it is NaN (the episode did not terminate, so its return is incomplete). MCAC (Wilcox
+    et al. 2022): with sparse rewards a TD target needs one chunk per target-network time constant to carry a
+    success back to the episode's start; the return the data achieved is a lower bound on the optimal Q that
+    carries it at once."""
+    if mode == "td":
+        return target
+    observed = returns if mode == "return" else torch.maximum(target, returns)
+    return torch.where(torch.isnan(returns), target, observed)
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ from torch import nn
 
 from fleetrl.algorithms.td import (
     ensemble_td_loss,
-    mc_bounded_target,
     n_step_chunk_target,
+    observed_return_target,
     pessimistic_q,
     polyak_update,
 )
@@ -105,9 +105,9 @@ def test_polyak_update_moves_parameters_by_tau_and_copies_buffers():
     assert torch.equal(tgt.running_mean, src.running_mean)
 
 
-def test_mc_bounded_target_raises_to_the_observed_return_where_known():
+def test_observed_return_target_raises_to_the_observed_return_where_known():
     y = torch.tensor([-10.0, -10.0, -10.0])
     g = torch.tensor([-4.0, -30.0, float("nan")])  # return higher, lower, not observed
-    torch.testing.assert_close(mc_bounded_target(y, g), torch.tensor([-4.0, -10.0, -10.0]))
+    torch.testing.assert_close(observed_return_target(y, g, "mc_bound"), torch.tensor([-4.0, -10.0, -10.0]))
     # 'return' mode: the critic regresses the observed return itself, TD only where none was observed
-    torch.testing.assert_close(mc_bounded_target(y, g, replace=True), torch.tensor([-4.0, -30.0, -10.0]))
+    torch.testing.assert_close(observed_return_target(y, g, "return"), torch.tensor([-4.0, -30.0, -10.0]))
