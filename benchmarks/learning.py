@@ -229,6 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk-len", type=int, default=ppo_cells.CHUNK_LEN, help="PPO parts: steps per chunk")
     ap.add_argument("--envs", default="Hopper-v5,HalfCheetah-v5", help="part (a''): MuJoCo tasks")
     ap.add_argument(
+        "--segment-steps",
+        type=int,
+        help="PPO parts: the learner trains on pieces of running episodes of this many rows (0: whole "
+        "episodes; default: 2048 steps per update / robots)",
+    )
+    ap.add_argument(
         "--cleanrl", help="part (a''): folder of CleanRL runs' out_<env>_<seed>.json to report beside"
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))

@@ -61,12 +61,24 @@ def policy_config(seed: int, normalize_obs: bool) -> GaussianMLPConfig:
     return GaussianMLPConfig(seed=seed, normalize_obs=normalize_obs)
 
 
-def task_config(env: str, seed: int, normalize_obs: bool, ppo: dict, chunk_len: int = CHUNK_LEN) -> dict:
-    """The platform task: ``env``'s own observation and action specs, PPO (``ppo``) publishing every update."""
+def segment_steps(args: argparse.Namespace) -> int:
+    """Rows per piece of a running episode the learner trains on (``--segment-steps``; default: the update's
+    steps over the robots, CleanRL's rollout length per environment; 0: whole episodes)."""
+    if args.segment_steps is not None:
+        return args.segment_steps
+    return PPO["steps_per_update"] // args.robots
+
+
+def task_config(
+    env: str, seed: int, normalize_obs: bool, ppo: dict, chunk_len: int = CHUNK_LEN, segments: int = 0
+) -> dict:
+    """The platform task: ``env``'s own observation and action specs, PPO (``ppo``) publishing every update,
+    trained on pieces of ``segments`` rows of running episodes (0: whole episodes)."""
     robot = SimRobot(env)
     learner = {
         "algorithm": "ppo",
         "config": {**ppo, "seed": seed},
+        "segment_steps": segments,
         "publish_every": 1,
         "checkpoint_every": 10,
     }
@@ -100,7 +112,7 @@ def run_platform(
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
         config = tasks_config(
             state_dir,
-            [task_config(env, seed, normalize_obs, ppo, args.chunk_len)],
+            [task_config(env, seed, normalize_obs, ppo, args.chunk_len, segment_steps(args))],
             recent_episodes=max(256, k),
         )
         platform = Platform(config).start()
@@ -251,6 +263,7 @@ def ppo_part(
         "env_steps": args.budget["ppo_env_steps"],
         "robots": args.robots,
         "control_hz": args.hz,
+        "segment_steps": segment_steps(args),
         "hold_fraction": {
             m: stat(lambda r, m=m: r[m]["hold_fraction"], 4)["mean"] for m in ("platform", "lockstep")
         },

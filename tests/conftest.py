@@ -34,6 +34,7 @@ def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:
                 "learner": {
                     "algorithm": "ppo",
                     "config": {"steps_per_update": 400, "epochs": 2},
+                    "segment_steps": 24,  # Reacher's 50-step episodes come in pieces (gateway/segments.py)
                     "publish_every": 1,
                     "checkpoint_every": 5,
                 },

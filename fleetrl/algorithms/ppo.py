@@ -97,8 +97,13 @@ class PPOConfig(AlgorithmConfig):
 
 def batch_stats(batch: EpisodeBatch) -> dict[str, float]:
     """The batch's mean episode return and ``hold_fraction``: held steps (the robot's ``hold()`` ran, no
-    chunk was ready) over all steps, what asynchronous execution cost this batch."""
-    returns = [float(e.columns["reward"].sum()) for e in batch.episodes]
+    chunk was ready) over all steps, what asynchronous execution cost this batch. A piece of a running
+    episode (``segment_of``) counts only as the last piece, with its whole episode's return."""
+    returns = [
+        float(e.meta.get("episode_return", e.columns["reward"].sum()))
+        for e in batch.episodes
+        if "segment_of" not in e.meta or "episode_return" in e.meta
+    ]
     steps = sum(len(e) for e in batch.episodes)
     held = sum(int(e.columns["held"].sum()) for e in batch.episodes if "held" in e.columns)
     return {

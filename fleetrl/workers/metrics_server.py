@@ -72,6 +72,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("task", "result"),
     ),
     "episode_resends_total": ("counter", "Rows or ends a robot had to send again, by reason.", ("reason",)),
+    "segments_total": (
+        "counter",
+        "Pieces of running episodes handed to on-policy learners (segment_steps), by result.",
+        ("task", "result"),
+    ),
     "replay_transitions": ("gauge", "Transitions in replay, by partition.", ("task", "partition")),
     "robots_online": ("gauge", "Robots with a live session.", ("task",)),
     "model_to_actor_seconds": (

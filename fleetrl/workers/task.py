@@ -107,6 +107,13 @@ class LearnerConfig(ActorResources):
         0, ge=0, description="First learner steps sample only offline data (pretraining on demos)."
     )
     publish_every: int = Field(10, ge=1, description="Publish weights every N learner steps.")
+    segment_steps: int = Field(
+        0,
+        ge=0,
+        description="On-policy learners (PPO) train on pieces of running episodes of at least this many rows, "
+        "cut where a chunk starts and bootstrapped there, instead of waiting for whole episodes (0: whole "
+        "episodes). Set it where episodes outlive updates: about steps_per_update / robots.",
+    )
     prefetch_batches: int = Field(
         4, ge=1, le=64, description="Replay batches fetched per data-server call (off-policy algorithms)."
     )

@@ -177,8 +177,13 @@ def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):
     assert serving == ray.get(platform.weights.latest.remote("reach"))[0]
     assert status["fleet_waits"] >= 0 and status["algorithm_config"]["stale"] == "wait"
     # The learner recomputed the behaviour log-probs with the producing weights; fp32 torch inference
-    # reports the same numbers, so the gap is tiny (it would be large with stale or wrong weights).
+    # reports the same numbers, so the gap is tiny (it would be large with stale or wrong weights, or with
+    # pieces of running episodes that lost a chunk's observation or pending actions at a cut).
     assert losses["logprob_gap"] < 1e-3
+    # the task's learner trains on the gateway's pieces of running episodes (segment_steps 24 of 50 rows)
+    pieces = ray.get(platform.data.sample_segments.remote("reach", 0)).episodes
+    assert any(p.meta["first_row"] > 0 for p in pieces)
+    assert any(p.meta["context_rows"] > 0 for p in pieces)  # 100 Hz robots ask ahead: chunks span cuts
     assert np.isfinite(losses["approx_kl"]) and 0.0 <= losses["clip_fraction"] <= 1.0
 
 

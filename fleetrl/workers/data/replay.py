@@ -68,6 +68,8 @@ class Replay:
         self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
         self._live: set[str] = set()
         self._recent: deque[tuple[int, Episode]] = deque(maxlen=recent_episodes)
+        self._segments: deque[tuple[int, Episode]] = deque(maxlen=recent_episodes)  # (sequence, piece)
+        self._segment_seq = 0
 
     @classmethod
     def from_config(cls, cfg: ReplayConfig, chunk_len: int, seed: int | None = None) -> Replay:
@@ -241,6 +243,23 @@ class Replay:
             snapshots=[s for s, _ in chosen],
             snapshot=self.snapshot,
             notes=notes,
+        )
+
+    def add_segment(self, piece: Episode) -> None:
+        """Add a piece of a running episode to the on-policy feed (``LearnerConfig.segment_steps``): under
+        this replay's reward scheme, numbered in arrival order, never part of the replay's rows."""
+        piece.validate()
+        self._segment_seq += 1
+        self._segments.append(
+            (self._segment_seq, with_rewards(self._conform(piece), self.reward, self.c_fail))
+        )
+
+    def sample_segments(self, since: int = 0) -> EpisodeBatch:
+        """The feed's pieces numbered above ``since`` (oldest first); ``snapshot`` is the newest number, so
+        a caller ahead of it is talking to a restarted feed."""
+        chosen = [(s, ep) for s, ep in self._segments if s > since]
+        return EpisodeBatch(
+            episodes=[ep for _, ep in chosen], snapshots=[s for s, _ in chosen], snapshot=self._segment_seq
         )
 
     def rollout_stats(self, last: int = 50) -> dict[str, float]:

@@ -185,6 +185,13 @@ class DataServer:
             n, max_staleness=max_staleness, since_snapshot=since_snapshot
         )
 
+    def add_segment(self, piece: Episode) -> None:
+        """A piece of a running episode for on-policy learners (not stored; ``gateway/segments.py``)."""
+        self.replays[piece.task].add_segment(piece)
+
+    def sample_segments(self, task: str, since: int = 0) -> EpisodeBatch:
+        return self.replays[task].sample_segments(since)
+
     def episode_ids(self, task: str | None = None) -> list[str]:
         return [row["episode_id"] for row in self.store.list(task)]
 

@@ -22,6 +22,7 @@ class EpisodeAssembly:
         self.expected = 0  # next row the gateway needs
         self.nbytes = 0  # array bytes held
         self.asked_from: int | None = None  # row we last asked the robot to re-send from
+        self.segment_from = 0  # first row not yet handed out in a segment (segments.py)
         self._obs: dict[str, list[np.ndarray]] = {k: [] for k in task.observation}
         self._actions: list[np.ndarray] = []
         self._columns: dict[str, list[np.ndarray]] = {k: [] for k in STEP_COLUMNS}
@@ -72,6 +73,18 @@ class EpisodeAssembly:
             self._columns[name].append(msg.columns[name])
         self.expected += n
         self.asked_from = None
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """The rows so far as (observations, actions, columns), one array each; kept joined, so the next
+        call joins only the rows that came since. Needs at least one row."""
+        for parts in (*self._obs.values(), self._actions, *self._columns.values()):
+            if len(parts) > 1:
+                parts[:] = [np.concatenate(parts)]
+        return (
+            {k: v[0] for k, v in self._obs.items()},
+            self._actions[0],
+            {k: v[0] for k, v in self._columns.items()},
+        )
 
     def _episode(self, outcome: str, labelled_by: str, final: dict[str, np.ndarray], **flags) -> Episode:
         ep = Episode(

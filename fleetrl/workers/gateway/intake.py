@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from fleetrl.robots import protocol as P
 from fleetrl.robots.episode import Episode, EpisodeConflict
 from fleetrl.workers.gateway.assembly import EpisodeAssembly
+from fleetrl.workers.gateway.segments import next_cut, segment
 from fleetrl.workers.metrics_server import MetricsBuffer
 
 if TYPE_CHECKING:
@@ -149,6 +150,14 @@ class EpisodeIntake:
             asm.add(msg)
         except P.ProtocolError as exc:
             self.refuse(ident, exc.code, exc.message, state.robot_id, episode_id=msg.episode_id)
+            return
+        steps = segment_steps(state)
+        if steps:
+            obs, actions, columns = asm.arrays()
+            while (cut := next_cut(columns, asm.segment_from, steps)) is not None:
+                self._hand_out(segment(asm.episode_id, state.task.name, state.robot_id, obs, actions, columns,
+                                       asm.segment_from, cut))  # fmt: skip
+                asm.segment_from = cut
 
     def _refuse_for_good(
         self, ident: bytes, state: RobotState, episode_id: str, code: str, message: str
@@ -195,12 +204,28 @@ class EpisodeIntake:
             self.refuse(ident, "bad_message", str(exc), state.robot_id, episode_id=msg.episode_id)
             return
         del state.assemblies[msg.episode_id]
+        if segment_steps(state):
+            self._hand_out(segment(episode.episode_id, state.task.name, state.robot_id, episode.observations,
+                                   episode.actions, episode.columns, asm.segment_from, len(episode), episode))  # fmt: skip
         if msg.episode_id == state.episode_id:
             state.episode_id, state.last_step = None, -1
         state.steps_done += len(episode)
         self._count_outcome(state, msg.episode_id, msg.outcome, end=(len(episode), msg.outcome))
         state.committing.add(msg.episode_id)
         self.loop.create_task(self._commit(ident, state, episode))
+
+    def _hand_out(self, piece: Episode) -> None:
+        """Give a segment to the data server's on-policy feed, without waiting for it (segments.py)."""
+        if self.data is not None:
+            self.loop.create_task(self._deliver_segment(piece))
+
+    async def _deliver_segment(self, piece: Episode) -> None:
+        try:
+            await self.data.add_segment.remote(piece)
+        except Exception:  # noqa: BLE001 - not durable by design: the learner waits for the next ones
+            self.metrics.inc("segments_total", (piece.task, "lost"))
+            return
+        self.metrics.inc("segments_total", (piece.task, "delivered"))
 
     async def _commit(self, ident: bytes, state: RobotState, episode: Episode) -> None:
         """Hand the episode to the data server and ack only once it is durable (at-least-once delivery).
@@ -295,6 +320,11 @@ class EpisodeIntake:
                 state.recent_ends.popitem(last=False)
         state.outcomes[outcome] += 1
         self.metrics.inc("episodes_total", (state.task.name, outcome))
+
+
+def segment_steps(state: RobotState) -> int:
+    """Rows per segment of running episodes the robot's task asks for (0: whole episodes only)."""
+    return state.task.learner.segment_steps if state.task.learner is not None else 0
 
 
 def len_bytes(msg: P.Steps) -> int:

@@ -74,7 +74,9 @@ class LearnerLoop:
         resumed = self.checkpoints.restore(registered_checkpoint())
         self.step = resumed.step if resumed else 0
         self.publisher = Publisher(weights, task.name, policy, resumed.version if resumed else None)
-        self.sampler = Sampler(task.name, data, weights, prefetch, offline_steps)
+        self.sampler = Sampler(
+            task.name, data, weights, prefetch, offline_steps, segments=learner.segment_steps > 0
+        )
         self.demos = DemoReplay(data, task.name, learner.demo_replay, prefetch, offline_steps, family)
         self.reporter = Reporter(task.name, learner.report_every_s, data, control, metrics, tensorboard_dir)
         self.throttle = Throttle(learner.max_updates_per_s)

@@ -79,7 +79,10 @@ class Sampler:
         prefetch_batches: int,
         offline_steps: int,
         get: Callable[[Any], Any] = ray.get,
+        segments: bool = False,
     ):
+        """``segments``: fresh on-policy data are pieces of running episodes (``LearnerConfig.segment_steps``,
+        cut by the gateway) rather than whole episodes."""
         self.task, self.data, self.weights, self.offline_steps, self._get = (
             task,
             data,
@@ -88,6 +91,7 @@ class Sampler:
             get,
         )
         self.replay = ReplayBatches(data, task, prefetch_batches, get)
+        self.segments = segments
         self.waiting: str | None = None
         self.dropped_stale_episodes = 0
         self.partly_stale_episodes = 0  # long episodes that started on versions older than the lag
@@ -153,11 +157,11 @@ class Sampler:
         benchmarks/results/learning.json ``partly_stale_episodes``). Its stale decisions still carry GAE; the algorithm leaves them out of
         the loss (PPO: ``max_version_lag``)."""
         try:
-            new = self._get(
-                self.data.sample_episodes.remote(self.task, self.EPISODES_PER_LOOK, None, self._seen_snapshot)
-            )
+            new = self._get(self._look())
         except UNAVAILABLE as exc:
             return self._data_server_away(exc)
+        if self.segments and new.snapshot < self._seen_snapshot:  # a restarted data server numbers afresh
+            self._seen_snapshot = 0
         floor = None if max_lag is None else version - max_lag
         for episode, snapshot in zip(new.episodes, new.snapshots, strict=True):
             self._seen_snapshot = max(self._seen_snapshot, snapshot)
@@ -181,6 +185,12 @@ class Sampler:
         )
         self._fresh = []
         return batch
+
+    def _look(self) -> Any:
+        """The data-server call for on-policy data not seen yet: segments, or whole episodes."""
+        if self.segments:
+            return self.data.sample_segments.remote(self.task, self._seen_snapshot)
+        return self.data.sample_episodes.remote(self.task, self.EPISODES_PER_LOOK, None, self._seen_snapshot)
 
 
 def fresh_steps(episode: Any, floor: int | None) -> int:

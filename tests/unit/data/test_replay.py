@@ -317,3 +317,17 @@ def test_relabelled_returns_follow_the_new_rewards():
     replay.relabel(dataclasses.replace(ep, outcome="success"))
     b = replay.sample_chunks(100)
     assert {int(t): float(g) for t, g in zip(b.step, b.returns, strict=True)} == {0: -1.5, 1: -1.0, 2: 0.0}
+
+
+def test_segments_are_a_numbered_feed_under_the_reward_scheme_and_never_replay_rows():
+    replay = Replay(chunk_len=2, gamma=0.9, seed=8, recent_episodes=3, reward="aloe", c_fail=20.0)
+    pieces = [synthetic_episode(4, seed=i) for i in range(4)]
+    for piece in pieces:
+        piece.outcome = "aborted"  # a piece of a running episode has no label yet
+        replay.add_segment(piece)
+    assert replay.sizes()["online_rows"] == 0 and replay.sizes()["snapshot"] == 0  # not in the replay
+    b = replay.sample_segments()
+    assert [e.episode_id for e in b.episodes] == [p.episode_id for p in pieces[1:]]  # the last 3 are kept
+    assert b.snapshots == [2, 3, 4] and b.snapshot == 4
+    assert all((e.columns["reward"] == -1.0).all() for e in b.episodes)  # aloe: -1 per step, no -C_fail
+    assert replay.sample_segments(since=3).snapshots == [4] and replay.sample_episodes(10).episodes == []

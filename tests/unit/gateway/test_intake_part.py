@@ -269,3 +269,38 @@ def test_after_a_commit_return_and_explore_may_send_the_robot_to_a_failure_point
         assert data.sample_failure_state.calls == [("reach",)] and data.get_episode.calls == [("ep-f",)]
 
     asyncio.run(scenario())
+
+
+def policy_steps(robot_id: str, episode_id: str, first: int, n: int) -> P.Steps:
+    """``steps`` rows that a policy ran in lockstep chunks of 2 (a chunk starts on every even row)."""
+    msg = steps(robot_id, episode_id, first, n)
+    rows = np.arange(first, first + n)
+    msg.columns["policy_version"][:] = 0
+    msg.columns["obs_step"][:] = rows - rows % 2
+    msg.columns["log_prob"][:] = np.where(rows % 2 == 0, -1.0, np.nan)
+    return msg
+
+
+def test_a_task_with_segment_steps_hands_out_pieces_of_running_episodes_and_still_commits_the_whole():
+    async def scenario(segment_steps: int):
+        data = DataServer()
+        data.add_segment = RemoteMethod()
+        part, wire, _, _, _ = build(data)
+        learner = {"algorithm": "ppo", "segment_steps": segment_steps} if segment_steps else None
+        state = robot("r1", task(learner=learner))
+        part.on_steps(state.ident, state, policy_steps("r1", "ep-1", 0, 3))
+        await settle()
+        assert data.add_segment.calls == []  # row 4, where the first piece would end, has not arrived
+        part.on_steps(state.ident, state, policy_steps("r1", "ep-1", 3, 7))
+        part.on_episode_end(state.ident, state, end("r1", "ep-1", 10, outcome="failure", terminated=True))
+        await settle()
+        assert len(data.stored) == 1 and len(data.stored[0]) == 10  # the whole episode, as before
+        assert wire.to(state.ident, P.Ack)
+        return [args[0] for args in data.add_segment.calls]
+
+    pieces = asyncio.run(scenario(4))
+    assert [(p.meta["first_row"], len(p)) for p in pieces] == [(0, 4), (4, 4), (8, 2)]
+    assert [p.truncated for p in pieces] == [True, True, False] and pieces[-1].terminated
+    assert [p.outcome for p in pieces] == ["aborted", "aborted", "failure"]
+    assert pieces[0].final_observation["state"][0] == 4.0  # cut at row 4: bootstrap from its observation
+    assert asyncio.run(scenario(0)) == []  # whole episodes only: nothing handed out

@@ -153,3 +153,25 @@ def test_waits_for_the_fleet_then_stops_asking_once_it_serves_the_version(data):
     board.serving_version = None  # no replica answered: not a reason to wait
     data.episodes.append((3, episode([3])))
     assert len(s.next(request, step=2, version=4)) == 1 and s.fleet_waits == 1
+
+
+def test_with_segments_fresh_data_are_the_gateways_pieces_and_a_restarted_feed_is_read_from_its_start(data):
+    feed: list[tuple[int, object]] = []
+    data.sample_segments = Method(
+        lambda task, since: EpisodeBatch(
+            episodes=[e for n, e in feed if n > since],
+            snapshots=[n for n, _ in feed if n > since],
+            snapshot=max((n for n, _ in feed), default=0),
+        )
+    )
+    s = Sampler("reach", data, Board(None), 2, 0, get=resolve, segments=True)
+    request = BatchRequest("episodes", size=4, max_version_lag=1)
+    feed[:] = [(1, episode([5, 5], "a")), (2, episode([5, 5], "b"))]
+    batch = s.next(request, step=0, version=5)
+    assert [e.episode_id for e in batch.episodes] == ["a", "b"] and data.sample_episodes.calls == []
+    assert data.sample_segments.calls == [("reach", 0)]
+    feed[:] = [(1, episode([6, 6, 6], "c"))]  # the data server restarted: its feed numbers from 1 again
+    assert s.next(request, step=1, version=6) is None  # seen up to 2, the feed's newest is 1: start over
+    feed.append((2, episode([6], "d")))
+    batch = s.next(request, step=1, version=6)
+    assert [e.episode_id for e in batch.episodes] == ["c", "d"]
