@@ -15,7 +15,9 @@ joint (observation entries up to ~50, gradient norms 20-75 under the 0.5 clip); 
 comparison on more gymnasium MuJoCo tasks (fixed before running: Hopper-v5, which terminates, and
 HalfCheetah-v5, which does not; the same budget, seeds, robots and rate as part (a)) with both of CleanRL's
 normalisations on every side (``normalize_obs`` and PPO's ``normalize_rewards``: returns run to the
-hundreds there), and CleanRL's own script's figure beside.
+hundreds there), and CleanRL's own script's figure beside. The platform's learner trains on pieces of
+running episodes (``--segment-steps``, default 2048 / robots = 256, CleanRL's rollout length per environment;
+results before 2026-12-05 trained on whole episodes and have no ``segment_steps`` key).
 
 (b) ``offline``: BC, AWR, QAM and RLPD on OGBench cube-single tasks 1 and 4 from an expert and a
 mixed-quality dataset, several seeds each, in worker processes (``offline_cells.py`` says what was fixed
@@ -285,12 +287,14 @@ def main(argv: list[str] | None = None) -> None:
     result["wall_s"] = round(time.monotonic() - t0, 1)
     if args.only and Path(args.out).exists():  # one part rerun: the other parts' figures stay in the file
         earlier = json.loads(Path(args.out).read_text())
+        kept_from = {"command": earlier.get("command"), "date": earlier.get("date")}
         for part, key in PARTS.items():
             if part != args.only and key in earlier:
                 result[key] = earlier[key]
-                result.setdefault("runs", earlier.get("runs", [])).append(
-                    {"part": key, "command": earlier.get("command"), "date": earlier.get("date")}
-                )
+                # the run that produced the kept part (older files name only the file it was kept from)
+                result.setdefault("part_runs", {})[key] = earlier.get("part_runs", {}).get(key, kept_from)
+        for key, value in earlier.items():  # notes on the kept parts (e.g. offline_provenance) stay too
+            result.setdefault(key, value)
         if args.only == "ppo_mujoco":  # tasks left out of --envs keep their earlier figures, marked so
             for env, part in earlier.get("ppo_mujoco", {}).items():
                 if env not in result["ppo_mujoco"]:
