@@ -152,7 +152,7 @@ class EpisodeIntake:
             self.refuse(ident, exc.code, exc.message, state.robot_id, episode_id=msg.episode_id)
             return
         steps = segment_steps(state)
-        if steps:
+        if steps and asm.expected > asm.segment_from + steps:  # a row a piece could end at has arrived
             obs, actions, columns = asm.arrays()
             while (cut := next_cut(columns, asm.segment_from, steps)) is not None:
                 self._hand_out(segment(asm.episode_id, state.task.name, state.robot_id, obs, actions, columns,
