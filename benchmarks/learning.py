@@ -288,12 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.only and Path(args.out).exists():  # one part rerun: the other parts' figures stay in the file
         earlier = json.loads(Path(args.out).read_text())
         kept_from = {"command": earlier.get("command"), "date": earlier.get("date")}
-        for part, key in PARTS.items():
+        for part, key in PARTS.items():  # the run that produced each kept part (older files: the file's)
             if part != args.only and key in earlier:
-                result[key] = earlier[key]
-                # the run that produced the kept part (older files name only the file it was kept from)
                 result.setdefault("part_runs", {})[key] = earlier.get("part_runs", {}).get(key, kept_from)
-        for key, value in earlier.items():  # notes on the kept parts (e.g. offline_provenance) stay too
+        for key, value in earlier.items():  # the kept parts and their notes (e.g. offline_provenance)
             result.setdefault(key, value)
         if args.only == "ppo_mujoco":  # tasks left out of --envs keep their earlier figures, marked so
             for env, part in earlier.get("ppo_mujoco", {}).items():

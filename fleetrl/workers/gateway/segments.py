@@ -2,8 +2,9 @@
 
 PPO trains on what its current policy did. A learner that waits for whole episodes trains, on long
 episodes, on rows several versions old: HalfCheetah-v5's 1,000-step episodes on 8 robots outlive about four
-updates of 2,048 steps, so about half of every episode was left out of the loss as stale
-(``partly_stale_episodes``), and the rest was off-policy. With segments the gateway hands the data server
+updates of 2,048 steps, so its rows older than ``max_version_lag`` were left out of the loss
+(``partly_stale_episodes``: 122-142 per seed in benchmarks/results/learning.json before this) and the rest
+trained off-policy. With segments the gateway hands the data server
 each running episode in pieces of at least ``segment_steps`` rows as they arrive, as CleanRL's vectorised
 rollouts cut every environment after a fixed number of steps: a piece ends where a chunk starts, so it ends
 with a state to bootstrap from (``truncated``, ``final_observation`` = the observation of the row it was
