@@ -55,14 +55,24 @@ from fleetrl.algorithms.diagnostics import (
 )
 from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q
 from fleetrl.models.flow import flow_matching_loss
+from fleetrl.models.nets import mlp, seeded
 
 # --- loss maths (pure functions; the TD maths is td.py's) ----------------------------------------------
 
 
-def advantage_vs_policy(q_data: torch.Tensor, q_policy_samples: torch.Tensor) -> torch.Tensor:
-    """ALOE eq. 10: ``A = Q_pess(s, a_data) - sg(V^pi(s))`` with ``V^pi`` the mean of ``q_policy_samples``
-    [N, B] (``Q_pess`` of N chunks sampled from the current policy); ``q_data`` [B]."""
-    return q_data - q_policy_samples.mean(dim=0).detach()
+def policy_value(q_policy_samples: torch.Tensor) -> torch.Tensor:
+    """ALOE eq. 10's baseline ``sg(V^pi(s))``: the mean of ``q_policy_samples`` [N, B] (``Q_pess`` of N chunks
+    sampled from the current policy), so ``A = Q_pess(s, a_data) - V^pi(s)``."""
+    return q_policy_samples.mean(dim=0).detach()
+
+
+def expectile_loss(values: torch.Tensor, target: torch.Tensor, expectile: float) -> torch.Tensor:
+    """IQL's asymmetric squared error (Kostrikov et al. 2021, eq. 5): ``E[|tau - 1(y - v < 0)| (y - v)^2]``.
+    ``expectile`` 0.5 fits the mean (the plain squared error, halved); above 0.5 it leans towards the best
+    targets seen in a state. ``values`` and ``target`` [B]; no gradient flows into the target."""
+    diff = target.detach() - values
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.square()).mean()
 
 
 def awr_weights(advantages: torch.Tensor, beta: float, eps: float, scale: float = 1.0) -> torch.Tensor:
@@ -123,6 +133,21 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
         "filter that drops every chunk the critic ranks below the policy, whatever its margin (beta, eps_clip "
         "and the advantage scale then do not apply).",
     )
+    baseline: Literal["policy", "data"] = Field(
+        "policy",
+        description="What A is measured against. 'policy': eq. 10's V^pi, the mean Q_pess of chunks sampled "
+        "from the current policy. 'data': a state-value network fitted to Q_pess of the data's own chunks "
+        "(AWR's baseline, Peng et al. 2019: the behaviour policy's value; with expectile > 0.5 IQL's upper "
+        "expectile, Kostrikov et al. 2021), so A ranks the data's chunks against each other in a state and "
+        "never reads Q on chunks the data does not contain.",
+    )
+    expectile: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Expectile of the 'data' baseline's regression: 0.5 the mean (Peng et al.), 0.7 IQL's "
+        "locomotion setting, 0.9 its AntMaze one.",
+    )
     n_policy_samples: int = Field(
         4,
         ge=1,
@@ -161,6 +186,13 @@ class AWR(ActorCriticAlgorithm):
     def __init__(self, config: AWRConfig, policy: torch.nn.Module, spec: PolicySpec, device: str = "cpu"):
         super().__init__(config, policy, spec, device)
         self.adv_scale = 0.0  # running scale of the advantages' spread; 0 until the first weighted step
+        self.value: torch.nn.Module | None = None  # the 'data' baseline V(s)
+        self.value_optim: torch.optim.Optimizer | None = None
+        if config.baseline == "data":
+            obs_dim = sum(s.size for s in spec.observation_spec.values())
+            with seeded(config.seed + 1):
+                self.value = mlp(obs_dim, config.critic.hidden, 1, layer_norm=True).to(self.device)
+            self.value_optim = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)
 
     def critic_optimizer(self) -> torch.optim.Optimizer:
         """AdamW with the actor's betas and weight decay (ALOE app. C)."""
@@ -198,7 +230,32 @@ class AWR(ActorCriticAlgorithm):
             next_q = pessimistic_q(self.target_critic.forward_flat(next_obs, next_actions))
             target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, next_q)
         fit = self.fit_critics(t, target, self.config.tau)
-        return {"critic_loss": fit.pop("loss"), **fit}
+        metrics = {"critic_loss": fit.pop("loss"), **fit}
+        if self.value is not None:
+            metrics |= self.value_step(t)
+        return metrics
+
+    def value_step(self, t: ChunkTensors) -> dict[str, float]:
+        """The 'data' baseline: V(s) regresses the target critics' Q_pess of the data's chunk by the
+        configured expectile (IQL eq. 5; 0.5: the data's mean, AWR's V)."""
+        assert self.value is not None and self.value_optim is not None
+        with torch.no_grad():
+            q_data = pessimistic_q(self.target_critic.forward_flat(t.obs, t.actions))
+        v = self.value(t.obs).squeeze(-1)
+        loss = expectile_loss(v, q_data, self.config.expectile)
+        self.optim_step(loss, self.value_optim, self.value.parameters())
+        return {"value_loss": float(loss.detach()), "v_data_mean": float(v.detach().mean())}
+
+    @torch.no_grad()
+    def _baseline(self, t: ChunkTensors, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The baseline A subtracts [B], and the policy's chunks [n * B, D_act] with their Q_pess [n, B]
+        (eq. 10's samples; one per state for the diagnostics when the baseline is the data's)."""
+        n = self.config.n_policy_samples if self.value is None else 1
+        obs_rep, pi_actions = self._sample_pi(t.obs, n)
+        q_pi = self._q_pess(obs_rep, pi_actions).reshape(n, b)
+        if self.value is None:
+            return policy_value(q_pi), pi_actions, q_pi
+        return self.value(t.obs).squeeze(-1), pi_actions, q_pi
 
     def bc_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 1 line 1: unit-weight flow matching (eq. 16) on the batch's offline rows."""
@@ -211,12 +268,12 @@ class AWR(ActorCriticAlgorithm):
 
     def actor_step(self, t: ChunkTensors) -> dict[str, float]:
         """Eqs. 9-11 and 15 (Algorithm 1, lines 11-14), with the diagnostics that reuse its passes."""
-        b, n, c = t.obs.shape[0], self.config.n_policy_samples, self.config
+        b, c = t.obs.shape[0], self.config
         with torch.no_grad():
             q_data = self._q_pess(t.obs, t.actions)
-            obs_rep, pi_actions = self._sample_pi(t.obs, n)
-            q_pi = self._q_pess(obs_rep, pi_actions).reshape(n, b)
-            adv = advantage_vs_policy(q_data, q_pi)
+            baseline, pi_actions, q_pi = self._baseline(t, b)
+            adv = q_data - baseline  # eq. 10 (or against the data's own value)
+            n = q_pi.shape[0]
             spread = float(adv.std()) if b > 1 else 0.0
             if c.normalize_advantages:
                 self.adv_scale = running_scale(self.adv_scale, spread, c.adv_scale_rate)
@@ -230,6 +287,7 @@ class AWR(ActorCriticAlgorithm):
         metrics = {
             "actor_loss": loss.item(),
             "v_pi_mean": float(q_pi.mean()),
+            "baseline_mean": float(baseline.mean()),
             "advantage_mean": float(adv.mean()),
             "advantage_std": spread,
             "adv_scale": float(scale),
@@ -281,9 +339,19 @@ class AWR(ActorCriticAlgorithm):
             metrics |= self._idle_diagnostics(t)
         return metrics
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        extra = {} if self.value_optim is None else {"value": self.value_optim}
+        return super().optimizers() | extra
+
     def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"adv_scale": self.adv_scale}
+        value = {}
+        if self.value is not None and self.value_optim is not None:
+            value = {"value": self.value.state_dict(), "value_optim": self.value_optim.state_dict()}
+        return super().state_dict() | {"adv_scale": self.adv_scale} | value
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.adv_scale = float(state.get("adv_scale", 0.0))
+        if self.value is not None and self.value_optim is not None and "value" in state:
+            self.value.load_state_dict(state["value"])
+            self.value_optim.load_state_dict(state["value_optim"])

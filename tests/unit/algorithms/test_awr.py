@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from fleetrl.algorithms.awr import AWR, AWRConfig, advantage_vs_policy, awr_weights, binary_weights
+from fleetrl.algorithms.awr import (
+    AWR,
+    AWRConfig,
+    awr_weights,
+    binary_weights,
+    expectile_loss,
+    policy_value,
+)
 from fleetrl.algorithms.base import PolicySpec, build_algorithm, parse_config
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.bc import BC, BCConfig
@@ -131,9 +138,43 @@ def test_pessimistic_min_td_loss_and_advantage():
     target = torch.tensor([1.0, 4.0, 0.0])
     assert ensemble_td_loss(q, target).item() == pytest.approx((0 + 1 + 4 + 4 + 0 + 1) / 6)
     samples = torch.tensor([[0.0, 2.0, -3.0], [2.0, 4.0, -1.0]], requires_grad=True)  # N = 2 pi samples
-    adv = advantage_vs_policy(pessimistic_q(q), samples)
+    adv = pessimistic_q(q) - policy_value(samples)
     torch.testing.assert_close(adv, torch.tensor([0.0, 1.0, 0.0]))
     assert not adv.requires_grad  # sg(V^pi): no gradient reaches the policy samples
+
+
+def test_expectile_loss_is_halved_mse_at_one_half_and_leans_up_above():
+    v, y = torch.tensor([0.0, 0.0, 1.0], requires_grad=True), torch.tensor([2.0, -1.0, 1.0])
+    assert expectile_loss(v, y, 0.5).item() == pytest.approx(0.5 * (4 + 1 + 0) / 3)
+    assert expectile_loss(v, y, 0.9).item() == pytest.approx((0.9 * 4 + 0.1 * 1 + 0) / 3)
+    fitted = torch.zeros((), requires_grad=True)  # the minimiser is the expectile: above the mean at 0.9
+    targets = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    opt = torch.optim.SGD([fitted], lr=0.5)
+    for _ in range(300):
+        opt.zero_grad()
+        expectile_loss(fitted.expand(4), targets, 0.9).backward()
+        opt.step()
+    assert fitted.item() == pytest.approx(0.75, abs=1e-3)  # 0.9 * 1 * (1 - v) = 0.1 * 3 * v
+
+
+def test_data_baseline_fits_the_target_q_of_the_data_and_is_what_the_advantage_subtracts():
+    algo = small_awr(baseline="data", expectile=0.5, critic_lr=1e-2)
+    assert algo.value is not None and "value" in algo.optimizers()
+    batch = make_batch()
+    t = algo.tensors(batch)
+    for _ in range(300):
+        algo.value_step(t)  # the critics do not move here: V(s) converges on their Q of the data's chunk
+    q_data = pessimistic_q(algo.target_critic.forward_flat(t.obs, t.actions))
+    torch.testing.assert_close(algo.value(t.obs).squeeze(-1), q_data, atol=0.05, rtol=0)
+    metrics = algo.actor_step(t)
+    with torch.no_grad():
+        v = algo.value(t.obs).squeeze(-1)
+        q = pessimistic_q(algo.critic.forward_flat(t.obs, t.actions))
+    assert metrics["baseline_mean"] == pytest.approx(float(v.mean()), abs=1e-5)
+    assert metrics["advantage_mean"] == pytest.approx(float((q - v).mean()), abs=1e-5)
+    clone = small_awr(seed=1, baseline="data")
+    clone.load_state_dict(copy.deepcopy(algo.state_dict()))
+    torch.testing.assert_close(clone.value(t.obs), algo.value(t.obs), rtol=0, atol=0)
 
 
 def test_polyak_update_moves_target_by_tau():
