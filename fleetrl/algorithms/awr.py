@@ -14,12 +14,15 @@ flow policy (eq. 10), weights ``w = exp(clip(A / (beta * sigma_A), -eps, eps))``
 units of a running scale ``sigma_A`` of its spread, as AWR implementations do: see ``AWRConfig``), and the
 actor minimises the w-weighted flow-matching loss (eq. 15, the surrogate of the weighted likelihood eq. 12).
 
-Two knobs for data of mixed quality (a fleet's, or noisy demonstrations with failures), where eq. 7's TD
+Three knobs for data of mixed quality (a fleet's, or noisy demonstrations with failures), where eq. 7's TD
 target carries a failure back only one chunk per Polyak time constant and eq. 11's soft weights leave most
 of the batch to the failing episodes, which are also the longest: ``critic_target: return`` regresses
 the critics on the discounted return each terminated episode observed (AWR's lambda = 1 return, Peng et
-al. 2019; one-step RL), and ``weighting: binary`` keeps exactly the chunks with A > 0 (CRR, Wang et al.
-2020). ``benchmarks/results/learning.json`` (``offline``) measures both settings.
+al. 2019; one-step RL); ``weighting: binary`` keeps exactly the chunks with A > 0 (CRR, Wang et al.
+2020); ``baseline: data`` measures A against a state value fitted to the data's own chunks (AWR's
+baseline; IQL's expectile regression, Kostrikov et al. 2021) instead of eq. 10's V^pi, which reads Q on
+the policy's chunks, where a critic fitted to the data's returns knows nothing. ``benchmarks/results/
+learning.json`` (``offline``, columns ``awr_filtered`` and ``awr_mixed``) measures them.
 
 One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``):
 
