@@ -51,8 +51,9 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # value (``baseline: data``, IQL's expectile 0.7) instead of the policy's. Also chosen on tasks 2 and 3 only,
 # mixed data, seeds 0-2, 50 evaluation episodes: task 2 0.37, task 3 0.35 (expectile 0.5, Peng et al.'s mean:
 # 0.26 and 0.36; exponential weights at expectile 0.7: 0.02-0.06; BC 0.00 and 0.00; BC on the dataset's
-# successful episodes alone, the ideal filter: 0.51 and 0.53). QAM with critics on observed returns was
-# tried there too and got 0.00-0.02 (4 cells), so QAM keeps one setting.
+# successful episodes alone, the ideal filter: 0.51 and 0.53). For QAM, critics on observed returns (0.00-0.02,
+# 4 cells), a reference flow cloning only chunks at or above DIVL's value (0.00-0.02, 4 cells) and both
+# (0.02-0.04, 4 cells) were tried there and dropped, so QAM keeps one setting.
 VARIANTS = {
     "awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"}),
     "awr_mixed": (
