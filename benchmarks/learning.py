@@ -175,6 +175,7 @@ def online(args: argparse.Namespace) -> dict:
     episodes = offline_cells.build_dataset("task1", "expert", args.quick)
     partial = Path(args.out).with_suffix(".online.cells.json")
     cells: dict[str, dict] = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    cells = {k: c for k, c in cells.items() if c.get("control_hz") == online_cells.CONTROL_HZ}  # same setup
     for seed in offline_cells.SEEDS[: b["online_seeds"]]:  # seed-major: a cut run has every algorithm
         for alg in online_cells.ALGORITHMS:
             key = f"{alg}/{seed}"
@@ -283,6 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "online"):
         print("(c) online cells on cube-single through the platform ...", flush=True)
         result["online"] = online(args)
+        result["online_setup"] = {
+            "robots": online_cells.ROBOTS,
+            "control_hz": online_cells.CONTROL_HZ,
+            "robot_hz": online_cells.ROBOT_HZ,
+            "settings": online_cells.SETTINGS,
+        }
         plot_online(result["online"], Path(args.out).with_name(Path(args.out).stem + "_online.png"))
     result["wall_s"] = round(time.monotonic() - t0, 1)
     if args.only and Path(args.out).exists():  # one part rerun: the other parts' figures stay in the file

@@ -14,6 +14,14 @@ Fixed before any outcome was seen:
 * task cube-single-singletask-task1-v0, chunk length 5, the offline cells' policy, replay reward
   (``aloe``: -1 per step, -200 on failure) and algorithm configs; ``offline_fraction`` 0.5 online;
 * 4 robots; budget 30,000 online env steps = 50 robot-minutes at the task's 10 Hz (quick: 2,000);
+* the robots run at the task's real 10 Hz (lockstep), so the learner gets the wall time a real fleet gives it.
+  Changed on 2026-12-05 from 50 Hz (five times faster than real time), before any 3-seed run at 10 Hz: at 50 Hz
+  the learners' steps, not robot time, bounded the cells (BC's cheap update made 20k online steps, QAM's ~900,
+  AWR's ~2,000); one exploratory AWR cell at 10 Hz made 12k. Cells record their ``control_hz`` and a resumed run
+  reuses only cells of the current rate;
+* AWR runs with the offline cells' ``awr_mixed`` setting (critics on returns, the data's value as baseline, the
+  binary filter; ``SETTINGS``): online data mixes successes and failures by nature. Decided on the same day, for
+  that reason, before any 3-seed online run of it;
 * success start / end: 50 deterministic evaluation episodes (evaluation seeds no training episode used)
   of the weights the fleet was served when the robots started, and of the last published weights;
 * the curve: every ~15 s, online env steps (as robot-minutes at 10 Hz) and the success rate of the
@@ -44,13 +52,15 @@ from fleetrl.workers.weights import to_torch_state
 
 TASK, ENV = "cube-task1", offline_cells.TASKS["task1"]
 ALGORITHMS = ("qam", "awr", "bc")
-ROBOTS, CONTROL_HZ, ROBOT_HZ = 4, 50.0, 10.0  # sim rate (lockstep) / the task's real rate for robot time
+SETTINGS = {"awr": "awr_mixed"}  # an algorithm's offline-cell setting where it is not its default
+ROBOTS, CONTROL_HZ, ROBOT_HZ = 4, 10.0, 10.0  # sim rate (lockstep) / the task's real rate for robot time
 CURVE_EVERY_S, CURVE_WINDOW, PUBLISH_EVERY = 15.0, 20, 20
 
 
 def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
     """The cell's task (as a platform config's ``tasks`` entry) and its number of offline-only steps."""
-    config = offline_cells.ALGORITHMS[alg] | {"seed": seed}
+    _, config = offline_cells.resolve(SETTINGS.get(alg, alg))
+    config = config | {"seed": seed}
     offline_steps = offline_updates
     if alg in ("qam", "awr"):
         config["bc_steps"] = offline_updates
@@ -150,6 +160,8 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
         "online_env_steps": steps,
         "versions": [start_version, end_version],
         "learner_steps": status.get("step"),
+        "control_hz": CONTROL_HZ,
+        "setting": SETTINGS.get(alg, alg),
         "offline_wall_s": round(offline_s, 1),
         "online_wall_s": round(time.monotonic() - t1, 1),
         "curve": curve,
