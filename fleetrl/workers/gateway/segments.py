@@ -4,11 +4,11 @@ PPO trains on what its current policy did. A learner that waits for whole episod
 episodes, on rows several versions old: HalfCheetah-v5's 1,000-step episodes on 8 robots outlive about four
 updates of 2,048 steps, so its rows older than ``max_version_lag`` were left out of the loss
 (``partly_stale_episodes``: 122-142 per seed in benchmarks/results/learning.json before this) and the rest
-trained off-policy. With segments the gateway hands the data server
-each running episode in pieces of at least ``segment_steps`` rows as they arrive, as CleanRL's vectorised
-rollouts cut every environment after a fixed number of steps: a piece ends where a chunk starts, so it ends
-with a state to bootstrap from (``truncated``, ``final_observation`` = the observation of the row it was
-cut at), and the last piece carries the episode's own end. Segments are neither durable nor part of the
+trained off-policy. With segments the gateway hands the data server each running episode in pieces of at
+least ``segment_steps`` rows as they arrive, as CleanRL's vectorised rollouts cut every environment after a
+fixed number of steps: a piece ends where a chunk starts, so it ends with a state to bootstrap from
+(``truncated``, ``final_observation`` = the observation of the row it was cut at), and the last piece
+carries the episode's own end. Segments are neither durable nor part of the
 replay: the whole episode is still committed and acked as before.
 
 A chunk conditioned on an observation taken before the cut (asynchronous execution: ``obs_step`` < its
