@@ -52,8 +52,8 @@ from fleetrl.algorithms.chunk_algorithm import (
 from fleetrl.algorithms.diagnostics import (
     action_distance,
     q_diagnostics,
+    random_chunks,
     return_correlation,
-    uniform_chunks,
     weight_stats,
 )
 from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q
@@ -311,8 +311,8 @@ class AWR(ActorCriticAlgorithm):
     ) -> dict[str, float]:
         """Q of the data, the policy and uniformly random chunks in the batch's states, and the correlation
         of Q on the data with the observed returns."""
-        d = self.policy.action_dim
-        random = uniform_chunks(t.obs.shape[0], self.policy.low.expand(d), self.policy.high.expand(d))
+        low, high = float(self.policy.low), float(self.policy.high)
+        random = random_chunks(t.obs.shape[0], t.actions, low, high)
         out = q_diagnostics(q_data, q_policy, self._q_pess(t.obs, random))
         corr = return_correlation(q_data, t.returns)
         if corr is not None:

@@ -24,7 +24,13 @@ from torch import nn
 
 from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec, clipped_step
 from fleetrl.algorithms.batch import ChunkBatch
-from fleetrl.algorithms.td import ensemble_td_loss, observed_return_target, polyak_update
+from fleetrl.algorithms.diagnostics import random_chunks
+from fleetrl.algorithms.td import (
+    conservative_penalty,
+    ensemble_td_loss,
+    observed_return_target,
+    polyak_update,
+)
 from fleetrl.models.critics import ChunkQConfig, ChunkQEnsemble
 from fleetrl.models.flow import FlowChunkPolicy
 from fleetrl.models.nets import flatten_obs, seeded
@@ -153,6 +159,16 @@ class ActorCriticConfig(ChunkAlgorithmConfig):
         "Polyak time constant); 'return' G itself, the behaviour policy's Q (AWR with lambda = 1, Peng et "
         "al. 2019; one-step RL, Brandfonbrener et al. 2021). Rows without G always use the TD target.",
     )
+    conservative_alpha: float = Field(
+        0.0, ge=0.0, description="Weight of CQL's conservative term in the critics' loss (Kumar et al. "
+        "2020): alpha * mean of logsumexp over proposal chunks of Q_k(s, .) minus Q_k(s, a_data), the "
+        "proposals conservative_samples uniformly random chunks and one of the current policy's. It ranks "
+        "chunks the data lacks below the data's own, so an actor that follows the critic's action gradient "
+        "(QAM) is not led off the data. 0: off (one critic pass per update instead of two).",
+    )  # fmt: skip
+    conservative_samples: int = Field(
+        4, ge=1, le=64, description="Uniformly random proposal chunks per state of the conservative term."
+    )
     diagnostics_every: int = Field(
         10, ge=0, description="Updates between the diagnostics' extra forward passes (Q of policy and random "
         "chunks, distances; algorithms/diagnostics.py); 0: never.",
@@ -192,14 +208,33 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
         target = observed_return_target(target, t.returns, self.config.critic_target)
         q = self.critic.forward_flat(t.obs, t.actions)
         loss = ensemble_td_loss(q, target)
+        metrics = {}
+        if self.config.conservative_alpha > 0:
+            obs, proposals = self.conservative_proposals(t)
+            q_prop = self.critic.forward_flat(obs, proposals).unflatten(1, (-1, t.obs.shape[0]))
+            gap = conservative_penalty(q_prop, q)
+            loss = loss + self.config.conservative_alpha * gap
+            metrics["conservative_gap"] = float(gap.detach())
         grad_norm = self.optim_step(loss, self.critic_optim, self.critic.parameters())
         polyak_update(self.target_critic, self.critic, polyak)
-        return {
+        return metrics | {
             "loss": float(loss.detach()),
             "q_mean": float(q.detach().mean()),
             "target_mean": float(target.mean()),
             "critic_grad_norm": grad_norm,
         }
+
+    @torch.no_grad()
+    def conservative_proposals(self, t: ChunkTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conservative term's proposal chunks: ``conservative_samples`` uniformly random ones and one
+        sampled from the current policy (clipped to the bounds) per state, sample-major, beside the batch's
+        observations repeated to match: ([M * B, D_obs], [M * B, D_act]) with M = samples + 1."""
+        b, low, high = t.obs.shape[0], float(self.policy.low), float(self.policy.high)
+        random = random_chunks(self.config.conservative_samples * b, t.actions, low, high)
+        noise = torch.randn(b, self.policy.action_dim, device=t.obs.device)
+        policy = self.policy.sample_flat(t.obs, noise).clamp(low, high)
+        m = self.config.conservative_samples + 1
+        return t.obs.repeat(m, 1), torch.cat([random, policy])
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.actor_optim, "critic": self.critic_optim}

@@ -15,6 +15,8 @@ in the learner status, TensorBoard and the console without reading code (pure fu
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -64,3 +66,12 @@ def weight_stats(w: torch.Tensor) -> dict[str, float]:
 def uniform_chunks(n: int, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """``n`` flat chunks drawn uniformly within the per-entry bounds ``low``/``high`` [D]."""
     return low + (high - low) * torch.rand(n, low.numel(), device=low.device)
+
+
+@torch.no_grad()
+def random_chunks(n: int, data: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``n`` flat chunks uniformly within the action bounds ``low``/``high``, or where a bound is infinite
+    within the range the batch's chunks ``data`` [B, D] span (an unbounded box has no uniform law)."""
+    lo = torch.full_like(data[0], low) if math.isfinite(low) else data.min(0).values
+    hi = torch.full_like(data[0], high) if math.isfinite(high) else data.max(0).values
+    return uniform_chunks(n, lo, hi)

@@ -38,7 +38,6 @@ carry Q of data / policy / random chunks and the policy's distances to the data 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -49,7 +48,7 @@ from torch import nn
 from fleetrl.algorithms.base import AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.chunk_algorithm import ActorCriticAlgorithm, ActorCriticConfig, ChunkTensors
-from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, return_correlation, uniform_chunks
+from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, random_chunks, return_correlation
 from fleetrl.algorithms.divl import DIVL, DIVLConfig
 from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q, polyak_update
 from fleetrl.models.critics import ChunkQConfig
@@ -323,11 +322,9 @@ class QAM(ActorCriticAlgorithm):
         obs, data = t.obs, t.actions
         noise = torch.randn_like(data)
         pi = self.policy.sample_flat(obs, noise).clamp(low, high)
-        lo = torch.full_like(data[0], low) if math.isfinite(low) else data.min(0).values
-        hi = torch.full_like(data[0], high) if math.isfinite(high) else data.max(0).values
         q = self.guide_q(obs)
         q_data = q(data)
-        out = q_diagnostics(q_data, q(pi), q(uniform_chunks(data.shape[0], lo, hi)))
+        out = q_diagnostics(q_data, q(pi), q(random_chunks(data.shape[0], data, low, high)))
         corr = return_correlation(q_data, t.returns)
         if corr is not None:
             out["q_return_corr"] = corr

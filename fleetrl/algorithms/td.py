@@ -64,6 +64,14 @@ def observed_return_target(target: torch.Tensor, returns: torch.Tensor, mode: st
     return torch.where(torch.isnan(returns), target, observed)
 
 
+def conservative_penalty(q_proposals: torch.Tensor, q_data: torch.Tensor) -> torch.Tensor:
+    """CQL's regulariser (Kumar et al. 2020, eq. 4, CQL(H)) with sampled proposals: the mean over heads and
+    states of ``logsumexp_m Q_k(s, a_m) - Q_k(s, a_data)``; ``q_proposals`` [K, M, B], ``q_data`` [K, B].
+    Minimised beside the TD loss it pushes the soft maximum over chunks the data does not hold down and the
+    data's own chunk up, so the critic stops ranking unsupported chunks above the data's."""
+    return (torch.logsumexp(q_proposals, dim=1) - q_data).mean()
+
+
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """The target networks' step, ``target <- (1 - tau) target + tau source`` (ALOE's omega, LWD's EMA

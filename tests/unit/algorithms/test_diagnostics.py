@@ -9,6 +9,7 @@ import torch
 from fleetrl.algorithms.diagnostics import (
     action_distance,
     q_diagnostics,
+    random_chunks,
     return_correlation,
     uniform_chunks,
     weight_stats,
@@ -55,3 +56,13 @@ def test_uniform_chunks_stay_within_bounds():
     x = uniform_chunks(1000, low, high)
     assert x.shape == (1000, 3) and bool((x >= low).all() and (x <= high).all())
     assert float(x[:, 2].std()) > 0.2  # spread over the range, not a constant
+
+
+def test_random_chunks_use_the_bounds_or_the_data_range_where_unbounded():
+    data = torch.tensor([[-3.0, 0.5], [2.0, 1.5]])
+    boxed = random_chunks(500, data, -1.0, 1.0)
+    assert boxed.shape == (500, 2) and boxed.min() >= -1.0 and boxed.max() <= 1.0
+    free = random_chunks(500, data, -math.inf, math.inf)
+    assert torch.isfinite(free).all()
+    assert free[:, 0].min() >= -3.0 and free[:, 0].max() <= 2.0 and free[:, 0].max() > 1.0  # beyond +-1
+    assert free[:, 1].min() >= 0.5 and free[:, 1].max() <= 1.5

@@ -4,11 +4,14 @@ chunk target, clipped double Q and critic loss (DIVL/QAM), and the Polyak step o
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from fleetrl.algorithms.td import (
+    conservative_penalty,
     ensemble_td_loss,
     n_step_chunk_target,
     observed_return_target,
@@ -111,3 +114,23 @@ def test_observed_return_target_raises_to_the_observed_return_where_known():
     torch.testing.assert_close(observed_return_target(y, g, "mc_bound"), torch.tensor([-4.0, -10.0, -10.0]))
     # 'return' mode: the critic regresses the observed return itself, TD only where none was observed
     torch.testing.assert_close(observed_return_target(y, g, "return"), torch.tensor([-4.0, -30.0, -10.0]))
+
+
+def test_conservative_penalty_is_cql_logsumexp_minus_data_and_pushes_the_right_way():
+    g = torch.Generator().manual_seed(4)
+    q_prop = torch.randn(2, 5, 3, generator=g).requires_grad_(True)  # K = 2 heads, M = 5 proposals, B = 3
+    q_data = torch.randn(2, 3, generator=g).requires_grad_(True)
+    direct = (
+        sum(
+            math.log(sum(math.exp(float(q_prop[k, m, b])) for m in range(5))) - float(q_data[k, b])
+            for k in range(2)
+            for b in range(3)
+        )
+        / 6
+    )
+    penalty = conservative_penalty(q_prop, q_data)
+    assert math.isclose(float(penalty), direct, rel_tol=1e-5)
+    penalty.backward()
+    # minimising it lowers every proposal's Q (most the highest: softmax weights) and raises the data's
+    torch.testing.assert_close(q_data.grad, torch.full((2, 3), -1 / 6))
+    torch.testing.assert_close(q_prop.grad, torch.softmax(q_prop.detach(), dim=1) / 6)
