@@ -61,7 +61,7 @@ def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):
         learner = platform.learner("reach")
         fleet.wait_for(lambda: "pid" in ray.get(learner.status.remote()), timeout=60, what="a learner report")
         before = ray.get(learner.status.remote())
-        ray.kill(platform.data, no_restart=False)  # Ray restarts it; it rebuilds replay from disk
+        ray.kill(platform.data, no_restart=False)  # Ray restarts it; it refills replay from disk
         t_kill = time.monotonic()
         fleet.wait_for(lambda: len(_acked(fleet)) >= 12, timeout=60, what="episodes acked after the restart")
         fleet.wait_for(lambda: ray.get(learner.status.remote())["time"] > time.time() - 1, timeout=30,
@@ -75,8 +75,9 @@ def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):
     stored = _after_restart(lambda: platform.data.episode_keys.remote("reach"))
     assert len(stored) == len(set(stored))  # exactly once
     assert set(_acked(fleet)) <= {episode_id for _, episode_id in stored}  # every acked episode is on disk
-    sizes = _after_restart(lambda: platform.data.stats.remote("reach"))["replay"]
-    assert sizes["online_episodes"] >= len(_acked(fleet))  # and back in replay after the rebuild
+    assert _after_restart(lambda: platform.data.wait_refilled.remote(30))  # the background refill ended
+    sizes = ray.get(platform.data.stats.remote("reach"))["replay"]
+    assert sizes["online_episodes"] >= len(_acked(fleet))  # and back in replay after the refill
 
 
 def test_data_plane_metrics_are_exported(platform):

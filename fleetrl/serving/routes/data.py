@@ -27,10 +27,11 @@ ROBOT_OF_EPISODE = Query(
 
 @router.get("/v1/tasks/{task}/data", responses=refusals(404))
 async def task_data(svc: ServicesDep, task: str) -> dict[str, Any]:
-    """Episodes, hours, outcome and intervention counts, replay sizes and the snapshot of one task."""
+    """Episodes, hours, outcome and intervention counts, replay sizes and the snapshot of one task, and
+    the data server's replay refill after its last start (``refill``: episodes planned, loaded, done)."""
     await svc.task_config(task)
     stats = await svc.data.stats.remote(task)
-    return {"task": task, **stats["store"], "replay": stats["replay"]}
+    return {"task": task, **stats["store"], "replay": stats["replay"], "refill": stats["refill"]}
 
 
 @router.get("/v1/tasks/{task}/failure_states", responses=refusals(404))

@@ -19,6 +19,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections import deque
 
@@ -100,9 +101,22 @@ class Replay:
                 self._live.discard((rec.robot, rec.episode_id))
             if ep.outcome != "aborted":
                 self.robots.record(robot, ep.success)
-            self._recent.append((snapshot, ep))
+            self._remember_recent(snapshot, ep)
         self._live.add((robot, ep.episode_id))  # episodes are (robot, episode id): robots may share ids
         return True
+
+    def _remember_recent(self, snapshot: int, ep: Episode) -> None:
+        """Keep ``ep`` among the newest online episodes in snapshot order (a data server refilling after a
+        restart adds its stored episodes newest first, while new ones keep arriving)."""
+        recent = self._recent
+        if not recent or snapshot >= recent[-1][0]:
+            recent.append((snapshot, ep))
+            return
+        if len(recent) == recent.maxlen:
+            if snapshot < recent[0][0]:
+                return  # older than every episode kept
+            recent.popleft()
+        recent.insert(bisect.bisect_right([s for s, _ in recent], snapshot), (snapshot, ep))
 
     def relabel(self, episode: Episode) -> bool:
         """Apply a new outcome label (e.g. a human's) to an episode already held: its rewards and terminal

@@ -2,13 +2,21 @@
 
 ``ingest`` stores an episode (exactly once by id) and only then adds it to the task's in-memory replay;
 the gateway acks the robot after ``ingest`` returns, so every acked episode is on disk. After a restart
-the replay is rebuilt from the store, so nothing acked is lost.
+the replay is refilled from the store, so nothing acked is lost.
+
+The refill runs on a background thread, newest episodes first, up to each replay's capacity (every
+offline episode, the newest online ones that fit): the server answers as soon as its store is open,
+whatever the store's size, and ingest and sampling go on while older episodes stream in. ``ready`` and
+``stats`` report its progress. One lock guards the replays between the actor's thread and the refill's.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +56,17 @@ class DataConfig(ActorResources):
     seed: int = Field(0, description="Replay sampling seed.")
 
 
+def replay_locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """An actor method that runs holding the server's replay lock (the refill thread adds to the replays)."""
+
+    @functools.wraps(method)
+    def locked(self: DataServer, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class DataServer:
     """Ray actor: ``ready``, ``ingest``, ``sample_chunks``, ``sample_episodes``, ``stats``, ``stop``."""
 
@@ -76,25 +95,77 @@ class DataServer:
         self.replays: dict[str, Replay] = {}
         self.failures: dict[str, FailureStates] = {}  # where each task's episodes fail (return-and-explore)
         self.removed: set[str] = set()  # deleted tasks: episodes still on their way are stored
+        self.lock = threading.RLock()  # the replays and failure points: actor thread and refill thread
         served = [(t, None) for t in tasks]
         if registry is not None:
             served = registered_tasks(ray.get(registry.task_configs.remote()), tasks)
         for t, replay in served:
             self._add_replay(t, replay or config.tasks.get(t.name, config.replay))
-        rebuilt = 0  # one pass over the store for every configured task
-        for snapshot, episode in self.store.iter_episodes():
-            replay = self.replays.get(episode.task)
-            if replay is not None:
-                replay.add(episode, snapshot)
-                self.failures[episode.task].add(episode)
-                rebuilt += 1
-        log.info("data server: %d episodes rebuilt from %s in %.1f s", rebuilt, root, time.monotonic() - t0)
+        plan = self._refill_plan()
+        self.refill: dict[str, Any] = {"episodes": len(plan), "loaded": 0, "unreadable": 0, "done": not plan}
+        self.refill["open_s"] = round(time.monotonic() - t0, 3)
+        self._stopping = threading.Event()
+        self._refill_thread = threading.Thread(
+            target=self._refill, args=(plan,), name="replay-refill", daemon=True
+        )
+        self._refill_thread.start()
+
+    def _refill_plan(self) -> list[dict[str, Any]]:
+        """The catalog rows the refill loads, newest first: every offline episode of a served task and,
+        per task, the newest online episodes that fit its replay's capacity (older ones would be evicted)."""
+        room = {name: replay.online.capacity for name, replay in self.replays.items()}
+        plan = []
+        for row in self.store.list(newest_first=True):
+            task = row["task"]
+            if task not in room:
+                continue
+            if row["source"] != "offline":
+                rows = row["n_steps"] + 1  # a replay holds one row per step and one for the final observation
+                if room[task] is not None and rows > room[task]:
+                    room[task] = 0  # full: keep the newest episodes contiguous
+                    continue
+                if room[task] is not None:
+                    room[task] -= rows
+            plan.append(row)
+        return plan
+
+    def _refill(self, plan: list[dict[str, Any]]) -> None:
+        """The refill thread: read each planned episode (outside the lock), add it to its replay."""
+        t0 = time.monotonic()
+        for row in plan:
+            if self._stopping.is_set():
+                return
+            try:
+                episode = self.store.read(row)
+            except (OSError, ValueError) as e:  # a file gone or damaged since the catalog listed it
+                log.warning("data server: episode %s not replayed: %s", row["episode_id"], e)
+                self.refill["unreadable"] += 1
+                continue
+            with self.lock:
+                replay = self.replays.get(episode.task)  # None: its task was deleted meanwhile
+                if replay is not None and replay.add(episode, row["snapshot"]):
+                    self.failures[episode.task].add(episode)
+                self.refill["loaded"] += 1
+        self.refill.update(done=True, seconds=round(time.monotonic() - t0, 2))
+        log.info(
+            "data server: %d episodes replayed from %s in %.1f s",
+            self.refill["loaded"],
+            self.store.root,
+            self.refill["seconds"],
+        )
+
+    def wait_refilled(self, timeout: float | None = None) -> bool:
+        """Block until the refill has finished (tests and tools); False if ``timeout`` passed first."""
+        self._refill_thread.join(timeout)
+        return bool(self.refill["done"])
 
     def ready(self) -> dict[str, Any]:
+        """Answers once the store is open (the replays may still be refilling: ``refill``)."""
         return {
             "snapshot": self.store.snapshot(),
             "root": self.store.root,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "refill": dict(self.refill),
         }
 
     def ingest(self, episode: Episode) -> dict[str, Any]:
@@ -106,6 +177,15 @@ class DataServer:
         if episode.task in self.scored_tasks and episode.source == "online":
             episode = ray.get(self.critic.score.remote(episode))  # rewards from the task's learned critic
         stored, snapshot = self.store.put(episode, sent)
+        with self.lock:
+            self._replay_ingested(episode, stored, snapshot)
+        self.metrics.inc("episodes_ingested_total", (episode.task, "stored" if stored else "duplicate"))
+        self._flush_metrics()
+        return {"stored": stored, "snapshot": snapshot}
+
+    def _replay_ingested(self, episode: Episode, stored: bool, snapshot: int) -> None:
+        """An episode just put into the store: into its task's replay if it was new (under the lock)."""
+        replay = self.replays.get(episode.task)
         labels = (episode.task,)
         if replay is None:  # its task was deleted while the episode was on its way: kept, not replayed
             log.info("data server: episode %s of deleted task %s stored", episode.episode_id, episode.task)
@@ -120,17 +200,16 @@ class DataServer:
             self.metrics.set("replay_transitions", (episode.task, "offline"), sizes["offline_transitions"])
         else:
             log.info("data server: duplicate episode %s ignored (snapshot %d)", episode.episode_id, snapshot)
-        self.metrics.inc("episodes_ingested_total", (episode.task, "stored" if stored else "duplicate"))
-        self._flush_metrics()
-        return {"stored": stored, "snapshot": snapshot}
 
     def _flush_metrics(self) -> None:
         if self.metrics_server is not None:
             self.metrics_server.ingest.remote(*self.metrics.drain())
 
+    @replay_locked
     def sample_chunks(self, task: str, batch_size: int, offline_fraction: float | None = None) -> ChunkBatch:
         return self.replays[task].sample_chunks(batch_size, offline_fraction)
 
+    @replay_locked
     def sample_chunk_batches(
         self, task: str, batch_size: int, count: int, offline_fraction: float | None = None
     ) -> list[ChunkBatch]:
@@ -139,13 +218,16 @@ class DataServer:
             raise ValueError(f"count must be in [1, 64], got {count}")
         return [self.replays[task].sample_chunks(batch_size, offline_fraction) for _ in range(count)]
 
+    @replay_locked
     def rollout_stats(self, task: str, last: int = 50) -> dict[str, float]:
         return self.replays[task].rollout_stats(last)
 
+    @replay_locked
     def failure_states(self, task: str) -> dict[str, Any]:
         """Where the task's episodes fail: count, histogram over the episode, the recent points."""
         return self.failures[task].summary()
 
+    @replay_locked
     def sample_failure_state(self, task: str) -> dict[str, Any] | None:
         """A recorded failure point of ``task`` (None if there is none yet), for a return-and-explore reset."""
         return self.failures[task].sample()
@@ -153,6 +235,7 @@ class DataServer:
     def replay_config(self, task: str) -> ReplayConfig:
         return self.task_replay_cfg[task]
 
+    @replay_locked
     def add_task(self, task: TaskConfig, replay: ReplayConfig | None = None) -> None:
         """Keep and replay a task created at runtime (its stored episodes, if any, are replayed too)."""
         if task.name in self.tasks:
@@ -163,6 +246,7 @@ class DataServer:
         for snapshot, episode in self.store.iter_episodes(task.name):
             task_replay.add(episode, snapshot)
 
+    @replay_locked
     def remove_task(self, name: str) -> int:
         """Stop replaying a deleted task. Its episodes stay on disk, and a task created again under the same
         name replays them. Returns how many the store holds."""
@@ -178,6 +262,7 @@ class DataServer:
         self.failures[task.name] = FailureStates(task.name in self.scored_tasks, seed=self.cfg.seed)
         return self.replays[task.name]
 
+    @replay_locked
     def sample_episodes(
         self, task: str, n: int, max_staleness: int | None = None, since_snapshot: int = 0
     ) -> EpisodeBatch:
@@ -185,10 +270,12 @@ class DataServer:
             n, max_staleness=max_staleness, since_snapshot=since_snapshot
         )
 
+    @replay_locked
     def add_segment(self, piece: Episode) -> None:
         """A piece of a running episode for on-policy learners (not stored; ``gateway/segments.py``)."""
         self.replays[piece.task].add_segment(piece)
 
+    @replay_locked
     def sample_segments(self, task: str, since: int = 0) -> EpisodeBatch:
         return self.replays[task].sample_segments(since)
 
@@ -236,6 +323,7 @@ class DataServer:
         row = self.store.row(episode_id, robot_id)
         return {**row, "meta": self.store.get(episode_id, row["robot_id"]).meta}
 
+    @replay_locked
     def label(
         self, episode_id: str, outcome: str, labelled_by: str = "human", robot_id: str | None = None
     ) -> dict[str, Any]:
@@ -247,13 +335,16 @@ class DataServer:
         log.info("data server: episode %s labelled %s by %s", episode_id, outcome, labelled_by)
         return row
 
+    @replay_locked
     def stats(self, task: str | None = None) -> dict[str, Any]:
-        out = {"store": self.store.stats(task)}
+        out = {"store": self.store.stats(task), "refill": dict(self.refill)}
         if task is not None:
             out["replay"] = self.replays[task].sizes()
         return out
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._refill_thread.join(timeout=10)
         self.store.close()
 
     def curves(self, task: str, window: int = DEFAULT_WINDOW) -> dict[str, Any]:

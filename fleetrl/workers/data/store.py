@@ -306,7 +306,7 @@ class EpisodeStore:
     def get(self, episode_id: str, robot_id: str | None = None) -> Episode:
         """The stored episode; KeyError if the catalog does not know it, ``AmbiguousEpisode`` if robots
         share the id and none is named, ValueError if its file is bad."""
-        return self._read(self._one(episode_id, robot_id))
+        return self.read(self._one(episode_id, robot_id))
 
     def _one(self, episode_id: str, robot_id: str | None) -> sqlite3.Row:
         """The catalog row of (robot, episode id), or of the id alone when only one robot used it."""
@@ -323,21 +323,24 @@ class EpisodeStore:
             raise AmbiguousEpisode(f"episode id {episode_id!r} is used by robots {robots}: name the robot")
         return rows[0]
 
-    def _read(self, row: Any) -> Episode:
-        """Read an episode file; the catalog's outcome label (possibly a later human label) wins."""
+    def read(self, row: Any) -> Episode:
+        """The episode of a catalog ``row`` (as ``list`` returns them), read from its file; the catalog's
+        outcome label (possibly a later human label) wins."""
         ep = read_episode(f"{self._base}/{row['path']}", self.fs)
         if ep.outcome != row["outcome"] or ep.labelled_by != row["labelled_by"]:
             ep = dataclasses.replace(ep, outcome=row["outcome"], labelled_by=row["labelled_by"])
         return ep
 
-    def list(self, task: str | None = None, since_snapshot: int = 0) -> builtins.list[dict[str, Any]]:
-        """Catalog rows with snapshot > ``since_snapshot`` (optionally of one task), oldest first."""
+    def list(
+        self, task: str | None = None, since_snapshot: int = 0, newest_first: bool = False
+    ) -> builtins.list[dict[str, Any]]:
+        """Catalog rows with snapshot > ``since_snapshot`` (optionally of one task), oldest first (or newest)."""
         sql = f"SELECT {', '.join(_ROW_FIELDS)} FROM episodes WHERE snapshot > ?"
         args: builtins.list[Any] = [since_snapshot]
         if task is not None:
             sql += " AND task = ?"
             args.append(task)
-        rows = self._query(sql + " ORDER BY snapshot", args)
+        rows = self._query(sql + (" ORDER BY snapshot DESC" if newest_first else " ORDER BY snapshot"), args)
         out = []
         for r in rows:
             d = dict(r)
@@ -350,7 +353,7 @@ class EpisodeStore:
     ) -> Iterator[tuple[int, Episode]]:
         """(snapshot, episode) in snapshot order: how the data server rebuilds its replay after a restart."""
         for row in self.list(task, since_snapshot):
-            yield row["snapshot"], self._read(row)
+            yield row["snapshot"], self.read(row)
 
     def snapshot(self) -> int:
         """The newest committed snapshot (0 for an empty store)."""

@@ -331,3 +331,17 @@ def test_segments_are_a_numbered_feed_under_the_reward_scheme_and_never_replay_r
     assert b.snapshots == [2, 3, 4] and b.snapshot == 4
     assert all((e.columns["reward"] == -1.0).all() for e in b.episodes)  # aloe: -1 per step, no -C_fail
     assert replay.sample_segments(since=3).snapshots == [4] and replay.sample_episodes(10).episodes == []
+
+
+def test_recent_episodes_stay_in_snapshot_order_when_older_ones_arrive_later():
+    """A data server refilling after a restart adds stored episodes newest first while new ones arrive."""
+    replay = Replay(chunk_len=2, gamma=0.9, recent_episodes=3)
+    for snapshot in (10, 14, 12, 11, 5):  # 11 pushes out 10; 5 is older than every episode kept
+        replay.add(synthetic_episode(3, episode_id=f"ep-{snapshot}"), snapshot)
+    batch = replay.sample_episodes(10)
+    assert batch.snapshots == [11, 12, 14] and [e.episode_id for e in batch.episodes] == [
+        "ep-11",
+        "ep-12",
+        "ep-14",
+    ]
+    assert replay.sizes()["online_episodes"] == 5  # the replay's rows keep them all
