@@ -384,7 +384,7 @@ class Gateway:
             self._refuse(ident, "out_of_order", why, state.robot_id, msg.step)
             return
         try:
-            P.check_observation(task.observation_spec, msg.observation)
+            msg.observation = P.decode_observation(task.observation_spec, msg.observation)
             if msg.human_action is not None:
                 task.action_spec.check("human_action", msg.human_action)
             check_pending(msg.pending, task.action_spec, task.chunk_len)
