@@ -250,6 +250,15 @@ class TaskConfig(BaseModel):
     def action_spec(self) -> ArraySpec:
         return self.action.to_spec()
 
+    @cached_property
+    def camera_keys(self) -> tuple[str, ...]:
+        """Observation keys that are camera frames: uint8 [H, W] or [H, W, C] with C 1 or 3 (any encoding)."""
+        return tuple(
+            k
+            for k, spec in self.observation_spec.items()
+            if image_spec_problem(spec.shape, spec.dtype, "png", spec.quality) is None
+        )
+
     def public(self) -> dict[str, Any]:
         """What robots and the REST API see of a task."""
         return {

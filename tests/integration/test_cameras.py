@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import ray
+import simplejpeg
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import RobotClient, register
@@ -34,6 +35,16 @@ def test_camera_frames_go_compressed_are_served_decoded_and_stored(api, platform
             fleet.wait_for(
                 lambda: any(e.acked for c in clients for e in c.episodes), timeout=60, what="an acked episode"
             )
+            # the console's thumbnail: the latest frame a robot sent, as the JPEG it travelled as
+            latest = api.get(f"/v1/robots/{clients[0].robot_id}/camera")
+            assert latest.status_code == 200 and latest.headers["content-type"] == "image/jpeg", latest.text
+            assert latest.headers["x-camera-key"] == "camera" and float(latest.headers["x-frame-time"]) > 0
+            assert simplejpeg.decode_jpeg(latest.content).shape == (64, 64, 3)
+            assert (
+                api.get(f"/v1/robots/{clients[0].robot_id}/camera", params={"key": "state"}).status_code
+                == 422
+            )
+        assert api.get("/v1/robots/nobody/camera").status_code == 404
         assert fleet.total("errors") == 0 and fleet.total("replies") > 10
         client, log = next((c, e) for c in clients for e in c.episodes if e.acked)
         stored = ray.get(platform.data.get_episode.remote(log.episode_id, client.robot_id))
