@@ -186,3 +186,54 @@ def test_the_gateway_assembles_compressed_uploads_into_decoded_episodes_and_refu
         episode.observations["cam"].shape == (6, 64, 64, 3) and episode.observations["cam"].dtype == np.uint8
     )
     assert episode.final_observation["cam"].shape == (64, 64, 3)
+
+
+def camera_episode(episode_id: str, n: int = 6, side: int = 64):
+    from fleetrl.testing.episodes import synthetic_episode
+
+    ep = synthetic_episode(n, episode_id=episode_id, obs_spec={"state": ((4,), "float32")})
+    frames = np.stack([scene(side, side, seed=t) for t in range(n + 1)])
+    return ep.__class__(**{**ep.__dict__, "observations": {**ep.observations, "cam": frames[:n]},
+                           "final_observation": {**ep.final_observation, "cam": frames[n]}})  # fmt: skip
+
+
+def test_the_store_keeps_camera_frames_compressed_and_reads_them_back(tmp_path):
+    import pyarrow.parquet as pq
+
+    from fleetrl.workers.data.store import EpisodeStore
+
+    spec = P.ArraySpec((64, 64, 3), "uint8", encoding="png")  # lossless: read back exactly
+    ep = camera_episode("ep-cam")
+    with EpisodeStore(str(tmp_path / "raw")) as raw, EpisodeStore(str(tmp_path / "png")) as png:
+        raw.put(ep)
+        assert png.put(ep, frames={"cam": spec}) == (True, 1)
+        back = png.get("ep-cam")
+        assert np.array_equal(back.observations["cam"], ep.observations["cam"])
+        assert np.array_equal(back.final_observation["cam"], ep.final_observation["cam"])
+        files = {name: next((tmp_path / name).rglob("*.parquet")) for name in ("raw", "png")}
+        assert pq.read_table(files["png"]).schema.field("obs/cam").type == "binary"
+        assert files["png"].stat().st_size < files["raw"].stat().st_size / 2
+        jpeg = EpisodeStore(str(tmp_path / "jpeg"))
+        jpeg.put(ep, frames={"cam": CAMERA})
+        lossy = jpeg.get("ep-cam").observations["cam"].astype(int)
+        assert 0 < np.abs(lossy - ep.observations["cam"].astype(int)).mean() < 3
+        jpeg.close()
+
+
+def test_the_replay_holds_camera_frames_compressed_and_decodes_sampled_chunks():
+    from fleetrl.workers.data.replay import Replay
+
+    replay = Replay(chunk_len=2, gamma=0.9, seed=0, frames={"cam": CAMERA})
+    episodes = [camera_episode(f"ep-{i}") for i in range(3)]
+    for ep in episodes:
+        replay.add(ep)
+    assert replay.online.obs["cam"].dtype == object  # bytes per row, not 12 KB arrays
+    batch = replay.sample_chunks(32)
+    assert batch.obs["cam"].shape == (32, 64, 64, 3) and batch.obs["cam"].dtype == np.uint8
+    for i in range(32):  # each sampled frame is (close to) the frame of its episode and step
+        ep = next(e for e in episodes if e.episode_id == batch.episode_id[i])
+        t = int(batch.step[i])
+        assert np.abs(batch.obs["cam"][i].astype(int) - ep.observations["cam"][t].astype(int)).mean() < 3
+        h = int(batch.mask[i].sum())
+        nxt = ep.observations["cam"][t + h] if t + h < len(ep) else ep.final_observation["cam"]
+        assert np.abs(batch.next_obs["cam"][i].astype(int) - nxt.astype(int)).mean() < 3
