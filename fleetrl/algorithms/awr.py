@@ -57,6 +57,7 @@ from fleetrl.algorithms.diagnostics import (
     weight_stats,
 )
 from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q
+from fleetrl.models.encoders import ObservationEncoder
 from fleetrl.models.flow import flow_matching_loss
 from fleetrl.models.nets import mlp, seeded
 
@@ -192,9 +193,12 @@ class AWR(ActorCriticAlgorithm):
         self.value: torch.nn.Module | None = None  # the 'data' baseline V(s)
         self.value_optim: torch.optim.Optimizer | None = None
         if config.baseline == "data":
-            obs_dim = sum(s.size for s in spec.observation_spec.values())
             with seeded(config.seed + 1):
-                self.value = mlp(obs_dim, config.critic.hidden, 1, layer_norm=True).to(self.device)
+                encoder = ObservationEncoder(spec.observation_spec, config.critic.encoder)
+                head = mlp(encoder.out_dim, config.critic.hidden, 1, layer_norm=True)
+                self.value = (torch.nn.Sequential(encoder, head) if len(encoder.cameras) else head).to(
+                    self.device
+                )
             self.value_optim = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)
 
     def critic_optimizer(self) -> torch.optim.Optimizer:
@@ -219,7 +223,9 @@ class AWR(ActorCriticAlgorithm):
         [n * B, D_obs] and flat chunks [n * B, D_act] (sample-major)."""
         obs_rep = obs_flat.repeat(n, 1)
         noise = torch.randn(obs_rep.shape[0], self.policy.action_dim, device=obs_flat.device)
-        flat = self.policy.sample_flat(obs_rep, noise, self.config.flow_steps)
+        flat = self.policy.sample_flat(
+            self.policy.features(obs_flat).repeat(n, 1), noise, self.config.flow_steps
+        )
         return obs_rep, flat.clamp(self.policy.low, self.policy.high)
 
     @torch.no_grad()

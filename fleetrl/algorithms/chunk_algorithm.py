@@ -232,7 +232,7 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
         b, low, high = t.obs.shape[0], float(self.policy.low), float(self.policy.high)
         random = random_chunks(self.config.conservative_samples * b, t.actions, low, high)
         noise = torch.randn(b, self.policy.action_dim, device=t.obs.device)
-        policy = self.policy.sample_flat(t.obs, noise).clamp(low, high)
+        policy = self.policy.sample_flat(self.policy.features(t.obs), noise).clamp(low, high)
         m = self.config.conservative_samples + 1
         return t.obs.repeat(m, 1), torch.cat([random, policy])
 

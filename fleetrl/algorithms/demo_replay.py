@@ -41,6 +41,7 @@ from torch import nn
 
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.models.flow import flow_matching_loss
+from fleetrl.models.nets import flatten_obs
 
 
 class DemoReplayConfig(BaseModel):
@@ -112,7 +113,7 @@ def chunk_nll(policy: nn.Module, t: DemoTensors) -> torch.Tensor:
 
 def flow_imitation_loss(policy: nn.Module, t: DemoTensors) -> torch.Tensor:
     """Flow-matching surrogate of eq. 6 for ``flow_chunk`` (ALOE eq. 16: BC of the velocity field)."""
-    return flow_matching_loss(policy, policy.encode(t.obs), t.flat_actions, mask=t.flat_mask)
+    return flow_matching_loss(policy, flatten_obs(t.obs, policy.obs_keys), t.flat_actions, mask=t.flat_mask)
 
 
 def residual_imitation_loss(policy: nn.Module, t: DemoTensors) -> torch.Tensor:

@@ -84,18 +84,21 @@ def sample_memoryless(
     shift: float,
     noise=None,
     last_velocity: Velocity | None = None,
+    last_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler-Maruyama on the memoryless SDE: ``x_{k+1} = x_k + h b(x_k, w_k) + sqrt(h) sigma_k xi_k``;
     ``noise`` [steps, B, D] fixes the ``xi_k``. With ``last_velocity`` the last step is the noiseless ODE
     step ``x_N = x_{N-1} + h v_last(x_{N-1}, w_{N-1})`` instead (the QAM reference, agents/qam.py, after
-    Adjoint Matching: the critic then scores a chunk without the last step's noise). Returns the
-    trajectory [steps + 1, B, D]."""
+    Adjoint Matching: the critic then scores a chunk without the last step's noise), at ``last_features``
+    (the reference's own observation features; default ``obs``). Returns the trajectory
+    [steps + 1, B, D]."""
     h, ws = 1.0 / steps, time_grid(steps, x0.device, x0.dtype)
     xs = [x0]
     for k in range(steps):
         w = ws[k].expand(x0.shape[0])
         if last_velocity is not None and k == steps - 1:
-            xs.append(xs[-1] + h * last_velocity(obs, xs[-1], w))
+            at = obs if last_features is None else last_features
+            xs.append(xs[-1] + h * last_velocity(at, xs[-1], w))
             break
         xi = torch.randn_like(x0) if noise is None else noise[k]
         drift = memoryless_drift(velocity(obs, xs[-1], w), xs[-1], ws[k], shift)
@@ -292,14 +295,18 @@ class QAM(ActorCriticAlgorithm):
         the reference drift, and one step on the adjoint-matching loss (eqs. 9-10)."""
         assert self.reference is not None
         obs, (b, d), n = t.obs, (t.obs.shape[0], self.policy.action_dim), self.n_flow
+        feat = self.policy.features(obs)  # the policy's and the reference's own encoders (cameras)
+        with torch.no_grad():
+            ref_feat = self.reference.features(obs)
         x0 = torch.randn(b, d, device=obs.device)
         last = self.reference.velocity if self.config.ode_last_step else None
-        xs = sample_memoryless(self.policy.velocity, obs, x0, n, self.shift, last_velocity=last)
+        xs = sample_memoryless(self.policy.velocity, feat.detach(), x0, n, self.shift, last_velocity=last,
+                               last_features=ref_feat)  # fmt: skip
         g1 = terminal_adjoint(self.guide_q(obs), xs[-1], self.config.temperature, *self._bounds())
-        adj, v_ref = lean_adjoint(self.reference.velocity, obs, xs, g1, self.shift, last is not None)
+        adj, v_ref = lean_adjoint(self.reference.velocity, ref_feat, xs, g1, self.shift, last is not None)
         ws = time_grid(n, obs.device)
         v_theta = self.policy.velocity(
-            obs.repeat(n, 1), xs[:n].reshape(n * b, d), ws.repeat_interleave(b)
+            feat.repeat(n, 1), xs[:n].reshape(n * b, d), ws.repeat_interleave(b)
         ).reshape(n, b, d)
         loss = adjoint_matching_loss(v_theta, v_ref, adj[:n], memoryless_sigma(ws, self.shift))
         grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())
@@ -321,7 +328,7 @@ class QAM(ActorCriticAlgorithm):
         low, high = self._bounds()
         obs, data = t.obs, t.actions
         noise = torch.randn_like(data)
-        pi = self.policy.sample_flat(obs, noise).clamp(low, high)
+        pi = self.policy.sample_flat(self.policy.features(obs), noise).clamp(low, high)
         q = self.guide_q(obs)
         q_data = q(data)
         out = q_diagnostics(q_data, q(pi), q(random_chunks(data.shape[0], data, low, high)))
@@ -330,7 +337,7 @@ class QAM(ActorCriticAlgorithm):
             out["q_return_corr"] = corr
         out["policy_to_data"] = action_distance(pi, data, t.mask)
         if self.reference is not None:
-            ref = self.reference.sample_flat(obs, noise).clamp(low, high)
+            ref = self.reference.sample_flat(self.reference.features(obs), noise).clamp(low, high)
             out["policy_to_reference"] = action_distance(pi, ref)
             out["reference_to_data"] = action_distance(ref, data, t.mask)
         return out

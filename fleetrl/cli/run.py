@@ -259,6 +259,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
         duration=args.duration,
         stop=stop,
         lockstep=args.lockstep,
+        camera=args.camera,
     )
     total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
     print(f"{len(clients)} robots stopped: {total}", flush=True)
@@ -300,5 +301,12 @@ def add_run_parsers(subparsers: Any) -> None:
         "--lockstep",
         action="store_true",
         help="simulated time waits for each chunk instead of holding (learning benchmarks; default off)",
+    )
+    robot.add_argument(
+        "--camera",
+        type=int,
+        default=None,
+        metavar="SIDE",
+        help="also send an RGB camera frame of SIDE x SIDE pixels rendered by MuJoCo (observation 'camera')",
     )
     robot.set_defaults(func=cmd_robot)

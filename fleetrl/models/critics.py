@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.encoders import EncoderConfig, ObservationEncoder
 from fleetrl.models.nets import ensemble_mlp, flatten_obs, mlp
 from fleetrl.robots.protocol import ArraySpec
 
@@ -21,6 +22,10 @@ class ChunkQConfig(BaseModel):
     n_critics: int = Field(2, ge=1, le=64, description="Ensemble size K.")
     hidden: tuple[int, ...] = Field((256, 256, 256), description="Hidden widths of each critic.")
     layer_norm: bool = Field(True, description="LayerNorm after every hidden layer.")
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig,
+        description="How camera observations become features (models/encoders.py).",
+    )
 
 
 class ChunkQEnsemble(nn.Module):
@@ -30,13 +35,15 @@ class ChunkQEnsemble(nn.Module):
         super().__init__()
         self.obs_keys = list(obs_spec)
         self.k = cfg.n_critics
-        obs_dim = sum(s.size for s in obs_spec.values())
+        self.encoder = ObservationEncoder(obs_spec, cfg.encoder)  # one for the ensemble's heads
         self.action_dim = chunk_len * action_spec.size
-        self.net = ensemble_mlp(cfg.n_critics, obs_dim + self.action_dim, cfg.hidden, 1, cfg.layer_norm)
+        self.net = ensemble_mlp(
+            cfg.n_critics, self.encoder.out_dim + self.action_dim, cfg.hidden, 1, cfg.layer_norm
+        )
 
     def forward_flat(self, obs_flat: torch.Tensor, actions_flat: torch.Tensor) -> torch.Tensor:
-        """[B, D_obs], [B, D_act] -> Q values [K, B]."""
-        x = torch.cat([obs_flat, actions_flat], dim=-1)
+        """[B, D_obs] flat observations, [B, D_act] -> Q values [K, B]."""
+        x = torch.cat([self.encoder(obs_flat), actions_flat], dim=-1)
         return self.net(x.unsqueeze(0).expand(self.k, -1, -1)).squeeze(-1)
 
     def forward(self, obs: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
@@ -55,6 +62,10 @@ class CategoricalValueConfig(BaseModel):
         (512, 512, 512, 512), description="Hidden widths (the QAM reference's value networks: 512x4)."
     )
     layer_norm: bool = Field(True, description="LayerNorm after every hidden layer.")
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig,
+        description="How camera observations become features (models/encoders.py).",
+    )
 
 
 class CategoricalValue(nn.Module):
@@ -63,12 +74,12 @@ class CategoricalValue(nn.Module):
         if cfg.v_max <= cfg.v_min:
             raise ValueError(f"v_max ({cfg.v_max}) must exceed v_min ({cfg.v_min})")
         self.obs_keys = list(obs_spec)
-        obs_dim = sum(s.size for s in obs_spec.values())
-        self.net = mlp(obs_dim, cfg.hidden, cfg.n_atoms, nn.ReLU, cfg.layer_norm)
+        self.encoder = ObservationEncoder(obs_spec, cfg.encoder)
+        self.net = mlp(self.encoder.out_dim, cfg.hidden, cfg.n_atoms, nn.ReLU, cfg.layer_norm)
         self.register_buffer("atoms", torch.linspace(cfg.v_min, cfg.v_max, cfg.n_atoms))
 
     def logits_flat(self, obs_flat: torch.Tensor) -> torch.Tensor:
-        return self.net(obs_flat)
+        return self.net(self.encoder(obs_flat))
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B, n_atoms]."""

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.encoders import EncoderConfig
 from fleetrl.models.nets import ChunkPolicy, mlp
 from fleetrl.robots.protocol import ArraySpec
 
@@ -30,6 +31,10 @@ class FlowChunkConfig(BaseModel):
     time_features: int = Field(
         4, ge=1, le=16, description="Sine/cosine frequencies embedding the flow time w."
     )
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig,
+        description="How camera observations become features (models/encoders.py).",
+    )
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
@@ -37,7 +42,7 @@ class FlowChunkPolicy(ChunkPolicy):
     def __init__(
         self, cfg: FlowChunkConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
     ):
-        super().__init__(obs_spec, action_spec, chunk_len)
+        super().__init__(obs_spec, action_spec, chunk_len, encoder=cfg.encoder)
         self.flow_steps = cfg.flow_steps
         self.register_bounds(action_spec)
         freqs = torch.pi * 2.0 ** torch.arange(cfg.time_features, dtype=torch.float32)
@@ -49,30 +54,30 @@ class FlowChunkPolicy(ChunkPolicy):
         angles = w[:, None] * self.freqs
         return torch.cat([w[:, None], angles.sin(), angles.cos()], dim=-1)
 
-    def velocity(self, obs_flat: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """v(obs, x_w, w): obs_flat [B, D_obs], x [B, D_act] flat chunk, w [B] in [0, 1]."""
-        return self.net(torch.cat([obs_flat, x, self._time_embedding(w)], dim=-1))
+    def velocity(self, feat: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """v(obs, x_w, w): ``feat`` [B, obs_dim] the observation's features (``features(obs_flat)``; the
+        flat observation itself for a task without cameras), x [B, D_act] flat chunk, w [B] in [0, 1]."""
+        return self.net(torch.cat([feat, x, self._time_embedding(w)], dim=-1))
 
-    def sample_flat(
-        self, obs_flat: torch.Tensor, noise: torch.Tensor, steps: int | None = None
-    ) -> torch.Tensor:
-        """Euler-integrate the flow from ``noise`` [B, D_act]; returns the unclipped flat chunk."""
+    def sample_flat(self, feat: torch.Tensor, noise: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Euler-integrate the flow from ``noise`` [B, D_act] at features ``feat``; returns the unclipped
+        flat chunk."""
         steps = steps or self.flow_steps
         x, dt = noise, 1.0 / steps
         for i in range(steps):
             w = torch.full((x.shape[0],), i * dt, device=x.device)
-            x = x + dt * self.velocity(obs_flat, x, w)
+            x = x + dt * self.velocity(feat, x, w)
         return x
 
     def act(
         self, obs: dict[str, torch.Tensor], deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        obs_flat = self.encode(obs)
-        noise = torch.randn(obs_flat.shape[0], self.action_dim, device=obs_flat.device)
+        feat = self.encode(obs)
+        noise = torch.randn(feat.shape[0], self.action_dim, device=feat.device)
         if deterministic:
             noise = torch.zeros_like(noise)
-        chunk = self.to_chunk(self.sample_flat(obs_flat, noise))
-        return chunk, torch.full((obs_flat.shape[0],), float("nan"), device=obs_flat.device)
+        chunk = self.to_chunk(self.sample_flat(feat, noise))
+        return chunk, torch.full((feat.shape[0],), float("nan"), device=feat.device)
 
 
 def flow_matching_loss(
@@ -84,12 +89,14 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """(Weighted) conditional flow-matching loss, ALOE eq. 15: E[w * ||v(o, x_w, w) - (x_1 - x_0)||^2].
 
-    ``mask`` [B, D_act] leaves padded chunk entries (past the episode's end) out of the regression."""
+    ``obs_flat``: the flat observations (``flatten_obs``); their camera keys are encoded here, so the
+    policy's encoder trains with it. ``mask`` [B, D_act] leaves padded chunk entries (past the episode's
+    end) out of the regression."""
     x1 = actions_flat
     x0 = torch.randn_like(x1)
     w = torch.rand(x1.shape[0], device=x1.device)
     xw = (1 - w[:, None]) * x0 + w[:, None] * x1
-    err = (policy.velocity(obs_flat, xw, w) - (x1 - x0)).square()
+    err = (policy.velocity(policy.features(obs_flat), xw, w) - (x1 - x0)).square()
     per_row = err.mean(-1) if mask is None else (err * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
     if weights is not None:
         return (weights * per_row).mean()

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.encoders import EncoderConfig
 from fleetrl.models.nets import ChunkPolicy, RunningObsNorm, mlp
 from fleetrl.robots.protocol import ArraySpec
 
@@ -41,6 +42,10 @@ class GaussianMLPConfig(BaseModel):
         "where the robot will be when its chunk begins. A robot that asks only once its chunk has run out "
         "(lockstep, the plain loop) sends none: the entry is zeros.",
     )
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig,
+        description="How camera observations become features (models/encoders.py).",
+    )
     seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
@@ -54,7 +59,7 @@ class GaussianChunkPolicy(ChunkPolicy):
     def __init__(
         self, cfg: GaussianMLPConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
     ):
-        super().__init__(obs_spec, action_spec, chunk_len, pending=cfg.pending_actions)
+        super().__init__(obs_spec, action_spec, chunk_len, pending=cfg.pending_actions, encoder=cfg.encoder)
         self.body = mlp(self.obs_dim, cfg.hidden, self.action_dim, nn.Tanh)
         with torch.no_grad():
             self.body[-1].weight.mul_(0.01)

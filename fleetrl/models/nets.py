@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from fleetrl.models.encoders import EncoderConfig, ObservationEncoder
 from fleetrl.robots.pending import PENDING_KEY, pending_spec
 from fleetrl.robots.protocol import ArraySpec
 
@@ -100,8 +101,15 @@ class ChunkPolicy(nn.Module):
     observation; a batch without that entry has none pending (all zeros)."""
 
     def __init__(
-        self, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int, pending: bool = False
+        self,
+        obs_spec: dict[str, ArraySpec],
+        action_spec: ArraySpec,
+        chunk_len: int,
+        pending: bool = False,
+        encoder: EncoderConfig | None = None,
     ):
+        """``encoder``: how camera keys become features (``fleetrl.models.encoders``; the identity for a
+        task without cameras)."""
         super().__init__()
         self.obs_keys = list(obs_spec)
         self.chunk_len = chunk_len
@@ -109,11 +117,16 @@ class ChunkPolicy(nn.Module):
         self.step_dim = action_spec.size  # entries of one step's action
         self.action_dim = chunk_len * action_spec.size  # entries of a flat chunk
         self.pending_dim = pending_spec(action_spec, chunk_len).size if pending else 0
-        self.obs_dim = sum(s.size for s in obs_spec.values()) + self.pending_dim
+        self.encoder = ObservationEncoder(obs_spec, encoder)
+        self.obs_dim = self.encoder.out_dim + self.pending_dim
+
+    def features(self, obs_flat: torch.Tensor) -> torch.Tensor:
+        """The flat observation (``flatten_obs``, spec order) as the networks read it: camera keys encoded."""
+        return self.encoder(obs_flat)
 
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The flat observation vector [B, obs_dim] the networks read."""
-        flat = flatten_obs(obs, self.obs_keys)
+        """The feature vector [B, obs_dim] the networks read (camera keys encoded, pending actions after)."""
+        flat = self.features(flatten_obs(obs, self.obs_keys))
         if not self.pending_dim:
             return flat
         pending = obs.get(PENDING_KEY)

@@ -1,4 +1,4 @@
-"""Pairwise progress critic (VLAC §3.1.1, for state observations): ``(o_i, o_j, task) -> (delta, done)``.
+"""Pairwise progress critic (VLAC §3.1.1, for state observations or a camera frame): ``(o_i, o_j, task) -> (delta, done)``.
 
 ``delta`` in [-1, 1] says how far ``o_j`` advanced the task relative to ``o_i`` (positive: closer to
 completion; the training label is the fraction of the remaining work done, see
@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.encoders import CameraEncoder, EncoderConfig
 from fleetrl.models.nets import config_checkpoint, from_config_checkpoint, layer_norm_mlp, seeded
 
 Obs = torch.Tensor | Mapping[str, torch.Tensor]
@@ -45,8 +46,15 @@ class ProgressCriticConfig(BaseModel):
         "training episodes. Extra names (tasks without data) still serve as mismatched-task negatives.",
     )
     obs_key: str = Field("state", description="Observation entry the encoder reads when given a dict.")
-    encoder: Literal["mlp"] = Field(
-        "mlp", description="Observation encoder kind ('mlp': flat state vectors); see ENCODERS."
+    encoder: Literal["mlp", "cnn"] = Field(
+        "mlp", description="Observation encoder kind ('mlp': flat state vectors; 'cnn': a camera frame "
+        "[H, W, C] uint8 through models/encoders.py's encoder, settings in image_encoder); see ENCODERS.",
+    )  # fmt: skip
+    image_shape: tuple[int, ...] | None = Field(
+        None, description="Shape of the camera frame ('cnn'); None: inferred from training data."
+    )
+    image_encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig, description="The camera encoder ('cnn'); its feature_dim is ignored."
     )
     encoder_hidden: tuple[int, ...] = Field((256, 256), description="Hidden widths of the state encoder MLP.")
     feature_dim: int = Field(128, gt=0, description="Width of the observation features z.")
@@ -86,9 +94,28 @@ class StateEncoder(nn.Module):
         return self.net(x)
 
 
-# Encoder kinds; an image encoder (e.g. a small CNN or a frozen backbone) registers here under a new
-# ``encoder`` literal and must map ``Obs`` [B, ...] to [B, feature_dim] and offer ``set_normalizer``.
-ENCODERS: dict[str, Callable[[ProgressCriticConfig], nn.Module]] = {"mlp": StateEncoder}
+class ImageEncoder(nn.Module):
+    """A camera frame [B, H, W, C] (uint8 values) -> features, through ``models.encoders.CameraEncoder``
+    (pixels are scaled there; the data-fitted normaliser of state inputs does not apply)."""
+
+    def __init__(self, cfg: ProgressCriticConfig):
+        super().__init__()
+        if cfg.image_shape is None:
+            raise ValueError("encoder 'cnn' needs image_shape (training infers it from data)")
+        self.obs_key = cfg.obs_key
+        encoder = cfg.image_encoder.model_copy(update={"feature_dim": cfg.feature_dim})
+        self.net = CameraEncoder(tuple(cfg.image_shape), encoder)
+
+    def set_normalizer(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Nothing to fit: frames are scaled to [-0.5, 0.5] by the encoder."""
+
+    def forward(self, obs: Obs) -> torch.Tensor:
+        x = obs[self.obs_key] if isinstance(obs, Mapping) else obs
+        return self.net(x.reshape(x.shape[0], -1).float())
+
+
+# Encoder kinds: each maps ``Obs`` [B, ...] to [B, feature_dim] and offers ``set_normalizer``.
+ENCODERS: dict[str, Callable[[ProgressCriticConfig], nn.Module]] = {"mlp": StateEncoder, "cnn": ImageEncoder}
 
 
 class ProgressCritic(nn.Module):

@@ -33,6 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from fleetrl.models.encoders import EncoderConfig
 from fleetrl.models.flow import FlowChunkConfig
 from fleetrl.models.gaussian import GaussianMLPConfig
 from fleetrl.models.nets import ChunkPolicy, mlp
@@ -68,6 +69,9 @@ class ResidualAdapterConfig(BaseModel):
     )
     gate_init: float = Field(
         0.0, description="Initial gate logit (sigmoid(0) = 0.5: the paper's zero-initialised adapter)."
+    )
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig, description="How camera observations become the adapter's features."
     )
     seed: int = Field(0, description="Seed for the adapter's initial weights; replicas of a pool share it.")
 
@@ -118,7 +122,7 @@ class ResidualAdapterPolicy(ChunkPolicy):
         action_spec: ArraySpec,
         chunk_len: int,
     ):
-        super().__init__(obs_spec, action_spec, chunk_len)
+        super().__init__(obs_spec, action_spec, chunk_len, encoder=cfg.encoder)
         if cfg.base_checkpoint is not None:
             load_base_checkpoint(base, cfg.base_checkpoint)
         self.base = base.requires_grad_(False).eval()

@@ -17,7 +17,7 @@ from fleetrl.workers.config_checks import reject_bool_numbers
 from fleetrl.workers.critic import CriticConfig
 from fleetrl.workers.data.server import DataConfig
 from fleetrl.workers.gateway.session import GatewayConfig
-from fleetrl.workers.task import NAME_RE, TaskConfig
+from fleetrl.workers.task import NAME_RE, TaskConfig, frame_fit_problem
 
 
 class SimFleetConfig(BaseModel):
@@ -82,6 +82,10 @@ class PlatformConfig(BaseModel):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
+        for i, task in enumerate(self.tasks):
+            too_large = frame_fit_problem(task, self.gateway.max_frame_bytes)
+            if too_large:
+                raise ValueError(f"tasks[{i}].observation: {too_large}")
         for i, sim in enumerate(self.sim_robots):
             if sim.task not in names:
                 raise ValueError(f"sim_robots[{i}].task: no task named {sim.task!r}; defined tasks: {names}")

@@ -126,7 +126,7 @@ class Platform:
         gateway_info, *_ = ray.get(pending, timeout=timeout)
         self.tasks = control_actor(TaskManager, max_concurrency=TaskManager.MAX_CONCURRENCY).remote(
             self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path,
-            list(cfg.tasks),
+            list(cfg.tasks), cfg.gateway.max_frame_bytes,
         )  # fmt: skip
         ray.get([self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks], timeout=timeout)
         ray.get(self.tasks.restore_runtime_tasks.remote(), timeout=10 * timeout)

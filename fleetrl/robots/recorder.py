@@ -54,18 +54,35 @@ class EpisodeLog:
         self.actions.append(np.asarray(action, dtype=np.float32))
         self.total_reward += rec.reward
 
-    def steps_messages(self, robot_id: str, max_rows: int) -> list[P.Steps]:
-        """Frames for rows ``sent ..`` (at most ``max_rows`` each); marks them sent."""
+    def steps_messages(
+        self,
+        robot_id: str,
+        max_rows: int,
+        max_bytes: int | None = None,
+        specs: dict[str, P.ArraySpec] | None = None,
+    ) -> list[P.Steps]:
+        """Frames for rows ``sent ..``, marking them sent: at most ``max_rows`` rows each and, beyond a
+        frame's first row, at most ``max_bytes`` of observations and actions. Camera frames go compressed
+        as the task's ``specs`` say (``P.encode_observation``), so a frame's size is that of what it sends."""
         out = []
         while self.sent < len(self.steps):
-            lo, hi = self.sent, min(len(self.steps), self.sent + max_rows)
-            out.append(self._frame(robot_id, lo, hi))
+            lo = hi = self.sent
+            wire, size = [], 0
+            while hi < len(self.steps) and hi - lo < max_rows:
+                row = P.encode_observation(specs, self.observations[hi]) if specs else self.observations[hi]
+                row_bytes = self.actions[hi].nbytes + sum(v.nbytes for v in row.values())
+                if hi > lo and max_bytes is not None and size + row_bytes > max_bytes:
+                    break
+                wire.append(row)
+                size += row_bytes
+                hi += 1
+            out.append(self._frame(robot_id, lo, hi, wire))
             self.sent = hi
         return out
 
-    def _frame(self, robot_id: str, lo: int, hi: int) -> P.Steps:
+    def _frame(self, robot_id: str, lo: int, hi: int, wire: list[dict]) -> P.Steps:
         rows = self.steps[lo:hi]
-        keys = self.observations[lo].keys()
+        keys = wire[0].keys()
         columns = {
             "reward": [r.reward for r in rows],
             "intervention": [r.intervention for r in rows],
@@ -80,13 +97,14 @@ class EpisodeLog:
             robot_id=robot_id,
             episode_id=self.episode_id,
             first_step=lo,
-            observations={k: np.stack([o[k] for o in self.observations[lo:hi]]) for k in keys},
+            observations={k: _rows([o[k] for o in wire]) for k in keys},
             actions=np.stack(self.actions[lo:hi]),
             columns={name: np.asarray(columns[name], dtype=STEP_COLUMNS[name]) for name in STEP_COLUMNS},
         )
 
-    def end_message(self, robot_id: str) -> P.EpisodeEnd:
+    def end_message(self, robot_id: str, specs: dict[str, P.ArraySpec] | None = None) -> P.EpisodeEnd:
         assert self.outcome is not None and self.final_observation is not None
+        final = self.final_observation
         return P.EpisodeEnd(
             robot_id=robot_id,
             episode_id=self.episode_id,
@@ -94,9 +112,14 @@ class EpisodeLog:
             labelled_by="robot",
             steps=len(self.steps),
             total_reward=self.total_reward,
-            final_observation=self.final_observation,
+            final_observation=P.encode_observation(specs, final) if specs else final,
             terminated=self.terminated,
             truncated=self.truncated,
             source=self.source,
             meta=self.meta,
         )
+
+
+def _rows(values: list) -> np.ndarray | list[P.EncodedFrame]:
+    """One observation key's rows in a frame: stacked arrays, or the list of compressed frames."""
+    return values if isinstance(values[0], P.EncodedFrame) else np.stack(values)

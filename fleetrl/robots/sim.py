@@ -1,8 +1,9 @@
 """Simulated robots: any gymnasium environment behind the same ``RobotClient`` a real robot uses.
 
 A ``SimRobot`` exposes the ``Robot`` interface of ``fleetrl.robots.client``: one flat float32
-``state`` observation, a bounded action, a success predicate, and ``hold()`` = a zero action (what a
-real arm does when it stops and keeps its pose). ``run_sim_fleet`` registers K robots over REST and
+``state`` observation (and with ``camera`` an RGB ``camera`` frame rendered by MuJoCo, uint8
+[side, side, 3]), a bounded action, a success predicate, and ``hold()`` = a zero action (what a real arm
+does when it stops and keeps its pose). ``run_sim_fleet`` registers K robots over REST and
 drives them all from one thread.
 
 ``lockstep`` (default off; real robots cannot do it): the simulated robot's time waits for the network.
@@ -107,7 +108,10 @@ class SimRobot:
         max_episode_steps: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
         lockstep: bool = False,
+        camera: int | None = None,
     ):
+        """``camera``: the side in pixels of a square RGB frame the environment renders at every step
+        (offscreen: ``MUJOCO_GL=egl`` or ``osmesa``), sent beside the state as observation ``camera``."""
         preset = PRESETS.get(env_id, SimPreset(success="never", control_hz=10.0))
         name = success or preset.success
         if name not in SUCCESS_PREDICATES:
@@ -117,11 +121,19 @@ class SimRobot:
         self.control_hz = float(control_hz or preset.control_hz)
         self.lockstep = bool(lockstep)  # read by RobotClient: wait for chunks instead of holding
         steps = max_episode_steps or preset.max_episode_steps
-        self.env = make_env(env_id, **({"max_episode_steps": steps} if steps else {}), **(env_kwargs or {}))
+        kwargs = {"max_episode_steps": steps} if steps else {}
+        if camera is not None:
+            if camera < 8:
+                raise ValueError(f"camera side must be at least 8 pixels, got {camera}")
+            kwargs |= {"render_mode": "rgb_array", "width": camera, "height": camera}
+        self.env = make_env(env_id, **kwargs, **(env_kwargs or {}))
+        self.camera = camera
         space = self.env.observation_space
         if getattr(space, "shape", None) is None or len(space.shape) != 1:
             raise ValueError(f"{env_id}: only flat Box observations are supported, got {space}")
         self.observation_spec = {"state": ArraySpec(tuple(space.shape), "float32")}
+        if camera is not None:
+            self.observation_spec["camera"] = ArraySpec((camera, camera, 3), "uint8")
         a = self.env.action_space
         self.action_spec = ArraySpec(tuple(a.shape), "float32", float(np.min(a.low)), float(np.max(a.high)))
         self._seed = seed
@@ -134,7 +146,14 @@ class SimRobot:
         self._reset_seed = self._seed + 100_003 * self._episodes
         obs, self.last_info = self.env.reset(seed=self._reset_seed)
         self._episodes += 1
-        return {"state": np.asarray(obs, dtype=np.float32)}
+        return self._observation(obs)
+
+    def _observation(self, state: Any) -> dict[str, np.ndarray]:
+        """What the robot sends: the state, and the rendered frame when it has a camera."""
+        out = {"state": np.asarray(state, dtype=np.float32)}
+        if self.camera is not None:
+            out["camera"] = np.ascontiguousarray(self.env.render(), dtype=np.uint8)
+        return out
 
     @property
     def episodes_started(self) -> int:
@@ -161,14 +180,18 @@ class SimRobot:
             if terminated:
                 raise ValueError(f"the replay ended the episode before step {len(actions)}")
         _restart_time_limit(self.env)
-        return {"state": np.asarray(obs, dtype=np.float32)}
+        return self._observation(obs)
 
     def act(self, action: np.ndarray) -> StepResult:
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
         obs = np.asarray(obs, dtype=np.float32)
         self.last_info = info  # privileged simulator facts, for simulated operators (never sent)
         return StepResult(
-            {"state": obs}, float(reward), bool(terminated), bool(truncated), self.success_fn(obs, info)
+            self._observation(obs),
+            float(reward),
+            bool(terminated),
+            bool(truncated),
+            self.success_fn(obs, info),
         )
 
     def hold(self) -> StepResult:
@@ -192,12 +215,14 @@ def run_sim_fleet(
     config: ClientConfig | None = None,
     on_start: Callable[[list[RobotClient]], None] | None = None,
     lockstep: bool = False,
+    camera: int | None = None,
 ) -> list[RobotClient]:
     """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``
-    (``lockstep``: they wait for their chunks instead of holding; see the module doc)."""
+    (``lockstep``: they wait for their chunks instead of holding, see the module doc; ``camera``: the side
+    of the RGB frame each one renders, see ``SimRobot``)."""
     clients = []
     for i in range(n):
-        robot = SimRobot(env_id, seed=seed + i, control_hz=control_hz, lockstep=lockstep)
+        robot = SimRobot(env_id, seed=seed + i, control_hz=control_hz, lockstep=lockstep, camera=camera)
         info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot)
         clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)

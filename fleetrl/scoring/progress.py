@@ -244,11 +244,13 @@ LogCallback = Callable[[int, dict[str, float]], None]
 
 
 def critic_config_for(episodes: Sequence[Episode], cfg: ProgressCriticConfig) -> ProgressCriticConfig:
-    """Fill ``obs_dim`` and ``tasks`` from the episodes where the config leaves them open."""
+    """Fill ``obs_dim``, ``tasks`` and (``cnn``) ``image_shape`` from the episodes where the config leaves
+    them open."""
     first = episodes[0].observations[cfg.obs_key]
     obs_dim = cfg.obs_dim or int(np.prod(first.shape[1:]))
     tasks = cfg.tasks or tuple(sorted({ep.task for ep in episodes}))
-    return cfg.model_copy(update={"obs_dim": obs_dim, "tasks": tasks})
+    image_shape = cfg.image_shape or (tuple(first.shape[1:]) if cfg.encoder == "cnn" else None)
+    return cfg.model_copy(update={"obs_dim": obs_dim, "tasks": tasks, "image_shape": image_shape})
 
 
 def train_progress_critic(

@@ -14,6 +14,7 @@ from fleetrl.algorithms.demo_replay import DemoReplayConfig
 from fleetrl.models.gaussian import GaussianMLPConfig
 from fleetrl.models.policies import PolicyConfig, action_spec_problem
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
+from fleetrl.robots.protocol.images import image_spec_problem, row_bytes_bound
 from fleetrl.workers.placement import ActorResources
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class ArraySpecConfig(BaseModel):
     ] = Field("float32", description="Array dtype.")
     low: float | None = Field(None, description="Lower bound (actions are clipped to it on the robot).")
     high: float | None = Field(None, description="Upper bound (actions are clipped to it on the robot).")
+    encoding: Literal["raw", "jpeg", "png"] = Field(
+        "raw", description="How a camera frame (uint8 [H, W] or [H, W, C], C 1 or 3) travels from the robot: "
+        "raw, or compressed by the robot SDK as JPEG (lossy, ~10-30x smaller) or PNG (lossless).",
+    )  # fmt: skip
+    quality: int = Field(90, ge=1, le=100, description="JPEG quality of a jpeg-encoded camera frame.")
 
     @field_validator("shape")
     @classmethod
@@ -56,10 +62,13 @@ class ArraySpecConfig(BaseModel):
             raise ValueError("low and high must be numbers, not NaN")
         if self.low is not None and self.high is not None and not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        problem = image_spec_problem(tuple(self.shape), self.dtype, self.encoding, self.quality)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def to_spec(self) -> ArraySpec:
-        return ArraySpec(tuple(self.shape), self.dtype, self.low, self.high)
+        return ArraySpec(tuple(self.shape), self.dtype, self.low, self.high, self.encoding, self.quality)
 
 
 class InferencePoolConfig(ActorResources):
@@ -241,6 +250,15 @@ class TaskConfig(BaseModel):
     def action_spec(self) -> ArraySpec:
         return self.action.to_spec()
 
+    @cached_property
+    def camera_keys(self) -> tuple[str, ...]:
+        """Observation keys that are camera frames: uint8 [H, W] or [H, W, C] with C 1 or 3 (any encoding)."""
+        return tuple(
+            k
+            for k, spec in self.observation_spec.items()
+            if image_spec_problem(spec.shape, spec.dtype, "png", spec.quality) is None
+        )
+
     def public(self) -> dict[str, Any]:
         """What robots and the REST API see of a task."""
         return {
@@ -263,11 +281,33 @@ def spec_mismatch(
         act = ArraySpec.from_dict(action_spec)
     except (ValueError, TypeError) as exc:
         return f"invalid spec: {exc}"
-    if obs != task.observation_spec:
+    if {k: (v.shape, v.dtype) for k, v in obs.items()} != {
+        k: (v.shape, v.dtype) for k, v in task.observation_spec.items()
+    }:  # the encoding a frame travels in is the task's to choose; the robot's SDK follows it
         return f"observation spec {observation_spec} does not match task {task.name!r}: {task.public()['observation_spec']}"
     if act.shape != task.action_spec.shape or act.dtype != task.action_spec.dtype:
         return f"action spec {action_spec} does not match task {task.name!r}: {task.public()['action_spec']}"
     return None
+
+
+FRAME_OVERHEAD_BYTES = 4096  # a frame's msgpack keys, ids and numbers beside its arrays (generous)
+STEP_COLUMN_BYTES = 64  # one row of the per-step columns in a ``steps`` frame (fleetrl.robots.episode)
+
+
+def frame_fit_problem(task: TaskConfig, max_frame_bytes: int) -> str | None:
+    """Why one step of ``task`` can never travel to a gateway that takes frames of ``max_frame_bytes``
+    (None if it can): an observation at its largest (camera frames that do not compress come out at their
+    raw size), the pending actions an ``obs`` frame carries, one row's action and columns in a ``steps``
+    frame. Checked when a task is configured or created, so it is refused then, not at run time."""
+    action = task.action_spec.size * 8  # float64 at most
+    need = row_bytes_bound(task.observation_spec) + task.chunk_len * action + STEP_COLUMN_BYTES
+    if need + FRAME_OVERHEAD_BYTES <= max_frame_bytes:
+        return None
+    return (
+        f"one step of task {task.name!r} takes up to {need:,} bytes on the wire (its observation at raw size: "
+        f"camera frames that do not compress are not smaller), over the gateway's frame limit of "
+        f"{max_frame_bytes:,} bytes: raise gateway.max_frame_bytes or lower the camera resolution"
+    )
 
 
 # -- tasks created over REST, as the registry keeps them ----------------------------------------------

@@ -26,10 +26,11 @@ from typing import Any
 
 import ray
 
+from fleetrl.robots.protocol import DEFAULT_LIMITS
 from fleetrl.workers.inference.replica import start_replicas
 from fleetrl.workers.learning.learner import start_learner
 from fleetrl.workers.lifecycle import stop_actors
-from fleetrl.workers.task import ReplayConfig, TaskConfig, restore_saved, saved_task
+from fleetrl.workers.task import ReplayConfig, TaskConfig, frame_fit_problem, restore_saved, saved_task
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,12 @@ class TaskManager:
         metrics: Any | None,
         learner_dir: str,
         config_tasks: list[TaskConfig] | None = None,
+        max_frame_bytes: int = DEFAULT_LIMITS.max_frame_bytes,
     ):
-        """``config_tasks``: the config file's tasks (what a restarted task manager adopts again)."""
+        """``config_tasks``: the config file's tasks (what a restarted task manager adopts again);
+        ``max_frame_bytes``: the gateway's frame limit, which a created task's step must fit."""
         self.registry, self.gateway, self.data = registry, gateway, data
+        self.max_frame_bytes = max_frame_bytes
         self.config_tasks = list(config_tasks or [])
         self.weights, self.metrics, self.learner_dir = weights, metrics, learner_dir
         self.tasks: dict[str, TaskConfig] = {}
@@ -140,6 +144,9 @@ class TaskManager:
                 self._busy.discard(task.name)
 
     def _create(self, task: TaskConfig, replay: ReplayConfig | None, timeout: float) -> dict[str, Any]:
+        too_large = frame_fit_problem(task, self.max_frame_bytes)
+        if too_large:
+            return {"ok": False, "code": 422, "error": too_large}
         replicas = start_replicas(task, self.metrics, self.weights)
         try:
             ray.get([r.ready.remote() for r in replicas], timeout=timeout)

@@ -314,6 +314,15 @@ def test_label_and_reset_buttons(platform, api, fleet, chromium, tmp_path):
         assert cdp.dialogs and robot in cdp.dialogs[0]
         # The reset route answers or refuses (an unknown state, an older server): either way the page says so.
         assert '{"state":"initial"}' in text or ("failed" in text and "/reset" in text), text
+
+        # "camera" on a robot whose task has no camera: the page says why there is no frame
+        cdp.click(session, f'#robots tr[data-robot="{robot}"] .camera-btn')
+        caption = cdp.wait_js(
+            session,
+            "(t => t.includes('no frame') ? t : null)(document.getElementById('camera-caption').textContent)",
+            "the camera caption",
+        )
+        assert robot in caption and "422" in caption and "no camera" in caption, caption
     finally:
         proc.terminate()
         try:

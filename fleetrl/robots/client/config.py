@@ -18,4 +18,6 @@ class ClientConfig:
     keep_episodes: int = 100  # per-step logs of this many recent episodes are kept for inspection
     keep_replies: int = 2000  # (round trip, gateway timings) of this many recent replies
     max_rows_per_frame: int = 64  # executed steps per ``steps`` frame
+    max_frame_bytes: int = 1 << 20  # observation and action bytes per ``steps`` frame beyond its first row
+    # (cameras: compressed); a quarter of the gateway's default frame limit, so frames stay small
     steps_per_upload: int = 16  # upload executed steps once this many are pending (and at episode end)

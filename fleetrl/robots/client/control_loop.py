@@ -345,7 +345,9 @@ class RobotClient:
             episode_id=self._episode.episode_id,
             step=self._step,
             t_robot=now,
-            observation=self._obs,
+            observation=P.encode_observation(self.uploads.specs, self._obs)
+            if self.uploads.specs
+            else self._obs,
             last_latency_ms=self._last_latency_ms,
             # the rest of the current chunk runs before the reply's chunk starts: the policy may read it
             pending=self._current.actions[self._current.index :] if remaining else None,
@@ -409,12 +411,18 @@ class RobotClient:
         """A session on a task that fits this robot: say who is in control, then ask for a chunk."""
         obs_spec = P.specs_from_dict(msg.observation_spec)
         act_spec = P.ArraySpec.from_dict(msg.action_spec)
-        if obs_spec != self.robot.observation_spec or act_spec.shape != self.robot.action_spec.shape:
+        mine = self.robot.observation_spec
+        same = {k: (s.shape, s.dtype) for k, s in obs_spec.items()} == {
+            k: (s.shape, s.dtype) for k, s in mine.items()
+        }
+        if not same or act_spec.shape != self.robot.action_spec.shape:
             raise RegistrationError(
                 f"{self.robot_id}: the gateway's task {msg.task!r} expects {msg.observation_spec} / "
                 f"{msg.action_spec}, this robot has {P.specs_to_dict(self.robot.observation_spec)}"
             )
         self.connection.welcomed(msg)
+        # the task decides how camera frames travel: compressed where its spec gives an encoding
+        self.uploads.specs = obs_spec if any(s.encoding != "raw" for s in obs_spec.values()) else None
         self._request = None
         self.human.announce(self._clock())  # a (new) gateway session learns who is in control
         self._maybe_request(self._clock())

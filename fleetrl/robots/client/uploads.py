@@ -33,17 +33,21 @@ class EpisodeUploads:
         self.unacked: dict[str, tuple[EpisodeLog, float]] = {}
         self._send = send
         self._connected = connected
+        self.specs: dict[str, P.ArraySpec] | None = None  # the task's observation specs, from its welcome
 
     def flush_steps(self, ep: EpisodeLog, now: float) -> None:
-        """The episode's rows the gateway does not have yet, in bounded frames."""
-        for frame in ep.steps_messages(self.robot_id, self.cfg.max_rows_per_frame):
+        """The episode's rows the gateway does not have yet, in frames bounded by rows and by bytes."""
+        frames = ep.steps_messages(
+            self.robot_id, self.cfg.max_rows_per_frame, self.cfg.max_frame_bytes, self.specs
+        )
+        for frame in frames:
             self._send(frame, now)
 
     def upload_ended(self, ep: EpisodeLog, now: float) -> None:
         """The rows the gateway lacks, then the end of the episode; kept to send again until acked."""
         self.unacked[ep.episode_id] = (ep, now)
         self.flush_steps(ep, now)
-        self._send(ep.end_message(self.robot_id), now)
+        self._send(ep.end_message(self.robot_id, self.specs), now)
 
     def resend_overdue(self, now: float) -> None:
         """Ended episodes whose ack is overdue go again (once a gateway session is there to take them)."""

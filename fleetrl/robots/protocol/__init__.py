@@ -2,13 +2,30 @@
 
 Shared by the robot SDK and the gateway, so it must import with numpy and msgpack only (a robot PC has
 neither Ray nor torch). Nothing here unpickles. The parts: ``codec`` (framing, the array extension type,
-decoding limits), ``specs`` (what observations and actions look like), ``messages`` (the message kinds and
+decoding limits), ``specs`` (what observations and actions look like), ``images`` (camera frames compressed on the wire), ``messages`` (the message kinds and
 the validating ``encode``/``decode``), ``errors`` (``ProtocolError``, whose code goes back to the sender).
 Callers use the package as one namespace: ``from fleetrl.robots import protocol as P``.
 """
 
-from fleetrl.robots.protocol.codec import ALLOWED_DTYPES, ARRAY_EXT, DEFAULT_LIMITS, Limits, pack, unpack
+from fleetrl.robots.protocol.codec import (
+    ALLOWED_DTYPES,
+    ARRAY_EXT,
+    DEFAULT_LIMITS,
+    FRAME_EXT,
+    Limits,
+    pack,
+    unpack,
+)
 from fleetrl.robots.protocol.errors import ProtocolError
+from fleetrl.robots.protocol.images import (
+    ENCODINGS,
+    EncodedFrame,
+    decode_frame,
+    decode_rows,
+    encode_frame,
+    encode_observation,
+    row_bytes_bound,
+)
 from fleetrl.robots.protocol.messages import (
     CONTROL_MODES,
     EPISODE_REFUSALS,
@@ -40,6 +57,7 @@ from fleetrl.robots.protocol.specs import (
     ArraySpec,
     check_finite,
     check_observation,
+    decode_observation,
     specs_from_dict,
     specs_to_dict,
 )
@@ -49,9 +67,11 @@ __all__ = [
     "ARRAY_EXT",
     "CONTROL_MODES",
     "DEFAULT_LIMITS",
+    "ENCODINGS",
     "EPISODE_REFUSALS",
     "EPISODE_SOURCES",
     "ERROR_CODES",
+    "FRAME_EXT",
     "LABELLERS",
     "MAX_META_KEYS",
     "MESSAGE_TYPES",
@@ -61,6 +81,7 @@ __all__ = [
     "Action",
     "ArraySpec",
     "Control",
+    "EncodedFrame",
     "EpisodeEnd",
     "Error",
     "Hello",
@@ -77,8 +98,14 @@ __all__ = [
     "check_meta",
     "check_observation",
     "decode",
+    "decode_frame",
+    "decode_observation",
+    "decode_rows",
     "encode",
+    "encode_frame",
+    "encode_observation",
     "pack",
+    "row_bytes_bound",
     "specs_from_dict",
     "specs_to_dict",
     "unpack",

@@ -14,8 +14,10 @@ import msgpack
 import numpy as np
 
 from fleetrl.robots.protocol.errors import ProtocolError
+from fleetrl.robots.protocol.images import EncodedFrame
 
 ARRAY_EXT = 1
+FRAME_EXT = 2  # a compressed camera frame (images.EncodedFrame): msgpack [encoding] + the codec's bytes
 ALLOWED_DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool"}
 )
@@ -42,6 +44,8 @@ def _ext_default(obj: Any) -> Any:
         arr = obj.astype(obj.dtype.newbyteorder("<"), order="C", copy=False)
         header = msgpack.packb([arr.dtype.name, list(arr.shape)])
         return msgpack.ExtType(ARRAY_EXT, header + arr.tobytes())
+    if isinstance(obj, EncodedFrame):
+        return msgpack.ExtType(FRAME_EXT, msgpack.packb([obj.encoding]) + obj.data)
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot encode {type(obj).__name__}")
@@ -49,6 +53,8 @@ def _ext_default(obj: Any) -> Any:
 
 def _make_ext_hook(limits: Limits):
     def ext_hook(code: int, data: bytes) -> Any:
+        if code == FRAME_EXT:
+            return _frame(data)
         if code != ARRAY_EXT:
             raise ProtocolError("bad_frame", f"unknown extension type {code}")
         unpacker = msgpack.Unpacker(
@@ -77,6 +83,17 @@ def _make_ext_hook(limits: Limits):
         return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), offset=offset).reshape(shape)
 
     return ext_hook
+
+
+def _frame(data: bytes) -> EncodedFrame:
+    """A compressed frame's header and bytes (decoded later, against its key's spec)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=len(data), max_str_len=16, max_array_len=1)
+    unpacker.feed(data)
+    try:
+        (encoding,) = unpacker.unpack()
+        return EncodedFrame(encoding, bytes(data[unpacker.tell() :]))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a malformed frame header
+        raise ProtocolError("bad_frame", f"malformed image frame header: {exc}") from None
 
 
 _EXT_HOOKS: dict[Limits, Any] = {}

@@ -14,22 +14,30 @@ import numpy as np
 
 from fleetrl.robots.protocol.codec import ALLOWED_DTYPES
 from fleetrl.robots.protocol.errors import ProtocolError
+from fleetrl.robots.protocol.images import decode_value, image_spec_problem
 
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """Shape and dtype of one array; optional bounds (used for actions)."""
+    """Shape and dtype of one array; optional bounds (used for actions); for a camera frame (uint8
+    [H, W] or [H, W, C]) the ``encoding`` it travels in (``raw``, ``jpeg`` or ``png``; ``images.py``) and
+    the JPEG ``quality``."""
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     low: float | None = None
     high: float | None = None
+    encoding: str = "raw"
+    quality: int = 90
 
     def __post_init__(self) -> None:
         if self.dtype not in ALLOWED_DTYPES:
             raise ValueError(f"dtype {self.dtype!r} not allowed; use one of {sorted(ALLOWED_DTYPES)}")
         if any((not isinstance(d, int)) or d < 0 for d in self.shape):
             raise ValueError(f"shape {self.shape!r} must be non-negative integers")
+        problem = image_spec_problem(self.shape, self.dtype, self.encoding, self.quality)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def size(self) -> int:
@@ -41,19 +49,33 @@ class ArraySpec:
             out["low"] = self.low
         if self.high is not None:
             out["high"] = self.high
+        if self.encoding != "raw":
+            out["encoding"], out["quality"] = self.encoding, self.quality
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArraySpec:
         if not isinstance(d, dict) or "shape" not in d:
             raise ValueError(f"array spec must be a mapping with 'shape', got {d!r}")
-        unknown = set(d) - {"shape", "dtype", "low", "high"}
+        unknown = set(d) - {"shape", "dtype", "low", "high", "encoding", "quality"}
         if unknown:
-            raise ValueError(f"unknown array-spec keys {sorted(unknown)}; allowed: shape, dtype, low, high")
+            raise ValueError(
+                f"unknown array-spec keys {sorted(unknown)}; allowed: shape, dtype, low, high, encoding, quality"
+            )
         shape = d["shape"]
         if not isinstance(shape, list | tuple) or not all(type(x) is int for x in shape):
             raise ValueError(f"shape must be a list of integers, got {shape!r}")
-        return cls(tuple(shape), str(d.get("dtype", "float32")), d.get("low"), d.get("high"))
+        quality = d.get("quality", 90)
+        if type(quality) is not int:
+            raise ValueError(f"quality must be an integer, got {quality!r}")
+        return cls(
+            tuple(shape),
+            str(d.get("dtype", "float32")),
+            d.get("low"),
+            d.get("high"),
+            str(d.get("encoding", "raw")),
+            quality,
+        )
 
     def clip(self, action: np.ndarray) -> np.ndarray:
         """``action`` within the bounds (what a robot executes); unchanged when there are none."""
@@ -94,6 +116,20 @@ def check_observation(specs: dict[str, ArraySpec], observation: dict, name: str 
         )
     for key, spec in specs.items():
         spec.check(f"{name}[{key!r}]", observation[key])
+
+
+def decode_observation(
+    specs: dict[str, ArraySpec], observation: dict, name: str = "observation"
+) -> dict[str, np.ndarray]:
+    """``observation`` as arrays, its compressed camera frames decoded, checked like ``check_observation``
+    (a frame that does not decode, or decodes to another shape, is a ``bad_observation``)."""
+    if set(observation) != set(specs):
+        raise ProtocolError(
+            "bad_observation", f"{name} keys {sorted(observation)}, task needs {sorted(specs)}"
+        )
+    out = {key: decode_value(spec, observation[key], f"{name}[{key!r}]") for key, spec in specs.items()}
+    check_observation(specs, out, name)
+    return out
 
 
 def specs_to_dict(specs: dict[str, ArraySpec]) -> dict[str, dict[str, Any]]:

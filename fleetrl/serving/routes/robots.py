@@ -76,6 +76,26 @@ async def get_robot(svc: ServicesDep, robot_id: str) -> dict[str, Any]:
     return with_live(robot, await live_robots(svc))
 
 
+@router.get(
+    "/v1/robots/{robot_id}/camera",
+    responses={**refusals(404, 422), 200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+    response_class=Response,
+)
+async def camera_frame(svc: ServicesDep, robot_id: str, key: str | None = None) -> Response:
+    """The latest camera frame a connected robot sent with an observation, as a JPEG or PNG file
+    (``key``: which camera; default its task's first). ``X-Frame-Time`` is when it arrived (Unix seconds).
+    404 while the robot is not connected or has sent no frame; 422 for a key that is not a camera."""
+    with missing_as_404(no_robot(robot_id)):
+        await svc.registry.get_robot.remote(robot_id)
+    frame = checked(await svc.gateway.camera_frame.remote(robot_id, key))
+    headers = {
+        "X-Frame-Time": f"{frame['time']:.3f}",
+        "X-Camera-Key": frame["key"],
+        "Cache-Control": "no-store",
+    }
+    return Response(content=frame["data"], media_type=frame["media_type"], headers=headers)
+
+
 @router.post("/v1/robots/{robot_id}/reset", responses=refusals(400, 415, 404, 409, 422))
 async def reset_robot(svc: ServicesDep, robot_id: str, body: ResetRequest) -> dict[str, Any]:
     """Ask a connected robot to start its next episode from a state (sim robots restore it; real

@@ -1,7 +1,8 @@
 """The Parquet layout of one episode file (format 1): what ``EpisodeStore`` writes and reads.
 
 Row ``t < T`` is step ``t``: columns ``obs/<key>`` and ``action`` (a fixed-size list of the flattened
-array, or a plain column for scalars) and the ``STEP_COLUMNS`` of ``Episode``. Row ``T`` — the last row,
+array, or a plain column for scalars; a camera key stored compressed is a binary column of one JPEG or PNG
+file per row, its header entry naming the ``encoding``) and the ``STEP_COLUMNS`` of ``Episode``. Row ``T`` — the last row,
 in its own row group — holds ``final_observation`` in the ``obs/<key>`` columns, with ``action`` and the
 step columns null: one representation for all observations, compressed like the rest, exact dtypes.
 The schema metadata key ``fleetrl`` holds JSON with the episode's scalar fields, ``meta``, the shape and
@@ -21,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fleetrl.robots.episode import STEP_COLUMNS, Episode
+from fleetrl.robots.protocol import ArraySpec, EncodedFrame, ProtocolError, decode_frame, encode_frame
 
 FORMAT = 1
 META_KEY = b"fleetrl"
@@ -72,9 +74,12 @@ def _array_column(values: np.ndarray, mask: np.ndarray | None) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, size, mask=None if mask is None else pa.array(mask))
 
 
-def to_table(ep: Episode, digest: str | None = None) -> tuple[pa.Table, dict[str, Any]]:
+def to_table(
+    ep: Episode, digest: str | None = None, frames: dict[str, ArraySpec] | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
     """The episode as a T + 1 row table with its JSON header in the schema metadata, and its summary
-    (``digest``: ``ep.digest()`` when the caller has it already)."""
+    (``digest``: ``ep.digest()`` when the caller has it already; ``frames``: camera keys to store
+    compressed, by their spec's encoding and quality)."""
     n = len(ep)
     pad = np.zeros(n + 1, dtype=bool)
     pad[n] = True  # the final-observation row has no action and no step columns
@@ -82,8 +87,14 @@ def to_table(ep: Episode, digest: str | None = None) -> tuple[pa.Table, dict[str
     specs: dict[str, dict[str, Any]] = {}
     for key, obs in ep.observations.items():
         rows = np.concatenate([obs, np.asarray(ep.final_observation[key], dtype=obs.dtype)[None]])
-        arrays[f"obs/{key}"] = _array_column(rows, None)
         specs[f"obs/{key}"] = {"shape": list(obs.shape[1:]), "dtype": obs.dtype.str}
+        if frames and key in frames:
+            frame = frames[key]
+            data = [encode_frame(r, frame.encoding, frame.quality).data for r in rows]
+            arrays[f"obs/{key}"] = pa.array(data, pa.binary())
+            specs[f"obs/{key}"]["encoding"] = frame.encoding
+        else:
+            arrays[f"obs/{key}"] = _array_column(rows, None)
     acts = np.concatenate([ep.actions, np.zeros((1, *ep.actions.shape[1:]), ep.actions.dtype)])
     arrays["action"] = _array_column(acts, pad)
     specs["action"] = {"shape": list(ep.actions.shape[1:]), "dtype": ep.actions.dtype.str}
@@ -123,6 +134,10 @@ def _parse_header(metadata: dict[bytes, bytes] | None, path: str) -> dict[str, A
 
 
 def _column_numpy(col: pa.Array, spec: dict[str, Any], rows: int) -> np.ndarray:
+    if "encoding" in spec:  # one compressed camera frame per row
+        frame = ArraySpec(tuple(spec["shape"]), np.dtype(spec["dtype"]).name, encoding=spec["encoding"])
+        decoded = [decode_frame(EncodedFrame(spec["encoding"], b), frame, "frame") for b in col.to_pylist()]
+        return np.stack(decoded).reshape(rows, *spec["shape"])
     if isinstance(col, pa.FixedSizeListArray):
         col = col.flatten()
     out = col.to_numpy(zero_copy_only=False).astype(np.dtype(spec["dtype"]), copy=False)
@@ -155,7 +170,7 @@ def read_episode(path: str, fs: pafs.FileSystem | None = None) -> Episode:
             name: cols[name].slice(0, n).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
             for name, dtype in STEP_COLUMNS.items()
         }
-    except (KeyError, ValueError, pa.ArrowException) as e:
+    except (KeyError, ValueError, ProtocolError, pa.ArrowException) as e:
         raise ValueError(f"{path}: inconsistent fleetrl episode file ({e!r})") from e
     ep = Episode(
         episode_id=h["episode_id"],

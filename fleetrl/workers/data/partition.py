@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetrl.robots.episode import Episode
+from fleetrl.robots.protocol import ArraySpec, EncodedFrame, decode_frame
 
 
 @dataclass
@@ -45,8 +46,12 @@ def returns_to_go(rewards: np.ndarray, gamma: float, complete: bool) -> np.ndarr
 class Partition:
     """A FIFO of episodes in a growable ring of rows (obs, action, reward, intervention, return to go)."""
 
-    def __init__(self, capacity: int | None, gamma: float) -> None:
+    def __init__(
+        self, capacity: int | None, gamma: float, frames: dict[str, ArraySpec] | None = None
+    ) -> None:
+        """``frames``: camera keys held as compressed bytes per row (``Replay``), decoded when gathered."""
         self.capacity, self.gamma = capacity, gamma
+        self.frames = frames or {}
         self.alloc = 0
         self.head = 0
         self.rows = 0
@@ -188,6 +193,13 @@ class Partition:
         first %= self.alloc
         nxt = (first + h) % self.alloc
         for key, arr in self.obs.items():
+            if key in self.frames:  # compressed rows: decode the ones drawn
+                spec = self.frames[key]
+                for name, rows in (("obs", first), ("next_obs", nxt)):
+                    target = out[name][key][sl]
+                    for i, data in enumerate(arr[rows]):
+                        target[i] = decode_frame(EncodedFrame(spec.encoding, data), spec, key)
+                continue
             np.take(arr, first, axis=0, out=out["obs"][key][sl])
             np.take(arr, nxt, axis=0, out=out["next_obs"][key][sl])
         np.take(self.action, idx, axis=0, out=out["actions"][sl])

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 from fleetrl.robots.episode import Episode
+from fleetrl.robots.protocol import ArraySpec
 from fleetrl.workers.data.curves import DEFAULT_WINDOW, episode_curves
 from fleetrl.workers.data.failure_states import FailureStates
 from fleetrl.workers.data.importers import import_fleetrl_folder, import_lerobot
@@ -91,6 +92,7 @@ class DataServer:
         t0 = time.monotonic()
         self.store = EpisodeStore(root, config.catalog)
         self.tasks: dict[str, TaskConfig] = {}
+        self._frames: dict[str, dict[str, ArraySpec]] = {}  # task -> camera keys stored compressed
         self.task_replay_cfg: dict[str, ReplayConfig] = {}
         self.replays: dict[str, Replay] = {}
         self.failures: dict[str, FailureStates] = {}  # where each task's episodes fail (return-and-explore)
@@ -176,7 +178,7 @@ class DataServer:
         sent = episode.digest()  # what the robot sent: a re-send is judged by it, not by the critic's rewards
         if episode.task in self.scored_tasks and episode.source == "online":
             episode = ray.get(self.critic.score.remote(episode))  # rewards from the task's learned critic
-        stored, snapshot = self.store.put(episode, sent)
+        stored, snapshot = self.store.put(episode, sent, self._frames.get(episode.task))
         with self.lock:
             self._replay_ingested(episode, stored, snapshot)
         self.metrics.inc("episodes_ingested_total", (episode.task, "stored" if stored else "duplicate"))
@@ -250,7 +252,7 @@ class DataServer:
     def remove_task(self, name: str) -> int:
         """Stop replaying a deleted task. Its episodes stay on disk, and a task created again under the same
         name replays them. Returns how many the store holds."""
-        for table in (self.tasks, self.task_replay_cfg, self.replays, self.failures):
+        for table in (self.tasks, self.task_replay_cfg, self.replays, self.failures, self._frames):
             table.pop(name, None)
         self.removed.add(name)
         return self.store.stats(name)["episodes"]
@@ -258,7 +260,10 @@ class DataServer:
     def _add_replay(self, task: TaskConfig, cfg: ReplayConfig) -> Replay:
         self.removed.discard(task.name)
         self.tasks[task.name], self.task_replay_cfg[task.name] = task, cfg
-        self.replays[task.name] = Replay.from_config(cfg, chunk_len=task.chunk_len, seed=self.cfg.seed)
+        self._frames[task.name] = camera_frames(task)
+        self.replays[task.name] = Replay.from_config(
+            cfg, chunk_len=task.chunk_len, seed=self.cfg.seed, frames=self._frames[task.name]
+        )
         self.failures[task.name] = FailureStates(task.name in self.scored_tasks, seed=self.cfg.seed)
         return self.replays[task.name]
 
@@ -355,6 +360,12 @@ class DataServer:
     def recent_episodes(self, task: str, limit: int = 50) -> list[dict[str, Any]]:
         """The task's newest ``limit`` catalog rows, newest first (what an operator labels)."""
         return self.store.list(task)[::-1][:limit]
+
+
+def camera_frames(task: TaskConfig) -> dict[str, ArraySpec]:
+    """The specs of the task's camera keys that travel compressed: stored and replayed compressed too."""
+    specs = task.observation_spec
+    return {k: specs[k] for k in task.camera_keys if specs[k].encoding != "raw"}
 
 
 def default_root(state_dir: Path, config: DataConfig) -> str:

@@ -37,6 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fleetrl.robots.episode import ID_PATTERN, OUTCOMES, Episode, EpisodeConflict, check_id
+from fleetrl.robots.protocol import ArraySpec
 from fleetrl.workers.data.episode_file import read_episode, read_header, scalar_fields, to_table
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,14 @@ class EpisodeStore:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, episode: Episode, digest: str | None = None) -> tuple[bool, int]:
+    def put(
+        self, episode: Episode, digest: str | None = None, frames: dict[str, ArraySpec] | None = None
+    ) -> tuple[bool, int]:
         """Store ``episode`` once. Returns (stored, snapshot); a true re-send of a stored (robot, episode
         id) gives (False, its snapshot); a different episode under it raises ``EpisodeConflict``.
         ``digest``: of the episode as the robot sent it, when the caller changed it since (rewards a
-        critic scored); default ``episode.digest()``."""
+        critic scored); default ``episode.digest()``. ``frames``: the specs of camera keys stored compressed
+        (``episode_file.to_table``)."""
         episode.validate()
         for what, name in (
             ("task", episode.task),
@@ -180,7 +184,7 @@ class EpisodeStore:
             if existing is not None:
                 self._check_same(episode, digest, existing)
                 return False, int(existing["snapshot"])
-            table, summary = to_table(episode, digest)
+            table, summary = to_table(episode, digest, frames)
             rel = f"{episode.task}/{episode.robot_id}/{episode.episode_id}.parquet"
             self._write_atomic(rel, table)
             return self._insert(episode, summary, rel, time.time(), digest)

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import numpy as np
 import ray
 import zmq
 import zmq.asyncio
@@ -45,6 +46,13 @@ from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.task import TaskConfig, registered_tasks
 
 log = logging.getLogger(__name__)
+
+
+def camera_file(frame: np.ndarray | P.EncodedFrame, at: float) -> dict[str, Any]:
+    """A frame as it arrived, as an image file: compressed frames as they are, raw ones as JPEG."""
+    if not isinstance(frame, P.EncodedFrame):
+        frame = P.encode_frame(frame, "jpeg", 90)
+    return {"media_type": f"image/{frame.encoding}", "data": frame.data, "time": at}
 
 
 class Gateway:
@@ -155,6 +163,30 @@ class Gateway:
             return True
 
         return self._on_loop(remove)
+
+    def camera_frame(self, robot_id: str, key: str | None = None) -> dict[str, Any]:
+        """The latest camera frame a robot sent with an observation, as an image file: ``{ok, media_type,
+        data, key, time}`` (a raw frame is compressed to JPEG here), or ``{ok: False, code, error}``:
+        404 for a robot not connected or no frame yet, 422 for a key that is not a camera of its task."""
+
+        def latest() -> dict[str, Any]:
+            state = self.robots.get(robot_id)
+            if state is None:
+                return {"ok": False, "code": 404, "error": f"robot {robot_id!r} is not connected"}
+            cameras = state.task.camera_keys
+            name = key or (cameras[0] if cameras else None)
+            if name not in cameras:
+                why = f"task {state.task.name!r} has no camera {name!r}; its cameras: {list(cameras)}"
+                return {"ok": False, "code": 422, "error": why}
+            if name not in state.camera:
+                return {
+                    "ok": False,
+                    "code": 404,
+                    "error": f"robot {robot_id!r} has sent no {name!r} frame yet",
+                }
+            return {"ok": True, "key": name, **camera_file(*state.camera[name])}
+
+        return self._on_loop(latest)
 
     def request_reset(self, robot_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """``{"state": name}``, ``{"episode_id", "step"}`` or ``{"failure": true}``. Returns what was sent,
@@ -384,7 +416,10 @@ class Gateway:
             self._refuse(ident, "out_of_order", why, state.robot_id, msg.step)
             return
         try:
-            P.check_observation(task.observation_spec, msg.observation)
+            sent, msg.observation = (
+                msg.observation,
+                P.decode_observation(task.observation_spec, msg.observation),
+            )
             if msg.human_action is not None:
                 task.action_spec.check("human_action", msg.human_action)
             check_pending(msg.pending, task.action_spec, task.chunk_len)
@@ -392,6 +427,8 @@ class Gateway:
             self._refuse(ident, exc.code, exc.message, state.robot_id, msg.step)
             return
         state.last_step = msg.step
+        for key in task.camera_keys:  # kept as sent (compressed or not) for the console's thumbnail
+            state.camera[key] = (sent[key], time.time())
         if msg.last_latency_ms is not None and 0 <= msg.last_latency_ms < 3.6e6:  # a sane measurement only
             state.latency_ms.append(msg.last_latency_ms)
             self.metrics.observe("e2e_latency_seconds", (task.name,), msg.last_latency_ms / 1e3)

@@ -45,7 +45,9 @@ class EpisodeAssembly:
         if set(msg.observations) != set(self._obs):
             raise P.ProtocolError("bad_observation", f"observation keys {sorted(msg.observations)}")
         for key, spec in self.task.observation_spec.items():
-            arr = msg.observations[key]
+            arr = msg.observations[key] = P.decode_rows(
+                spec, msg.observations[key], n, f"observations[{key!r}]"
+            )
             if (
                 not isinstance(arr, np.ndarray)
                 or arr.shape != (n, *spec.shape)
@@ -104,8 +106,7 @@ class EpisodeAssembly:
 
     def finish(self, end: P.EpisodeEnd) -> Episode:
         """The complete episode; ``end.steps`` must equal the rows received (check ``expected`` first)."""
-        final = end.final_observation
-        P.check_observation(self.task.observation_spec, final, "final_observation")
+        final = P.decode_observation(self.task.observation_spec, end.final_observation, "final_observation")
         if self.expected == 0:
             raise P.ProtocolError("bad_message", "an episode needs at least one step")
         if end.source not in P.EPISODE_SOURCES:

@@ -115,6 +115,7 @@ class RobotState:
     operator: str = ""
     control_since: tuple[str, int] = ("", 0)  # (episode id, step) of the last change of control
     takeovers: int = 0
+    camera: dict = field(default_factory=dict)  # camera key -> (latest frame as sent, wall time)
 
     def chunk_is_stale(self, episode_id: str, step: int) -> bool:
         """True if a chunk computed from the observation at ``step`` of ``episode_id`` must not be sent:

@@ -264,6 +264,45 @@ def test_training_learns_a_synthetic_task_and_reports_progress():
     assert scored["done_step"] is not None and scored["done_step"] >= 0.8 * len(ep)
 
 
+def moving_bar_episodes(n: int, seed: int, T: int = 20) -> list[Episode]:
+    """Camera episodes: a bright bar crosses a 16x16 grey frame from left to right (success = at the right)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        start = int(rng.integers(0, 4))
+        frames = np.full((T + 1, 16, 16, 1), 40, np.uint8)
+        for t, x in enumerate(np.linspace(start, 15, T + 1).round().astype(int)):
+            frames[t, :, x] = 230
+        frames = np.clip(frames + rng.normal(0, 4, frames.shape), 0, 255).astype(np.uint8)
+        ep = make_episode(T, task="reach", eid=f"bar{k}")
+        out.append(
+            Episode(
+                **{
+                    **ep.__dict__,
+                    "observations": {"cam": frames[:T]},
+                    "final_observation": {"cam": frames[T]},
+                }
+            )
+        )
+    return out
+
+
+def test_a_cnn_progress_critic_learns_progress_from_camera_frames():
+    cfg = ProgressTrainConfig(
+        critic=ProgressCriticConfig(
+            obs_key="cam", encoder="cnn", head_hidden=(32,), feature_dim=16,
+            image_encoder={"channels": (8, 8), "strides": (2, 2)},
+        ),
+        groups_per_batch=16,
+        log_every=60,
+    )  # fmt: skip
+    model, history = train_progress_critic(moving_bar_episodes(12, seed=0), cfg, steps=180, seed=0)
+    assert model.cfg.image_shape == (16, 16, 1) and type(model.encoder).__name__ == "ImageEncoder"
+    assert history[-1]["delta_mse"] < 0.5 * history[0]["delta_mse"], history
+    report = critic_report(model, moving_bar_episodes(4, seed=1))
+    assert report["voc"] > 0.8, report
+
+
 def test_detect_done_threshold_and_patience():
     p = np.array([0.1, 0.7, 0.2, 0.6, 0.8, 0.9])
     assert detect_done(p, 0.5) == 1
