@@ -36,14 +36,7 @@ def dealer_socket(context: zmq.Context, endpoint: str, curve: dict | None = None
     ``curve``: ``{server_key, public_key, secret_key}`` (Z85, from registration) for an encrypted link."""
     socket = context.socket(zmq.DEALER)
     if curve is not None:
-        missing = [k for k in ("server_key", "public_key", "secret_key") if not curve.get(k)]
-        if missing:
-            raise ValueError(
-                f"CURVE credentials lack {missing}: the secret key is shown once at registration"
-            )
-        socket.curve_serverkey = curve["server_key"].encode()
-        socket.curve_publickey = curve["public_key"].encode()
-        socket.curve_secretkey = curve["secret_key"].encode()
+        use_curve_keys(socket, curve)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.IMMEDIATE, 1)  # never queue frames for a gateway that is not there
     socket.setsockopt(zmq.RECONNECT_IVL, 100)
