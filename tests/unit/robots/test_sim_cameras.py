@@ -1,0 +1,44 @@
+"""Sim robots with cameras: a MuJoCo gymnasium env with a rendered camera key beside its state, OGBench's
+visual cube as a camera-only robot, and the fast rendering settings (smaller shadow map, no
+multisampling) that leave the frame nearly unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fleetrl.robots.sim import FAST_OFFSAMPLES, FAST_SHADOW_SIZE, SimRobot
+
+
+def test_a_gymnasium_env_gets_a_rendered_camera_key_beside_its_state():
+    robot = SimRobot("Reacher-v5", seed=0, camera=32)
+    assert set(robot.observation_spec) == {"state", "camera"}
+    assert (
+        robot.observation_spec["camera"].shape == (32, 32, 3)
+        and robot.observation_spec["camera"].dtype == "uint8"
+    )
+    first = robot.reset()["camera"]
+    frames = [robot.act(np.array([1.0, -1.0], np.float32)).observation["camera"] for _ in range(5)]
+    assert all(f.shape == (32, 32, 3) and f.dtype == np.uint8 for f in frames)
+    assert np.abs(frames[-1].astype(int) - first.astype(int)).sum() > 0  # the arm moved in the picture
+    assert robot.env.unwrapped.model.vis.quality.shadowsize == FAST_SHADOW_SIZE
+    robot.close()
+    with pytest.raises(ValueError, match="at least 8 pixels"):
+        SimRobot("Reacher-v5", camera=4)
+
+
+def test_visual_cube_runs_as_a_camera_only_robot_and_fast_rendering_keeps_the_frame():
+    default = SimRobot("visual-cube-single-singletask-task1-v0", seed=3, fast_render=False)
+    fast = SimRobot("visual-cube-single-singletask-task1-v0", seed=3)
+    assert fast.observation_spec == default.observation_spec
+    assert set(fast.observation_spec) == {"camera"} and fast.observation_spec["camera"].shape == (64, 64, 3)
+    fast.reset(), default.reset()
+    action = np.array([0.5, 0.0, -0.5, 0.0, 1.0], np.float32)
+    for _ in range(2):
+        a, b = fast.act(action), default.act(action)
+    quality = fast.env.unwrapped._model.vis.quality
+    assert (quality.shadowsize, quality.offsamples) == (FAST_SHADOW_SIZE, FAST_OFFSAMPLES)
+    assert default.env.unwrapped._model.vis.quality.shadowsize == 4096  # MuJoCo's default, left alone
+    diff = np.abs(a.observation["camera"].astype(int) - b.observation["camera"].astype(int)).mean()
+    assert diff < 2.0, diff  # the same scene, shadows from a smaller map
+    fast.close(), default.close()
