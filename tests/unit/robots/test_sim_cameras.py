@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleetrl.robots.sim import FAST_OFFSAMPLES, FAST_SHADOW_SIZE, SimRobot
+from fleetrl.robots.sim import FAST_OFFSAMPLES, FAST_SHADOW_SIZE, SimRobot, use_fast_rendering
 
 
 def test_a_gymnasium_env_gets_a_rendered_camera_key_beside_its_state():
@@ -28,17 +28,15 @@ def test_a_gymnasium_env_gets_a_rendered_camera_key_beside_its_state():
 
 
 def test_visual_cube_runs_as_a_camera_only_robot_and_fast_rendering_keeps_the_frame():
-    default = SimRobot("visual-cube-single-singletask-task1-v0", seed=3, fast_render=False)
-    fast = SimRobot("visual-cube-single-singletask-task1-v0", seed=3)
-    assert fast.observation_spec == default.observation_spec
-    assert set(fast.observation_spec) == {"camera"} and fast.observation_spec["camera"].shape == (64, 64, 3)
-    fast.reset(), default.reset()
-    action = np.array([0.5, 0.0, -0.5, 0.0, 1.0], np.float32)
-    for _ in range(2):
-        a, b = fast.act(action), default.act(action)
-    quality = fast.env.unwrapped._model.vis.quality
+    robot = SimRobot("visual-cube-single-singletask-task1-v0", seed=3, fast_render=False)
+    assert set(robot.observation_spec) == {"camera"} and robot.observation_spec["camera"].shape == (64, 64, 3)
+    robot.reset()
+    frame = robot.act(np.array([0.5, 0.0, -0.5, 0.0, 1.0], np.float32)).observation["camera"]
+    env = robot.env.unwrapped
+    assert env._model.vis.quality.shadowsize == 4096  # MuJoCo's default, left alone
+    use_fast_rendering(robot.env)
+    quality = env._model.vis.quality
     assert (quality.shadowsize, quality.offsamples) == (FAST_SHADOW_SIZE, FAST_OFFSAMPLES)
-    assert default.env.unwrapped._model.vis.quality.shadowsize == 4096  # MuJoCo's default, left alone
-    diff = np.abs(a.observation["camera"].astype(int) - b.observation["camera"].astype(int)).mean()
-    assert diff < 2.0, diff  # the same scene, shadows from a smaller map
-    fast.close(), default.close()
+    fast = env.render()  # the same state, shadows from a smaller map and no multisampling
+    assert fast.shape == frame.shape and np.abs(fast.astype(int) - frame.astype(int)).mean() < 2.0
+    robot.close()
