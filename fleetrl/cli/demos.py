@@ -30,6 +30,7 @@ def cmd_demos_collect(args: argparse.Namespace) -> int:
             seed=args.seed,
             task=args.task,
             log_every=every,
+            camera=args.camera,
         )
     else:
         policy = (
@@ -38,7 +39,7 @@ def cmd_demos_collect(args: argparse.Namespace) -> int:
             else demos.RandomPolicy(SimRobot(args.env).action_spec, seed=args.seed)
         )
         episodes = demos.collect_scripted_demos(
-            args.env, policy, n=args.n, seed=args.seed, task=args.task, log_every=every
+            args.env, policy, n=args.n, seed=args.seed, task=args.task, log_every=every, camera=args.camera
         )
     with EpisodeStore(args.out) as store:
         stored = sum(store.put(ep)[0] for ep in episodes)
@@ -107,6 +108,13 @@ def add_demos_parser(subparsers: Any) -> None:
     collect.add_argument("--seed", type=int, default=0)
     collect.add_argument("--task", default="cube-single", help="task name stored with the episodes")
     collect.add_argument("--out", required=True, help="episode store folder to write")
+    collect.add_argument(
+        "--camera",
+        type=int,
+        default=None,
+        metavar="SIDE",
+        help="also record a rendered SIDE x SIDE RGB frame",
+    )
     collect.set_defaults(func=cmd_demos_collect)
 
     imp = dsub.add_parser("import", help="import a demo folder into a running platform's task")

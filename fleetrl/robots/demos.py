@@ -66,7 +66,7 @@ def _build_episode(
     episode_id: str,
     task: str,
     robot_id: str,
-    observations: list[np.ndarray],
+    observations: list[dict[str, np.ndarray]],
     actions: list[np.ndarray],
     rewards: list[float],
     outcome: str,
@@ -86,10 +86,10 @@ def _build_episode(
         task=task,
         robot_id=robot_id,
         outcome=outcome,
-        observations={"state": np.stack(observations[:n]).astype(np.float32)},
+        observations={k: np.stack([o[k] for o in observations[:n]]) for k in observations[0]},
         actions=np.stack(actions).astype(np.float32).reshape(n, *robot.action_spec.shape),
         columns=cols,
-        final_observation={"state": np.asarray(observations[n], dtype=np.float32)},
+        final_observation=dict(observations[n]),
         labelled_by="robot",
         source="offline",
         terminated=terminated,
@@ -125,7 +125,7 @@ class _Progress:
 class _Rollout(NamedTuple):
     """One scripted episode as it ran: the observations (one more than the actions), what it executed."""
 
-    observations: list[np.ndarray]
+    observations: list[dict[str, np.ndarray]]
     actions: list[np.ndarray]
     rewards: list[float]
     success: bool
@@ -201,8 +201,10 @@ def collect_oracle_demos(
     robot_id: str = "oracle",
     on_episode: ProgressFn | None = None,
     log_every: int = 10,
+    camera: int | None = None,
 ) -> list[Episode]:
-    """Run OGBench's scripted cube oracle (``'plan'`` or ``'markov'``) for ``n`` episodes.
+    """Run OGBench's scripted cube oracle (``'plan'`` or ``'markov'``) for ``n`` episodes (``camera``: record
+    a rendered frame of that side with every observation, as ``SimRobot`` sends it).
 
     Only OGBench *cube-single* environments are supported (state observations; with several cubes
     a task needs one oracle run per cube, and scene/puzzle need their own oracle routing). ``task`` names the platform task the demos belong to (default: ``env_id``); ``max_steps``
@@ -214,10 +216,12 @@ def collect_oracle_demos(
         raise ValueError(f"collect_oracle_demos supports OGBench cube-single environments, not {env_id!r}")
     if oracle not in ("plan", "markov"):
         raise ValueError(f"unknown oracle {oracle!r}; use 'plan' or 'markov'")
-    robot = SimRobot(env_id, seed=seed, max_episode_steps=max_steps)
+    robot = SimRobot(env_id, seed=seed, max_episode_steps=max_steps, camera=camera)
     env = robot.env
     agent = make_oracle(env, oracle, noise)
     params = {"env_id": env_id, "oracle": oracle, "noise": noise, "seed": seed, "max_steps": max_steps}
+    if camera is not None:
+        params["camera"] = camera  # another collection than the same one without frames (episode ids)
     progress = _Progress(f"{oracle} oracle on {env_id}", n, log_every, on_episode)
 
     def rollout(k: int) -> _Rollout:
@@ -226,7 +230,7 @@ def collect_oracle_demos(
             ob, info = env.reset(seed=ep_seed)
             agent.reset(ob, oracle_info(env, info))
             xi = np.random.uniform(0, noise) if oracle == "markov" else 0.0
-            obs, acts, rews = [np.asarray(ob, np.float32)], [], []
+            obs, acts, rews = [robot.observe(ob)], [], []
             success = terminated = truncated = False
             while True:
                 action = np.asarray(agent.select_action(ob, oracle_info(env, info)), dtype=np.float64)
@@ -234,7 +238,7 @@ def collect_oracle_demos(
                     action = action + np.random.normal(0, [xi, xi, xi, 3 * xi, 10 * xi], action.shape)
                 action = np.clip(action, -1.0, 1.0).astype(np.float32)
                 ob, reward, terminated, truncated, info = env.step(action)
-                obs.append(np.asarray(ob, np.float32))
+                obs.append(robot.observe(ob))
                 acts.append(action)
                 rews.append(float(reward))
                 success = robot.success_fn(np.asarray(ob, np.float32), info)
@@ -258,16 +262,20 @@ def collect_scripted_demos(
     on_episode: ProgressFn | None = None,
     log_every: int = 10,
     policy_name: str | None = None,
+    camera: int | None = None,
 ) -> list[Episode]:
-    """Drive a ``SimRobot`` with ``policy_fn(observation dict) -> action`` for ``n`` episodes.
+    """Drive a ``SimRobot`` with ``policy_fn(observation dict) -> action`` for ``n`` episodes (``camera``:
+    the robot also records a rendered frame of that side with every observation).
 
     The loop is the robot SDK's: reset, act until the success predicate, termination or time limit.
     A policy with a ``reset()`` method has it called before each episode. Random or weak policies make
     failed episodes the same way (useful as negatives for the progress critic).
     """
-    robot = SimRobot(env_id, seed=seed, max_episode_steps=max_steps)
+    robot = SimRobot(env_id, seed=seed, max_episode_steps=max_steps, camera=camera)
     name = policy_name or getattr(policy_fn, "__name__", type(policy_fn).__name__)
     params = {"env_id": env_id, "policy": name, "seed": seed, "max_steps": max_steps}
+    if camera is not None:
+        params["camera"] = camera
     progress = _Progress(f"{name} on {env_id}", n, log_every, on_episode)
     low, high = robot.action_spec.low, robot.action_spec.high
 
@@ -275,14 +283,14 @@ def collect_scripted_demos(
         if hasattr(policy_fn, "reset"):
             policy_fn.reset()
         ob = robot.reset()
-        obs, acts, rews = [ob["state"]], [], []
+        obs, acts, rews = [ob], [], []
         while True:
             action = np.asarray(policy_fn(ob), dtype=np.float32).reshape(robot.action_spec.shape)
             if low is not None and high is not None:
                 action = np.clip(action, low, high)
             res = robot.act(action)
             ob = res.observation
-            obs.append(ob["state"])
+            obs.append(ob)
             acts.append(action)
             rews.append(res.reward)
             if res.success or res.terminated or res.truncated:

@@ -184,11 +184,11 @@ class SimRobot:
         self._reset_seed = self._seed + 100_003 * self._episodes
         obs, self.last_info = self.env.reset(seed=self._reset_seed)
         self._episodes += 1
-        return self._observation(obs)
+        return self.observe(obs)
 
-    def _observation(self, state: Any) -> dict[str, np.ndarray]:
-        """What the robot sends: the state, and the rendered frame when it has a camera (a pixel
-        environment's observation is its frame)."""
+    def observe(self, state: Any) -> dict[str, np.ndarray]:
+        """What the robot sends for the environment's observation ``state``: the state, and the frame it
+        renders now when it has a camera (a pixel environment's observation is its frame)."""
         if self.fast_render:
             use_fast_rendering(self.env)
         if self.pixels:
@@ -223,14 +223,14 @@ class SimRobot:
             if terminated:
                 raise ValueError(f"the replay ended the episode before step {len(actions)}")
         _restart_time_limit(self.env)
-        return self._observation(obs)
+        return self.observe(obs)
 
     def act(self, action: np.ndarray) -> StepResult:
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
         obs = obs if self.pixels else np.asarray(obs, dtype=np.float32)
         self.last_info = info  # privileged simulator facts, for simulated operators (never sent)
         return StepResult(
-            self._observation(obs),
+            self.observe(obs),
             float(reward),
             bool(terminated),
             bool(truncated),

@@ -40,3 +40,19 @@ def test_visual_cube_runs_as_a_camera_only_robot_and_fast_rendering_keeps_the_fr
     fast = env.render()  # the same state, shadows from a smaller map and no multisampling
     assert fast.shape == frame.shape and np.abs(fast.astype(int) - frame.astype(int)).mean() < 2.0
     robot.close()
+
+
+def test_demonstrations_record_camera_frames_with_the_state():
+    from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
+
+    plain = collect_scripted_demos("Reacher-v5", reacher_reach_policy, n=2, log_every=0)
+    seen = collect_scripted_demos("Reacher-v5", reacher_reach_policy, n=2, camera=32, log_every=0)
+    assert set(plain[0].observations) == {"state"} and set(seen[0].observations) == {"state", "camera"}
+    for ep, ref in zip(seen, plain, strict=True):
+        assert ep.observations["camera"].shape == (len(ep), 32, 32, 3) and ep.final_observation[
+            "camera"
+        ].shape == (32, 32, 3)
+        assert np.array_equal(
+            ep.observations["state"], ref.observations["state"]
+        )  # the same episodes, plus frames
+        assert ep.episode_id != ref.episode_id  # another collection: its own ids
