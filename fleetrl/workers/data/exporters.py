@@ -2,9 +2,13 @@
 reads).
 
 Written so that ``import_lerobot`` (and LeRobot's own loaders, for the tabular parts) read it back: one
-data file ``data/chunk-000/file-000.parquet`` with every episode, ``meta/info.json`` and
-``meta/tasks.parquet``. Everything is written into a temporary sibling folder and renamed into place, so a
-failed export leaves nothing half-written. numpy/pyarrow only (no Ray, no torch).
+data file ``data/chunk-000/file-000.parquet`` with every episode; ``meta/info.json``; ``meta/tasks.parquet``
+indexed by the task string (a ``task_index`` column, as pandas writes an index); ``meta/episodes/chunk-000/
+file-000.parquet``, one row per episode (``episode_index``, ``tasks``, ``length``, where its rows are:
+``data/chunk_index``, ``data/file_index``, ``dataset_from_index``, ``dataset_to_index``, and its own
+``stats/<feature>/{min,max,mean,std,count}``); ``meta/stats.json``, the same statistics over the dataset
+(what LeRobot normalises with). Everything is written into a temporary sibling folder and renamed into
+place, so a failed export leaves nothing half-written. numpy/pyarrow only (no Ray, no torch).
 
 What LeRobot cannot hold is dropped: ``final_observation`` (no observation after the last action), the
 behaviour columns (intervention, log_prob, ...) and the episode ids. Outcomes survive as ``next.success``
@@ -73,6 +77,56 @@ def _check(episodes: Sequence[Episode]) -> None:
             )
 
 
+EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
+STATS = ("min", "max", "mean", "std", "count")
+
+
+def feature_stats(values: np.ndarray) -> dict[str, list]:
+    """LeRobot's statistics of one feature over rows [T, *shape]: per entry min/max/mean/std, and count."""
+    x = values.astype(np.float64).reshape(len(values), -1)
+    shape = list(values.shape[1:]) or [1]
+    out = {k: getattr(x, k)(axis=0).reshape(shape).tolist() for k in ("min", "max", "mean", "std")}
+    return out | {"count": [len(values)]}
+
+
+def _tasks_table(tasks: list[str]) -> pa.Table:
+    """``meta/tasks.parquet`` as LeRobot writes it with pandas: ``task_index`` indexed by the task string."""
+    table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": tasks})
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "fleetrl"},
+        "pandas_version": "2.0.0",
+    }  # fmt: skip
+    return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+
+
+def _episodes_table(episodes: Sequence[Episode], cols: dict[str, np.ndarray]) -> pa.Table:
+    """``meta/episodes``: one row per episode, where its rows lie and its own feature statistics."""
+    lengths = np.array([len(ep) for ep in episodes], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    rows: dict[str, list] = {
+        "episode_index": list(range(len(episodes))),
+        "tasks": [[ep.task] for ep in episodes],
+        "length": lengths.tolist(),
+        "data/chunk_index": [0] * len(episodes),
+        "data/file_index": [0] * len(episodes),
+        "dataset_from_index": (ends - lengths).tolist(),
+        "dataset_to_index": ends.tolist(),
+        "meta/episodes/chunk_index": [0] * len(episodes),
+        "meta/episodes/file_index": [0] * len(episodes),
+    }
+    for name, values in cols.items():
+        per_episode = [feature_stats(values[a:b]) for a, b in zip(ends - lengths, ends, strict=True)]
+        for stat in STATS:
+            rows[f"stats/{name}/{stat}"] = [np.ravel(st[stat]).tolist() for st in per_episode]
+    return pa.table(rows)
+
+
 def export_lerobot(
     episodes: Sequence[Episode], path: str | Path, fps: float, robot_type: str = "fleetrl"
 ) -> dict[str, Any]:
@@ -129,10 +183,12 @@ def export_lerobot(
         data_file.parent.mkdir(parents=True)
         pq.write_table(pa.table({name: _column(v) for name, v in cols.items()}), data_file)
         (tmp / "meta").mkdir()
-        pq.write_table(
-            pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": tasks}),
-            tmp / "meta" / "tasks.parquet",
-        )
+        pq.write_table(_tasks_table(tasks), tmp / "meta" / "tasks.parquet")
+        episodes_file = tmp / EPISODES_PATH
+        episodes_file.parent.mkdir(parents=True)
+        pq.write_table(_episodes_table(episodes, cols), episodes_file)
+        stats = {name: feature_stats(values) for name, values in cols.items()}
+        (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
         (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
         os.replace(tmp, root)  # atomic; replaces an empty folder, fails on a non-empty one
     except BaseException:

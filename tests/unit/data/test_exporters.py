@@ -85,3 +85,34 @@ def test_refuses_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="observation 'other'"):
         export_lerobot(episodes, tmp_path / "ds", fps=10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_export_has_lerobot_v3_metadata_episodes_tasks_and_stats(tmp_path):
+    """The v3.0 layout as LeRobot documents it: meta/episodes (where each episode's rows are, its own
+    statistics), meta/tasks.parquet indexed by the task string, meta/stats.json over the dataset."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    episodes = make_episodes()
+    export_lerobot(episodes, tmp_path / "ds", fps=10)
+    meta = tmp_path / "ds" / "meta"
+    rows = pq.read_table(meta / "episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [r["episode_index"] for r in rows] == [0, 1, 2] and [r["length"] for r in rows] == list(LENGTHS)
+    assert [(r["dataset_from_index"], r["dataset_to_index"]) for r in rows] == [(0, 4), (4, 11), (11, 16)]
+    assert all(
+        r["tasks"] == [episodes[0].task] and r["data/chunk_index"] == r["data/file_index"] == 0 for r in rows
+    )
+    for r, ep in zip(rows, episodes, strict=True):  # each episode's own statistics
+        assert r["stats/action/count"] == [len(ep)]
+        np.testing.assert_allclose(r["stats/action/mean"], ep.actions.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(
+            r["stats/observation.state/max"], ep.observations["state"].max(0), rtol=1e-6
+        )
+    tasks = pd.read_parquet(meta / "tasks.parquet")
+    assert list(tasks.index) == [episodes[0].task] and tasks.loc[episodes[0].task, "task_index"] == 0
+    stats = json.loads((meta / "stats.json").read_text())
+    info = json.loads((meta / "info.json").read_text())
+    assert set(stats) == set(info["features"])
+    actions = np.concatenate([ep.actions for ep in episodes])
+    np.testing.assert_allclose(stats["action"]["std"], actions.std(0), rtol=1e-6)
+    assert stats["action"]["count"] == [sum(LENGTHS)] and stats["next.success"]["max"] == [1.0]
