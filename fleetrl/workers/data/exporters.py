@@ -10,7 +10,8 @@ file-000.parquet``, one row per episode (``episode_index``, ``tasks``, ``length`
 (what LeRobot normalises with). Everything is written into a temporary sibling folder and renamed into
 place, so a failed export leaves nothing half-written. numpy/pyarrow only (no Ray, no torch).
 
-What LeRobot cannot hold is dropped: ``final_observation`` (no observation after the last action), the
+Camera keys (uint8 [H, W, C]) become LeRobot ``image`` features: a struct column of per-frame PNG bytes.
+(Video features, mp4 files under ``videos/``, are not written.) What LeRobot cannot hold is dropped: ``final_observation`` (no observation after the last action), the
 behaviour columns (intervention, log_prob, ...) and the episode ids. Outcomes survive as ``next.success``
 on the last frame of successful episodes; ``next.done`` is true on every episode's last frame.
 """
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetrl.robots.episode import Episode
+from fleetrl.robots.protocol import encode_frame
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -49,8 +51,23 @@ def _column(values: np.ndarray) -> pa.Array:
 
 
 def _feature(values: np.ndarray) -> dict[str, Any]:
+    if is_image(values):
+        return {"dtype": "image", "shape": list(values.shape[1:]), "names": ["height", "width", "channels"]}
     shape = list(values.shape[1:]) or [1]
     return {"dtype": str(values.dtype), "shape": shape, "names": None}
+
+
+def is_image(values: np.ndarray) -> bool:
+    """Rows of camera frames (uint8 [T, H, W, C], C 1 or 3): exported as LeRobot ``image`` features."""
+    return values.dtype == np.uint8 and values.ndim == 4 and values.shape[3] in (1, 3)
+
+
+def _image_column(values: np.ndarray) -> pa.Array:
+    """LeRobot's image column: a struct of the frame's PNG bytes and a (null) path per row."""
+    frames = [encode_frame(f if f.shape[2] == 3 else f[:, :, 0], "png").data for f in values]
+    return pa.StructArray.from_arrays(
+        [pa.array(frames, pa.binary()), pa.array([None] * len(frames), pa.string())], names=["bytes", "path"]
+    )
 
 
 def _check(episodes: Sequence[Episode]) -> None:
@@ -83,8 +100,12 @@ STATS = ("min", "max", "mean", "std", "count")
 
 def feature_stats(values: np.ndarray) -> dict[str, list]:
     """LeRobot's statistics of one feature over rows [T, *shape]: per entry min/max/mean/std, and count."""
-    x = values.astype(np.float64).reshape(len(values), -1)
-    shape = list(values.shape[1:]) or [1]
+    if is_image(values):  # per channel, pixels scaled to [0, 1], shape [C, 1, 1] (LeRobot's image stats)
+        x = values.astype(np.float64).reshape(-1, values.shape[3]) / 255.0
+        shape = [values.shape[3], 1, 1]
+    else:
+        x = values.astype(np.float64).reshape(len(values), -1)
+        shape = list(values.shape[1:]) or [1]
     out = {k: getattr(x, k)(axis=0).reshape(shape).tolist() for k in ("min", "max", "mean", "std")}
     return out | {"count": [len(values)]}
 
@@ -181,7 +202,8 @@ def export_lerobot(
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; the dataset is meant to be shared
         data_file = tmp / DATA_PATH.format(chunk_index=0, file_index=0)
         data_file.parent.mkdir(parents=True)
-        pq.write_table(pa.table({name: _column(v) for name, v in cols.items()}), data_file)
+        columns = {name: _image_column(v) if is_image(v) else _column(v) for name, v in cols.items()}
+        pq.write_table(pa.table(columns), data_file)
         (tmp / "meta").mkdir()
         pq.write_table(_tasks_table(tasks), tmp / "meta" / "tasks.parquet")
         episodes_file = tmp / EPISODES_PATH

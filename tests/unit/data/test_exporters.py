@@ -116,3 +116,46 @@ def test_the_export_has_lerobot_v3_metadata_episodes_tasks_and_stats(tmp_path):
     actions = np.concatenate([ep.actions for ep in episodes])
     np.testing.assert_allclose(stats["action"]["std"], actions.std(0), rtol=1e-6)
     assert stats["action"]["count"] == [sum(LENGTHS)] and stats["next.success"]["max"] == [1.0]
+
+
+def test_camera_frames_export_as_image_features_and_import_back_exactly(tmp_path):
+    import pyarrow.parquet as pq
+
+    from fleetrl.workers.data.importers.common import DatasetImportError
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for i, n in enumerate((3, 5)):
+        ep = synthetic_episode(n, obs_spec=OBS, action_shape=(2,), seed=i)
+        frames = rng.integers(0, 256, (n + 1, 16, 16, 3), dtype=np.uint8)
+        episodes.append(ep.__class__(**{**ep.__dict__, "observations": {**ep.observations, "cam": frames[:n]},
+                                        "final_observation": {**ep.final_observation, "cam": frames[n]}}))  # fmt: skip
+    export_lerobot(episodes, tmp_path / "ds", fps=10)
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    assert info["features"]["observation.cam"] == {
+        "dtype": "image",
+        "shape": [16, 16, 3],
+        "names": ["height", "width", "channels"],
+    }
+    column = pq.read_table(tmp_path / "ds/data/chunk-000/file-000.parquet").column("observation.cam")
+    assert column.type.names == ["bytes", "path"]  # LeRobot's image struct (PNG bytes)
+    stats = json.loads((tmp_path / "ds/meta/stats.json").read_text())["observation.cam"]
+    assert np.array(stats["mean"]).shape == (3, 1, 1) and 0 < stats["mean"][0][0][0] < 1
+    task = TaskConfig(
+        name="reach",
+        observation={"state": {"shape": [10]}, "cam": {"shape": [16, 16, 3], "dtype": "uint8"}},
+        action={"shape": [2], "low": -1, "high": 1},
+    )
+    back = import_lerobot(tmp_path / "ds", task)
+    for orig, ep in zip(episodes, back, strict=True):
+        np.testing.assert_array_equal(ep.observations["cam"], orig.observations["cam"])
+    wrong = task.model_copy(
+        update={
+            "observation": {
+                **task.observation,
+                "cam": task.observation["cam"].model_copy(update={"shape": (8, 8, 3)}),
+            }
+        }
+    )
+    with pytest.raises(DatasetImportError, match=r"an image of shape \[16, 16, 3\]"):
+        import_lerobot(tmp_path / "ds", TaskConfig.model_validate(wrong.model_dump()))

@@ -29,6 +29,7 @@ episode index and content), so importing a dataset twice stores it once.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -48,7 +49,6 @@ if TYPE_CHECKING:  # task.py pulls in torch through the policy config; we only r
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?")
 _LEGACY_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"  # v2.x
 _V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-_VISUAL = ("image", "video")
 _AUX = {"next.reward": np.float32, "next.done": bool, "next.success": bool, "task_index": np.int64}
 _Rows = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (mapped features, timestamp and _AUX)
 
@@ -112,11 +112,22 @@ def _feature_plan(
         ft = info.features.get(feat)
         if ft is None:
             problems.append(f"feature {feat!r} (for {role}) is not in the dataset")
-        elif ft.dtype in _VISUAL:
+        elif ft.dtype == "video":
             problems.append(
-                f"feature {feat!r} (for {role}) is a {ft.dtype} feature; image/video features are not "
+                f"feature {feat!r} (for {role}) is a video feature (mp4 files); video features are not "
                 "supported yet, leave it unmapped"
             )
+        elif ft.dtype == "image":
+            hwc = (
+                tuple(ft.shape)
+                if len(ft.shape) == 3 and ft.shape[2] in (1, 3)
+                else tuple(ft.shape[1:]) + ft.shape[:1]
+            )
+            if (spec.dtype, spec.shape) != ("uint8", hwc):
+                problems.append(
+                    f"feature {feat!r} (for {role}) is an image of shape {list(hwc)}; the task's spec is "
+                    f"{list(spec.shape)} {spec.dtype} (declare it uint8 [H, W, C])"
+                )
         else:
             shape = () if ft.shape == (1,) and spec.shape == () else ft.shape
             p = spec_problem(f"feature {feat!r} (for {role})", shape, ft.dtype, spec)
@@ -163,6 +174,30 @@ def _array(table: pa.Table, name: str, shape: tuple[int, ...], dtype: str, out_s
     return values.reshape(table.num_rows, *out_shape)
 
 
+def _images(table: pa.Table, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An ``image`` column (a struct with each frame's encoded ``bytes``, PNG or JPEG) as uint8 [rows,
+    *shape]; a frame that does not decode to ``shape`` raises ValueError naming the row."""
+    from PIL import Image
+
+    col = table.column(name).combine_chunks()
+    if not pa.types.is_struct(col.type) or col.type.get_field_index("bytes") < 0:
+        raise ValueError(f"column {name!r} is not an image column (a struct with 'bytes'), got {col.type}")
+    out = np.empty((len(col), *shape), np.uint8)
+    for i, data in enumerate(col.field("bytes").to_pylist()):
+        try:
+            with Image.open(io.BytesIO(data or b"")) as img:
+                frame = np.asarray(img.convert("L" if shape[-1] == 1 else "RGB"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"column {name!r} row {i}: not a readable image ({e})") from None
+        frame = frame.reshape(frame.shape[0], frame.shape[1], -1)
+        if frame.shape != shape:
+            raise ValueError(
+                f"column {name!r} row {i}: image of shape {list(frame.shape)}, expected {list(shape)}"
+            )
+        out[i] = frame
+    return out
+
+
 def _scalar(table: pa.Table, name: str, dtype: type) -> np.ndarray:
     """A per-row scalar column (plain or a length-1 list) cast to ``dtype``; numeric or bool only."""
     values = _leaf(table.column(name), (1,), f"column {name!r}").to_numpy(zero_copy_only=False)
@@ -205,7 +240,8 @@ def import_lerobot(
 
     ``observation_keys`` maps LeRobot feature names to the task's observation keys; a task key it does
     not name is read from ``observation.<key>`` (so the default maps ``observation.state`` to ``state``).
-    Unmapped features (cameras included) are ignored; a mapped image/video feature is refused.
+    Unmapped features are ignored; a mapped ``image`` feature becomes a uint8 [H, W, C] camera key (its
+    frames decoded), a mapped ``video`` feature is refused (mp4 decoding is not supported yet).
     """
     root = Path(path)
     info = _load_info(root)
@@ -242,7 +278,9 @@ def import_lerobot(
 def _split_episodes(table: pa.Table, plan: dict[str, tuple[str, Any]], info: _Info) -> dict[int, _Rows]:
     """The rows of one data file, decoded and split into episodes (sorted by frame_index)."""
     feats = {
-        feat: _array(table, feat, info.features[feat].shape, info.features[feat].dtype, spec.shape)
+        feat: _images(table, feat, spec.shape)
+        if info.features[feat].dtype == "image"
+        else _array(table, feat, info.features[feat].shape, info.features[feat].dtype, spec.shape)
         for feat, (_, spec) in plan.items()
     }
     aux = {name: _scalar(table, name, dtype) for name, dtype in _AUX.items() if name in table.column_names}
