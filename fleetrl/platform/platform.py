@@ -128,8 +128,8 @@ class Platform:
             self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path,
             list(cfg.tasks), cfg.gateway.max_frame_bytes,
         )  # fmt: skip
-        ray.get([self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks], timeout=timeout)
-        ray.get(self.tasks.restore_runtime_tasks.remote(), timeout=10 * timeout)
+        # the learners start (Ray Train) while Ray Serve deploys the REST app: both take seconds
+        adopting = [self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks]
         self.endpoint = gateway_info["endpoint"]
         self.rest_url = deploy_rest(
             cfg.rest,
@@ -143,6 +143,8 @@ class Platform:
             robot_server_key=self.curve_keys[0] if self.curve_keys else None,
         )
         self.public_rest_url = cfg.rest.public_url(ray.util.get_node_ip_address())
+        ray.get(adopting, timeout=timeout)
+        ray.get(self.tasks.restore_runtime_tasks.remote(), timeout=10 * timeout)
         self._wait_healthy(timeout)
         log.info(
             "platform %s up: REST %s, robots connect to %s", cfg.name, self.public_rest_url, self.endpoint
