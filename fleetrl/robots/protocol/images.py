@@ -17,14 +17,24 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from fleetrl.robots.protocol.errors import ProtocolError
 
-if TYPE_CHECKING:
-    from fleetrl.robots.protocol.specs import ArraySpec
+
+class ArraySpec(Protocol):
+    """What this module reads of ``specs.ArraySpec`` (which imports this module, so not imported here)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    encoding: str
+    quality: int
+
+    @property
+    def size(self) -> int: ...
+
 
 ENCODINGS = ("raw", "jpeg", "png")
 IMAGE_CHANNELS = (1, 3)  # grey or RGB

@@ -80,7 +80,7 @@ def operations(client: TestClient) -> list[tuple[str, str, dict[str, Any]]]:
 
 def test_every_v1_route_needs_the_admin_token(client):
     v1 = [(m, p) for m, p, _ in operations(client) if p.startswith("/v1/")]
-    assert len(v1) == 18
+    assert len(v1) == 19
     for method, path in v1:
         missing = client.request(method, path)
         assert missing.status_code == 401, (method, path)
