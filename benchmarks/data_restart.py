@@ -6,8 +6,9 @@ opened by a data-server actor on a local Ray, as Ray restarts one after a crash.
 
 * ``answer_s``: actor created -> ``ready()`` answered (the store open, its catalog reconciled with the
   files, the refill started): what a fleet waits for after a restart; the issue's bound is 5 s;
-* ``first_sample_s`` / ``first_ingest_s``: actor created -> first ``sample_chunks(256)`` / first new
-  episode stored and acked, while the refill is under way;
+* ``first_sample_s`` / ``first_ingest_s``: actor created -> first ``sample_chunks(256)`` that returns a
+  batch (asked again every 10 ms while the replay is still empty, as a learner does) / first new episode
+  stored and acked, while the refill is under way;
 * ``refill_s``, ``refill_episodes``: the background refill, newest first, up to the replay's capacity
   (``--capacity`` rows, the config default 1,000,000) and the catalog rows it planned;
 * ``ingest_during_refill_ms``: ``ingest`` latency percentiles of episodes sent while the refill runs;
@@ -83,7 +84,12 @@ def restart(root: Path, capacity: int) -> dict[str, Any]:
     server = actor_cls.remote(cfg, [task_config()], str(root))
     ready = ray.get(server.ready.remote(), timeout=600)
     answer_s = time.monotonic() - t0
-    ray.get(server.sample_chunks.remote(TASK, 256), timeout=600)
+    while True:  # as a learner does: an empty replay answers "no data" and it asks again
+        try:
+            ray.get(server.sample_chunks.remote(TASK, 256), timeout=600)
+            break
+        except ray.exceptions.RayTaskError:
+            time.sleep(0.01)
     first_sample_s = time.monotonic() - t0
     ingest_ms: list[float] = []
     first_ingest_s = None
