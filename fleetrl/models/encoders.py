@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fleetrl.robots.protocol import ArraySpec
-from fleetrl.robots.protocol.images import image_spec_problem
+from fleetrl.robots.protocol.images import is_camera as is_camera_shape
 
 
 class EncoderConfig(BaseModel):
@@ -64,7 +64,7 @@ class EncoderConfig(BaseModel):
 
 def is_camera(spec: ArraySpec) -> bool:
     """A uint8 [H, W] or [H, W, C] (C 1 or 3) entry: what the encoder treats as a camera frame."""
-    return image_spec_problem(spec.shape, spec.dtype, "png", spec.quality) is None
+    return is_camera_shape(spec.shape, spec.dtype)
 
 
 def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:

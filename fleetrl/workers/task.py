@@ -14,7 +14,7 @@ from fleetrl.algorithms.demo_replay import DemoReplayConfig
 from fleetrl.models.gaussian import GaussianMLPConfig
 from fleetrl.models.policies import PolicyConfig, action_spec_problem
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
-from fleetrl.robots.protocol.images import image_spec_problem, row_bytes_bound
+from fleetrl.robots.protocol.images import image_spec_problem, is_camera, row_bytes_bound
 from fleetrl.workers.placement import ActorResources
 
 log = logging.getLogger(__name__)
@@ -253,11 +253,7 @@ class TaskConfig(BaseModel):
     @cached_property
     def camera_keys(self) -> tuple[str, ...]:
         """Observation keys that are camera frames: uint8 [H, W] or [H, W, C] with C 1 or 3 (any encoding)."""
-        return tuple(
-            k
-            for k, spec in self.observation_spec.items()
-            if image_spec_problem(spec.shape, spec.dtype, "png", spec.quality) is None
-        )
+        return tuple(k for k, spec in self.observation_spec.items() if is_camera(spec.shape, spec.dtype))
 
     def public(self) -> dict[str, Any]:
         """What robots and the REST API see of a task."""

@@ -24,7 +24,7 @@ import numpy as np
 from fleetrl.robots.protocol.errors import ProtocolError
 
 
-class ArraySpec(Protocol):
+class FrameSpec(Protocol):
     """What this module reads of ``specs.ArraySpec`` (which imports this module, so not imported here)."""
 
     shape: tuple[int, ...]
@@ -56,6 +56,12 @@ class EncodedFrame:
         return len(self.data)
 
 
+def is_camera(shape: tuple[int, ...], dtype: str) -> bool:
+    """A uint8 [H, W] or [H, W, C] (C 1 or 3) entry: a camera frame, whatever encoding it travels in."""
+    three = len(shape) == 3 and shape[2] in IMAGE_CHANNELS
+    return dtype == "uint8" and (len(shape) == 2 or three) and 0 not in shape
+
+
 def image_spec_problem(shape: tuple[int, ...], dtype: str, encoding: str, quality: int) -> str | None:
     """Why an array spec cannot carry ``encoding`` (None if it can): compressed keys are uint8 images of
     shape [H, W] or [H, W, C] with C in {1, 3}."""
@@ -65,7 +71,7 @@ def image_spec_problem(shape: tuple[int, ...], dtype: str, encoding: str, qualit
         return None
     if dtype != "uint8":
         return f"encoding {encoding!r} needs dtype uint8 (a camera frame), got {dtype}"
-    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in IMAGE_CHANNELS) or 0 in shape:
+    if not is_camera(shape, dtype):
         return f"encoding {encoding!r} needs shape [H, W] or [H, W, C] with C in {list(IMAGE_CHANNELS)}, got {list(shape)}"
     if not 1 <= quality <= 100:
         return f"quality must be in 1..100, got {quality}"
@@ -94,7 +100,7 @@ def encode_frame(arr: np.ndarray, encoding: str, quality: int = 90) -> EncodedFr
     raise ValueError(f"cannot compress to {encoding!r}")
 
 
-def decode_frame(frame: EncodedFrame, spec: ArraySpec, name: str) -> np.ndarray:
+def decode_frame(frame: EncodedFrame, spec: FrameSpec, name: str) -> np.ndarray:
     """The frame as an array of ``spec``'s shape; ``ProtocolError('bad_observation')`` when its data are
     not a valid image of that encoding or decode to another shape (gateway side)."""
     if frame.encoding != spec.encoding:
@@ -134,7 +140,7 @@ def _decode(frame: EncodedFrame, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def encode_observation(specs: dict[str, ArraySpec], observation: dict[str, Any]) -> dict[str, Any]:
+def encode_observation(specs: dict[str, FrameSpec], observation: dict[str, Any]) -> dict[str, Any]:
     """``observation`` with every key whose spec declares an encoding compressed (robot side)."""
     out = dict(observation)
     for key, spec in specs.items():
@@ -143,7 +149,7 @@ def encode_observation(specs: dict[str, ArraySpec], observation: dict[str, Any])
     return out
 
 
-def decode_value(spec: ArraySpec, value: Any, name: str) -> Any:
+def decode_value(spec: FrameSpec, value: Any, name: str) -> Any:
     """One observation entry as an array: decoded when it is a compressed frame, as given otherwise."""
     if isinstance(value, EncodedFrame):
         if spec.encoding == "raw":
@@ -152,7 +158,7 @@ def decode_value(spec: ArraySpec, value: Any, name: str) -> Any:
     return value
 
 
-def decode_rows(spec: ArraySpec, value: Any, n: int, name: str) -> Any:
+def decode_rows(spec: FrameSpec, value: Any, n: int, name: str) -> Any:
     """Rows of one observation key in a ``steps`` frame as one array [n, *shape]: a list of ``n``
     compressed frames is decoded and stacked; an array is returned as given (checked by the caller)."""
     if not isinstance(value, list):
@@ -164,7 +170,7 @@ def decode_rows(spec: ArraySpec, value: Any, n: int, name: str) -> Any:
     return np.stack([decode_frame(f, spec, f"{name}[{i}]") for i, f in enumerate(value)])
 
 
-def row_bytes_bound(specs: dict[str, ArraySpec]) -> int:
+def row_bytes_bound(specs: dict[str, FrameSpec]) -> int:
     """The most bytes one observation row can take on the wire: its raw size (a frame that does not
     compress, e.g. sensor noise, may come out as large as raw). What decides at registration whether a
     task's observations can ever fit a frame."""

@@ -92,7 +92,6 @@ class DataServer:
         t0 = time.monotonic()
         self.store = EpisodeStore(root, config.catalog)
         self.tasks: dict[str, TaskConfig] = {}
-        self._frames: dict[str, dict[str, ArraySpec]] = {}  # task -> camera keys stored compressed
         self.task_replay_cfg: dict[str, ReplayConfig] = {}
         self.replays: dict[str, Replay] = {}
         self.failures: dict[str, FailureStates] = {}  # where each task's episodes fail (return-and-explore)
@@ -178,7 +177,7 @@ class DataServer:
         sent = episode.digest()  # what the robot sent: a re-send is judged by it, not by the critic's rewards
         if episode.task in self.scored_tasks and episode.source == "online":
             episode = ray.get(self.critic.score.remote(episode))  # rewards from the task's learned critic
-        stored, snapshot = self.store.put(episode, sent, self._frames.get(episode.task))
+        stored, snapshot = self.store.put(episode, sent, self._stored_frames(episode.task))
         with self.lock:
             self._replay_ingested(episode, stored, snapshot)
         self.metrics.inc("episodes_ingested_total", (episode.task, "stored" if stored else "duplicate"))
@@ -202,6 +201,10 @@ class DataServer:
             self.metrics.set("replay_transitions", (episode.task, "offline"), sizes["offline_transitions"])
         else:
             log.info("data server: duplicate episode %s ignored (snapshot %d)", episode.episode_id, snapshot)
+
+    def _stored_frames(self, task: str) -> dict[str, ArraySpec] | None:
+        """The camera keys ``task`` stores compressed (None once it was deleted: kept as they came)."""
+        return camera_frames(self.tasks[task]) if task in self.tasks else None
 
     def _flush_metrics(self) -> None:
         if self.metrics_server is not None:
@@ -252,7 +255,7 @@ class DataServer:
     def remove_task(self, name: str) -> int:
         """Stop replaying a deleted task. Its episodes stay on disk, and a task created again under the same
         name replays them. Returns how many the store holds."""
-        for table in (self.tasks, self.task_replay_cfg, self.replays, self.failures, self._frames):
+        for table in (self.tasks, self.task_replay_cfg, self.replays, self.failures):
             table.pop(name, None)
         self.removed.add(name)
         return self.store.stats(name)["episodes"]
@@ -260,9 +263,8 @@ class DataServer:
     def _add_replay(self, task: TaskConfig, cfg: ReplayConfig) -> Replay:
         self.removed.discard(task.name)
         self.tasks[task.name], self.task_replay_cfg[task.name] = task, cfg
-        self._frames[task.name] = camera_frames(task)
         self.replays[task.name] = Replay.from_config(
-            cfg, chunk_len=task.chunk_len, seed=self.cfg.seed, frames=self._frames[task.name]
+            cfg, chunk_len=task.chunk_len, seed=self.cfg.seed, frames=camera_frames(task)
         )
         self.failures[task.name] = FailureStates(task.name in self.scored_tasks, seed=self.cfg.seed)
         return self.replays[task.name]
