@@ -81,8 +81,8 @@ def cmd_demos_export(args: argparse.Namespace) -> int:
         print(f"error: no episodes of task {args.task!r} in {args.store}", file=sys.stderr)
         return 2
     try:
-        result = export_lerobot(episodes, args.out, fps=args.fps)
-    except ValueError as exc:
+        result = export_lerobot(episodes, args.out, fps=args.fps, video=args.video)
+    except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"exported {result['episodes']} episodes ({result['frames']} frames) to {result['path']}")
@@ -129,4 +129,10 @@ def add_demos_parser(subparsers: Any) -> None:
     exp.add_argument("--task", required=True)
     exp.add_argument("--out", required=True, help="empty or new folder")
     exp.add_argument("--fps", type=float, required=True, help="control rate of the episodes")
+    exp.add_argument(
+        "--video",
+        action="store_true",
+        help="cameras as mp4 (AV1) video features, as LeRobot records them (needs PyAV: fleetrl[video]); "
+        "default: PNG image features",
+    )
     exp.set_defaults(func=cmd_demos_export)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from fleetrl.cli import main
 from fleetrl.testing.episodes import synthetic_episode
 from fleetrl.workers.data.store import EpisodeStore
@@ -46,25 +48,31 @@ def test_collect_oracle_demos_then_import(platform, tmp_path, capsys):
 def test_collect_with_a_scripted_policy(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "fleetrl.cli", "demos", "collect", "--env", "Reacher-v5", "--policy", "reacher",
-         "--task", "reach", "--n", "3", "--out", str(tmp_path / "reach")],
+         "--task", "reach", "--n", "3", "--out", str(tmp_path / "reach"), "--camera", "32"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 episodes (3 successful" in r.stdout
-    # ... and exported as a LeRobot v3.0 dataset that the LeRobot importer reads back.
+    # ... and exported as a LeRobot v3.0 dataset (the camera as an mp4 video feature) that the LeRobot
+    # importer reads back.
     from fleetrl.workers.data.importers import import_lerobot
     from fleetrl.workers.task import TaskConfig
 
     out = tmp_path / "lerobot"
     assert main(["demos", "export", "--store", str(tmp_path / "reach"), "--task", "reach", "--out", str(out),
-                 "--fps", "20"]) == 0  # fmt: skip
+                 "--fps", "20", "--video"]) == 0  # fmt: skip
+    assert (out / "videos/observation.camera/chunk-000/file-000.mp4").is_file()
     task = TaskConfig(
-        name="reach", observation={"state": {"shape": [10]}}, action={"shape": [2], "low": -1, "high": 1}
+        name="reach",
+        observation={"state": {"shape": [10]}, "camera": {"shape": [32, 32, 3], "dtype": "uint8"}},
+        action={"shape": [2], "low": -1, "high": 1},
     )
     back = import_lerobot(out, task)
     assert len(back) == 3 and all(ep.outcome == "success" for ep in back)
     with EpisodeStore(str(tmp_path / "reach")) as store:
-        lengths = sorted(len(ep) for _, ep in store.iter_episodes())
-    assert sorted(len(ep) for ep in back) == lengths
+        stored = sorted((ep for _, ep in store.iter_episodes()), key=len)
+    assert sorted(len(ep) for ep in back) == [len(ep) for ep in stored]
+    for ep, orig in zip(sorted(back, key=len), stored, strict=True):  # the rendered frames, within AV1's loss
+        assert np.abs(ep.observations["camera"].astype(int) - orig.observations["camera"]).mean() < 6
     assert main(["demos", "export", "--store", str(tmp_path / "reach"), "--task", "reach", "--out", str(out),
                  "--fps", "20"]) == 1  # fmt: skip  # refuses to overwrite

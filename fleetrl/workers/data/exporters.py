@@ -10,8 +10,11 @@ file-000.parquet``, one row per episode (``episode_index``, ``tasks``, ``length`
 (what LeRobot normalises with). Everything is written into a temporary sibling folder and renamed into
 place, so a failed export leaves nothing half-written. numpy/pyarrow only (no Ray, no torch).
 
-Camera keys (uint8 [H, W, C]) become LeRobot ``image`` features: a struct column of per-frame PNG bytes.
-(Video features, mp4 files under ``videos/``, are not written.) What LeRobot cannot hold is dropped: ``final_observation`` (no observation after the last action), the
+Camera keys (uint8 [H, W, C]) become LeRobot ``image`` features (a struct column of per-frame PNG bytes),
+or with ``video=True`` ``video`` features: per camera one AV1 mp4 of every episode in order,
+``videos/<feature>/chunk-000/file-000.mp4`` (``video.py``), no data column, and per episode
+``videos/<feature>/{chunk_index,file_index,from_timestamp,to_timestamp}`` in ``meta/episodes`` (where its
+frames start in the file). What LeRobot cannot hold is dropped: ``final_observation`` (no observation after the last action), the
 behaviour columns (intervention, log_prob, ...) and the episode ids. Outcomes survive as ``next.success``
 on the last frame of successful episodes; ``next.done`` is true on every episode's last frame.
 """
@@ -32,9 +35,11 @@ import pyarrow.parquet as pq
 
 from fleetrl.robots.episode import Episode
 from fleetrl.robots.protocol import encode_frame
+from fleetrl.workers.data.video import encode_video
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 CHUNKS_SIZE = 1000  # LeRobot's default files per chunk
 
 
@@ -50,9 +55,10 @@ def _column(values: np.ndarray) -> pa.Array:
     return arr
 
 
-def _feature(values: np.ndarray) -> dict[str, Any]:
+def _feature(values: np.ndarray, video: bool) -> dict[str, Any]:
     if is_image(values):
-        return {"dtype": "image", "shape": list(values.shape[1:]), "names": ["height", "width", "channels"]}
+        kind = "video" if video else "image"
+        return {"dtype": kind, "shape": list(values.shape[1:]), "names": ["height", "width", "channels"]}
     shape = list(values.shape[1:]) or [1]
     return {"dtype": str(values.dtype), "shape": shape, "names": None}
 
@@ -126,8 +132,11 @@ def _tasks_table(tasks: list[str]) -> pa.Table:
     return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
 
 
-def _episodes_table(episodes: Sequence[Episode], cols: dict[str, np.ndarray]) -> pa.Table:
-    """``meta/episodes``: one row per episode, where its rows lie and its own feature statistics."""
+def _episodes_table(
+    episodes: Sequence[Episode], cols: dict[str, np.ndarray], videos: Sequence[str], fps: float
+) -> pa.Table:
+    """``meta/episodes``: one row per episode, where its rows (and its frames in each of ``videos``) lie,
+    and its own feature statistics."""
     lengths = np.array([len(ep) for ep in episodes], dtype=np.int64)
     ends = np.cumsum(lengths)
     rows: dict[str, list] = {
@@ -141,6 +150,13 @@ def _episodes_table(episodes: Sequence[Episode], cols: dict[str, np.ndarray]) ->
         "meta/episodes/chunk_index": [0] * len(episodes),
         "meta/episodes/file_index": [0] * len(episodes),
     }
+    for key in videos:  # every episode in file 0, its frames one after another from its first row's time
+        rows |= {
+            f"videos/{key}/chunk_index": [0] * len(episodes),
+            f"videos/{key}/file_index": [0] * len(episodes),
+        }
+        rows[f"videos/{key}/from_timestamp"] = ((ends - lengths) / fps).tolist()
+        rows[f"videos/{key}/to_timestamp"] = (ends / fps).tolist()
     for name, values in cols.items():
         per_episode = [feature_stats(values[a:b]) for a, b in zip(ends - lengths, ends, strict=True)]
         for stat in STATS:
@@ -149,10 +165,15 @@ def _episodes_table(episodes: Sequence[Episode], cols: dict[str, np.ndarray]) ->
 
 
 def export_lerobot(
-    episodes: Sequence[Episode], path: str | Path, fps: float, robot_type: str = "fleetrl"
+    episodes: Sequence[Episode],
+    path: str | Path,
+    fps: float,
+    robot_type: str = "fleetrl",
+    video: bool = False,
 ) -> dict[str, Any]:
     """Write ``episodes`` (episode_index 0..n-1 in the given order) as a LeRobot v3.0 dataset at ``path``,
-    which must not exist or be an empty folder. Returns ``{"episodes", "frames", "path"}``."""
+    which must not exist or be an empty folder; ``video``: cameras as mp4 ``video`` features (needs PyAV)
+    rather than PNG ``image`` columns. Returns ``{"episodes", "frames", "path"}``."""
     root = Path(path)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"export_lerobot: {root} exists and is not an empty folder")
@@ -193,8 +214,11 @@ def export_lerobot(
         "splits": {"train": f"0:{len(episodes)}"},
         "data_path": DATA_PATH,
         "video_path": None,
-        "features": {name: _feature(values) for name, values in cols.items()},
+        "features": {name: _feature(values, video) for name, values in cols.items()},
     }
+    videos = [name for name, values in cols.items() if video and is_image(values)]
+    if videos:
+        info["video_path"] = VIDEO_PATH
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.export-", dir=root.parent))
@@ -202,13 +226,21 @@ def export_lerobot(
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; the dataset is meant to be shared
         data_file = tmp / DATA_PATH.format(chunk_index=0, file_index=0)
         data_file.parent.mkdir(parents=True)
-        columns = {name: _image_column(v) if is_image(v) else _column(v) for name, v in cols.items()}
+        columns = {
+            name: _image_column(v) if is_image(v) else _column(v)
+            for name, v in cols.items()
+            if name not in videos
+        }
         pq.write_table(pa.table(columns), data_file)
+        for key in videos:  # one file per camera: every episode's frames, in episode order
+            video_file = tmp / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
+            video_file.parent.mkdir(parents=True)
+            info["features"][key]["info"] = encode_video(cols[key], video_file, fps)
         (tmp / "meta").mkdir()
         pq.write_table(_tasks_table(tasks), tmp / "meta" / "tasks.parquet")
         episodes_file = tmp / EPISODES_PATH
         episodes_file.parent.mkdir(parents=True)
-        pq.write_table(_episodes_table(episodes, cols), episodes_file)
+        pq.write_table(_episodes_table(episodes, cols, videos, fps), episodes_file)
         stats = {name: feature_stats(values) for name, values in cols.items()}
         (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
         (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))

@@ -159,3 +159,72 @@ def test_camera_frames_export_as_image_features_and_import_back_exactly(tmp_path
     )
     with pytest.raises(DatasetImportError, match=r"an image of shape \[16, 16, 3\]"):
         import_lerobot(tmp_path / "ds", TaskConfig.model_validate(wrong.model_dump()))
+
+
+def camera_episodes(lengths, size=16, seed=0):
+    """Synthetic episodes with a ``cam`` key: a bright square that moves one pixel per step over noise
+    (frames a video codec must keep apart)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        ep = synthetic_episode(n, obs_spec=OBS, action_shape=(2,), seed=i)
+        frames = rng.integers(0, 16, (n + 1, size, size, 3), dtype=np.uint8)
+        for t in range(n + 1):
+            frames[t, 4:10, (t + i) % (size - 6) : (t + i) % (size - 6) + 6] = 230
+        out.append(ep.__class__(**{**ep.__dict__, "observations": {**ep.observations, "cam": frames[:n]},
+                                   "final_observation": {**ep.final_observation, "cam": frames[n]}}))  # fmt: skip
+    return out
+
+
+def test_camera_frames_export_as_video_features_and_import_back_by_time(tmp_path):
+    """``video=True``: one AV1 mp4 per camera under videos/, episodes located by from_timestamp in
+    meta/episodes (LeRobot v3.0), no data column; the importer decodes it and finds each row's frame."""
+    pytest.importorskip("av", reason="PyAV is in the dev extra")
+    import pyarrow.parquet as pq
+
+    episodes = camera_episodes((6, 9, 5), size=32)
+    export_lerobot(episodes, tmp_path / "ds", fps=10, video=True)
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    feature = info["features"]["observation.cam"]
+    assert feature["dtype"] == "video" and feature["shape"] == [32, 32, 3]
+    assert feature["info"]["video.codec"] == "av1" and feature["info"]["video.fps"] == 10
+    assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    assert (tmp_path / "ds/videos/observation.cam/chunk-000/file-000.mp4").stat().st_size > 0
+    assert "observation.cam" not in pq.read_schema(tmp_path / "ds/data/chunk-000/file-000.parquet").names
+    meta = pq.read_table(tmp_path / "ds/meta/episodes/chunk-000/file-000.parquet").to_pydict()
+    assert meta["videos/observation.cam/from_timestamp"] == [0.0, 0.6, 1.5]
+    assert meta["videos/observation.cam/to_timestamp"] == [0.6, 1.5, 2.0]
+
+    task = TaskConfig(
+        name="reach",
+        observation={"state": {"shape": [10]}, "cam": {"shape": [32, 32, 3], "dtype": "uint8"}},
+        action={"shape": [2], "low": -1, "high": 1},
+    )
+    back = import_lerobot(tmp_path / "ds", task)
+    for orig, ep in zip(episodes, back, strict=True):
+        want, got = orig.observations["cam"].astype(int), ep.observations["cam"].astype(int)
+        assert got.shape == want.shape
+        # lossy, but each row gets its own frame: closer to it than to the frame before
+        err = np.abs(got - want).mean(axis=(1, 2, 3))
+        assert err.max() < 8, err
+        to_previous = np.abs(got[1:] - want[:-1]).mean(axis=(1, 2, 3))
+        assert (err[1:] < to_previous).all(), (err, to_previous)
+        np.testing.assert_array_equal(ep.observations["state"], orig.observations["state"])
+
+
+def test_a_video_that_lacks_frames_for_some_rows_is_refused(tmp_path):
+    pytest.importorskip("av", reason="PyAV is in the dev extra")
+    from fleetrl.workers.data.importers.common import DatasetImportError
+    from fleetrl.workers.data.video import encode_video
+
+    episodes = camera_episodes((4, 6))
+    export_lerobot(episodes, tmp_path / "ds", fps=10, video=True)
+    video = tmp_path / "ds/videos/observation.cam/chunk-000/file-000.mp4"
+    encode_video(np.concatenate([ep.observations["cam"] for ep in episodes])[:7], video, fps=10)  # 3 short
+    task = TaskConfig(
+        name="reach",
+        observation={"state": {"shape": [10]}, "cam": {"shape": [16, 16, 3], "dtype": "uint8"}},
+        action={"shape": [2], "low": -1, "high": 1},
+    )
+    with pytest.raises(DatasetImportError, match=r"episode_index 1: no video frame at 0\.7000 s"):
+        import_lerobot(tmp_path / "ds", task)

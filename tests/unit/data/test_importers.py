@@ -180,14 +180,16 @@ def test_lerobot_custom_feature_mapping(tmp_path):
         import_lerobot(tmp_path, make_task(), action_key="act")
 
 
-def test_lerobot_mapped_video_feature_is_refused(tmp_path):
-    write_v3(tmp_path)
+def test_lerobot_mapped_video_feature_without_its_files_is_refused(tmp_path):
+    write_v3(tmp_path)  # declares a video feature, but no video_path and no mp4 files
     task = TaskConfig(
         name="reach",
         observation={"state": {"shape": [4]}, "cam": {"shape": [48, 64, 3], "dtype": "uint8"}},
         action={"shape": [2], "low": -1, "high": 1},
     )
-    with pytest.raises(DatasetImportError, match=r"'observation\.images\.top'.*video.*not supported"):
+    with pytest.raises(
+        DatasetImportError, match=r"video feature 'observation\.images\.top' but no video_path"
+    ):
         import_lerobot(tmp_path, task, observation_keys={"observation.images.top": "cam"})
 
 

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetrl.robots.episode import Episode, empty_columns
 from fleetrl.workers.data.importers.common import DatasetImportError, spec_problem
+from fleetrl.workers.data.video import decode_video, frames_at
 
 if TYPE_CHECKING:  # task.py pulls in torch through the policy config; we only read its specs
     from fleetrl.workers.task import TaskConfig
@@ -112,12 +113,7 @@ def _feature_plan(
         ft = info.features.get(feat)
         if ft is None:
             problems.append(f"feature {feat!r} (for {role}) is not in the dataset")
-        elif ft.dtype == "video":
-            problems.append(
-                f"feature {feat!r} (for {role}) is a video feature (mp4 files); video features are not "
-                "supported yet, leave it unmapped"
-            )
-        elif ft.dtype == "image":
+        elif ft.dtype in ("image", "video"):
             hwc = (
                 tuple(ft.shape)
                 if len(ft.shape) == 3 and ft.shape[2] in (1, 3)
@@ -125,7 +121,7 @@ def _feature_plan(
             )
             if (spec.dtype, spec.shape) != ("uint8", hwc):
                 problems.append(
-                    f"feature {feat!r} (for {role}) is an image of shape {list(hwc)}; the task's spec is "
+                    f"feature {feat!r} (for {role}) is an {ft.dtype} of shape {list(hwc)}; the task's spec is "
                     f"{list(spec.shape)} {spec.dtype} (declare it uint8 [H, W, C])"
                 )
         else:
@@ -240,20 +236,21 @@ def import_lerobot(
 
     ``observation_keys`` maps LeRobot feature names to the task's observation keys; a task key it does
     not name is read from ``observation.<key>`` (so the default maps ``observation.state`` to ``state``).
-    Unmapped features are ignored; a mapped ``image`` feature becomes a uint8 [H, W, C] camera key (its
-    frames decoded), a mapped ``video`` feature is refused (mp4 decoding is not supported yet).
+    Unmapped features are ignored; a mapped ``image`` or ``video`` feature becomes a uint8 [H, W, C]
+    camera key (its frames decoded; a video's frames found by time, as LeRobot does, needs PyAV).
     """
     root = Path(path)
     info = _load_info(root)
     info_file = root / "meta" / "info.json"
     plan = _feature_plan(info, task, observation_keys, action_key, info_file)
-    required = ["episode_index", "frame_index", "timestamp", *plan]
+    videos = {feat: spec for feat, (_, spec) in plan.items() if info.features[feat].dtype == "video"}
+    required = ["episode_index", "frame_index", "timestamp", *(f for f in plan if f not in videos)]
     episodes: dict[int, tuple[Path, _Rows]] = {}
     frames = 0
     for file in _data_files(root, info):
         table = _read_data_file(file, required)
         try:
-            for ep_index, rows in _split_episodes(table, plan, info).items():
+            for ep_index, rows in _split_episodes(table, plan, videos, info).items():
                 if ep_index in episodes:
                     raise ValueError(f"episode_index {ep_index} also appears in {episodes[ep_index][0]}")
                 episodes[ep_index] = (file, rows)
@@ -269,19 +266,25 @@ def import_lerobot(
         raise DatasetImportError(
             f"{info_file}: declares {info.total_frames} frames, the data files hold {frames} (partial download?)"
         )
+    if videos:
+        _add_video_frames(root, info, videos, {i: rows for i, (_, rows) in episodes.items()})
     return [
         _lerobot_episode(ep_index, rows, plan, file, root, info, task)
         for ep_index, (file, rows) in sorted(episodes.items())
     ]
 
 
-def _split_episodes(table: pa.Table, plan: dict[str, tuple[str, Any]], info: _Info) -> dict[int, _Rows]:
-    """The rows of one data file, decoded and split into episodes (sorted by frame_index)."""
+def _split_episodes(
+    table: pa.Table, plan: dict[str, tuple[str, Any]], videos: dict[str, Any], info: _Info
+) -> dict[int, _Rows]:
+    """The rows of one data file, decoded and split into episodes (sorted by frame_index); ``videos``'
+    features are not in the file (``_add_video_frames`` fills them in)."""
     feats = {
         feat: _images(table, feat, spec.shape)
         if info.features[feat].dtype == "image"
         else _array(table, feat, info.features[feat].shape, info.features[feat].dtype, spec.shape)
         for feat, (_, spec) in plan.items()
+        if feat not in videos
     }
     aux = {name: _scalar(table, name, dtype) for name, dtype in _AUX.items() if name in table.column_names}
     aux["timestamp"] = _scalar(table, "timestamp", np.float64)
@@ -299,6 +302,75 @@ def _split_episodes(table: pa.Table, plan: dict[str, tuple[str, Any]], info: _In
             )
         out[int(ep_index)] = ({k: v[rows] for k, v in feats.items()}, {k: v[rows] for k, v in aux.items()})
     return out
+
+
+def _video_locations(
+    root: Path, info: _Info, feat: str, ep_indices: list[int]
+) -> dict[int, tuple[Path, float]]:
+    """Episode index -> (its mp4 for video feature ``feat``, the time its first frame has in that file).
+
+    v3.0: ``meta/episodes`` names each episode's file (``videos/<feat>/chunk_index``, ``file_index``) and
+    ``from_timestamp``; v2.x: one file per episode, ``video_path`` with ``episode_chunk``, from time 0."""
+    template = info.model_extra.get("video_path") if info.model_extra else None
+    if not template:
+        raise DatasetImportError(
+            f"{root / 'meta' / 'info.json'}: has video feature {feat!r} but no video_path"
+        )
+    if info.codebase_version.lstrip("v").startswith("2"):
+        chunks = int((info.model_extra or {}).get("chunks_size") or 1000)
+        return {
+            i: (root / template.format(episode_chunk=i // chunks, video_key=feat, episode_index=i), 0.0)
+            for i in ep_indices
+        }
+    files = sorted((root / "meta" / "episodes").glob("**/*.parquet"))
+    cols = ["episode_index", *(f"videos/{feat}/{c}" for c in ("chunk_index", "file_index", "from_timestamp"))]
+    try:
+        table = pa.concat_tables(pq.read_table(f, columns=cols) for f in files) if files else None
+    except (OSError, KeyError, pa.ArrowException) as e:
+        raise DatasetImportError(f"{root / 'meta' / 'episodes'}: cannot read {cols} ({e})") from e
+    if table is None:
+        raise DatasetImportError(f"{root / 'meta' / 'episodes'}: missing; it says where video frames lie")
+    rows = {int(r["episode_index"]): r for r in table.to_pylist()}
+    missing = sorted(set(ep_indices) - set(rows))
+    if missing:
+        raise DatasetImportError(f"{root / 'meta' / 'episodes'}: no entry for episode(s) {missing[:5]}")
+    return {
+        i: (
+            root
+            / template.format(
+                video_key=feat,
+                chunk_index=rows[i][f"videos/{feat}/chunk_index"],
+                file_index=rows[i][f"videos/{feat}/file_index"],
+            ),
+            float(rows[i][f"videos/{feat}/from_timestamp"]),
+        )
+        for i in ep_indices
+    }
+
+
+def _add_video_frames(root: Path, info: _Info, videos: dict[str, Any], episodes: dict[int, _Rows]) -> None:
+    """Decode each video file once and give every episode the frames stamped at its rows' times."""
+    tolerance = min(1e-3, 0.25 / info.fps)
+    for feat, spec in videos.items():
+        where = _video_locations(root, info, feat, sorted(episodes))
+        for file in sorted({f for f, _ in where.values()}):
+            if not file.is_file():
+                raise DatasetImportError(f"{file}: missing (video feature {feat!r})")
+            try:
+                frames, times = decode_video(file, channels=spec.shape[-1])
+            except (ValueError, ImportError) as e:
+                raise DatasetImportError(str(e)) from e
+            if frames.shape[1:] != tuple(spec.shape):
+                raise DatasetImportError(
+                    f"{file}: frames of shape {list(frames.shape[1:])}, the task's spec is {list(spec.shape)}"
+                )
+            for i in (i for i, (f, _) in where.items() if f == file):
+                feats, data = episodes[i]
+                try:
+                    wanted = where[i][1] + data["timestamp"]
+                    feats[feat] = frames_at(frames, times, wanted, tolerance, f"{file} episode_index {i}")
+                except ValueError as e:
+                    raise DatasetImportError(str(e)) from e
 
 
 def _lerobot_episode(
