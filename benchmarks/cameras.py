@@ -146,6 +146,48 @@ def storage(episodes: list, side: int) -> dict[str, int]:
     return out
 
 
+def video_storage(episodes: list, side: int, samples: int) -> dict[str, float]:
+    """The alternative to a file per frame: every episode's frames in one AV1 mp4 (LeRobot's video
+    features, ``fleetrl/workers/data/video.py``). Bytes per frame, and the time to get one frame at a
+    random index as replay sampling would (seek to its keyframe, decode up to it) against decoding one
+    stored JPEG frame."""
+    import av
+
+    from fleetrl.robots.protocol import decode_frame, encode_frame
+    from fleetrl.workers.data.video import encode_video
+
+    rng = np.random.default_rng(0)
+    out: dict[str, float] = {}
+    for label, eps in (
+        ("rendered", episodes),
+        ("sensor_noise", [with_sensor_noise(e, seed=i) for i, e in enumerate(episodes)]),
+    ):
+        frames = np.concatenate([e.observations["cam"] for e in eps])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "cam.mp4"
+            encode_video(frames, path, fps=10)
+            out[f"{label}_av1_video_bytes_per_frame"] = round(path.stat().st_size / len(frames))
+            if label == "sensor_noise":
+                continue
+            times = []
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                for index in rng.integers(0, len(frames), samples):
+                    t0 = time.perf_counter()
+                    container.seek(int(index), stream=stream, backward=True)  # pts = frame index
+                    frame = next(f for f in container.decode(stream) if f.pts >= index)
+                    frame.to_ndarray(format="rgb24")
+                    times.append(time.perf_counter() - t0)
+            out["video_random_frame_ms"] = round(1000 * float(np.median(times)), 3)
+        spec = P.ArraySpec((side, side, 3), "uint8", encoding="jpeg")
+        jpegs = [encode_frame(f, "jpeg", spec.quality) for f in frames[:samples]]
+        t0 = time.perf_counter()
+        for j in jpegs:
+            decode_frame(j, spec, "cam")
+        out["jpeg_frame_decode_ms"] = round(1000 * (time.perf_counter() - t0) / len(jpegs), 3)
+    return out
+
+
 def replay_speed(episodes: list, side: int, seconds: float) -> dict[str, float]:
     """Transitions per second of ``sample_chunks(256)``, frames held raw vs as JPEG."""
     out = {}
@@ -200,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for side in (64, 224):
         episodes = camera_episodes(side, 2 if args.quick else 4, 50, args.seed)
-        result["storage"][f"{side}px"] = storage(episodes, side)
+        result["storage"][f"{side}px"] = storage(episodes, side) | video_storage(episodes, side, 50)
         result["replay"][f"{side}px"] = replay_speed(episodes, side, 1.0 if args.quick else 3.0)
     result["wall_s"] = round(time.monotonic() - t0, 1)
     out = write_json(result, args.out)

@@ -260,6 +260,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
         stop=stop,
         lockstep=args.lockstep,
         camera=args.camera,
+        state=args.state,
     )
     total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
     print(f"{len(clients)} robots stopped: {total}", flush=True)
@@ -308,5 +309,11 @@ def add_run_parsers(subparsers: Any) -> None:
         default=None,
         metavar="SIDE",
         help="also send an RGB camera frame of SIDE x SIDE pixels rendered by MuJoCo (observation 'camera')",
+    )
+    robot.add_argument(
+        "--no-state",
+        dest="state",
+        action="store_false",
+        help="with --camera: send the camera frame only (a task that acts from pixels)",
     )
     robot.set_defaults(func=cmd_robot)

@@ -138,11 +138,14 @@ class SimRobot:
         lockstep: bool = False,
         camera: int | None = None,
         fast_render: bool = True,
+        state: bool = True,
     ):
         """``camera``: the side in pixels of a square RGB frame the environment renders at every step
-        (offscreen: ``MUJOCO_GL=egl`` or ``osmesa``), sent beside the state as observation ``camera``.
-        An environment whose observation is itself an RGB frame (OGBench's ``visual-*`` tasks) sends it as
-        ``camera`` with no state. ``fast_render``: render with ``use_fast_rendering``'s settings."""
+        (offscreen: ``MUJOCO_GL=egl`` or ``osmesa``), sent beside the state as observation ``camera``;
+        ``state=False`` sends the frame alone (a policy that must act from pixels; the success rule
+        still reads the simulator's state). An environment whose observation is itself an RGB frame
+        (OGBench's ``visual-*`` tasks) sends it as ``camera`` with no state. ``fast_render``: render with
+        ``use_fast_rendering``'s settings."""
         preset = PRESETS.get(env_id, SimPreset(success="never", control_hz=10.0))
         name = success or preset.success
         if name not in SUCCESS_PREDICATES:
@@ -158,7 +161,7 @@ class SimRobot:
                 raise ValueError(f"camera side must be at least 8 pixels, got {camera}")
             kwargs |= {"render_mode": "rgb_array", "width": camera, "height": camera}
         self.env = make_env(env_id, **kwargs, **(env_kwargs or {}))
-        self.camera, self.fast_render = camera, fast_render
+        self.camera, self.fast_render, self.send_state = camera, fast_render, bool(state)
         space = self.env.observation_space
         shape = getattr(space, "shape", None)
         self.pixels = shape is not None and len(shape) == 3 and shape[2] == 3 and space.dtype == np.uint8
@@ -168,8 +171,10 @@ class SimRobot:
             self.observation_spec = {"camera": ArraySpec(tuple(shape), "uint8")}
         elif shape is None or len(shape) != 1:
             raise ValueError(f"{env_id}: only flat Box observations or RGB frames are supported, got {space}")
+        elif not state and camera is None:
+            raise ValueError(f"{env_id}: state=False needs a camera (the robot would send nothing)")
         else:
-            self.observation_spec = {"state": ArraySpec(tuple(shape), "float32")}
+            self.observation_spec = {"state": ArraySpec(tuple(shape), "float32")} if state else {}
         if camera is not None:
             self.observation_spec["camera"] = ArraySpec((camera, camera, 3), "uint8")
         a = self.env.action_space
@@ -193,7 +198,7 @@ class SimRobot:
             use_fast_rendering(self.env)
         if self.pixels:
             return {"camera": np.ascontiguousarray(state, dtype=np.uint8)}
-        out = {"state": np.asarray(state, dtype=np.float32)}
+        out = {"state": np.asarray(state, dtype=np.float32)} if self.send_state else {}
         if self.camera is not None:
             out["camera"] = np.ascontiguousarray(self.env.render(), dtype=np.uint8)
         return out
@@ -259,13 +264,16 @@ def run_sim_fleet(
     on_start: Callable[[list[RobotClient]], None] | None = None,
     lockstep: bool = False,
     camera: int | None = None,
+    state: bool = True,
 ) -> list[RobotClient]:
     """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``
     (``lockstep``: they wait for their chunks instead of holding, see the module doc; ``camera``: the side
-    of the RGB frame each one renders, see ``SimRobot``)."""
+    of the RGB frame each one renders, ``state=False``: the frame alone, see ``SimRobot``)."""
     clients = []
     for i in range(n):
-        robot = SimRobot(env_id, seed=seed + i, control_hz=control_hz, lockstep=lockstep, camera=camera)
+        robot = SimRobot(
+            env_id, seed=seed + i, control_hz=control_hz, lockstep=lockstep, camera=camera, state=state
+        )
         info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot)
         clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)

@@ -1,9 +1,13 @@
 """A camera robot through the real platform: a task whose observation has a JPEG camera key, sim Reacher
 robots rendering 64x64 frames with MuJoCo, the SDK compressing them, the gateway decoding them for
 inference and storing the decoded episode; a corrupt frame is refused as ``bad_observation`` and the robot's
-session goes on."""
+session goes on. The task's learner clones the robots' camera-only episodes through a CNN encoder: its loss
+falls and the replicas serve the versions it publishes (the pixel learning path; whether it learns the
+task is ``benchmarks/pixels.py``'s question)."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import ray
@@ -18,6 +22,14 @@ from tests.integration.helpers import FleetThread
 
 CAMERA = {"shape": [64, 64, 3], "dtype": "uint8", "encoding": "jpeg", "quality": 90}
 TASK = reacher_task("reach-cam", observation={"state": {"shape": [10]}, "camera": CAMERA})
+PIXEL_TASK = reacher_task(
+    "reach-pixels",
+    observation={"camera": CAMERA},
+    policy={"family": "flow_chunk", "hidden": [32, 32], "flow_steps": 2,
+            "encoder": {"channels": [8, 8], "strides": [2, 2], "feature_dim": 16, "augment": "shift"}},
+    learner={"algorithm": "bc", "config": {"batch_size": 16}, "publish_every": 5, "max_updates_per_s": 20,
+             "report_every_s": 0.2},
+)  # fmt: skip
 
 
 def test_camera_frames_go_compressed_are_served_decoded_and_stored(api, platform):
@@ -77,3 +89,48 @@ def test_camera_frames_go_compressed_are_served_decoded_and_stored(api, platform
             raw.close()
     finally:
         delete_task(api, "reach-cam")
+
+
+def test_a_pixel_policy_learns_from_camera_only_robots_and_its_versions_are_served(api, platform):
+    assert api.post("/v1/tasks", json=PIXEL_TASK, timeout=120).status_code == 201
+    try:
+        robots = [
+            SimRobot("Reacher-v5", seed=70 + i, control_hz=50.0, camera=64, state=False) for i in range(2)
+        ]
+        clients = [
+            RobotClient.from_registration(
+                r, register(platform.rest_url, ADMIN_TOKEN, f"pix-{i}", "reach-pixels", r)
+            )
+            for i, r in enumerate(robots)
+        ]
+        losses: dict[int, float] = {}  # learner step -> its reported BC loss
+
+        def learner_until(predicate, what: str, timeout: float = 90.0) -> dict:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                status = api.get("/v1/tasks/reach-pixels").json().get("learner") or {}
+                if "bc_loss" in status.get("losses", {}):
+                    losses[status["step"]] = status["losses"]["bc_loss"]
+                if predicate(status):
+                    return status
+                time.sleep(0.2)
+            raise AssertionError(f"timed out waiting for {what}; BC losses by step {losses}")
+
+        def recent() -> float:
+            return float(np.mean([losses[k] for k in sorted(losses)[-3:]]))
+
+        with FleetThread(clients):
+            learner_until(lambda s: len(losses) >= 3, "the learner's first updates")
+            first = float(np.mean([losses[k] for k in sorted(losses)[:3]]))
+            status = learner_until(
+                lambda s: s.get("version", 0) >= 3 and recent() < 0.7 * first,
+                f"the BC loss below 0.7 x its start {first:.3f} and 3 published versions",
+            )
+            probe = SimRobot("Reacher-v5", seed=79, camera=64, state=False)
+            frame = probe.reset()["camera"]
+            probe.close()
+            replica = platform.replicas["reach-pixels"][0]
+            served = ray.get(replica.infer.remote({"camera": frame[None]}))
+            assert served["version"] >= status["version"] >= 3 and served["actions"].shape == (1, 4, 2)
+    finally:
+        delete_task(api, "reach-pixels")

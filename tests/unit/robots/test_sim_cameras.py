@@ -27,6 +27,22 @@ def test_a_gymnasium_env_gets_a_rendered_camera_key_beside_its_state():
         SimRobot("Reacher-v5", camera=4)
 
 
+def test_state_false_sends_the_camera_frame_alone_and_success_still_reads_the_simulator():
+    robot = SimRobot("Reacher-v5", seed=0, camera=16, state=False)
+    assert set(robot.observation_spec) == {"camera"}
+    assert set(robot.reset()) == {"camera"}
+    env = robot.env.unwrapped
+    step = robot.act(np.zeros(2, np.float32))
+    assert set(step.observation) == {"camera"} and not step.success
+    # the success rule reads the state the robot no longer sends: put the fingertip on the target
+    env.data.qpos[2:] = env.get_body_com("fingertip")[:2]
+    env.set_state(env.data.qpos.copy(), env.data.qvel * 0)
+    assert robot.act(np.zeros(2, np.float32)).success
+    robot.close()
+    with pytest.raises(ValueError, match="state=False needs a camera"):
+        SimRobot("Reacher-v5", state=False)
+
+
 def test_visual_cube_runs_as_a_camera_only_robot_and_fast_rendering_keeps_the_frame():
     robot = SimRobot("visual-cube-single-singletask-task1-v0", seed=3, fast_render=False)
     assert set(robot.observation_spec) == {"camera"} and robot.observation_spec["camera"].shape == (64, 64, 3)
