@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from fleetrl.cli.config import add_config_parser
 from fleetrl.cli.critic import add_critic_parser
 from fleetrl.cli.demos import add_demos_parser
 from fleetrl.cli.run import add_run_parsers
 from fleetrl.cli.value_report import add_value_parser
+from fleetrl.extras import missing_extra_message
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("fleetrl")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleetrl", description="Asynchronous real-world RL across a robot fleet."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
     add_demos_parser(sub)
@@ -43,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ImportError as exc:  # an optional part that is not installed: say which extra, in one line
+        message = missing_extra_message(exc, f"fleetrl {args.command}")
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

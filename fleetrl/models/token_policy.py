@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from fleetrl.extras import require
 from fleetrl.robots.protocol import ArraySpec
 
 if TYPE_CHECKING:  # transformers takes seconds to import: only processes that build a token policy pay it
@@ -82,6 +83,7 @@ class TokenLMConfig(BaseModel):
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     """Word-level tokenizer over ``words`` (id = position), split on whitespace only."""
+    require("transformers", "token_lm policies")
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
@@ -101,6 +103,7 @@ class TokenActionPolicy(nn.Module):
         self, cfg: TokenLMConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
     ):
         super().__init__()
+        require("transformers", "token_lm policies")  # before anything else: say which extra is missing
         low, high = action_spec.low, action_spec.high
         if low is None or high is None or not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(

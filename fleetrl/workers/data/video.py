@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from fleetrl.extras import require
+
 CODEC = "libsvtav1"
 PIX_FMT = "yuv420p"
 GOP = 2
@@ -26,13 +28,7 @@ CRF = 30
 
 def _av() -> Any:
     os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder's banner and warnings (stderr): errors only
-    try:
-        import av
-    except ImportError:
-        raise ImportError(
-            "video features need PyAV, which is not installed: pip install 'fleetrl[video]' (or av)"
-        ) from None
-    return av
+    return require("av", "LeRobot video features")
 
 
 def _fps(fps: float) -> Fraction:

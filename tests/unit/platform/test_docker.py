@@ -21,10 +21,13 @@ def pins() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in reqs}
 
 
+IMAGE_EXTRAS = ("platform", "sim", "lm", "vllm")  # what the images install (platform pulls in sim)
+
+
 def project_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = project["dependencies"] + project["optional-dependencies"]["vllm"]
-    return [Requirement(d) for d in deps]
+    deps = project["dependencies"] + [d for e in IMAGE_EXTRAS for d in project["optional-dependencies"][e]]
+    return [r for r in map(Requirement, deps) if canonicalize_name(r.name) != "fleetrl"]  # not fleetrl[sim]
 
 
 def test_every_dependency_is_pinned_at_a_version_pyproject_allows():
@@ -56,7 +59,11 @@ def test_images_install_with_the_constraints_and_run_as_a_non_root_user():
     for dockerfile in DOCKERFILES:
         text = dockerfile.read_text()
         assert "-c constraints.txt" in text, f"{dockerfile.name} installs without the pinned versions"
+        extras = re.search(r'-c constraints.txt "\.\[([a-z,]+)\]"', text)
+        assert extras and {"platform", "lm"} <= set(extras.group(1).split(",")), (
+            f"{dockerfile.name}: no platform"
+        )
         final_stage = text.rsplit("\nFROM ", 1)[1]
         users = re.findall(r"^USER (\S+)", final_stage, flags=re.M)
         assert users and users[-1].split(":")[0] not in ("0", "root"), f"{dockerfile.name} runs as root"
-    assert "[vllm]" in (ROOT / "docker" / "Dockerfile.cuda").read_text()
+    assert ",vllm]" in (ROOT / "docker" / "Dockerfile.cuda").read_text()
