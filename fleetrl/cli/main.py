@@ -16,6 +16,8 @@ import argparse
 import logging
 import sys
 
+import httpx
+
 from fleetrl.cli.config import add_config_parser
 from fleetrl.cli.critic import add_critic_parser
 from fleetrl.cli.demos import add_demos_parser
@@ -34,11 +36,28 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help, unless it is None, a flag's bool or already said."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or isinstance(default, bool) or default == argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's help lists its options' defaults (subparsers are made of the parent's class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fleetrl`` parser: each command module adds its own subcommands, in the order help lists them."""
-    parser = argparse.ArgumentParser(
-        prog="fleetrl", description="Asynchronous real-world RL across a robot fleet."
-    )
+    parser = _Parser(prog="fleetrl", description="Asynchronous real-world RL across a robot fleet.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except httpx.TransportError as exc:  # the platform is not there (or not yet): what to check, in one line
+        url = exc.request.url if exc.request is not None else getattr(args, "api", "?")
+        print(f"error: cannot reach the platform at {url} ({type(exc).__name__}: {exc}); is it running "
+              "(fleetrl serve CONFIG) and is --api its REST URL?", file=sys.stderr)  # fmt: skip
+        return 3
     except ImportError as exc:  # an optional part that is not installed: say which extra, in one line
         message = missing_extra_message(exc, f"fleetrl {args.command}")
         if message is None:

@@ -101,11 +101,23 @@ def _check(episodes: Sequence[Episode]) -> None:
 
 
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
-STATS = ("min", "max", "mean", "std", "count")
+QUANTILES = {
+    "q01": 0.01,
+    "q10": 0.10,
+    "q50": 0.50,
+    "q90": 0.90,
+    "q99": 0.99,
+}  # LeRobot's (pi0.5 normalises by q01/q99)
+STATS = ("min", "max", "mean", "std", "count", *QUANTILES)
+FILE_SIZES_MB = {
+    "data_files_size_in_mb": 100,
+    "video_files_size_in_mb": 200,
+}  # LeRobot's defaults; its tools read them
 
 
 def feature_stats(values: np.ndarray) -> dict[str, list]:
-    """LeRobot's statistics of one feature over rows [T, *shape]: per entry min/max/mean/std, and count."""
+    """LeRobot's statistics of one feature over rows [T, *shape]: per entry min/max/mean/std, the
+    quantiles q01..q99, and count."""
     if is_image(values):  # per channel, pixels scaled to [0, 1], shape [C, 1, 1] (LeRobot's image stats)
         x = values.astype(np.float64).reshape(-1, values.shape[3]) / 255.0
         shape = [values.shape[3], 1, 1]
@@ -113,6 +125,7 @@ def feature_stats(values: np.ndarray) -> dict[str, list]:
         x = values.astype(np.float64).reshape(len(values), -1)
         shape = list(values.shape[1:]) or [1]
     out = {k: getattr(x, k)(axis=0).reshape(shape).tolist() for k in ("min", "max", "mean", "std")}
+    out |= {k: np.quantile(x, q, axis=0).reshape(shape).tolist() for k, q in QUANTILES.items()}
     return out | {"count": [len(values)]}
 
 
@@ -160,7 +173,7 @@ def _episodes_table(
     for name, values in cols.items():
         per_episode = [feature_stats(values[a:b]) for a, b in zip(ends - lengths, ends, strict=True)]
         for stat in STATS:
-            rows[f"stats/{name}/{stat}"] = [np.ravel(st[stat]).tolist() for st in per_episode]
+            rows[f"stats/{name}/{stat}"] = [st[stat] for st in per_episode]  # nested as the feature's stats
     return pa.table(rows)
 
 
@@ -210,6 +223,7 @@ def export_lerobot(
         "total_frames": total,
         "total_tasks": len(tasks),
         "chunks_size": CHUNKS_SIZE,
+        **FILE_SIZES_MB,
         "fps": fps,
         "splits": {"train": f"0:{len(episodes)}"},
         "data_path": DATA_PATH,

@@ -116,6 +116,12 @@ def test_the_export_has_lerobot_v3_metadata_episodes_tasks_and_stats(tmp_path):
     actions = np.concatenate([ep.actions for ep in episodes])
     np.testing.assert_allclose(stats["action"]["std"], actions.std(0), rtol=1e-6)
     assert stats["action"]["count"] == [sum(LENGTHS)] and stats["next.success"]["max"] == [1.0]
+    # LeRobot's quantile statistics (QUANTILES normalisation needs q01/q99) and the file-size settings its
+    # dataset tools (split, append, convert to video) read from info.json
+    for q, level in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99)):
+        np.testing.assert_allclose(stats["action"][q], np.quantile(actions, level, axis=0), rtol=1e-6)
+        assert np.shape(rows[0][f"stats/action/{q}"]) == (2,)
+    assert info["data_files_size_in_mb"] == 100 and info["video_files_size_in_mb"] == 200
 
 
 def test_camera_frames_export_as_image_features_and_import_back_exactly(tmp_path):
@@ -228,3 +234,24 @@ def test_a_video_that_lacks_frames_for_some_rows_is_refused(tmp_path):
     )
     with pytest.raises(DatasetImportError, match=r"episode_index 1: no video frame at 0\.7000 s"):
         import_lerobot(tmp_path / "ds", task)
+
+
+def test_lerobot_itself_opens_the_export_and_reads_frames_back(tmp_path):
+    """Where the ``lerobot`` package is installed: its ``LeRobotDataset`` opens our export offline and each
+    item carries the frame, state and action we wrote (lerobot 0.4 pins torch < 2.11; not installed by
+    ``make``, so this runs on machines that have it)."""
+    pytest.importorskip("lerobot", reason="the lerobot package is not installed (it pins torch < 2.11)")
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    episodes = camera_episodes((6, 9, 5))
+    export_lerobot(episodes, tmp_path / "ds", fps=10)
+    ds = LeRobotDataset(repo_id="local/fleetrl-export", root=tmp_path / "ds")
+    assert len(ds) == 20 and ds.fps == 10
+    frames = np.concatenate([ep.observations["cam"] for ep in episodes])
+    actions = np.concatenate([ep.actions for ep in episodes])
+    for i in (0, 7, 19):
+        item = ds[i]
+        np.testing.assert_allclose(item["action"].numpy(), actions[i], rtol=1e-6)
+        np.testing.assert_allclose(
+            item["observation.cam"].numpy(), frames[i].transpose(2, 0, 1) / 255.0, atol=1e-6
+        )
