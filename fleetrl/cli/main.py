@@ -71,14 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # our INFO lines; other libraries only from WARNING (their INFO chatter comes back with -v)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("fleetrl").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except httpx.TransportError as exc:  # the platform is not there (or not yet): what to check, in one line
-        url = exc.request.url if exc.request is not None else getattr(args, "api", "?")
+        try:
+            url = exc.request.url
+        except RuntimeError:  # raised without a request
+            url = getattr(args, "api", "?")
         print(f"error: cannot reach the platform at {url} ({type(exc).__name__}: {exc}); is it running "
               "(fleetrl serve CONFIG) and is --api its REST URL?", file=sys.stderr)  # fmt: skip
         return 3

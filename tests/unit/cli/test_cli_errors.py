@@ -1,0 +1,75 @@
+"""The ``fleetrl`` command's user-facing edges: one-line errors that say what to do, where the admin token
+comes from, defaults in ``--help``, ``--version``, and SIGHUP stopping a run like Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from fleetrl.cli import main
+from fleetrl.cli.common import add_api_arguments, admin_token, install_stop_handlers
+from fleetrl.testing.net import free_port
+
+
+def test_an_unreachable_platform_is_one_line_that_says_what_to_check():
+    port = free_port()  # nothing listens there
+    r = subprocess.run(
+        [sys.executable, "-m", "fleetrl.cli", "robot", "--sim", "Reacher-v5", "--task", "reach",
+         "--api", f"http://127.0.0.1:{port}", "--token", "t"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "MUJOCO_GL": "egl"},
+    )  # fmt: skip
+    assert r.returncode == 3
+    (line,) = r.stderr.strip().splitlines()  # no traceback
+    assert line.startswith(f"error: cannot reach the platform at http://127.0.0.1:{port}/v1/robots")
+    assert "is it running (fleetrl serve CONFIG)" in line
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_api_arguments(parser)
+    return parser.parse_args(["--api", "http://x", *argv])
+
+
+def test_the_admin_token_comes_from_flag_then_env_then_the_state_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FLEETRL_ADMIN_TOKEN", raising=False)
+    assert admin_token(parse(["--state-dir", str(tmp_path)])) is None
+    err = capsys.readouterr().err
+    assert "no admin token" in err and str(tmp_path / "admin_token") in err
+    (tmp_path / "admin_token").write_text("from-file\n")  # what a platform on this machine writes
+    assert admin_token(parse(["--state-dir", str(tmp_path)])) == "from-file"
+    monkeypatch.setenv("FLEETRL_ADMIN_TOKEN", "from-env")
+    assert admin_token(parse(["--state-dir", str(tmp_path)])) == "from-env"
+    assert admin_token(parse(["--state-dir", str(tmp_path), "--token", "from-flag"])) == "from-flag"
+
+
+def test_help_shows_defaults_and_version_prints(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside a default
+    with pytest.raises(SystemExit):
+        main(["demos", "collect", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: cube-single-singletask-task1-v0)" in text and "(default: 20)" in text
+    assert "(default: None)" not in text
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("fleetrl ")
+
+
+def test_sighup_asks_for_a_graceful_stop_and_a_second_signal_interrupts():
+    stop = threading.Event()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        install_stop_handlers(stop)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.wait(5)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGHUP)
+            signal.sigtimedwait([], 0.5)  # let the handler run
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
