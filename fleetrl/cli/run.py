@@ -8,6 +8,7 @@ register over REST like real ones.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from fleetrl.cli.common import add_api_arguments, admin_token, install_stop_handlers, load_platform_config
+
+
+def sim_robot_args(sim, index: int, api: str, token_env: str) -> list[str]:
+    """The ``fleetrl robot`` arguments that run config entry ``sim_robots[index]`` against ``api``."""
+    cmd = ["robot", "--sim", sim.env, "--n", str(sim.count), "--task", sim.task, "--api", api]
+    cmd += ["--seed", str(sim.seed), "--name", f"{sim.task}-{index}", "--token-env", token_env]
+    if sim.control_hz:
+        cmd += ["--hz", str(sim.control_hz)]
+    if sim.lockstep:
+        cmd += ["--lockstep"]
+    if sim.success:
+        cmd += ["--success", sim.success]
+    if sim.env_kwargs:
+        cmd += ["--env-kwargs", json.dumps(sim.env_kwargs)]
+    for wrapper in sim.wrappers:
+        cmd += ["--wrapper", wrapper]
+    return cmd
 
 
 def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
@@ -32,22 +50,12 @@ def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
     for i, sim in enumerate(cfg.sim_robots):
         if sim.count == 0:
             continue
-        cmd = [sys.executable, "-m", "fleetrl.cli", "robot", "--sim", sim.env, "--n", str(sim.count)]
-        cmd += [
-            "--task",
-            sim.task,
-            "--api",
-            platform.rest_url,
-            "--seed",
-            str(sim.seed),
-            "--name",
-            f"{sim.task}-{i}",
+        cmd = [
+            sys.executable,
+            "-m",
+            "fleetrl.cli",
+            *sim_robot_args(sim, i, platform.rest_url, cfg.rest.admin_token_env),
         ]
-        cmd += ["--token-env", cfg.rest.admin_token_env]
-        if sim.control_hz:
-            cmd += ["--hz", str(sim.control_hz)]
-        if sim.lockstep:
-            cmd += ["--lockstep"]
         out = open(log_dir / f"robots-{i}-{sim.task}.log", "w")  # noqa: SIM115 - lives as long as the process
         procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
     return procs
@@ -239,6 +247,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def json_object(text: str) -> dict:
+    """``--env-kwargs``: a JSON object, or argparse's error naming what is wrong."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, got {type(value).__name__}")
+    return value
+
+
 def cmd_robot(args: argparse.Namespace) -> int:
     from fleetrl.robots.sim import run_sim_fleet
 
@@ -261,6 +280,9 @@ def cmd_robot(args: argparse.Namespace) -> int:
         lockstep=args.lockstep,
         camera=args.camera,
         state=args.state,
+        success=args.success,
+        env_kwargs=args.env_kwargs,
+        wrappers=args.wrapper,
     )
     total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
     print(f"{len(clients)} robots stopped: {total}", flush=True)
@@ -315,5 +337,13 @@ def add_run_parsers(subparsers: Any) -> None:
         dest="state",
         action="store_false",
         help="with --camera: send the camera frame only (a task that acts from pixels)",
+    )
+    robot.add_argument("--success", default=None, help="success rule: reacher_2cm, info_success, never, 'info:KEY', 'obs_norm[A:B]<T' or "
+                       "'module:function' (default: the env's preset, else never)")  # fmt: skip
+    robot.add_argument(
+        "--env-kwargs", type=json_object, default=None, help="gym.make keyword arguments (JSON)"
+    )
+    robot.add_argument(
+        "--wrapper", action="append", default=[], metavar="MODULE:CALLABLE", help="wrap the env (repeatable)"
     )
     robot.set_defaults(func=cmd_robot)

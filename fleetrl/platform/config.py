@@ -32,6 +32,16 @@ class SimFleetConfig(BaseModel):
         False, description="Simulated time waits for each chunk instead of holding (learning benchmarks)."
     )
     seed: int = Field(0, description="Seed of the first robot; robot i uses seed + i.")
+    success: str | None = Field(
+        None,
+        description="Success rule: a name (reacher_2cm, info_success, never), 'info:KEY', 'obs_norm[A:B]<T' or "
+        "'module:function' (default: the env's preset, else never).",
+    )
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for gym.make.")
+    wrappers: list[str] = Field(
+        default_factory=list,
+        description="Wrappers applied in order, each 'module:Callable' called with the env.",
+    )
 
 
 class OracleDemosConfig(BaseModel):

@@ -16,9 +16,11 @@ only executed steps.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,44 @@ SUCCESS_PREDICATES: dict[str, SuccessFn] = {
     "info_success": info_success,
     "never": never,
 }
+_OBS_NORM = re.compile(r"obs_norm\[(-?\d*):(-?\d*)\]<([0-9.eE+-]+)")
+SUCCESS_RULES = (
+    "a name (" + ", ".join(SUCCESS_PREDICATES) + "), 'info:KEY' (info[KEY] is true), "
+    "'obs_norm[A:B]<T' (the norm of observation entries A..B-1 below T), or 'module:function' "
+    "(called with the observation and info, returns a bool)"
+)
+
+
+def success_rule(rule: str) -> SuccessFn:
+    """The success predicate a rule string names (``SUCCESS_RULES``); ValueError naming the forms."""
+    if rule in SUCCESS_PREDICATES:
+        return SUCCESS_PREDICATES[rule]
+    if rule.startswith("info:") and len(rule) > 5:
+        key = rule[5:]
+        return lambda obs, info: bool(info.get(key, False))
+    if m := _OBS_NORM.fullmatch(rule.replace(" ", "")):
+        a, b, threshold = (
+            (int(m.group(1)) if m.group(1) else None),
+            (int(m.group(2)) if m.group(2) else None),
+            float(m.group(3)),
+        )
+        return lambda obs, info: bool(np.linalg.norm(np.asarray(obs)[a:b]) < threshold)
+    if ":" in rule:
+        fn = entry_point(rule, "success rule")
+        return lambda obs, info: bool(fn(obs, info))
+    raise ValueError(f"unknown success rule {rule!r}; a rule is {SUCCESS_RULES}")
+
+
+def entry_point(ref: str, what: str) -> Callable[..., Any]:
+    """``module:attribute`` -> the attribute (a function or class), with the reason when it cannot."""
+    module, _, attr = ref.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{what} {ref!r}: cannot load it ({type(exc).__name__}: {exc})") from None
+    if not callable(obj):
+        raise ValueError(f"{what} {ref!r} is not callable")
+    return obj
 
 
 @dataclass(frozen=True)
@@ -111,17 +151,44 @@ def _restart_time_limit(env: Any) -> None:
         env = getattr(env, "env", None)
 
 
-def make_env(env_id: str, **kwargs: Any):
+def make_env(env_id: str, wrappers: Sequence[str] = (), **kwargs: Any):
+    """``gym.make(env_id, **kwargs)`` (any id it accepts, ``module:EnvId`` included: gymnasium imports the
+    module, which registers the id), then each of ``wrappers`` (``module:Callable``, called with the env)
+    in order; ValueError with the reason when the id, a keyword or a wrapper does not work."""
     import gymnasium as gym
 
-    if env_id not in gym.registry:
+    if ":" not in env_id and env_id not in gym.registry:
         try:
             import ogbench  # noqa: F401 - registers the OGBench environments with gymnasium
         except ImportError:
             pass
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown gymnasium environment {env_id!r}")
-    return gym.make(env_id, **kwargs)
+        if env_id not in gym.registry:
+            raise ValueError(f"unknown gymnasium environment {env_id!r} (for an id another package registers, "
+                             "write module:EnvId)")  # fmt: skip
+    try:
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ImportError, TypeError) as exc:
+        raise ValueError(
+            f"gymnasium cannot make {env_id!r} with {kwargs}: {type(exc).__name__}: {exc}"
+        ) from None
+    for ref in wrappers:
+        env = entry_point(ref, "wrapper")(env)
+    return env
+
+
+def _dtype(space: Any) -> str:
+    return "uint8" if space.dtype == np.uint8 else "float32"
+
+
+def _dict_observation(env_id: str, space: Any) -> dict[str, Any] | None:
+    """The entries of a Dict observation space (each must be a Box), or None for another space."""
+    if type(space).__name__ != "Dict":
+        return None
+    bad = {k: type(sp).__name__ for k, sp in space.spaces.items() if type(sp).__name__ != "Box"}
+    if bad:
+        raise ValueError(f"{env_id}: observation entries {bad} are not Box spaces (a Dict observation is "
+                         "supported when every entry is a Box)")  # fmt: skip
+    return dict(space.spaces)
 
 
 class SimRobot:
@@ -139,19 +206,20 @@ class SimRobot:
         camera: int | None = None,
         fast_render: bool = True,
         state: bool = True,
+        wrappers: Sequence[str] = (),
     ):
         """``camera``: the side in pixels of a square RGB frame the environment renders at every step
         (offscreen: ``MUJOCO_GL=egl`` or ``osmesa``), sent beside the state as observation ``camera``;
         ``state=False`` sends the frame alone (a policy that must act from pixels; the success rule
         still reads the simulator's state). An environment whose observation is itself an RGB frame
         (OGBench's ``visual-*`` tasks) sends it as ``camera`` with no state. ``fast_render``: render with
-        ``use_fast_rendering``'s settings."""
+        ``use_fast_rendering``'s settings. ``success``: a rule (``SUCCESS_RULES``; default: the preset's, or
+        never); ``env_kwargs`` go to ``gym.make``; ``wrappers`` (``module:Callable``) wrap the env in order.
+        Observations: a flat Box, an RGB frame, or a Dict of Boxes (one observation key each); actions: a
+        Box. Any other space is refused naming it."""
         preset = PRESETS.get(env_id, SimPreset(success="never", control_hz=10.0))
-        name = success or preset.success
-        if name not in SUCCESS_PREDICATES:
-            raise ValueError(f"unknown success predicate {name!r}; known: {sorted(SUCCESS_PREDICATES)}")
         self.env_id = env_id
-        self.success_fn = SUCCESS_PREDICATES[name]
+        self.success_fn = success_rule(success or preset.success)
         self.control_hz = float(control_hz or preset.control_hz)
         self.lockstep = bool(lockstep)  # read by RobotClient: wait for chunks instead of holding
         steps = max_episode_steps or preset.max_episode_steps
@@ -160,17 +228,24 @@ class SimRobot:
             if camera < 8:
                 raise ValueError(f"camera side must be at least 8 pixels, got {camera}")
             kwargs |= {"render_mode": "rgb_array", "width": camera, "height": camera}
-        self.env = make_env(env_id, **kwargs, **(env_kwargs or {}))
+        self.env = make_env(env_id, wrappers, **kwargs, **(env_kwargs or {}))
         self.camera, self.fast_render, self.send_state = camera, fast_render, bool(state)
         space = self.env.observation_space
         shape = getattr(space, "shape", None)
         self.pixels = shape is not None and len(shape) == 3 and shape[2] == 3 and space.dtype == np.uint8
-        if self.pixels:  # the environment's observation is its camera frame
+        self.dict_keys = _dict_observation(env_id, space)
+        if self.dict_keys is not None:  # one observation key per entry (uint8 stays, anything else float32)
+            self.observation_spec = {
+                k: ArraySpec(tuple(sp.shape), _dtype(sp)) for k, sp in self.dict_keys.items()
+            }
+        elif self.pixels:  # the environment's observation is its camera frame
             if camera is not None:
                 raise ValueError(f"{env_id}: its observation is a camera frame already; leave camera out")
             self.observation_spec = {"camera": ArraySpec(tuple(shape), "uint8")}
         elif shape is None or len(shape) != 1:
-            raise ValueError(f"{env_id}: only flat Box observations or RGB frames are supported, got {space}")
+            raise ValueError(
+                f"{env_id}: observation space {space} is not supported (a flat Box, an RGB frame, or a Dict of Boxes)"
+            )
         elif not state and camera is None:
             raise ValueError(f"{env_id}: state=False needs a camera (the robot would send nothing)")
         else:
@@ -178,6 +253,11 @@ class SimRobot:
         if camera is not None:
             self.observation_spec["camera"] = ArraySpec((camera, camera, 3), "uint8")
         a = self.env.action_space
+        if type(a).__name__ != "Box":
+            raise ValueError(
+                f"{env_id}: action space {a} is not supported (fleetrl policies act in a continuous Box; "
+                "wrap the environment with one that maps a Box to its actions)"
+            )
         self.action_spec = ArraySpec(tuple(a.shape), "float32", float(np.min(a.low)), float(np.max(a.high)))
         self._seed = seed
         self._episodes = 0
@@ -198,7 +278,10 @@ class SimRobot:
             use_fast_rendering(self.env)
         if self.pixels:
             return {"camera": np.ascontiguousarray(state, dtype=np.uint8)}
-        out = {"state": np.asarray(state, dtype=np.float32)} if self.send_state else {}
+        if self.dict_keys is not None:
+            out = {k: np.asarray(state[k], dtype=self.observation_spec[k].dtype) for k in self.dict_keys}
+        else:
+            out = {"state": np.asarray(state, dtype=np.float32)} if self.send_state else {}
         if self.camera is not None:
             out["camera"] = np.ascontiguousarray(self.env.render(), dtype=np.uint8)
         return out
@@ -232,7 +315,7 @@ class SimRobot:
 
     def act(self, action: np.ndarray) -> StepResult:
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
-        obs = obs if self.pixels else np.asarray(obs, dtype=np.float32)
+        obs = obs if self.pixels or self.dict_keys is not None else np.asarray(obs, dtype=np.float32)
         self.last_info = info  # privileged simulator facts, for simulated operators (never sent)
         return StepResult(
             self.observe(obs),
@@ -265,15 +348,20 @@ def run_sim_fleet(
     lockstep: bool = False,
     camera: int | None = None,
     state: bool = True,
+    success: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    wrappers: Sequence[str] = (),
 ) -> list[RobotClient]:
     """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``
     (``lockstep``: they wait for their chunks instead of holding, see the module doc; ``camera``: the side
-    of the RGB frame each one renders, ``state=False``: the frame alone, see ``SimRobot``)."""
+    of the RGB frame each one renders, ``state=False``: the frame alone; ``success``, ``env_kwargs``,
+    ``wrappers``: see ``SimRobot``)."""
     clients = []
     for i in range(n):
         robot = SimRobot(
-            env_id, seed=seed + i, control_hz=control_hz, lockstep=lockstep, camera=camera, state=state
-        )
+            env_id, seed=seed + i, success=success, control_hz=control_hz, env_kwargs=env_kwargs,
+            lockstep=lockstep, camera=camera, state=state, wrappers=wrappers,
+        )  # fmt: skip
         info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot)
         clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)
