@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from .auth import AdminAuth
 from .console import add_console
 from .dependencies import Services
+from .docs import add_offline_docs
 from .errors import install_error_handlers, refusals
 from .routes import ADMIN_ROUTERS, PUBLIC_ROUTERS
 
@@ -33,7 +34,10 @@ def create_app(
     app = FastAPI(
         title="fleetrl",
         version="0.1.0",
-        description="Register robots, inspect tasks and the fleet, read metrics.",
+        description="Register robots, inspect tasks and the fleet, read metrics. Admin calls take the "
+        "platform's admin token as a bearer token ('Authorize' above).",
+        docs_url=None,  # add_offline_docs serves both from local files
+        redoc_url=None,
     )
     app.state.services = Services(
         registry=registry,
@@ -53,4 +57,5 @@ def create_app(
         app.include_router(router)
     app.include_router(admin)
     add_console(app)
+    add_offline_docs(app)
     return app

@@ -92,6 +92,14 @@ def test_health_metrics_openapi(platform):
     )
     spec = httpx.get(f"{platform.rest_url}/openapi.json").json()
     assert {"/v1/robots", "/v1/robots/{robot_id}", "/v1/tasks", "/healthz", "/metrics"} <= set(spec["paths"])
+    # the OpenAPI UI through Ray Serve, its script from this server (no CDN)
+    docs = httpx.get(f"{platform.rest_url}/docs")
+    assert (
+        docs.status_code == 200
+        and "/docs-static/swagger-ui-bundle.js" in docs.text
+        and "cdn" not in docs.text
+    )
+    assert httpx.get(f"{platform.rest_url}/docs-static/swagger-ui-bundle.js").status_code == 200
 
 
 def test_non_json_bodies_wrong_methods_and_refusals_follow_the_published_contract(api, platform):

@@ -105,6 +105,26 @@ def test_probes_and_console_need_no_token(client):
     assert client.get("/console").status_code == 200
 
 
+def test_docs_are_served_from_local_assets_and_declare_the_bearer_scheme(client):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200, page
+        urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", html.text)
+        assert urls and all(u.startswith(("/docs-static/", "/openapi.json")) for u in urls), urls
+        for url in urls:
+            assert client.get(url).status_code == 200, url
+    assert len(client.get("/docs-static/swagger-ui-bundle.js").content) > 100_000
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["adminToken"] == {
+        "type": "http", "scheme": "bearer", "description": "The platform's admin token."
+    }  # fmt: skip
+    for method, path, op in operations(client):
+        if path.startswith("/v1/"):
+            assert op.get("security") == [{"adminToken": []}], (method, path)
+
+
 def test_a_failing_component_fails_the_health_check(client, actors):
     actors["data"].answers["ready"] = lambda: (_ for _ in ()).throw(RuntimeError("disk gone"))
     health = client.get("/healthz")
