@@ -259,6 +259,7 @@ def json_object(text: str) -> dict:
 
 
 def cmd_robot(args: argparse.Namespace) -> int:
+    from fleetrl.robots.client.registration import RegistrationError
     from fleetrl.robots.sim import run_sim_fleet
 
     token = admin_token(args)
@@ -266,24 +267,29 @@ def cmd_robot(args: argparse.Namespace) -> int:
         return 2
     stop = threading.Event()
     install_stop_handlers(stop)
-    clients = run_sim_fleet(
-        args.sim,
-        args.n,
-        args.api,
-        token,
-        args.task,
-        name_prefix=args.name or args.task,
-        seed=args.seed,
-        control_hz=args.hz,
-        duration=args.duration,
-        stop=stop,
-        lockstep=args.lockstep,
-        camera=args.camera,
-        state=args.state,
-        success=args.success,
-        env_kwargs=args.env_kwargs,
-        wrappers=args.wrapper,
-    )
+    try:
+        clients = run_sim_fleet(
+            args.sim,
+            args.n,
+            args.api,
+            token,
+            args.task,
+            name_prefix=args.name or args.task,
+            seed=args.seed,
+            control_hz=args.hz,
+            duration=args.duration,
+            stop=stop,
+            lockstep=args.lockstep,
+            camera=args.camera,
+            state=args.state,
+            success=args.success,
+            env_kwargs=args.env_kwargs,
+            wrappers=args.wrapper,
+            register_wait_s=args.wait,
+        )
+    except RegistrationError as exc:  # refused, or the platform never came: the reason is the message
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
     print(f"{len(clients)} robots stopped: {total}", flush=True)
     return 0
@@ -338,8 +344,18 @@ def add_run_parsers(subparsers: Any) -> None:
         action="store_false",
         help="with --camera: send the camera frame only (a task that acts from pixels)",
     )
-    robot.add_argument("--success", default=None, help="success rule: reacher_2cm, info_success, never, 'info:KEY', 'obs_norm[A:B]<T' or "
-                       "'module:function' (default: the env's preset, else never)")  # fmt: skip
+    robot.add_argument(
+        "--success",
+        default=None,
+        help="success rule: reacher_2cm, info_success, never, 'info:KEY', 'obs_norm[A:B]<T' or 'module:function' "
+        "(default: the env's preset, else never)",
+    )
+    robot.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        help="seconds registration waits for an unreachable or starting platform",
+    )
     robot.add_argument(
         "--env-kwargs", type=json_object, default=None, help="gym.make keyword arguments (JSON)"
     )

@@ -351,18 +351,19 @@ def run_sim_fleet(
     success: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
     wrappers: Sequence[str] = (),
+    register_wait_s: float = 120.0,
 ) -> list[RobotClient]:
     """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``
     (``lockstep``: they wait for their chunks instead of holding, see the module doc; ``camera``: the side
     of the RGB frame each one renders, ``state=False``: the frame alone; ``success``, ``env_kwargs``,
-    ``wrappers``: see ``SimRobot``)."""
+    ``wrappers``: see ``SimRobot``; ``register_wait_s``: how long registration waits for the platform)."""
     clients = []
     for i in range(n):
         robot = SimRobot(
             env_id, seed=seed + i, success=success, control_hz=control_hz, env_kwargs=env_kwargs,
             lockstep=lockstep, camera=camera, state=state, wrappers=wrappers,
         )  # fmt: skip
-        info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot)
+        info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot, wait_s=register_wait_s)
         clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)
     if on_start is not None:

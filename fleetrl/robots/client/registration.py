@@ -4,6 +4,7 @@ talk to a gateway; httpx is imported only when called, so the control loop never
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,9 @@ class RegistrationError(RuntimeError):
     pass
 
 
+RETRY_STATUS = frozenset({502, 503, 504})  # the platform is starting or restarting a part: worth waiting for
+
+
 def register(
     api_url: str,
     admin_token: str,
@@ -25,10 +29,51 @@ def register(
     robot: Robot,
     timeout: float = 10.0,
     curve_public_key: str | None = None,
+    wait_s: float = 120.0,
 ) -> dict[str, Any]:
     """Register a robot over REST; returns ``{robot_id, token, endpoint, chunk_len, curve}``.
     ``curve_public_key``: the robot's own CURVE public key (its secret never leaves the robot); without it
-    the platform issues a key pair and returns the secret once."""
+    the platform issues a key pair and returns the secret once.
+
+    A robot PC often boots before the head: while the platform cannot be reached, or answers 502/503/504,
+    this retries with exponential backoff (0.5 s doubling to 10 s) for up to ``wait_s`` seconds, logging
+    what it waits for; any other refusal (a wrong token, a spec the task does not accept) raises at once."""
+    import httpx
+
+    deadline, delay = time.monotonic() + wait_s, 0.5
+    while True:
+        try:
+            return _register_once(api_url, admin_token, name, task, robot, timeout, curve_public_key)
+        except (httpx.TransportError, _Unavailable) as exc:
+            if time.monotonic() + delay > deadline:
+                raise RegistrationError(
+                    f"registration of {name!r}: the platform at {api_url} was not reachable for {wait_s:.0f} s "
+                    f"(last: {exc})"
+                ) from None
+            log.warning(
+                "registering %r: waiting for the platform at %s (%s); retry in %.1f s",
+                name,
+                api_url,
+                exc,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+
+class _Unavailable(Exception):
+    """A 502/503/504 answer: the platform is there but not ready."""
+
+
+def _register_once(
+    api_url: str,
+    admin_token: str,
+    name: str,
+    task: str,
+    robot: Robot,
+    timeout: float,
+    curve_public_key: str | None,
+) -> dict[str, Any]:
     import httpx
 
     body = {
@@ -45,6 +90,8 @@ def register(
         headers={"Authorization": f"Bearer {admin_token}"},
         timeout=timeout,
     )
+    if r.status_code in RETRY_STATUS:
+        raise _Unavailable(f"{r.status_code} {r.text[:200]}")
     if r.status_code != 201:
         raise RegistrationError(f"registration of {name!r} failed ({r.status_code}): {r.text}")
     return r.json()

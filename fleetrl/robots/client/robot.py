@@ -26,6 +26,7 @@ class Robot(Protocol):
 
     observation_spec: dict[str, ArraySpec]
     action_spec: ArraySpec
+    control_hz: float  # control periods per second: the SDK ticks the robot at this rate
 
     def reset(self) -> dict[str, np.ndarray]: ...
 

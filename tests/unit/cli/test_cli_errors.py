@@ -21,13 +21,15 @@ def test_an_unreachable_platform_is_one_line_that_says_what_to_check():
     port = free_port()  # nothing listens there
     r = subprocess.run(
         [sys.executable, "-m", "fleetrl.cli", "robot", "--sim", "Reacher-v5", "--task", "reach",
-         "--api", f"http://127.0.0.1:{port}", "--token", "t"],
+         "--api", f"http://127.0.0.1:{port}", "--token", "t", "--wait", "0"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "MUJOCO_GL": "egl"},
     )  # fmt: skip
     assert r.returncode == 3
     (line,) = r.stderr.strip().splitlines()  # no traceback
-    assert line.startswith(f"error: cannot reach the platform at http://127.0.0.1:{port}/v1/robots")
-    assert "is it running (fleetrl serve CONFIG)" in line
+    assert line.startswith(
+        f"error: registration of 'reach-0': the platform at http://127.0.0.1:{port} was not reachable"
+    )
+    assert "Connection refused" in line
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

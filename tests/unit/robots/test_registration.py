@@ -1,0 +1,70 @@
+"""register(): a robot PC that boots before the head waits for it (connection refused, 502/503/504) with
+backoff, then registers; a real refusal raises at once with the platform's reason."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from fleetrl.robots.client.registration import RegistrationError, register
+from fleetrl.robots.protocol import ArraySpec
+from fleetrl.testing.net import free_port
+
+
+class Robot:
+    observation_spec = {"state": ArraySpec((3,), "float32")}
+    action_spec = ArraySpec((2,), "float32", -1.0, 1.0)
+    control_hz = 10.0
+
+
+def serve(answers: list[tuple[int, dict]]) -> tuple[ThreadingHTTPServer, list[dict]]:
+    """A fake REST endpoint answering POST /v1/robots with ``answers`` in turn; returns it and the bodies."""
+    bodies: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            status, body = answers[min(len(bodies) - 1, len(answers) - 1)]
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, bodies
+
+
+def test_waits_through_503s_then_registers(caplog):
+    ok = {"robot_id": "rbt_1", "token": "t", "endpoint": "tcp://x:1", "chunk_len": 4, "curve": None}
+    server, bodies = serve([(503, {"detail": "starting"}), (503, {"detail": "starting"}), (201, ok)])
+    try:
+        with caplog.at_level("WARNING"):
+            info = register(
+                f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), wait_s=30
+            )
+    finally:
+        server.shutdown()
+    assert info["robot_id"] == "rbt_1" and len(bodies) == 3
+    assert bodies[0]["name"] == "arm-1" and bodies[0]["observation_spec"]["state"]["shape"] == [3]
+    assert "waiting for the platform" in caplog.text
+
+
+def test_a_refusal_raises_at_once_and_an_absent_platform_after_the_wait():
+    server, bodies = serve([(422, {"detail": "observation_spec: state has shape [3], task wants [10]"})])
+    try:
+        with pytest.raises(RegistrationError, match=r"failed \(422\).*task wants \[10\]"):
+            register(f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), wait_s=30)
+    finally:
+        server.shutdown()
+    assert len(bodies) == 1
+    with pytest.raises(RegistrationError, match="not reachable for 1 s"):
+        register(f"http://127.0.0.1:{free_port()}", "tok", "arm-1", "reach", Robot(), wait_s=1.2)
