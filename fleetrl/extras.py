@@ -26,7 +26,7 @@ EXTRA_OF = {
     "ogbench": "sim",
     "transformers": "lm",
     "tokenizers": "lm",
-    "safetensors": "lm",
+    "safetensors": "platform",
     "matplotlib": "plots",
     "av": "video",
     "vllm": "vllm",

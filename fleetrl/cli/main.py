@@ -21,6 +21,7 @@ import httpx
 from fleetrl.cli.config import add_config_parser
 from fleetrl.cli.critic import add_critic_parser
 from fleetrl.cli.demos import add_demos_parser
+from fleetrl.cli.policy import add_policy_parser
 from fleetrl.cli.run import add_run_parsers
 from fleetrl.cli.value_report import add_value_parser
 from fleetrl.extras import missing_extra_message
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demos_parser(sub)
     add_critic_parser(sub)
     add_value_parser(sub)
+    add_policy_parser(sub)
     add_config_parser(sub)
     return parser
 

@@ -26,6 +26,11 @@ class FlowChunkConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["flow_chunk"] = Field("flow_chunk", description="Policy family name.")
+    checkpoint: str | None = Field(
+        None,
+        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
+        "chunk length must match this task's.",
+    )
     hidden: tuple[int, ...] = Field((256, 256, 256), description="Hidden widths of the velocity MLP.")
     flow_steps: int = Field(10, ge=1, le=256, description="Euler steps from noise to an action chunk.")
     time_features: int = Field(

@@ -22,6 +22,11 @@ class GaussianMLPConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["gaussian_mlp"] = Field("gaussian_mlp", description="Policy family name.")
+    checkpoint: str | None = Field(
+        None,
+        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
+        "chunk length must match this task's.",
+    )
     hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the mean network.")
     value_hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the value head.")
     init_log_std: float = Field(-0.5, description="Initial log standard deviation of every action dimension.")

@@ -10,11 +10,12 @@ gated residual adapter over a frozen base of another family; residual.py).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 from torch import nn
 
+from fleetrl.models.export import load_weights
 from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
 from fleetrl.models.gaussian import GaussianChunkPolicy, GaussianMLPConfig
 from fleetrl.models.nets import seeded
@@ -56,7 +57,15 @@ def build_policy(
     action_spec: ArraySpec,
     chunk_len: int,
 ) -> nn.Module:
-    """Build a policy with deterministic initial weights (every replica of a pool starts identical)."""
+    """Build a policy with deterministic initial weights (every replica of a pool starts identical), or
+    with an exported policy's (``cfg.checkpoint``, checked to fit: ``export.load_weights``)."""
+    policy = _build(cfg, obs_spec, action_spec, chunk_len)
+    if cfg.family != "token_lm" and cfg.checkpoint is not None:  # token_lm reads its own checkpoints
+        load_weights(policy, cfg, obs_spec, action_spec, chunk_len, cfg.checkpoint)
+    return policy
+
+
+def _build(cfg: Any, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int) -> nn.Module:
     with seeded(cfg.seed):
         if cfg.family == "gaussian_mlp":
             return GaussianChunkPolicy(cfg, obs_spec, action_spec, chunk_len)

@@ -52,6 +52,11 @@ class ResidualAdapterConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["residual"] = Field("residual", description="Policy family name.")
+    checkpoint: str | None = Field(
+        None,
+        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
+        "chunk length must match this task's.",
+    )
     base: BasePolicyConfig = Field(
         description="The frozen base policy (family gaussian_mlp, flow_chunk, ...)."
     )

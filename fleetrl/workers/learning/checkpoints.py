@@ -35,6 +35,16 @@ class Resumed:
     algorithm_config: dict[str, Any]
 
 
+def checkpoint_root(storage_dir: str | Path, task: str) -> Path:
+    """Where Ray Train keeps a task's learner checkpoints under the learner storage folder."""
+    return Path(storage_dir).expanduser() / "ray_train" / f"learner-{task}"
+
+
+def saved_checkpoints(root: str | Path) -> list[Path]:
+    """The checkpoint files under ``root``, oldest first (folder names sort by step, then report time)."""
+    return sorted(Path(root).glob(f"checkpoint_*/{CHECKPOINT_FILE}"), key=lambda p: p.parent.name)
+
+
 def checkpoint_dir_name(step: int) -> str:
     """Folder names sort in report order: by step, then by report time."""
     return f"checkpoint_{step:010d}_{time.time_ns()}"
@@ -101,7 +111,7 @@ class Checkpoints:
         return Resumed(saved["step"], saved["version"], saved["algorithm"], saved["algorithm_config"])
 
     def _newest(self, registered: Path | None) -> dict[str, Any] | None:
-        candidates = set(self.root.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+        candidates = set(saved_checkpoints(self.root))
         if registered is not None:
             candidates.add(registered / CHECKPOINT_FILE)
         for path in sorted((p for p in candidates if p.exists()), key=lambda p: p.parent.name, reverse=True):

@@ -23,6 +23,7 @@ from typing import Any
 import ray
 
 from fleetrl.algorithms.base import incompatibility, parse_config
+from fleetrl.workers.learning.checkpoints import checkpoint_root
 from fleetrl.workers.learning.loop import learner_loop
 from fleetrl.workers.metrics_server import RemoteLogHandler
 from fleetrl.workers.placement import on_this_node
@@ -63,7 +64,7 @@ class Learner:
             "control": ray.get_runtime_context().current_actor,
             "metrics": metrics,
             "tensorboard_dir": str(storage / "tensorboard" / task.name),
-            "checkpoint_root": str(storage / "ray_train" / f"learner-{task.name}"),
+            "checkpoint_root": str(checkpoint_root(storage, task.name)),
         }
         self._storage = str(storage / "ray_train")
         self._thread = threading.Thread(target=self._fit, name=f"learner-{task.name}", daemon=True)
