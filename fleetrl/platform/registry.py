@@ -127,36 +127,45 @@ class Registry:
         action_spec: dict[str, Any],
         curve_public_key: str | None = None,
     ) -> dict[str, Any]:
-        """Create a robot; the returned record carries the plain token and, unless the robot brought its own
-        ``curve_public_key``, its CURVE secret key: neither is stored."""
+        """Create a robot, or re-register one: a name already registered for ``task`` keeps its robot id
+        (and so its episodes and statistics) and gets a new token and CURVE key pair, the old ones no longer
+        valid (an arm that reboots stays one robot). A name registered for another task is refused
+        (ValueError). The returned record carries the plain token and, unless the robot brought its own
+        ``curve_public_key``, its CURVE secret key: neither is stored; ``reregistered`` says which case."""
         import zmq
 
         if self._db.execute("SELECT 1 FROM tasks WHERE name = ?", (task,)).fetchone() is None:
             raise NotFound(f"no task named {task!r}")
-        robot_id = f"rbt_{uuid.uuid4().hex[:16]}"
+        known = self._db.execute(
+            "SELECT robot_id, task FROM robots WHERE name = ? ORDER BY created DESC", (name,)
+        ).fetchone()
+        if known is not None and known["task"] != task:
+            raise ValueError(
+                f"robot name {name!r} is registered for task {known['task']!r} ({known['robot_id']}): delete "
+                "that robot first, or register under another name"
+            )
+        robot_id = known["robot_id"] if known is not None else f"rbt_{uuid.uuid4().hex[:16]}"
         token = secrets.token_urlsafe(32)
         secret = None
         if curve_public_key is None:
             public, secret_key = zmq.curve_keypair()
             curve_public_key, secret = public.decode("ascii"), secret_key.decode("ascii")
-        elif self.robot_for_curve_key(curve_public_key) is not None:
+        elif self.robot_for_curve_key(curve_public_key) not in (None, robot_id):
             raise ValueError("that CURVE public key belongs to another robot: every robot needs its own")
-        created = time.time()
-        self._db.execute(
-            "INSERT INTO robots (robot_id, name, task, token_sha256, observation_spec, action_spec, created,"
-            " curve_public_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                robot_id,
-                name,
-                task,
-                hash_token(token),
-                json.dumps(observation_spec),
-                json.dumps(action_spec),
-                created,
-                curve_public_key,
-            ),
-        )
-        record = {**self.get_robot(robot_id), "token": token}
+        specs = (json.dumps(observation_spec), json.dumps(action_spec))
+        if known is None:
+            self._db.execute(
+                "INSERT INTO robots (robot_id, name, task, token_sha256, observation_spec, action_spec, created,"
+                " curve_public_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (robot_id, name, task, hash_token(token), *specs, time.time(), curve_public_key),
+            )
+        else:
+            self._db.execute(
+                "UPDATE robots SET token_sha256 = ?, observation_spec = ?, action_spec = ?, curve_public_key = ?"
+                " WHERE robot_id = ?",
+                (hash_token(token), *specs, curve_public_key, robot_id),
+            )
+        record = {**self.get_robot(robot_id), "token": token, "reregistered": known is not None}
         return record | ({"curve_secret_key": secret} if secret is not None else {})
 
     def robot_for_curve_key(self, public_key: str) -> str | None:

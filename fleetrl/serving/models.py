@@ -46,6 +46,11 @@ class RobotCredentials(BaseModel):
     curve: CurveCredentials | None = Field(
         None, description="CURVE keys for the robot's socket; null when the gateway runs security: token."
     )
+    reregistered: bool = Field(
+        False,
+        description="The name was already registered for this task: same robot_id (its history kept), new "
+        "token and keys, the old ones revoked (answered with 200 instead of 201).",
+    )
 
 
 class ResetRequest(BaseModel):

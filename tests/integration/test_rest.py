@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 import ray
 
@@ -35,6 +36,55 @@ def test_register_list_get_delete(api, platform):
     assert api.delete(f"/v1/robots/{creds['robot_id']}").status_code == 204
     assert api.get(f"/v1/robots/{creds['robot_id']}").status_code == 404
     assert api.delete(f"/v1/robots/{creds['robot_id']}").status_code == 404
+
+
+def test_registering_a_name_again_keeps_the_robot_id_and_revokes_the_old_credentials(api, platform):
+    """An arm that reboots and registers again stays one robot: same id (its episodes and statistics),
+    new token and CURVE keys; its old session and credentials stop working at once."""
+    from fleetrl.robots import protocol as P
+    from fleetrl.testing.net import RawRobotSocket
+
+    body = {**REACH_BODY, "name": "arm-reboot"}
+    first = api.post("/v1/robots", json=body)
+    assert first.status_code == 201 and first.json()["reregistered"] is False
+    old = first.json()
+    sock = RawRobotSocket(old["endpoint"], old["curve"])
+    try:
+        assert isinstance(sock.request(P.Hello(robot_id=old["robot_id"], token=old["token"])), P.Welcome)
+        again = api.post("/v1/robots", json=body)
+        assert again.status_code == 200, again.text
+        new = again.json()
+        assert (
+            new["reregistered"] is True
+            and new["robot_id"] == old["robot_id"]
+            and new["token"] != old["token"]
+        )
+        obs = {"state": np.zeros(10, np.float32)}
+        stale = P.Obs(robot_id=old["robot_id"], episode_id="e", step=0, observation=obs)
+        sock.send(stale)  # the old session was revoked: refused, or (its key revoked too) no answer at all
+        try:
+            reply = sock.recv(timeout_s=2)
+            assert isinstance(reply, P.Error), reply
+        except TimeoutError:
+            pass
+    finally:
+        sock.close()
+    fresh = RawRobotSocket(new["endpoint"], new["curve"])
+    try:
+        assert isinstance(fresh.request(P.Hello(robot_id=new["robot_id"], token=new["token"])), P.Welcome)
+    finally:
+        fresh.close()
+    other = api.post("/v1/tasks", json=reacher_task("reach-elsewhere"), timeout=120)
+    assert other.status_code == 201, other.text
+    try:
+        moved = api.post("/v1/robots", json={**body, "task": "reach-elsewhere"})
+        assert moved.status_code == 409 and "registered for task 'reach'" in moved.json()["detail"]
+    finally:
+        delete_task(api, "reach-elsewhere")
+    assert [r["robot_id"] for r in api.get("/v1/robots").json() if r["name"] == "arm-reboot"] == [
+        old["robot_id"]
+    ]
+    assert api.delete(f"/v1/robots/{old['robot_id']}").status_code == 204
 
 
 def test_tokens_are_stored_hashed(api, platform):

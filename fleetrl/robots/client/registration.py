@@ -92,7 +92,7 @@ def _register_once(
     )
     if r.status_code in RETRY_STATUS:
         raise _Unavailable(f"{r.status_code} {r.text[:200]}")
-    if r.status_code != 201:
+    if r.status_code not in (200, 201):  # 200: the name was registered before (same id, new token)
         raise RegistrationError(f"registration of {name!r} failed ({r.status_code}): {r.text}")
     return r.json()
 

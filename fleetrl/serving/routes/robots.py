@@ -39,7 +39,10 @@ def no_robot(robot_id: str) -> str:
 
 
 @router.post("/v1/robots", status_code=201, responses=refusals(400, 415, 404, 409, 422))
-async def register_robot(svc: ServicesDep, body: RobotRegistration) -> RobotCredentials:
+async def register_robot(svc: ServicesDep, body: RobotRegistration, response: Response) -> RobotCredentials:
+    """Register a robot (201), or re-register a name already registered for the task (200: same
+    robot_id, a new token and CURVE keys, the robot's old session and credentials revoked). A name
+    registered for another task, or a CURVE key that is another robot's, is refused (409)."""
     task = await svc.task_config(body.task)
     obs = {k: v.model_dump(exclude_none=True) for k, v in body.observation_spec.items()}
     act = body.action_spec.model_dump(exclude_none=True)
@@ -50,8 +53,11 @@ async def register_robot(svc: ServicesDep, body: RobotRegistration) -> RobotCred
         raise HTTPException(422, "curve_public_key: not a Z85-encoded 32-byte CURVE key")
     try:
         rec = await svc.registry.register_robot.remote(body.name, body.task, obs, act, body.curve_public_key)
-    except ValueError as exc:  # the key is another robot's
+    except ValueError as exc:  # the key is another robot's, or the name another task's
         raise HTTPException(409, actor_refusal(exc)) from None
+    if rec["reregistered"]:
+        await svc.gateway.revoke.remote(rec["robot_id"])  # the old token's session ends now
+        response.status_code = 200
     curve = None
     if svc.robot_server_key is not None:
         curve = CurveCredentials(
@@ -60,7 +66,13 @@ async def register_robot(svc: ServicesDep, body: RobotRegistration) -> RobotCred
             secret_key=rec.get("curve_secret_key"),
         )
     fields = {k: rec[k] for k in ("robot_id", "name", "task", "token")}
-    return RobotCredentials(**fields, endpoint=svc.robot_endpoint, chunk_len=task.chunk_len, curve=curve)
+    return RobotCredentials(
+        **fields,
+        endpoint=svc.robot_endpoint,
+        chunk_len=task.chunk_len,
+        curve=curve,
+        reregistered=rec["reregistered"],
+    )
 
 
 @router.get("/v1/robots")

@@ -32,6 +32,25 @@ def test_issued_and_brought_keys(tmp_path):
     assert reg.robot_for_curve_key(public) is None
 
 
+def test_registering_a_name_again_keeps_the_robot_and_rotates_its_credentials(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.upsert_task("reach", {})
+    reg.upsert_task("other", {})
+    first = reg.register_robot("arm-1", "reach", *SPEC)
+    assert first["reregistered"] is False
+    again = reg.register_robot("arm-1", "reach", {"state": {"shape": [4], "dtype": "float32"}}, SPEC[1])
+    assert (
+        again["reregistered"] is True and again["robot_id"] == first["robot_id"]
+    )  # one robot, its history kept
+    assert again["token"] != first["token"] and again["curve_public_key"] != first["curve_public_key"]
+    assert reg.verify(first["robot_id"], first["token"]) is None  # the old token no longer speaks for it
+    assert reg.verify(first["robot_id"], again["token"])["observation_spec"]["state"]["shape"] == [4]
+    assert reg.robot_for_curve_key(first["curve_public_key"]) is None
+    assert [r["robot_id"] for r in reg.list_robots("reach")] == [first["robot_id"]]
+    with pytest.raises(ValueError, match="'arm-1' is registered for task 'reach'.*delete that robot first"):
+        reg.register_robot("arm-1", "other", *SPEC)
+
+
 def test_a_registry_from_before_keys_opens_with_its_robots(tmp_path):
     db = sqlite3.connect(tmp_path / "old.sqlite")
     db.executescript(
