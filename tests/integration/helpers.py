@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -47,6 +48,9 @@ class FleetThread:
         raise AssertionError(f"timed out waiting for {what}; counters: {[c.counters for c in self.clients]}")
 
 
+_FLEETS = itertools.count()
+
+
 class RunningFleet(FleetThread):
     """Reacher robots registered over REST, driven by a FleetRunner thread until ``stop()``."""
 
@@ -62,7 +66,8 @@ class RunningFleet(FleetThread):
         clients = []
         for i in range(n):
             robot = SimRobot("Reacher-v5", seed=seed + i, control_hz=hz)
-            info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}", task, robot)
+            # a name of its own: registering a known name again would re-register (same id) that robot
+            info = register(platform.rest_url, ADMIN_TOKEN, f"it-{seed}-{i}-{next(_FLEETS)}", task, robot)
             clients.append(RobotClient.from_registration(robot, info, config=config))
         super().__init__(clients)
 
