@@ -258,6 +258,31 @@ def json_object(text: str) -> dict:
     return value
 
 
+def fleet_line(counters: dict[str, int], robots: int, elapsed_s: float) -> str:
+    """One line on a sim fleet: steps, episodes, success, held steps, errors."""
+    steps, episodes, wins = (
+        counters.get("steps", 0),
+        counters.get("episodes", 0),
+        counters.get("successes", 0),
+    )
+    success = f"{wins} successful ({100 * wins / episodes:.0f} %)" if episodes else "none finished"
+    held = counters.get("holds", 0)
+    return (
+        f"{robots} robots, {elapsed_s:.0f} s: {steps:,} steps, {episodes:,} episodes, {success}, "
+        f"{held:,} held steps ({100 * held / max(1, steps):.1f} %), {counters.get('errors', 0)} errors"
+    )
+
+
+def _report_fleet(clients: list, stop: threading.Event, t0: float, every_s: float) -> None:
+    """While the fleet runs: the line every ``every_s`` (overwritten in place on a terminal)."""
+    tty = sys.stderr.isatty()
+    while not stop.wait(every_s):
+        total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
+        line = fleet_line(total, len(clients), time.monotonic() - t0)
+        sys.stderr.write(f"\r{line}\033[K" if tty else f"{line}\n")
+        sys.stderr.flush()
+
+
 def cmd_robot(args: argparse.Namespace) -> int:
     from fleetrl.robots.client.registration import RegistrationError
     from fleetrl.robots.sim import run_sim_fleet
@@ -265,8 +290,13 @@ def cmd_robot(args: argparse.Namespace) -> int:
     token = admin_token(args)
     if not token:
         return 2
-    stop = threading.Event()
+    stop, done, running = threading.Event(), threading.Event(), []
     install_stop_handlers(stop)
+    t0 = time.monotonic()
+    reporter = threading.Thread(
+        target=_report_fleet, args=(running, done, t0, 2.0 if sys.stderr.isatty() else 30.0), daemon=True
+    )
+    reporter.start()
     try:
         clients = run_sim_fleet(
             args.sim,
@@ -279,6 +309,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
             control_hz=args.hz,
             duration=args.duration,
             stop=stop,
+            on_start=running.extend,
             lockstep=args.lockstep,
             camera=args.camera,
             state=args.state,
@@ -290,8 +321,12 @@ def cmd_robot(args: argparse.Namespace) -> int:
     except RegistrationError as exc:  # refused, or the platform never came: the reason is the message
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    finally:
+        done.set()
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
     total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
-    print(f"{len(clients)} robots stopped: {total}", flush=True)
+    print(f"stopped: {fleet_line(total, len(clients), time.monotonic() - t0)}", flush=True)
     return 0
 
 

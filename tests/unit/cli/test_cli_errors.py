@@ -75,3 +75,13 @@ def test_sighup_asks_for_a_graceful_stop_and_a_second_signal_interrupts():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def test_the_robot_command_reports_a_readable_line():
+    from fleetrl.cli.run import fleet_line
+
+    line = fleet_line({"steps": 3100, "episodes": 62, "successes": 18, "holds": 21, "errors": 0}, 3, 62.4)
+    assert line == (
+        "3 robots, 62 s: 3,100 steps, 62 episodes, 18 successful (29 %), 21 held steps (0.7 %), 0 errors"
+    )
+    assert "none finished" in fleet_line({"steps": 5}, 1, 1.0)
