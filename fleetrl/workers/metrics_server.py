@@ -41,19 +41,19 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "queue_wait_seconds": (
         "histogram",
         "Observation arrival at the gateway to dispatch to a replica.",
-        ("pool",),
+        ("task",),
     ),
-    "inference_seconds": ("histogram", "Forward-pass time measured inside the replica.", ("pool",)),
-    "service_seconds": ("histogram", "Dispatch to completion of a batch (Ray call + compute).", ("pool",)),
+    "inference_seconds": ("histogram", "Forward-pass time measured inside the replica.", ("task",)),
+    "service_seconds": ("histogram", "Dispatch to completion of a batch (Ray call + compute).", ("task",)),
     "e2e_latency_seconds": ("histogram", "Robot-measured observation sent to action received.", ("task",)),
-    "batch_size": ("histogram", "Observations per replica batch.", ("pool",)),
+    "batch_size": ("histogram", "Observations per replica batch.", ("task",)),
     "frames_refused_total": ("counter", "Frames refused by the gateway, by reason.", ("reason",)),
     "observations_total": ("counter", "Observations accepted by the gateway.", ("task",)),
     "episodes_total": ("counter", "Episodes ended, by outcome.", ("task", "outcome")),
     "replica_failures_total": (
         "counter",
         "Inference batches lost to a dead or unresponsive replica (re-queued).",
-        ("pool",),
+        ("task",),
     ),
     "takeovers_total": ("counter", "Times an operator took over a robot.", ("task",)),
     "stale_chunks_dropped_total": (
@@ -88,8 +88,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "learner_steps_total": ("counter", "Learner updates, by algorithm.", ("task", "algorithm")),
     "learner_updates_per_second": ("gauge", "Learner updates per second (last report window).", ("task",)),
     "learner_loss": ("gauge", "Latest learner losses, by name.", ("task", "loss")),
-    "queue_depth": ("gauge", "Observations waiting for a replica.", ("pool",)),
-    "replicas_available": ("gauge", "Replicas the scheduler can dispatch to.", ("pool",)),
+    "queue_depth": ("gauge", "Observations waiting for a replica.", ("task",)),
+    "replicas_available": ("gauge", "Replicas the scheduler can dispatch to.", ("task",)),
 }
 
 
