@@ -13,6 +13,12 @@ Per N and router: queue wait = ``to_replica_ms`` (arrival at the gateway → sta
 the replica, the same definition for both), end-to-end overhead = robot-measured round trip − compute,
 and frames lost = requests − replies. The first second of each run is warm-up and is not measured.
 
+CPU per observation (ours only): each component's process CPU time (user + system, from /proc) over the
+run divided by the observations it saw, in microseconds: the robot side (this process's fleet thread:
+SDK + the MuJoCo step, with the MuJoCo step alone measured beside it), the gateway, the replicas, the data
+server and the metrics server; the floor is a ZeroMQ DEALER/ROUTER round trip of the same observation
+frame between two processes, measured in the same run.
+
     MUJOCO_GL=egl .venv/bin/python benchmarks/scheduler_latency.py [--quick]
 
 Writes ``benchmarks/results/scheduler_latency.json`` and prints a table and a one-line summary.
@@ -194,18 +200,121 @@ def close_fleet(platform: Platform, clients: list[RobotClient], gateway: Any) ->
     ray.get([gateway.revoke.remote(i) for i in ids])  # the REST delete only reaches the platform's gateway
 
 
-def measure(platform: Platform, gateway: Any, endpoint: str, n: int, label: str, args: argparse.Namespace):
-    """One run of ``n`` robots against one router; returns the measured statistics."""
+def measure(
+    platform: Platform,
+    gateway: Any,
+    endpoint: str,
+    n: int,
+    label: str,
+    args: argparse.Namespace,
+    components: dict[str, list[int]] | None = None,
+):
+    """One run of ``n`` robots against one router; returns the measured statistics (with ``components``,
+    name -> process ids, each one's CPU microseconds per observation)."""
     t0 = time.monotonic()
     clients = register_fleet(platform, endpoint, n, label, args.seed)
     print(
         f"  {n} robots registered in {time.monotonic() - t0:.1f} s; running {args.duration:.0f} s", flush=True
     )
+    before = {k: cpu_seconds(pids) for k, pids in (components or {}).items()}
+    robot_cpu = time.thread_time()
     try:
         marks = run_fleet(clients, args.duration)
+        robot_cpu = time.thread_time() - robot_cpu
+        spent = {k: cpu_seconds(pids) - before[k] for k, pids in (components or {}).items()}
     finally:
         close_fleet(platform, clients, gateway)
-    return summarize(clients, marks)
+    stats = summarize(clients, marks)
+    if components is not None:
+        obs = max(1, stats["requests"])
+        stats["cpu_us_per_observation"] = {
+            "robot_sdk_and_sim": round(1e6 * robot_cpu / obs, 1),
+            **{k: round(1e6 * v / obs, 1) for k, v in spent.items()},
+        }
+    return stats
+
+
+# -- CPU accounting ------------------------------------------------------------------------------------
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` have used so far (Linux /proc)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
+def actor_pids(platform: Platform) -> dict[str, list[int]]:
+    """The process ids of the components on the hot path (all on this machine)."""
+    import os
+
+    def pid(actor: Any) -> int:
+        return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+    return {
+        "gateway": [pid(platform.gateway)],
+        "replicas": [pid(r) for r in platform.replicas[TASK]],
+        "data_server": [pid(platform.data)],
+        "metrics_server": [pid(platform.metrics)],
+    }
+
+
+def sim_step_us(steps: int = 2000) -> float:
+    """CPU microseconds of one SimRobot step alone (the MuJoCo part of ``robot_sdk_and_sim``)."""
+    robot = SimRobot(ENV_ID, seed=0, control_hz=CONTROL_HZ)
+    robot.reset()
+    action = np.zeros(robot.action_spec.shape, np.float32)
+    t0 = time.thread_time()
+    for _ in range(steps):
+        if robot.act(action).truncated:
+            robot.reset()
+    robot.close()
+    return round(1e6 * (time.thread_time() - t0) / steps, 1)
+
+
+def zmq_floor_us(rounds: int = 5000) -> dict[str, float]:
+    """The floor: CPU microseconds per round trip of an observation-sized frame between this process and
+    an echo process (DEALER -> ROUTER -> DEALER), both sides, and the wall time per round trip."""
+    import multiprocessing as mp
+
+    frame = P.encode(
+        P.Obs(robot_id="r", episode_id="e", step=0, observation={"state": np.zeros(10, np.float32)})
+    )
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    ready, done = ctx.Event(), ctx.Queue()
+    echo = ctx.Process(target=_echo, args=(port, rounds, ready, done), daemon=True)
+    echo.start()
+    ready.wait(30)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(rounds):
+        sock.send(frame)
+        sock.recv()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    echo_cpu = done.get(timeout=30)
+    echo.join(10)
+    sock.close(linger=0)
+    return {
+        "cpu_us_per_round_trip": round(1e6 * (cpu + echo_cpu) / rounds, 1),
+        "wall_us_per_round_trip": round(1e6 * wall / rounds, 1),
+        "frame_bytes": len(frame),
+    }
+
+
+def _echo(port: int, rounds: int, ready: Any, done: Any) -> None:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    ready.set()
+    cpu = time.process_time()
+    for _ in range(rounds):
+        sock.send_multipart(sock.recv_multipart())
+    done.put(time.process_time() - cpu)
+    sock.close(linger=0)
 
 
 # -- statistics ----------------------------------------------------------------------------------------
@@ -252,6 +361,8 @@ def print_table(runs: list[dict[str, Any]]) -> None:
                 f" {sched:>18} {r['requests']:>8} {r['frames_lost']:>5} {r['holds']:>6} {r['errors']:>6}"
                 f" {r['stalled_robots']:>7}"
             )
+    for run in runs:
+        print(f"CPU us per observation at N={run['robots']} (ours): {run.get('cpu_us_per_observation')}")
 
 
 def summary_line(runs: list[dict[str, Any]]) -> str:
@@ -300,9 +411,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"up in {time.monotonic() - t0:.1f} s; Serve baseline gateway at {base_endpoint}", flush=True
             )
             runs = []
+            pids = actor_pids(platform)
+            floor = {"zmq_round_trip": zmq_floor_us(), "sim_step_cpu_us": sim_step_us()}
+            print(f"floor: {floor}", flush=True)
             for n in args.robots:
                 print(f"N={n}: ours ...", flush=True)
-                ours = measure(platform, platform.gateway, platform.endpoint, n, "ours", args)
+                ours = measure(platform, platform.gateway, platform.endpoint, n, "ours", args, pids)
                 print(f"N={n}: Serve baseline ...", flush=True)
                 base = measure(platform, base_gateway, base_endpoint, n, "serve", args)
                 base.pop("scheduler_queue_ms")
@@ -321,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_batch": cfg.tasks[0].inference.max_batch,
         "wall_s": round(time.monotonic() - t0, 1),
         "targets": TARGETS,
+        "cpu_floor": floor,
         "runs": runs,
     }
     out = write_json(result, args.out)
