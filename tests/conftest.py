@@ -10,6 +10,17 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 ADMIN_TOKEN = "test-admin-token"
+# Unit tests first (no Ray), then the e2e scenarios (each starts its own Ray), then the integration tests on
+# the session's platform: the platform's actors then never share the two cores with the unit tests.
+ORDER = {"unit": 0, "e2e": 1, "integration": 2}
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        parts = item.path.relative_to(config.rootpath).parts
+        return ORDER.get(parts[1], 3) if len(parts) > 2 and parts[0] == "tests" else 3
+
+    items.sort(key=rank)  # stable: the order within each folder is kept
 
 
 def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:
