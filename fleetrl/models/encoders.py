@@ -23,43 +23,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from fleetrl.models.configs import EncoderConfig  # noqa: F401 - re-exported
 from fleetrl.robots.protocol import ArraySpec
 from fleetrl.robots.protocol.images import is_camera as is_camera_shape
-
-
-class EncoderConfig(BaseModel):
-    """How camera keys become features; state keys pass through unchanged."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: Literal["cnn", "backbone"] = Field(
-        "cnn", description="'cnn' trained from scratch, or a saved backbone."
-    )
-    channels: tuple[int, ...] = Field((32, 32, 32, 32), description="Channels of each 3x3 convolution (cnn).")
-    strides: tuple[int, ...] = Field((2, 1, 1, 1), description="Stride of each convolution (cnn).")
-    feature_dim: int = Field(50, ge=1, description="Features per camera after the projection (DrQ: 50).")
-    augment: Literal["none", "shift"] = Field(
-        "none", description="'shift': DrQ's random shift of each training frame by up to shift_pad pixels."
-    )
-    shift_pad: int = Field(4, ge=1, le=32, description="Pixels a frame may shift by (augment: shift).")
-    backbone: str | None = Field(
-        None, description="Directory with backbone.pt (TorchScript) and backbone.json {out_dim, mean, std}."
-    )
-    train_backbone: bool = Field(False, description="Fine-tune the backbone's weights (default: frozen).")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> EncoderConfig:
-        if len(self.channels) != len(self.strides) or not self.channels:
-            raise ValueError("channels and strides need one entry per convolution (at least one)")
-        if self.kind == "backbone" and not self.backbone:
-            raise ValueError("kind 'backbone' needs backbone: the directory of a saved backbone")
-        return self
 
 
 def is_camera(spec: ArraySpec) -> bool:

@@ -10,37 +10,12 @@ A flow policy has no tractable log-likelihood, so ``act`` reports NaN log-probs 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.encoders import EncoderConfig
+from fleetrl.models.configs import FlowChunkConfig
 from fleetrl.models.nets import ChunkPolicy, mlp
 from fleetrl.robots.protocol import ArraySpec
-
-
-class FlowChunkConfig(BaseModel):
-    """A flow-matching policy over whole action chunks (for AWR, QAM and BC)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    family: Literal["flow_chunk"] = Field("flow_chunk", description="Policy family name.")
-    checkpoint: str | None = Field(
-        None,
-        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
-        "chunk length must match this task's.",
-    )
-    hidden: tuple[int, ...] = Field((256, 256, 256), description="Hidden widths of the velocity MLP.")
-    flow_steps: int = Field(10, ge=1, le=256, description="Euler steps from noise to an action chunk.")
-    time_features: int = Field(
-        4, ge=1, le=16, description="Sine/cosine frequencies embedding the flow time w."
-    )
-    encoder: EncoderConfig = Field(
-        default_factory=EncoderConfig,
-        description="How camera observations become features (models/encoders.py).",
-    )
-    seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
 class FlowChunkPolicy(ChunkPolicy):

@@ -4,54 +4,14 @@ a function of the executed action alone and can be recomputed exactly."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.encoders import EncoderConfig
+from fleetrl.models.configs import GaussianMLPConfig
 from fleetrl.models.nets import ChunkPolicy, RunningObsNorm, mlp
 from fleetrl.robots.protocol import ArraySpec
 
 SQUASH_EPS = 1e-6  # keeps atanh finite for executed actions that sit on the bounds
-
-
-class GaussianMLPConfig(BaseModel):
-    """A diagonal-Gaussian MLP that emits a whole action chunk at once, with a state-value head."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    family: Literal["gaussian_mlp"] = Field("gaussian_mlp", description="Policy family name.")
-    checkpoint: str | None = Field(
-        None,
-        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
-        "chunk length must match this task's.",
-    )
-    hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the mean network.")
-    value_hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the value head.")
-    init_log_std: float = Field(-0.5, description="Initial log standard deviation of every action dimension.")
-    squash: bool = Field(
-        True,
-        description="tanh-squash samples into the action bounds, so the executed action is the sampled "
-        "one and its log-prob can be recomputed exactly (needs finite bounds).",
-    )
-    normalize_obs: bool = Field(
-        False,
-        description="Normalise observations by their running mean and variance (clipped to +-10), as CleanRL "
-        "does; the statistics are part of the weights and PPO updates them after each update.",
-    )
-    pending_actions: bool = Field(
-        True,
-        description="Also read the actions the robot will still execute before the chunk starts (asked "
-        "for early, a chunk starts a round trip after its observation); without them the policy must guess "
-        "where the robot will be when its chunk begins. A robot that asks only once its chunk has run out "
-        "(lockstep, the plain loop) sends none: the entry is zeros.",
-    )
-    encoder: EncoderConfig = Field(
-        default_factory=EncoderConfig,
-        description="How camera observations become features (models/encoders.py).",
-    )
-    seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
 
 
 class GaussianChunkPolicy(ChunkPolicy):

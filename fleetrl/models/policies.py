@@ -9,46 +9,25 @@ gated residual adapter over a frozen base of another family; residual.py).
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, Field
 from torch import nn
 
+from fleetrl.models.configs import (  # noqa: F401 - re-exported
+    FlowChunkConfig,
+    GaussianMLPConfig,
+    PolicyConfig,
+    ResidualAdapterConfig,
+    TokenLMConfig,
+    action_spec_problem,
+)
 from fleetrl.models.export import load_weights
-from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy
-from fleetrl.models.gaussian import GaussianChunkPolicy, GaussianMLPConfig
+from fleetrl.models.flow import FlowChunkPolicy
+from fleetrl.models.gaussian import GaussianChunkPolicy
 from fleetrl.models.nets import seeded
-from fleetrl.models.residual import ResidualAdapterConfig, ResidualAdapterPolicy
-from fleetrl.models.token_policy import TokenActionPolicy, TokenLMConfig
+from fleetrl.models.residual import ResidualAdapterPolicy
+from fleetrl.models.token_policy import TokenActionPolicy
 from fleetrl.robots.protocol import ArraySpec
-
-PolicyConfig = Annotated[
-    GaussianMLPConfig | FlowChunkConfig | TokenLMConfig | ResidualAdapterConfig, Field(discriminator="family")
-]
-
-
-def action_spec_problem(cfg: BaseModel, action_spec: ArraySpec) -> str | None:
-    """Why a policy of config ``cfg`` cannot act in ``action_spec`` (None if it can).
-
-    Checked when a task is configured, so a task whose policy cannot be built is refused with this reason
-    instead of failing later inside its inference replicas."""
-    if cfg.family == "residual":
-        return action_spec_problem(cfg.base, action_spec)
-    needs_bounds = {
-        "gaussian_mlp": "a squashed Gaussian maps into them (or set policy.squash: false)",
-        "token_lm": "its number tokens map onto them",
-    }
-    if cfg.family == "gaussian_mlp" and not cfg.squash:
-        return None
-    if cfg.family in needs_bounds:
-        low, high = action_spec.low, action_spec.high
-        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-            return (
-                f"policy family {cfg.family!r} needs finite action bounds (action.low and action.high): "
-                f"{needs_bounds[cfg.family]}; got low={low}, high={high}"
-            )
-    return None
 
 
 def build_policy(

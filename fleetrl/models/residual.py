@@ -27,58 +27,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fleetrl.models.encoders import EncoderConfig
-from fleetrl.models.flow import FlowChunkConfig
-from fleetrl.models.gaussian import GaussianMLPConfig
+from fleetrl.models.configs import BasePolicyConfig, ResidualAdapterConfig  # noqa: F401 - re-exported
 from fleetrl.models.nets import ChunkPolicy, mlp
-from fleetrl.models.token_policy import TokenLMConfig
 from fleetrl.robots.protocol import ArraySpec
 
 BASE_PREFIX = "base."
-
-BasePolicyConfig = Annotated[
-    GaussianMLPConfig | FlowChunkConfig | TokenLMConfig, Field(discriminator="family")
-]  # the families a residual adapter can sit on: every one but itself
-
-
-class ResidualAdapterConfig(BaseModel):
-    """A frozen base policy of another family plus a trainable bounded, gated residual (Robo-ValueRL §3.3)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    family: Literal["residual"] = Field("residual", description="Policy family name.")
-    checkpoint: str | None = Field(
-        None,
-        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
-        "chunk length must match this task's.",
-    )
-    base: BasePolicyConfig = Field(
-        description="The frozen base policy (family gaussian_mlp, flow_chunk, ...)."
-    )
-    base_checkpoint: str | None = Field(
-        None,
-        description="File with the base policy's weights: a torch.save'd state dict, or a learner "
-        "checkpoint (learner.pt) whose 'policy' entry is used. None: the base's seeded initial weights.",
-    )
-    hidden: tuple[int, ...] = Field((256, 256), description="Hidden widths of the residual/gate MLP h_phi.")
-    max_residual: float = Field(
-        0.25,
-        gt=0.0,
-        description="r_max as a fraction of the action half-range (high - low) / 2; absolute units when "
-        "the action has no finite bounds. |x_adapt - x_base| never exceeds it.",
-    )
-    gate_init: float = Field(
-        0.0, description="Initial gate logit (sigmoid(0) = 0.5: the paper's zero-initialised adapter)."
-    )
-    encoder: EncoderConfig = Field(
-        default_factory=EncoderConfig, description="How camera observations become the adapter's features."
-    )
-    seed: int = Field(0, description="Seed for the adapter's initial weights; replicas of a pool share it.")
 
 
 class AdapterOutput(NamedTuple):

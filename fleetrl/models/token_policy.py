@@ -16,69 +16,22 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from fleetrl.extras import require
+from fleetrl.models.configs import _NUMBER, SPECIALS, STEP_SEP, TokenLMConfig, _check_words  # noqa: F401
 from fleetrl.robots.protocol import ArraySpec
 
 if TYPE_CHECKING:  # transformers takes seconds to import: only processes that build a token policy pay it
     from transformers import LlamaConfig, PreTrainedTokenizerFast
 
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")  # <unk> is required by the WordLevel model
-STEP_SEP = ";"
 EXTRAS_FILE = "token_policy_extras.safetensors"  # obs projections + value head
 META_FILE = "token_policy.json"  # TokenLMConfig + what the weights' shapes and meaning depend on
-_NUMBER = re.compile(r"0|-?[1-9][0-9]*")
-
-
-def _check_words(words: list[str]) -> None:
-    """Template words must be single whitespace-free tokens, distinct, and not numbers or specials."""
-    for w in words:
-        if not w or any(c.isspace() for c in w) or w in SPECIALS or w == STEP_SEP or _NUMBER.fullmatch(w):
-            raise ValueError(f"template word {w!r} must be non-empty, whitespace-free, not a number/special")
-    if len(set(words)) != len(words):
-        raise ValueError(f"template words must be distinct, got {words}")
-
-
-class TokenLMConfig(BaseModel):
-    """A small Llama-style LM that emits action chunks as constrained template text, with a value head."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    family: Literal["token_lm"] = Field("token_lm", description="Policy family name.")
-    hidden_size: int = Field(64, ge=2, description="Width of the LM.")
-    layers: int = Field(2, ge=1, description="Transformer layers.")
-    heads: int = Field(4, ge=1, description="Attention heads; must split hidden_size into even head dims.")
-    intermediate_size: int = Field(128, ge=1, description="Width of the MLP inside each layer.")
-    number_range: int = Field(
-        50,
-        ge=1,
-        le=100_000,
-        description="Number tokens are the integers -R..R; n maps to center + scale*n/R.",
-    )
-    dim_names: tuple[str, ...] | None = Field(
-        None, description="Template name of each action dimension (written 'name:'); default a0, a1, ..."
-    )
-    unit: str = Field("", description="Optional unit word forced after each number, e.g. 'mm'.")
-    obs_tokens: int = Field(1, ge=1, le=64, description="Embedding vectors each observation key becomes.")
-    temperature: float = Field(1.0, gt=0, description="Temperature of the constrained number distribution.")
-    checkpoint: str | None = Field(None, description="Directory written by save_pretrained to load from.")
-    seed: int = Field(0, description="Seed for the initial weights; replicas of a pool share it.")
-
-    @model_validator(mode="after")
-    def _validate(self) -> TokenLMConfig:
-        if self.hidden_size % self.heads or (self.hidden_size // self.heads) % 2:
-            raise ValueError(
-                f"heads={self.heads} must split hidden_size={self.hidden_size} into even head dims"
-            )
-        _check_words([f"{n}:" for n in self.dim_names or ()] + ([self.unit] if self.unit else []))
-        return self
 
 
 def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:

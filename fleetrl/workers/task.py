@@ -10,9 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fleetrl.algorithms.demo_replay import DemoReplayConfig
-from fleetrl.models.gaussian import GaussianMLPConfig
-from fleetrl.models.policies import PolicyConfig, action_spec_problem
+from fleetrl.algorithms.demo_replay_config import DemoReplayConfig
+from fleetrl.models.configs import GaussianMLPConfig, PolicyConfig, action_spec_problem
 from fleetrl.robots.protocol import ArraySpec, specs_from_dict
 from fleetrl.robots.protocol.images import image_spec_problem, is_camera, row_bytes_bound
 from fleetrl.workers.placement import ActorResources

@@ -17,11 +17,13 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the processes that build tensors (replicas, learners), not here
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ def to_numpy_state(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]
 
 
 def to_torch_state(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    import torch
+
     return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 

@@ -22,9 +22,7 @@ from typing import Any
 
 import ray
 
-from fleetrl.algorithms.base import incompatibility, parse_config
-from fleetrl.workers.learning.checkpoints import checkpoint_root
-from fleetrl.workers.learning.loop import learner_loop
+from fleetrl.workers.learning.paths import learner_checkpoint_root
 from fleetrl.workers.metrics_server import RemoteLogHandler
 from fleetrl.workers.placement import on_this_node
 from fleetrl.workers.task import TaskConfig
@@ -64,7 +62,7 @@ class Learner:
             "control": ray.get_runtime_context().current_actor,
             "metrics": metrics,
             "tensorboard_dir": str(storage / "tensorboard" / task.name),
-            "checkpoint_root": str(checkpoint_root(storage, task.name)),
+            "checkpoint_root": str(learner_checkpoint_root(storage, task.name)),
         }
         self._storage = str(storage / "ray_train")
         self._thread = threading.Thread(target=self._fit, name=f"learner-{task.name}", daemon=True)
@@ -73,6 +71,8 @@ class Learner:
     def _fit(self) -> None:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
+
+        from fleetrl.workers.learning.loop import learner_loop
 
         options = self.cfg.ray_options(f"learner {self.task.name}")
         resources = {"CPU": options["num_cpus"], **options.get("resources", {})}
@@ -124,6 +124,8 @@ class Learner:
     def switch(self, algorithm: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Queue a switch (applied at the loop's next step boundary). Returns ``{"ok": False, "code": 404|409|
         422, "error": ...}`` when the algorithm is unknown, cannot train this policy, or its config is bad."""
+        from fleetrl.algorithms.base import incompatibility, parse_config  # torch: imported where used
+
         try:
             problem = incompatibility(algorithm, self.task.policy.family)
         except KeyError as exc:

@@ -87,7 +87,7 @@ def test_the_cli_exports_a_learner_checkpoint_by_version(tmp_path, capsys):
     import yaml
 
     from fleetrl.cli import main
-    from fleetrl.workers.learning.checkpoints import checkpoint_root
+    from fleetrl.workers.learning.paths import learner_checkpoint_root
 
     task = {"name": "reach", "observation": {"state": {"shape": [6]}}, "action": {"shape": [2], "low": -1, "high": 1},
             "chunk_len": 4, "policy": FAMILIES["gaussian_mlp"] | {"encoder": {}}}  # fmt: skip
@@ -95,7 +95,7 @@ def test_the_cli_exports_a_learner_checkpoint_by_version(tmp_path, capsys):
     cfg_file.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "tasks": [task]}))
     cfg = config("gaussian_mlp", encoder={})
     obs_spec = {"state": OBS["state"]}
-    root = checkpoint_root(tmp_path / "state" / "learners", "reach")
+    root = learner_checkpoint_root(tmp_path / "state" / "learners", "reach")
     policies = {}
     for step, version in ((10, 3), (20, 5)):  # two kept checkpoints, as a learner leaves them
         policies[version] = trained(build_policy(cfg, obs_spec, ACT, 4))
