@@ -129,3 +129,12 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return out
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, poll_s: float = 0.5) -> None:
+    """Poll ``check`` until it is true; TimeoutError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout_s:.0f} s")
+        time.sleep(poll_s)

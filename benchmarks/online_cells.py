@@ -41,7 +41,7 @@ import numpy as np
 import offline_cells
 import ray
 import torch
-from common import run_fleet_until, sem, tasks_config
+from common import run_fleet_until, sem, tasks_config, wait_for
 from pydantic import TypeAdapter
 
 from fleetrl.models.policies import PolicyConfig, build_policy
@@ -98,14 +98,6 @@ def success_of(policy: torch.nn.Module, seed: int, n: int) -> float:
         return float(evaluate(robot, policy, n).success_rate)
     finally:
         robot.close()
-
-
-def wait_for(what: str, check, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"online cell: {what} not reached in {timeout_s:.0f} s")
-        time.sleep(1.0)
 
 
 def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dict[str, Any]:

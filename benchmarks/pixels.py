@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from common import run_fleet_until, run_header, sem, tasks_config, write_json
+from common import run_fleet_until, run_header, sem, tasks_config, wait_for, write_json
 from pydantic import TypeAdapter
 
 from fleetrl.models.policies import PolicyConfig, build_policy
@@ -125,14 +125,6 @@ def score(policy: torch.nn.Module, mode: str, seed: int, n: int) -> dict[str, fl
         return {"success": float(stats.success_rate), "return": round(float(stats.mean_return), 3)}
     finally:
         r.close()
-
-
-def wait_for(what: str, check, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"pixels cell: {what} not reached in {timeout_s:.0f} s")
-        time.sleep(0.5)
 
 
 def run_cell(mode: str, seed: int, episodes: list, b: dict[str, int]) -> dict[str, Any]:

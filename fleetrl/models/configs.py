@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetrl.robots.protocol import ArraySpec
 
+EXPORT_CHECKPOINT = (
+    "An exported policy folder (fleetrl policy export) to start from; its config, specs and chunk length "
+    "must match this task's."
+)
+
 
 class EncoderConfig(BaseModel):
     """How camera keys become features; state keys pass through unchanged."""
@@ -48,11 +53,7 @@ class GaussianMLPConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["gaussian_mlp"] = Field("gaussian_mlp", description="Policy family name.")
-    checkpoint: str | None = Field(
-        None,
-        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
-        "chunk length must match this task's.",
-    )
+    checkpoint: str | None = Field(None, description=EXPORT_CHECKPOINT)
     hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the mean network.")
     value_hidden: tuple[int, ...] = Field((64, 64), description="Hidden layer widths of the value head.")
     init_log_std: float = Field(-0.5, description="Initial log standard deviation of every action dimension.")
@@ -85,11 +86,7 @@ class FlowChunkConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["flow_chunk"] = Field("flow_chunk", description="Policy family name.")
-    checkpoint: str | None = Field(
-        None,
-        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
-        "chunk length must match this task's.",
-    )
+    checkpoint: str | None = Field(None, description=EXPORT_CHECKPOINT)
     hidden: tuple[int, ...] = Field((256, 256, 256), description="Hidden widths of the velocity MLP.")
     flow_steps: int = Field(10, ge=1, le=256, description="Euler steps from noise to an action chunk.")
     time_features: int = Field(
@@ -164,11 +161,7 @@ class ResidualAdapterConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: Literal["residual"] = Field("residual", description="Policy family name.")
-    checkpoint: str | None = Field(
-        None,
-        description="An exported policy folder (fleetrl policy export) to start from; its config, specs and "
-        "chunk length must match this task's.",
-    )
+    checkpoint: str | None = Field(None, description=EXPORT_CHECKPOINT)
     base: BasePolicyConfig = Field(
         description="The frozen base policy (family gaussian_mlp, flow_chunk, ...)."
     )

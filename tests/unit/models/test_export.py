@@ -38,6 +38,11 @@ def observation(family: str) -> dict[str, torch.Tensor]:
     return obs
 
 
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
+
+
 def trained(policy: torch.nn.Module) -> torch.nn.Module:
     """Weights no fresh build has: every parameter moved."""
     with torch.no_grad():
@@ -71,8 +76,7 @@ def test_a_task_starts_from_an_export_and_a_misfit_is_refused(tmp_path):
     policy = trained(build_policy(cfg, OBS, ACT, 4)).eval()
     out = export_policy(policy, cfg, OBS, ACT, 4, tmp_path / "exp")
     started = build_policy(config("flow_chunk", checkpoint=str(out), seed=5), OBS, ACT, 4)
-    for (name, a), b in zip(policy.state_dict().items(), started.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, msg=name)
+    assert_same_weights(policy, started)
     with pytest.raises(ValueError, match="does not fit this task's policy: chunk_len differ"):
         build_policy(config("flow_chunk", checkpoint=str(out)), OBS, ACT, 5)
     with pytest.raises(ValueError, match="observation_spec, policy differ"):
@@ -105,42 +109,12 @@ def test_the_cli_exports_a_learner_checkpoint_by_version(tmp_path, capsys):
             {"policy": policies[version].state_dict(), "step": step, "version": version},
             folder / "learner.pt",
         )
-    assert (
-        main(
-            [
-                "policy",
-                "export",
-                str(cfg_file),
-                "--task",
-                "reach",
-                "--version",
-                "3",
-                "--out",
-                str(tmp_path / "v3"),
-            ]
-        )
-        == 0
-    )
+    export = ["policy", "export", str(cfg_file), "--task", "reach"]
+    assert main([*export, "--version", "3", "--out", str(tmp_path / "v3")]) == 0
     assert "exported reach version 3 (step 10)" in capsys.readouterr().out
     loaded = load_policy(tmp_path / "v3")
-    for a, b in zip(policies[3].state_dict().values(), loaded.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b)
-    assert main(["policy", "export", str(cfg_file), "--task", "reach", "--out", str(tmp_path / "new")]) == 0
+    assert_same_weights(policies[3], loaded)
+    assert main([*export, "--out", str(tmp_path / "new")]) == 0
     assert json.loads((tmp_path / "new" / POLICY_FILE).read_text())["source"]["version"] == 5  # newest
-    assert (
-        main(
-            [
-                "policy",
-                "export",
-                str(cfg_file),
-                "--task",
-                "reach",
-                "--version",
-                "4",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
-    )
+    assert main([*export, "--version", "4", "--out", str(tmp_path / "x")]) == 2
     assert "version 4 of 'reach' is not among the kept checkpoints [3, 5]" in capsys.readouterr().err
