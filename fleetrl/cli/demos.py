@@ -47,6 +47,11 @@ def cmd_demos_collect(args: argparse.Namespace) -> int:
     print(
         f"{stored} episodes ({successes} successful, {sum(map(len, episodes))} steps) written to {args.out}"
     )
+    if stored < len(episodes):  # demo ids are deterministic: the same seed makes the same episodes
+        print(
+            f"{len(episodes) - stored} of them were already in {args.out} (the same episodes: collection is "
+            f"deterministic per --seed); pass another --seed for new ones"
+        )
     return 0
 
 
@@ -67,7 +72,11 @@ def cmd_demos_import(args: argparse.Namespace) -> int:
     if r.status_code != 201:
         print(f"error: import refused ({r.status_code}): {r.json().get('detail', r.text)}", file=sys.stderr)
         return 1
-    print(f"imported into {args.task}: {r.json()}")
+    result = r.json()
+    line = f"imported into {args.task}: {result['stored']} new episodes"
+    if result.get("duplicates"):
+        line += f", {result['duplicates']} already stored (same episode ids: re-collect with another --seed for new ones)"
+    print(line)
     return 0
 
 

@@ -40,9 +40,11 @@ def test_collect_oracle_demos_then_import(platform, tmp_path, capsys):
         )
     )
     reach.close()
-    code = main(["demos", "import", str(tmp_path / "reach"), "--task", "reach", "--api", platform.rest_url,
-                 "--token", ADMIN_TOKEN])  # fmt: skip
-    assert code == 0 and "'stored': 1" in capsys.readouterr().out
+    again = ["demos", "import", str(tmp_path / "reach"), "--task", "reach", "--api", platform.rest_url,
+             "--token", ADMIN_TOKEN]  # fmt: skip
+    assert main(again) == 0 and "imported into reach: 1 new episodes" in capsys.readouterr().out
+    assert main(again) == 0  # the same episode again: stored once, and the user is told why
+    assert "0 new episodes, 1 already stored (same episode ids" in capsys.readouterr().out
 
 
 def test_collect_with_a_scripted_policy(tmp_path):
