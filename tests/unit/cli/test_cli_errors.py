@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -17,15 +15,16 @@ from fleetrl.cli.common import add_api_arguments, admin_token, install_stop_hand
 from fleetrl.testing.net import free_port
 
 
-def test_an_unreachable_platform_is_one_line_that_says_what_to_check():
+def test_an_unreachable_platform_is_one_line_that_says_what_to_check(capsys):
     port = free_port()  # nothing listens there
-    r = subprocess.run(
-        [sys.executable, "-m", "fleetrl.cli", "robot", "--sim", "Reacher-v5", "--task", "reach",
-         "--api", f"http://127.0.0.1:{port}", "--token", "t", "--wait", "0"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "MUJOCO_GL": "egl"},
-    )  # fmt: skip
-    assert r.returncode == 3
-    (line,) = r.stderr.strip().splitlines()  # no traceback
+    argv = ["robot", "--sim", "Reacher-v5", "--task", "reach", "--api", f"http://127.0.0.1:{port}"]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert main([*argv, "--token", "t", "--wait", "0"]) == 3
+    finally:  # the command installs its stop handlers in this process
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    (line,) = capsys.readouterr().err.strip().splitlines()  # no traceback
     assert line.startswith(
         f"error: registration of 'reach-0': the platform at http://127.0.0.1:{port} was not reachable"
     )
