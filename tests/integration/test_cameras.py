@@ -27,7 +27,7 @@ PIXEL_TASK = reacher_task(
     observation={"camera": CAMERA},
     policy={"family": "flow_chunk", "hidden": [32, 32], "flow_steps": 2,
             "encoder": {"channels": [8, 8], "strides": [2, 2], "feature_dim": 16, "augment": "shift"}},
-    learner={"algorithm": "bc", "config": {"batch_size": 16}, "publish_every": 5, "max_updates_per_s": 20,
+    learner={"algorithm": "bc", "config": {"batch_size": 64, "lr": 3e-3}, "publish_every": 5, "max_updates_per_s": 50,
              "report_every_s": 0.2},
 )  # fmt: skip
 
@@ -117,20 +117,25 @@ def test_a_pixel_policy_learns_from_camera_only_robots_and_its_versions_are_serv
             raise AssertionError(f"timed out waiting for {what}; BC losses by step {losses}")
 
         def recent() -> float:
-            return float(np.mean([losses[k] for k in sorted(losses)[-3:]]))
+            return float(np.mean([losses[k] for k in sorted(losses)[-5:]]))
 
-        with FleetThread(clients):
-            learner_until(lambda s: len(losses) >= 3, "the learner's first updates")
-            first = float(np.mean([losses[k] for k in sorted(losses)[:3]]))
-            status = learner_until(
-                lambda s: s.get("version", 0) >= 3 and recent() < 0.7 * first,
-                f"the BC loss below 0.7 x its start {first:.3f} and 3 published versions",
+        t0 = time.monotonic()
+        with FleetThread(clients) as fleet:
+            learner_until(lambda s: len(losses) >= 5, "the learner's first updates")
+            started = time.monotonic() - t0
+            first = float(np.mean([losses[k] for k in sorted(losses)[:5]]))
+            learner_until(
+                lambda s: s.get("version", 0) >= 3 and recent() < 0.8 * first,
+                f"the BC loss below 0.8 x its start {first:.3f} and 3 published versions",
+                timeout=120,
             )
-            probe = SimRobot("Reacher-v5", seed=79, camera=64, state=False)
-            frame = probe.reset()["camera"]
-            probe.close()
-            replica = platform.replicas["reach-pixels"][0]
-            served = ray.get(replica.infer.remote({"camera": frame[None]}))
-            assert served["version"] >= status["version"] >= 3 and served["actions"].shape == (1, 4, 2)
+            learned = time.monotonic() - t0
+            # the robots act with what the learner published: their latest steps carry version >= 3
+            fleet.wait_for(
+                lambda: any(s.policy_version >= 3 for c in clients for e in c.episodes for s in e.steps),
+                timeout=30,
+                what=f"actions from version 3 (learner started after {started:.0f} s, loss fell by {learned:.0f} s)",
+            )
+        assert fleet.total("errors") == 0
     finally:
         delete_task(api, "reach-pixels")
