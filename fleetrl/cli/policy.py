@@ -32,18 +32,17 @@ def cmd_policy_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    saved = [(f, load_checkpoint(f)) for f in reversed(files)]  # newest first
-    if args.version is not None:
-        match = [(f, s) for f, s in saved if s["version"] == args.version]
-        if not match:
-            kept = sorted({s["version"] for _, s in saved})
-            print(
-                f"error: version {args.version} of {task.name!r} is not among the kept checkpoints {kept}",
-                file=sys.stderr,
-            )
-            return 2
-        saved = match
-    path, state = saved[0]
+    # newest first, read one at a time: a learner.pt carries every algorithm's optimiser state
+    saved = ((f, load_checkpoint(f)) for f in reversed(files))
+    match = next(((f, s) for f, s in saved if args.version in (None, s["version"])), None)
+    if match is None:
+        kept = sorted({load_checkpoint(f)["version"] for f in files})
+        print(
+            f"error: version {args.version} of {task.name!r} is not among the kept checkpoints {kept}",
+            file=sys.stderr,
+        )
+        return 2
+    path, state = match
     policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
     policy.load_state_dict(state["policy"])
     source = {"task": task.name, "version": state["version"], "step": state["step"], "checkpoint": str(path)}

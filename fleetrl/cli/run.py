@@ -258,6 +258,11 @@ def json_object(text: str) -> dict:
     return value
 
 
+def fleet_totals(clients: list) -> dict[str, int]:
+    """Every counter summed over the fleet's robots."""
+    return {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
+
+
 def fleet_line(counters: dict[str, int], robots: int, elapsed_s: float) -> str:
     """One line on a sim fleet: steps, episodes, success, held steps, errors."""
     steps, episodes, wins = (
@@ -277,8 +282,7 @@ def _report_fleet(clients: list, stop: threading.Event, t0: float, every_s: floa
     """While the fleet runs: the line every ``every_s`` (overwritten in place on a terminal)."""
     tty = sys.stderr.isatty()
     while not stop.wait(every_s):
-        total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
-        line = fleet_line(total, len(clients), time.monotonic() - t0)
+        line = fleet_line(fleet_totals(clients), len(clients), time.monotonic() - t0)
         sys.stderr.write(f"\r{line}\033[K" if tty else f"{line}\n")
         sys.stderr.flush()
 
@@ -325,8 +329,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
         done.set()
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    total = {k: sum(c.counters[k] for c in clients) for k in clients[0].counters} if clients else {}
-    print(f"stopped: {fleet_line(total, len(clients), time.monotonic() - t0)}", flush=True)
+    print(f"stopped: {fleet_line(fleet_totals(clients), len(clients), time.monotonic() - t0)}", flush=True)
     return 0
 
 

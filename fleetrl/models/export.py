@@ -34,15 +34,23 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT = 1
 
 
-def fingerprint(cfg: Any, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int) -> str:
-    """What must match for weights to fit a policy: its config (less where weights come from and the
-    initial seed), the specs and the chunk length."""
-    body = {
-        "policy": cfg.model_dump(mode="json", exclude={"checkpoint", "seed", "base_checkpoint"}),
-        "observation": specs_to_dict(obs_spec),
-        "action": action_spec.to_dict(),
+NOT_FIT = ("checkpoint", "seed", "base_checkpoint")  # where weights come from and the initial seed
+
+
+def fit_facts(cfg: Any, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int) -> dict:
+    """What must match for weights to fit a policy: its config (less ``NOT_FIT``), the specs and the chunk
+    length, keyed as the exported JSON keys them."""
+    return {
+        "policy": cfg.model_dump(mode="json", exclude=set(NOT_FIT)),
+        "observation_spec": specs_to_dict(obs_spec),
+        "action_spec": action_spec.to_dict(),
         "chunk_len": chunk_len,
     }
+
+
+def fingerprint(cfg: Any, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int) -> str:
+    """A short hash of ``fit_facts``."""
+    body = fit_facts(cfg, obs_spec, action_spec, chunk_len)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -106,18 +114,9 @@ def load_weights(
     """Load an exported folder's weights into ``policy`` after checking they fit (``fingerprint``): a
     policy config, spec or chunk length that differs from the export's is a ValueError naming it."""
     meta = read_meta(directory)
-    want = fingerprint(cfg, obs_spec, action_spec, chunk_len)
-    if meta["fingerprint"] != want:
-        mine = {
-            "policy": cfg.model_dump(mode="json", exclude={"checkpoint", "seed", "base_checkpoint"}),
-            "observation_spec": specs_to_dict(obs_spec),
-            "action_spec": action_spec.to_dict(),
-            "chunk_len": chunk_len,
-        }
-        theirs = {
-            **meta,
-            "policy": {k: v for k, v in meta["policy"].items() if k not in ("seed", "base_checkpoint")},
-        }
+    if meta["fingerprint"] != fingerprint(cfg, obs_spec, action_spec, chunk_len):
+        mine = fit_facts(cfg, obs_spec, action_spec, chunk_len)
+        theirs = {**meta, "policy": {k: v for k, v in meta["policy"].items() if k not in NOT_FIT}}
         diff = sorted(
             k for k in mine if json.dumps(mine[k], sort_keys=True) != json.dumps(theirs[k], sort_keys=True)
         )
