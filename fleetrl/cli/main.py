@@ -5,9 +5,10 @@ fleetrl serve configs/local.yaml      the platform only (attach robots yourself)
 fleetrl serve configs/cluster-platform.yaml --address auto    the same, on a running Ray cluster's head
 fleetrl robot --sim Reacher-v5 --n 8 --task reach --api http://127.0.0.1:8000
 fleetrl config check configs/local.yaml
+fleetrl rollout show reach            (rollback, release, evaluate: which version the robots run)
 
 Each command group lives in its own module and adds its own subparsers (``run.py``: run, serve, robot;
-``demos.py``, ``critic.py``, ``value_report.py``, ``config.py``); this one builds the top-level parser.
+``demos.py``, ``critic.py``, ``value_report.py``, ``policy.py``, ``rollout.py``, ``config.py``); this one builds the top-level parser.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fleetrl.cli.config import add_config_parser
 from fleetrl.cli.critic import add_critic_parser
 from fleetrl.cli.demos import add_demos_parser
 from fleetrl.cli.policy import add_policy_parser
+from fleetrl.cli.rollout import add_rollout_parser
 from fleetrl.cli.run import add_run_parsers
 from fleetrl.cli.value_report import add_value_parser
 from fleetrl.extras import missing_extra_message
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_critic_parser(sub)
     add_value_parser(sub)
     add_policy_parser(sub)
+    add_rollout_parser(sub)
     add_config_parser(sub)
     return parser
 

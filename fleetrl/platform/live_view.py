@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from fleetrl.platform.rollout_text import versions_text
+
 MAX_ROBOT_ROWS = 24
 
 
@@ -55,6 +57,7 @@ def task_rows(gateway_stats: dict[str, Any], snapshot: dict[str, Any]) -> list[d
                 "e2e": latency.get(f"e2e_latency_seconds{{{task}}}"),
                 "queue": latency.get(f"queue_wait_seconds{{{task}}}"),
                 "queue_depth": gateway_stats.get("pools", {}).get(task, {}).get("queue_depth", 0),
+                "versions": versions_text(gateway_stats.get("rollouts", {}).get(task)),
             }
         )
     return rows
@@ -102,8 +105,9 @@ def render(
         "obs→action p50/p99 ms",
         "queue wait p50/p99 ms",
         "queued",
+        "versions",
     ):
-        tasks.add_column(col, justify="left" if col == "task" else "right")
+        tasks.add_column(col, justify="left" if col in ("task", "versions") else "right")
     for r in task_rows(gateway_stats, snapshot):
         tasks.add_row(
             r["task"],
@@ -114,9 +118,10 @@ def render(
             f"{_ms(r['e2e'], 'p50', 1e3)} / {_ms(r['e2e'], 'p99', 1e3)}",
             f"{_ms(r['queue'], 'p50', 1e3)} / {_ms(r['queue'], 'p99', 1e3)}",
             str(r["queue_depth"]),
+            r["versions"],
         )
     robots = Table(title="robots", expand=False)
-    for col in ("robot", "task", "state", "steps", "episodes", "success", "latency p50/p99 ms"):
+    for col in ("robot", "task", "state", "steps", "episodes", "success", "latency p50/p99 ms", "version"):
         robots.add_column(col, justify="left" if col in ("robot", "task", "state") else "right")
     rows = gateway_stats.get("robots", [])
     for r in rows[:MAX_ROBOT_ROWS]:
@@ -128,6 +133,7 @@ def render(
             str(r["episodes"]),
             _rate(r["successes"], r["episodes"]),
             f"{_ms(r['latency_ms'], 'p50')} / {_ms(r['latency_ms'], 'p99')}",
+            "-" if r.get("policy_version") is None else str(r["policy_version"]),
         )
     if len(rows) > MAX_ROBOT_ROWS:
         robots.caption = f"… and {len(rows) - MAX_ROBOT_ROWS} more robots"
@@ -187,6 +193,8 @@ def summary_line(
                 f", {learner['algorithm']} {learner['phase']} step {learner['step']} v{learner['version']}"
                 f" recent success {_pct(learner['recent_success'])} return {_num(learner['recent_return'])}"
             )
+        if r["versions"] not in ("-", "newest"):
+            parts[-1] += f", versions: {r['versions']}"
     return f"[{elapsed_s:5.0f}s] " + " | ".join(parts)
 
 

@@ -115,7 +115,10 @@ class Platform:
         )
         self.weights = control_actor(WeightBoard).remote(secrets.token_hex(6))
         self.replicas = {t.name: start_replicas(t, self.metrics, self.weights) for t in cfg.tasks}
-        ray.get([self.weights.register.remote(name, pool) for name, pool in self.replicas.items()])
+        keep = {t.name: t.rollout.keep_versions for t in cfg.tasks}
+        ray.get(
+            [self.weights.register.remote(name, pool, keep[name]) for name, pool in self.replicas.items()]
+        )
         self.curve_keys = server_keys(cfg.state_path) if cfg.gateway.security == "curve" else None
         self.gateway = start_gateway(
             cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data, self.weights,

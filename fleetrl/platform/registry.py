@@ -37,6 +37,17 @@ CREATE TABLE IF NOT EXISTS robots (
     curve_public_key TEXT
 );
 CREATE INDEX IF NOT EXISTS robots_task ON robots(task);
+CREATE TABLE IF NOT EXISTS rollouts (
+    task TEXT PRIMARY KEY,  -- no foreign key: a task deleted and created again under its name starts afresh
+    state TEXT NOT NULL     -- JSON: pinned and stable version, last rejected candidate, recent verdicts
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    evaluation_id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    created REAL NOT NULL,
+    record TEXT NOT NULL    -- JSON: the evaluation's summary (fleetrl.workers.gateway.rollout)
+);
+CREATE INDEX IF NOT EXISTS evaluations_task ON evaluations(task, created);
 """
 
 
@@ -97,6 +108,7 @@ class Registry:
             return [r["robot_id"] for r in self.list_robots(name)]
         if deleted == 0:
             raise NotFound(f"no task named {name!r}")
+        self._db.execute("DELETE FROM rollouts WHERE task = ?", (name,))
         return []
 
     def forget_config_tasks(self, keep: list[str]) -> list[str]:
@@ -213,6 +225,42 @@ class Registry:
         if r is None or not hmac.compare_digest(r["token_sha256"], hash_token(token)):
             return None
         return self._row(r)
+
+    # -- rollouts and evaluations (the gateway writes them, so a restart keeps pins and results) ----------
+    def save_rollout(self, task: str, state: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO rollouts(task, state) VALUES (?, ?) ON CONFLICT(task) DO UPDATE SET state=excluded.state",
+            (task, json.dumps(state)),
+        )
+
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        return {r["task"]: json.loads(r["state"]) for r in self._db.execute("SELECT * FROM rollouts")}
+
+    def save_evaluation(self, record: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO evaluations(evaluation_id, task, created, record) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(evaluation_id) DO UPDATE SET record=excluded.record",
+            (record["evaluation_id"], record["task"], record["created"], json.dumps(record)),
+        )
+
+    def list_evaluations(self, task: str) -> list[dict[str, Any]]:
+        """A task's evaluations, newest first."""
+        rows = self._db.execute(
+            "SELECT record FROM evaluations WHERE task = ? ORDER BY created DESC", (task,)
+        ).fetchall()
+        return [json.loads(r["record"]) for r in rows]
+
+    def interrupt_evaluations(self) -> int:
+        """At a gateway's (re)start: evaluations that were running are over (the episodes they had handed
+        out ran unmarked after the restart). Returns how many."""
+        count = 0
+        for r in self._db.execute("SELECT evaluation_id, record FROM evaluations").fetchall():
+            record = json.loads(r["record"])
+            if record.get("status") == "running":
+                record["status"] = "interrupted"
+                self.save_evaluation(record)
+                count += 1
+        return count
 
     def stop(self) -> None:
         self._db.close()

@@ -91,6 +91,11 @@ class Episode:
     def success(self) -> bool:
         return self.outcome == "success"
 
+    @property
+    def is_evaluation(self) -> bool:
+        """Run for an evaluation (the gateway stamps ``meta['evaluation']``): stored, not learned from."""
+        return bool(self.meta.get("evaluation"))
+
     def digest(self) -> str:
         """SHA-256 of what the robot sent: identity, outcome, flags and every array's dtype, shape and
         bytes (not ``meta``, which the gateway stamps). The store keeps it to tell a true re-send (same

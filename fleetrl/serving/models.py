@@ -120,3 +120,219 @@ class EpisodeLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     outcome: Literal["success", "failure"] = Field(description="The label.")
     labelled_by: Literal["human", "critic"] = Field("human", description="Who labelled it.")
+
+
+class EvaluationRequest(BaseModel):
+    """Evaluation episodes of one version, stored flagged as evaluation (never learned from unless the
+    task's replay sets ``learn_from_evaluation``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(
+        None,
+        ge=0,
+        description="Weight version to evaluate (None: what the fleet runs: pinned, stable or newest).",
+    )
+    robots: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Robot ids to run it on (None: any robot of the task).",
+    )
+    episodes: int = Field(20, ge=1, le=10_000, description="Episodes to run (an aborted one is run again).")
+    deterministic: bool = Field(True, description="Act with the policy's mode instead of sampling.")
+
+
+class EvaluationRecord(BaseModel):
+    """An evaluation and what it measured so far (``status``: running, done or interrupted)."""
+
+    evaluation_id: str
+    task: str
+    version: int
+    deterministic: bool
+    robots: list[str] | None = Field(description="The robots it may use (None: any of the task's).")
+    episodes: int = Field(description="Episodes asked for.")
+    episodes_done: int
+    status: Literal["running", "done", "interrupted"]
+    success_rate: float | None
+    success_ci95: list[float] | None = Field(description="Wilson 95 % interval of the success rate.")
+    return_mean: float | None
+    return_ci95: list[float] | None = Field(description="Normal 95 % interval of the mean return.")
+    outcomes: dict[str, int]
+    per_robot: dict[str, dict[str, int]]
+    created: float
+    finished: float | None
+
+
+class Rollback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=0, description="The version every new episode runs until the pin is released.")
+
+
+class Verdict(BaseModel):
+    candidate: int
+    stable: int
+    decision: Literal["promoted", "rolled_back"]
+    canary_success: float
+    stable_success: float
+    episodes: dict[str, int]
+    canary_robots: list[str]
+    started: float
+    decided: float
+
+
+class TrialState(BaseModel):
+    candidate: int
+    stable: int
+    canary_robots: list[str]
+    episodes: dict[str, int] = Field(description="Finished episodes per side (canary, stable).")
+    counts: dict[str, list[int]] = Field(description="[successes, episodes] per side.")
+    success: dict[str, float | None] = Field(description="Success rate per side so far.")
+    window_episodes: int
+    started: float
+
+
+class RolloutState(BaseModel):
+    """Which version a task's robots run and why: the canary trial, verdicts, a pin, running evaluations."""
+
+    task: str
+    mode: Literal["follow", "canary"]
+    newest: int = Field(description="The newest version the replicas serve.")
+    stable: int | None = Field(description="Canary mode: the version that passed its trial.")
+    pinned: int | None = Field(description="The version an operator rolled back to (None: no pin).")
+    held: list[int] = Field(description="Versions every replica holds besides the newest.")
+    rejected: int | None = Field(description="The last candidate rolled back.")
+    trial: TrialState | None
+    verdicts: list[Verdict]
+    evaluations: list[EvaluationRecord]
+    robots: dict[str, int | None] = Field(description="Robot id -> version of the last chunk it was sent.")
+    config: dict[str, Any]
+
+
+# -- response bodies of the other routes ---------------------------------------------------------------
+class Answer(BaseModel):
+    """A response body: the fields listed are documented and always present; more may follow (a newer
+    platform adds fields without breaking clients)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Health(Answer):
+    status: Literal["ok"]
+    api: str = Field(description="API version.")
+    robot_endpoint: str = Field(description="Where robots connect (ZeroMQ).")
+
+
+class LogLine(Answer):
+    t: float = Field(description="Unix time.")
+    source: str = Field(description="The actor that logged it.")
+    level: str
+    message: str
+
+
+class TaskListing(Answer):
+    name: str
+    observation_spec: dict[str, Any]
+    action_spec: dict[str, Any]
+    chunk_len: int
+    policy_family: str
+    algorithm: str | None
+    robots: int = Field(description="Robots registered for it.")
+    served: bool = Field(description="False: listed but not running (see GET /v1/tasks).")
+
+
+class TaskDetail(Answer):
+    name: str
+    description: str
+    observation_spec: dict[str, Any]
+    action_spec: dict[str, Any]
+    chunk_len: int
+    policy_family: str
+    algorithm: str | None
+    replicas: int
+    weight_version: int = Field(description="The newest version the learner published (0: initial weights).")
+    learner: dict[str, Any] | None = Field(description="The learner's status (None: no learner).")
+    versions: dict[str, Any] | None = Field(
+        None, description="Which version the robots run (GET /v1/tasks/{task}/rollout in full)."
+    )
+
+
+class TaskDeleted(Answer):
+    task: str
+    episodes_kept: int = Field(description="Stored episodes, kept on disk.")
+    learner: dict[str, Any] | None = Field(description="The learner's last status.")
+
+
+class AlgorithmSwitched(Answer):
+    task: str
+    algorithm: str
+    config: dict[str, Any]
+    applies: str
+
+
+class RobotRecord(Answer):
+    robot_id: str
+    name: str
+    task: str
+    observation_spec: dict[str, Any]
+    action_spec: dict[str, Any]
+    created: float
+    curve_public_key: str | None
+    online: bool
+    control: str = Field(description="'autonomous', or 'human' while an operator has taken over.")
+    stats: dict[str, Any] | None = Field(description="The gateway's live counters (None: never connected).")
+
+
+class ResetAnswer(Answer):
+    ok: bool
+
+
+class TaskData(Answer):
+    task: str
+    episodes: int
+    steps: int
+    hours: float
+    success: int
+    failure: int
+    timeout: int
+    aborted: int
+    intervention_steps: int
+    snapshot: int
+    replay: dict[str, Any] = Field(description="Replay sizes (offline/online episodes and transitions).")
+    refill: dict[str, Any] = Field(description="The replay refill after the data server's last start.")
+
+
+class FailureStates(Answer):
+    count: int
+    histogram: Any
+    recent: list[Any]
+
+
+class Curves(Answer):
+    task: str
+    window: int
+    episodes: int
+    robot_hours: float
+    points: list[dict[str, Any]]
+
+
+class EpisodeRow(Answer):
+    """A stored episode's catalog row."""
+
+    episode_id: str
+    task: str
+    robot_id: str
+    outcome: str
+    source: str
+    labelled_by: str
+    n_steps: int
+    snapshot: int
+
+
+class EpisodeSummary(EpisodeRow):
+    meta: dict[str, Any]
+
+
+class ImportResult(Answer):
+    stored: int = Field(description="New episodes stored.")
+    duplicates: int = Field(description="Episodes stored already (same episode ids).")
+    snapshot: int

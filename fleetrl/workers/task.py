@@ -171,6 +171,37 @@ class ReturnAndExploreConfig(BaseModel):
     )
 
 
+class RolloutConfig(BaseModel):
+    """How a task's newly published weights reach its robots: all at once (``follow``), or first to a
+    canary share of the robots, promoted to all only if their success holds up against the robots still on
+    the previous version (``canary``). A version an operator pins (``POST /v1/tasks/{task}/rollback``)
+    overrides both until it is released."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    mode: Literal["follow", "canary"] = Field(
+        "follow", description="'follow': every new episode runs the newest version; 'canary': gated rollout."
+    )
+    canary_fraction: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the online robots that try a candidate version (at least one).",
+    )
+    window_episodes: int = Field(
+        20, ge=1, le=10_000,
+        description="Finished episodes each side (canary, stable) needs before the verdict.",
+    )  # fmt: skip
+    tolerance: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="The candidate is promoted unless its success rate is below the stable version's by more "
+        "than this; otherwise it is rolled back and the next candidate is a version published after it.",
+    )  # fmt: skip
+    keep_versions: int = Field(
+        8, ge=1, le=1000,
+        description="Published versions the weight board keeps for rollback and evaluation (held ones extra).",
+    )  # fmt: skip
+
+
 class ReplayConfig(BaseModel):
     """Replay settings of one task (the chunk length comes from the task's action spec)."""
 
@@ -191,6 +222,9 @@ class ReplayConfig(BaseModel):
         100.0, ge=0.0, description="ALOE failure penalty; ALOE uses the mean episode length."
     )
     recent_episodes: int = Field(256, gt=0, description="Online episodes kept whole for on-policy learners.")
+    learn_from_evaluation: bool = Field(
+        False, description="Replay evaluation episodes too (by default they are stored but never sampled)."
+    )
 
 
 class TaskConfig(BaseModel):
@@ -209,6 +243,9 @@ class TaskConfig(BaseModel):
     inference: InferencePoolConfig = Field(default_factory=InferencePoolConfig, description="Inference pool.")
     learner: LearnerConfig | None = Field(
         None, description="The task's learner (None: serve the policy only)."
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="How new versions reach the robots (canary, rollback)."
     )
     return_and_explore: ReturnAndExploreConfig = Field(
         default_factory=ReturnAndExploreConfig, description="Restarting robots where episodes fail."

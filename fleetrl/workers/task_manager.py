@@ -163,7 +163,7 @@ class TaskManager:
                     f"the resources they ask for? ({asked})",
                 }
             return {"ok": False, "code": 422, "error": f"the inference replicas failed: {root_cause(exc)}"}
-        ray.get(self.weights.register.remote(task.name, replicas))
+        ray.get(self.weights.register.remote(task.name, replicas, task.rollout.keep_versions))
         ray.get(self.data.add_task.remote(task, replay))
         ray.get(self.gateway.add_task.remote(task, replicas))
         ray.get(self.registry.upsert_task.remote(task.name, task.public(), saved_task(task, replay)))

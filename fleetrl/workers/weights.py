@@ -2,8 +2,10 @@
 
 A learner publishes ``(version, state)`` for its task; the board puts the state into the Ray object store
 once (the board owns that object, so it outlives a restarted learner worker), pushes the reference to
-every replica of the task, and keeps the newest version so a replica that (re)starts loads it before
-serving. Weights travel as numpy arrays (zero-copy reads from the object store).
+every replica of the task, and keeps the newest versions (``keep_versions`` of them) so a replica that
+(re)starts loads the newest before serving, and so the gateway can ask every replica to *hold* older ones:
+the stable version of a canary rollout, a version an operator rolled back to, one under evaluation
+(``hold``). Weights travel as numpy arrays (zero-copy reads from the object store).
 
 Ray restarts a dead board. Its state is rebuilt from what is still alive rather than from disk: replicas
 carry names ``fleetrl-replica|<board id>|<task>|<index>|<nonce>`` (the board id is a constructor argument,
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,13 +64,16 @@ def named_pools(board_id: str) -> dict[str, list[Any]]:
 
 
 class WeightBoard:
-    """Ray actor: ``register(task, replicas)``, ``unregister(task)``, ``pools()``, ``publish(task, version,
-    state)``, ``latest(task)``."""
+    """Ray actor: ``register(task, replicas, keep)``, ``unregister(task)``, ``pools()``, ``publish(task,
+    version, state)``, ``latest(task)``, ``versions(task)``, ``hold(task, versions)``, ``held(task)``."""
 
     def __init__(self, board_id: str = "") -> None:
         self.board_id = board_id  # "": replicas are not named, a restart forgets the pools
         self.replicas: dict[str, list[Any]] = {}
         self.newest: dict[str, tuple[int, ray.ObjectRef, float]] = {}
+        self.history: dict[str, OrderedDict[int, tuple[ray.ObjectRef, float]]] = defaultdict(OrderedDict)
+        self.keep: dict[str, int] = {}  # task -> published versions kept besides held ones
+        self.holding: dict[str, list[int]] = {}  # task -> versions every replica must keep serving
         if board_id and ray.get_runtime_context().was_current_actor_reconstructed:
             self._recover()
 
@@ -103,14 +108,16 @@ class WeightBoard:
                 )
                 continue
             self.newest[task] = (version, ray.put(state), time.time())
+            self.history[task][version] = self.newest[task][1:]  # older versions are gone with the old board
         log.warning(
             "weight board restarted: pools %s, versions %s",
             {t: len(p) for t, p in self.replicas.items()},
             {t: v[0] for t, v in self.newest.items()},
         )
 
-    def register(self, task: str, replicas: list[Any]) -> None:
+    def register(self, task: str, replicas: list[Any], keep: int = 8) -> None:
         self.replicas[task] = list(replicas)
+        self.keep[task] = keep
 
     def pools(self) -> dict[str, list[Any]]:
         """Every task's replicas (a restarted gateway finds the pools of tasks created since boot here)."""
@@ -121,6 +128,8 @@ class WeightBoard:
         another architecture; its learner publishes anew)."""
         self.replicas.pop(task, None)
         self.newest.pop(task, None)
+        self.history.pop(task, None)
+        self.holding.pop(task, None)
 
     def publish(self, task: str, version: int, state: dict[str, np.ndarray]) -> int:
         """Keep ``version`` as the task's newest and push it to the task's replicas (not waiting for them)."""
@@ -131,9 +140,56 @@ class WeightBoard:
         ref = ray.put(state)
         published_at = time.time()
         self.newest[task] = (version, ref, published_at)
+        self._remember(task, version, ref, published_at)
         for replica in self.replicas.get(task, []):
             replica.load_weights.remote(ref, version, published_at)
         return version
+
+    def _remember(self, task: str, version: int, ref: ray.ObjectRef, published_at: float) -> None:
+        """Keep ``version`` for rollback and evaluation; the oldest versions nobody holds go first."""
+        kept = self.history[task]
+        kept[version] = (ref, published_at)
+        spare = [v for v in kept if v not in self.holding.get(task, ())]
+        for v in spare[: max(0, len(spare) - self.keep.get(task, 8))]:
+            del kept[v]
+
+    def versions(self, task: str) -> list[int]:
+        """Versions that can be held (rolled back to, evaluated): 0 (the initial weights every replica
+        builds) and the published ones kept."""
+        return [0, *sorted(self.history.get(task, {}))]
+
+    def hold(self, task: str, versions: list[int], timeout: float = 60.0) -> list[int]:
+        """Make every replica of ``task`` keep serving ``versions`` besides the newest (the previous hold is
+        released), loading what a replica lacks; returns once every live replica holds them. KeyError
+        names the versions that are not kept (any more)."""
+        versions = sorted(set(int(v) for v in versions))
+        missing = [v for v in versions if v != 0 and v not in self.history.get(task, {})]
+        if missing:
+            raise KeyError(f"versions {missing} of task {task!r} are not kept; kept: {self.versions(task)}")
+        self.holding[task] = versions
+        calls = [replica.hold.remote(self._held_refs(task)) for replica in self.replicas.get(task, [])]
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                continue  # restarting: it loads the held versions (``held``) before it serves again
+        if len(ready) < len(calls):
+            raise TimeoutError(
+                f"{len(calls) - len(ready)} replicas of {task!r} did not load {versions} in {timeout} s"
+            )
+        return versions
+
+    def _held_refs(self, task: str) -> dict[int, list[ray.ObjectRef] | None]:
+        """``{version: [ref]}`` of the held versions (None for version 0: the replica's own initial weights)."""
+        kept = self.history.get(task, {})
+        return {
+            v: None if v == 0 else [kept[v][0]] for v in self.holding.get(task, []) if v == 0 or v in kept
+        }
+
+    def held(self, task: str) -> dict[int, list[ray.ObjectRef] | None]:
+        """What a (re)starting replica must hold besides the newest (``hold``)."""
+        return self._held_refs(task)
 
     def serving(self, task: str, timeout: float = 5.0) -> int | None:
         """The oldest version any live replica of ``task`` serves (None: no replica answered). A replica

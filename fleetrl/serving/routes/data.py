@@ -9,7 +9,16 @@ from fastapi import APIRouter, HTTPException, Query
 
 from ..dependencies import ServicesDep
 from ..errors import actor_refusal, missing_as_404, refusals
-from ..models import DemoImport, EpisodeLabel
+from ..models import (
+    Curves,
+    DemoImport,
+    EpisodeLabel,
+    EpisodeRow,
+    EpisodeSummary,
+    FailureStates,
+    ImportResult,
+    TaskData,
+)
 
 router = APIRouter(tags=["data"])
 
@@ -25,7 +34,7 @@ ROBOT_OF_EPISODE = Query(
 )
 
 
-@router.get("/v1/tasks/{task}/data", responses=refusals(404))
+@router.get("/v1/tasks/{task}/data", response_model=TaskData, responses=refusals(404))
 async def task_data(svc: ServicesDep, task: str) -> dict[str, Any]:
     """Episodes, hours, outcome and intervention counts, replay sizes and the snapshot of one task, and
     the data server's replay refill after its last start (``refill``: episodes planned, loaded, done)."""
@@ -34,7 +43,7 @@ async def task_data(svc: ServicesDep, task: str) -> dict[str, Any]:
     return {"task": task, **stats["store"], "replay": stats["replay"], "refill": stats["refill"]}
 
 
-@router.get("/v1/tasks/{task}/failure_states", responses=refusals(404))
+@router.get("/v1/tasks/{task}/failure_states", response_model=FailureStates, responses=refusals(404))
 async def failure_states(svc: ServicesDep, task: str) -> dict[str, Any]:
     """Where the task's episodes fail (failure points, a histogram over the episode): the states
     return-and-explore restarts robots from."""
@@ -42,7 +51,7 @@ async def failure_states(svc: ServicesDep, task: str) -> dict[str, Any]:
     return await svc.data.failure_states.remote(task)
 
 
-@router.get("/v1/tasks/{task}/curves", responses=refusals(404, 422))
+@router.get("/v1/tasks/{task}/curves", response_model=Curves, responses=refusals(404, 422))
 async def task_curves(
     svc: ServicesDep, task: str, window: int = Query(20, ge=1, le=10_000)
 ) -> dict[str, Any]:
@@ -52,7 +61,7 @@ async def task_curves(
     return await svc.data.curves.remote(task, window)
 
 
-@router.get("/v1/tasks/{task}/episodes", responses=refusals(404, 422))
+@router.get("/v1/tasks/{task}/episodes", response_model=list[EpisodeRow], responses=refusals(404, 422))
 async def task_episodes(
     svc: ServicesDep, task: str, limit: int = Query(50, ge=1, le=1000)
 ) -> list[dict[str, Any]]:
@@ -61,7 +70,12 @@ async def task_episodes(
     return await svc.data.recent_episodes.remote(task, limit)
 
 
-@router.post("/v1/tasks/{task}/demos", status_code=201, responses=refusals(400, 415, 404, 422))
+@router.post(
+    "/v1/tasks/{task}/demos",
+    status_code=201,
+    response_model=ImportResult,
+    responses=refusals(400, 415, 404, 422),
+)
 async def import_demos(svc: ServicesDep, task: str, body: DemoImport) -> dict[str, Any]:
     """Import demonstrations from a folder the data server can read (all-or-nothing validation)."""
     await svc.task_config(task)
@@ -71,7 +85,7 @@ async def import_demos(svc: ServicesDep, task: str, body: DemoImport) -> dict[st
         raise HTTPException(422, actor_refusal(exc)) from None
 
 
-@router.get("/v1/episodes/{episode_id}", responses=refusals(404, 409))
+@router.get("/v1/episodes/{episode_id}", response_model=EpisodeSummary, responses=refusals(404, 409))
 async def get_episode(
     svc: ServicesDep, episode_id: str, robot_id: str | None = ROBOT_OF_EPISODE
 ) -> dict[str, Any]:
@@ -80,7 +94,9 @@ async def get_episode(
         return await svc.data.episode_summary.remote(episode_id, robot_id)
 
 
-@router.post("/v1/episodes/{episode_id}/label", responses=refusals(400, 415, 404, 409, 422))
+@router.post(
+    "/v1/episodes/{episode_id}/label", response_model=EpisodeRow, responses=refusals(400, 415, 404, 409, 422)
+)
 async def label_episode(
     svc: ServicesDep, episode_id: str, body: EpisodeLabel, robot_id: str | None = ROBOT_OF_EPISODE
 ) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse
 
 from ..dependencies import ServicesDep
 from ..errors import refusals
+from ..models import Health, LogLine
 
 API_VERSION = "v1"
 
@@ -16,7 +17,7 @@ public_router = APIRouter(tags=["ops"])
 router = APIRouter(tags=["ops"])
 
 
-@public_router.get("/healthz", responses=refusals(503))
+@public_router.get("/healthz", response_model=Health, responses=refusals(503))
 async def healthz(svc: ServicesDep) -> dict[str, Any]:
     try:
         await svc.registry.ready.remote()
@@ -35,7 +36,7 @@ async def prometheus(svc: ServicesDep) -> PlainTextResponse:
     return PlainTextResponse(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@router.get("/v1/logs", responses=refusals(422))
+@router.get("/v1/logs", response_model=list[LogLine], responses=refusals(422))
 async def recent_logs(svc: ServicesDep, n: int = Query(100, ge=1, le=2000)) -> list[dict[str, Any]]:
     """Recent log lines from every actor (the log server's ring buffer)."""
     return await svc.metrics.logs.remote(n)

@@ -13,7 +13,14 @@ from fleetrl.workers.task import spec_mismatch
 
 from ..dependencies import Services, ServicesDep
 from ..errors import actor_refusal, checked, missing_as_404, refusals
-from ..models import CurveCredentials, ResetRequest, RobotCredentials, RobotRegistration
+from ..models import (
+    CurveCredentials,
+    ResetAnswer,
+    ResetRequest,
+    RobotCredentials,
+    RobotRecord,
+    RobotRegistration,
+)
 
 router = APIRouter(tags=["robots"])
 
@@ -75,13 +82,13 @@ async def register_robot(svc: ServicesDep, body: RobotRegistration, response: Re
     )
 
 
-@router.get("/v1/robots")
+@router.get("/v1/robots", response_model=list[RobotRecord])
 async def list_robots(svc: ServicesDep, task: str | None = None) -> list[dict[str, Any]]:
     live = await live_robots(svc)
     return [with_live(r, live) for r in await svc.registry.list_robots.remote(task)]
 
 
-@router.get("/v1/robots/{robot_id}", responses=refusals(404))
+@router.get("/v1/robots/{robot_id}", response_model=RobotRecord, responses=refusals(404))
 async def get_robot(svc: ServicesDep, robot_id: str) -> dict[str, Any]:
     with missing_as_404(no_robot(robot_id)):
         robot = await svc.registry.get_robot.remote(robot_id)
@@ -108,7 +115,9 @@ async def camera_frame(svc: ServicesDep, robot_id: str, key: str | None = None) 
     return Response(content=frame["data"], media_type=frame["media_type"], headers=headers)
 
 
-@router.post("/v1/robots/{robot_id}/reset", responses=refusals(400, 415, 404, 409, 422))
+@router.post(
+    "/v1/robots/{robot_id}/reset", response_model=ResetAnswer, responses=refusals(400, 415, 404, 409, 422)
+)
 async def reset_robot(svc: ServicesDep, robot_id: str, body: ResetRequest) -> dict[str, Any]:
     """Ask a connected robot to start its next episode from a state (sim robots restore it; real
     robots receive it as an operator instruction). 409 if the robot is offline."""

@@ -52,6 +52,7 @@ class Replay:
         reward: str = "env",
         c_fail: float = 100.0,
         recent_episodes: int = 256,
+        learn_from_evaluation: bool = False,
         frames: dict[str, ArraySpec] | None = None,
     ) -> None:
         """``frames``: the specs of camera keys held compressed (their encoding) and decoded per sampled
@@ -65,6 +66,7 @@ class Replay:
         self.chunk_len, self.gamma, self.offline_fraction = chunk_len, float(gamma), offline_fraction
         self.robots = RobotSampling(robot_alpha, robot_eps, robot_window)
         self.reward, self.c_fail = reward, c_fail
+        self.learn_from_evaluation = learn_from_evaluation
         self.rng = np.random.default_rng(seed)
         self.frames = dict(frames or {})
         self.offline = Partition(None, self.gamma, self.frames)
@@ -97,11 +99,13 @@ class Replay:
     def add(self, episode: Episode, snapshot: int | None = None) -> bool:
         """Add an episode (routed on ``episode.source``) with the store ``snapshot`` that committed it
         (None: the replay's own counter + 1, for use without a store). Returns False for an episode
-        already held or one with no steps."""
+        already held, one with no steps, or an evaluation episode the task does not learn from."""
         snapshot = self.snapshot + 1 if snapshot is None else int(snapshot)
         self.snapshot = max(self.snapshot, snapshot)
         robot = self.robots.code(episode.robot_id)
         if (robot, episode.episode_id) in self._live or len(episode) == 0:
+            return False
+        if episode.is_evaluation and not self.learn_from_evaluation:
             return False
         episode.validate()
         ep = with_rewards(self._conform(episode), self.reward, self.c_fail)

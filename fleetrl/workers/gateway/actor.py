@@ -11,8 +11,9 @@ The socket, the scheduler and the replica calls all live on one asyncio loop in 
 so the scheduler needs no locks; Ray method calls reach that loop through ``_call``. The gateway owns its
 other jobs as parts, each built here with only what it needs (``send``/``refuse``, the robot table, the
 loop, the metrics buffer, the data server, the scheduler): task pools and replica dispatch
-(``ReplicaDispatch``, dispatch.py), episode assembly and delivery (``EpisodeIntake``, intake.py) and
-return-and-explore resets (``ResetRequests``, resets.py). The receive loop and the frame handlers here
+(``ReplicaDispatch``, dispatch.py), episode assembly and delivery (``EpisodeIntake``, intake.py),
+return-and-explore resets (``ResetRequests``, resets.py) and gated rollout, rollback and evaluation
+(``RolloutControl``, rollout_control.py, deciding by rollout.py). The receive loop and the frame handlers here
 check sessions and hand each frame to its part.
 """
 
@@ -40,6 +41,7 @@ from fleetrl.workers.gateway.dispatch import ReplicaDispatch
 from fleetrl.workers.gateway.hello_limits import HelloLimits
 from fleetrl.workers.gateway.intake import EpisodeIntake
 from fleetrl.workers.gateway.resets import ResetRequests
+from fleetrl.workers.gateway.rollout_control import Refused, RolloutControl
 from fleetrl.workers.gateway.scheduler import Scheduler
 from fleetrl.workers.gateway.session import GatewayConfig, RobotState
 from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
@@ -102,9 +104,13 @@ class Gateway:
         )
         # ``data``: the data server; None: episodes are acked and dropped (and no reset can be recorded)
         self.resets = ResetRequests(self.robots, data, self._send, random.Random(0))
+        self.rollout = RolloutControl(
+            self.dispatch.rollouts, self.robots, weights, registry, self.metrics, self._loop
+        )
         self.intake = EpisodeIntake(
             data, self._send, self._refuse, self.refused, self.metrics, self._loop, self.resets.maybe_explore,
-            max_episode_steps=config.max_episode_steps, max_episode_bytes=config.max_episode_bytes,
+            self.rollout.episode_ended, max_episode_steps=config.max_episode_steps,
+            max_episode_bytes=config.max_episode_bytes,
         )  # fmt: skip
         if weights is not None:
             pools = {**ray.get(weights.pools.remote()), **replicas}
@@ -112,6 +118,12 @@ class Gateway:
             tasks, replicas = [t for t in served if t.name in pools], pools
         for task in tasks:
             self.dispatch.add_task(task, replicas.get(task.name, []))
+        self.rollout.restore(ray.get(registry.rollouts.remote()))
+        interrupted = ray.get(registry.interrupt_evaluations.remote())
+        if interrupted:
+            log.warning(
+                "gateway: %d evaluations that were running when it (re)started are interrupted", interrupted
+            )
         self._thread = threading.Thread(target=self._run_loop, name="fleetrl-gateway", daemon=True)
         self._thread.start()
 
@@ -144,7 +156,51 @@ class Gateway:
 
     def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
         """Serve a task created at runtime (POST /v1/tasks)."""
-        self._on_loop(self.dispatch.add_task, task, replicas)
+
+        def add() -> None:
+            self.dispatch.add_task(task, replicas)
+            self.rollout.adopt(task.name)
+
+        self._on_loop(add)
+
+    # -- rollout (REST: /v1/tasks/{task}/rollout, /rollback, /evaluations) ----------------------------
+    def rollout_state(self, task: str, summary: bool = False) -> dict[str, Any]:
+        """The task's rollout: mode, versions, trial, verdicts, running evaluations, each robot's version
+        (``summary``: ``{summary: the one-line version}``); ``{ok: False, code, error}`` for a task not served."""
+        if summary:
+            return self._refusable(lambda: {"summary": self.rollout.rollouts_summary(task)})
+        return self._refusable(lambda: self.rollout.state(task))
+
+    def rollback(self, task: str, version: int | None) -> dict[str, Any]:
+        """Pin the task's new episodes to ``version`` (None: release), once every replica holds it."""
+        return self._refusable(lambda: self.rollout.rollback(task, version), timeout=150)
+
+    def evaluate(
+        self, task: str, version: int | None, robots: list[str] | None, episodes: int, deterministic: bool
+    ) -> dict[str, Any]:
+        """Start an evaluation of ``version`` on ``robots`` (None: any of the task's); returns its record."""
+        return self._refusable(
+            lambda: self.rollout.evaluate(task, version, robots, episodes, deterministic), timeout=150
+        )
+
+    def running_evaluations(self, task: str) -> list[dict[str, Any]]:
+        return self._on_loop(
+            lambda: [] if task not in self.dispatch.rollouts else self.rollout.running_evaluations(task)
+        )
+
+    def _refusable(self, fn: Callable[[], Any], timeout: float = 10) -> dict[str, Any]:
+        """Run ``fn`` (sync or a coroutine) on the loop; a ``Refused`` becomes ``{ok: False, code, error}``."""
+
+        async def run() -> dict[str, Any]:
+            try:
+                out = fn()
+                if asyncio.iscoroutine(out):
+                    out = await out
+                return {"ok": True, **out}
+            except Refused as exc:
+                return {"ok": False, "code": exc.code, "error": exc.message}
+
+        return self._call(run(), timeout)
 
     def served_tasks(self) -> list[str]:
         """The tasks robots can connect to now."""
@@ -198,9 +254,9 @@ class Gateway:
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, Any], timeout: float = 10) -> Any:
         """Run ``coro`` on the gateway's loop and wait for its result (from a Ray method's thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the gateway's loop, where the robot table and the parts may be touched."""
@@ -235,6 +291,7 @@ class Gateway:
         self._bound.set()
         self._loop.create_task(self._recv_loop())
         self._loop.create_task(self._lease_loop())
+        self._loop.create_task(self.rollout.run())
         if self.metrics_server is not None:
             self._loop.create_task(self._flush_loop())
         try:
@@ -411,6 +468,12 @@ class Gateway:
             return
         if not self.intake.enter_episode(ident, state, msg.episode_id, msg.step):
             return
+        asm = state.assemblies.get(msg.episode_id)
+        if asm is not None and not asm.assigned:  # the episode's version, evaluation or canary side
+            asm.assignment, asm.assigned = (
+                self.dispatch.rollouts[task.name].assign(state.robot_id, msg.step),
+                True,
+            )
         if msg.step < state.last_step:  # the same step again is a retry whose reply was lost
             why = f"step {msg.step} after step {state.last_step}"
             self._refuse(ident, "out_of_order", why, state.robot_id, msg.step)
@@ -479,6 +542,7 @@ class Gateway:
             "refused": dict(self.refused),
             "zap_denied": self.auth.denied if self.auth is not None else 0,  # connections refused (CURVE)
             "episodes_committed": self.intake.episodes_committed,
+            "rollouts": {task: r.summary() for task, r in self.dispatch.rollouts.items()},
             "pools": {
                 p: {
                     "queue_depth": self.scheduler.queue_depth(p),

@@ -13,6 +13,7 @@ import numpy as np
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.episode import STEP_COLUMNS, Episode
+from fleetrl.workers.gateway.rollout import UNASSIGNED, Assignment
 from fleetrl.workers.task import TaskConfig
 
 
@@ -23,6 +24,8 @@ class EpisodeAssembly:
         self.nbytes = 0  # array bytes held
         self.asked_from: int | None = None  # row we last asked the robot to re-send from
         self.segment_from = 0  # first row not yet handed out in a segment (segments.py)
+        self.assignment: Assignment = UNASSIGNED  # the version it runs, evaluation or canary (rollout.py)
+        self.assigned = False  # decided at its first observation
         self._obs: dict[str, list[np.ndarray]] = {k: [] for k in task.observation}
         self._actions: list[np.ndarray] = []
         self._columns: dict[str, list[np.ndarray]] = {k: [] for k in STEP_COLUMNS}
@@ -119,7 +122,7 @@ class EpisodeAssembly:
             terminated=end.terminated,
             truncated=end.truncated,
             source=end.source,
-            meta={**end.meta, "gateway_end_time": time.time()},
+            meta={**end.meta, **self.assignment.meta(), "gateway_end_time": time.time()},
         )
 
     def abort(self) -> Episode | None:
@@ -132,5 +135,5 @@ class EpisodeAssembly:
             "gateway",
             final,
             truncated=True,
-            meta={"final_observation": "last_row", "gateway_end_time": time.time()},
+            meta={"final_observation": "last_row", **self.assignment.meta(), "gateway_end_time": time.time()},
         )

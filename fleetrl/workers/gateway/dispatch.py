@@ -5,9 +5,12 @@ action chunk. A replica that dies or does not answer within ``batch_timeout_s`` 
 and is given back to the scheduler once Ray has restarted it. Tasks come and go while the gateway runs
 (``add_task``, ``remove_task``).
 
+Each row names the weight version its episode runs when anything pins versions (episode reload mode, a
+canary trial, a rollback, an evaluation: ``rollout.py``); otherwise a batch takes the replica's newest.
+
 It runs on the gateway's asyncio loop and knows the gateway only through what its constructor is given:
-the scheduler, the robot table (pinned weight versions, who is under human control), ``send`` and
-``refuse`` for frames to robots, the metrics buffer and the loop it starts its replica calls on.
+the scheduler, the robot table (open episodes and their assignments, who is under human control),
+``send`` and ``refuse`` for frames to robots, the metrics buffer and the loop it starts its replica calls on.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.pending import PENDING_KEY, encode_pending
+from fleetrl.workers.gateway.rollout import NEWEST, TaskRollout
 from fleetrl.workers.gateway.scheduler import Dispatch, Scheduler
 from fleetrl.workers.metrics_server import MetricsBuffer
 from fleetrl.workers.task import TaskConfig
@@ -66,6 +70,7 @@ class ReplicaDispatch:
         self.tasks: dict[str, TaskConfig] = {}
         self.replicas: dict[str, Any] = {}  # replica id ("task/i") -> actor handle
         self.replica_pool: dict[str, str] = {}  # replica id -> its task's pool
+        self.rollouts: dict[str, TaskRollout] = {}  # task -> which version its episodes run
 
     # -- task pools ----------------------------------------------------------------------------------
     def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
@@ -73,6 +78,7 @@ class ReplicaDispatch:
         if task.name in self.tasks:
             raise ValueError(f"task {task.name!r} is already served")
         self.tasks[task.name] = task
+        self.rollouts[task.name] = TaskRollout(task.name, task.rollout)
         self.scheduler.add_pool(task.name, task.inference.max_batch)
         for i, handle in enumerate(replicas):
             rid = f"{task.name}/{i}"
@@ -86,7 +92,7 @@ class ReplicaDispatch:
         dropped = self.scheduler.remove_pool(name)
         for rid in [rid for rid, pool in self.replica_pool.items() if pool == name]:
             del self.replicas[rid], self.replica_pool[rid]
-        del self.tasks[name]
+        del self.tasks[name], self.rollouts[name]
         log.info("gateway: task %s removed (%d observations dropped)", name, len(dropped))
 
     # -- dispatch ------------------------------------------------------------------------------------
@@ -106,9 +112,9 @@ class ReplicaDispatch:
         task = self.tasks[d.pool]
         messages = [item.payload[1] for item in d.items]
         batch = stack_observations(messages, task)
-        pins = self._pins(messages) if task.inference.reload == "episode" else None
+        pins, deterministic = self._pins(task, messages)
         handle = self.replicas[d.replica]
-        call = handle.infer.remote(batch, pins)
+        call = handle.infer.remote(batch, pins, deterministic)
         result, failure = None, None
         try:
             result = await asyncio.wait_for(
@@ -128,7 +134,7 @@ class ReplicaDispatch:
                 ident, msg, _ = item.payload
                 self.refuse(ident, "inference_failed", type(failure).__name__, msg.robot_id, msg.step)
         else:
-            self._deliver(d, messages, result, pins is not None)
+            self._deliver(d, messages, result, task.inference.reload == "episode")
 
     def _replica_gone(self, d: Dispatch, task: TaskConfig, failure: Exception) -> None:
         """The replica died or timed out: its batch goes back to the queue and it is watched until back."""
@@ -148,6 +154,9 @@ class ReplicaDispatch:
         pool = (d.pool,)
         self.metrics.observe("service_seconds", pool, done.service_time)
         self.observe_result(d.pool, result, len(d.items))
+        rollout = self.rollouts.get(d.pool)
+        if rollout is not None:
+            rollout.saw_version(int(result["version"]))
         if pinning:
             self._pin(messages, result["versions"])
         for i, item in enumerate(d.items):
@@ -155,16 +164,28 @@ class ReplicaDispatch:
             self.metrics.observe("queue_wait_seconds", pool, item.queue_wait)
             self.reply(ident, msg, result, i, arrived, {"queue_ms": item.queue_wait * 1e3})
 
-    def _pins(self, messages: list[P.Obs]) -> np.ndarray:
-        """Per row, the weight version its episode started with (-1: a new episode takes the newest)."""
-        pins = np.full(len(messages), -1, dtype=np.int64)
+    def _pins(self, task: TaskConfig, messages: list[P.Obs]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per row, the weight version its episode runs (-1: the newest) and whether it takes the policy's
+        mode; (None, None) when nothing pins (every row takes the newest: the fast path)."""
+        rollout = self.rollouts[task.name]
+        episode_mode = task.inference.reload == "episode"
+        if not (episode_mode or rollout.pins_rows):
+            return None, None
+        pins = np.full(len(messages), NEWEST, dtype=np.int64)
+        deterministic = np.zeros(len(messages), dtype=bool)
         for i, msg in enumerate(messages):
             state = self.robots.get(msg.robot_id)
-            if state is not None and state.pinned is not None and state.pinned[0] == msg.episode_id:
-                pins[i] = state.pinned[1]
-        return pins
+            if state is None:
+                continue
+            asm = state.assemblies.get(msg.episode_id)
+            if asm is not None and asm.assignment.version != NEWEST:
+                pins[i], deterministic[i] = asm.assignment.version, asm.assignment.deterministic
+            elif episode_mode and state.pinned is not None and state.pinned[0] == msg.episode_id:
+                pins[i] = state.pinned[1]  # the version the episode started with
+        return pins, deterministic if deterministic.any() else None
 
     def _pin(self, messages: list[P.Obs], versions: np.ndarray) -> None:
+        """Episode reload mode: an episode keeps the version its first chunk came from."""
         for msg, version in zip(messages, versions, strict=True):
             state = self.robots.get(msg.robot_id)
             if state is not None and (state.pinned is None or state.pinned[0] != msg.episode_id):
@@ -189,6 +210,8 @@ class ReplicaDispatch:
         if state is not None and state.chunk_is_stale(msg.episode_id, msg.step):
             self.metrics.inc("stale_chunks_dropped_total", (state.task.name,))
             return
+        if state is not None:
+            state.policy_version = int(result["versions"][i])
         timings["compute_ms"] = result["compute_s"] * 1e3
         timings["to_replica_ms"] = (result["t_start"] - arrived) * 1e3
         self.send(

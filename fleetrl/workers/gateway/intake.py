@@ -50,13 +50,15 @@ class EpisodeIntake:
         metrics: MetricsBuffer,
         loop: asyncio.AbstractEventLoop,
         after_commit: Callable[[RobotState], Awaitable[None]],
+        ended: Callable[[RobotState, EpisodeAssembly, str, float], None] = lambda *_: None,
         max_episode_steps: int = 100_000,
         max_episode_bytes: int = 256 * 1024 * 1024,
     ):
         """``data``: the data server (``ingest(episode)``), None to ack and drop episodes; ``refuse(ident,
         code, message, robot_id, step, episode_id=)`` answers with an ``error`` and counts it in
         ``refused``, where rows that arrive twice are counted too; ``after_commit(state)`` runs once an
-        episode the robot ran online is stored while it is still connected (return-and-explore)."""
+        episode the robot ran online is stored while it is still connected (return-and-explore);
+        ``ended(state, assembly, outcome, total_reward)`` is told of every episode that ends (rollout.py)."""
         self.data = data
         self.max_episode_steps = max_episode_steps
         self.max_episode_bytes = max_episode_bytes
@@ -66,6 +68,7 @@ class EpisodeIntake:
         self.metrics = metrics
         self.loop = loop
         self.after_commit = after_commit
+        self.ended = ended
         self.episodes_committed = 0
 
     def enter_episode(self, ident: bytes, state: RobotState, episode_id: str, step: int | None) -> bool:
@@ -151,7 +154,7 @@ class EpisodeIntake:
         except P.ProtocolError as exc:
             self.refuse(ident, exc.code, exc.message, state.robot_id, episode_id=msg.episode_id)
             return
-        steps = segment_steps(state)
+        steps = segment_steps(state) if not asm.assignment.evaluation else 0  # evaluations teach nothing
         if steps and asm.expected > asm.segment_from + steps:  # a row a piece could end at has arrived
             obs, actions, columns = asm.arrays()
             while (cut := next_cut(columns, asm.segment_from, steps)) is not None:
@@ -204,13 +207,14 @@ class EpisodeIntake:
             self.refuse(ident, "bad_message", str(exc), state.robot_id, episode_id=msg.episode_id)
             return
         del state.assemblies[msg.episode_id]
-        if segment_steps(state):
+        if segment_steps(state) and not asm.assignment.evaluation:
             self._hand_out(segment(episode.episode_id, state.task.name, state.robot_id, episode.observations,
                                    episode.actions, episode.columns, asm.segment_from, len(episode), episode))  # fmt: skip
         if msg.episode_id == state.episode_id:
             state.episode_id, state.last_step = None, -1
         state.steps_done += len(episode)
         self._count_outcome(state, msg.episode_id, msg.outcome, end=(len(episode), msg.outcome))
+        self.ended(state, asm, msg.outcome, msg.total_reward)
         state.committing.add(msg.episode_id)
         self.loop.create_task(self._commit(ident, state, episode))
 
@@ -284,6 +288,8 @@ class EpisodeIntake:
         partial = asm.abort() if asm is not None else None
         state.steps_done += len(partial) if partial is not None else 0
         self._count_outcome(state, episode_id, "aborted")
+        if asm is not None:
+            self.ended(state, asm, "aborted", 0.0)
         rows = len(partial) if partial is not None else 0
         state.close_episode(episode_id, "episode_cut", f"episode {episode_id!r} was cut ({why}); its first "
                             f"{rows} rows are stored as aborted: start a new episode")  # fmt: skip

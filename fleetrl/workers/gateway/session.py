@@ -111,6 +111,7 @@ class RobotState:
     offline_since: float | None = None  # went offline with open episodes at (monotonic): resumable
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     pinned: tuple[str, int] | None = None  # (episode id, weight version) in episode reload mode
+    policy_version: int | None = None  # the version of the last chunk sent to it
     control: str = "autonomous"  # "human" while an operator has taken over
     operator: str = ""
     control_since: tuple[str, int] = ("", 0)  # (episode id, step) of the last change of control
@@ -146,6 +147,7 @@ class RobotState:
             "steps": self.steps_done + max(self.last_step, 0),
             "episodes": episodes,
             "successes": self.outcomes["success"],
+            "policy_version": self.policy_version,
             "outcomes": dict(self.outcomes),
             "latency_ms": None
             if lat is None

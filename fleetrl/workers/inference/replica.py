@@ -44,6 +44,8 @@ class InferenceReplica:
         if newest is not None:  # a (re)started replica serves the newest published weights
             version, (ref,), published_at = newest
             self.load_weights(ray.get(ref), version, published_at)
+        if weights is not None:  # and the versions the gateway holds (canary, rollback, evaluation)
+            self.hold(ray.get(weights.held.remote(task.name)))
         log.info(
             "replica %s ready (%s backend, policy %s)", self.name, task.inference.backend, task.policy.family
         )
@@ -55,12 +57,18 @@ class InferenceReplica:
         """The Ray node this replica runs on (where placement put it)."""
         return ray.get_runtime_context().get_node_id()
 
-    def infer(self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None) -> dict[str, Any]:
-        """One forward pass. ``pins[i]`` (episode reload mode) asks for the version row i's episode started
-        with; ``versions[i]`` says which version produced row i."""
+    def infer(
+        self,
+        batch: dict[str, np.ndarray],
+        pins: np.ndarray | None = None,
+        deterministic: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """One forward pass. ``pins[i]`` asks for the version row i's episode runs (episode reload mode, a
+        canary, a rollback, an evaluation), ``deterministic[i]`` for the policy's mode (evaluation);
+        ``versions[i]`` says which version produced row i."""
         t_start = time.time()
         t0 = time.perf_counter()
-        actions, log_probs, versions = self.backend.infer(batch, pins)
+        actions, log_probs, versions = self.backend.infer(batch, pins, deterministic)
         self.calls += 1
         return {
             "actions": actions,
@@ -83,6 +91,12 @@ class InferenceReplica:
         if self.metrics_server is not None:
             self.metrics_server.ingest.remote(*self.metrics.drain())
         return self.backend.version
+
+    def hold(self, versions: dict[int, list[ray.ObjectRef] | None]) -> list[int]:
+        """Keep serving ``versions`` (``{version: [ref]}``, None for the initial weights) besides the newest:
+        what the weight board's ``hold`` asks of every replica. Returns the versions held now."""
+        states = {v: None if refs is None else ray.get(refs[0]) for v, refs in versions.items()}
+        return self.backend.hold(states)
 
     def served_version(self) -> int:
         return self.backend.version

@@ -10,7 +10,9 @@ import numpy as np
 from gateway_fakes import ACT_DIM, CHUNK, RemoteMethod, Wire, obs, robot, settle, task
 
 from fleetrl.robots import protocol as P
+from fleetrl.workers.gateway.assembly import EpisodeAssembly
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
+from fleetrl.workers.gateway.rollout import NEWEST, Assignment
 from fleetrl.workers.gateway.scheduler import Scheduler
 from fleetrl.workers.metrics_server import MetricsBuffer
 
@@ -24,12 +26,18 @@ class Replica:
         self.infer = RemoteMethod(self.result, settled_by_hand=not answer)
         self.ready = RemoteMethod(lambda: 0)
 
-    def result(self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None) -> dict:
+    def result(
+        self,
+        batch: dict[str, np.ndarray],
+        pins: np.ndarray | None = None,
+        deterministic: np.ndarray | None = None,
+    ) -> dict:
         rows = batch["state"].shape[0]
         return {
             "actions": np.repeat(batch["state"][:, :1, None], CHUNK, axis=1).repeat(ACT_DIM, axis=2),
             "log_probs": np.zeros(rows, np.float32),
             "versions": np.full(rows, self.version, np.int64),
+            "version": self.version,
             "replica": "reach/0",
             "compute_s": 0.002,
             "t_start": 0.0,
@@ -172,6 +180,32 @@ def test_episode_reload_pins_each_episode_to_the_version_it_started_with():
         await settle()
         assert replica.infer.calls[1][1].tolist() == [3]
         assert robots["r1"].pinned == ("ep-1", 3)
+
+    asyncio.run(scenario())
+
+
+def test_rows_carry_the_version_and_mode_their_episode_was_assigned():
+    async def scenario():
+        replica = Replica()
+        part, _, _, robots = build([replica])
+        submit(part, robots, "r3", 0, 3.0)  # nothing pins: the fast path sends no per-row versions
+        await settle()
+        assert replica.infer.calls[0][1:] == (None, None)
+        rollout = part.rollouts["reach"]
+        rollout.pinned, rollout.held = 3, (3,)  # an operator's pin: every row now names its version
+        assigned = {"r1": Assignment(3), "r2": Assignment(5, deterministic=True, evaluation="ev")}
+        for rid, assignment in assigned.items():
+            asm = robots[rid].assemblies["ep-1"] = EpisodeAssembly(robots[rid].task, rid, "ep-1")
+            asm.assignment = assignment
+        replica.answer(0)
+        for rid, value in (("r1", 1.0), ("r2", 2.0), ("r3", 3.0)):
+            submit(part, robots, rid, 1, value)
+        await settle()
+        replica.answer(1)
+        await settle()
+        pins, deterministic = replica.infer.calls[1][1:]
+        assert pins.tolist() == [3, 5, NEWEST]  # r3's episode began before the pin: it keeps the newest
+        assert deterministic.tolist() == [False, True, False]
 
     asyncio.run(scenario())
 

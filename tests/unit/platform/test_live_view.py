@@ -44,3 +44,15 @@ def test_plain_line_shows_phase_and_return():
     }
     line = summary_line(gw, {}, 12.0, {"reach": status(4, 4, 0.5, -20.0, "offline")})
     assert "ppo offline step 4 v4" in line and "recent success 50%" in line and "return -20.0" in line
+
+
+def test_versions_text_says_what_the_fleet_runs():
+    from fleetrl.platform.rollout_text import versions_text
+
+    assert versions_text(None) == "-"
+    assert versions_text({"mode": "follow", "stable": None, "pinned": None}) == "newest"
+    assert versions_text({"mode": "follow", "pinned": 3}) == "pinned 3"
+    trial = {"candidate": 5, "counts": {"canary": [4, 20], "stable": [6, 20]}}
+    verdict = {"candidate": 4, "decision": "rolled_back", "canary_success": 0.2, "stable_success": 0.9}
+    text = versions_text({"mode": "canary", "stable": 3, "trial": trial, "last_verdict": verdict})
+    assert text == "stable 3 · canary 5: 4/20 vs 6/20 · last: 4 rolled back (20% vs 90%)"

@@ -16,6 +16,7 @@ from fleetrl.serving.errors import checked, missing_as_404
 from fleetrl.workers.task import TaskConfig
 
 TOKEN = "s3cret"
+LOG_LINE = {"source": "gateway", "level": "INFO", "message": "up"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REACH = TaskConfig(
     name="reach",
@@ -49,9 +50,11 @@ class FakeActor:
 @pytest.fixture
 def actors() -> dict[str, FakeActor]:
     return {
-        "registry": FakeActor(ready=lambda: True, list_tasks=lambda: [{"name": "reach"}]),
+        "registry": FakeActor(ready=lambda: True, list_tasks=lambda: [{**REACH.public(), "robots": 0}]),
         "gateway": FakeActor(ready=lambda: True, served_tasks=lambda: ["reach"]),
-        "metrics": FakeActor(ready=lambda: True, logs=lambda n: [{"line": i} for i in range(n)]),
+        "metrics": FakeActor(
+            ready=lambda: True, logs=lambda n: [LOG_LINE | {"t": float(i)} for i in range(n)]
+        ),
         "data": FakeActor(ready=lambda: True),
         "tasks": FakeActor(config=lambda name: REACH if name == "reach" else None, names=lambda: ["reach"]),
     }
@@ -73,14 +76,14 @@ def operations(client: TestClient) -> list[tuple[str, str, dict[str, Any]]]:
     for path, ops in client.app.openapi()["paths"].items():
         concrete = (
             path.replace("{task}", "reach").replace("{robot_id}", "rbt_x").replace("{episode_id}", "ep")
-        )
+        ).replace("{evaluation_id}", "ev")
         found += [(method.upper(), concrete, op) for method, op in ops.items()]
     return found
 
 
 def test_every_v1_route_needs_the_admin_token(client):
     v1 = [(m, p) for m, p, _ in operations(client) if p.startswith("/v1/")]
-    assert len(v1) == 19
+    assert len(v1) == 25
     for method, path in v1:
         missing = client.request(method, path)
         assert missing.status_code == 401, (method, path)
@@ -168,9 +171,12 @@ def test_an_invalid_field_gets_422_naming_it(client):
 
 
 def test_routes_call_the_handles_stored_on_the_app(client, actors):
-    assert client.get("/v1/logs", params={"n": 2}, headers=AUTH).json() == [{"line": 0}, {"line": 1}]
+    assert client.get("/v1/logs", params={"n": 2}, headers=AUTH).json() == [
+        LOG_LINE | {"t": 0.0},
+        LOG_LINE | {"t": 1.0},
+    ]
     assert actors["metrics"].calls == [("logs", (2,))]
-    assert client.get("/v1/tasks", headers=AUTH).json() == [{"name": "reach", "served": True}]
+    assert client.get("/v1/tasks", headers=AUTH).json() == [{**REACH.public(), "robots": 0, "served": True}]
     unknown = client.get("/v1/tasks/nope/data", headers=AUTH)
     assert unknown.status_code == 404
     assert unknown.json() == {"detail": "no task named 'nope'; tasks: ['reach']"}

@@ -14,13 +14,21 @@ class InferenceBackend(Protocol):
     version: int
 
     def infer(
-        self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None
+        self,
+        batch: dict[str, np.ndarray],
+        pins: np.ndarray | None = None,
+        deterministic: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return action chunks [B, H, *action_shape], the log-prob of each sampled chunk [B] and the
-        weight version of each row [B]; ``pins[i]`` asks for a kept older version (-1: the newest)."""
+        weight version of each row [B]; ``pins[i]`` asks for a kept older version (-1: the newest),
+        ``deterministic[i]`` for the policy's mode instead of a sample."""
         ...
 
     def load_weights(self, state_dict: dict, version: int) -> None: ...
+
+    def hold(self, versions: dict[int, dict | None]) -> list[int]:
+        """Keep serving these versions besides the newest (rollback, canary, evaluation)."""
+        ...
 
 
 BACKENDS = ("torch", "torch-fast", "vllm")

@@ -4,14 +4,14 @@ autocast, or int8 dynamically quantised linear layers (``fast_numerics``); its r
 from fp32 the way a vLLM engine's do (VLAC §3.2.1): slightly under bf16, by tens of percent under int8.
 
 Both keep the newest few weight versions, so that in episode-boundary reload mode a robot's episode
-keeps the version that started it while new episodes get the newest one.
+keeps the version that started it while new episodes get the newest one, plus the versions the gateway
+asks them to hold (a canary's stable version, a rolled-back one, one under evaluation: ``hold``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -43,16 +43,18 @@ class TorchBackend:
         )  # a GPU only if Ray gave one
         self.precision = precision
         self.keep_versions = keep_versions
-        self.policies: OrderedDict[int, torch.nn.Module] = OrderedDict()
-        self.policies[0] = (
+        self._build = lambda: (  # version 0: the same initial weights in every replica of the pool
             build_policy(policy, observation_spec, action_spec, chunk_len).eval().to(self.device)
         )
+        self.policies: dict[int, torch.nn.Module] = {0: self._build()}
+        self.held: set[int] = set()
         self._int8: dict[int, torch.nn.Module] = {}  # int8 copies of the kept versions (precision int8)
         torch.manual_seed(seed)  # replicas of a pool share weights but not their sampling noise
 
     @property
     def version(self) -> int:
-        return next(reversed(self.policies))
+        """The newest version held (what an unpinned row gets)."""
+        return max(self.policies)
 
     def _numerics(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
@@ -69,18 +71,24 @@ class TorchBackend:
             )
         return self._int8[version]
 
-    def _act(self, version: int, obs: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    def _act(
+        self, version: int, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.precision == "int8":  # int8 kernels are CPU ones
             obs = {k: v.cpu() for k, v in obs.items()}
         with self._numerics():
-            actions, log_prob = self._served(version).act(obs)
+            actions, log_prob = self._served(version).act(obs, deterministic=deterministic)
         return actions.float().cpu().numpy(), log_prob.float().cpu().numpy()
 
     @torch.inference_mode()
     def infer(
-        self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None
+        self,
+        batch: dict[str, np.ndarray],
+        pins: np.ndarray | None = None,
+        deterministic: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Action chunks, log-probs and the version per row. ``pins[i]`` asks for a kept version (-1: newest)."""
+        """Action chunks, log-probs and the version per row. ``pins[i]`` asks for a kept version (-1: newest);
+        ``deterministic[i]`` for the policy's mode instead of a sample (evaluation episodes)."""
         obs = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in batch.items()}
         n = next(iter(obs.values())).shape[0]
         versions = np.full(n, self.version, dtype=np.int64)
@@ -88,14 +96,16 @@ class TorchBackend:
             pinned = np.asarray(pins, dtype=np.int64)
             kept = np.isin(pinned, list(self.policies))
             versions[kept] = pinned[kept]
-        groups = np.unique(versions) if pins is not None else versions[:1]
-        if len(groups) == 1:  # every row on one version (always so in batch reload mode): one forward pass
-            actions, log_prob = self._act(int(groups[0]), obs)
+        modes = np.zeros(n, dtype=bool) if deterministic is None else np.asarray(deterministic, dtype=bool)
+        keys = versions * 2 + modes  # one forward pass per (version, mode) group
+        groups = np.unique(keys) if pins is not None or deterministic is not None else keys[:1]
+        if len(groups) == 1:  # every row alike (always so in batch reload mode): one forward pass
+            actions, log_prob = self._act(int(groups[0]) // 2, obs, bool(groups[0] % 2))
             return actions, log_prob, versions
         actions_out, log_out = None, np.empty(n, dtype=np.float32)
-        for v in groups:
-            rows = np.flatnonzero(versions == v)
-            a, lp = self._act(int(v), {k: t[rows] for k, t in obs.items()})
+        for key in groups:
+            rows = np.flatnonzero(keys == key)
+            a, lp = self._act(int(key) // 2, {k: t[rows] for k, t in obs.items()}, bool(key % 2))
             if actions_out is None:
                 actions_out = np.empty((n, *a.shape[1:]), dtype=np.float32)
             actions_out[rows], log_out[rows] = a, lp
@@ -105,11 +115,30 @@ class TorchBackend:
         return to_numpy_state(self.policies[self.version].state_dict())
 
     def load_weights(self, state_dict: dict, version: int) -> None:
-        if version <= self.version:
-            return  # already serving it or something newer
+        if version in self.policies or (version < self.version and version not in self.held):
+            return  # held already, or older than the newest and not asked for
         policy = copy.deepcopy(self.policies[self.version])
         policy.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()})
         policy.to(self.device)
         self.policies[version] = policy
-        while len(self.policies) > self.keep_versions:
-            self.policies.popitem(last=False)
+        self._evict()
+
+    def hold(self, versions: dict[int, dict | None]) -> list[int]:
+        """Keep serving ``versions`` (``{version: state}``; state None: already held, or version 0, the
+        initial weights, rebuilt) besides the newest; the previous hold is released. Returns what is held."""
+        self.held = set(versions)
+        for version, state in sorted(versions.items()):
+            if version in self.policies:
+                continue
+            if state is not None:
+                self.load_weights(state, version)
+            elif version == 0:
+                self.policies[0] = self._build()
+        self._evict()
+        return sorted(self.policies)
+
+    def _evict(self) -> None:
+        """Drop the oldest versions beyond the newest ``keep_versions`` that nobody holds."""
+        spare = sorted(v for v in self.policies if v not in self.held)
+        for v in spare[: max(0, len(spare) - self.keep_versions)]:
+            del self.policies[v]

@@ -78,9 +78,22 @@ class VLLMBackend:
         self.number_ids = self.policy.number_ids.tolist()
         self.version = 0
 
+    def hold(self, versions: dict[int, dict | None]) -> list[int]:
+        """One engine serves one version: canary rollout, rollback and evaluation of another version need
+        the torch backends."""
+        if set(versions) - {self.version}:
+            raise ValueError(
+                "the vllm backend serves one weight version: use the torch backend for canary rollout, "
+                "rollback and evaluation of older versions"
+            )
+        return [self.version]
+
     @torch.inference_mode()
     def infer(
-        self, batch: dict[str, np.ndarray], pins: np.ndarray | None = None
+        self,
+        batch: dict[str, np.ndarray],
+        pins: np.ndarray | None = None,
+        deterministic: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         obs = {k: torch.from_numpy(np.asarray(v)).cuda() for k, v in batch.items()}
         policy = self.policy
