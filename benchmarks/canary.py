@@ -13,7 +13,7 @@ gateway, weight board, replica and data server. The benchmark plays the learner 
 Then an operator pins version 0 by hand and releases it, and evaluations of versions 2 and 3 (50 episodes,
 policy mode) measure them. Reported: each verdict (the two sides' success, seconds from publish to verdict,
 episodes run on the candidate), the fleet's success before, during and after the broken version's trial
-(``broken_version``), how much of the fleet ran it (``exposure``), and the fleet's success per window of
+(``broken_version``: the 9 s before it was published, its trial, the 9 s after its verdict), how much of the fleet ran it (``exposure``), and the fleet's success per window of
 time (``timeline``). ``--quick``: 8 robots, trials of 10 episodes per side; full: 16 robots, 20 per side.
 Writes ``benchmarks/results/canary.json`` and prints a summary.
 """
@@ -36,6 +36,7 @@ from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, regist
 from fleetrl.testing.threshold_robot import ThresholdRobot, broken_weights, good_weights, threshold_task
 
 TASK = "canary"
+SETTLE_S = 10.0  # after each verdict: how long the fleet runs what it left before the next publish
 BUDGETS = {
     "robots": (8, 16),
     "window_episodes": (10, 20),
@@ -108,11 +109,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  version {version}: {verdict['decision']} (canary {verdict['canary_success']:.2f} vs "
                       f"stable {verdict['stable_success']:.2f}) {decided - published[version]:.1f} s after "
                       f"publishing, {len(on_candidate)} episodes on it", flush=True)  # fmt: skip
-                time.sleep(3.0)
+                settled_from = time.monotonic() + 1.0  # episodes that began after the verdict
+                time.sleep(SETTLE_S)  # the fleet on what the verdict left, before the next version
                 if version == 2:
-                    after_from = time.monotonic()
-                    time.sleep(10.0)
-                    broken_end = time.monotonic()
+                    after_from, broken_end = settled_from, time.monotonic()
             eps = episodes_of(clients)
             trial_window = [
                 e
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
             result["verdicts"] = verdicts
             result["broken_version"] = {
-                "before": rate([e for e in eps if published[2] - 10.0 <= e["t"] < published[2]]),
+                "before": rate([e for e in eps if published[2] - SETTLE_S + 1.0 <= e["t"] < published[2]]),
                 "during_trial": rate(trial_window),
                 "after_rollback": rate([e for e in eps if after_from <= e["t"] < broken_end]),
                 "exposure": {
