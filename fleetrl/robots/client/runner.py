@@ -1,9 +1,17 @@
-"""Many robots in one thread: ``FleetRunner`` keeps a timer heap of control ticks and one ``zmq.Poller``
-over all sockets, so 100+ simulated robots fit in one process."""
+"""Many robots in one thread: ``FleetRunner`` keeps a timer heap of control ticks and one epoll selector over
+the sockets' ZeroMQ file descriptors, so 100+ simulated robots fit in one process.
+
+Why not ``zmq.Poller``: it checks every registered socket on every call (about 110 us of CPU with 128
+sockets here), and a fleet at 10 Hz wakes thousands of times a second; an epoll over the sockets' FDs costs
+what is ready. A ZeroMQ FD is edge-triggered: it signals that the socket's state may have changed, and a
+send can take that edge for frames that arrived meanwhile; so a socket is drained whenever its FD is ready
+and after every tick that may have sent (reading ``EVENTS`` tells whether frames wait).
+"""
 
 from __future__ import annotations
 
 import heapq
+import selectors
 import threading
 import time
 from collections.abc import Sequence
@@ -14,15 +22,13 @@ from fleetrl.robots.client.control_loop import RobotClient
 
 
 class FleetRunner:
-    """Drives many ``RobotClient``s from one thread: control ticks on a timer heap, one poller for I/O."""
+    """Drives many ``RobotClient``s from one thread: control ticks on a timer heap, one selector for I/O."""
 
     def __init__(self, clients: Sequence[RobotClient]):
         self.clients = list(clients)
-        self._poller = zmq.Poller()
-        self._by_socket = {}
-        for c in self.clients:
-            self._poller.register(c.socket, zmq.POLLIN)
-            self._by_socket[c.socket] = c
+        self._selector = selectors.DefaultSelector()
+        for i, c in enumerate(self.clients):
+            self._selector.register(c.socket.getsockopt(zmq.FD), selectors.EVENT_READ, i)
 
     def run(self, duration: float | None = None, stop: threading.Event | None = None) -> None:
         start = time.monotonic()
@@ -33,18 +39,20 @@ class FleetRunner:
             now = time.monotonic()
             if (duration is not None and now - start >= duration) or (stop is not None and stop.is_set()):
                 return
-            timeout_ms = max(0.0, (heap[0][0] - now) * 1e3)
-            for sock, _ in self._poller.poll(min(timeout_ms, 100.0)):
-                self._by_socket[sock].on_readable()
+            for key, _ in self._selector.select(min(max(0.0, heap[0][0] - now), 0.1)):
+                self.clients[key.data].on_readable()
             now = time.monotonic()
             while heap and heap[0][0] <= now:
                 due, i = heapq.heappop(heap)
                 client = self.clients[i]
                 client.tick()
+                if client.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    client.on_readable()  # the tick's sends may have taken the FD's edge of waiting frames
                 # Keep the rate; if a tick is late by more than one period, skip ahead instead of bursting.
                 nxt = due + client.control_dt
                 heapq.heappush(heap, (nxt if nxt > now - client.control_dt else now + client.control_dt, i))
 
     def close(self) -> None:
+        self._selector.close()
         for c in self.clients:
             c.close()

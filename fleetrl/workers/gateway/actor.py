@@ -48,6 +48,7 @@ from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.task import TaskConfig, registered_tasks
 
 log = logging.getLogger(__name__)
+DRAIN_BATCH = 64  # frames handled per turn of the loop before replica results and commits get theirs
 
 
 def camera_file(frame: np.ndarray | P.EncodedFrame, at: float) -> dict[str, Any]:
@@ -97,6 +98,7 @@ class Gateway:
             registry_burst=2 * config.hello_registry_per_s,
         )  # fmt: skip
         self._bound = threading.Event()
+        self._drain_pending = False  # a ``_drain`` is scheduled on the loop
         self._error: BaseException | None = None
         self._loop = asyncio.new_event_loop()
         self.dispatch = ReplicaDispatch(
@@ -269,8 +271,9 @@ class Gateway:
     # -- loop ----------------------------------------------------------------------------------------
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._ctx = zmq.asyncio.Context()
-        self.sock = self._ctx.socket(zmq.ROUTER)
+        self._ctx = zmq.asyncio.Context()  # asyncio: the ZAP handler's socket (curve.py) awaits on it
+        # The ROUTER itself is a plain socket read by a loop reader (``_drain``): no future per frame.
+        self.sock = zmq.Context.shadow(self._ctx.underlying).socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         # No ROUTER_HANDOVER: a peer that sets a connected robot's routing id must not inherit its session
         # (robots' DEALER sockets leave the routing id to libzmq, so a reconnect gets a new one anyway).
@@ -289,7 +292,9 @@ class Gateway:
             self._bound.set()
             return
         self._bound.set()
-        self._loop.create_task(self._recv_loop())
+        fd = self.sock.getsockopt(zmq.FD)
+        self._loop.add_reader(fd, self._drain)
+        self._loop.call_soon(self._drain)
         self._loop.create_task(self._lease_loop())
         self._loop.create_task(self.rollout.run())
         if self.metrics_server is not None:
@@ -299,6 +304,7 @@ class Gateway:
         finally:
             if self.auth is not None:
                 self.auth.stop()
+            self._loop.remove_reader(fd)
             self.sock.close(linger=0)
             self._ctx.term()
 
@@ -312,18 +318,32 @@ class Gateway:
         except Exception:  # noqa: BLE001 - registry restarting: refuse, the robot's socket retries
             return None
 
-    async def _recv_loop(self) -> None:
-        while True:
-            if self.auth is None:
-                frames, user = await self.sock.recv_multipart(), None
-            else:
-                parts = await self.sock.recv_multipart(copy=False)
-                frames, user = [p.bytes for p in parts], parts[-1].get("User-Id")
+    def _drain(self) -> None:
+        """Handle the frames waiting on the socket, at most ``DRAIN_BATCH`` before letting the loop run
+        other work (replica results, commits) and coming back. Called when the socket's FD signals, and
+        after a send that found frames waiting: ZeroMQ's FD is edge-triggered, and a send may consume the
+        edge of frames that arrived meanwhile."""
+        self._drain_pending = False
+        for _ in range(DRAIN_BATCH):
+            try:
+                if self.auth is None:
+                    frames, user = self.sock.recv_multipart(zmq.NOBLOCK), None
+                else:
+                    parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames, user = [p.bytes for p in parts], parts[-1].get("User-Id")
+            except zmq.Again:
+                return
             try:
                 self._on_frames(frames, user)
             except Exception:  # noqa: BLE001 - the gateway never dies of one frame
                 log.exception("gateway: unexpected error handling a frame")
                 self._refuse(frames[0], "internal", "internal error", None)
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_pending:
+            self._drain_pending = True
+            self._loop.call_soon(self._drain)
 
     # -- frame handling ------------------------------------------------------------------------------
     def _send(self, ident: bytes, msg: P.Message) -> None:
@@ -331,6 +351,8 @@ class Gateway:
             self.sock.send_multipart([ident, P.encode(msg)], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the peer is gone (ROUTER drops unroutable frames)
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._schedule_drain()  # the send may have taken the FD's edge for frames now waiting
 
     def _refuse(
         self,
