@@ -30,6 +30,7 @@ EXTRA_OF = {
     "matplotlib": "plots",
     "av": "video",
     "vllm": "vllm",
+    "wandb": "wandb",
 }
 
 

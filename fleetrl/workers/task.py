@@ -103,6 +103,18 @@ class InferencePoolConfig(ActorResources):
     )
 
 
+class WandbConfig(BaseModel):
+    """Weights & Biases logging of the learner's scalars (the TensorBoard ones), one run per task and
+    learner start; needs the ``wandb`` extra. ``mode: offline`` writes the run under the state folder for a
+    later ``wandb sync`` (robot networks are often offline)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    project: str = Field(min_length=1, description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user; None: your default).")
+    mode: Literal["online", "offline"] = Field("online", description="Log live, or to local files.")
+    group: str | None = Field(None, description="W&B run group (e.g. an experiment name).")
+
+
 class LearnerConfig(ActorResources):
     """The task's learner: its algorithm and the loop around it (runs inside Ray Train). The resources are
     the Ray Train worker's (where the updates run); ``num_gpus`` > 0 trains on a GPU."""
@@ -140,6 +152,9 @@ class LearnerConfig(ActorResources):
         None,
         gt=0,
         description="Cap on learner steps per second (None: as fast as it can), e.g. on a shared machine.",
+    )
+    wandb: WandbConfig | None = Field(
+        None, description="Also log the learner's scalars to Weights & Biases (None: TensorBoard only)."
     )
     demo_replay: DemoReplayConfig = Field(
         default_factory=DemoReplayConfig,

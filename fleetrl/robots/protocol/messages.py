@@ -9,6 +9,7 @@ reply.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -75,8 +76,14 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         out = {"v": PROTOCOL_VERSION, "kind": self.KIND}
-        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        out.update({name: getattr(self, name) for name in _field_names(type(self))})
         return out
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A message class's field names (``dataclasses.fields`` walks the class each call: hot on every frame)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass
@@ -260,6 +267,7 @@ for _kind, _cls in MESSAGE_TYPES.items():
         )
         for f in dataclasses.fields(_cls)
     ]
+_SCHEMA_NAMES = {kind: frozenset(name for name, _, _ in schema) for kind, schema in _SCHEMAS.items()}
 
 
 def encode(msg: Message) -> bytes:
@@ -281,8 +289,7 @@ def decode(frame: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     if cls is None:
         raise ProtocolError("bad_message", f"unknown message kind {kind!r}; known: {sorted(MESSAGE_TYPES)}")
     schema = _SCHEMAS[kind]
-    names = {name for name, _, _ in schema}
-    extra = set(obj) - names
+    extra = obj.keys() - _SCHEMA_NAMES[kind]
     if extra:
         raise ProtocolError("bad_message", f"{kind}: unknown fields {sorted(map(str, extra))}")
     for name, types, required in schema:

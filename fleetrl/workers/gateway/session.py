@@ -151,5 +151,5 @@ class RobotState:
             "outcomes": dict(self.outcomes),
             "latency_ms": None
             if lat is None
-            else {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+            else dict(zip(("p50", "p99"), np.percentile(lat, [50, 99]).tolist(), strict=True)),
         }

@@ -78,7 +78,10 @@ class LearnerLoop:
             task.name, data, weights, prefetch, offline_steps, segments=learner.segment_steps > 0
         )
         self.demos = DemoReplay(data, task.name, learner.demo_replay, prefetch, offline_steps, family)
-        self.reporter = Reporter(task.name, learner.report_every_s, data, control, metrics, tensorboard_dir)
+        self.reporter = Reporter(
+            task.name, learner.report_every_s, data, control, metrics, tensorboard_dir, learner.wandb,
+            learner.model_dump(mode="json", exclude={"wandb"}),
+        )  # fmt: skip
         self.throttle = Throttle(learner.max_updates_per_s)
         self.finished: str | None = None  # why the loop ended on its own (max_updates)
         self.activate(
@@ -107,6 +110,7 @@ class LearnerLoop:
             self.report()
         self.checkpoint()
         self.report(force=True)
+        self.reporter.scalars.close()
 
     # -- steps -----------------------------------------------------------------------------------------
     def sample(self) -> ChunkBatch | EpisodeBatch | None:

@@ -1,5 +1,6 @@
 """What the learner tells the platform: its status to its ``Learner`` actor (whose answer carries the
-commands queued since), Prometheus metrics to the metrics server, and TensorBoard scalars.
+commands queued since), Prometheus metrics to the metrics server, and TensorBoard (and, if configured,
+Weights & Biases) scalars.
 
 Reports go out every ``report_every_s`` without blocking the loop: the status goes with a ``poll`` whose
 answer is picked up at a later report, and the fleet's rollout statistics are asked for one report ahead.
@@ -10,12 +11,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
+from fleetrl.extras import require
 from fleetrl.workers.metrics_server import MetricsBuffer
+from fleetrl.workers.task import WandbConfig
 
 ROLLOUT_SCALARS = ("success_rate", "mean_return", "mean_length", "hold_fraction")
 
@@ -25,13 +29,30 @@ class Scalars:
     shipped to the metrics server at each report, and its TensorBoard scalars (``<algorithm>/<loss>``,
     ``learner/version``, ``learner/updates_per_s``, ``rollout/<stat>``)."""
 
-    def __init__(self, task: str, metrics_server: Any | None, tensorboard_dir: str | None):
+    def __init__(
+        self,
+        task: str,
+        metrics_server: Any | None,
+        tensorboard_dir: str | None,
+        wandb: WandbConfig | None = None,
+        config: dict[str, Any] | None = None,
+    ):
+        """``wandb``: also log to a W&B run (its files under ``tensorboard_dir``'s parent's ``wandb``),
+        with ``config`` (the task's learner config) as the run's config."""
         self.task, self.server, self.buffer = task, metrics_server, MetricsBuffer()
-        self.writer = None
+        self.writer = self.run = None
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(tensorboard_dir)
+        if wandb is not None:
+            wandb_module = require("wandb", f"learner.wandb of task {task!r}")
+            folder = Path(tensorboard_dir or ".").parent.parent / "wandb"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.run = wandb_module.init(
+                project=wandb.project, entity=wandb.entity, group=wandb.group, mode=wandb.mode, name=task,
+                dir=str(folder), config=config or {},
+            )  # fmt: skip
 
     def count_step(self, algorithm: str) -> None:
         self.buffer.inc("learner_steps_total", (self.task, algorithm))
@@ -51,16 +72,20 @@ class Scalars:
                 self.buffer.set("learner_loss", (self.task, loss), value)
         if self.server is not None:
             self.server.ingest.remote(*self.buffer.drain())
-        if self.writer is None:
-            return
-        for key, value in losses.items():
-            self.writer.add_scalar(f"{algorithm}/{key}", value, step)
-        self.writer.add_scalar("learner/version", version, step)
-        self.writer.add_scalar("learner/updates_per_s", updates_per_s, step)
-        for key in ROLLOUT_SCALARS:
-            if key in rollout:
-                self.writer.add_scalar(f"rollout/{key}", rollout[key], step)
-        self.writer.flush()
+        scalars = {f"{algorithm}/{key}": value for key, value in losses.items()}
+        scalars.update({"learner/version": version, "learner/updates_per_s": updates_per_s})
+        scalars.update({f"rollout/{key}": rollout[key] for key in ROLLOUT_SCALARS if key in rollout})
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        if self.run is not None:
+            self.run.log(scalars, step=step, commit=True)  # now, not when a later step arrives
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
 
 class Reporter:
@@ -74,9 +99,11 @@ class Reporter:
         control: Any,
         metrics_server: Any | None,
         tensorboard_dir: str | None,
+        wandb: WandbConfig | None = None,
+        config: dict[str, Any] | None = None,
     ):
         self.task, self.every_s, self.data, self.control = task, report_every_s, data, control
-        self.scalars = Scalars(task, metrics_server, tensorboard_dir)
+        self.scalars = Scalars(task, metrics_server, tensorboard_dir, wandb, config)
         self.losses: dict[str, float] = {}
         self.update_s = 0.0  # seconds in ``update`` + demo steps (the rest is waiting, I/O, publishing)
         self.updates_per_s = 0.0
