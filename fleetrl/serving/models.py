@@ -229,25 +229,24 @@ class LogLine(Answer):
     message: str
 
 
-class TaskListing(Answer):
+class TaskSpec(Answer):
+    """What robots and clients see of a task (``TaskConfig.public``)."""
+
     name: str
     observation_spec: dict[str, Any]
     action_spec: dict[str, Any]
     chunk_len: int
     policy_family: str
     algorithm: str | None
+
+
+class TaskListing(TaskSpec):
     robots: int = Field(description="Robots registered for it.")
     served: bool = Field(description="False: listed but not running (see GET /v1/tasks).")
 
 
-class TaskDetail(Answer):
-    name: str
+class TaskDetail(TaskSpec):
     description: str
-    observation_spec: dict[str, Any]
-    action_spec: dict[str, Any]
-    chunk_len: int
-    policy_family: str
-    algorithm: str | None
     replicas: int
     weight_version: int = Field(description="The newest version the learner published (0: initial weights).")
     learner: dict[str, Any] | None = Field(description="The learner's status (None: no learner).")

@@ -106,9 +106,9 @@ def platform_config(state_dir: str, rest_port: int, gateway_port: int, steps_per
 def _wait(predicate, timeout: float, what: str, poll: float = 0.1) -> float:
     """Wait until ``predicate()`` is truthy; returns the monotonic time it became so."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while (now := time.monotonic()) < deadline:
         if predicate():
-            return time.monotonic()
+            return now  # it held as of this time (taken before the check)
         time.sleep(poll)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -168,6 +168,7 @@ class _Timeline:
     data_back: float
     learner_back: float
     end: float
+    all_acked: float  # every episode ended by then was acked (robots were halted just after)
 
 
 def _start_cluster(scenario: Scenario) -> tuple[Any, Any]:
@@ -251,10 +252,10 @@ def _fail_node_a(
     t_end = time.monotonic()
     # Every ended episode gets acked (robots re-send what the gateway lacked); then stop the robots.
     try:
-        _wait(robots.all_acked, 60.0, "every ended episode to be acked", poll=0.5)
+        t_acked = _wait(robots.all_acked, 60.0, "every ended episode to be acked", poll=0.5)
     finally:
         robots.halt()
-    return _Timeline(robots.started, t_fail, t_data, t_learner, t_end)
+    return _Timeline(robots.started, t_fail, t_data, t_learner, t_end, t_acked)
 
 
 def _timing(clients: list[Any], tl: _Timeline) -> dict[str, Any]:
@@ -295,7 +296,9 @@ def _result(
     import ray
 
     acked = {ep.episode_id for c in clients for ep in c.episodes if ep.acked}
-    unacked = [ep.episode_id for c in clients for ep in c.episodes if ep.outcome is not None and not ep.acked]
+    # an episode that ended between the last all-acked check and the halt had no time to be acked: in flight
+    unacked = [ep.episode_id for c in clients for ep in c.episodes
+               if ep.outcome is not None and not ep.acked and ep.steps and ep.steps[-1].action_start < tl.all_acked]  # fmt: skip
     stored = set(ray.get(platform.data.episode_ids.remote("reach")))
     final = ray.get(learner.status.remote())
     data_node_after = ray.get(platform.data.ready.remote())["node_id"]
