@@ -202,12 +202,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"robots connect to {platform.endpoint}"
         )
         print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
-        _collect_oracle_demos(cfg, platform)
-        if not args.no_robots:
+        if not args.no_robots:  # first: the robots work while the demos are recorded
             procs = _start_sim_robots(cfg, platform, cfg.state_path / "logs")
             print(
                 f"started {sum(s.count for s in cfg.sim_robots)} simulated robots (logs in {cfg.state_path / 'logs'})"
             )
+        _collect_oracle_demos(cfg, platform)
         interactive = sys.stdout.isatty() and not args.plain
         _live_view(platform, stop, args.duration, interactive, procs, args.until_version)
     except KeyboardInterrupt:

@@ -73,9 +73,11 @@ class Platform:
         self.endpoint: str | None = None  # the ZeroMQ endpoint robots are told
         self.curve_keys: tuple[str, str] | None = None  # the gateway's CURVE key pair (security: curve)
         self._owns_ray = False
+        self.startup_s: dict[str, float] = {}  # seconds per phase of ``start`` (logged; where the time goes)
 
     def start(self, timeout: float = 120.0) -> Platform:
         cfg = self.cfg
+        phase = _Phases(self.startup_s)
         if not ray.is_initialized():
             address = cfg.ray_address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
             if address:
@@ -88,6 +90,7 @@ class Platform:
                     log_to_driver=False,
                 )
                 self._owns_ray = True
+        phase.done("ray")
         cfg.state_path.mkdir(parents=True, exist_ok=True)
         self.registry = control_actor(Registry).remote(cfg.state_path / "registry.sqlite")
         self.metrics = control_actor(MetricsServer).remote()
@@ -107,6 +110,7 @@ class Platform:
                 .remote(cfg.critic, self.metrics)
             )
             ray.get(self.critic.ready.remote(), timeout=timeout)
+        phase.done("registry")
         root = default_root(cfg.state_path, cfg.data)
         self.data = (
             ray.remote(DataServer)
@@ -127,6 +131,7 @@ class Platform:
         pending = [self.gateway.ready.remote(), self.metrics.ready.remote(), self.data.ready.remote()]
         pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
         gateway_info, *_ = ray.get(pending, timeout=timeout)
+        phase.done("actors")  # data server, weight board, replicas, gateway: started in parallel
         self.tasks = control_actor(TaskManager, max_concurrency=TaskManager.MAX_CONCURRENCY).remote(
             self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path,
             list(cfg.tasks), cfg.gateway.max_frame_bytes,
@@ -146,12 +151,16 @@ class Platform:
             robot_server_key=self.curve_keys[0] if self.curve_keys else None,
         )
         self.public_rest_url = cfg.rest.public_url(ray.util.get_node_ip_address())
+        phase.done("rest")  # Ray Serve's controller, proxy and the app (learners start meanwhile)
         ray.get(adopting, timeout=timeout)
         ray.get(self.tasks.restore_runtime_tasks.remote(), timeout=10 * timeout)
+        phase.done("learners")
         self._wait_healthy(timeout)
+        phase.done("healthy")
         log.info(
-            "platform %s up: REST %s, robots connect to %s", cfg.name, self.public_rest_url, self.endpoint
-        )
+            "platform %s up in %.1f s (%s): REST %s, robots connect to %s", cfg.name, phase.total(),
+            ", ".join(f"{k} {v:.1f} s" for k, v in self.startup_s.items()), self.public_rest_url, self.endpoint,
+        )  # fmt: skip
         return self
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -190,3 +199,19 @@ class Platform:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class _Phases:
+    """Seconds spent in each phase of a start, into ``out`` as the phases end."""
+
+    def __init__(self, out: dict[str, float]):
+        self.out, self.t0 = out, time.monotonic()
+        self.last = self.t0
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.out[name] = round(now - self.last, 2)
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.t0
