@@ -8,6 +8,7 @@ task is ``benchmarks/pixels.py``'s question)."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import numpy as np
 import ray
@@ -22,6 +23,7 @@ from tests.integration.helpers import FleetThread
 
 CAMERA = {"shape": [64, 64, 3], "dtype": "uint8", "encoding": "jpeg", "quality": 90}
 TASK = reacher_task("reach-cam", observation={"state": {"shape": [10]}, "camera": CAMERA})
+RECOVERED = {"unknown_session", "incomplete_episode", "out_of_order", "overloaded"}
 PIXEL_TASK = reacher_task(
     "reach-pixels",
     observation={"camera": CAMERA},
@@ -136,6 +138,9 @@ def test_a_pixel_policy_learns_from_camera_only_robots_and_its_versions_are_serv
                 timeout=30,
                 what=f"actions from version 3 (learner started after {started:.0f} s, loss fell by {learned:.0f} s)",
             )
-        assert fleet.total("errors") == 0
+        # what a loaded machine may cause and the protocol recovers from (a lease that lapsed, rows to
+        # re-send, too many unacked episodes at once) is allowed; any other refusal is a bug
+        codes = sum((c.error_codes for c in clients), Counter())
+        assert fleet.total("errors") == codes.total() and not set(codes) - RECOVERED, codes
     finally:
         delete_task(api, "reach-pixels")

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 import numpy as np
@@ -100,6 +100,7 @@ class RobotClient:
         self.on_reset_request: Callable[[P.Reset], None] | None = None  # real robots: tell the operator
         self.reply_times: deque[float] = deque(maxlen=self.cfg.keep_replies)  # robot clock, per reply
         self.last_error: P.Error | None = None
+        self.error_codes: Counter[str] = Counter()  # the gateway's ``error`` frames by code
 
         self.connection = GatewayConnection(
             endpoint, robot_id, token, self.cfg, clock, self.counters,
@@ -430,6 +431,7 @@ class RobotClient:
     def _on_error(self, msg: P.Error) -> None:
         self.counters["errors"] += 1
         self.last_error = msg
+        self.error_codes[msg.code] += 1
         if msg.code in ("incomplete_episode", "out_of_order") and msg.episode_id and msg.step is not None:
             self.uploads.resend_from(msg.episode_id, msg.step, self._episode, self._clock())
             return
