@@ -38,9 +38,7 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs) -> Any:
 
 
 def _print_state(state: dict[str, Any]) -> None:
-    summary = {**state, "last_verdict": state["verdicts"][-1] if state["verdicts"] else None,
-               "evaluations_running": len(state["evaluations"])}  # fmt: skip
-    print(f"{state['task']}: mode {state['mode']}, newest {state['newest']}; {versions_text(summary)}")
+    print(f"{state['task']}: mode {state['mode']}, newest {state['newest']}; {versions_text(state)}")
     for v in state["verdicts"][-5:]:
         print(f"  {v['candidate']} {v['decision'].replace('_', ' ')}: canary {v['canary_success']:.0%} vs "
               f"stable {v['stable_success']:.0%} on {v['stable']} ({v['episodes']['canary']}/{v['episodes']['stable']} episodes)")  # fmt: skip

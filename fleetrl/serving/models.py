@@ -203,7 +203,9 @@ class RolloutState(BaseModel):
     rejected: int | None = Field(description="The last candidate rolled back.")
     trial: TrialState | None
     verdicts: list[Verdict]
+    last_verdict: Verdict | None
     evaluations: list[EvaluationRecord]
+    evaluations_running: int
     robots: dict[str, int | None] = Field(description="Robot id -> version of the last chunk it was sent.")
     config: dict[str, Any]
 

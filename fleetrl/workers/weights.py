@@ -70,7 +70,7 @@ class WeightBoard:
     def __init__(self, board_id: str = "") -> None:
         self.board_id = board_id  # "": replicas are not named, a restart forgets the pools
         self.replicas: dict[str, list[Any]] = {}
-        self.newest: dict[str, tuple[int, ray.ObjectRef, float]] = {}
+        # task -> {version: (ref, published_at)} in publication order; the last one is the newest
         self.history: dict[str, OrderedDict[int, tuple[ray.ObjectRef, float]]] = defaultdict(OrderedDict)
         self.keep: dict[str, int] = {}  # task -> published versions kept besides held ones
         self.holding: dict[str, list[int]] = {}  # task -> versions every replica must keep serving
@@ -107,12 +107,11 @@ class WeightBoard:
                     "weights: %s version %d could not be read back from its replica: %s", task, version, exc
                 )
                 continue
-            self.newest[task] = (version, ray.put(state), time.time())
-            self.history[task][version] = self.newest[task][1:]  # older versions are gone with the old board
+            self.history[task][version] = (ray.put(state), time.time())  # older ones went with the old board
         log.warning(
             "weight board restarted: pools %s, versions %s",
             {t: len(p) for t, p in self.replicas.items()},
-            {t: v[0] for t, v in self.newest.items()},
+            {t: next(reversed(kept)) for t, kept in self.history.items() if kept},
         )
 
     def register(self, task: str, replicas: list[Any], keep: int = 8) -> None:
@@ -127,26 +126,25 @@ class WeightBoard:
         """A deleted task: forget its replicas and weights (a task created again under the name may have
         another architecture; its learner publishes anew)."""
         self.replicas.pop(task, None)
-        self.newest.pop(task, None)
         self.history.pop(task, None)
         self.holding.pop(task, None)
 
     def publish(self, task: str, version: int, state: dict[str, np.ndarray]) -> int:
         """Keep ``version`` as the task's newest and push it to the task's replicas (not waiting for them)."""
-        current = self.newest.get(task)
+        current = self.latest(task)
         if current is not None and version <= current[0]:
             log.warning("weights: %s version %d not newer than %d; ignored", task, version, current[0])
             return current[0]
         ref = ray.put(state)
         published_at = time.time()
-        self.newest[task] = (version, ref, published_at)
         self._remember(task, version, ref, published_at)
         for replica in self.replicas.get(task, []):
             replica.load_weights.remote(ref, version, published_at)
         return version
 
     def _remember(self, task: str, version: int, ref: ray.ObjectRef, published_at: float) -> None:
-        """Keep ``version`` for rollback and evaluation; the oldest versions nobody holds go first."""
+        """Keep ``version`` (the newest now) for rollback and evaluation; the oldest versions nobody holds go
+        first (the newest never: ``keep`` >= 1)."""
         kept = self.history[task]
         kept[version] = (ref, published_at)
         spare = [v for v in kept if v not in self.holding.get(task, ())]
@@ -167,7 +165,7 @@ class WeightBoard:
         if missing:
             raise KeyError(f"versions {missing} of task {task!r} are not kept; kept: {self.versions(task)}")
         self.holding[task] = versions
-        calls = [replica.hold.remote(self._held_refs(task)) for replica in self.replicas.get(task, [])]
+        calls = [replica.hold.remote(self.held(task)) for replica in self.replicas.get(task, [])]
         ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout)
         for ref in ready:
             try:
@@ -180,16 +178,13 @@ class WeightBoard:
             )
         return versions
 
-    def _held_refs(self, task: str) -> dict[int, list[ray.ObjectRef] | None]:
-        """``{version: [ref]}`` of the held versions (None for version 0: the replica's own initial weights)."""
+    def held(self, task: str) -> dict[int, list[ray.ObjectRef] | None]:
+        """What every replica must hold besides the newest (``hold``; a replica that restarts asks here):
+        ``{version: [ref]}``, None for version 0 (the replica's own initial weights)."""
         kept = self.history.get(task, {})
         return {
             v: None if v == 0 else [kept[v][0]] for v in self.holding.get(task, []) if v == 0 or v in kept
         }
-
-    def held(self, task: str) -> dict[int, list[ray.ObjectRef] | None]:
-        """What a (re)starting replica must hold besides the newest (``hold``)."""
-        return self._held_refs(task)
 
     def serving(self, task: str, timeout: float = 5.0) -> int | None:
         """The oldest version any live replica of ``task`` serves (None: no replica answered). A replica
@@ -206,8 +201,12 @@ class WeightBoard:
 
     def latest(self, task: str) -> tuple[int, list[ray.ObjectRef], float] | None:
         """``(version, [ref], published_at)`` of the newest version (the ref wrapped so Ray passes it on)."""
-        entry = self.newest.get(task)
-        return None if entry is None else (entry[0], [entry[1]], entry[2])
+        kept = self.history.get(task)
+        if not kept:
+            return None
+        version = next(reversed(kept))
+        ref, published_at = kept[version]
+        return version, [ref], published_at
 
     def stop(self) -> None:
-        self.newest.clear()
+        self.history.clear()

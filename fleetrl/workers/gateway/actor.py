@@ -488,14 +488,14 @@ class Gateway:
             why = "an operator has control: hand back first"
             self._refuse(ident, "human_control", why, state.robot_id, msg.step)
             return
+        entering = msg.episode_id != state.episode_id
         if not self.intake.enter_episode(ident, state, msg.episode_id, msg.step):
             return
-        asm = state.assemblies.get(msg.episode_id)
-        if asm is not None and not asm.assigned:  # the episode's version, evaluation or canary side
-            asm.assignment, asm.assigned = (
-                self.dispatch.rollouts[task.name].assign(state.robot_id, msg.step),
-                True,
-            )
+        if (
+            entering
+        ):  # the episode's version, evaluation or canary side: decided once, when it becomes current
+            asm = state.assemblies[msg.episode_id]
+            asm.assignment = self.dispatch.rollouts[task.name].assign(state.robot_id, msg.step)
         if msg.step < state.last_step:  # the same step again is a retry whose reply was lost
             why = f"step {msg.step} after step {state.last_step}"
             self._refuse(ident, "out_of_order", why, state.robot_id, msg.step)

@@ -25,7 +25,6 @@ class EpisodeAssembly:
         self.asked_from: int | None = None  # row we last asked the robot to re-send from
         self.segment_from = 0  # first row not yet handed out in a segment (segments.py)
         self.assignment: Assignment = UNASSIGNED  # the version it runs, evaluation or canary (rollout.py)
-        self.assigned = False  # decided at its first observation
         self._obs: dict[str, list[np.ndarray]] = {k: [] for k in task.observation}
         self._actions: list[np.ndarray] = []
         self._columns: dict[str, list[np.ndarray]] = {k: [] for k in STEP_COLUMNS}

@@ -154,7 +154,7 @@ class EpisodeIntake:
         except P.ProtocolError as exc:
             self.refuse(ident, exc.code, exc.message, state.robot_id, episode_id=msg.episode_id)
             return
-        steps = segment_steps(state) if not asm.assignment.evaluation else 0  # evaluations teach nothing
+        steps = segment_steps(state, asm)
         if steps and asm.expected > asm.segment_from + steps:  # a row a piece could end at has arrived
             obs, actions, columns = asm.arrays()
             while (cut := next_cut(columns, asm.segment_from, steps)) is not None:
@@ -207,7 +207,7 @@ class EpisodeIntake:
             self.refuse(ident, "bad_message", str(exc), state.robot_id, episode_id=msg.episode_id)
             return
         del state.assemblies[msg.episode_id]
-        if segment_steps(state) and not asm.assignment.evaluation:
+        if segment_steps(state, asm):
             self._hand_out(segment(episode.episode_id, state.task.name, state.robot_id, episode.observations,
                                    episode.actions, episode.columns, asm.segment_from, len(episode), episode))  # fmt: skip
         if msg.episode_id == state.episode_id:
@@ -328,9 +328,12 @@ class EpisodeIntake:
         self.metrics.inc("episodes_total", (state.task.name, outcome))
 
 
-def segment_steps(state: RobotState) -> int:
-    """Rows per segment of running episodes the robot's task asks for (0: whole episodes only)."""
-    return state.task.learner.segment_steps if state.task.learner is not None else 0
+def segment_steps(state: RobotState, asm: EpisodeAssembly) -> int:
+    """Rows per segment of running episodes the robot's task asks for (0: whole episodes only, and for an
+    evaluation episode, which no learner may see)."""
+    if state.task.learner is None or asm.assignment.evaluation:
+        return 0
+    return state.task.learner.segment_steps
 
 
 def len_bytes(msg: P.Steps) -> int:

@@ -278,32 +278,13 @@ class TaskRollout:
         return tuple(sorted(want))
 
     def summary(self) -> dict[str, Any]:
-        """One line's worth for ``GET /v1/tasks/{task}`` and the console: mode, stable/pinned versions, the
-        trial's counts, the last verdict."""
+        """One line's worth for ``GET /v1/tasks/{task}``, the console and the live view: mode, stable and
+        pinned versions, the running trial with its counts, the last verdict, evaluations running."""
         trial = self.trial
         return {
             "mode": self.cfg.mode,
             "stable": self.stable,
             "pinned": self.pinned,
-            "trial": None
-            if trial is None
-            else {"candidate": trial.candidate, "counts": {k: list(v) for k, v in trial.counts.items()}},
-            "last_verdict": self.verdicts[-1] if self.verdicts else None,
-            "evaluations_running": len(self.evaluations),
-        }
-
-    def state(self, robots: dict[str, int | None]) -> dict[str, Any]:
-        """``GET /v1/tasks/{task}/rollout``: mode, versions, the running trial, verdicts, evaluations and the
-        version each robot runs (``robots``: robot id -> version of its current episode)."""
-        trial = self.trial
-        return {
-            "task": self.task,
-            "mode": self.cfg.mode,
-            "newest": self.newest,
-            "stable": self.stable,
-            "pinned": self.pinned,
-            "held": list(self.held),
-            "rejected": self.rejected if self.rejected >= 0 else None,
             "trial": None
             if trial is None
             else {
@@ -316,6 +297,20 @@ class TaskRollout:
                 "window_episodes": self.cfg.window_episodes,
                 "started": trial.started,
             },
+            "last_verdict": self.verdicts[-1] if self.verdicts else None,
+            "evaluations_running": len(self.evaluations),
+        }
+
+    def state(self, robots: dict[str, int | None]) -> dict[str, Any]:
+        """``GET /v1/tasks/{task}/rollout``: the summary with the newest, held and rejected versions, every
+        recent verdict, the running evaluations and the version each robot runs (``robots``: robot id ->
+        version of the last chunk sent to it)."""
+        return {
+            **self.summary(),
+            "task": self.task,
+            "newest": self.newest,
+            "held": list(self.held),
+            "rejected": self.rejected if self.rejected >= 0 else None,
             "verdicts": list(self.verdicts),
             "evaluations": [ev.summary() for ev in self.evaluations.values()],
             "robots": robots,

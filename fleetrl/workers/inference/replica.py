@@ -95,7 +95,8 @@ class InferenceReplica:
     def hold(self, versions: dict[int, list[ray.ObjectRef] | None]) -> list[int]:
         """Keep serving ``versions`` (``{version: [ref]}``, None for the initial weights) besides the newest:
         what the weight board's ``hold`` asks of every replica. Returns the versions held now."""
-        states = {v: None if refs is None else ray.get(refs[0]) for v, refs in versions.items()}
+        kept = set(self.backend.kept_versions())  # not fetched again
+        states = {v: None if refs is None or v in kept else ray.get(refs[0]) for v, refs in versions.items()}
         return self.backend.hold(states)
 
     def served_version(self) -> int:

@@ -30,6 +30,10 @@ class InferenceBackend(Protocol):
         """Keep serving these versions besides the newest (rollback, canary, evaluation)."""
         ...
 
+    def kept_versions(self) -> list[int]:
+        """The weight versions it can serve now."""
+        ...
+
 
 BACKENDS = ("torch", "torch-fast", "vllm")
 

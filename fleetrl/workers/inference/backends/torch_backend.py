@@ -135,6 +135,9 @@ class TorchBackend:
             elif version == 0:
                 self.policies[0] = self._build()
         self._evict()
+        return self.kept_versions()
+
+    def kept_versions(self) -> list[int]:
         return sorted(self.policies)
 
     def _evict(self) -> None:

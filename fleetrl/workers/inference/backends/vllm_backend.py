@@ -88,6 +88,9 @@ class VLLMBackend:
             )
         return [self.version]
 
+    def kept_versions(self) -> list[int]:
+        return [self.version]
+
     @torch.inference_mode()
     def infer(
         self,
