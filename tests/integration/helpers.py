@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
+from collections import Counter
 
 import numpy as np
+import ray
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, register
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.net import RawRobotSocket
 from tests.conftest import ADMIN_TOKEN
+
+RECOVERED_ERRORS = frozenset({"unknown_session", "incomplete_episode", "out_of_order", "overloaded"})
 
 
 class FleetThread:
@@ -39,6 +44,12 @@ class FleetThread:
     def total(self, key: str) -> int:
         return sum(c.counters[key] for c in self.clients)
 
+    def assert_only_recovered_errors(self) -> None:
+        """The gateway's refusals are only those a loaded machine may cause and the protocol recovers from
+        (a lease that lapsed, rows to re-send, too many unacked episodes at once); any other is a bug."""
+        codes = sum((c.error_codes for c in self.clients), Counter())
+        assert self.total("errors") == codes.total() and not set(codes) - RECOVERED_ERRORS, codes
+
     def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -46,6 +57,41 @@ class FleetThread:
                 return
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; counters: {[c.counters for c in self.clients]}")
+
+
+def after_restart(call, timeout: float = 30.0):
+    """``ray.get(call())``, asked again while Ray still reports the actor's restart (ActorUnavailableError:
+    a call that crossed the restart, e.g. one the old process took before it died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(call(), timeout=timeout)
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _pid(instance) -> int:
+    return os.getpid()
+
+
+def kill_and_await_restart(*actors, timeout: float = 120.0) -> None:
+    """Kill each actor (Ray restarts it) and return once a new process answers for every one: a call made
+    right after ``ray.kill`` may still be taken by the old process, so the process id tells them apart."""
+    old = [ray.get(a.__ray_call__.remote(_pid)) for a in actors]
+    for actor in actors:
+        ray.kill(actor, no_restart=False)
+    for actor, pid in zip(actors, old, strict=True):
+        deadline = time.monotonic() + timeout
+        while True:  # calls fail fast (ActorUnavailableError) until Ray has restarted it
+            try:
+                if ray.get(actor.__ray_call__.remote(_pid), timeout=30) != pid:
+                    break
+            except ray.exceptions.RayActorError:
+                pass
+            assert time.monotonic() < deadline, f"not restarted within {timeout:.0f} s"
+            time.sleep(0.5)
 
 
 _FLEETS = itertools.count()

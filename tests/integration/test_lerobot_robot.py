@@ -32,7 +32,8 @@ def test_a_lerobot_shaped_arm_runs_as_a_fleet_robot(api, platform):
         )
         with FleetThread([client]) as fleet:
             fleet.wait_for(lambda: any(e.acked for e in client.episodes), timeout=60, what="an acked episode")
-        assert fleet.total("errors") == 0 and fleet.total("replies") > 3
+        fleet.assert_only_recovered_errors()
+        assert fleet.total("replies") > 3
         assert len(arm.sent) >= 20  # every control period commanded the arm by joint name
         log = next(e for e in client.episodes if e.acked)
         stored = ray.get(platform.data.get_episode.remote(log.episode_id, client.robot_id))
