@@ -103,7 +103,7 @@ def register_fleet(platform: Platform, n: int, hz: float, seed: int) -> list[Tim
         made = list(pool.map(make, range(n)))
     cfg = ClientConfig(keep_episodes=1_000_000)  # no episode may leave the deque during the run
     return [
-        TimedClient(r, info["robot_id"], info["token"], platform.endpoint, config=cfg) for r, info in made
+        TimedClient.from_registration(r, info, config=cfg) for r, info in made
     ]
 
 

@@ -21,6 +21,9 @@ from typing import Any
 from fleetrl.cli.common import add_api_arguments, admin_token, install_stop_handlers, load_platform_config
 
 
+START_TIMEOUT_S = 120.0  # Platform.start's own default
+
+
 def sim_robot_args(sim, index: int, api: str, token_env: str) -> list[str]:
     """The ``fleetrl robot`` arguments that run config entry ``sim_robots[index]`` against ``api``."""
     cmd = ["robot", "--sim", sim.env, "--n", str(sim.count), "--task", sim.task, "--api", api]
@@ -38,8 +41,10 @@ def sim_robot_args(sim, index: int, api: str, token_env: str) -> list[str]:
     return cmd
 
 
-def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
-    """Start each sim fleet as its own process; the robots register over REST like real ones."""
+def _start_sim_robots(cfg, platform, log_dir: Path, wait_s: float) -> list[subprocess.Popen]:
+    """Start each sim fleet as its own process; the robots register over REST like real ones. They start
+    with the platform, not after it: a process imports its simulator and builds its first robot (seconds of
+    CPU) while Ray Serve comes up, then registration waits (up to ``wait_s``) until REST answers."""
     procs = []
     env = {
         **os.environ,
@@ -54,7 +59,9 @@ def _start_sim_robots(cfg, platform, log_dir: Path) -> list[subprocess.Popen]:
             sys.executable,
             "-m",
             "fleetrl.cli",
-            *sim_robot_args(sim, i, platform.rest_url, cfg.rest.admin_token_env),
+            *sim_robot_args(sim, i, cfg.rest.url, cfg.rest.admin_token_env),
+            "--wait",
+            str(wait_s),
         ]
         out = open(log_dir / f"robots-{i}-{sim.task}.log", "w")  # noqa: SIM115 - lives as long as the process
         procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
@@ -196,14 +203,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     platform = Platform(cfg)
     procs: list[subprocess.Popen] = []
     try:
-        platform.start()
+        if not args.no_robots:  # with the platform: they are ready to work when it answers, and work
+            # while the demos are recorded
+            procs = _start_sim_robots(cfg, platform, cfg.state_path / "logs", START_TIMEOUT_S + 60)
+        platform.start(timeout=START_TIMEOUT_S)
         print(
             f"REST {platform.public_rest_url} (docs {platform.public_rest_url}/docs) · "
             f"robots connect to {platform.endpoint}"
         )
         print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
-        if not args.no_robots:  # first: the robots work while the demos are recorded
-            procs = _start_sim_robots(cfg, platform, cfg.state_path / "logs")
+        if procs:
             print(
                 f"started {sum(s.count for s in cfg.sim_robots)} simulated robots (logs in {cfg.state_path / 'logs'})"
             )

@@ -128,16 +128,18 @@ class Platform:
             cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data, self.weights,
             self.curve_keys,
         )  # fmt: skip
-        pending = [self.gateway.ready.remote(), self.metrics.ready.remote(), self.data.ready.remote()]
-        pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
-        gateway_info, *_ = ray.get(pending, timeout=timeout)
-        phase.done("actors")  # data server, weight board, replicas, gateway: started in parallel
         self.tasks = control_actor(TaskManager, max_concurrency=TaskManager.MAX_CONCURRENCY).remote(
             self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path,
             list(cfg.tasks), cfg.gateway.max_frame_bytes,
         )  # fmt: skip
-        # the learners start (Ray Train) while Ray Serve deploys the REST app: both take seconds
-        adopting = [self.tasks.adopt.remote(t, self.replicas[t.name]) for t in cfg.tasks]
+        # The config's tasks are the task manager's before REST answers (robots register for them); their
+        # learners (Ray Train: a controller and a worker process each) start once it answers: on a small
+        # machine they would slow Serve's start down, and robots act without them.
+        pending = [self.gateway.ready.remote(), self.metrics.ready.remote(), self.data.ready.remote()]
+        pending += [r.ready.remote() for pool in self.replicas.values() for r in pool]
+        pending += [self.tasks.adopt.remote(t, self.replicas[t.name], learner=False) for t in cfg.tasks]
+        gateway_info, *_ = ray.get(pending, timeout=timeout)
+        phase.done("actors")  # data server, weight board, replicas, gateway, task manager: in parallel
         self.endpoint = gateway_info["endpoint"]
         self.rest_url = deploy_rest(
             cfg.rest,
@@ -151,8 +153,8 @@ class Platform:
             robot_server_key=self.curve_keys[0] if self.curve_keys else None,
         )
         self.public_rest_url = cfg.rest.public_url(ray.util.get_node_ip_address())
-        phase.done("rest")  # Ray Serve's controller, proxy and the app (learners start meanwhile)
-        ray.get(adopting, timeout=timeout)
+        phase.done("rest")  # Ray Serve's controller, proxy and the app
+        ray.get(self.tasks.start_learners.remote(), timeout=timeout)
         ray.get(self.tasks.restore_runtime_tasks.remote(), timeout=10 * timeout)
         phase.done("learners")
         self._wait_healthy(timeout)

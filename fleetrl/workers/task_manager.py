@@ -43,7 +43,7 @@ def root_cause(exc: BaseException) -> str:
 
 
 class TaskManager:
-    """Ray actor: ``ready``, ``adopt``, ``create``, ``delete``, ``config``, ``describe``, ``switch``, ``stop``."""
+    """Ray actor: ``ready``, ``adopt``, ``start_learners``, ``create``, ``delete``, ``config``, ``describe``, ``switch``, ``stop``."""
 
     MAX_CONCURRENCY = 8
 
@@ -125,10 +125,19 @@ class TaskManager:
     def ready(self) -> list[str]:
         return sorted(self.tasks)
 
-    def adopt(self, task: TaskConfig, replicas: list[Any]) -> None:
-        """Take over a task the platform started from its config, and start its learner."""
+    def adopt(self, task: TaskConfig, replicas: list[Any], learner: bool = True) -> None:
+        """Take over a task the platform started from its config, and start its learner (``learner=False``:
+        later, with ``start_learners``)."""
         self.tasks[task.name], self.replicas[task.name] = task, replicas
-        self._start_learner(task)
+        if learner:
+            self._start_learner(task)
+
+    def start_learners(self) -> None:
+        """Start the learners of the adopted tasks that have none yet (the platform's start does this once
+        REST answers: robots register and act meanwhile)."""
+        for name, task in list(self.tasks.items()):
+            if name not in self.learners:
+                self._start_learner(task)
 
     def create(self, task: TaskConfig, replay: ReplayConfig | None = None, timeout: float = 120.0) -> dict:
         """Start a new task's actors. ``{"ok": False, "code", "error"}`` if refused: 409 when the name is

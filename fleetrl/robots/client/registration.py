@@ -19,6 +19,7 @@ class RegistrationError(RuntimeError):
 
 
 RETRY_STATUS = frozenset({502, 503, 504})  # the platform is starting or restarting a part: worth waiting for
+MAX_RETRY_S = 2.0  # a robot waiting for a starting platform registers within this of it answering
 
 
 def register(
@@ -35,9 +36,9 @@ def register(
     ``curve_public_key``: the robot's own CURVE public key (its secret never leaves the robot); without it
     the platform issues a key pair and returns the secret once.
 
-    A robot PC often boots before the head: while the platform cannot be reached, or answers 502/503/504,
-    this retries with exponential backoff (0.5 s doubling to 10 s) for up to ``wait_s`` seconds, logging
-    what it waits for; any other refusal (a wrong token, a spec the task does not accept) raises at once."""
+    A robot PC often boots before the head: while the platform cannot be reached, answers 502/503/504, or
+    its HTTP proxy is up without the API yet (a plain-text 404), this retries with backoff (0.5 s doubling
+    to ``MAX_RETRY_S``) for up to ``wait_s`` seconds, logging what it waits for; any other refusal (a wrong token, a spec the task does not accept) raises at once."""
     import httpx
 
     deadline, delay = time.monotonic() + wait_s, 0.5
@@ -58,11 +59,12 @@ def register(
                 delay,
             )
             time.sleep(delay)
-            delay = min(2 * delay, 10.0)
+            delay = min(2 * delay, MAX_RETRY_S)
 
 
 class _Unavailable(Exception):
-    """A 502/503/504 answer: the platform is there but not ready."""
+    """A 502/503/504 answer, or the proxy's 404 before the API is deployed: the platform is there but not
+    ready."""
 
 
 def _register_once(
@@ -90,11 +92,17 @@ def _register_once(
         headers={"Authorization": f"Bearer {admin_token}"},
         timeout=timeout,
     )
-    if r.status_code in RETRY_STATUS:
+    if r.status_code in RETRY_STATUS or _api_not_deployed(r):
         raise _Unavailable(f"{r.status_code} {r.text[:200]}")
     if r.status_code not in (200, 201):  # 200: the name was registered before (same id, new token)
         raise RegistrationError(f"registration of {name!r} failed ({r.status_code}): {r.text}")
     return r.json()
+
+
+def _api_not_deployed(r: Any) -> bool:
+    """A 404 that is not the API's own (its answers are JSON): Ray Serve's proxy is up but the platform's
+    app is not deployed on it yet (a platform starting or restarting), so the route does not exist yet."""
+    return r.status_code == 404 and not r.headers.get("content-type", "").startswith("application/json")
 
 
 def deregister(api_url: str, admin_token: str, robot_ids: Sequence[str], timeout: float = 5.0) -> None:

@@ -20,17 +20,19 @@ class Robot:
     control_hz = 10.0
 
 
-def serve(answers: list[tuple[int, dict]]) -> tuple[ThreadingHTTPServer, list[dict]]:
-    """A fake REST endpoint answering POST /v1/robots with ``answers`` in turn; returns it and the bodies."""
+def serve(answers: list[tuple[int, dict | str]]) -> tuple[ThreadingHTTPServer, list[dict]]:
+    """A fake REST endpoint answering POST /v1/robots with ``answers`` in turn (a dict as JSON, a str as
+    plain text); returns it and the bodies."""
     bodies: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
             status, body = answers[min(len(bodies) - 1, len(answers) - 1)]
-            data = json.dumps(body).encode()
+            text = isinstance(body, str)
+            data = body.encode() if text else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "text/plain" if text else "application/json")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -45,7 +47,8 @@ def serve(answers: list[tuple[int, dict]]) -> tuple[ThreadingHTTPServer, list[di
 
 def test_waits_through_503s_then_registers(caplog):
     ok = {"robot_id": "rbt_1", "token": "t", "endpoint": "tcp://x:1", "chunk_len": 4, "curve": None}
-    server, bodies = serve([(503, {"detail": "starting"}), (503, {"detail": "starting"}), (201, ok)])
+    proxy_without_app = "Path '/v1/robots' not found. Ping http://.../-/routes for available routes."
+    server, bodies = serve([(503, {"detail": "starting"}), (404, proxy_without_app), (201, ok)])
     try:
         with caplog.at_level("WARNING"):
             info = register(
@@ -53,7 +56,7 @@ def test_waits_through_503s_then_registers(caplog):
             )
     finally:
         server.shutdown()
-    assert info["robot_id"] == "rbt_1" and len(bodies) == 3
+    assert info["robot_id"] == "rbt_1" and len(bodies) == 3  # the proxy's 404 (no API yet) was waited out
     assert bodies[0]["name"] == "arm-1" and bodies[0]["observation_spec"]["state"]["shape"] == [3]
     assert "waiting for the platform" in caplog.text
 
@@ -62,6 +65,13 @@ def test_a_refusal_raises_at_once_and_an_absent_platform_after_the_wait():
     server, bodies = serve([(422, {"detail": "observation_spec: state has shape [3], task wants [10]"})])
     try:
         with pytest.raises(RegistrationError, match=r"failed \(422\).*task wants \[10\]"):
+            register(f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), wait_s=30)
+    finally:
+        server.shutdown()
+    assert len(bodies) == 1
+    server, bodies = serve([(404, {"detail": "no task 'reach'"})])  # the API's own 404 (JSON): final
+    try:
+        with pytest.raises(RegistrationError, match=r"failed \(404\).*no task"):
             register(f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), wait_s=30)
     finally:
         server.shutdown()
