@@ -102,9 +102,7 @@ def register_fleet(platform: Platform, n: int, hz: float, seed: int) -> list[Tim
     with ThreadPoolExecutor(REST_THREADS) as pool:
         made = list(pool.map(make, range(n)))
     cfg = ClientConfig(keep_episodes=1_000_000)  # no episode may leave the deque during the run
-    return [
-        TimedClient.from_registration(r, info, config=cfg) for r, info in made
-    ]
+    return [TimedClient.from_registration(r, info, config=cfg) for r, info in made]
 
 
 def settle(clients: list[TimedClient], seconds: float) -> float:

@@ -20,7 +20,6 @@ from typing import Any
 
 from fleetrl.cli.common import add_api_arguments, admin_token, install_stop_handlers, load_platform_config
 
-
 START_TIMEOUT_S = 120.0  # Platform.start's own default
 
 
