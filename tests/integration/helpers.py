@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections import Counter
@@ -69,28 +68,6 @@ def after_restart(call, timeout: float = 30.0):
         except ray.exceptions.ActorUnavailableError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
-
-
-def _pid(instance) -> int:
-    return os.getpid()
-
-
-def kill_and_await_restart(*actors, timeout: float = 120.0) -> None:
-    """Kill each actor (Ray restarts it) and return once a new process answers for every one: a call made
-    right after ``ray.kill`` may still be taken by the old process, so the process id tells them apart."""
-    old = [ray.get(a.__ray_call__.remote(_pid)) for a in actors]
-    for actor in actors:
-        ray.kill(actor, no_restart=False)
-    for actor, pid in zip(actors, old, strict=True):
-        deadline = time.monotonic() + timeout
-        while True:  # calls fail fast (ActorUnavailableError) until Ray has restarted it
-            try:
-                if ray.get(actor.__ray_call__.remote(_pid), timeout=30) != pid:
-                    break
-            except ray.exceptions.RayActorError:
-                pass
-            assert time.monotonic() < deadline, f"not restarted within {timeout:.0f} s"
             time.sleep(0.5)
 
 

@@ -241,3 +241,22 @@ def test_token_policy_ppo_runs_through_the_platform_on_a_bf16_backend(api, platf
     assert deleted["learner"]["algorithm"] == "ppo" and deleted["learner"]["step"] >= 1
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(learner.status.remote(), timeout=30)
+
+
+def test_a_learner_that_cannot_be_placed_says_what_it_waits_for_and_its_task_deletes_at_once(api, platform):
+    """Ray Train waits silently for resources no node has; the learner's status names them (REST, live view,
+    console), and deleting the task does not wait for a loop that never ran."""
+    body = reacher_task(
+        "reach-unplaced", learner={"algorithm": "ppo", "resources": {"fleetrl_test_nowhere": 1}}
+    )
+    assert api.post("/v1/tasks", json=body, timeout=120).status_code == 201
+    status = wait_status(
+        api, "reach-unplaced", lambda s: "waiting" in s, timeout=30, what="the starting learner's reason"
+    )["learner"]
+    assert status["state"] == "starting"
+    assert (
+        "fleetrl_test_nowhere 1" in status["waiting"] and "now: fleetrl_test_nowhere 0" in status["waiting"]
+    )
+    t0 = time.monotonic()
+    deleted = delete_task(api, "reach-unplaced")
+    assert deleted["learner"]["state"] == "starting" and time.monotonic() - t0 < 20

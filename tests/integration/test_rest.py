@@ -5,14 +5,16 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 import ray
 
+from fleetrl.testing.restarts import kill_and_await_restart
 from tests.conftest import delete_task, reacher_task
-from tests.integration.helpers import RunningFleet, kill_and_await_restart
+from tests.integration.helpers import RunningFleet
 
 REACH_BODY = {
     "name": "arm-1",
@@ -281,9 +283,10 @@ def test_tasks_created_and_deleted_over_rest_outlive_restarts_of_the_gateway_and
     for name in ("reach-kept", "reach-dropped"):
         assert api.post("/v1/tasks", json=reacher_task(name), timeout=120).status_code == 201
     delete_task(api, "reach-dropped")
-    kill_and_await_restart(platform.gateway, platform.data)
-    for actor in (platform.gateway, platform.data):
-        ray.get(actor.ready.remote(), timeout=60)
+    with ThreadPoolExecutor(2) as pool:  # both at once; each waits until its new process answers
+        took = list(pool.map(lambda a: kill_and_await_restart(a, lambda x: x.ready.remote(), 120),
+                             (platform.gateway, platform.data)))  # fmt: skip
+    assert None not in took, f"not restarted within 120 s: {took}"
     pools = ray.get(platform.gateway.stats.remote())["pools"]
     assert "reach-kept" in pools and "reach-dropped" not in pools and "reach" in pools
     with RunningFleet(platform, n=1, hz=100.0, seed=95, task="reach-kept") as fleet:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 class Learner:
     """Ray actor: ``ready``, ``status``, ``switch(algorithm, config)``, ``poll`` (from the loop), ``stop``."""
+
+    SLOW_START_S = 5.0  # a learner still starting after this says what it waits for (status ``waiting``)
 
     def __init__(
         self,
@@ -52,6 +55,13 @@ class Learner:
         self.last: dict[str, Any] = {"algorithm": self.cfg.algorithm, "step": 0, "version": 0}
         self.state = "starting"
         self.error: str | None = None
+        self._created = time.monotonic()
+        options = self.cfg.ray_options(f"learner {task.name}")
+        self.worker_resources = {"CPU": options["num_cpus"], **options.get("resources", {})}
+        if options["num_gpus"]:
+            self.worker_resources["GPU"] = options["num_gpus"]
+        if "memory" in options:
+            self.worker_resources["memory"] = options["memory"]
         storage = Path(storage_dir).expanduser()
         self._loop_config = {
             "task": task,
@@ -74,17 +84,12 @@ class Learner:
 
         from fleetrl.workers.learning.loop import learner_loop
 
-        options = self.cfg.ray_options(f"learner {self.task.name}")
-        resources = {"CPU": options["num_cpus"], **options.get("resources", {})}
-        if options["num_gpus"]:
-            resources["GPU"] = options["num_gpus"]
-        if "memory" in options:
-            resources["memory"] = options["memory"]
+        resources = self.worker_resources
         trainer = TorchTrainer(
             learner_loop,
             train_loop_config=self._loop_config,
             scaling_config=ScalingConfig(
-                num_workers=1, use_gpu=bool(options["num_gpus"]), resources_per_worker=resources
+                num_workers=1, use_gpu="GPU" in resources, resources_per_worker=resources
             ),
             run_config=RunConfig(
                 name=f"learner-{self.task.name}",
@@ -114,12 +119,30 @@ class Learner:
 
     def status(self) -> dict[str, Any]:
         pending = [c for c in self.commands if c["kind"] == "switch"]
-        return {
+        out = {
             **self.last,
             "state": self.state,
             "error": self.error,
             "pending_switch": pending[-1]["algorithm"] if pending else None,
         }
+        if self.state == "starting" and time.monotonic() - self._created > self.SLOW_START_S:
+            out["waiting"] = self.start_wait()
+        return out
+
+    def start_wait(self) -> str:
+        """What a learner that is still starting waits for: the resources its Ray Train worker asks for that
+        no node has free now (Ray Train waits for them, silently), else the worker's start itself."""
+        waited = time.monotonic() - self._created
+        free = ray.available_resources()
+        short = {k: v for k, v in self.worker_resources.items() if v and free.get(k, 0.0) < v}
+        if short:
+            have = ", ".join(f"{k} {free.get(k, 0.0):g}" for k in short)
+            want = ", ".join(f"{k} {v:g}" for k, v in short.items())
+            return (
+                f"starting for {waited:.0f} s: its Ray Train worker asks for {want}; free in the cluster now: "
+                f"{have} (it starts when a node has them)"
+            )
+        return f"starting for {waited:.0f} s: Ray Train is starting its worker"
 
     def switch(self, algorithm: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Queue a switch (applied at the loop's next step boundary). Returns ``{"ok": False, "code": 404|409|
@@ -146,9 +169,12 @@ class Learner:
         }
 
     def stop(self, timeout: float = 30.0) -> str:
+        """Ask the loop to stop after a last checkpoint, and wait for it. A learner still starting has no
+        loop to ask (nor anything new to save): it answers at once (the caller kills it)."""
         with self._lock:
             self.commands.append({"kind": "stop"})
-        self._thread.join(timeout)
+        if self.state != "starting":
+            self._thread.join(timeout)
         return self.state
 
 
