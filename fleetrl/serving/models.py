@@ -327,6 +327,7 @@ class EpisodeRow(Answer):
     labelled_by: str
     n_steps: int
     snapshot: int
+    evaluation: str | None = Field(None, description="The evaluation it was run for (None: a fleet rollout).")
 
 
 class EpisodeSummary(EpisodeRow):

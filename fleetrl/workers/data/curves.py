@@ -5,8 +5,10 @@ survive a restart and cover every episode ever stored. Only *online* episodes co
 nothing about how the fleet's policy does); the x axes are cumulative robot-hours and episode count, the
 way fleet-learning papers (LWD, ALOE) plot success and intervention rates.
 
-Aborted episodes (a robot cut off mid-episode) say nothing about the policy either: their steps add
-robot-hours, but they are left out of the windows and of every rate.
+Aborted episodes (a robot cut off mid-episode) say nothing about the policy either, and evaluation episodes
+(run in the policy's evaluation mode for ``POST .../evaluations``, catalog column ``evaluation``) are not the
+fleet's learning rollouts: the steps of both add robot-hours, but they are left out of the windows and of
+every rate.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def episode_curves(
     finished = aborted = 0
     for row in ordered:
         hours += row_hours(row, control_hz)
+        if row.get("evaluation"):
+            continue
         if row.get("outcome") == "aborted":
             aborted += 1
             continue

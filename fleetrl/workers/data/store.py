@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     path TEXT NOT NULL,
     created REAL NOT NULL,
     digest TEXT,
+    evaluation TEXT,
     UNIQUE (robot_id, episode_id)
 );
 CREATE INDEX IF NOT EXISTS episodes_task ON episodes(task, snapshot);
@@ -91,7 +92,9 @@ _ROW_FIELDS = (
     "total_reward",
     "path",
     "created",
+    "evaluation",  # the evaluation an episode was run for (``meta['evaluation']``), else None
 )
+_ADDED_COLUMNS = {"evaluation": "TEXT"}  # columns newer than some catalogs on disk (added on open)
 
 
 class EpisodeStore:
@@ -132,9 +135,17 @@ class EpisodeStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate_legacy_catalog()
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.last_reconcile: dict[str, builtins.list[str]] = {}
         if reconcile:
             self.reconcile()
+
+    def _add_missing_columns(self) -> None:
+        """A catalog written before a column existed gets it (NULL in its old rows)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(episodes)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE episodes ADD COLUMN {name} {kind}")
 
     def _migrate_legacy_catalog(self) -> None:
         """Rebuild a catalog whose ``episode_id`` alone was unique with the (robot, episode id) key, in
@@ -145,7 +156,7 @@ class EpisodeStore:
         if row is None or _LEGACY_KEY not in row[0]:
             return
         n = self._db.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
-        columns = ", ".join(_ROW_FIELDS)
+        columns = ", ".join(f for f in _ROW_FIELDS if f not in _ADDED_COLUMNS)
         self._db.executescript(
             "BEGIN IMMEDIATE;"
             "ALTER TABLE episodes RENAME TO episodes_legacy;"
@@ -226,10 +237,11 @@ class EpisodeStore:
         self, ep: Episode | dict, summary: dict, rel: str, created: float, digest: str | None
     ) -> tuple[bool, int]:
         f = ep if isinstance(ep, dict) else scalar_fields(ep)
+        meta = (ep.get("meta") if isinstance(ep, dict) else ep.meta) or {}
         cur = self._db.execute(
             "INSERT OR IGNORE INTO episodes (episode_id, task, robot_id, outcome, source, labelled_by,"
             " terminated, truncated, n_steps, intervention_steps, duration_s, total_reward, path, created,"
-            " digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " digest, evaluation) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 f["episode_id"],
                 f["task"],
@@ -246,6 +258,7 @@ class EpisodeStore:
                 rel,
                 created,
                 digest,
+                meta.get("evaluation") or None,
             ),
         )
         if cur.rowcount == 1:

@@ -93,3 +93,18 @@ def test_bad_window():
 def test_row_hours():
     assert row_hours(row(1, n_steps=360), control_hz=0.1) == pytest.approx(1.0)
     assert row_hours({"duration_s": 7200.0}) == pytest.approx(2.0)
+
+
+def test_evaluation_episodes_add_robot_time_but_no_rate():
+    """Episodes run for an evaluation (the policy's evaluation mode, a chosen version) are not the fleet's
+    learning rollouts: left out of the windows, their steps still count as robot time."""
+    rows = [
+        row(1, "failure"),
+        row(2, "success", evaluation="ev1"),
+        row(3, "success", evaluation="ev1"),
+        row(4),
+    ]
+    c = episode_curves(rows, window=20, control_hz=10.0)
+    (p,) = c["points"]
+    assert c["episodes"] == 2 and p["n"] == 2 and p["success_rate"] == 0.5
+    assert c["robot_hours"] == pytest.approx(400 / 10 / 3600)

@@ -360,3 +360,32 @@ CREATE TABLE episodes (
 );
 CREATE INDEX episodes_task ON episodes(task, snapshot);
 """
+
+
+def test_an_evaluation_episode_is_cataloged_with_its_evaluation_also_after_reconcile(tmp_path):
+    """The catalog's ``evaluation`` column (the curves leave those episodes out) comes from the episode's
+    ``meta['evaluation']``; a file the catalog lost is re-indexed with it; a catalog written before the
+    column existed gets it on open."""
+    import fleetrl.workers.data.store as store_module
+
+    old_schema = "\n".join(line for line in store_module._SCHEMA.splitlines() if "evaluation" not in line)
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    db.executescript(old_schema)  # the catalog of a store written before the column
+    db.close()
+    store = EpisodeStore(str(tmp_path))
+    plain = synthetic_episode(4, seed=1)
+    evaluated = dataclasses.replace(synthetic_episode(5, seed=2), meta={"evaluation": "ev-7"})
+    store.put(plain)
+    store.put(evaluated)
+    assert [r["evaluation"] for r in store.list()] == [None, "ev-7"]
+    store.close()
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    db.execute("DELETE FROM episodes WHERE episode_id = ?", (evaluated.episode_id,))  # a lost catalog row
+    db.commit()
+    db.close()
+    store = EpisodeStore(str(tmp_path))
+    assert len(store.last_reconcile["inserted"]) == 1
+    assert {r["episode_id"]: r["evaluation"] for r in store.list()} == {
+        plain.episode_id: None,
+        evaluated.episode_id: "ev-7",
+    }
