@@ -127,6 +127,14 @@ class LearnerConfig(ActorResources):
         0, ge=0, description="First learner steps sample only offline data (pretraining on demos)."
     )
     publish_every: int = Field(10, ge=1, description="Publish weights every N learner steps.")
+    min_publish_interval_s: float = Field(
+        0.25,
+        ge=0,
+        description="Off-policy learners publish at most this often (a version due sooner waits, not skipped): "
+        "a fast learner (BC at 150 updates/s) would otherwise send the fleet 15 versions a second, and the "
+        "replicas loading them slow the learner down. On-policy learners (PPO) publish every publish_every "
+        "updates regardless: their next data must come from the new weights.",
+    )
     segment_steps: int = Field(
         0,
         ge=0,

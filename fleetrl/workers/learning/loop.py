@@ -23,7 +23,7 @@ from fleetrl.models.policies import build_policy
 from fleetrl.workers.learning.algorithm_set import AlgorithmSet
 from fleetrl.workers.learning.checkpoints import Checkpoints, registered_checkpoint
 from fleetrl.workers.learning.demo_feed import DemoReplay
-from fleetrl.workers.learning.publishing import Publisher
+from fleetrl.workers.learning.publishing import Publisher, PublishSchedule
 from fleetrl.workers.learning.reporting import Reporter
 from fleetrl.workers.learning.sampling import Sampler
 from fleetrl.workers.metrics_server import RemoteLogHandler
@@ -83,6 +83,7 @@ class LearnerLoop:
             learner.model_dump(mode="json", exclude={"wandb"}),
         )  # fmt: skip
         self.throttle = Throttle(learner.max_updates_per_s)
+        self.schedule = PublishSchedule(learner.publish_every, learner.min_publish_interval_s)
         self.finished: str | None = None  # why the loop ended on its own (max_updates)
         self.activate(
             resumed.algorithm if resumed else learner.algorithm,
@@ -97,17 +98,20 @@ class LearnerLoop:
     def run(self) -> None:
         self.publish(initial=True)
         while self.apply_commands() and not self.reached_max_updates():
+            self.publish_if_due()
             batch = self.sample()
             if batch is None:
                 self.report()
                 time.sleep(self.POLL_S)
                 continue
             self.update(batch)
-            if self.step % self.cfg.publish_every == 0:
-                self.publish()
+            self.schedule.updated(self.step)
+            self.publish_if_due()
             if self.step % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
             self.report()
+        if self.schedule.due:  # a deferred version goes out before the loop ends (max_updates, stop)
+            self.publish()
         self.checkpoint()
         self.report(force=True)
         self.reporter.scalars.close()
@@ -126,9 +130,15 @@ class LearnerLoop:
         self.step += 1
         self.reporter.record(self.algorithm.name, metrics, time.perf_counter() - started)
 
+    def publish_if_due(self) -> None:
+        """Publish a version that is due (``PublishSchedule``: off-policy learners at most so often)."""
+        if self.schedule.publish_now(off_policy=self.algorithm.batch_request().kind == "chunks"):
+            self.publish()
+
     def publish(self, initial: bool = False) -> None:
         """Give the fleet the current policy as a new version (replicas load it at a batch boundary)."""
         self.algorithms.published(self.publisher.publish(initial))
+        self.schedule.published()
 
     def checkpoint(self, wait: bool = False) -> None:
         self.checkpoints.save(self.step, self.publisher.version, wait)

@@ -1,4 +1,5 @@
-"""The learner's side of the weight board: each publish gives the fleet the policy as a new version.
+"""The learner's side of the weight board: each publish gives the fleet the policy as a new version, on a
+schedule (``PublishSchedule``).
 
 Versions only grow: a learner that restarts, from a checkpoint or from nothing while the board still holds
 a version, continues above anything the fleet may have seen. Only a fresh start keeps version 0: the
@@ -8,6 +9,8 @@ replicas already serve those seeded initial weights.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +28,29 @@ def first_version(resumed_version: int | None, board_version: int) -> int:
     if resumed_version is None and board_version < 0:
         return 0
     return max(resumed_version or 0, board_version) + 1
+
+
+class PublishSchedule:
+    """When the learner publishes: every ``every`` updates; a learner that samples replay (off-policy) at
+    most once per ``min_interval_s``: a version due sooner waits for a later step, it is never dropped.
+    On-policy learners publish when due (their next batch must come from the new weights)."""
+
+    def __init__(self, every: int, min_interval_s: float, clock: Callable[[], float] = time.monotonic):
+        self.every, self.min_interval_s, self._clock = every, min_interval_s, clock
+        self.due, self._last = False, -math.inf
+
+    def updated(self, step: int) -> None:
+        """Learner step ``step`` is done."""
+        if step % self.every == 0:
+            self.due = True
+
+    def publish_now(self, off_policy: bool) -> bool:
+        if not self.due:
+            return False
+        return not off_policy or self._clock() - self._last >= self.min_interval_s
+
+    def published(self) -> None:
+        self.due, self._last = False, self._clock()
 
 
 class Publisher:
