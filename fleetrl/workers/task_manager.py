@@ -43,7 +43,8 @@ def root_cause(exc: BaseException) -> str:
 
 
 class TaskManager:
-    """Ray actor: ``ready``, ``adopt``, ``start_learners``, ``create``, ``delete``, ``config``, ``describe``, ``switch``, ``stop``."""
+    """Ray actor: ``ready``, ``adopt``, ``start_learners``, ``create``, ``delete``, ``config``, ``describe``,
+    ``switch``, ``stop``."""
 
     MAX_CONCURRENCY = 8
 

@@ -38,7 +38,8 @@ def register(
 
     A robot PC often boots before the head: while the platform cannot be reached, answers 502/503/504, or
     its HTTP proxy is up without the API yet (a plain-text 404), this retries with backoff (0.5 s doubling
-    to ``MAX_RETRY_S``) for up to ``wait_s`` seconds, logging what it waits for; any other refusal (a wrong token, a spec the task does not accept) raises at once."""
+    to ``MAX_RETRY_S``) for up to ``wait_s`` seconds, logging what it waits for; any other refusal (a wrong
+    token, a spec the task does not accept) raises at once."""
     import httpx
 
     deadline, delay = time.monotonic() + wait_s, 0.5
