@@ -62,19 +62,23 @@ def test_waits_through_503s_then_registers(caplog):
 
 
 def test_a_refusal_raises_at_once_and_an_absent_platform_after_the_wait():
-    server, bodies = serve([(422, {"detail": "observation_spec: state has shape [3], task wants [10]"})])
-    try:
-        with pytest.raises(RegistrationError, match=r"failed \(422\).*task wants \[10\]"):
-            register(f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), wait_s=30)
-    finally:
-        server.shutdown()
-    assert len(bodies) == 1
-    server, bodies = serve([(404, {"detail": "no task 'reach'"})])  # the API's own 404 (JSON): final
-    try:
-        with pytest.raises(RegistrationError, match=r"failed \(404\).*no task"):
-            register(f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), wait_s=30)
-    finally:
-        server.shutdown()
-    assert len(bodies) == 1
+    refusals = [
+        (
+            422,
+            {"detail": "observation_spec: state has shape [3], task wants [10]"},
+            r"failed \(422\).*wants \[10\]",
+        ),
+        (404, {"detail": "no task 'reach'"}, r"failed \(404\).*no task"),  # the API's own 404 (JSON): final
+    ]
+    for status, body, match in refusals:
+        server, bodies = serve([(status, body)])
+        try:
+            with pytest.raises(RegistrationError, match=match):
+                register(
+                    f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), wait_s=30
+                )
+        finally:
+            server.shutdown()
+        assert len(bodies) == 1
     with pytest.raises(RegistrationError, match="not reachable for 1 s"):
         register(f"http://127.0.0.1:{free_port()}", "tok", "arm-1", "reach", Robot(), wait_s=1.2)
