@@ -297,8 +297,8 @@ def _result(
 
     acked = {ep.episode_id for c in clients for ep in c.episodes if ep.acked}
     # an episode that ended between the last all-acked check and the halt had no time to be acked: in flight
-    unacked = [ep.episode_id for c in clients for ep in c.episodes
-               if ep.outcome is not None and not ep.acked and ep.steps and ep.steps[-1].action_start < tl.all_acked]  # fmt: skip
+    ended = [ep for c in clients for ep in c.episodes if ep.outcome is not None and ep.steps]
+    unacked = [ep.episode_id for ep in ended if not ep.acked and ep.steps[-1].action_start < tl.all_acked]
     stored = set(ray.get(platform.data.episode_ids.remote("reach")))
     final = ray.get(learner.status.remote())
     data_node_after = ray.get(platform.data.ready.remote())["node_id"]

@@ -8,7 +8,6 @@ import time
 from collections import Counter
 
 import numpy as np
-import ray
 
 from fleetrl.robots import protocol as P
 from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, register
@@ -56,19 +55,6 @@ class FleetThread:
                 return
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; counters: {[c.counters for c in self.clients]}")
-
-
-def after_restart(call, timeout: float = 30.0):
-    """``ray.get(call())``, asked again while Ray still reports the actor's restart (ActorUnavailableError:
-    a call that crossed the restart, e.g. one the old process took before it died)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return ray.get(call(), timeout=timeout)
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 _FLEETS = itertools.count()

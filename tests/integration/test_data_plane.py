@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from fleetrl.robots.client import ClientConfig
-from tests.integration.helpers import RunningFleet, after_restart
+from tests.integration.helpers import RunningFleet
 
 
 def _acked(fleet) -> dict[str, object]:
@@ -41,6 +41,19 @@ def test_acked_episodes_are_stored_exactly_as_executed(platform):
         ray.get(platform.data.sample_chunk_batches.remote("reach", 32, 0))
 
 
+def _after_restart(call, timeout: float = 30.0):
+    """``ray.get(call())``, asked again while Ray still reports the actor's restart (ActorUnavailableError:
+    a call that crossed the restart)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(call(), timeout=timeout)
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):
     cfg = ClientConfig(ack_timeout_s=0.5)
     with RunningFleet(platform, n=3, hz=50.0, config=cfg, seed=60) as fleet:
@@ -59,10 +72,10 @@ def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):
     assert after["pid"] == before["pid"] and after["step"] >= before["step"], (before, after)
     assert after["restored_step"] == before["restored_step"]
     assert time.monotonic() - t_kill < 60
-    stored = after_restart(lambda: platform.data.episode_keys.remote("reach"))
+    stored = _after_restart(lambda: platform.data.episode_keys.remote("reach"))
     assert len(stored) == len(set(stored))  # exactly once
     assert set(_acked(fleet)) <= {episode_id for _, episode_id in stored}  # every acked episode is on disk
-    assert after_restart(lambda: platform.data.wait_refilled.remote(30))  # the background refill ended
+    assert _after_restart(lambda: platform.data.wait_refilled.remote(30))  # the background refill ended
     sizes = ray.get(platform.data.stats.remote("reach"))["replay"]
     assert sizes["online_episodes"] >= len(_acked(fleet))  # and back in replay after the refill
 

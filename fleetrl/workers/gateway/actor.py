@@ -491,9 +491,8 @@ class Gateway:
         entering = msg.episode_id != state.episode_id
         if not self.intake.enter_episode(ident, state, msg.episode_id, msg.step):
             return
-        if (
-            entering
-        ):  # the episode's version, evaluation or canary side: decided once, when it becomes current
+        # the episode's version, evaluation or canary side: decided once, when it becomes current
+        if entering:
             asm = state.assemblies[msg.episode_id]
             asm.assignment = self.dispatch.rollouts[task.name].assign(state.robot_id, msg.step)
         if msg.step < state.last_step:  # the same step again is a retry whose reply was lost

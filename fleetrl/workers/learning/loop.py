@@ -132,7 +132,7 @@ class LearnerLoop:
 
     def publish_if_due(self) -> None:
         """Publish a version that is due (``PublishSchedule``: off-policy learners at most so often)."""
-        if self.schedule.publish_now(off_policy=self.algorithm.batch_request().kind == "chunks"):
+        if self.schedule.publish_now(off_policy=self.algorithm.data == "chunks"):
             self.publish()
 
     def publish(self, initial: bool = False) -> None:
