@@ -3,6 +3,7 @@
 fleetrl rollout show reach                     mode, stable/pinned/newest version, trial, verdicts, robots
 fleetrl rollout rollback reach 12              pin new episodes to version 12 (``release`` undoes it)
 fleetrl rollout evaluate reach --version 12 --episodes 50    run evaluation episodes, wait, print the result
+fleetrl rollout evaluate reach --sim Reacher-v5 --sim-robots 4   ... on sim robots the platform starts for it
 
 Thin clients of the REST API (``/v1/tasks/{task}/rollout``, ``/rollback``, ``/evaluations``).
 """
@@ -68,6 +69,8 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     body = {"episodes": args.episodes, "deterministic": not args.sample, "version": args.version,
             "robots": args.robots or None}  # fmt: skip
+    if args.sim:
+        body["sim"] = {"env": args.sim, "count": args.sim_robots}
     record = _call(args, "POST", f"/v1/tasks/{args.task}/evaluations", json=body)
     ident = record["evaluation_id"]
     print(f"evaluation {ident}: version {record['version']}, {record['episodes']} episodes "
@@ -112,6 +115,11 @@ def add_rollout_parser(subparsers: Any) -> None:
     )
     ev.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
     ev.add_argument("--robots", nargs="*", default=None, help="robot ids to use (default: any of the task's)")
+    ev.add_argument(
+        "--sim", metavar="ENV", default=None,
+        help="run it on simulated robots of this gymnasium env that the platform starts (and removes after)",
+    )  # fmt: skip
+    ev.add_argument("--sim-robots", type=int, default=2, help="how many sim robots --sim starts")
     ev.add_argument("--sample", action="store_true", help="sample actions instead of the policy's mode")
     ev.add_argument("--no-wait", action="store_true", help="start it and return (poll with the REST API)")
     for parser, func in ((show, cmd_show), (back, cmd_rollback), (release, cmd_release), (ev, cmd_evaluate)):

@@ -122,6 +122,27 @@ class EpisodeLabel(BaseModel):
     labelled_by: Literal["human", "critic"] = Field("human", description="Who labelled it.")
 
 
+class SimEvaluationRobots(BaseModel):
+    """Simulated robots the platform starts for one evaluation and removes when it ends."""
+
+    model_config = ConfigDict(extra="forbid")
+    env: str = Field(
+        min_length=1, description="gymnasium environment id (also 'module:EnvId'), e.g. Reacher-v5."
+    )
+    count: int = Field(2, ge=1, le=64, description="Number of robots (one process on a cluster node).")
+    seed: int = Field(10_000, description="Seed of the first robot; robot i uses seed + i.")
+    control_hz: float | None = Field(None, gt=0, description="Control rate (default: the robot preset's).")
+    success: str | None = Field(
+        None, description="Success rule, as in the config's sim_robots (default: the env's preset)."
+    )
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for gym.make.")
+    wrappers: list[str] = Field(default_factory=list, description="'module:Callable' wrappers, in order.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the robots' process.")
+    timeout_s: float = Field(
+        1800.0, gt=0, description="The robots stop after this long even if the evaluation is not done."
+    )
+
+
 class EvaluationRequest(BaseModel):
     """Evaluation episodes of one version, stored flagged as evaluation (never learned from unless the
     task's replay sets ``learn_from_evaluation``)."""
@@ -140,6 +161,17 @@ class EvaluationRequest(BaseModel):
     )
     episodes: int = Field(20, ge=1, le=10_000, description="Episodes to run (an aborted one is run again).")
     deterministic: bool = Field(True, description="Act with the policy's mode instead of sampling.")
+    sim: SimEvaluationRobots | None = Field(
+        None,
+        description="Run it on simulated robots the platform starts for it (instead of registered robots); "
+        "they leave when it ends.",
+    )
+
+    @model_validator(mode="after")
+    def _robots_or_sim(self) -> EvaluationRequest:
+        if self.robots is not None and self.sim is not None:
+            raise ValueError("give robots or sim, not both")
+        return self
 
 
 class EvaluationRecord(BaseModel):

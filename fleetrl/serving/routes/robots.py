@@ -50,6 +50,15 @@ async def register_robot(svc: ServicesDep, body: RobotRegistration, response: Re
     """Register a robot (201), or re-register a name already registered for the task (200: same
     robot_id, a new token and CURVE keys, the robot's old session and credentials revoked). A name
     registered for another task, or a CURVE key that is another robot's, is refused (409)."""
+    credentials = await issue_credentials(svc, body)
+    if credentials.reregistered:
+        response.status_code = 200
+    return credentials
+
+
+async def issue_credentials(svc: Services, body: RobotRegistration) -> RobotCredentials:
+    """Registration itself (the route's, and the sim robots an evaluation starts): check the robot's specs
+    against the task, record it, revoke a re-registered robot's old session, and hand out its credentials."""
     task = await svc.task_config(body.task)
     obs = {k: v.model_dump(exclude_none=True) for k, v in body.observation_spec.items()}
     act = body.action_spec.model_dump(exclude_none=True)
@@ -64,7 +73,6 @@ async def register_robot(svc: ServicesDep, body: RobotRegistration, response: Re
         raise HTTPException(409, actor_refusal(exc)) from None
     if rec["reregistered"]:
         await svc.gateway.revoke.remote(rec["robot_id"])  # the old token's session ends now
-        response.status_code = 200
     curve = None
     if svc.robot_server_key is not None:
         curve = CurveCredentials(

@@ -5,9 +5,10 @@ finished evaluations are kept by the registry."""
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
+from ray.exceptions import RayTaskError
 
-from ..dependencies import ServicesDep
-from ..errors import checked, refusals
+from ..dependencies import Services, ServicesDep
+from ..errors import actor_refusal, checked, refusals
 from ..models import EvaluationRecord, EvaluationRequest, Rollback, RolloutState
 
 router = APIRouter(tags=["rollout"])
@@ -46,6 +47,8 @@ async def start_evaluation(svc: ServicesDep, task: str, body: EvaluationRequest)
     episodes; they are stored flagged ``meta.evaluation`` and not learned from. Poll
     ``GET /v1/tasks/{task}/evaluations/{id}`` for the result (success rate with a 95 % interval)."""
     await svc.task_config(task)
+    if body.sim is not None:
+        return await _on_sim_robots(svc, task, body)
     if body.robots is not None:
         theirs = {r["robot_id"] for r in await svc.registry.list_robots.remote(task)}
         strangers = sorted(set(body.robots) - theirs)
@@ -54,6 +57,20 @@ async def start_evaluation(svc: ServicesDep, task: str, body: EvaluationRequest)
     return checked(
         await svc.gateway.evaluate.remote(task, body.version, body.robots, body.episodes, body.deterministic)
     )
+
+
+async def _on_sim_robots(svc: Services, task: str, body: EvaluationRequest) -> dict:
+    """Start the evaluation's own sim robots (``serving/sim_evaluation.py``); a robot the task's specs
+    refuse, or an environment that cannot be built, is a 422 naming why."""
+    from ..sim_evaluation import start_sim_evaluation
+
+    try:
+        record = await start_sim_evaluation(svc, task, body.model_dump())
+    except RayTaskError as exc:
+        raise HTTPException(
+            422, f"the evaluation's sim robots could not start: {actor_refusal(exc)}"
+        ) from None
+    return checked(record)
 
 
 @router.get("/v1/tasks/{task}/evaluations", response_model=list[EvaluationRecord], responses=refusals(404))
