@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from fleetrl.cli.common import add_command_group
+from fleetrl.cli.progress import metrics_text, progress_bar
 
 
 def cmd_critic_train(args: argparse.Namespace) -> int:
@@ -29,15 +30,14 @@ def cmd_critic_train(args: argparse.Namespace) -> int:
     held = [episodes[i] for i in order[:n_eval]]
     train = [episodes[i] for i in order[n_eval:]]
 
-    def show(step: int, entry: dict) -> None:
-        print(f"  step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in entry.items()), flush=True)
-
     print(
         f"training on {len(train)} episodes ({sum(e.success for e in train)} successful), {args.steps} steps"
     )
-    model, _ = train_progress_critic(
-        train, ProgressTrainConfig(), steps=args.steps, seed=args.seed, callback=show
-    )
+    with progress_bar("training the critic", args.steps) as update:
+        model, _ = train_progress_critic(
+            train, ProgressTrainConfig(), steps=args.steps, seed=args.seed,
+            callback=lambda step, entry: update(step, metrics_text(entry)),
+        )  # fmt: skip
     torch.save(model.checkpoint(), args.out)
     print(f"checkpoint written to {args.out}")
     if held:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetrl.cli.common import add_api_arguments, add_command_group, admin_token
+from fleetrl.cli.progress import progress_bar
 
 
 def cmd_demos_collect(args: argparse.Namespace) -> int:
@@ -20,27 +21,23 @@ def cmd_demos_collect(args: argparse.Namespace) -> int:
     from fleetrl.robots.sim import SimRobot
     from fleetrl.workers.data.store import EpisodeStore
 
-    every = max(1, args.n // 10)
-    if args.policy == "oracle":
-        episodes = demos.collect_oracle_demos(
-            args.env,
-            n=args.n,
-            oracle=args.oracle,
-            noise=args.noise,
-            seed=args.seed,
-            task=args.task,
-            log_every=every,
-            camera=args.camera,
-        )
-    else:
-        policy = (
-            demos.reacher_reach_policy
-            if args.policy == "reacher"
-            else demos.RandomPolicy(SimRobot(args.env).action_spec, seed=args.seed)
-        )
-        episodes = demos.collect_scripted_demos(
-            args.env, policy, n=args.n, seed=args.seed, task=args.task, log_every=every, camera=args.camera
-        )
+    with progress_bar(f"collecting {args.policy} demos on {args.env}", args.n) as update:
+        shown = demos_progress(update)
+        if args.policy == "oracle":
+            episodes = demos.collect_oracle_demos(
+                args.env, n=args.n, oracle=args.oracle, noise=args.noise, seed=args.seed, task=args.task,
+                on_episode=shown, log_every=0, camera=args.camera,
+            )  # fmt: skip
+        else:
+            policy = (
+                demos.reacher_reach_policy
+                if args.policy == "reacher"
+                else demos.RandomPolicy(SimRobot(args.env).action_spec, seed=args.seed)
+            )
+            episodes = demos.collect_scripted_demos(
+                args.env, policy, n=args.n, seed=args.seed, task=args.task, on_episode=shown,
+                log_every=0, camera=args.camera,
+            )  # fmt: skip
     with EpisodeStore(args.out) as store:
         stored = sum(store.put(ep)[0] for ep in episodes)
     successes = sum(ep.success for ep in episodes)
@@ -55,6 +52,18 @@ def cmd_demos_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def demos_progress(update: Any) -> Any:
+    """A collector's ``on_episode`` that moves the bar and says how many demos succeeded so far."""
+    wins = 0
+
+    def on_episode(done: int, total: int, episode: Any) -> None:  # noqa: ARG001 - total: the bar has it
+        nonlocal wins
+        wins += bool(episode.success)
+        update(done, f"{wins} successful")
+
+    return on_episode
+
+
 def cmd_demos_import(args: argparse.Namespace) -> int:
     """Ask a running platform to import a folder of demonstrations (read by its data server)."""
     import httpx
@@ -63,12 +72,13 @@ def cmd_demos_import(args: argparse.Namespace) -> int:
     if not token:
         return 2
     body = {"path": str(Path(args.path).resolve()), "format": args.format}
-    r = httpx.post(
-        f"{args.api.rstrip('/')}/v1/tasks/{args.task}/demos",
-        json=body,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=600,
-    )
+    with progress_bar(f"the platform imports {args.path}", None, transient=True):
+        r = httpx.post(
+            f"{args.api.rstrip('/')}/v1/tasks/{args.task}/demos",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=600,
+        )
     if r.status_code != 201:
         print(f"error: import refused ({r.status_code}): {r.json().get('detail', r.text)}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from fleetrl.cli.common import add_api_arguments, add_command_group, admin_token
+from fleetrl.cli.progress import progress_bar
 from fleetrl.platform.rollout_text import versions_text
 
 
@@ -77,15 +78,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"({'policy mode' if record['deterministic'] else 'sampled'})")  # fmt: skip
     if args.no_wait:
         return 0
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as progress:  # fmt: skip
-        bar = progress.add_task("episodes", total=record["episodes"])
+    with progress_bar("evaluating", record["episodes"], transient=True) as update:
         while record["status"] == "running":
             time.sleep(1.0)
             record = _call(args, "GET", f"/v1/tasks/{args.task}/evaluations/{ident}")
-            progress.update(bar, completed=record["episodes_done"])
+            update(record["episodes_done"])
     if record["status"] != "done":
         print(
             f"error: evaluation {ident} {record['status']} after {record['episodes_done']} episodes",

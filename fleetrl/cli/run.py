@@ -71,6 +71,8 @@ def _collect_oracle_demos(cfg, platform) -> None:
     """Fill offline replay with the config's oracle demonstrations unless the store already holds them."""
     import ray
 
+    from fleetrl.cli.demos import demos_progress
+    from fleetrl.cli.progress import progress_bar
     from fleetrl.robots.demos import collect_oracle_demos
 
     for demos in cfg.oracle_demos:
@@ -80,10 +82,11 @@ def _collect_oracle_demos(cfg, platform) -> None:
                 f"{demos.task}: {have} offline episodes in the store; no oracle demos collected", flush=True
             )
             continue
-        print(f"{demos.task}: collecting {demos.n} {demos.oracle}-oracle demos on {demos.env} …", flush=True)
-        episodes = collect_oracle_demos(
-            demos.env, n=demos.n, oracle=demos.oracle, noise=demos.noise, seed=demos.seed, task=demos.task
-        )
+        with progress_bar(f"{demos.task}: collecting {demos.oracle}-oracle demos", demos.n) as update:
+            episodes = collect_oracle_demos(
+                demos.env, n=demos.n, oracle=demos.oracle, noise=demos.noise, seed=demos.seed, task=demos.task,
+                on_episode=demos_progress(update), log_every=0,
+            )  # fmt: skip
         stored = sum(r["stored"] for r in ray.get([platform.data.ingest.remote(e) for e in episodes]))
         successes = sum(e.success for e in episodes)
         print(f"{demos.task}: {stored} demos stored ({successes}/{len(episodes)} successful)", flush=True)
@@ -121,17 +124,18 @@ def _live_view(
     summary = RunSummary()
 
     def frame():
-        gw, snap, learners = ray.get(
+        gw, snap, learners, refill = ray.get(
             [
                 platform.gateway.stats.remote(),
                 platform.metrics.snapshot.remote(),
                 platform.tasks.learners_status.remote(),
+                platform.data.refill_status.remote(),
             ],
             timeout=10,
         )
         seen.update(learners)
         summary.observe(learners)
-        return gw, snap, time.monotonic() - start, learners
+        return gw, snap, time.monotonic() - start, learners, refill
 
     def done() -> bool:
         if duration is not None and time.monotonic() - start >= duration:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetrl.cli.common import add_command_group
+from fleetrl.cli.progress import metrics_text, progress_bar
 
 if TYPE_CHECKING:  # torch and the models load only when the command runs
     from fleetrl.models.value_estimator import HistoryValueEstimator
@@ -106,12 +107,11 @@ def _train_estimator(
     n_ok = sum(ep.success for ep in train)
     print(f"training on {len(train)} episodes ({n_ok} successful) of {task}, {args.steps} steps")
 
-    def show(step: int, entry: dict[str, float]) -> None:
-        shown = {k: v for k, v in entry.items() if k in ("loss", "value_mae", "lr", "elapsed_s")}
-        line = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
-        print(f"  step {step}/{args.steps}: {line}", flush=True)
-
-    return train_value_estimator(train, cfg, steps=args.steps, seed=args.seed, progress=show)
+    with progress_bar("training the value estimator", args.steps) as update:
+        return train_value_estimator(
+            train, cfg, steps=args.steps, seed=args.seed,
+            progress=lambda step, entry: update(step, metrics_text(entry, ("loss", "value_mae"))),
+        )  # fmt: skip
 
 
 def cmd_value_report(args: argparse.Namespace) -> int:

@@ -89,11 +89,21 @@ def learner_rows(learners: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def refill_text(refill: dict[str, Any] | None) -> str | None:
+    """``replay refill 1,200/5,000 episodes (24 %)`` while the data server refills its replay after a start
+    (learners sample from what is loaded so far); None once done or unknown."""
+    if not refill or refill.get("done"):
+        return None
+    loaded, total = refill.get("loaded", 0), max(1, refill.get("episodes", 0))
+    return f"replay refill {loaded:,}/{total:,} episodes ({100 * loaded / total:.0f} %)"
+
+
 def render(
     gateway_stats: dict[str, Any],
     snapshot: dict[str, Any],
     elapsed_s: float,
     learners: dict[str, dict[str, Any]] | None = None,
+    refill: dict[str, Any] | None = None,
 ) -> Group:
     tasks = Table(title=f"fleetrl — tasks ({elapsed_s:.0f} s)", expand=False)
     for col in (
@@ -169,6 +179,8 @@ def render(
     refused = gateway_stats.get("refused") or {}
     footer = Table.grid()
     footer.add_row(f"frames refused: {dict(refused) if refused else 0}    Ctrl-C to stop")
+    if refill_text(refill):
+        footer.add_row(refill_text(refill))
     return Group(tasks, learn, robots, footer)
 
 
@@ -177,6 +189,7 @@ def summary_line(
     snapshot: dict[str, Any],
     elapsed_s: float,
     learners: dict[str, dict[str, Any]] | None = None,
+    refill: dict[str, Any] | None = None,
 ) -> str:
     """One line per refresh for non-interactive output (logs, CI)."""
     parts = []
@@ -195,6 +208,8 @@ def summary_line(
             )
         if r["versions"] not in ("-", "newest"):
             parts[-1] += f", versions: {r['versions']}"
+    if refill_text(refill):
+        parts.append(refill_text(refill))
     return f"[{elapsed_s:5.0f}s] " + " | ".join(parts)
 
 

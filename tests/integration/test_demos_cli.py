@@ -55,6 +55,7 @@ def test_collect_with_a_scripted_policy(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "3 episodes (3 successful" in r.stdout
+    assert "3/3" in r.stdout and "collecting reacher demos" in r.stdout  # the progress bar's last state
     # ... and exported as a LeRobot v3.0 dataset (the camera as an mp4 video feature) that the LeRobot
     # importer reads back.
     from fleetrl.workers.data.importers import import_lerobot

@@ -155,6 +155,10 @@ class DataServer:
             self.refill["seconds"],
         )
 
+    def refill_status(self) -> dict[str, Any]:
+        """The replay refill after this start: episodes planned, loaded, unreadable, done (the live view)."""
+        return dict(self.refill)
+
     def wait_refilled(self, timeout: float | None = None) -> bool:
         """Block until the refill has finished (tests and tools); False if ``timeout`` passed first."""
         self._refill_thread.join(timeout)
@@ -344,7 +348,7 @@ class DataServer:
 
     @replay_locked
     def stats(self, task: str | None = None) -> dict[str, Any]:
-        out = {"store": self.store.stats(task), "refill": dict(self.refill)}
+        out = {"store": self.store.stats(task), "refill": self.refill_status()}
         if task is not None:
             out["replay"] = self.replays[task].sizes()
         return out

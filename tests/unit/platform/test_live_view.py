@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from fleetrl.platform.live_view import RunSummary, summary_line
+from fleetrl.platform.live_view import RunSummary, render, summary_line
 
 
 def status(step: int, version: int, success: float | None, ret: float | None, phase: str = "online") -> dict:
@@ -56,3 +56,13 @@ def test_versions_text_says_what_the_fleet_runs():
     verdict = {"candidate": 4, "decision": "rolled_back", "canary_success": 0.2, "stable_success": 0.9}
     text = versions_text({"mode": "canary", "stable": 3, "trial": trial, "last_verdict": verdict})
     assert text == "stable 3 · canary 5: 4/20 vs 6/20 · last: 4 rolled back (20% vs 90%)"
+
+
+def test_the_replay_refill_shows_until_it_is_done():
+    gw = {"robots": [], "pools": {}}
+    refilling = {"episodes": 5000, "loaded": 1200, "unreadable": 0, "done": False}
+    assert "replay refill 1,200/5,000 episodes (24 %)" in summary_line(gw, {}, 3.0, {}, refilling)
+    assert "replay refill" in rendered(render(gw, {}, 3.0, {}, refilling))
+    finished = {**refilling, "loaded": 5000, "done": True}
+    assert "refill" not in summary_line(gw, {}, 3.0, {}, finished)
+    assert "refill" not in rendered(render(gw, {}, 3.0, {}, finished))
