@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import httpx
@@ -74,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Chatter a user cannot act on, gone unless -v: gymnasium's notes on its own spaces' dtypes, Ray's notice that
+# token authentication is on (it is: we keep it), Ray Serve's INFO lines about starting and deleting apps.
+QUIET_WARNINGS = (r".*precision lowered by casting to float32.*",)
+
+
+def quiet_third_party() -> None:
+    import warnings
+
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    os.environ.setdefault("FLEETRL_RAY_LOGGING_LEVEL", "ERROR")  # read by the platform's ray.init
+    # Serve sets its logger's level and handlers when it starts; a filter on the logger itself stays.
+    logging.getLogger("ray.serve").addFilter(lambda record: record.levelno >= logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # our INFO lines; other libraries only from WARNING (their INFO chatter comes back with -v)
@@ -82,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("fleetrl").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        quiet_third_party()
     try:
         return args.func(args)
     except httpx.TransportError as exc:  # the platform is not there (or not yet): what to check, in one line

@@ -49,6 +49,13 @@ def resolve_admin_token(cfg: PlatformConfig) -> str:
     return token
 
 
+def ray_log_level() -> int:
+    """The level of Ray's own driver-side log lines: INFO, or what ``$FLEETRL_RAY_LOGGING_LEVEL`` names (the
+    CLI sets ERROR unless ``-v``: "started a local Ray", "token authentication is enabled")."""
+    level = logging.getLevelName(os.environ.get("FLEETRL_RAY_LOGGING_LEVEL", "INFO").upper())
+    return level if isinstance(level, int) else logging.INFO
+
+
 def control_actor(cls: type, max_restarts: int = -1, **options: Any) -> Any:
     """The platform's bookkeeping actors (no CPU of their own) live on the driver's node, the head."""
     return ray.remote(cls).options(
@@ -81,13 +88,19 @@ class Platform:
         if not ray.is_initialized():
             address = cfg.ray_address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
             if address:
-                ray.init(address=address, namespace="fleetrl", log_to_driver=False)
+                ray.init(
+                    address=address, namespace="fleetrl", log_to_driver=False, logging_level=ray_log_level()
+                )
             else:
                 ray.init(
                     num_cpus=cfg.local_num_cpus or max(8, os.cpu_count() or 1),
                     namespace="fleetrl",
                     include_dashboard=False,
                     log_to_driver=False,
+                    logging_level=ray_log_level(),
+                    # Ray warns at 4x this many worker processes starting (its default: the core count, 2
+                    # here); our actors are many and light, so a laptop's platform warned every start.
+                    _system_config={"worker_maximum_startup_concurrency": max(8, os.cpu_count() or 1)},
                 )
                 self._owns_ray = True
         phase.done("ray")
