@@ -303,8 +303,12 @@ def cmd_robot(args: argparse.Namespace) -> int:
     from fleetrl.robots.client.registration import RegistrationError
     from fleetrl.robots.sim import run_sim_fleet
 
-    token = admin_token(args)
-    if not token:
+    prefix = args.name or args.task
+    saved = args.credentials and all(
+        (Path(args.credentials) / f"{prefix}-{i}.json").exists() for i in range(args.n)
+    )
+    token = None if saved else admin_token(args)  # robots with saved credentials renew them with their own
+    if not saved and not token:
         return 2
     stop, done, running = threading.Event(), threading.Event(), []
     install_stop_handlers(stop)
@@ -320,7 +324,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
             args.api,
             token,
             args.task,
-            name_prefix=args.name or args.task,
+            name_prefix=prefix,
             seed=args.seed,
             control_hz=args.hz,
             duration=args.duration,
@@ -333,6 +337,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
             env_kwargs=args.env_kwargs,
             wrappers=args.wrapper,
             register_wait_s=args.wait,
+            credentials_dir=args.credentials,
         )
     except RegistrationError as exc:  # refused, or the platform never came: the reason is the message
         print(f"error: {exc}", file=sys.stderr)
@@ -399,6 +404,13 @@ def add_run_parsers(subparsers: Any) -> None:
         default=None,
         help="success rule: reacher_2cm, info_success, never, 'info:KEY', 'obs_norm[A:B]<T' or 'module:function' "
         "(default: the env's preset, else never)",
+    )
+    robot.add_argument(
+        "--credentials",
+        metavar="DIR",
+        default=None,
+        help="keep each robot's credentials in DIR/<name>.json and renew them at the next start with its own "
+        "token (same robot id, no admin token needed then); such robots stay registered when they stop",
     )
     robot.add_argument(
         "--wait",

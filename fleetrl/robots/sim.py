@@ -22,11 +22,13 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, StepResult, deregister, register
+from fleetrl.robots.client.credentials import register_or_renew
 from fleetrl.robots.protocol import ArraySpec
 
 log = logging.getLogger(__name__)
@@ -336,7 +338,7 @@ def run_sim_fleet(
     env_id: str,
     n: int,
     api_url: str,
-    admin_token: str,
+    admin_token: str | None,
     task: str,
     name_prefix: str = "sim",
     seed: int = 0,
@@ -352,18 +354,26 @@ def run_sim_fleet(
     env_kwargs: dict[str, Any] | None = None,
     wrappers: Sequence[str] = (),
     register_wait_s: float = 120.0,
+    credentials_dir: str | Path | None = None,
 ) -> list[RobotClient]:
     """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``
     (``lockstep``: they wait for their chunks instead of holding, see the module doc; ``camera``: the side
     of the RGB frame each one renders, ``state=False``: the frame alone; ``success``, ``env_kwargs``,
-    ``wrappers``: see ``SimRobot``; ``register_wait_s``: how long registration waits for the platform)."""
+    ``wrappers``: see ``SimRobot``; ``register_wait_s``: how long registration waits for the platform;
+    ``credentials_dir``: keep each robot's credentials there (``<name>.json``) and renew them at the next
+    start, keeping its robot id; such robots are not deregistered when they stop)."""
     clients = []
     for i in range(n):
         robot = SimRobot(
             env_id, seed=seed + i, success=success, control_hz=control_hz, env_kwargs=env_kwargs,
             lockstep=lockstep, camera=camera, state=state, wrappers=wrappers,
         )  # fmt: skip
-        info = register(api_url, admin_token, f"{name_prefix}-{i}", task, robot, wait_s=register_wait_s)
+        name = f"{name_prefix}-{i}"
+        if credentials_dir is None:
+            info = register(api_url, admin_token, name, task, robot, wait_s=register_wait_s)
+        else:
+            path = Path(credentials_dir) / f"{name}.json"
+            info = register_or_renew(api_url, admin_token, name, task, robot, path, wait_s=register_wait_s)
         clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)
     if on_start is not None:
@@ -375,5 +385,6 @@ def run_sim_fleet(
         runner.close()
         for c in clients:
             c.robot.close()
-        deregister(api_url, admin_token, [c.robot_id for c in clients])
+        if credentials_dir is None:  # robots with saved credentials keep their identity for the next start
+            deregister(api_url, admin_token, [c.robot_id for c in clients])
     return clients

@@ -38,6 +38,8 @@ def create_app(
         "platform's admin token as a bearer token ('Authorize' above).",
         docs_url=None,  # add_offline_docs serves both from local files
         redoc_url=None,
+        # operation ids are the handlers' names (create_task, start_evaluation): what generated clients call
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.services = Services(
         registry=registry,

@@ -1,4 +1,5 @@
-"""Bearer-token authentication for admin calls. Only the token's SHA-256 is kept in memory."""
+"""Bearer-token authentication: the admin token for admin calls (only its SHA-256 is kept in memory), a
+robot's own token for the one call a robot makes about itself (renewing its credentials)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,19 @@ class AdminAuth:
             )
         if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).hexdigest(), self._digest):
             raise HTTPException(403, "admin token not accepted")
+
+
+ROBOT_BEARER = HTTPBearer(
+    scheme_name="robotToken", description="A robot's own token (from its registration).", auto_error=False
+)
+
+
+def robot_token(credentials: HTTPAuthorizationCredentials | None = Security(ROBOT_BEARER)) -> str:
+    """FastAPI dependency: the robot token the request carries (checked against the registry by the route)."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials.strip():
+        raise HTTPException(
+            401,
+            "missing robot token: send 'Authorization: Bearer <robot token>'",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.credentials.strip()

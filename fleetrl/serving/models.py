@@ -26,6 +26,18 @@ class RobotRegistration(BaseModel):
     )
 
 
+class CredentialRenewal(BaseModel):
+    """A registered robot renews its own credentials with its current token (no admin token on the robot)."""
+
+    model_config = ConfigDict(extra="forbid")
+    curve_public_key: str | None = Field(
+        None,
+        min_length=40,
+        max_length=40,
+        description="The robot's own new CURVE public key; if absent, the platform issues a new key pair.",
+    )
+
+
 class CurveCredentials(BaseModel):
     """What the robot's socket needs for an encrypted, authenticated link (ZeroMQ CURVE)."""
 

@@ -15,7 +15,11 @@ log = logging.getLogger(__name__)
 
 
 class RegistrationError(RuntimeError):
-    pass
+    """The platform refused (``status``: its HTTP status) or could not be reached (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 RETRY_STATUS = frozenset({502, 503, 504})  # the platform is starting or restarting a part: worth waiting for
@@ -40,25 +44,55 @@ def register(
     its HTTP proxy is up without the API yet (a plain-text 404), this retries with backoff (0.5 s doubling
     to ``MAX_RETRY_S``) for up to ``wait_s`` seconds, logging what it waits for; any other refusal (a wrong
     token, a spec the task does not accept) raises at once."""
+    return _waiting_for_platform(
+        api_url, f"registration of {name!r}", wait_s,
+        lambda: _register_once(api_url, admin_token, name, task, robot, timeout, curve_public_key),
+    )  # fmt: skip
+
+
+def renew(
+    api_url: str, robot_id: str, token: str, timeout: float = 10.0, curve_public_key: str | None = None,
+    wait_s: float = 120.0,
+) -> dict[str, Any]:  # fmt: skip
+    """Renew a registered robot's credentials with its own token (no admin token): the same robot id, a new
+    token and CURVE keys (the old ones stop working at once). Waits for a platform that is not up, as
+    ``register`` does; a token the platform no longer accepts raises ``RegistrationError`` with its status."""
+    import httpx
+
+    def once() -> dict[str, Any]:
+        body = {} if curve_public_key is None else {"curve_public_key": curve_public_key}
+        r = httpx.post(
+            f"{api_url.rstrip('/')}/v1/robots/{robot_id}/credentials",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+        if r.status_code in RETRY_STATUS or _api_not_deployed(r):
+            raise _Unavailable(f"{r.status_code} {r.text[:200]}")
+        if r.status_code != 200:
+            raise RegistrationError(
+                f"renewal of robot {robot_id} refused ({r.status_code}): {r.text}", r.status_code
+            )
+        return r.json()
+
+    return _waiting_for_platform(api_url, f"renewal of robot {robot_id}", wait_s, once)
+
+
+def _waiting_for_platform(api_url: str, what: str, wait_s: float, call: Any) -> dict[str, Any]:
+    """``call()``, again with backoff (0.5 s doubling to ``MAX_RETRY_S``) for up to ``wait_s`` while the
+    platform cannot be reached or is not ready, logging what it waits for."""
     import httpx
 
     deadline, delay = time.monotonic() + wait_s, 0.5
     while True:
         try:
-            return _register_once(api_url, admin_token, name, task, robot, timeout, curve_public_key)
+            return call()
         except (httpx.TransportError, _Unavailable) as exc:
             if time.monotonic() + delay > deadline:
                 raise RegistrationError(
-                    f"registration of {name!r}: the platform at {api_url} was not reachable for {wait_s:.0f} s "
-                    f"(last: {exc})"
+                    f"{what}: the platform at {api_url} was not reachable for {wait_s:.0f} s (last: {exc})"
                 ) from None
-            log.warning(
-                "registering %r: waiting for the platform at %s (%s); retry in %.1f s",
-                name,
-                api_url,
-                exc,
-                delay,
-            )
+            log.warning("%s: waiting for the platform at %s (%s); retry in %.1f s", what, api_url, exc, delay)
             time.sleep(delay)
             delay = min(2 * delay, MAX_RETRY_S)
 
@@ -96,7 +130,7 @@ def _register_once(
     if r.status_code in RETRY_STATUS or _api_not_deployed(r):
         raise _Unavailable(f"{r.status_code} {r.text[:200]}")
     if r.status_code not in (200, 201):  # 200: the name was registered before (same id, new token)
-        raise RegistrationError(f"registration of {name!r} failed ({r.status_code}): {r.text}")
+        raise RegistrationError(f"registration of {name!r} failed ({r.status_code}): {r.text}", r.status_code)
     return r.json()
 
 

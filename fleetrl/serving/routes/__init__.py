@@ -10,5 +10,5 @@ from __future__ import annotations
 
 from . import data, ops, robots, rollout, tasks
 
-PUBLIC_ROUTERS = (ops.public_router,)
+PUBLIC_ROUTERS = (ops.public_router, robots.robot_router)  # robot_router: the robot's own token
 ADMIN_ROUTERS = (ops.router, tasks.router, rollout.router, robots.router, data.router)

@@ -3,17 +3,19 @@ ask one to reset, and delete one (its token is revoked at the gateway)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 
 from fleetrl.workers.gateway.curve import is_curve_key
 from fleetrl.workers.task import spec_mismatch
 
+from ..auth import robot_token
 from ..dependencies import Services, ServicesDep
 from ..errors import actor_refusal, checked, missing_as_404, refusals
 from ..models import (
+    CredentialRenewal,
     CurveCredentials,
     ResetAnswer,
     ResetRequest,
@@ -23,6 +25,7 @@ from ..models import (
 )
 
 router = APIRouter(tags=["robots"])
+robot_router = APIRouter(tags=["robots"])  # authenticated by the robot's own token, not the admin's
 
 
 async def live_robots(svc: Services) -> dict[str, dict[str, Any]]:
@@ -54,6 +57,32 @@ async def register_robot(svc: ServicesDep, body: RobotRegistration, response: Re
     if credentials.reregistered:
         response.status_code = 200
     return credentials
+
+
+async def token_owner(
+    svc: ServicesDep, robot_id: str, token: Annotated[str, Depends(robot_token)]
+) -> dict[str, Any]:
+    """The robot ``robot_id`` if the request carries its token, else 403 (checked before the body is read)."""
+    robot = await svc.registry.verify.remote(robot_id, token)
+    if robot is None:
+        raise HTTPException(403, f"not the token of robot {robot_id!r} (revoked, or the robot was deleted)")
+    return robot
+
+
+@robot_router.post(
+    "/v1/robots/{robot_id}/credentials", responses=refusals(401, 403, 404, 409, 422)
+)  # fmt: skip
+async def renew_credentials(
+    svc: ServicesDep, body: CredentialRenewal, robot: Annotated[dict[str, Any], Depends(token_owner)]
+) -> RobotCredentials:
+    """A robot renews its own credentials with its current token (a robot PC that keeps a credentials file
+    needs no admin token after its first registration): same robot_id and history, a new token and CURVE
+    keys, the old ones revoked at once."""
+    again = RobotRegistration(
+        name=robot["name"], task=robot["task"], observation_spec=robot["observation_spec"],
+        action_spec=robot["action_spec"], curve_public_key=body.curve_public_key,
+    )  # fmt: skip
+    return await issue_credentials(svc, again)
 
 
 async def issue_credentials(svc: Services, body: RobotRegistration) -> RobotCredentials:

@@ -81,14 +81,20 @@ def operations(client: TestClient) -> list[tuple[str, str, dict[str, Any]]]:
     return found
 
 
-def test_every_v1_route_needs_the_admin_token(client):
+ROBOT_TOKEN_ROUTES = {("POST", "/v1/robots/rbt_x/credentials")}  # a robot about itself, with its own token
+
+
+def test_every_v1_route_needs_the_admin_token(client, actors):
+    actors["registry"].answers["verify"] = lambda robot_id, token: None  # no robot has these tokens
     v1 = [(m, p) for m, p, _ in operations(client) if p.startswith("/v1/")]
-    assert len(v1) == 25
+    assert len(v1) == 26
     for method, path in v1:
         missing = client.request(method, path)
         assert missing.status_code == 401, (method, path)
         assert missing.headers["www-authenticate"] == "Bearer"
         assert client.request(method, path, headers={"Authorization": "Bearer no"}).status_code == 403
+        if (method, path) in ROBOT_TOKEN_ROUTES:  # the admin token is not a robot's token
+            assert client.request(method, path, headers=AUTH, json={}).status_code == 403, (method, path)
 
 
 def test_every_v1_route_documents_the_token_refusals(client):
@@ -99,6 +105,19 @@ def test_every_v1_route_documents_the_token_refusals(client):
             assert op["responses"][code]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/ApiError"
             }, (path, code)
+
+
+def test_every_operation_has_a_unique_readable_id_and_a_typed_answer(client):
+    ids = []
+    for method, path, op in operations(client):
+        ids.append(op["operationId"])
+        assert op["operationId"].isidentifier() and "_v1_" not in op["operationId"], (method, path)
+        assert op.get("description") or op.get("summary"), (method, path)
+        for code, answer in op["responses"].items():
+            if code.startswith("2") and code != "204" and "application/json" in answer.get("content", {}):
+                assert answer["content"]["application/json"]["schema"], (method, path, code)
+    assert len(ids) == len(set(ids))
+    assert {"create_task", "register_robot", "start_evaluation"} <= set(ids)
 
 
 def test_probes_and_console_need_no_token(client):
@@ -125,7 +144,8 @@ def test_docs_are_served_from_local_assets_and_declare_the_bearer_scheme(client)
     }  # fmt: skip
     for method, path, op in operations(client):
         if path.startswith("/v1/"):
-            assert op.get("security") == [{"adminToken": []}], (method, path)
+            scheme = "robotToken" if (method, path) in ROBOT_TOKEN_ROUTES else "adminToken"
+            assert op.get("security") == [{scheme: []}], (method, path)
 
 
 def test_a_failing_component_fails_the_health_check(client, actors):
