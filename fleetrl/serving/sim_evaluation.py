@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
-import time
 from typing import Any
 
 import ray
@@ -31,6 +31,7 @@ class SimEvaluationRobots:
         self.sim: dict[str, Any] = request["sim"]
         self.stop = threading.Event()
         self.clients: list[Any] = []
+        self.tag = secrets.token_hex(3)  # names of their own: two evaluations never re-register each other's
 
     async def start(self) -> dict[str, Any]:
         """Build and register the robots, start the evaluation on them; the robots run from here on."""
@@ -85,7 +86,7 @@ class SimEvaluationRobots:
         from .routes.robots import issue_credentials
 
         body = RobotRegistration(
-            name=f"eval-{self.task}-{int(time.time())}-{index}",
+            name=f"eval-{self.task}-{self.tag}-{index}",
             task=self.task,
             observation_spec=specs_to_dict(robot.observation_spec),
             action_spec=robot.action_spec.to_dict(),
