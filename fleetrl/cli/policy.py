@@ -13,8 +13,7 @@ from fleetrl.cli.common import add_command_group, load_platform_config
 def cmd_policy_export(args: argparse.Namespace) -> int:
     from fleetrl.models.export import export_policy, load_checkpoint
     from fleetrl.models.policies import build_policy
-    from fleetrl.workers.learning.checkpoints import saved_checkpoints
-    from fleetrl.workers.learning.paths import learner_checkpoint_root
+    from fleetrl.workers.learning.paths import learner_checkpoint_root, saved_checkpoints
 
     cfg = load_platform_config(args.config)
     task = next((t for t in cfg.tasks if t.name == args.task), None)

@@ -29,6 +29,8 @@ import ray
 from fleetrl.robots.protocol import DEFAULT_LIMITS
 from fleetrl.workers.inference.replica import start_replicas
 from fleetrl.workers.learning.learner import start_learner
+from fleetrl.workers.learning.paths import learner_checkpoint_root
+from fleetrl.workers.learning.served_checkpoint import serve_newest_checkpoint
 from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.task import ReplayConfig, TaskConfig, frame_fit_problem, restore_saved, saved_task
 
@@ -130,6 +132,7 @@ class TaskManager:
         """Take over a task the platform started from its config, and start its learner (``learner=False``:
         later, with ``start_learners``)."""
         self.tasks[task.name], self.replicas[task.name] = task, replicas
+        self._serve_checkpoint(task)
         if learner:
             self._start_learner(task)
 
@@ -174,6 +177,7 @@ class TaskManager:
                 }
             return {"ok": False, "code": 422, "error": f"the inference replicas failed: {root_cause(exc)}"}
         ray.get(self.weights.register.remote(task.name, replicas, task.rollout.keep_versions))
+        self._serve_checkpoint(task)
         ray.get(self.data.add_task.remote(task, replay))
         ray.get(self.gateway.add_task.remote(task, replicas))
         ray.get(self.registry.upsert_task.remote(task.name, task.public(), saved_task(task, replay)))
@@ -226,6 +230,13 @@ class TaskManager:
         kept = ray.get(self.data.remove_task.remote(name))
         log.info("task %s deleted (%d stored episodes kept)", name, kept)
         return {"ok": True, "task": name, "episodes_kept": kept, "learner": final}
+
+    def _serve_checkpoint(self, task: TaskConfig) -> None:
+        """A task resumed from learner checkpoints serves the newest one before its learner starts."""
+        if task.learner is not None:
+            serve_newest_checkpoint(
+                self.weights, task.name, learner_checkpoint_root(self.learner_dir, task.name)
+            )
 
     def _start_learner(self, task: TaskConfig) -> None:
         if task.learner is None:

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from fleetrl.workers.learning.algorithm_set import AlgorithmSet
+from fleetrl.workers.learning.paths import CHECKPOINT_FILE, saved_checkpoints
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FILE = "learner.pt"
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,6 @@ class Resumed:
     version: int
     algorithm: str
     algorithm_config: dict[str, Any]
-
-
-def saved_checkpoints(root: str | Path) -> list[Path]:
-    """The checkpoint files under ``root``, oldest first (folder names sort by step, then report time)."""
-    return sorted(Path(root).glob(f"checkpoint_*/{CHECKPOINT_FILE}"), key=lambda p: p.parent.name)
 
 
 def checkpoint_dir_name(step: int) -> str:
