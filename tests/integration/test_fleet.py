@@ -270,7 +270,9 @@ def test_restarted_gateway_is_reconnected_to(platform):
         ray.kill(platform.gateway, no_restart=False)  # Ray restarts it; it binds the same endpoint
         fleet.wait_for(lambda: fleet.total("reconnects") >= 2, timeout=60, what="both robots to reconnect")
         # While the gateway was away the robots held (safety watchdog) instead of running past their chunks.
-        assert fleet.total("holds") > holds_before and fleet.total("link_losses") >= 1
+        # (Whether they also counted a link loss depends on the restart outlasting link_timeout_s: a quick one
+        # is noticed as the new gateway's unknown_session instead; either way they reconnected.)
+        assert fleet.total("holds") > holds_before
         before = fleet.total("replies")
         fleet.wait_for(lambda: fleet.total("replies") >= before + 20, what="actions after the restart")
         # Episodes that were running when the gateway died are re-sent in full and acked by the new one.
