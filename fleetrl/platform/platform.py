@@ -49,6 +49,17 @@ def resolve_admin_token(cfg: PlatformConfig) -> str:
     return token
 
 
+LOCAL_RAY_SYSTEM_CONFIG = {
+    # Ray warns at 4x this many worker processes starting (its default: the core count, 2 here); our
+    # actors are many and light, so a laptop's platform warned at every start.
+    "worker_maximum_startup_concurrency": max(8, os.cpu_count() or 1),
+    # A call in flight to an actor whose process died waits this long for the death's cause before it
+    # fails (default 1 s); our callers retry on any actor error, so the wait only delayed them: with it,
+    # a killed data server answered the gateway 2.0 s after the kill, 1.0 s without.
+    "timeout_ms_task_wait_for_death_info": 100,
+}
+
+
 def ray_log_level() -> int:
     """The level of Ray's own driver-side log lines: INFO, or what ``$FLEETRL_RAY_LOGGING_LEVEL`` names (the
     CLI sets ERROR unless ``-v``: "started a local Ray", "token authentication is enabled")."""
@@ -98,9 +109,7 @@ class Platform:
                     include_dashboard=False,
                     log_to_driver=False,
                     logging_level=ray_log_level(),
-                    # Ray warns at 4x this many worker processes starting (its default: the core count, 2
-                    # here); our actors are many and light, so a laptop's platform warned every start.
-                    _system_config={"worker_maximum_startup_concurrency": max(8, os.cpu_count() or 1)},
+                    _system_config=LOCAL_RAY_SYSTEM_CONFIG,
                 )
                 self._owns_ray = True
         phase.done("ray")
