@@ -157,7 +157,7 @@ def actor_pid(actor: Any) -> int:
 
 def kill_data_server(platform: Platform, timeout: float = 180.0) -> float:
     """Kill the data server (Ray restarts it); returns the seconds until a new process answers (its
-    constructor, which rebuilds the replay from disk, has then finished). Calls that still reach the
+    constructor has then finished; its replay refills from disk in the background). Calls that still reach the
     dying process are told apart by its pid."""
     old = actor_pid(platform.data)
     t0 = time.monotonic()
@@ -172,7 +172,7 @@ def kill_data_server(platform: Platform, timeout: float = 180.0) -> float:
     raise TimeoutError(f"data server not back {timeout:.0f} s after the kill")
 
 
-REBUILT = re.compile(r"data server: (\d+) episodes rebuilt from .* in ([\d.]+) s")
+REBUILT = re.compile(r"data server: (\d+) episodes (?:rebuilt|replayed) from .* in ([\d.]+) s")  # refill done
 
 
 def rebuild_line(platform: Platform, since: float, wait_s: float = 5.0) -> dict[str, float]:
