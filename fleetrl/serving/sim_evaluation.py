@@ -47,7 +47,7 @@ class SimEvaluationRobots:
             ids = [c.robot_id for c in self.clients]
             r = self.request
             record = await self.svc.gateway.evaluate.remote(
-                self.task, r.get("version"), ids, r["episodes"], r["deterministic"]
+                self.task, r.get("version"), ids, r["episodes"], r["deterministic"], exclusive=True
             )
         except HTTPException as exc:  # the task refused a robot: the route answers with the same refusal
             record = {"ok": False, "code": exc.status_code, "error": exc.detail}

@@ -178,11 +178,14 @@ class Gateway:
         return self._refusable(lambda: self.rollout.rollback(task, version), timeout=150)
 
     def evaluate(
-        self, task: str, version: int | None, robots: list[str] | None, episodes: int, deterministic: bool
-    ) -> dict[str, Any]:
-        """Start an evaluation of ``version`` on ``robots`` (None: any of the task's); returns its record."""
+        self, task: str, version: int | None, robots: list[str] | None, episodes: int, deterministic: bool,
+        exclusive: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Start an evaluation of ``version`` on ``robots`` (None: any of the task's); returns its record
+        (``exclusive``: the robots exist for it alone, see ``Evaluation``)."""
         return self._refusable(
-            lambda: self.rollout.evaluate(task, version, robots, episodes, deterministic), timeout=150
+            lambda: self.rollout.evaluate(task, version, robots, episodes, deterministic, exclusive),
+            timeout=150,
         )
 
     def running_evaluations(self, task: str) -> list[dict[str, Any]]:

@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleetrl.workers.task import RolloutConfig
 
 NEWEST = -1  # no pin: the newest version the replica holds
+MAX_EVALUATION_ONLY = 4096  # robots of finished exclusive evaluations remembered (they leave within seconds)
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,29 @@ class Evaluation:
     episodes: int
     deterministic: bool = True
     robots: frozenset[str] | None = None
+    exclusive: bool = False  # its robots exist for it alone (sim robots it started): they never feed learning
     evaluation_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created: float = field(default_factory=time.time)
     started: int = 0  # episodes handed out (an aborted one is handed out again)
     results: list[dict[str, Any]] = field(default_factory=list)
     status: str = "running"
     finished: float | None = None
+
+    @property
+    def extra_tag(self) -> str:
+        """What an exclusive evaluation's robots stamp on the episodes they run once it has handed out all
+        of its own: stored as evaluation episodes (never learned from), counted nowhere (counting them
+        would favour the episodes that end first)."""
+        return f"{self.evaluation_id}-extra"
+
+    def keeps(self, robot_id: str) -> bool:
+        """An exclusive evaluation keeps its robots off learning data until it is done."""
+        return (
+            self.exclusive
+            and self.status == "running"
+            and self.robots is not None
+            and robot_id in self.robots
+        )
 
     def wants(self, robot_id: str) -> bool:
         return (
@@ -170,6 +188,8 @@ class TaskRollout:
         self.held: tuple[int, ...] = ()  # versions every replica holds (confirmed by the weight board)
         self.verdicts: deque[dict[str, Any]] = deque(maxlen=50)
         self.evaluations: dict[str, Evaluation] = {}  # running ones (finished ones go to the registry)
+        # robots of finished exclusive evaluations, until they leave: their episodes stay evaluation extras
+        self.evaluation_only: OrderedDict[str, str] = OrderedDict()
 
     # -- what robots run --------------------------------------------------------------------------
     @property
@@ -182,10 +202,14 @@ class TaskRollout:
         way (the robot reconnected, or the gateway restarted): it keeps running unpinned and counts nowhere."""
         if step > 0:
             return UNASSIGNED
+        if robot_id in self.evaluation_only:
+            return Assignment(deterministic=True, evaluation=self.evaluation_only[robot_id])
         for ev in self.evaluations.values():
             if ev.wants(robot_id) and ev.version in self.held:
                 ev.started += 1
                 return Assignment(ev.version, ev.deterministic, ev.evaluation_id)
+            if ev.keeps(robot_id) and ev.version in self.held:
+                return Assignment(ev.version, ev.deterministic, ev.extra_tag)
         if self.pinned is not None:
             return Assignment(self.pinned) if self.pinned in self.held else UNASSIGNED
         if self.cfg.mode != "canary" or self.stable is None or self.stable not in self.held:
@@ -212,6 +236,10 @@ class TaskRollout:
             ev = self.evaluations.get(a.evaluation)
             if ev is not None and ev.record(robot_id, outcome, total_reward):
                 del self.evaluations[a.evaluation]
+                if ev.exclusive and ev.robots:
+                    self.evaluation_only.update(dict.fromkeys(ev.robots, ev.extra_tag))
+                    while len(self.evaluation_only) > MAX_EVALUATION_ONLY:
+                        self.evaluation_only.popitem(last=False)
                 return {"evaluation": ev.summary()}
             return None
         trial = self.trial

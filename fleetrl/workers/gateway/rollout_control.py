@@ -162,14 +162,19 @@ class RolloutControl:
         return self.state(task)
 
     async def evaluate(
-        self, task: str, version: int | None, robots: list[str] | None, episodes: int, deterministic: bool
-    ) -> dict[str, Any]:
+        self, task: str, version: int | None, robots: list[str] | None, episodes: int, deterministic: bool,
+        exclusive: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
         """Start an evaluation (its version held by every replica first); returns its record. ``version``
-        None: the version the fleet runs (pinned, else stable, else newest)."""
+        None: the version the fleet runs (pinned, else stable, else newest). ``exclusive``: ``robots`` exist
+        for it alone; the episodes they run beyond its own are stored as evaluation episodes too."""
         rollout = self._rollout(task)
         if version is None:
             version = next(v for v in (rollout.pinned, rollout.stable, rollout.newest) if v is not None)
-        evaluation = Evaluation(task, version, episodes, deterministic, frozenset(robots) if robots else None)
+        chosen = frozenset(robots) if robots else None
+        evaluation = Evaluation(
+            task, version, episodes, deterministic, chosen, exclusive=exclusive and bool(robots)
+        )
         async with self._lock(task):
             await self._hold(task, tuple(sorted({*rollout.wanted(), version})))
             rollout.evaluations[evaluation.evaluation_id] = evaluation

@@ -133,6 +133,29 @@ def test_an_evaluation_takes_its_robots_episodes_then_ends_with_its_interval():
     assert summary["return_mean"] == pytest.approx(2 / 3) and summary["per_robot"]["r1"]["successes"] == 2
 
 
+def test_an_exclusive_evaluations_robots_run_only_evaluation_episodes_and_extras_count_nowhere():
+    r = TaskRollout("t", RolloutConfig())
+    ev = Evaluation(
+        "t", version=2, episodes=1, deterministic=True, robots=frozenset({"r1", "r2"}), exclusive=True
+    )
+    r.evaluations[ev.evaluation_id] = ev
+    r.held = r.wanted()
+    counted, extra = r.assign("r1", 0), r.assign("r2", 0)  # its one episode is handed out: r2 runs an extra
+    assert counted.evaluation == ev.evaluation_id and (extra.version, extra.deterministic) == (2, True)
+    assert (
+        extra.evaluation == ev.extra_tag and extra.meta()["evaluation"] == ev.extra_tag
+    )  # stored, not learned
+    assert r.ended("r2", extra, "success", 1.0) is None and ev.results == []  # an extra counts nowhere
+    assert r.ended("r1", counted, "failure", 0.0)["evaluation"]["success_rate"] == 0.0
+    after = r.assign("r2", 0)  # done, but its robots stay evaluation-only until they leave
+    assert after.evaluation == ev.extra_tag and after.deterministic
+    plain = Evaluation("t", version=2, episodes=1, deterministic=True, robots=frozenset({"r3", "r4"}))
+    r.evaluations[plain.evaluation_id] = plain
+    r.held = r.wanted()
+    r.assign("r3", 0)
+    assert r.assign("r4", 0) == Assignment()  # not exclusive: a robot beyond its episodes runs as usual
+
+
 def test_wilson_interval_against_its_formula_and_edges():
     lo, hi = wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-3)  # the rule of three's neighbour
