@@ -6,9 +6,9 @@ max_batch 32, every episode stored), one run of ``--duration`` seconds per fleet
 ``scheduler_latency.py`` measures "ours" (same ``measure``: queue wait = arrival at the gateway -> start of
 the forward pass, after a 1 s warm-up). A size *holds* when P99 queue wait <= 100 ms, no frame is lost
 (the promise), and the fleet really ran at its rate: at least 95 % of the N x 10 Hz / chunk length
-requests it should have sent (the robots are simulated by one Python thread of this process on the same
-cores; past some size that thread, not the platform, falls behind, the offered load drops and the queue
-wait with it, so without this check a saturated simulator would read as a platform that keeps up). N
+requests it should have sent (the robots are simulated in this process on the same cores; once the
+machine's CPU runs out they fall behind their rate, the offered load drops and the queue wait with it, so
+without this check a saturated machine would read as a platform that keeps up). N
 doubles from 32 while it holds (up to ``--max-robots``), then two bisection steps between the last size
 that held and the first that did not; the answer is the largest size that held. Robots that sent no
 request in the run's last second ("stalled") are reported beside it.
