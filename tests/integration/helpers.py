@@ -140,3 +140,14 @@ def raw_end(robot_id, episode, steps, outcome="success"):
     return P.EpisodeEnd(
         robot_id=robot_id, episode_id=episode, outcome=outcome, steps=steps, final_observation=final
     )
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """``predicate()``'s first truthy value, polled every 0.1 s; fails naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -13,20 +13,10 @@ import ray
 from fleetrl.robots.client import RobotClient, register
 from fleetrl.testing.threshold_robot import ThresholdRobot, broken_weights, good_weights, threshold_task
 from tests.conftest import ADMIN_TOKEN, delete_task
-from tests.integration.helpers import FleetThread
+from tests.integration.helpers import FleetThread, wait_until
 
 TASK = "canary-rollout"
 ROLLOUT = {"mode": "canary", "canary_fraction": 0.5, "window_episodes": 12, "tolerance": 0.1}
-
-
-def wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def success_since(clients: list[RobotClient], since: float, version: int | None = None) -> tuple[int, int]:
@@ -60,16 +50,18 @@ def test_canary_promotes_a_good_version_rolls_back_a_broken_one_and_evaluations_
             # version 1: trained to succeed -> promoted by its trial
             state = served_state(platform)
             ray.get(platform.weights.publish.remote(TASK, 1, good_weights(state)))
-            first = wait(lambda: next(iter(rollout()["verdicts"]), None), 60, "the verdict on version 1")
+            first = wait_until(
+                lambda: next(iter(rollout()["verdicts"]), None), 60, "the verdict on version 1"
+            )
             assert first["candidate"] == 1 and first["decision"] == "promoted", first
             assert first["canary_success"] > 0.9 > first["stable_success"]
             # version 2: weights zeroed -> its canary trial rolls it back; the fleet returns to version 1
             ray.get(platform.weights.publish.remote(TASK, 2, broken_weights(state)))
-            second = wait(lambda: rollout()["verdicts"][1:], 60, "the verdict on version 2")[0]
+            second = wait_until(lambda: rollout()["verdicts"][1:], 60, "the verdict on version 2")[0]
             assert second["candidate"] == 2 and second["decision"] == "rolled_back", second
             assert second["canary_success"] < 0.6 < 0.9 < second["stable_success"]
             decided = time.monotonic()
-            after = wait(lambda: (lambda w, n: (w, n) if n >= 40 else None)(*success_since(clients, decided)), 60,
+            after = wait_until(lambda: (lambda w, n: (w, n) if n >= 40 else None)(*success_since(clients, decided)), 60,
                          "episodes after the rollback")  # fmt: skip
             assert after[0] / after[1] >= 0.9, after  # the fleet's success restored
             assert success_since(clients, decided + 1.0, version=2)[1] == 0  # nobody runs version 2 any more
@@ -79,7 +71,7 @@ def test_canary_promotes_a_good_version_rolls_back_a_broken_one_and_evaluations_
             pinned = api.post(f"/v1/tasks/{TASK}/rollback", json={"version": 0})
             assert pinned.status_code == 200 and pinned.json()["pinned"] == 0, pinned.text
             t_pin = time.monotonic()
-            wait(
+            wait_until(
                 lambda: success_since(clients, t_pin, version=0)[1] >= 8, 30, "episodes on the pinned version"
             )
             assert success_since(clients, t_pin + 1.0, version=1)[1] == 0
@@ -91,7 +83,7 @@ def test_canary_promotes_a_good_version_rolls_back_a_broken_one_and_evaluations_
                 r = api.post(f"/v1/tasks/{TASK}/evaluations", json={"version": version, "episodes": 10})
                 assert r.status_code == 202 and r.json()["status"] == "running", r.text
                 ids[version] = r.json()["evaluation_id"]
-                done = wait(lambda i=ids[version]: (lambda e: e if e["status"] == "done" else None)(
+                done = wait_until(lambda i=ids[version]: (lambda e: e if e["status"] == "done" else None)(
                     api.get(f"/v1/tasks/{TASK}/evaluations/{i}").json()), 60, f"evaluation of {version}")  # fmt: skip
                 assert done["episodes_done"] == 10 and done["deterministic"]
                 ids[version] = done

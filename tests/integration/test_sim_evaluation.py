@@ -6,23 +6,12 @@ task's specs refuse is a 422 that leaves nothing registered."""
 
 from __future__ import annotations
 
-import time
-
 import ray
 
 from tests.conftest import delete_task, reacher_task
+from tests.integration.helpers import wait_until
 
 TASK = "sim-eval"
-
-
-def wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_an_evaluation_on_its_own_sim_robots_measures_the_version_and_removes_them(api, platform):
@@ -38,14 +27,14 @@ def test_an_evaluation_on_its_own_sim_robots_measures_the_version_and_removes_th
         assert sim_robots <= registered  # they registered like any robot, for this task
 
         url = f"/v1/tasks/{TASK}/evaluations/{started['evaluation_id']}"
-        done = wait(lambda: (lambda e: e if e["status"] == "done" else None)(api.get(url).json()), 90,
+        done = wait_until(lambda: (lambda e: e if e["status"] == "done" else None)(api.get(url).json()), 90,
                     "the evaluation to finish")  # fmt: skip
         assert done["episodes_done"] == 4 and set(done["per_robot"]) <= sim_robots
         assert done["outcomes"]["timeout"] + done["outcomes"]["success"] == 4
         assert done["return_mean"] < 0  # Reacher's return: minus distance and effort, every step
 
         # the robots leave once it is done, and their episodes are stored flagged as this evaluation
-        wait(lambda: not sim_robots & {row["robot_id"] for row in api.get("/v1/robots", params={"task": TASK}).json()},
+        wait_until(lambda: not sim_robots & {row["robot_id"] for row in api.get("/v1/robots", params={"task": TASK}).json()},
              30, "the sim robots to deregister")  # fmt: skip
         stats = ray.get(platform.data.stats.remote(TASK))
         # every episode they ran is an evaluation episode (the extras too): none reached the replay

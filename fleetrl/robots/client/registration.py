@@ -57,25 +57,12 @@ def renew(
     """Renew a registered robot's credentials with its own token (no admin token): the same robot id, a new
     token and CURVE keys (the old ones stop working at once). Waits for a platform that is not up, as
     ``register`` does; a token the platform no longer accepts raises ``RegistrationError`` with its status."""
-    import httpx
-
-    def once() -> dict[str, Any]:
-        body = {} if curve_public_key is None else {"curve_public_key": curve_public_key}
-        r = httpx.post(
-            f"{api_url.rstrip('/')}/v1/robots/{robot_id}/credentials",
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-        )
-        if r.status_code in RETRY_STATUS or _api_not_deployed(r):
-            raise _Unavailable(f"{r.status_code} {r.text[:200]}")
-        if r.status_code != 200:
-            raise RegistrationError(
-                f"renewal of robot {robot_id} refused ({r.status_code}): {r.text}", r.status_code
-            )
-        return r.json()
-
-    return _waiting_for_platform(api_url, f"renewal of robot {robot_id}", wait_s, once)
+    body = {} if curve_public_key is None else {"curve_public_key": curve_public_key}
+    url = f"{api_url.rstrip('/')}/v1/robots/{robot_id}/credentials"
+    refused = f"renewal of robot {robot_id} refused"
+    return _waiting_for_platform(
+        api_url, f"renewal of robot {robot_id}", wait_s, lambda: _post(url, token, body, timeout, refused)
+    )
 
 
 def _waiting_for_platform(api_url: str, what: str, wait_s: float, call: Any) -> dict[str, Any]:
@@ -111,8 +98,6 @@ def _register_once(
     timeout: float,
     curve_public_key: str | None,
 ) -> dict[str, Any]:
-    import httpx
-
     body = {
         "name": name,
         "task": task,
@@ -121,16 +106,22 @@ def _register_once(
     }
     if curve_public_key is not None:
         body["curve_public_key"] = curve_public_key
-    r = httpx.post(
-        f"{api_url.rstrip('/')}/v1/robots",
-        json=body,
-        headers={"Authorization": f"Bearer {admin_token}"},
-        timeout=timeout,
+    # 200: the name was registered before (same id, new token)
+    return _post(
+        f"{api_url.rstrip('/')}/v1/robots", admin_token, body, timeout, f"registration of {name!r} failed"
     )
+
+
+def _post(url: str, token: str, body: dict[str, Any], timeout: float, refused: str) -> dict[str, Any]:
+    """POST ``body`` with a bearer token: the answer's JSON on 200/201; ``_Unavailable`` while the platform
+    is not ready (``_waiting_for_platform`` retries); ``RegistrationError`` (``refused`` + status) else."""
+    import httpx
+
+    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
     if r.status_code in RETRY_STATUS or _api_not_deployed(r):
         raise _Unavailable(f"{r.status_code} {r.text[:200]}")
-    if r.status_code not in (200, 201):  # 200: the name was registered before (same id, new token)
-        raise RegistrationError(f"registration of {name!r} failed ({r.status_code}): {r.text}", r.status_code)
+    if r.status_code not in (200, 201):
+        raise RegistrationError(f"{refused} ({r.status_code}): {r.text}", r.status_code)
     return r.json()
 
 
