@@ -202,8 +202,8 @@ class TaskRollout:
         way (the robot reconnected, or the gateway restarted): it keeps running unpinned and counts nowhere."""
         if step > 0:
             return UNASSIGNED
-        if robot_id in self.evaluation_only:
-            return Assignment(deterministic=True, evaluation=self.evaluation_only[robot_id])
+        if robot_id in self.evaluation_only:  # the newest version, sampled: no pinned rows needed for it
+            return Assignment(evaluation=self.evaluation_only[robot_id])
         for ev in self.evaluations.values():
             if ev.wants(robot_id) and ev.version in self.held:
                 ev.started += 1

@@ -148,7 +148,10 @@ def test_an_exclusive_evaluations_robots_run_only_evaluation_episodes_and_extras
     assert r.ended("r2", extra, "success", 1.0) is None and ev.results == []  # an extra counts nowhere
     assert r.ended("r1", counted, "failure", 0.0)["evaluation"]["success_rate"] == 0.0
     after = r.assign("r2", 0)  # done, but its robots stay evaluation-only until they leave
-    assert after.evaluation == ev.extra_tag and after.deterministic
+    assert after.evaluation == ev.extra_tag and after.meta() == {
+        "evaluation": ev.extra_tag,
+        "deterministic": False,
+    }
     plain = Evaluation("t", version=2, episodes=1, deterministic=True, robots=frozenset({"r3", "r4"}))
     r.evaluations[plain.evaluation_id] = plain
     r.held = r.wanted()
