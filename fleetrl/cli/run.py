@@ -76,7 +76,8 @@ def _collect_oracle_demos(cfg, platform) -> None:
     from fleetrl.robots.demos import collect_oracle_demos
 
     for demos in cfg.oracle_demos:
-        have = ray.get(platform.data.stats.remote(demos.task))["replay"]["offline_episodes"]
+        # the store's count, not the replay's: after a restart the replay may still be refilling
+        have = ray.get(platform.data.stats.remote(demos.task))["store"]["offline"]
         if have >= demos.n:
             print(
                 f"{demos.task}: {have} offline episodes in the store; no oracle demos collected", flush=True

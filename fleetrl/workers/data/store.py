@@ -378,18 +378,21 @@ class EpisodeStore:
 
     def stats(self, task: str | None = None, control_hz: float | None = None) -> dict[str, Any]:
         """Counts for one task (all tasks if None). ``hours`` is steps / control_hz when given, else the
-        sum of the episodes' observation-time spans. ``snapshot`` is the newest snapshot of that task."""
+        sum of the episodes' observation-time spans. ``snapshot`` is the newest snapshot of that task;
+        ``offline``: the demonstrations and imported episodes among them (durable, unlike a replay that
+        may still be refilling after a restart)."""
         where, args = ("WHERE task = ?", (task,)) if task is not None else ("", ())
         r = self._query(
             "SELECT COUNT(*), COALESCE(SUM(n_steps), 0), COALESCE(SUM(duration_s), 0),"
             " COALESCE(SUM(outcome='success'), 0), COALESCE(SUM(outcome='failure'), 0),"
             " COALESCE(SUM(outcome='timeout'), 0), COALESCE(SUM(outcome='aborted'), 0),"
-            f" COALESCE(SUM(intervention_steps), 0), COALESCE(MAX(snapshot), 0) FROM episodes {where}",
+            f" COALESCE(SUM(intervention_steps), 0), COALESCE(MAX(snapshot), 0),"
+            f" COALESCE(SUM(source = 'offline'), 0) FROM episodes {where}",
             args,
         )[0]
         steps = int(r[1])
         hours = steps / control_hz / 3600.0 if control_hz else float(r[2]) / 3600.0
-        keys = ("success", "failure", "timeout", "aborted", "intervention_steps", "snapshot")
+        keys = ("success", "failure", "timeout", "aborted", "intervention_steps", "snapshot", "offline")
         return {"episodes": int(r[0]), "steps": steps, "hours": hours} | {
             k: int(v) for k, v in zip(keys, r[3:], strict=True)
         }

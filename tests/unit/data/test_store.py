@@ -125,6 +125,7 @@ def test_stats(tmp_path):
         ep.columns["intervention"][:i] = True
         store.put(ep)
     store.put(synthetic_episode(5, task="other"))
+    store.put(synthetic_episode(4, task="other", source="offline", seed=7))
     s = store.stats("reach")
     assert {k: s[k] for k in ("episodes", "steps", "success", "failure", "timeout", "aborted")} == {
         "episodes": 5,
@@ -137,7 +138,8 @@ def test_stats(tmp_path):
     assert s["intervention_steps"] == 0 + 1 + 2 + 3 + 4 and s["snapshot"] == 5
     assert s["hours"] == pytest.approx(55 * 0.1 / 3600)  # obs_time span (10 Hz) extended by one step
     assert store.stats("reach", control_hz=5.0)["hours"] == pytest.approx(55 / 5.0 / 3600)
-    assert store.stats("nothing")["episodes"] == 0 and store.stats()["episodes"] == 6
+    assert store.stats("nothing")["episodes"] == 0 and store.stats()["episodes"] == 7
+    assert s["offline"] == 0 and store.stats("other")["offline"] == 1  # demonstrations, durably counted
 
 
 def test_reconcile_after_crash_between_file_and_catalog(tmp_path, monkeypatch):
