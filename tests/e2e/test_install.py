@@ -49,3 +49,10 @@ def test_the_robot_install_is_the_base_wheel_without_the_platform(tmp_path):
     assert re.fullmatch(
         r"error: fleetrl run needs \w+, which is not installed: pip install 'fleetrl\[platform\]'", line
     )
+    # the operator's commands the README says a robot-only install runs: they import, and say in one line
+    # that no platform answers here (no rich: their progress falls back to plain lines)
+    evaluate = run(fleetrl, "rollout", "evaluate", "reach", "--sim", "Reacher-v5", "--api", "http://127.0.0.1:9",
+                   "--token", "t")  # fmt: skip
+    assert evaluate.returncode == 3 and "cannot reach the platform" in evaluate.stderr, evaluate.stderr[
+        -3000:
+    ]

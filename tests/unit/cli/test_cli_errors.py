@@ -84,3 +84,16 @@ def test_the_robot_command_reports_a_readable_line():
         "3 robots, 62 s: 3,100 steps, 62 episodes, 18 successful (29 %), 21 held steps (0.7 %), 0 errors"
     )
     assert "none finished" in fleet_line({"steps": 5}, 1, 1.0)
+
+
+def test_progress_falls_back_to_plain_lines_without_rich(monkeypatch, capsys):
+    import sys
+
+    from fleetrl.cli.progress import progress_bar
+
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # a robot-only install has no rich
+    with progress_bar("evaluating", 20) as update:
+        for done in range(21):
+            update(done, "ok")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "evaluating: 0/20 ok" and lines[-1] == "evaluating: 20/20 ok" and len(lines) == 11
