@@ -301,12 +301,13 @@ def _report_fleet(clients: list, stop: threading.Event, t0: float, every_s: floa
 
 
 def cmd_robot(args: argparse.Namespace) -> int:
+    from fleetrl.robots.client.credentials import credentials_path
     from fleetrl.robots.client.registration import RegistrationError
     from fleetrl.robots.sim import run_sim_fleet
 
     prefix = args.name or args.task
     saved = args.credentials and all(
-        (Path(args.credentials) / f"{prefix}-{i}.json").exists() for i in range(args.n)
+        credentials_path(args.credentials, f"{prefix}-{i}").exists() for i in range(args.n)
     )
     token = None if saved else admin_token(args)  # robots with saved credentials renew them with their own
     if not saved and not token:

@@ -179,8 +179,8 @@ def render(
     refused = gateway_stats.get("refused") or {}
     footer = Table.grid()
     footer.add_row(f"frames refused: {dict(refused) if refused else 0}    Ctrl-C to stop")
-    if refill_text(refill):
-        footer.add_row(refill_text(refill))
+    if refilling := refill_text(refill):
+        footer.add_row(refilling)
     return Group(tasks, learn, robots, footer)
 
 
@@ -208,8 +208,8 @@ def summary_line(
             )
         if r["versions"] not in ("-", "newest"):
             parts[-1] += f", versions: {r['versions']}"
-    if refill_text(refill):
-        parts.append(refill_text(refill))
+    if refilling := refill_text(refill):
+        parts.append(refilling)
     return f"[{elapsed_s:5.0f}s] " + " | ".join(parts)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, StepResult, deregister, register
-from fleetrl.robots.client.credentials import register_or_renew
+from fleetrl.robots.client.credentials import credentials_path, register_or_renew
 from fleetrl.robots.protocol import ArraySpec
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ def run_sim_fleet(
         if credentials_dir is None:
             info = register(api_url, admin_token, name, task, robot, wait_s=register_wait_s)
         else:
-            path = Path(credentials_dir) / f"{name}.json"
+            path = credentials_path(credentials_dir, name)
             info = register_or_renew(api_url, admin_token, name, task, robot, path, wait_s=register_wait_s)
         clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)

@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 FIELDS = ("robot_id", "name", "task", "token", "endpoint", "chunk_len", "curve")
 
 
+def credentials_path(directory: str | Path, name: str) -> Path:
+    """Where a robot named ``name`` keeps its credentials in ``directory``."""
+    return Path(directory).expanduser() / f"{name}.json"
+
+
 def load_credentials(path: str | Path) -> dict[str, Any] | None:
     """The saved credentials, or None when there is no file; a damaged file raises naming it."""
     path = Path(path)

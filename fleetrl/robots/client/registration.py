@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleetrl.robots.client.robot import Robot
@@ -65,7 +65,9 @@ def renew(
     )
 
 
-def _waiting_for_platform(api_url: str, what: str, wait_s: float, call: Any) -> dict[str, Any]:
+def _waiting_for_platform(
+    api_url: str, what: str, wait_s: float, call: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
     """``call()``, again with backoff (0.5 s doubling to ``MAX_RETRY_S``) for up to ``wait_s`` while the
     platform cannot be reached or is not ready, logging what it waits for."""
     import httpx

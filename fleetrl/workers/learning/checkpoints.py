@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,20 @@ class Resumed:
 def checkpoint_dir_name(step: int) -> str:
     """Folder names sort in report order: by step, then by report time."""
     return f"checkpoint_{step:010d}_{time.time_ns()}"
+
+
+UNREADABLE = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # a damaged or partly written file
+
+
+def newest_readable(paths: Iterable[Path], device: Any, what: str) -> tuple[Path, dict[str, Any]] | None:
+    """The newest of ``paths`` (their folder names order them: step, then report time) that loads, with its
+    path; a damaged one is logged and skipped. The learner resumes from it, and a starting task serves it."""
+    for path in sorted((p for p in paths if p.exists()), key=lambda p: p.parent.name, reverse=True):
+        try:
+            return path, torch.load(path, map_location=device, weights_only=False)
+        except UNREADABLE as exc:
+            log.warning("%s: unreadable checkpoint %s (%s)", what, path, exc)
+    return None
 
 
 def registered_checkpoint() -> Path | None:
@@ -104,9 +120,5 @@ class Checkpoints:
         candidates = set(saved_checkpoints(self.root))
         if registered is not None:
             candidates.add(registered / CHECKPOINT_FILE)
-        for path in sorted((p for p in candidates if p.exists()), key=lambda p: p.parent.name, reverse=True):
-            try:
-                return torch.load(path, map_location=self.device, weights_only=False)
-            except (OSError, RuntimeError, EOFError) as exc:
-                log.warning("learner %s: unreadable checkpoint %s (%s)", self.task, path, exc)
-        return None
+        found = newest_readable(candidates, self.device, f"learner {self.task}")
+        return None if found is None else found[1]

@@ -21,20 +21,16 @@ log = logging.getLogger(__name__)
 @ray.remote(num_cpus=0)
 def publish_newest_checkpoint(weights: Any, task: str, root: str) -> int | None:
     """Publish the policy of the newest readable checkpoint under ``root`` as its version; None if none."""
-    import torch
+    from fleetrl.workers.learning.checkpoints import newest_readable
+    from fleetrl.workers.weights import to_numpy_state
 
-    for path in reversed(saved_checkpoints(root)):
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-            version, policy = int(saved["version"]), saved["policy"]
-        except Exception as exc:  # noqa: BLE001 - a damaged file: the learner skips it too
-            log.warning("%s: checkpoint %s not readable (%s); trying an older one", task, path, exc)
-            continue
-        state = {k: v.detach().cpu().numpy() for k, v in policy.items()}
-        served = ray.get(weights.publish.remote(task, version, state))
-        log.info("%s: serving version %d from %s until its learner publishes", task, served, path)
-        return served
-    return None
+    found = newest_readable(saved_checkpoints(root), "cpu", task)
+    if found is None:
+        return None
+    path, saved = found
+    served = ray.get(weights.publish.remote(task, int(saved["version"]), to_numpy_state(saved["policy"])))
+    log.info("%s: serving version %d from %s until its learner publishes", task, served, path)
+    return served
 
 
 def serve_newest_checkpoint(weights: Any, task: str, root: str | Path) -> ray.ObjectRef | None:
