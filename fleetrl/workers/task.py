@@ -85,6 +85,12 @@ class InferencePoolConfig(ActorResources):
         description="torch-fast's numeric path: bfloat16 autocast, or int8 dynamically quantised linear layers.",
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
+    transport: Literal["zmq", "ray"] = Field(
+        "zmq",
+        description="How the gateway sends batches to replicas: a direct ZeroMQ channel per replica ('zmq': "
+        "tens of microseconds a batch; needs a free TCP port on each replica's node reachable from the "
+        "gateway's) or one Ray actor call per batch ('ray': only Ray's ports; several times the CPU a batch).",
+    )
     batch_timeout_s: float = Field(
         1.0,
         gt=0,

@@ -13,6 +13,9 @@ class ClientConfig:
     link_timeout_s: float = 3.0  # nothing heard for this long: the link is lost, hold and re-hello
     heartbeat_s: float = 1.0  # ping when nothing else was sent for this long
     hello_retry_s: float = 1.0
+    # Hellos without any answer before the socket re-dials: libzmq does not reconnect a connection whose
+    # handshake the gateway refused (CURVE/ZAP, e.g. while its registry was restarting or busy).
+    redial_after_hellos: int = 3
     ack_timeout_s: float = 1.0
     initial_latency_s: float = 0.05
     keep_episodes: int = 100  # per-step logs of this many recent episodes are kept for inspection

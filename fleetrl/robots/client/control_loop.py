@@ -47,6 +47,7 @@ COUNTERS = (
     "watchdog_trips",
     "link_losses",
     "reconnects",
+    "redials",
     "stale_replies",
     "episodes_refused",
     "errors",

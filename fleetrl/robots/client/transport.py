@@ -78,6 +78,7 @@ class GatewayConnection:
         self._on_lost = on_lost
         self._ever_welcomed = False
         self._last_hello = -math.inf
+        self._unanswered_hellos = 0
         self._last_rx = clock()
         self._last_tx = -math.inf
 
@@ -97,6 +98,7 @@ class GatewayConnection:
                 return
             now = self._clock()
             self._last_rx = now
+            self._unanswered_hellos = 0
             try:
                 msg = P.decode(frame)
             except P.ProtocolError as exc:
@@ -121,9 +123,24 @@ class GatewayConnection:
             self._lose_session()
         if self.welcome is None and now - self._last_hello > self.cfg.hello_retry_s:
             self._last_hello = now
+            self._unanswered_hellos += 1
+            if self._unanswered_hellos > self.cfg.redial_after_hellos:
+                self._redial()
             self.send(P.Hello(robot_id=self.robot_id, token=self._token), now)
             return False
         return True
+
+    def _redial(self) -> None:
+        """Connect the socket again: a gateway that refused the handshake (ZAP) is never re-dialled by
+        libzmq itself, so without this a robot refused once would wait forever. Same socket, same FD."""
+        self._unanswered_hellos = 0
+        self.counters["redials"] += 1
+        log.info("%s: no answer from %s; connecting again", self.robot_id, self.endpoint)
+        try:
+            self.socket.disconnect(self.endpoint)
+        except zmq.ZMQError:
+            pass  # the refused connection is already gone
+        self.socket.connect(self.endpoint)
 
     def heartbeat(self, now: float) -> None:
         if now - self._last_tx > self.cfg.heartbeat_s and self.welcome is not None:

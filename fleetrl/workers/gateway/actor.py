@@ -48,6 +48,7 @@ from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.task import TaskConfig, registered_tasks
 
 log = logging.getLogger(__name__)
+ZAP_MAX_WAIT_S = 10.0  # the longest a new robot connection waits for the registry budget (then refused)
 DRAIN_BATCH = 64  # frames handled per turn of the loop before replica results and commits get theirs
 
 
@@ -307,15 +308,20 @@ class Gateway:
         finally:
             if self.auth is not None:
                 self.auth.stop()
+            self.dispatch.close()
             self._loop.remove_reader(fd)
             self.sock.close(linger=0)
             self._ctx.term()
 
     async def _robot_for_key(self, public_key: str) -> str | None:
         """ZAP: the registered robot with this CURVE key (None: the connection is refused); a key not seen
-        before costs a registry call, within the hello budget."""
-        if not self.hello_limits.admit_registry_call():
-            return None
+        before costs a registry call, within the hello budget: it waits its turn (up to
+        ``ZAP_MAX_WAIT_S``) rather than being refused, since libzmq never re-dials a refused handshake."""
+        wait = self.hello_limits.reserve_registry_call(ZAP_MAX_WAIT_S)
+        if wait is None:
+            return None  # booked beyond the bound: a flood, refuse (the robot's SDK re-dials)
+        if wait > 0:
+            await asyncio.sleep(wait)
         try:
             return await self.registry.robot_for_curve_key.remote(public_key)
         except Exception:  # noqa: BLE001 - registry restarting: refuse, the robot's socket retries

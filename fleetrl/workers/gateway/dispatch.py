@@ -1,9 +1,10 @@
 """Task pools and replica dispatch, the gateway's inference part: every served task has a pool of
 inference replicas in the scheduler; an accepted observation is submitted to its task's pool, a dispatch
-becomes one batched ``infer`` call on a replica, and each row of the result goes back to its robot as an
-action chunk. A replica that dies or does not answer within ``batch_timeout_s`` has its batch re-queued,
-and is given back to the scheduler once Ray has restarted it. Tasks come and go while the gateway runs
-(``add_task``, ``remove_task``).
+becomes one batched ``infer`` on a replica (over the replica's ZeroMQ channel, ``replica_channel.py``,
+or as a Ray call with ``inference.transport: ray``), and each row of the result goes back to its robot as
+an action chunk. A replica joins the scheduler once it answers (its channel's address comes through Ray). One that
+dies or does not answer within ``batch_timeout_s`` has its batch re-queued, and is given back to the
+scheduler once Ray has restarted it. Tasks come and go while the gateway runs (``add_task``, ``remove_task``).
 
 Each row names the weight version its episode runs when anything pins versions (episode reload mode, a
 canary trial, a rollback, an evaluation: ``rollout.py``); otherwise a batch takes the replica's newest.
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zmq
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from fleetrl.robots import protocol as P
@@ -29,13 +31,15 @@ from fleetrl.robots.pending import PENDING_KEY, encode_pending
 from fleetrl.workers.gateway.rollout import NEWEST, TaskRollout
 from fleetrl.workers.gateway.scheduler import Dispatch, Scheduler
 from fleetrl.workers.metrics_server import MetricsBuffer
+from fleetrl.workers.replica_channel import ChannelClient, ReplicaLost
 from fleetrl.workers.task import TaskConfig
 
 if TYPE_CHECKING:
     from fleetrl.workers.gateway.session import RobotState
 
 log = logging.getLogger(__name__)
-REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+REPLICA_GONE = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaLost)
+RETRY_S = 0.5  # between attempts to reach a replica that is (re)starting
 
 
 def stack_observations(messages: list[P.Obs], task: TaskConfig) -> dict[str, np.ndarray]:
@@ -69,6 +73,8 @@ class ReplicaDispatch:
         self.loop = loop
         self.tasks: dict[str, TaskConfig] = {}
         self.replicas: dict[str, Any] = {}  # replica id ("task/i") -> actor handle
+        self.channels: dict[str, ChannelClient] = {}  # replica id -> its channel (transport: zmq)
+        self.ctx = zmq.Context()
         self.replica_pool: dict[str, str] = {}  # replica id -> its task's pool
         self.rollouts: dict[str, TaskRollout] = {}  # task -> which version its episodes run
 
@@ -84,7 +90,17 @@ class ReplicaDispatch:
             rid = f"{task.name}/{i}"
             self.replicas[rid] = handle
             self.replica_pool[rid] = task.name
-            self.scheduler.add_replica(task.name, rid)
+            if task.inference.transport == "ray":
+                self.scheduler.add_replica(task.name, rid)  # Ray queues the calls until the actor is up
+            else:
+                self.loop.create_task(self._connect(rid, back=False))
+
+    def close(self) -> None:
+        """Close every replica channel (the gateway's loop is stopping)."""
+        for client in self.channels.values():
+            client.close()
+        self.channels.clear()
+        self.ctx.term()
 
     def remove_task(self, name: str) -> None:
         """Forget a served task's pool and replicas; what waited for them is dropped, and a batch still
@@ -92,6 +108,7 @@ class ReplicaDispatch:
         dropped = self.scheduler.remove_pool(name)
         for rid in [rid for rid, pool in self.replica_pool.items() if pool == name]:
             del self.replicas[rid], self.replica_pool[rid]
+            self._disconnect(rid)
         del self.tasks[name], self.rollouts[name]
         log.info("gateway: task %s removed (%d observations dropped)", name, len(dropped))
 
@@ -113,13 +130,14 @@ class ReplicaDispatch:
         messages = [item.payload[1] for item in d.items]
         batch = stack_observations(messages, task)
         pins, deterministic = self._pins(task, messages)
-        handle = self.replicas[d.replica]
-        call = handle.infer.remote(batch, pins, deterministic)
+        handle, client = self.replicas[d.replica], self.channels.get(d.replica)
+        if client is not None:
+            answer = client.infer(batch, pins, deterministic)
+        else:
+            answer = asyncio.wrap_future(handle.infer.remote(batch, pins, deterministic).future())
         result, failure = None, None
         try:
-            result = await asyncio.wait_for(
-                asyncio.wrap_future(call.future()), task.inference.batch_timeout_s
-            )
+            result = await asyncio.wait_for(answer, task.inference.batch_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
             failure = exc
         if self.replicas.get(d.replica) is not handle:
@@ -144,8 +162,9 @@ class ReplicaDispatch:
         log.warning(
             "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, why, len(d.items)
         )
+        self._disconnect(d.replica)
         self._start(self.scheduler.remove_replica(d.replica))
-        self.loop.create_task(self._recover(d.replica))
+        self.loop.create_task(self._connect(d.replica, back=True))
 
     def _deliver(self, d: Dispatch, messages: list[P.Obs], result: dict[str, Any], pinning: bool) -> None:
         """A batch came back: the replica takes more work and every row goes to its robot."""
@@ -228,20 +247,31 @@ class ReplicaDispatch:
             ),
         )
 
-    async def _recover(self, replica: str, attempts: int = 60) -> None:
-        """Wait for Ray to restart a dead replica, then give it back to the scheduler."""
-        for _ in range(attempts):
-            handle = self.replicas.get(replica)
-            if handle is None:
-                return  # its task was deleted meanwhile
+    def _disconnect(self, replica: str) -> None:
+        client = self.channels.pop(replica, None)
+        if client is not None:
+            client.close()
+
+    async def _connect(self, replica: str, back: bool) -> None:
+        """Wait until Ray has the replica up (started, or restarted after it died), open its channel and
+        give it to the scheduler. Keeps trying while its task is served; says so once a minute."""
+        attempt = 0
+        while (handle := self.replicas.get(replica)) is not None:
+            attempt += 1
+            zmq_transport = self.tasks[self.replica_pool[replica]].inference.transport == "zmq"
+            probe = handle.channel.remote() if zmq_transport else handle.ready.remote()
             try:
-                await asyncio.wait_for(asyncio.wrap_future(handle.ready.remote().future()), 5)
-            except Exception:  # noqa: BLE001 - still restarting (or gone for good)
-                await asyncio.sleep(0.5)
+                address = await asyncio.wait_for(asyncio.wrap_future(probe.future()), 5)
+            except Exception:  # noqa: BLE001 - still (re)starting, or gone for good
+                if attempt % 60 == 0:
+                    log.warning("gateway: replica %s has not answered for %d attempts", replica, attempt)
+                await asyncio.sleep(RETRY_S)
                 continue
             if self.replicas.get(replica) is not handle:
-                return
+                return  # its task was deleted (or re-created) meanwhile
+            if zmq_transport:
+                self.channels[replica] = ChannelClient(self.ctx, address, self.loop)
             self._start(self.scheduler.add_replica(self.replica_pool[replica], replica))
-            log.info("gateway: replica %s is back", replica)
+            if back:
+                log.info("gateway: replica %s is back", replica)
             return
-        log.error("gateway: replica %s did not come back; its pool continues without it", replica)

@@ -6,7 +6,9 @@ Every hello first spends a token of its connection's bucket (a robot reconnectin
 second at most). Hellos whose credentials the gateway has verified before are then checked locally
 (SHA-256 of the token against the cached one, constant-time); only the rest — unknown robots, wrong
 tokens of unknown robots, the first hello after a gateway start — spend a token of the shared bucket and
-go to the registry. A connection or the whole gateway over its budget gets ``rate_limited``.
+go to the registry. A connection or the whole gateway over its budget gets ``rate_limited``. A CURVE
+handshake for a key not seen yet waits its turn for the shared budget instead (up to a bound), so a whole
+fleet connecting at once (a gateway restart) is admitted at the budget's rate, not refused.
 """
 
 from __future__ import annotations
@@ -28,12 +30,24 @@ class TokenBucket:
         self.tokens, self.t = burst, now
 
     def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
+        self._refill(now)
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
+
+    def reserve(self, now: float, max_wait_s: float) -> float | None:
+        """Spend a token that may not be there yet: the seconds until it is (0: now), or None when that
+        would be more than ``max_wait_s`` (nothing spent). Reservations queue in order at ``rate``."""
+        self._refill(now)
+        if self.tokens - 1.0 < -self.rate * max_wait_s:
+            return None
+        self.tokens -= 1.0
+        return max(0.0, -self.tokens / self.rate)
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
 
 
 @dataclass
@@ -83,6 +97,11 @@ class HelloLimits:
 
     def admit_registry_call(self) -> bool:
         return self._registry.take(self.clock())
+
+    def reserve_registry_call(self, max_wait_s: float) -> float | None:
+        """For a handshake, which cannot be answered "retry later" (libzmq does not re-dial a refused one):
+        the seconds to wait for the shared budget, or None if it is booked beyond ``max_wait_s``."""
+        return self._registry.reserve(self.clock(), max_wait_s)
 
     def cached(self, robot_id: str, token: str) -> dict[str, Any] | None:
         hit = self._verified.get(robot_id)

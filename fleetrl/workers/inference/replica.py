@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import ray
 
 from fleetrl.workers.inference.backends import build_backend
 from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
+from fleetrl.workers.replica_channel import ChannelServer
 from fleetrl.workers.task import TaskConfig
 from fleetrl.workers.weights import replica_actor_name
 
@@ -19,7 +21,10 @@ log = logging.getLogger(__name__)
 
 class InferenceReplica:
     """One replica of a task's policy. Built from the task config; every replica of a pool starts with the
-    same weights (version 0) and answers ``infer`` with action chunks, log-probs and the version used."""
+    same weights (version 0) and answers ``infer`` with action chunks, log-probs and the version used:
+    over its ZeroMQ channel (``inference.transport: zmq``, the gateway's hot path) or as a Ray call. The
+    channel's thread and Ray's method thread share the backend under one lock, so new weights land between
+    batches."""
 
     def __init__(self, task: TaskConfig, index: int, metrics: Any | None = None, weights: Any | None = None):
         self.name = f"{task.name}/{index}"
@@ -40,18 +45,27 @@ class InferenceReplica:
             fast_numerics=task.inference.fast_numerics,
         )
         self.calls = 0
+        self._lock = threading.Lock()
         newest = None if weights is None else ray.get(weights.latest.remote(task.name))
         if newest is not None:  # a (re)started replica serves the newest published weights
             version, (ref,), published_at = newest
             self.load_weights(ray.get(ref), version, published_at)
         if weights is not None:  # and the versions the gateway holds (canary, rollback, evaluation)
             self.hold(ray.get(weights.held.remote(task.name)))
+        self._channel = None
+        if task.inference.transport == "zmq":
+            host = ray.util.get_node_ip_address()
+            self._channel = ChannelServer(self.infer, host, self.name)
         log.info(
             "replica %s ready (%s backend, policy %s)", self.name, task.inference.backend, task.policy.family
         )
 
     def ready(self) -> str:
         return self.name
+
+    def channel(self) -> dict[str, Any] | None:
+        """The channel's ``{endpoint, token}`` (None with ``transport: ray``): how the gateway reaches it."""
+        return None if self._channel is None else self._channel.address()
 
     def node_id(self) -> str:
         """The Ray node this replica runs on (where placement put it)."""
@@ -68,21 +82,24 @@ class InferenceReplica:
         ``versions[i]`` says which version produced row i."""
         t_start = time.time()
         t0 = time.perf_counter()
-        actions, log_probs, versions = self.backend.infer(batch, pins, deterministic)
-        self.calls += 1
+        with self._lock:
+            actions, log_probs, versions = self.backend.infer(batch, pins, deterministic)
+            version = self.backend.version
+            self.calls += 1
         return {
             "actions": actions,
             "log_probs": log_probs,
             "versions": versions,
-            "version": self.backend.version,
+            "version": version,
             "replica": self.name,
             "compute_s": time.perf_counter() - t0,
             "t_start": t_start,
         }
 
     def load_weights(self, state_dict: dict, version: int, published_at: float | None = None) -> int:
-        """Take a published version; Ray runs actor calls one at a time, so this lands between batches."""
-        self.backend.load_weights(state_dict, version)
+        """Take a published version; it lands between batches (the backend's lock)."""
+        with self._lock:
+            self.backend.load_weights(state_dict, version)
         if published_at is not None:
             self.metrics.observe(
                 "model_to_actor_seconds", (self.task_name,), max(0.0, time.time() - published_at)
@@ -95,19 +112,23 @@ class InferenceReplica:
     def hold(self, versions: dict[int, list[ray.ObjectRef] | None]) -> list[int]:
         """Keep serving ``versions`` (``{version: [ref]}``, None for the initial weights) besides the newest:
         what the weight board's ``hold`` asks of every replica. Returns the versions held now."""
-        kept = set(self.backend.kept_versions())  # not fetched again
+        with self._lock:
+            kept = set(self.backend.kept_versions())  # not fetched again
         states = {v: None if refs is None or v in kept else ray.get(refs[0]) for v, refs in versions.items()}
-        return self.backend.hold(states)
+        with self._lock:
+            return self.backend.hold(states)
 
     def served_version(self) -> int:
         return self.backend.version
 
     def served_state(self) -> dict[str, np.ndarray]:
         """The weights of the version served now (a restarted weight board takes its newest from here)."""
-        return self.backend.served_state()
+        with self._lock:
+            return self.backend.served_state()
 
     def stop(self) -> None:
-        pass
+        if self._channel is not None:
+            self._channel.close()
 
 
 def start_replicas(

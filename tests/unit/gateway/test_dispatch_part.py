@@ -50,7 +50,7 @@ class Replica:
 
 def build(replicas: list[Replica], **task_fields):
     wire, metrics, robots = Wire(), MetricsBuffer(), {}
-    the_task = task(inference={"max_batch": 4, "batch_timeout_s": 0.05, **task_fields})
+    the_task = task(inference={"max_batch": 4, "batch_timeout_s": 0.05, "transport": "ray", **task_fields})
     part = ReplicaDispatch(Scheduler(), robots, wire.send, wire.refuse, metrics, asyncio.get_running_loop())
     part.add_task(the_task, replicas)
     for rid in ("r1", "r2", "r3"):

@@ -22,6 +22,15 @@ def test_a_bucket_allows_its_burst_then_its_rate():
     assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]  # never above the burst
 
 
+def test_reservations_queue_at_the_rate_up_to_the_bound():
+    bucket = TokenBucket(rate=10.0, burst=2.0, now=0.0)
+    waits = [bucket.reserve(0.0, max_wait_s=0.35) for _ in range(7)]
+    # two tokens there, then one every 0.1 s; a fourth beyond 0.35 s is refused and spends nothing
+    assert waits[:5] == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3]) and waits[5:] == [None, None]
+    assert bucket.take(0.0) is False
+    assert bucket.reserve(0.5, max_wait_s=0.35) == pytest.approx(0.0)  # 0.5 s later: all earned back
+
+
 def test_each_connection_has_its_own_hello_budget():
     clock = Clock()
     limits = HelloLimits(per_peer_rate=1.0, per_peer_burst=2.0, clock=clock)

@@ -236,3 +236,58 @@ def test_the_connection_says_hello_until_welcomed_and_notices_a_lost_link(reques
         conn.close()
         router.close()
         ctx.term()
+
+
+def test_a_robot_refused_in_the_handshake_dials_again_and_gets_in():
+    """libzmq never re-dials a connection whose CURVE handshake the gateway's ZAP refused (registry busy
+    or restarting): the SDK re-dials after ``redial_after_hellos`` unanswered hellos."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    ctx = zmq.Context()
+    server_public, server_secret = zmq.curve_keypair()
+    robot_public, robot_secret = zmq.curve_keypair()
+    verdicts = [False, True]  # the first handshake is refused, the next admitted
+
+    class Provider:
+        def callback(self, domain: str, key: bytes) -> bool:
+            return verdicts.pop(0) if verdicts else True
+
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve_callback("*", credentials_provider=Provider())
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.curve_server = True
+    router.curve_publickey, router.curve_secretkey = server_public, server_secret
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    clock = [0.0]
+    counters = {"errors": 0, "link_losses": 0, "reconnects": 0, "redials": 0}
+    cfg = ClientConfig(hello_retry_s=1.0, redial_after_hellos=3)
+    curve = {
+        k: v.decode()
+        for k, v in {
+            "server_key": server_public,
+            "public_key": robot_public,
+            "secret_key": robot_secret,
+        }.items()
+    }
+    conn = GatewayConnection(
+        f"tcp://127.0.0.1:{port}", "r1", "tok", cfg, lambda: clock[0], counters,
+        on_message=lambda msg, now: None, on_lost=lambda: None, context=ctx, curve=curve,
+    )  # fmt: skip
+    try:
+        hellos = 0
+        for _ in range(8):  # one hello a (fake) second; the refused link swallows them
+            clock[0] += 1.1
+            conn.check_link(clock[0])
+            if router.poll(300):
+                hellos += 1
+                break
+        assert hellos == 1, "no hello reached the server after the handshake was refused"
+        assert counters["redials"] == 1 and verdicts == []
+        assert isinstance(P.decode(router.recv_multipart()[1]), P.Hello)
+    finally:
+        conn.close()
+        router.close()
+        auth.stop()
+        ctx.term()
