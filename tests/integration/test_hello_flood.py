@@ -53,3 +53,41 @@ def test_a_hello_flood_is_rate_limited_and_the_connected_robot_is_served(platfor
         assert fleet.clients[0].connected and fleet.clients[0].counters["errors"] == 0
         for raw in [one, *strangers]:
             raw.close()
+
+
+def test_a_fleet_connecting_at_once_beyond_the_hello_budget_all_gets_in(platform):
+    """More new robots than the registry budget's burst connect in the same instant (a gateway restart):
+    their CURVE handshakes wait their turn instead of being refused (libzmq would never re-dial a refused
+    one), so every robot is served within a few seconds. A second gateway with a small budget (5/s, burst
+    10) on the platform's registry and replicas stands for a big fleet against the default one."""
+    from fleetrl.robots.client import RobotClient, deregister, register
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.testing.net import free_port
+    from fleetrl.workers.gateway.actor import Gateway
+    from tests.conftest import ADMIN_TOKEN
+    from tests.integration.helpers import FleetThread, wait_until
+
+    cfg = platform.cfg.gateway.model_copy(
+        update={"bind": f"tcp://127.0.0.1:{free_port()}", "hello_registry_per_s": 5.0}
+    )
+    task = next(t for t in platform.cfg.tasks if t.name == "reach")
+    gateway = ray.remote(Gateway).remote(
+        cfg, [task], {"reach": platform.replicas["reach"]}, platform.registry, curve_keys=platform.curve_keys
+    )
+    endpoint = ray.get(gateway.ready.remote(), timeout=60)["endpoint"]
+    clients = []
+    try:
+        for i in range(16):
+            robot = SimRobot("Reacher-v5", seed=200 + i, control_hz=20.0)
+            info = register(platform.rest_url, ADMIN_TOKEN, f"at-once-{i}", "reach", robot)
+            clients.append(RobotClient.from_registration(robot, info | {"endpoint": endpoint}))
+        with FleetThread(clients):
+            wait_until(lambda: all(c.counters["replies"] > 0 for c in clients), 30, "every robot served")
+        assert ray.get(gateway.stats.remote())["zap_denied"] == 0
+    finally:
+        for c in clients:
+            c.close()
+            c.robot.close()
+        deregister(platform.rest_url, ADMIN_TOKEN, [c.robot_id for c in clients])
+        ray.get(gateway.stop.remote())
+        ray.kill(gateway)
