@@ -49,9 +49,10 @@ class GaussianChunkPolicy(ChunkPolicy):
             self.obs_norm.update(super().encode(obs))
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> torch.distributions.Normal:
-        """The Gaussian over the flat pre-squash chunk ``u``."""
+        """The Gaussian over the flat pre-squash chunk ``u``. Without torch's argument checks: the scale is
+        an exp (positive) and the mean a network output; the checks were 7 % of a replica's small-batch infer."""
         mean = self.body(self.encode(obs))
-        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
 
     def value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.value_net(self.encode(obs)).squeeze(-1)
