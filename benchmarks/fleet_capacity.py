@@ -6,7 +6,9 @@ max_batch 32, every episode stored), one run of ``--duration`` seconds per fleet
 ``scheduler_latency.py`` measures "ours" (same ``measure``: queue wait = arrival at the gateway -> start of
 the forward pass, after a 1 s warm-up). A size *holds* when P99 queue wait <= 100 ms, no frame is lost
 (the promise), and the fleet really ran at its rate: at least 95 % of the N x 10 Hz / chunk length
-requests it should have sent (the robots are simulated in this process on the same cores; once the
+requests it should have sent in the measured run (which starts once every robot has its session: since
+2026-12-06 the gateway admits a fleet's handshakes at the hello budget's rate, ~3 s for 128 robots, where
+before it refused the surplus for good and those robots counted as stalled) (the robots are simulated in this process on the same cores; once the
 machine's CPU runs out they fall behind their rate, the offered load drops and the queue wait with it, so
 without this check a saturated machine would read as a platform that keeps up). N
 doubles from 32 while it holds (up to ``--max-robots``), then two bisection steps between the last size
@@ -85,9 +87,12 @@ def capacity(chunk_len: int, args: argparse.Namespace) -> dict[str, Any]:
                     "frames_lost": stats["frames_lost"],
                     "stalled_robots": stats["stalled_robots"],
                     "holds_steps": stats["holds"],
-                    "requests": stats["requests"],
+                    "requests": stats["requests_measured"],
+                    "connect_s": stats["connect_s"],
                     # of the requests N robots at CONTROL_HZ send in the run with one every chunk_len steps
-                    "delivered": round(stats["requests"] / (n * CONTROL_HZ * args.duration / chunk_len), 3),
+                    "delivered": round(
+                        stats["requests_measured"] / (n * CONTROL_HZ * args.duration / chunk_len), 3
+                    ),
                 }
                 run["holds"] = holds(run)
                 print(f"  P99 queue wait {run['queue_wait_ms']['p99']} ms, lost {run['frames_lost']}, delivered "
