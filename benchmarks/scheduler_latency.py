@@ -130,7 +130,9 @@ def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str
         ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus},
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
-    handle = serve.run(deployment.bind(task), name=SERVE_APP, route_prefix=None)
+    # Serve calls the replica's ``infer`` itself: no ZeroMQ channel of its own (``inference.transport: ray``)
+    served = task.model_copy(update={"inference": task.inference.model_copy(update={"transport": "ray"})})
+    handle = serve.run(deployment.bind(served), name=SERVE_APP, route_prefix=None)
     cfg = platform.cfg.gateway.model_copy(update={"bind": f"tcp://127.0.0.1:{free_port()}"})
     gateway = (
         ray.remote(ServeRoutedGateway)

@@ -2,9 +2,9 @@
 inference replicas in the scheduler; an accepted observation is submitted to its task's pool, a dispatch
 becomes one batched ``infer`` on a replica (over the replica's ZeroMQ channel, ``replica_channel.py``,
 or as a Ray call with ``inference.transport: ray``), and each row of the result goes back to its robot as
-an action chunk. A replica joins the scheduler once it answers (its channel's address comes through Ray). One that
-dies or does not answer within ``batch_timeout_s`` has its batch re-queued, and is given back to the
-scheduler once Ray has restarted it. Tasks come and go while the gateway runs (``add_task``, ``remove_task``).
+an action chunk. A replica joins the scheduler once it answers (its channel's address comes through Ray).
+One that dies or does not answer within ``batch_timeout_s`` has its batch re-queued, and is given back to
+the scheduler once Ray has restarted it. Tasks come and go while the gateway runs (``add_task``, ``remove_task``).
 
 Each row names the weight version its episode runs when anything pins versions (episode reload mode, a
 canary trial, a rollback, an evaluation: ``rollout.py``); otherwise a batch takes the replica's newest.
@@ -100,7 +100,7 @@ class ReplicaDispatch:
         for client in self.channels.values():
             client.close()
         self.channels.clear()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # term() would wait forever on a socket left open
 
     def remove_task(self, name: str) -> None:
         """Forget a served task's pool and replicas; what waited for them is dropped, and a batch still
@@ -254,7 +254,7 @@ class ReplicaDispatch:
 
     async def _connect(self, replica: str, back: bool) -> None:
         """Wait until Ray has the replica up (started, or restarted after it died), open its channel and
-        give it to the scheduler. Keeps trying while its task is served; says so once a minute."""
+        give it to the scheduler. Keeps trying while its task is served (a warning every 60 attempts)."""
         attempt = 0
         while (handle := self.replicas.get(replica)) is not None:
             attempt += 1

@@ -32,14 +32,6 @@ def doubling(batch, pins, deterministic):
     return {"actions": 2 * batch["state"], "log_probs": np.zeros(rows, np.float32), "versions": versions}
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.fixture
 def server():
     s = ChannelServer(doubling, HOST, "test")
