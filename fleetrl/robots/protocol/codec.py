@@ -36,13 +36,26 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+_WIRE_DTYPES: dict[np.dtype, tuple[str, np.dtype]] = {}  # dtype -> (name, little-endian dtype)
+
+
+def _wire_dtype(dtype: np.dtype) -> tuple[str, np.dtype]:
+    """An array dtype's wire name and little-endian form, looked up once per dtype (``dtype.name`` is
+    computed in Python by numpy each time: a third of an observation frame's encoding)."""
+    known = _WIRE_DTYPES.get(dtype)
+    if known is None:
+        if dtype.name not in ALLOWED_DTYPES:
+            raise TypeError(f"array dtype {dtype.name} cannot go on the wire")
+        known = _WIRE_DTYPES[dtype] = (dtype.name, dtype.newbyteorder("<"))
+    return known
+
+
 def _ext_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        if obj.dtype.name not in ALLOWED_DTYPES:
-            raise TypeError(f"array dtype {obj.dtype.name} cannot go on the wire")
+        name, little = _wire_dtype(obj.dtype)
         # Little-endian, C order, on the wire. Not np.ascontiguousarray: it turns a 0-d array into 1-d.
-        arr = obj.astype(obj.dtype.newbyteorder("<"), order="C", copy=False)
-        header = msgpack.packb([arr.dtype.name, list(arr.shape)])
+        arr = obj.astype(little, order="C", copy=False)
+        header = msgpack.packb([name, list(arr.shape)])
         return msgpack.ExtType(ARRAY_EXT, header + arr.tobytes())
     if isinstance(obj, EncodedFrame):
         return msgpack.ExtType(FRAME_EXT, msgpack.packb([obj.encoding]) + obj.data)
