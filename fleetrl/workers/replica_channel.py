@@ -170,7 +170,7 @@ class ChannelClient:
         """The replica's result for one batch; ReplicaLost if its process is gone, ReplicaError if it
         refused or failed the batch. A caller that gives up (timeout) leaves no trace: a late reply is dropped."""
         if self.lost:
-            raise ReplicaLost(f"the replica at {self.endpoint} went away")
+            raise self._lost_error()
         rid, self._next_id = self._next_id, self._next_id + 1
         future = self._loop.create_future()
         self._pending[rid] = future
@@ -228,4 +228,7 @@ class ChannelClient:
     def _fail_all(self) -> None:
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(ReplicaLost(f"the replica at {self.endpoint} went away"))
+                future.set_exception(self._lost_error())
+
+    def _lost_error(self) -> ReplicaLost:
+        return ReplicaLost(f"the replica at {self.endpoint} went away")

@@ -84,6 +84,20 @@ class Ref:
         return asyncio.wrap_future(self.pending).__await__()
 
 
+def replica_result(batch: dict[str, np.ndarray], version: int, compute_s: float = 0.002) -> dict:
+    """What a replica answers for ``batch``: every row's actions are its observation's first value."""
+    rows = batch["state"].shape[0]
+    return {
+        "actions": np.repeat(batch["state"][:, :1, None], CHUNK, axis=1).repeat(ACT_DIM, axis=2),
+        "log_probs": np.zeros(rows, np.float32),
+        "versions": np.full(rows, version, np.int64),
+        "version": version,
+        "replica": "reach/0",
+        "compute_s": compute_s,
+        "t_start": 0.0,
+    }
+
+
 class RemoteMethod:
     """A Ray actor method stand-in: records every call's arguments and answers with ``fn(*args)``."""
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
-from gateway_fakes import ACT_DIM, CHUNK, RemoteMethod, Wire, obs, robot, task
+from gateway_fakes import RemoteMethod, Wire, obs, replica_result, robot, task
 
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
 from fleetrl.workers.gateway.scheduler import Scheduler
@@ -36,16 +35,7 @@ class ChannelReplica:
 
     @staticmethod
     def result(batch, pins, deterministic):
-        rows = batch["state"].shape[0]
-        return {
-            "actions": np.repeat(batch["state"][:, :1, None], CHUNK, axis=1).repeat(ACT_DIM, axis=2),
-            "log_probs": np.zeros(rows, np.float32),
-            "versions": np.full(rows, 5, np.int64),
-            "version": 5,
-            "replica": "reach/0",
-            "compute_s": 0.001,
-            "t_start": 0.0,
-        }
+        return replica_result(batch, version=5, compute_s=0.001)
 
     def restart(self) -> None:
         self.server.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from gateway_fakes import ACT_DIM, CHUNK, RemoteMethod, Wire, obs, robot, settle, task
+from gateway_fakes import ACT_DIM, CHUNK, RemoteMethod, Wire, obs, replica_result, robot, settle, task
 
 from fleetrl.robots import protocol as P
 from fleetrl.workers.gateway.assembly import EpisodeAssembly
@@ -32,16 +32,7 @@ class Replica:
         pins: np.ndarray | None = None,
         deterministic: np.ndarray | None = None,
     ) -> dict:
-        rows = batch["state"].shape[0]
-        return {
-            "actions": np.repeat(batch["state"][:, :1, None], CHUNK, axis=1).repeat(ACT_DIM, axis=2),
-            "log_probs": np.zeros(rows, np.float32),
-            "versions": np.full(rows, self.version, np.int64),
-            "version": self.version,
-            "replica": "reach/0",
-            "compute_s": 0.002,
-            "t_start": 0.0,
-        }
+        return replica_result(batch, self.version)
 
     def answer(self, call: int) -> None:
         """Let call ``call`` return its result."""
