@@ -149,7 +149,11 @@ class LearnerConfig(ActorResources):
         "episodes). Set it where episodes outlive updates: about steps_per_update / robots.",
     )
     prefetch_batches: int = Field(
-        4, ge=1, le=64, description="Replay batches fetched per data-server call (off-policy algorithms)."
+        32,
+        ge=1,
+        le=64,
+        description="At most this many replay batches per data-server call (off-policy algorithms); a call "
+        "asks for about 0.1 s of the learner's updates, so a slow learner gets one batch per call.",
     )
     checkpoint_every: int = Field(200, ge=1, description="Checkpoint every M learner steps.")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk.")

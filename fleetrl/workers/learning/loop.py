@@ -124,11 +124,12 @@ class LearnerLoop:
     def update(self, batch: ChunkBatch | EpisodeBatch) -> None:
         """One learner step: the algorithm's update, then a demo step when one is due."""
         self.throttle.wait()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         metrics = self.algorithm.update(batch)
         metrics |= self.demos.after_update(self.algorithm, self.step + 1)
         self.step += 1
-        self.reporter.record(self.algorithm.name, metrics, time.perf_counter() - started)
+        took, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+        self.reporter.record(self.algorithm.name, metrics, took, cpu)
 
     def publish_if_due(self) -> None:
         """Publish a version that is due (``PublishSchedule``: off-policy learners at most so often)."""
@@ -189,6 +190,7 @@ class LearnerLoop:
             "demo_replay": self.demos.status(self.step),
             "updates_per_s": reporter.updates_per_s,
             "update_s": reporter.update_s,
+            "update_cpu_s": reporter.update_cpu_s,
             "restored_step": self.checkpoints.restored_step,
             "dropped_stale_episodes": sampler.dropped_stale_episodes,
             "partly_stale_episodes": sampler.partly_stale_episodes,

@@ -106,6 +106,8 @@ class Reporter:
         self.scalars = Scalars(task, metrics_server, tensorboard_dir, wandb, config)
         self.losses: dict[str, float] = {}
         self.update_s = 0.0  # seconds in ``update`` + demo steps (the rest is waiting, I/O, publishing)
+        # ... and the learner thread's CPU seconds in them: below update_s when other work takes the core
+        self.update_cpu_s = 0.0
         self.updates_per_s = 0.0
         self.rollout: dict[str, float] = {}
         self._last_report, self._steps_at_report = 0.0, 0
@@ -113,9 +115,13 @@ class Reporter:
         self._rollout_ref: Any = None
         self._commands: deque[dict[str, Any]] = deque()
 
-    def record(self, algorithm: str, metrics: dict[str, float], seconds: float) -> None:
-        """One learner step of ``algorithm`` that took ``seconds`` and returned ``metrics``."""
+    def record(
+        self, algorithm: str, metrics: dict[str, float], seconds: float, cpu_seconds: float = 0.0
+    ) -> None:
+        """One learner step of ``algorithm`` that took ``seconds`` (``cpu_seconds`` of this thread's CPU
+        time) and returned ``metrics``."""
         self.update_s += seconds
+        self.update_cpu_s += cpu_seconds
         self.losses = {k: float(v) for k, v in metrics.items()}
         self.scalars.count_step(algorithm)
 

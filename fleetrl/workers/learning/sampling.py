@@ -1,7 +1,7 @@
 """Where the learner's batches come from: the data server's replay and fresh on-policy episodes.
 
-An off-policy algorithm asks for replay chunks: they come several per data-server call, with the next call
-in flight while the learner works through the current ones. An on-policy algorithm asks for fresh episodes:
+An off-policy algorithm asks for replay chunks: they come several per data-server call (as many as the
+learner uses in about 0.1 s), with the next call in flight while the learner works through the current ones. An on-policy algorithm asks for fresh episodes:
 the sampler collects them across calls, drops those too many versions behind (counted, not corrected), and,
 when the algorithm wants it, waits until every inference replica serves the newest version first. Answers
 of the data server and the weight board are awaited with ``get`` (``ray.get``; a test's stand-in handles
@@ -13,6 +13,7 @@ up: the learner goes on from where it was rather than being restarted from its l
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,13 +30,29 @@ UNAVAILABLE = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
 
 
 class ReplayBatches:
-    """Replay batches come ``per_call`` per data-server call, and the next call is in flight while the
-    learner works through the current ones; a change of size or mix drops what was fetched."""
+    """Replay batches come several per data-server call, and the next call is in flight while the learner
+    works through the current ones; a change of size or mix drops what was fetched.
 
-    def __init__(self, data: Any, task: str, per_call: int, get: Callable[[Any], Any] = ray.get):
-        self.data, self.task, self.per_call, self._get = data, task, per_call, get
+    A call asks for about ``COVERS_S`` seconds of the learner's work, judged by how fast it used the last
+    call's batches, and at most ``per_call``: a fast learner (hundreds of updates a second) pays one round
+    trip, and the data server one call, for many batches; a slow one gets one batch per call, so it never
+    trains on batches drawn long before (new episodes reach it as soon as they are in the replay)."""
+
+    COVERS_S = 0.1
+
+    def __init__(
+        self,
+        data: Any,
+        task: str,
+        per_call: int,
+        get: Callable[[Any], Any] = ray.get,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.data, self.task, self.per_call, self._get, self._clock = data, task, per_call, get, clock
+        self.count = 1  # batches the next call asks for
         self._batches: deque[ChunkBatch] = deque()  # fetched, not yet used ...
         self._key: ReplayKey | None = None  # ... and the (size, offline) they were drawn for
+        self._in_hand: tuple[int, float] | None = None  # (how many were fetched, when the first was used)
         self._prefetch: tuple[ReplayKey, Any] | None = None  # the call in flight for the next batches
 
     def next(self, size: int, offline: float | None) -> ChunkBatch:
@@ -44,7 +61,9 @@ class ReplayBatches:
         key = (size, offline)
         if self._key != key:
             self._batches.clear()
+            self._in_hand = None
         if not self._batches:
+            self._size_calls()
             ref = self._prefetch[1] if self._prefetch and self._prefetch[0] == key else None
             ref = ref or self._fetch(key)
             self._prefetch = (key, self._fetch(key))
@@ -53,15 +72,24 @@ class ReplayBatches:
             except (ray.exceptions.RayTaskError, *UNAVAILABLE):
                 self._prefetch = None
                 raise
+            self._in_hand = (len(self._batches), self._clock())
         return self._batches.popleft()
 
     def clear(self) -> None:
         """Forget what was fetched and the call in flight (the next batch asks the data server afresh)."""
-        self._batches, self._prefetch = deque(), None
+        self._batches, self._prefetch, self._in_hand = deque(), None, None
+
+    def _size_calls(self) -> None:
+        """The batches in hand are used up: size the next call by how fast they went."""
+        if self._in_hand is None:
+            return
+        used, since = self._in_hand
+        per_s = used / max(self._clock() - since, 1e-6)
+        self.count = max(1, min(self.per_call, math.ceil(per_s * self.COVERS_S)))
 
     def _fetch(self, key: ReplayKey) -> Any:
         size, offline = key
-        return self.data.sample_chunk_batches.remote(self.task, size, self.per_call, offline)
+        return self.data.sample_chunk_batches.remote(self.task, size, self.count, offline)
 
 
 class Sampler:

@@ -75,9 +75,10 @@ def test_metric_names_and_tensorboard_tags(tmp_path):
 
 def test_reporter_records_losses_and_update_time():
     reporter = Reporter("reach", 1.0, data=None, control=None, metrics_server=None, tensorboard_dir=None)
-    reporter.record("bc", {"bc_loss": np.float32(0.5)}, 0.25)
-    reporter.record("bc", {"bc_loss": 0.75}, 0.5)
+    reporter.record("bc", {"bc_loss": np.float32(0.5)}, 0.25, 0.125)
+    reporter.record("bc", {"bc_loss": 0.75}, 0.5, 0.25)
     assert reporter.losses == {"bc_loss": 0.75} and reporter.update_s == 0.75
+    assert reporter.update_cpu_s == 0.375
     assert reporter.scalars.buffer.drain()[0] == [("learner_steps_total", ("reach", "bc"), 1.0)] * 2
 
 

@@ -55,19 +55,48 @@ def sampler(data, board=None, offline_steps: int = 0) -> Sampler:
     )
 
 
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_replay_batches_come_per_call_with_the_next_call_in_flight(data):
-    replay = ReplayBatches(data, "reach", per_call=2, get=resolve)
+    replay = ReplayBatches(data, "reach", per_call=2, get=resolve, clock=Clock())  # time stands still: fast
     calls = data.sample_chunk_batches.calls
-    assert replay.next(8, None)[:2] == (0, 0) and len(calls) == 2  # this call's batches + the next call
-    assert replay.next(8, None)[:2] == (0, 1) and len(calls) == 2  # from what was fetched
+    assert replay.next(8, None)[:2] == (0, 0) and len(calls) == 2  # this call's batch + the next call
+    assert calls[0] == ("reach", 8, 1, None)  # the first calls ask for one batch: the speed is not known
     assert replay.next(8, None)[:2] == (1, 0) and len(calls) == 3  # the prefetched call, next one sent
-    assert calls[0] == ("reach", 8, 2, None)
+    assert calls[-1] == ("reach", 8, 2, None)  # a fast learner: per_call batches a call
+    assert replay.next(8, None)[:2] == (2, 0) and replay.next(8, None)[:2] == (2, 1)
+    assert len(calls) == 4  # the second batch came from what was fetched
     # another size drops what was fetched for the old one and does not use its prefetched call
-    assert replay.next(4, None) == (3, 0, 4, None) and len(calls) == 5
+    assert replay.next(4, None) == (4, 0, 4, None) and len(calls) == 6
     assert replay.next(4, 1.0)[3] == 1.0  # another mix: the same
     replay.clear()
     replay.next(4, 1.0)
-    assert len(calls) == 9  # after clear(): fetched afresh, the prefetched call forgotten
+    assert len(calls) == 10  # after clear(): fetched afresh, the prefetched call forgotten
+
+
+def test_a_call_asks_for_about_a_tenth_of_a_second_of_batches(data):
+    clock = Clock()
+    replay = ReplayBatches(data, "reach", per_call=32, get=resolve, clock=clock)
+    calls = data.sample_chunk_batches.calls
+
+    def use(n: int, seconds_each: float) -> None:
+        for _ in range(n):
+            replay.next(8, None)
+            clock.now += seconds_each
+
+    use(2, 0.002)  # 500 updates/s
+    assert calls[-1][2] == 32  # 50 wanted, capped at per_call
+    use(32, 0.02)  # 50 updates/s: the call after these 32 asks for 5
+    use(1, 0.02)
+    assert calls[-1][2] == 5
+    use(32, 1.0)  # one update a second: one batch per call, never drawn long before it is used
+    assert calls[-1][2] == 1 and replay.count == 1
 
 
 def test_empty_replay_waits_with_the_reason_then_fetches_afresh(data, monkeypatch):
