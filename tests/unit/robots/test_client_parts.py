@@ -4,6 +4,8 @@ and a ``connected`` flag), the take-over (the same, plus the owner's callbacks) 
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import zmq
@@ -291,3 +293,18 @@ def test_a_robot_refused_in_the_handshake_dials_again_and_gets_in():
         router.close()
         auth.stop()
         ctx.term()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_fleet_runner_freezes_the_heap_when_its_loop_starts(freeze):
+    """A full collection during control would walk this whole process (Ray, torch) and stall every robot
+    of the thread; what exists when the loop starts is frozen out of collections (opt-out for a host
+    process that must collect it)."""
+    from fleetrl.robots.client.runner import FleetRunner
+
+    gc.unfreeze()
+    try:
+        FleetRunner([], freeze_gc=freeze).run(duration=0.0)
+        assert (gc.get_freeze_count() > 0) is freeze
+    finally:
+        gc.unfreeze()
