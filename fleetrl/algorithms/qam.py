@@ -27,9 +27,11 @@ Reference flow (Algorithm 1, lines 1-2, app. B3): QAM's first ``bc_steps`` updat
 flow-matching BC (eq. 34) on the batch's *offline* rows (demonstrations; a batch without offline rows
 makes no BC step and the step is not counted). Then adjoint matching starts against ``f_beta``:
 ``reference="frozen"`` freezes a copy of that BC policy (LWD); ``reference="ema"`` (default) keeps
-training a BC flow on the offline rows every update and ``f_beta`` is its EMA copy (the QAM reference's
-``target_actor_slow``), so the reference keeps improving for the whole budget instead of stopping at
-``bc_steps``. ``bc_steps = 0`` takes the policy as given (e.g. trained by ``bc``) as the start. Critics and
+training a BC flow every update and ``f_beta`` is its EMA copy (the QAM reference's ``target_actor_slow``),
+so the reference keeps improving for the whole budget instead of stopping at ``bc_steps``. That BC flow
+clones every row of the batch (``reference_rows="all"``, as the reference's does: online its batches mix
+the demonstrations with the fleet's own episodes, so f_beta follows what the fleet learns to do, as
+continuing BC does), or only the demonstrations (``"offline"``). ``bc_steps = 0`` takes the policy as given (e.g. trained by ``bc``) as the start. Critics and
 ``V_psi`` learn from the first update: DIVL (``fleetrl.algorithms.divl``) with one-chunk TD targets (eq. 19
 with n = 1: a ``ChunkBatch`` holds one chunk per row). Every ``diagnostics_every`` updates the metrics
 carry Q of data / policy / random chunks and the policy's distances to the data and to ``f_beta``.
@@ -190,6 +192,10 @@ class QAMConfig(ActorCriticConfig):
         "keeps training a BC flow on offline rows and f_beta is its EMA copy (ref: target_actor_slow).",
     )  # fmt: skip
     reference_ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of f_beta ('ema'; ref).")
+    reference_rows: Literal["all", "offline"] = Field(
+        "all", description="Rows the 'ema' reference's BC flow clones after bc_steps: 'all' (ref: its whole "
+        "replay batch, so online f_beta follows the fleet's data as continuing BC does) or 'offline' (demos).",
+    )  # fmt: skip
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the flows (ref: Adam, none).")
 
     def adamw_options(self) -> dict[str, Any]:
@@ -260,8 +266,12 @@ class QAM(ActorCriticAlgorithm):
             "value_entropy": float(entropy.mean()),
         }
 
-    def _bc_loss(self, flow: FlowChunkPolicy, t: ChunkTensors) -> torch.Tensor | None:
-        """Flow-matching BC (eq. 34) on the batch's offline rows; None without offline rows."""
+    def _bc_loss(
+        self, flow: FlowChunkPolicy, t: ChunkTensors, offline_only: bool = True
+    ) -> torch.Tensor | None:
+        """Flow-matching BC (eq. 34) on the batch's offline rows (or all of them); None without rows."""
+        if not offline_only:
+            return flow_matching_loss(flow, t.obs, t.actions, mask=t.mask)
         rows = t.offline
         if not bool(rows.any()):
             return None
@@ -280,10 +290,11 @@ class QAM(ActorCriticAlgorithm):
         return {"bc_loss": float(loss.detach())}
 
     def reference_step(self, t: ChunkTensors) -> dict[str, float]:
-        """'ema' mode: one BC step of the BC flow, then f_beta moves towards it (rate ``reference_ema``)."""
+        """'ema' mode: one BC step of the BC flow on ``reference_rows``, then f_beta moves towards it (rate
+        ``reference_ema``)."""
         if self.bc_flow is None or self.bc_optim is None:
             return {}
-        loss = self._bc_loss(self.bc_flow, t)
+        loss = self._bc_loss(self.bc_flow, t, offline_only=self.config.reference_rows == "offline")
         if loss is not None:
             self.optim_step(loss, self.bc_optim, self.bc_flow.parameters())
         assert self.reference is not None

@@ -265,6 +265,24 @@ def test_reference_modes_ema_follows_a_bc_flow_frozen_stays():
             assert algo.bc_flow is None and "reference" not in algo.optimizers()
 
 
+@pytest.mark.parametrize("rows", ["all", "offline"])
+def test_the_ema_reference_clones_every_row_or_only_the_demonstrations(rows):
+    """Online batches mix demonstrations with the fleet's episodes: with 'all' the reference's BC flow
+    learns from a batch without a single offline row, with 'offline' such a batch makes no BC step."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    algo = _make(bc_steps=1, reference="ema", reference_rows=rows)
+    first = _batch(rng)
+    first.offline[:] = True
+    algo.update(first)  # the BC phase (offline rows), then f_beta starts
+    online = _batch(rng)
+    online.offline[:] = False
+    before = copy.deepcopy(algo.bc_flow.state_dict())
+    metrics = algo.update(online)
+    trained = any(not torch.equal(before[k], v) for k, v in algo.bc_flow.state_dict().items())
+    assert trained == ("bc_loss" in metrics) == (rows == "all")
+
+
 def test_diagnostics_reported_every_n_updates_and_kept_in_between():
     torch.manual_seed(0)
     rng = np.random.default_rng(3)
