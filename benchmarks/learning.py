@@ -177,7 +177,7 @@ def online(args: argparse.Namespace) -> dict:
     cells: dict[str, dict] = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     cells = {k: c for k, c in cells.items() if c.get("control_hz") == online_cells.CONTROL_HZ}  # same setup
     for seed in offline_cells.SEEDS[: b["online_seeds"]]:  # seed-major: a cut run has every algorithm
-        for alg in online_cells.ALGORITHMS:
+        for alg in args.online_algorithms:
             key = f"{alg}/{seed}"
             if key in cells:
                 continue
@@ -190,8 +190,15 @@ def online(args: argparse.Namespace) -> dict:
     by_alg: dict[str, dict[int, dict]] = {}
     for key, cell in cells.items():
         alg, seed = key.split("/")
-        by_alg.setdefault(alg, {})[int(seed)] = cell
-    return {"task1": {alg: online_cells.summarize(c) for alg, c in by_alg.items()}}
+        if alg in args.online_algorithms:
+            by_alg.setdefault(alg, {})[int(seed)] = cell
+    rows = {alg: online_cells.summarize(c) for alg, c in by_alg.items()}
+    earlier = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    run = earlier.get("part_runs", {}).get("online") or {k: earlier.get(k) for k in ("command", "date")}
+    for alg, row in earlier.get("online", {}).get("task1", {}).items():  # not rerun: kept, with their run
+        if alg not in rows:
+            rows[alg] = {**row, "run": row.get("run") or run}
+    return {"task1": {alg: rows[alg] for alg in online_cells.ALGORITHMS if alg in rows}}
 
 
 def plot_online(online_result: dict, path: Path) -> None:
@@ -228,6 +235,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="PPO's seed (offline cells use their own list)")
     ap.add_argument("--resume", action="store_true", help="reuse the offline cells a cut-short run finished")
     ap.add_argument("--online-seeds", type=int, help="online cells: seeds 0..N-1 (default: 3, quick 1)")
+    ap.add_argument(
+        "--online-algorithms",
+        default=",".join(online_cells.ALGORITHMS),
+        help="online cells of these algorithms only; the others keep their figures in --out",
+    )
     ap.add_argument("--no-extra-seeds", action="store_true", help="skip seeds 3 and 4 of close cells")
     ap.add_argument("--chunk-len", type=int, default=ppo_cells.CHUNK_LEN, help="PPO parts: steps per chunk")
     ap.add_argument("--envs", default="Hopper-v5,HalfCheetah-v5", help="part (a''): MuJoCo tasks")
@@ -243,6 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))
     args = ap.parse_args(argv)
     args.budget = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
+    args.online_algorithms = args.online_algorithms.split(",")
+    unknown = set(args.online_algorithms) - set(online_cells.ALGORITHMS)
+    if unknown:
+        ap.error(
+            f"--online-algorithms: unknown {sorted(unknown)}; known: {', '.join(online_cells.ALGORITHMS)}"
+        )
     if args.online_seeds is not None:  # a run cut to fewer seeds than the contract's (say so when reporting)
         args.budget["online_seeds"] = args.online_seeds
     logging.basicConfig(level=logging.WARNING)
