@@ -29,9 +29,10 @@ makes no BC step and the step is not counted). Then adjoint matching starts agai
 ``reference="frozen"`` freezes a copy of that BC policy (LWD); ``reference="ema"`` (default) keeps
 training a BC flow every update and ``f_beta`` is its EMA copy (the QAM reference's ``target_actor_slow``),
 so the reference keeps improving for the whole budget instead of stopping at ``bc_steps``. That BC flow
-clones every row of the batch (``reference_rows="all"``, as the reference's does: online its batches mix
-the demonstrations with the fleet's own episodes, so f_beta follows what the fleet learns to do, as
-continuing BC does), or only the demonstrations (``"offline"``). ``bc_steps = 0`` takes the policy as given (e.g. trained by ``bc``) as the start. Critics and
+clones the batch's demonstrations (``reference_rows="offline"``, default) or every row
+(``"all"``, as the QAM authors' code does: online its batches mix the demonstrations with the fleet's own
+episodes; measured on cube-single online it was not better, and with poor online data it is worse).
+``bc_steps = 0`` takes the policy as given (e.g. trained by ``bc``) as the start. Critics and
 ``V_psi`` learn from the first update: DIVL (``fleetrl.algorithms.divl``) with one-chunk TD targets (eq. 19
 with n = 1: a ``ChunkBatch`` holds one chunk per row). Every ``diagnostics_every`` updates the metrics
 carry Q of data / policy / random chunks and the policy's distances to the data and to ``f_beta``.
@@ -189,12 +190,12 @@ class QAMConfig(ActorCriticConfig):
     )  # fmt: skip
     reference: Literal["ema", "frozen"] = Field(
         "ema", description="After bc_steps: 'frozen' keeps f_beta = the BC policy (LWD Alg. 1 l. 2); 'ema' "
-        "keeps training a BC flow on offline rows and f_beta is its EMA copy (ref: target_actor_slow).",
+        "keeps training a BC flow (reference_rows) and f_beta is its EMA copy (ref: target_actor_slow).",
     )  # fmt: skip
     reference_ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of f_beta ('ema'; ref).")
-    reference_rows: Literal["all", "offline"] = Field(
-        "all", description="Rows the 'ema' reference's BC flow clones after bc_steps: 'all' (ref: its whole "
-        "replay batch, so online f_beta follows the fleet's data as continuing BC does) or 'offline' (demos).",
+    reference_rows: Literal["offline", "all"] = Field(
+        "offline", description="Rows the 'ema' reference's BC flow clones after bc_steps: 'offline' (the "
+        "demonstrations) or 'all' (ref: its whole batch, so online f_beta follows the fleet's own data).",
     )  # fmt: skip
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the flows (ref: Adam, none).")
 

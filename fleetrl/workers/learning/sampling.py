@@ -1,8 +1,8 @@
 """Where the learner's batches come from: the data server's replay and fresh on-policy episodes.
 
 An off-policy algorithm asks for replay chunks: they come several per data-server call (as many as the
-learner uses in about 0.1 s), with the next call in flight while the learner works through the current ones. An on-policy algorithm asks for fresh episodes:
-the sampler collects them across calls, drops those too many versions behind (counted, not corrected), and,
+learner uses in about 0.1 s), with the next call in flight while the learner works through the current
+ones. An on-policy algorithm asks for fresh episodes: the sampler collects them across calls, drops those too many versions behind (counted, not corrected), and,
 when the algorithm wants it, waits until every inference replica serves the newest version first. Answers
 of the data server and the weight board are awaited with ``get`` (``ray.get``; a test's stand-in handles
 resolve their own).
