@@ -11,7 +11,10 @@ against 2 inference replicas of one task. Two routers, run one after the other f
 
 Per N and router: queue wait = ``to_replica_ms`` (arrival at the gateway → start of the forward pass in
 the replica, the same definition for both), end-to-end overhead = robot-measured round trip − compute,
-and frames lost = requests − replies. The first second of each run is warm-up and is not measured.
+and frames lost = requests − replies. The first second of each run is warm-up and is not measured. Ours
+runs ``--repeats`` times at the largest N (3 in full mode): the tail of one run on a shared 2-core machine
+moves by a factor of several between identical runs, so the spread and the number of runs meeting every
+goal (``GOALS``) are reported.
 
 CPU per observation (ours only): each component's process CPU time (user + system, from /proc) over the
 run divided by the observations it saw, in microseconds: the robot side (this process's fleet thread:
@@ -63,6 +66,7 @@ DRAIN_S = 0.5
 REST_THREADS = 8
 SERVE_APP = "bench-serve-baseline"
 TARGETS = {"product_p99_queue_wait_ms": 100, "goal_p99_queue_wait_ms": 5}
+GOALS = {"queue_p99_ms": 5.0, "e2e_p99_ms": 15.0, "e2e_max_ms": 50.0}  # the hot path's, at 128 robots
 
 
 # -- the baseline: Ray Serve's router behind the same gateway ------------------------------------------
@@ -365,6 +369,27 @@ def summarize(clients: list[RobotClient], marks: dict[str, list[int]]) -> dict[s
     }
 
 
+def repeat_summary(robots: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of ours at one fleet size: each run's tail figures, their spread, and how many runs meet every
+    goal of the hot path (P99 queue wait, P99 e2e overhead, no e2e outlier, nothing lost)."""
+    rows = [
+        {"queue_p99_ms": r["queue_wait_ms"]["p99"], "e2e_p99_ms": r["e2e_overhead_ms"]["p99"],
+         "e2e_max_ms": r["e2e_overhead_ms"]["max"], "frames_lost": r["frames_lost"], "holds": r["holds"]}
+        for r in runs
+    ]  # fmt: skip
+    spread = {
+        k: [round(float(f(v)), 1) for f in (np.min, np.median, np.max)]
+        for k in ("queue_p99_ms", "e2e_p99_ms", "e2e_max_ms")
+        for v in [[row[k] for row in rows]]
+    }
+    meets = sum(
+        r["queue_p99_ms"] <= GOALS["queue_p99_ms"] and r["e2e_p99_ms"] <= GOALS["e2e_p99_ms"]
+        and r["e2e_max_ms"] <= GOALS["e2e_max_ms"] and r["frames_lost"] == 0
+        for r in rows
+    )  # fmt: skip
+    return {"robots": robots, "goals": GOALS, "runs": rows, "spread": spread, "meeting_goals": int(meets)}
+
+
 def print_table(runs: list[dict[str, Any]]) -> None:
     def fmt(d: dict[str, float | None]) -> str:
         return "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p99", "max"))
@@ -407,10 +432,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--robots", default="8,32,128", help="comma-separated fleet sizes N")
     ap.add_argument("--duration", type=float, default=None, help="seconds per run (default 30, quick 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first robot; robot i uses seed + i")
+    ap.add_argument(
+        "--repeats", type=int, default=None,
+        help="runs of ours at the largest N (default 3, quick 1): on a shared 2-core machine one run's tail "
+        "does not tell the code's; the spread and how many runs meet the goals are reported",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scheduler_latency.json"))
     args = ap.parse_args(argv)
     args.robots = [int(n) for n in args.robots.split(",")]
     args.duration = args.duration or (8.0 if args.quick else 30.0)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     if args.duration <= WARMUP_S:
         ap.error(f"--duration must exceed the {WARMUP_S} s warm-up")
     return args
@@ -442,6 +473,11 @@ def main(argv: list[str] | None = None) -> None:
                 base = measure(platform, base_gateway, base_endpoint, n, "serve", args)
                 base.pop("scheduler_queue_ms")
                 runs.append({"robots": n, **ours, "baseline": base})
+            largest = max(args.robots)
+            repeats = [next(r for r in runs if r["robots"] == largest)]
+            for k in range(1, args.repeats):
+                print(f"N={largest}: ours, repeat {k + 1}/{args.repeats} ...", flush=True)
+                repeats.append(measure(platform, platform.gateway, platform.endpoint, largest, "ours", args))
             ray.kill(base_gateway, no_restart=True)
             serve.delete(SERVE_APP)
         finally:
@@ -458,11 +494,16 @@ def main(argv: list[str] | None = None) -> None:
         "targets": TARGETS,
         "cpu_floor": floor,
         "runs": runs,
+        "repeats_at_largest": repeat_summary(largest, repeats),
     }
     out = write_json(result, args.out)
     print_table(runs)
     print(f"wrote {out} ({result['wall_s']} s)")
     print(summary_line(runs))
+    rep = result["repeats_at_largest"]
+    print(f"  at N={rep['robots']} over {len(rep['runs'])} runs: P99 queue wait {rep['spread']['queue_p99_ms']} ms, "
+          f"e2e P99 {rep['spread']['e2e_p99_ms']} ms, e2e max {rep['spread']['e2e_max_ms']} ms (min/median/max); "
+          f"{rep['meeting_goals']} of {len(rep['runs'])} runs meet every goal")  # fmt: skip
 
 
 if __name__ == "__main__":
