@@ -198,12 +198,9 @@ def online(args: argparse.Namespace) -> dict:
     for alg, row in earlier.get("online", {}).get("task1", {}).items():  # not rerun: kept, with their run
         if alg not in rows:
             rows[alg] = {**row, "run": row.get("run") or run}
-    order = [a for a in online_cells.ALGORITHMS if a in rows] + [
-        a for a in rows if a not in online_cells.ALGORITHMS
-    ]
-    return {
-        "task1": {alg: rows[alg] for alg in order}
-    }  # rows of other settings kept (e.g. qam_reference_all)
+    # the platform's algorithms first, then rows of other settings kept from --out (e.g. qam_reference_all)
+    known = [a for a in online_cells.ALGORITHMS if a in rows]
+    return {"task1": {a: rows[a] for a in known + sorted(rows.keys() - set(known))}}
 
 
 def plot_online(online_result: dict, path: Path) -> None:

@@ -115,9 +115,7 @@ class Reporter:
         self._rollout_ref: Any = None
         self._commands: deque[dict[str, Any]] = deque()
 
-    def record(
-        self, algorithm: str, metrics: dict[str, float], seconds: float, cpu_seconds: float = 0.0
-    ) -> None:
+    def record(self, algorithm: str, metrics: dict[str, float], seconds: float, cpu_seconds: float) -> None:
         """One learner step of ``algorithm`` that took ``seconds`` (``cpu_seconds`` of this thread's CPU
         time) and returned ``metrics``."""
         self.update_s += seconds
