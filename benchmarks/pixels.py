@@ -3,16 +3,25 @@ the same task from its state.
 
 One cell = one observation mode (``pixels``: a 64x64 RGB camera and nothing else; ``state``: Reacher's
 10-dim state, the reference), one seed: a platform (gateway, inference replica, data server, learner on
-Ray Train, REST) whose offline replay holds scripted demonstrations (``demos.reacher_reach_policy``, which
+Ray Train, REST) whose offline replay holds scripted demonstrations (``demos.reacher_servo_policy``, which
 reads the privileged state; the pixel task's copies keep only their frames), a flow-chunk policy cloned
 (BC) offline, then sim robots (camera-only ``SimRobot(camera=64, state=False)`` for pixels) register over
 REST and send JPEG frames over ZeroMQ while BC continues on LWD's 1:1 offline/online mix until the replay
 holds the online budget. The frames travel, are stored and are replayed JPEG-compressed; the policy reads
 them through DrQ's CNN encoder with random-shift augmentation.
 
-Fixed before any outcome was seen (2026-12-05):
+The robot (second design, 2026-12-06): Reacher-v5 behind ``servo.DampedJointServo`` (the policy sends joint
+steps, the servo damps the motion, as a real arm's motor controller does), seen from above (the preset's
+``REACHER_TOP_VIEW``). The first design (2026-12-05: raw torques, Reacher's own oblique camera; its full
+run: pixels 0.00 -> 0.03, state 0.00 -> 0.16) could not show pixel learning for two reasons found after
+it: a single frame does not show the joint velocities a torque policy needs to stop at the target (the
+scripted controller's damping term is most of its action), and the oblique 64 px view shows the target as
+one pixel. A pilot of the second design, in-process and one seed (2,000 updates, 30 episodes: 0.00 ->
+0.40), checked that the pixel path can learn at this budget before the budgets below were fixed.
 
-* Reacher-v5 (50 steps, success = fingertip within 2 cm at an episode's end, the preset's rule), 20 Hz,
+Fixed before any outcome of the benchmark was seen (budgets 2026-12-05, robot 2026-12-06):
+
+* Reacher-v5 behind the servo (50 steps, success = fingertip within 2 cm, which ends the episode), 20 Hz,
   chunk length 4, lockstep robots (learning apart from latency), 4 robots;
 * 100 scripted demos (quick: 20); BC (flow matching), flow_chunk policy [256, 256], 10 flow steps, batch
   64; 2,000 offline updates (quick: 300), then 10,000 online env steps (quick: 1,000);
@@ -47,7 +56,7 @@ from fleetrl.models.policies import PolicyConfig, build_policy
 from fleetrl.platform.platform import Platform
 from fleetrl.robots import demos
 from fleetrl.robots.protocol import specs_to_dict
-from fleetrl.robots.sim import SimRobot
+from fleetrl.robots.sim import REACHER_TOP_VIEW, SimRobot
 from fleetrl.testing.plain_loop import evaluate
 from fleetrl.workers.weights import to_torch_state
 
@@ -64,10 +73,12 @@ BUDGETS = {  # (quick, full)
 }
 BC = {"batch_size": 64}
 ENCODER = {"kind": "cnn", "strides": [2, 2, 1, 1], "augment": "shift"}
+SERVO = ["fleetrl.robots.servo:DampedJointServo"]  # the robots' env wrapper (module doc)
 
 
 def robot(mode: str, seed: int) -> SimRobot:
-    return SimRobot(ENV, seed=seed, camera=SIDE if mode == "pixels" else None, state=mode == "state")
+    camera = SIDE if mode == "pixels" else None
+    return SimRobot(ENV, seed=seed, camera=camera, state=mode == "state", wrappers=SERVO)
 
 
 def policy_config(mode: str, seed: int) -> dict:
@@ -96,7 +107,14 @@ def task_config(mode: str, seed: int, offline_updates: int) -> dict:
 def scripted_demos(n: int, mode: str) -> list:
     """``n`` successful-or-not scripted episodes with frames; the pixel task's copies drop the state."""
     episodes = demos.collect_scripted_demos(
-        ENV, demos.reacher_reach_policy, n=n, seed=DEMO_SEED, task=TASK, camera=SIDE, log_every=10**9
+        ENV,
+        demos.reacher_servo_policy,
+        n=n,
+        seed=DEMO_SEED,
+        task=TASK,
+        camera=SIDE,
+        log_every=10**9,
+        wrappers=SERVO,
     )
     keep = {"camera"} if mode == "pixels" else {"state"}
 
@@ -153,6 +171,7 @@ def run_cell(mode: str, seed: int, episodes: list, b: dict[str, int]) -> dict[st
             clients, env_steps, _ = run_fleet_until(
                 platform, ENV, ROBOTS, TASK, b["online_env_steps"], poll_s=2.0, seed=10_000 * (seed + 1),
                 control_hz=HZ, lockstep=True, camera=SIDE if mode == "pixels" else None, state=mode == "state",
+                wrappers=SERVO,
             )  # fmt: skip
             online_s, online_updates = time.monotonic() - t1, step() - step1
             version, after_online = published_policy(platform, mode, seed)
@@ -233,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         "budgets": b,
         "setup": {
             "env": ENV,
+            "wrappers": SERVO,
+            "camera_view": REACHER_TOP_VIEW,
             "side": SIDE,
             "chunk_len": CHUNK_LEN,
             "robots": ROBOTS,

@@ -14,6 +14,8 @@ from typing import Any
 from fleetrl.cli.common import add_api_arguments, add_command_group, admin_token
 from fleetrl.cli.progress import progress_bar
 
+SERVO = "fleetrl.robots.servo:DampedJointServo"  # the reacher-servo demos' robots act through it
+
 
 def cmd_demos_collect(args: argparse.Namespace) -> int:
     """Record demonstrations (OGBench scripted oracles, or a scripted policy on any sim robot) to a store."""
@@ -29,14 +31,13 @@ def cmd_demos_collect(args: argparse.Namespace) -> int:
                 on_episode=shown, log_every=0, camera=args.camera,
             )  # fmt: skip
         else:
-            policy = (
-                demos.reacher_reach_policy
-                if args.policy == "reacher"
-                else demos.RandomPolicy(SimRobot(args.env).action_spec, seed=args.seed)
-            )
+            wrappers = [SERVO] if args.policy == "reacher-servo" else []
+            policy = {"reacher": demos.reacher_reach_policy, "reacher-servo": demos.reacher_servo_policy}.get(
+                args.policy
+            ) or demos.RandomPolicy(SimRobot(args.env, wrappers=wrappers).action_spec, seed=args.seed)
             episodes = demos.collect_scripted_demos(
                 args.env, policy, n=args.n, seed=args.seed, task=args.task, on_episode=shown,
-                log_every=0, camera=args.camera,
+                log_every=0, camera=args.camera, wrappers=wrappers,
             )  # fmt: skip
     with EpisodeStore(args.out) as store:
         stored = sum(store.put(ep)[0] for ep in episodes)
@@ -116,9 +117,10 @@ def add_demos_parser(subparsers: Any) -> None:
     collect.add_argument("--n", type=int, default=20, help="episodes")
     collect.add_argument(
         "--policy",
-        choices=["oracle", "reacher", "random"],
+        choices=["oracle", "reacher", "reacher-servo", "random"],
         default="oracle",
-        help="OGBench oracle, the Reacher scripted controller, or random actions (failed episodes)",
+        help="OGBench oracle, the Reacher scripted controller (on torques, or on joint steps behind "
+        f"{SERVO}), or random actions (failed episodes)",
     )
     collect.add_argument(
         "--oracle", choices=["plan", "markov"], default="plan", help="clean demos or noisy play"

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -263,19 +263,23 @@ def collect_scripted_demos(
     log_every: int = 10,
     policy_name: str | None = None,
     camera: int | None = None,
+    wrappers: Sequence[str] = (),
 ) -> list[Episode]:
     """Drive a ``SimRobot`` with ``policy_fn(observation dict) -> action`` for ``n`` episodes (``camera``:
-    the robot also records a rendered frame of that side with every observation).
+    the robot also records a rendered frame of that side with every observation; ``wrappers``: the
+    robot's env wrappers, ``module:Callable``, as ``SimRobot`` takes them).
 
     The loop is the robot SDK's: reset, act until the success predicate, termination or time limit.
     A policy with a ``reset()`` method has it called before each episode. Random or weak policies make
     failed episodes the same way (useful as negatives for the progress critic).
     """
-    robot = SimRobot(env_id, seed=seed, max_episode_steps=max_steps, camera=camera)
+    robot = SimRobot(env_id, seed=seed, max_episode_steps=max_steps, camera=camera, wrappers=wrappers)
     name = policy_name or getattr(policy_fn, "__name__", type(policy_fn).__name__)
     params = {"env_id": env_id, "policy": name, "seed": seed, "max_steps": max_steps}
     if camera is not None:
         params["camera"] = camera
+    if wrappers:
+        params["wrappers"] = list(wrappers)
     progress = _Progress(f"{name} on {env_id}", n, log_every, on_episode)
     low, high = robot.action_spec.low, robot.action_spec.high
 
@@ -309,14 +313,10 @@ def _wrap(a: np.ndarray) -> np.ndarray:
     return (a + np.pi) % (2 * np.pi) - np.pi
 
 
-def reacher_reach_policy(obs: Mapping[str, np.ndarray], kp: float = 3.0, kd: float = 0.2) -> np.ndarray:
-    """Reacher-v5: inverse kinematics to the target, then a PD controller on the joint angles.
-
-    Observation: cos q (2), sin q (2), target xy (2), joint velocities (2), fingertip - target (3). Of the
-    two elbow solutions it takes the one nearer the current joint angles. Reaches within 2 cm in about
-    12-22 steps (0.6-1.1 s at 20 Hz) from every start we tried.
-    """
-    s = np.asarray(obs["state"], dtype=np.float64)
+def _reacher_joint_error(s: np.ndarray) -> np.ndarray:
+    """Joint angles to the target by inverse kinematics minus the current ones; of the two elbow
+    solutions the one nearer the current angles. ``s``: Reacher-v5's state, cos q (2), sin q (2),
+    target xy (2), joint velocities (2), fingertip - target (3)."""
     q = np.arctan2(s[2:4], s[0:2])
     x, y = s[4], s[5]
     l1, l2 = _REACHER_LINKS
@@ -328,7 +328,22 @@ def reacher_reach_policy(obs: Mapping[str, np.ndarray], kp: float = 3.0, kd: flo
         err = _wrap(np.array([q1, q2]) - q)
         if best is None or np.abs(err).sum() < np.abs(best).sum():
             best = err
-    return np.clip(kp * best - kd * s[6:8], -1.0, 1.0).astype(np.float32)
+    return best
+
+
+def reacher_reach_policy(obs: Mapping[str, np.ndarray], kp: float = 3.0, kd: float = 0.2) -> np.ndarray:
+    """Reacher-v5 (torques): inverse kinematics to the target, then a PD controller on the joint angles.
+    Reaches within 2 cm in about 12-22 steps (0.6-1.1 s at 20 Hz) from every start we tried."""
+    s = np.asarray(obs["state"], dtype=np.float64)
+    return np.clip(kp * _reacher_joint_error(s) - kd * s[6:8], -1.0, 1.0).astype(np.float32)
+
+
+def reacher_servo_policy(obs: Mapping[str, np.ndarray], max_step: float = 0.5) -> np.ndarray:
+    """Reacher-v5 behind ``servo.DampedJointServo`` (same ``max_step``): the inverse-kinematics step to the
+    target, which depends on positions only (a camera frame shows it); with the servo's defaults it
+    moves as ``reacher_reach_policy`` does."""
+    s = np.asarray(obs["state"], dtype=np.float64)
+    return np.clip(_reacher_joint_error(s) / max_step, -1.0, 1.0).astype(np.float32)
 
 
 class RandomPolicy:

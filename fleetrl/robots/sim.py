@@ -100,11 +100,25 @@ class SimPreset:
     success: str
     control_hz: float
     max_episode_steps: int | None = None  # None: the environment's own time limit
+    camera_view: dict[str, Any] | None = None  # ``default_camera_config`` of a robot with ``camera``
+
+
+# Reacher's own view is oblique and wide: at 64 px its target is one pixel. Seen from above, framed on
+# the arm's reach (0.21 m), the target is ~3 px wide and 2 cm (its success radius) ~4 px.
+REACHER_TOP_VIEW = {
+    "trackbodyid": -1,
+    "lookat": [0.0, 0.0, 0.0],
+    "distance": 0.7,
+    "elevation": -90.0,
+    "azimuth": 90.0,
+}
 
 
 # The shipped robots; any other gymnasium id works with an explicit success predicate.
 PRESETS: dict[str, SimPreset] = {
-    "Reacher-v5": SimPreset(success="reacher_2cm", control_hz=20.0, max_episode_steps=50),
+    "Reacher-v5": SimPreset(
+        success="reacher_2cm", control_hz=20.0, max_episode_steps=50, camera_view=REACHER_TOP_VIEW
+    ),
     **{  # OGBench cube-single, its five tasks (1: horizontal, 2-3: vertical, 4-5: diagonal moves)
         f"cube-single-singletask-task{k}-v0": SimPreset(
             success="info_success", control_hz=10.0, max_episode_steps=200
@@ -230,6 +244,8 @@ class SimRobot:
             if camera < 8:
                 raise ValueError(f"camera side must be at least 8 pixels, got {camera}")
             kwargs |= {"render_mode": "rgb_array", "width": camera, "height": camera}
+            if preset.camera_view is not None and "default_camera_config" not in (env_kwargs or {}):
+                kwargs["default_camera_config"] = preset.camera_view
         self.env = make_env(env_id, wrappers, **kwargs, **(env_kwargs or {}))
         self.camera, self.fast_render, self.send_state = camera, fast_render, bool(state)
         space = self.env.observation_space
