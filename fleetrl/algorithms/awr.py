@@ -270,6 +270,7 @@ class AWR(ActorCriticAlgorithm):
         """Algorithm 1 line 1: unit-weight flow matching (eq. 16) on the batch's offline rows."""
         keep = t.offline
         if not bool(keep.any()):
+            self.idle_optim_step(self.actor_optim, self.trained_parameters())
             return {"bc_rows": 0.0}
         loss = flow_matching_loss(self.policy, t.obs[keep], t.actions[keep], mask=t.mask[keep])
         grad_norm = self.optim_step(loss, self.actor_optim, self.trained_parameters())

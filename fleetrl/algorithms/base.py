@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
+from fleetrl.algorithms.data_parallel import average_gradients
 from fleetrl.algorithms.demo_replay import DemoReplayConfig, imitation_loss
 from fleetrl.robots.protocol import ArraySpec
 
@@ -129,7 +130,9 @@ class Algorithm(ABC):
         once ``imitation_step`` made it (None before)."""
         return self.optimizers().get(POLICY_OPTIMIZER, self._imitation_optim)
 
-    def imitation_step(self, batch: ChunkBatch, family: str, cfg: DemoReplayConfig) -> dict[str, float]:
+    def imitation_step(
+        self, batch: ChunkBatch | None, family: str, cfg: DemoReplayConfig
+    ) -> dict[str, float]:
         """One optimizer step of ``cfg.weight * L_demo`` on the policy, ``batch`` being demonstrations: the
         learner's demo replay (VLAC eq. 6, ``demo_replay.py``). Returns ``demo_loss`` (unweighted) and more.
 
@@ -143,6 +146,10 @@ class Algorithm(ABC):
             trainable = [p for p in self.policy.parameters() if p.requires_grad]
             optim = self._imitation_optim = torch.optim.Adam(trainable, lr=cfg.lr)
         params = [p for group in optim.param_groups for p in group["params"]]
+        if batch is None:  # no demonstrations here this time: take part in other workers' step (idle_step)
+            idle_step(optim, params, cfg.max_grad_norm)
+            self.policy.zero_grad(set_to_none=True)
+            return {}
         loss = imitation_loss(self.policy, family, batch, self.device)
         self.policy.zero_grad(set_to_none=True)
         grad_norm = clipped_step(cfg.weight * loss, optim, params, cfg.max_grad_norm)
@@ -154,12 +161,28 @@ def clipped_step(
     loss: torch.Tensor, optim: torch.optim.Optimizer, params: Iterable[nn.Parameter], max_norm: float
 ) -> float:
     """One step of ``optim`` on ``loss`` with the global gradient norm of ``params`` clipped to
-    ``max_norm``, the step every algorithm here takes; returns the norm before clipping."""
+    ``max_norm``, the step every algorithm here takes; returns the norm before clipping. In a multi-worker
+    learner the gradients are first averaged across the workers (``data_parallel``)."""
+    params = list(params)
     optim.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(params, contributes=True)
     norm = nn.utils.clip_grad_norm_(params, max_norm)
     optim.step()
     return float(norm)
+
+
+def idle_step(optim: torch.optim.Optimizer, params: Iterable[nn.Parameter], max_norm: float) -> bool:
+    """Where an algorithm skips a step because its batch has nothing for it (no rows to clone): in a
+    multi-worker learner this worker still takes the step the others take, with their averaged gradient,
+    so the weights stay identical. Returns whether a step was taken (alone: never)."""
+    params = list(params)
+    optim.zero_grad(set_to_none=True)
+    if not params or not average_gradients(params, contributes=False):
+        return False
+    nn.utils.clip_grad_norm_(params, max_norm)
+    optim.step()
+    return True
 
 
 def registry() -> dict[str, str]:

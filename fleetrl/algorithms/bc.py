@@ -57,6 +57,7 @@ class BC(PolicyOnlyAlgorithm):
             keep = torch.as_tensor(rows, device=self.device)
             obs, actions, mask = obs[keep], actions[keep], mask[keep]
         if obs.shape[0] == 0:
+            self.idle_optim_step(self.optim, self.trained_parameters())
             return {"bc_rows": 0.0}
         loss = flow_matching_loss(self.policy, obs, actions, mask=mask)
         grad_norm = self.optim_step(loss, self.optim, self.trained_parameters())

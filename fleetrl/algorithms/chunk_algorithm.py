@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec, clipped_step
+from fleetrl.algorithms.base import Algorithm, AlgorithmConfig, PolicySpec, clipped_step, idle_step
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.diagnostics import random_chunks
 from fleetrl.algorithms.td import (
@@ -141,6 +141,11 @@ class ChunkAlgorithm(Algorithm):
     ) -> float:
         """One ``optim`` step on ``loss``, the gradient norm of ``params`` clipped at ``grad_clip``."""
         return clipped_step(loss, optim, params, self.config.grad_clip)
+
+    def idle_optim_step(self, optim: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> bool:
+        """This worker has no loss for ``optim`` this time: ``idle_step`` (a multi-worker learner's other
+        workers may step); whether a step was taken."""
+        return idle_step(optim, params, self.config.grad_clip)
 
 
 class ActorCriticConfig(ChunkAlgorithmConfig):

@@ -282,13 +282,15 @@ class QAM(ActorCriticAlgorithm):
         """The BC phase: one BC step of the policy; counts towards ``bc_steps`` (rows without offline
         data make no step and are not counted)."""
         loss = self._bc_loss(self.policy, t)
-        if loss is None:
-            return {}
-        self.optim_step(loss, self.actor_optim, self.trained_parameters())
+        if loss is None:  # counted only if other workers of a multi-worker learner stepped
+            if not self.idle_optim_step(self.actor_optim, self.trained_parameters()):
+                return {}
+        else:
+            self.optim_step(loss, self.actor_optim, self.trained_parameters())
         self.bc_done += 1
         if self.bc_done >= self.config.bc_steps:
             self._start_reference()
-        return {"bc_loss": float(loss.detach())}
+        return {} if loss is None else {"bc_loss": float(loss.detach())}
 
     def reference_step(self, t: ChunkTensors) -> dict[str, float]:
         """'ema' mode: one BC step of the BC flow on ``reference_rows``, then f_beta moves towards it (rate
@@ -298,6 +300,8 @@ class QAM(ActorCriticAlgorithm):
         loss = self._bc_loss(self.bc_flow, t, offline_only=self.config.reference_rows == "offline")
         if loss is not None:
             self.optim_step(loss, self.bc_optim, self.bc_flow.parameters())
+        else:
+            self.idle_optim_step(self.bc_optim, self.bc_flow.parameters())
         assert self.reference is not None
         polyak_update(self.reference, self.bc_flow, self.config.reference_ema)
         return {} if loss is None else {"bc_loss": float(loss.detach())}

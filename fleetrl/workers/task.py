@@ -162,6 +162,14 @@ class LearnerConfig(ActorResources):
         1.0, gt=0, description="CPUs Ray reserves for the Ray Train worker (Ray Train needs > 0)."
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the learner.")
+    num_workers: int = Field(
+        1,
+        ge=1,
+        description="Ray Train workers of the learner (data parallel, as DDP: each samples its own batches, "
+        "gradients are averaged across them, the first one publishes and checkpoints); each asks for "
+        "num_cpus / num_gpus. The effective batch is num_workers x the algorithm's batch_size. Replay "
+        "(off-policy) algorithms only: PPO trains on one batch of fresh episodes.",
+    )
     max_failures: int = Field(3, ge=-1, description="Ray Train restarts of a failed learner (-1: unlimited).")
     max_updates: int | None = Field(
         None, ge=1, description="Stop after this many learner steps (None: run on)."
@@ -188,7 +196,21 @@ class LearnerConfig(ActorResources):
             parse_config(self.algorithm, self.config)
         except KeyError as exc:
             raise ValueError(str(exc.args[0])) from None
+        problem = self.workers_problem(self.algorithm)
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def workers_problem(self, algorithm: str) -> str | None:
+        """Why ``algorithm`` cannot run on this learner's ``num_workers``, or None."""
+        from fleetrl.algorithms.base import algorithm_class
+
+        if self.num_workers > 1 and algorithm_class(algorithm).data != "chunks":
+            return (
+                f"algorithm {algorithm!r} trains on fresh episodes, which a multi-worker learner does not split "
+                f"between its workers: use num_workers 1 (got {self.num_workers}) or a replay algorithm"
+            )
+        return None
 
 
 class ReturnAndExploreConfig(BaseModel):

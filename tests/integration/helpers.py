@@ -151,3 +151,15 @@ def wait_until(predicate, timeout: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_status(api, task, predicate, timeout=60.0, what="learner condition"):
+    """The task's status once ``predicate(its learner status)`` holds, polled every 0.2 s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = api.get(f"/v1/tasks/{task}").json()
+        if last.get("learner") and predicate(last["learner"]):
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last status: {last}")

@@ -79,3 +79,13 @@ def test_collect_with_a_scripted_policy(tmp_path):
         assert np.abs(ep.observations["camera"].astype(int) - orig.observations["camera"]).mean() < 6
     assert main(["demos", "export", "--store", str(tmp_path / "reach"), "--task", "reach", "--out", str(out),
                  "--fps", "20"]) == 1  # fmt: skip  # refuses to overwrite
+
+
+def test_collect_servo_demos_records_the_wrapper_they_need(tmp_path, capsys):
+    out = tmp_path / "servo"
+    assert main(["demos", "collect", "--env", "Reacher-v5", "--policy", "reacher-servo", "--task", "reach",
+                 "--n", "2", "--out", str(out)]) == 0  # fmt: skip
+    assert "2 episodes (2 successful" in capsys.readouterr().out
+    with EpisodeStore(str(out)) as store:
+        eps = [ep for _, ep in store.iter_episodes()]
+    assert [ep.meta["wrappers"] for ep in eps] == [["fleetrl.robots.servo:DampedJointServo"]] * 2

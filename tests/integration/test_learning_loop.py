@@ -15,7 +15,7 @@ import ray
 from fleetrl.robots.demos import collect_scripted_demos, reacher_reach_policy
 from fleetrl.testing.restarts import kill_and_await_restart
 from tests.conftest import delete_task, reacher_task
-from tests.integration.helpers import RunningFleet
+from tests.integration.helpers import RunningFleet, wait_status
 
 FLOW = "reach-flow"
 
@@ -26,17 +26,6 @@ def flow_demos(platform):
     episodes = collect_scripted_demos("Reacher-v5", reacher_reach_policy, 6, task=FLOW, seed=3)
     ray.get([platform.data.ingest.remote(e) for e in episodes])
     return episodes
-
-
-def wait_status(api, task, predicate, timeout=60.0, what="learner condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = api.get(f"/v1/tasks/{task}").json()
-        if last.get("learner") and predicate(last["learner"]):
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last status: {last}")
 
 
 def test_learner_publishes_versions_that_replicas_serve(api, platform, flow_demos):

@@ -66,6 +66,15 @@ class AlgorithmSet:
             },
         }
 
+    def load_states(self, algorithms: dict[str, Any]) -> None:
+        """Load the states of ``algorithms`` (a checkpoint's entry) now into those kept; keep the others'
+        for when they are activated."""
+        for name, entry in algorithms.items():
+            if name in self.kept:
+                self.kept[name].load_state_dict(entry["state"])
+            else:
+                self._saved[name] = entry
+
     def restore(self, saved_algorithms: dict[str, Any]) -> None:
         """Keep a checkpoint's ``algorithms`` entry; each state is loaded when its algorithm is activated."""
         self._saved = dict(saved_algorithms)

@@ -66,8 +66,16 @@ class Checkpoints:
     """``save`` the policy and ``algorithms`` through Ray Train; ``restore`` the newest into them."""
 
     def __init__(
-        self, root: str, task: str, policy: nn.Module, algorithms: AlgorithmSet, device: torch.device
+        self,
+        root: str,
+        task: str,
+        policy: nn.Module,
+        algorithms: AlgorithmSet,
+        device: torch.device,
+        writes: bool = True,
     ):
+        """``writes``: False for the workers of a multi-worker learner other than its leader (they report
+        to Ray Train without a checkpoint: the leader's holds the same weights)."""
         self.root, self.task, self.policy, self.algorithms, self.device = (
             Path(root),
             task,
@@ -75,11 +83,15 @@ class Checkpoints:
             algorithms,
             device,
         )
+        self.writes = writes
         self.restored_step: int | None = None
 
     def save(self, step: int, version: int, wait: bool = False) -> None:
         """Saved to a fresh local folder; Ray Train copies it into the run folder and deletes the local copy,
         on a background thread (ASYNC) unless the caller must know it is on disk (``wait``)."""
+        if not self.writes:
+            ray.train.report({"step": step, "version": version})
+            return
         directory = tempfile.mkdtemp(prefix=f"fleetrl-{self.task}-ckpt-")
         self.write(directory, step, version)
         mode = ray.train.CheckpointUploadMode
@@ -93,12 +105,20 @@ class Checkpoints:
 
     def write(self, directory: str | Path, step: int, version: int) -> Path:
         """Write the checkpoint file into ``directory`` (created if missing); returns its path."""
-        state = {"policy": self.policy.state_dict(), "step": step, "version": version}
-        state |= self.algorithms.checkpoint_entries()
         path = Path(directory) / CHECKPOINT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, os.fspath(path))
+        torch.save(self.state(step, version), os.fspath(path))
         return path
+
+    def state(self, step: int, version: int) -> dict[str, Any]:
+        """What a checkpoint holds: the policy, every algorithm's config and state, step and version."""
+        state = {"policy": self.policy.state_dict(), "step": step, "version": version}
+        return state | self.algorithms.checkpoint_entries()
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        """Take another worker's live ``state`` (``state()``): the policy and every algorithm's state."""
+        self.policy.load_state_dict(state["policy"])
+        self.algorithms.load_states(state["algorithms"])
 
     def restore(self, registered: Path | None) -> Resumed | None:
         """Load the newest checkpoint into the policy and keep its algorithm states; None if there is none.

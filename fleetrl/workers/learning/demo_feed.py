@@ -83,8 +83,8 @@ class DemoReplay:
         if not self.cfg.due(step, self.offline_steps):
             return self.metrics
         batch = self.feed.next()
-        if batch is not None:
-            self.metrics = algorithm.imitation_step(batch, self.family, self.cfg)
+        # without a batch the step still runs: a multi-worker learner's workers step together (idle_step)
+        self.metrics = algorithm.imitation_step(batch, self.family, self.cfg) or self.metrics
         return self.metrics
 
     def status(self, step: int) -> str:

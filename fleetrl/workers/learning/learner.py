@@ -1,8 +1,9 @@
 """Learners: one per task, running the task's algorithm inside Ray Train.
 
 ``Learner`` is the Ray actor the platform and the REST API talk to (``status``, ``switch``, ``stop``). It
-hosts a ``TorchTrainer`` whose single worker runs ``learner_loop`` (``loop.py``): sample -> update ->
-publish -> checkpoint -> report, each one call. Ray Train restarts a failed worker and the loop resumes from
+hosts a ``TorchTrainer`` whose worker runs ``learner_loop`` (``loop.py``): sample -> update -> publish ->
+checkpoint -> report, each one call; with ``learner.num_workers`` K > 1, K workers data-parallel
+(``worker_group.py``). Ray Train restarts a failed worker and the loop resumes from
 the newest checkpoint (policy, every algorithm's state, step, weight version; ``checkpoints.py``); a
 restarted ``Learner`` actor re-runs the same named Ray Train run, which resumes the same way.
 
@@ -89,7 +90,7 @@ class Learner:
             learner_loop,
             train_loop_config=self._loop_config,
             scaling_config=ScalingConfig(
-                num_workers=1, use_gpu="GPU" in resources, resources_per_worker=resources
+                num_workers=self.cfg.num_workers, use_gpu="GPU" in resources, resources_per_worker=resources
             ),
             run_config=RunConfig(
                 name=f"learner-{self.task.name}",
@@ -153,6 +154,7 @@ class Learner:
             problem = incompatibility(algorithm, self.task.policy.family)
         except KeyError as exc:
             return {"ok": False, "code": 404, "error": str(exc.args[0])}
+        problem = problem or self.cfg.workers_problem(algorithm)
         if problem:
             return {"ok": False, "code": 409, "error": problem}
         try:

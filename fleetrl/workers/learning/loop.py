@@ -4,7 +4,8 @@
 fresh episodes), the ``AlgorithmSet`` (the current algorithm and those kept for switching back),
 ``DemoReplay`` (VLAC eq. 6 imitation steps), the ``Publisher`` (weight versions), ``Checkpoints`` (save and
 restore) and the ``Reporter`` (status, commands, metrics, TensorBoard). Commands from the ``Learner``
-actor (an algorithm switch, stop) apply at the next step boundary.
+actor (an algorithm switch, stop) apply at the next step boundary. A multi-worker learner runs this loop
+on every worker; its ``WorkerGroup`` keeps them in step (``worker_group.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fleetrl.workers.learning.demo_feed import DemoReplay
 from fleetrl.workers.learning.publishing import Publisher, PublishSchedule
 from fleetrl.workers.learning.reporting import Reporter
 from fleetrl.workers.learning.sampling import Sampler
+from fleetrl.workers.learning.worker_group import WorkerGroup
 from fleetrl.workers.metrics_server import RemoteLogHandler
 from fleetrl.workers.task import LearnerConfig, TaskConfig
 
@@ -62,24 +64,31 @@ class LearnerLoop:
         metrics: Any | None,
         tensorboard_dir: str | None,
         checkpoint_root: str,
+        group: WorkerGroup | None = None,
     ):
         torch.set_num_threads(learner.torch_threads)
         self.task, self.cfg = task, learner
         device = ray.train.torch.get_device() if learner.num_gpus else torch.device("cpu")
-        policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len).to(device)
+        self.group = group = group or WorkerGroup(device=device)
+        self.policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
+        policy = self.policy = self.policy.to(device)
         spec = PolicySpec(task.observation_spec, task.action_spec, task.chunk_len, gamma)
         family, prefetch, offline_steps = task.policy.family, learner.prefetch_batches, learner.offline_steps
         self.algorithms = AlgorithmSet(policy, spec, family, device)
-        self.checkpoints = Checkpoints(checkpoint_root, task.name, policy, self.algorithms, device)
-        resumed = self.checkpoints.restore(registered_checkpoint())
+        self.checkpoints = Checkpoints(
+            checkpoint_root, task.name, policy, self.algorithms, device, writes=group.leader
+        )
+        resumed = group.broadcast(self.checkpoints.restore(registered_checkpoint()) if group.leader else None)
         self.step = resumed.step if resumed else 0
         self.publisher = Publisher(weights, task.name, policy, resumed.version if resumed else None)
         self.sampler = Sampler(
             task.name, data, weights, prefetch, offline_steps, segments=learner.segment_steps > 0
         )
         self.demos = DemoReplay(data, task.name, learner.demo_replay, prefetch, offline_steps, family)
+        lead = group.leader  # the others keep their numbers to themselves
         self.reporter = Reporter(
-            task.name, learner.report_every_s, data, control, metrics, tensorboard_dir, learner.wandb,
+            task.name, learner.report_every_s, data, control, metrics if lead else None,
+            tensorboard_dir if lead else None, learner.wandb if lead else None,
             learner.model_dump(mode="json", exclude={"wandb"}),
         )  # fmt: skip
         self.throttle = Throttle(learner.max_updates_per_s)
@@ -89,6 +98,7 @@ class LearnerLoop:
             resumed.algorithm if resumed else learner.algorithm,
             resumed.algorithm_config if resumed else learner.config,
         )
+        self.share_state()
 
     @property
     def algorithm(self) -> Algorithm:
@@ -97,18 +107,28 @@ class LearnerLoop:
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> None:
         self.publish(initial=True)
-        while self.apply_commands() and not self.reached_max_updates():
+        pending: ChunkBatch | EpisodeBatch | None = None  # sampled, waiting for the other workers' batches
+        while not self.reached_max_updates():
             self.publish_if_due()
-            batch = self.sample()
-            if batch is None:
+            batch = pending if pending is not None else self.sample()
+            commands, everyone_has_one = self.group.turn(list(self.reporter.commands()), batch is not None)
+            if commands:
+                if not self.apply(commands):
+                    break
+                pending = None  # sampled for the previous algorithm (a switch)
+                continue
+            if not everyone_has_one:
+                pending = batch
                 self.report()
                 time.sleep(self.POLL_S)
                 continue
+            pending = None
             self.update(batch)
             self.schedule.updated(self.step)
             self.publish_if_due()
             if self.step % self.cfg.checkpoint_every == 0:
                 self.checkpoint()
+            self.group.check_sync(self.step, self.policy)
             self.report()
         if self.schedule.due:  # a deferred version goes out before the loop ends (max_updates, stop)
             self.publish()
@@ -137,20 +157,31 @@ class LearnerLoop:
             self.publish()
 
     def publish(self, initial: bool = False) -> None:
-        """Give the fleet the current policy as a new version (replicas load it at a batch boundary)."""
-        self.algorithms.published(self.publisher.publish(initial))
+        """Give the fleet the current policy as a new version (replicas load it at a batch boundary); the
+        leader of a multi-worker learner does it for all (they hold the same weights)."""
+        if self.group.leader:
+            self.algorithms.published(self.publisher.publish(initial))
         self.schedule.published()
 
     def checkpoint(self, wait: bool = False) -> None:
         self.checkpoints.save(self.step, self.publisher.version, wait)
 
     def report(self, force: bool = False) -> None:
-        self.reporter.report(self.step, self.publisher.version, self.algorithm.name, self.status, force)
+        if self.group.leader:
+            self.reporter.report(self.step, self.publisher.version, self.algorithm.name, self.status, force)
+
+    def share_state(self) -> None:
+        """A multi-worker learner's workers take the leader's state (after a start, restore or switch)."""
+        if self.group.size > 1:
+            state = self.checkpoints.state(self.step, self.publisher.version) if self.group.leader else None
+            state = self.group.broadcast(state)
+            if not self.group.leader:
+                self.checkpoints.adopt(state)
 
     # -- commands --------------------------------------------------------------------------------------
-    def apply_commands(self) -> bool:
-        """Run the commands queued by the ``Learner``; False when told to stop."""
-        for cmd in self.reporter.commands():
+    def apply(self, commands: list[dict[str, Any]]) -> bool:
+        """Run the commands the ``Learner`` queued (every worker the same ones); False when told to stop."""
+        for cmd in commands:
             if cmd["kind"] == "stop":
                 return False
             if cmd["kind"] == "switch":
@@ -160,6 +191,7 @@ class LearnerLoop:
     def switch(self, name: str, config: dict[str, Any]) -> None:
         old = self.algorithm.name
         self.activate(name, config)
+        self.share_state()
         log.info("learner %s: %s -> %s at step %d", self.task.name, old, name, self.step)
         self.checkpoint(wait=True)  # the switch survives a restart from the moment it shows
         self.report(force=True)
@@ -197,6 +229,7 @@ class LearnerLoop:
             "fleet_waits": sampler.fleet_waits,
             "data_server_waits": sampler.data_server_waits,
             "kept_algorithms": self.algorithms.names(),
+            **self.group.status(),
             "rollout": reporter.rollout,
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),  # where the updates run (placement)
@@ -205,7 +238,8 @@ class LearnerLoop:
 
 
 def learner_loop(config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``."""
+    """Ray Train's ``train_loop_per_worker`` (every worker of a multi-worker learner runs it)."""
     if config.get("metrics") is not None:
         RemoteLogHandler.install(config["metrics"], f"learner {config['task'].name}")
-    LearnerLoop(**config).run()
+    device = ray.train.torch.get_device() if config["learner"].num_gpus else torch.device("cpu")
+    LearnerLoop(**config, group=WorkerGroup.of_this_worker(device)).run()
