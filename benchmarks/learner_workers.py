@@ -139,6 +139,7 @@ def summarize(cells: dict[int, dict]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small budgets, one seed (a few minutes)")
+    ap.add_argument("--seed", type=int, default=0, help="first seed (cells use seed .. seed + seeds - 1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learner_workers.json"))
     args = ap.parse_args(argv)
     b = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     episodes = [dataclasses.replace(ep, task=TASK) for ep in build_dataset(DATA_TASK, "expert", args.quick)]
     print(f"dataset: {dataset_stats(episodes)}", flush=True)
     cells: dict[int, dict[int, dict]] = {}
-    for seed in range(b["seeds"]):
+    for seed in range(args.seed, args.seed + b["seeds"]):
         for k in WORKERS:
             print(f"  K={k} seed {seed} ...", flush=True)
             c = cells.setdefault(k, {})[seed] = run_cell(k, seed, episodes, b)
