@@ -1,9 +1,12 @@
 """A learner with two Ray Train workers (``learner.num_workers: 2``) on the session platform: data parallel
 with gloo, each worker sampling its own replay batches, gradients averaged; the leader publishes, the
-workers' weights stay identical, an algorithm switch over REST reaches both, and PPO (fresh episodes, not
+workers' weights stay identical, an algorithm switch over REST reaches both, a killed leader resumes both from its checkpoint, and PPO (fresh episodes, not
 split between workers) is refused when the task is created."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import ray
 
@@ -49,6 +52,16 @@ def test_two_learner_workers_train_in_step_publish_and_switch_together(api, plat
             and "critic_loss" in after["losses"]
         )
         assert first_loss > 0
+        # the leader's process dies: Ray Train restarts both workers, the leader resumes from the newest
+        # checkpoint (the switch wrote one) and hands it to the other, which stays identical to it
+        os.kill(after["pid"], signal.SIGKILL)
+        resumed = wait_status(
+            api, TASK, lambda s: s["pid"] != after["pid"] and s.get("restored_step") is not None
+            and (s.get("workers_checked_at") or 0) > s["restored_step"],
+            timeout=180, what="both workers resumed and checked",
+        )["learner"]  # fmt: skip
+        assert resumed["restored_step"] >= at and resumed["algorithm"] == "awr"
+        assert resumed["workers_in_sync"] is True and resumed["version"] > after["version"]
     finally:
         delete_task(api, TASK)
     # PPO trains on fresh episodes, which the workers do not split: refused, naming why
