@@ -35,6 +35,9 @@ def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:
             "max_episode_steps": 5000,
             "num_cpus": 0.5,
         },
+        # two data-server shards, so every integration test goes through the router (workers/data/shards.py);
+        # configs/local.yaml and the e2e tests keep the single data server
+        "data": {"shards": 2, "shard_of": {"reach": 0, "reach-flow": 1}},
         "tasks": [
             {
                 "name": "reach",

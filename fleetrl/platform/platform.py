@@ -21,6 +21,7 @@ from fleetrl.platform.registry import Registry
 from fleetrl.serving.deployment import deploy_rest, undeploy_rest
 from fleetrl.workers.critic import CriticServer
 from fleetrl.workers.data.server import DataServer, default_root
+from fleetrl.workers.data.shards import DataShards, shard_store
 from fleetrl.workers.gateway.actor import start_gateway
 from fleetrl.workers.gateway.curve import server_keys
 from fleetrl.workers.inference.replica import start_replicas
@@ -83,7 +84,8 @@ class Platform:
         self.registry: Any = None
         self.metrics: Any = None
         self.gateway: Any = None
-        self.data: Any = None
+        self.data: Any = None  # the data server, or DataShards routing to several
+        self.data_shards: list[Any] = []
         self.critic: Any = None
         self.weights: Any = None  # WeightBoard: versioned weight publication
         self.tasks: Any = None  # TaskManager: task lifecycle, learners, algorithm switches
@@ -135,11 +137,18 @@ class Platform:
             )
             ray.get(self.critic.ready.remote(), timeout=timeout)
         phase.done("registry")
-        root = default_root(cfg.state_path, cfg.data)
-        self.data = (
+        stores = [
+            shard_store(cfg.data, default_root(cfg.state_path, cfg.data), k) for k in range(cfg.data.shards)
+        ]
+        self.data_shards = [
             ray.remote(DataServer)
-            .options(**cfg.data.ray_options("data server"))
-            .remote(cfg.data, list(cfg.tasks), root, self.metrics, self.critic, scored, self.registry)
+            .options(**cfg.data.ray_options(f"data server {k}" if cfg.data.shards > 1 else "data server"))
+            .remote(config, list(cfg.tasks), root, self.metrics, self.critic, scored, self.registry, k)
+            for k, (config, root) in enumerate(stores)
+        ]
+        # one data server's handle, or the router that stands for the shards (workers/data/shards.py)
+        self.data = (
+            self.data_shards[0] if cfg.data.shards == 1 else DataShards(self.data_shards, cfg.data.shard_of)
         )
         self.weights = control_actor(WeightBoard).remote(secrets.token_hex(6))
         self.replicas = {t.name: start_replicas(t, self.metrics, self.weights) for t in cfg.tasks}
@@ -215,7 +224,7 @@ class Platform:
         undeploy_rest()
         stop_actors([self.tasks], timeout=120, what="task manager")
         stop_actors([self.gateway], timeout=10, what="gateway")
-        rest = [self.data, self.critic, self.weights, self.metrics, self.registry]
+        rest = [*self.data_shards, self.critic, self.weights, self.metrics, self.registry]
         stop_actors(rest + [r for p in self.replicas.values() for r in p], timeout=10)
         if self._owns_ray:
             ray.shutdown()  # takes Serve's controller and proxy down with it

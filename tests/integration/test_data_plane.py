@@ -61,7 +61,9 @@ def test_killed_data_server_restarts_and_loses_no_acked_episode(platform):
         learner = platform.learner("reach")
         fleet.wait_for(lambda: "pid" in ray.get(learner.status.remote()), timeout=60, what="a learner report")
         before = ray.get(learner.status.remote())
-        ray.kill(platform.data, no_restart=False)  # Ray restarts it; it refills replay from disk
+        ray.kill(
+            platform.data.for_task("reach"), no_restart=False
+        )  # Ray restarts it; it refills replay from disk
         t_kill = time.monotonic()
         fleet.wait_for(lambda: len(_acked(fleet)) >= 12, timeout=60, what="episodes acked after the restart")
         fleet.wait_for(lambda: ray.get(learner.status.remote())["time"] > time.time() - 1, timeout=30,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fleetrl.algorithms.batch import ChunkBatch, EpisodeBatch
 from fleetrl.robots.episode import Episode
@@ -55,6 +55,28 @@ class DataConfig(ActorResources):
         description="Per-task replay settings (reward scheme env|sparse|aloe, mix, ...) replacing `replay`.",
     )
     seed: int = Field(0, description="Replay sampling seed.")
+    shards: int = Field(
+        1,
+        ge=1,
+        description="Data servers to spread the tasks over (each its own actor and store under "
+        "<root>/shard-<k>); a task's shard is shard_of's, else a stable hash of its name.",
+    )
+    shard_of: dict[str, int] = Field(
+        default_factory=dict,
+        description="Task name -> shard index (0 .. shards - 1), for tasks placed by hand.",
+    )
+
+    @model_validator(mode="after")
+    def _shards_exist(self) -> DataConfig:
+        bad = {t: k for t, k in self.shard_of.items() if not 0 <= k < self.shards}
+        if bad:
+            raise ValueError(f"shard_of {bad}: shards are numbered 0 .. {self.shards - 1}")
+        return self
+
+    def shard_of_task(self, task: str) -> int:
+        from fleetrl.workers.data.shards import shard_index
+
+        return shard_index(task, self.shards, self.shard_of)
 
 
 def replay_locked(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,9 +102,11 @@ class DataServer:
         critic: Any | None = None,
         scored_tasks: frozenset[str] = frozenset(),
         registry: Any | None = None,
+        shard: int = 0,
     ):
         """``registry``: when given, the tasks served are the registry's (``registered_tasks``), so a data
-        server Ray restarts keeps the tasks created and deleted over REST since the platform started."""
+        server Ray restarts keeps the tasks created and deleted over REST since the platform started.
+        ``shard``: this server's index when ``config.shards`` > 1; it serves only the tasks of that shard."""
         self.cfg = config
         self.critic, self.scored_tasks = critic, scored_tasks  # tasks whose rewards a learned critic gives
         self.metrics_server = metrics
@@ -100,6 +124,7 @@ class DataServer:
         served = [(t, None) for t in tasks]
         if registry is not None:
             served = registered_tasks(ray.get(registry.task_configs.remote()), tasks)
+        served = [(t, r) for t, r in served if config.shard_of_task(t.name) == shard]
         for t, replay in served:
             self._add_replay(t, replay or config.tasks.get(t.name, config.replay))
         plan = self._refill_plan()
