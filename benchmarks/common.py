@@ -94,6 +94,12 @@ def sem(xs: Any) -> float | None:
     return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
 
 
+def seed_means(cells: dict[int, dict[str, Any]], keys: tuple[str, ...], digits: int = 2) -> dict[str, float]:
+    """Each of ``keys`` averaged over the seeds' cells, and the seeds themselves with their cells."""
+    means = {k: round(float(np.mean([c[k] for c in cells.values()])), digits) for k in keys}
+    return means | {"seeds": sorted(cells), "per_seed": {str(s): c for s, c in cells.items()}}
+
+
 def percentiles(values: list[float], digits: int = 4) -> dict[str, float | int | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None, "n": 0}

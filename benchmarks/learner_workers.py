@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from common import run_header, sem, tasks_config, wait_for, write_json
+from common import run_header, seed_means, sem, tasks_config, wait_for, write_json
 from offline_cells import CHUNK_LEN, EVAL_SEED, POLICY, REPLAY, TASKS, build_dataset, dataset_stats
 from pydantic import TypeAdapter
 
@@ -129,11 +129,8 @@ def summarize(cells: dict[int, dict]) -> dict[str, Any]:
     return {
         "success_mean": round(float(np.mean(xs)), 4),
         "success_sem": None if spread is None else round(spread, 4),
-        **{k: round(float(np.mean([c[k] for c in cells.values()])), 2)
-           for k in ("updates_per_s", "samples_per_s", "train_s", "bc_loss")},
-        "seeds": sorted(cells),
-        "per_seed": {str(s): c for s, c in cells.items()},
-    }  # fmt: skip
+        **seed_means(cells, ("updates_per_s", "samples_per_s", "train_s", "bc_loss")),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from common import run_fleet_until, run_header, sem, tasks_config, wait_for, write_json
+from common import run_fleet_until, run_header, seed_means, sem, tasks_config, wait_for, write_json
 from pydantic import TypeAdapter
 
 from fleetrl.models.policies import PolicyConfig, build_policy
@@ -218,11 +218,8 @@ def summarize(cells: dict[int, dict]) -> dict[str, Any]:
     return {
         **{f"success_{p}": stat(p, "success") for p in ("before", "after_offline", "after_online")},
         **{f"return_{p}": stat(p, "return") for p in ("before", "after_offline", "after_online")},
-        **{k: round(float(np.mean([c[k] for c in cells.values()])), 2)
-           for k in ("offline_updates_per_s", "online_updates_per_s", "replay_transitions_per_s",
-                     "offline_wall_s", "online_wall_s")},
-        "seeds": sorted(cells),
-        "per_seed": {str(s): c for s, c in cells.items()},
+        **seed_means(cells, ("offline_updates_per_s", "online_updates_per_s", "replay_transitions_per_s",
+                             "offline_wall_s", "online_wall_s")),
     }  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from fleetrl.workers.data.curves import DEFAULT_WINDOW, episode_curves
 from fleetrl.workers.data.failure_states import FailureStates
 from fleetrl.workers.data.importers import import_fleetrl_folder, import_lerobot
 from fleetrl.workers.data.replay import Replay
+from fleetrl.workers.data.shards import shard_index
 from fleetrl.workers.data.store import EpisodeStore
 from fleetrl.workers.metrics_server import MetricsBuffer, RemoteLogHandler
 from fleetrl.workers.placement import ActorResources
@@ -74,8 +75,6 @@ class DataConfig(ActorResources):
         return self
 
     def shard_of_task(self, task: str) -> int:
-        from fleetrl.workers.data.shards import shard_index
-
         return shard_index(task, self.shards, self.shard_of)
 
 

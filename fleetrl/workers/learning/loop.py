@@ -70,8 +70,8 @@ class LearnerLoop:
         self.task, self.cfg = task, learner
         device = ray.train.torch.get_device() if learner.num_gpus else torch.device("cpu")
         self.group = group = group or WorkerGroup(device=device)
-        self.policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
-        policy = self.policy = self.policy.to(device)
+        policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len).to(device)
+        self.policy = policy
         spec = PolicySpec(task.observation_spec, task.action_spec, task.chunk_len, gamma)
         family, prefetch, offline_steps = task.policy.family, learner.prefetch_batches, learner.offline_steps
         self.algorithms = AlgorithmSet(policy, spec, family, device)
