@@ -9,6 +9,7 @@ import ray
 
 from fleetrl.testing.episodes import synthetic_episode
 from fleetrl.testing.restarts import kill_and_await_restart
+from fleetrl.testing.s3 import CREDENTIALS, local_s3
 from fleetrl.workers.data.server import DataConfig, DataServer
 from fleetrl.workers.data.shards import DataShards, shard_store
 from fleetrl.workers.task import TaskConfig
@@ -64,3 +65,38 @@ def test_two_shards_keep_their_tasks_apart_and_a_restarted_shard_serves_only_its
     except KeyError:
         pass
     ray.get(data.stop.remote())
+
+
+def test_two_shards_store_in_one_s3_bucket_and_a_restarted_shard_rebuilds_its_catalog(ray_session, tmp_path):
+    """Object storage (a real S3 API: moto's server): each shard writes under its own prefix of one bucket
+    with its own catalog; a shard restarted on a node without its catalog rebuilds it from the listing."""
+    with local_s3() as s3:
+        config = DataConfig(shards=2, shard_of={"left": 0, "right": 1}, root=s3.url("episodes"),
+                            catalog=str(tmp_path / "catalog.sqlite"))  # fmt: skip
+        tasks = [task("left"), task("right")]
+        env = {"env_vars": dict(CREDENTIALS)}  # on a cluster: the nodes' own credentials (an IAM role)
+        actors = []
+        for k in range(2):
+            cfg, root = shard_store(config, config.root, k)
+            actors.append(
+                ray.remote(DataServer)
+                .options(max_restarts=1, runtime_env=env)
+                .remote(cfg, tasks, root, shard=k)
+            )
+        data = DataShards(actors, config.shard_of)
+        ray.get(data.ready.remote())
+        episodes = [
+            synthetic_episode(5, task=t, episode_id=f"{t}-{i}", seed=i)
+            for t in ("left", "right")
+            for i in range(2)
+        ]
+        assert all(r["stored"] for r in ray.get([data.ingest.remote(ep) for ep in episodes]))
+        assert s3.keys("episodes/") == [f"episodes/shard-{k}/{t}/robot-0/{t}-{i}.parquet"
+                                        for k, t in enumerate(("left", "right")) for i in range(2)]  # fmt: skip
+        for f in tmp_path.glob("catalog.sqlite.shard-0*"):  # the left shard's node and its catalog are gone
+            f.unlink()
+        assert kill_and_await_restart(actors[0], lambda a: a.ready.remote(), 60) is not None
+        ray.get(actors[0].wait_refilled.remote(30))
+        assert sorted(ray.get(data.episode_ids.remote("left"))) == ["left-0", "left-1"]
+        assert len(ray.get(data.sample_chunks.remote("left", 4)).actions) == 4
+        ray.get(data.stop.remote())

@@ -42,12 +42,14 @@ def shard_index(task: str, count: int, shard_of: Mapping[str, int]) -> int:
 
 
 def shard_store(config: Any, root: str, index: int) -> tuple[Any, str]:
-    """(data config, store root) of shard ``index``: ``<root>/shard-<k>`` and, for an explicit catalog,
-    ``<catalog>.shard-<k>``; a single data server keeps both as they are."""
+    """(data config, store root) of shard ``index``: ``<root>/shard-<k>`` (a URL's query, e.g. an S3
+    endpoint, stays at the end) and, for an explicit catalog, ``<catalog>.shard-<k>``; a single data server
+    keeps both as they are."""
     if config.shards == 1:
         return config, root
     catalog = None if config.catalog is None else f"{config.catalog}.shard-{index}"
-    return config.model_copy(update={"catalog": catalog}), f"{root.rstrip('/')}/shard-{index}"
+    path, sep, query = root.partition("?")
+    return config.model_copy(update={"catalog": catalog}), f"{path.rstrip('/')}/shard-{index}{sep}{query}"
 
 
 class DataShards:

@@ -14,7 +14,8 @@ stay where they are.
 
 A crash between the rename and the catalog insert leaves a file without a row: ``reconcile`` (run on open)
 inserts it from the file's footer alone, and deletes temporary files a crash left behind. A crash before
-the rename leaves only a temporary file, and the robot, never acked, sends the episode again.
+the rename leaves only a temporary file, and the robot, never acked, sends the episode again. On an object
+store (``s3://...``) the file goes to its final key in one PUT instead (``EpisodeStore``).
 
 The file layout is in ``episode_file.py``.
 """
@@ -103,8 +104,12 @@ class EpisodeStore:
     ``root`` is a local directory or any URL ``pyarrow.fs.FileSystem.from_uri`` understands
     (``file:///data/episodes``, ``s3://bucket/prefix``, ...). The catalog is always a local SQLite file
     (WAL mode): by default ``<root>/catalog.sqlite`` when the root is local; a remote root needs an
-    explicit ``catalog`` path. Renames are atomic on local disks; on object stores a PUT is atomic by
-    itself, so the rename there is only a copy.
+    explicit ``catalog`` path. On a local disk a file is written under a temporary name and renamed (atomic);
+    an object store has no rename (pyarrow's ``move`` there is a copy and a delete), but one PUT is atomic by
+    itself: the file is serialised in memory and uploaded to its final key in one request, so it exists
+    whole or not at all. Either way a crash between the upload and the catalog row leaves a file without a
+    row, which ``reconcile`` (run on open: it lists the root) commits; the catalog is then the only local
+    state, and a data server that restarts elsewhere rebuilds it from the listing.
 
     ``reconcile`` on open assumes no other process is in the middle of a ``put`` on the same root.
     Thread-safe within a process.
@@ -216,6 +221,12 @@ class EpisodeStore:
 
     def _write_atomic(self, rel: str, table: pa.Table) -> None:
         final = f"{self._base}/{rel}"
+        if not self._local:  # an object store: one PUT of the whole file, which appears whole or not at all
+            sink = pa.BufferOutputStream()  # written out first, so a failure here uploads nothing
+            pq.write_table(table, sink, row_group_size=max(table.num_rows - 1, 1), compression="zstd")
+            with self.fs.open_output_stream(final) as out:
+                out.write(sink.getvalue())
+            return
         tmp = f"{self._base}/{os.path.dirname(rel)}/.{uuid.uuid4().hex}{TMP_SUFFIX}"
         self.fs.create_dir(os.path.dirname(final), recursive=True)
         try:

@@ -56,3 +56,7 @@ def test_each_shard_gets_its_own_store_and_catalog():
     assert shard_store(one, "/data/episodes", 0) == (one, "/data/episodes")
     config, root = shard_store(DataConfig(shards=2, catalog="/db/catalog.sqlite"), "/data/episodes/", 1)
     assert root == "/data/episodes/shard-1" and config.catalog == "/db/catalog.sqlite.shard-1"
+    _, url = shard_store(
+        DataConfig(shards=2, catalog="/c"), "s3://b/episodes?endpoint_override=h:1&scheme=http", 0
+    )
+    assert url == "s3://b/episodes/shard-0?endpoint_override=h:1&scheme=http"
