@@ -100,6 +100,9 @@ def delete_task(api, name: str) -> dict:
 def ray_session():
     import ray
 
+    from fleetrl.testing.s3 import CREDENTIALS
+
+    os.environ.update(CREDENTIALS)  # Ray's workers inherit them: the object-storage tests' local S3 server
     ray.init(num_cpus=8, include_dashboard=False, namespace="fleetrl-tests", log_to_driver=False)
     yield ray
     from ray import serve

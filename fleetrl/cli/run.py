@@ -181,7 +181,7 @@ def earlier_state(cfg) -> str | None:
         return path.is_dir() and any(path.iterdir())
 
     found = []
-    if non_empty(Path(cfg.learner_storage_path)):
+    if "://" not in cfg.learner_storage_path and non_empty(Path(cfg.learner_storage_path)):
         found.append("learner checkpoints")
     root = default_root(cfg.state_path, cfg.data)
     if "://" not in root and non_empty(Path(root)):

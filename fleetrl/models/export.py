@@ -140,5 +140,8 @@ def load_policy(directory: str | Path, device: str = "cpu") -> nn.Module:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A learner checkpoint file (``learner.pt``): its policy weights, step and version."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A learner checkpoint file (``learner.pt``, a path or an object-store URL): its policy weights, step
+    and version."""
+    from fleetrl.workers.learning.paths import read_bytes
+
+    return torch.load(read_bytes(path), map_location="cpu", weights_only=False)

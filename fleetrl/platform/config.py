@@ -17,6 +17,7 @@ from fleetrl.workers.config_checks import reject_bool_numbers
 from fleetrl.workers.critic import CriticConfig
 from fleetrl.workers.data.server import DataConfig
 from fleetrl.workers.gateway.session import GatewayConfig
+from fleetrl.workers.learning.paths import is_url
 from fleetrl.workers.task import NAME_RE, TaskConfig, frame_fit_problem
 
 
@@ -118,10 +119,13 @@ class PlatformConfig(BaseModel):
 
     @property
     def learner_storage_path(self) -> str:
+        """A path, or an object store URL as given (``s3://bucket/prefix``)."""
+        if not self.learner_storage:
+            return str(self.state_path / "learners")
         return (
-            str(Path(self.learner_storage).expanduser())
-            if self.learner_storage
-            else str(self.state_path / "learners")
+            self.learner_storage
+            if is_url(self.learner_storage)
+            else str(Path(self.learner_storage).expanduser())
         )
 
 

@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from fleetrl.workers.learning.algorithm_set import AlgorithmSet
-from fleetrl.workers.learning.paths import CHECKPOINT_FILE, saved_checkpoints
+from fleetrl.workers.learning.paths import (
+    CHECKPOINT_FILE,
+    checkpoint_folder,
+    exists,
+    is_url,
+    read_bytes,
+    saved_checkpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +52,17 @@ def checkpoint_dir_name(step: int) -> str:
 UNREADABLE = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # a damaged or partly written file
 
 
-def newest_readable(paths: Iterable[Path], device: Any, what: str) -> tuple[Path, dict[str, Any]] | None:
-    """The newest of ``paths`` (their folder names order them: step, then report time) that loads, with its
-    path; a damaged one is logged and skipped. The learner resumes from it, and a starting task serves it."""
-    for path in sorted((p for p in paths if p.exists()), key=lambda p: p.parent.name, reverse=True):
+def newest_readable(
+    locations: Iterable[str | Path], device: Any, what: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The newest of ``locations`` (paths or object-store URLs; their folder names order them: step, then
+    report time) that loads, with its location; a damaged one is logged and skipped. The learner resumes
+    from it, and a starting task serves it."""
+    for location in sorted({str(p) for p in locations if exists(p)}, key=checkpoint_folder, reverse=True):
         try:
-            return path, torch.load(path, map_location=device, weights_only=False)
+            return location, torch.load(read_bytes(location), map_location=device, weights_only=False)
         except UNREADABLE as exc:
-            log.warning("%s: unreadable checkpoint %s (%s)", what, path, exc)
+            log.warning("%s: unreadable checkpoint %s (%s)", what, location, exc)
     return None
 
 
@@ -77,7 +87,7 @@ class Checkpoints:
         """``writes``: False for the workers of a multi-worker learner other than its leader (they report
         to Ray Train without a checkpoint: the leader's holds the same weights)."""
         self.root, self.task, self.policy, self.algorithms, self.device = (
-            Path(root),
+            root,
             task,
             policy,
             algorithms,
@@ -138,7 +148,7 @@ class Checkpoints:
 
     def _newest(self, registered: Path | None) -> dict[str, Any] | None:
         candidates = set(saved_checkpoints(self.root))
-        if registered is not None:
-            candidates.add(registered / CHECKPOINT_FILE)
+        if registered is not None and not is_url(self.root):  # on an object store the listing has it
+            candidates.add(str(registered / CHECKPOINT_FILE))
         found = newest_readable(candidates, self.device, f"learner {self.task}")
         return None if found is None else found[1]

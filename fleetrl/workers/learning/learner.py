@@ -17,6 +17,7 @@ receives the commands queued since (an algorithm switch, stop), which it applies
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import ray
 
-from fleetrl.workers.learning.paths import learner_checkpoint_root
+from fleetrl.workers.learning.paths import filesystem, is_url, join, learner_checkpoint_root
 from fleetrl.workers.metrics_server import RemoteLogHandler
 from fleetrl.workers.placement import on_this_node
 from fleetrl.workers.task import TaskConfig
@@ -63,7 +64,12 @@ class Learner:
             self.worker_resources["GPU"] = options["num_gpus"]
         if "memory" in options:
             self.worker_resources["memory"] = options["memory"]
-        storage = Path(storage_dir).expanduser()
+        # TensorBoard writes local files: with an object-store storage they stay on the learner's node
+        board = (
+            Path(tempfile.gettempdir()) / "fleetrl-tensorboard"
+            if is_url(storage_dir)
+            else Path(storage_dir).expanduser() / "tensorboard"
+        )
         self._loop_config = {
             "task": task,
             "learner": self.cfg,
@@ -72,10 +78,10 @@ class Learner:
             "weights": weights,
             "control": ray.get_runtime_context().current_actor,
             "metrics": metrics,
-            "tensorboard_dir": str(storage / "tensorboard" / task.name),
-            "checkpoint_root": str(learner_checkpoint_root(storage, task.name)),
+            "tensorboard_dir": str(board / task.name),
+            "checkpoint_root": learner_checkpoint_root(storage_dir, task.name),
         }
-        self._storage = str(storage / "ray_train")
+        self._storage = join(storage_dir, "ray_train")
         self._thread = threading.Thread(target=self._fit, name=f"learner-{task.name}", daemon=True)
         self._thread.start()
 
@@ -86,6 +92,9 @@ class Learner:
         from fleetrl.workers.learning.loop import learner_loop
 
         resources = self.worker_resources
+        storage_fs, storage_path = (
+            filesystem(self._storage) if is_url(self._storage) else (None, self._storage)
+        )
         trainer = TorchTrainer(
             learner_loop,
             train_loop_config=self._loop_config,
@@ -94,7 +103,8 @@ class Learner:
             ),
             run_config=RunConfig(
                 name=f"learner-{self.task.name}",
-                storage_path=self._storage,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
                 failure_config=FailureConfig(max_failures=self.cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=self.cfg.keep_checkpoints),
             ),

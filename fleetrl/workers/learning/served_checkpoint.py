@@ -8,7 +8,6 @@ own first publish then follows as the next version (``publishing.first_version``
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -33,7 +32,7 @@ def publish_newest_checkpoint(weights: Any, task: str, root: str) -> int | None:
     return served
 
 
-def serve_newest_checkpoint(weights: Any, task: str, root: str | Path) -> ray.ObjectRef | None:
+def serve_newest_checkpoint(weights: Any, task: str, root: str) -> ray.ObjectRef | None:
     """Start ``publish_newest_checkpoint`` when ``root`` holds checkpoints (a resumed task); not waited for."""
     if not saved_checkpoints(root):
         return None

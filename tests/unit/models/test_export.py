@@ -5,6 +5,7 @@ export with ``policy: {checkpoint: DIR}``, which is refused naming what differs 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +100,7 @@ def test_the_cli_exports_a_learner_checkpoint_by_version(tmp_path, capsys):
     cfg_file.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "tasks": [task]}))
     cfg = config("gaussian_mlp", encoder={})
     obs_spec = {"state": OBS["state"]}
-    root = learner_checkpoint_root(tmp_path / "state" / "learners", "reach")
+    root = Path(learner_checkpoint_root(tmp_path / "state" / "learners", "reach"))
     policies = {}
     for step, version in ((10, 3), (20, 5)):  # two kept checkpoints, as a learner leaves them
         policies[version] = trained(build_policy(cfg, obs_spec, ACT, 4))
