@@ -13,7 +13,7 @@ from fleetrl.cli.common import add_command_group, load_platform_config
 def cmd_policy_export(args: argparse.Namespace) -> int:
     from fleetrl.models.export import export_policy, load_checkpoint
     from fleetrl.models.policies import build_policy
-    from fleetrl.workers.learning.paths import learner_checkpoint_root, saved_checkpoints
+    from fleetrl.workers.learning.paths import learner_checkpoint_root, read_bytes, saved_checkpoints
 
     cfg = load_platform_config(args.config)
     task = next((t for t in cfg.tasks if t.name == args.task), None)
@@ -32,10 +32,10 @@ def cmd_policy_export(args: argparse.Namespace) -> int:
         )
         return 2
     # newest first, read one at a time: a learner.pt carries every algorithm's optimiser state
-    saved = ((f, load_checkpoint(f)) for f in reversed(files))
+    saved = ((f, load_checkpoint(read_bytes(f))) for f in reversed(files))
     match = next(((f, s) for f, s in saved if args.version in (None, s["version"])), None)
     if match is None:
-        kept = sorted({load_checkpoint(f)["version"] for f in files})
+        kept = sorted({load_checkpoint(read_bytes(f))["version"] for f in files})
         print(
             f"error: version {args.version} of {task.name!r} is not among the kept checkpoints {kept}",
             file=sys.stderr,

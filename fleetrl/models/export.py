@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from pydantic import TypeAdapter
@@ -139,9 +139,7 @@ def load_policy(directory: str | Path, device: str = "cpu") -> nn.Module:
     return policy.to(device).eval()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A learner checkpoint file (``learner.pt``, a path or an object-store URL): its policy weights, step
-    and version."""
-    from fleetrl.workers.learning.paths import read_bytes
-
-    return torch.load(read_bytes(path), map_location="cpu", weights_only=False)
+def load_checkpoint(source: str | Path | BinaryIO) -> dict[str, Any]:
+    """A learner checkpoint file (``learner.pt``: a path, or its bytes as a file object): its policy
+    weights, step and version."""
+    return torch.load(source, map_location="cpu", weights_only=False)

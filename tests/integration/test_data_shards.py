@@ -9,7 +9,7 @@ import ray
 
 from fleetrl.testing.episodes import synthetic_episode
 from fleetrl.testing.restarts import kill_and_await_restart
-from fleetrl.testing.s3 import CREDENTIALS, local_s3
+from fleetrl.testing.s3 import local_s3
 from fleetrl.workers.data.server import DataConfig, DataServer
 from fleetrl.workers.data.shards import DataShards, shard_store
 from fleetrl.workers.task import TaskConfig
@@ -21,21 +21,30 @@ def task(name: str) -> TaskConfig:
     )
 
 
-def test_two_shards_keep_their_tasks_apart_and_a_restarted_shard_serves_only_its_own(ray_session, tmp_path):
-    config = DataConfig(shards=2, shard_of={"left": 0, "right": 1}, max_restarts=1)
+def start_shards(config: DataConfig, root: str, per_task: int, **options) -> tuple[list, DataShards]:
+    """Two data-server actors for the tasks ``left`` and ``right`` (shards 0 and 1), ready, each task
+    given ``per_task`` stored episodes ``<task>-<i>``."""
     tasks = [task("left"), task("right")]
     actors = []
     for k in range(2):
-        cfg, root = shard_store(config, str(tmp_path / "episodes"), k)
-        actors.append(ray.remote(DataServer).options(max_restarts=1).remote(cfg, tasks, root, shard=k))
+        cfg, shard_root = shard_store(config, root, k)
+        actors.append(
+            ray.remote(DataServer).options(max_restarts=1, **options).remote(cfg, tasks, shard_root, shard=k)
+        )
     data = DataShards(actors, config.shard_of)
     ray.get(data.ready.remote())
     episodes = [
-        synthetic_episode(6, task=t, episode_id=f"{t}-{i}", seed=i)
+        synthetic_episode(5, task=t, episode_id=f"{t}-{i}", seed=i)
         for t in ("left", "right")
-        for i in range(3)
+        for i in range(per_task)
     ]
     assert all(r["stored"] for r in ray.get([data.ingest.remote(ep) for ep in episodes]))
+    return actors, data
+
+
+def test_two_shards_keep_their_tasks_apart_and_a_restarted_shard_serves_only_its_own(ray_session, tmp_path):
+    config = DataConfig(shards=2, shard_of={"left": 0, "right": 1})
+    actors, data = start_shards(config, str(tmp_path / "episodes"), per_task=3)
     # each shard's store holds its task's episodes and nothing else, under <root>/shard-<k>
     assert sorted(ray.get(actors[0].episode_ids.remote())) == ["left-0", "left-1", "left-2"]
     assert sorted(ray.get(actors[1].episode_ids.remote())) == ["right-0", "right-1", "right-2"]
@@ -73,24 +82,7 @@ def test_two_shards_store_in_one_s3_bucket_and_a_restarted_shard_rebuilds_its_ca
     with local_s3() as s3:
         config = DataConfig(shards=2, shard_of={"left": 0, "right": 1}, root=s3.url("episodes"),
                             catalog=str(tmp_path / "catalog.sqlite"))  # fmt: skip
-        tasks = [task("left"), task("right")]
-        env = {"env_vars": dict(CREDENTIALS)}  # on a cluster: the nodes' own credentials (an IAM role)
-        actors = []
-        for k in range(2):
-            cfg, root = shard_store(config, config.root, k)
-            actors.append(
-                ray.remote(DataServer)
-                .options(max_restarts=1, runtime_env=env)
-                .remote(cfg, tasks, root, shard=k)
-            )
-        data = DataShards(actors, config.shard_of)
-        ray.get(data.ready.remote())
-        episodes = [
-            synthetic_episode(5, task=t, episode_id=f"{t}-{i}", seed=i)
-            for t in ("left", "right")
-            for i in range(2)
-        ]
-        assert all(r["stored"] for r in ray.get([data.ingest.remote(ep) for ep in episodes]))
+        actors, data = start_shards(config, config.root, per_task=2)  # credentials: the session's (conftest)
         assert s3.keys("episodes/") == [f"episodes/shard-{k}/{t}/robot-0/{t}-{i}.parquet"
                                         for k, t in enumerate(("left", "right")) for i in range(2)]  # fmt: skip
         for f in tmp_path.glob("catalog.sqlite.shard-0*"):  # the left shard's node and its catalog are gone

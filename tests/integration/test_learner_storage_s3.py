@@ -19,7 +19,13 @@ from fleetrl.robots.protocol import ArraySpec
 from fleetrl.testing.s3 import local_s3
 from fleetrl.workers.learning.algorithm_set import AlgorithmSet
 from fleetrl.workers.learning.checkpoints import Checkpoints, newest_readable
-from fleetrl.workers.learning.paths import filesystem, join, learner_checkpoint_root, saved_checkpoints
+from fleetrl.workers.learning.paths import (
+    filesystem,
+    join,
+    learner_checkpoint_root,
+    read_bytes,
+    saved_checkpoints,
+)
 
 SPEC, ACT = {"state": ArraySpec((3,))}, ArraySpec((2,), "float32", -1.0, 1.0)
 
@@ -59,4 +65,4 @@ def test_learner_checkpoints_go_to_s3_and_a_restart_resumes_from_there(ray_sessi
         # a learner restarted anywhere (no registered checkpoint at hand) resumes from the bucket
         resumed = learner_checkpoints(root).restore(None)
         assert resumed is not None and resumed.step == 10 and resumed.algorithm == "bc"
-        assert load_checkpoint(location)["version"] == 2  # what `fleetrl policy export` reads
+        assert load_checkpoint(read_bytes(location))["version"] == 2  # what `fleetrl policy export` reads

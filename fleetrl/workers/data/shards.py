@@ -133,6 +133,7 @@ def _merge(method: str, refs: list[Any]) -> Any:
 
 
 def _sum_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts added up over the shards (a snapshot number is per shard: the highest one is kept)."""
     out: dict[str, Any] = {}
     for part in parts:
         for k, v in part.items():
@@ -141,6 +142,7 @@ def _sum_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _merge_refill(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' replay refills as one: episodes added up, done when every shard is, the slowest time."""
     out = _sum_counts(
         [{k: v for k, v in p.items() if k in ("episodes", "loaded", "unreadable")} for p in parts]
     )
