@@ -29,13 +29,13 @@ def test_two_learner_workers_train_in_step_publish_and_switch_together(api, plat
     try:
         episodes = collect_scripted_demos("Reacher-v5", reacher_reach_policy, 6, task=TASK, seed=5)
         ray.get([platform.data.ingest.remote(e) for e in episodes])
+        # the leader publishes (at most every 0.25 s: a fast learner may pass its first check before v2)
         status = wait_status(
-            api, TASK, lambda s: (s.get("workers_checked_at") or 0) >= WorkerGroup.CHECK_EVERY,
-            timeout=120, what="the two workers' first weight check",
+            api, TASK, lambda s: (s.get("workers_checked_at") or 0) >= WorkerGroup.CHECK_EVERY and s["version"] >= 2,
+            timeout=120, what="the two workers' first weight check and published versions",
         )  # fmt: skip
         learner_status = status["learner"]
         assert learner_status["workers"] == 2 and learner_status["workers_in_sync"] is True
-        assert learner_status["version"] >= 2  # the leader publishes
         first_loss = learner_status["losses"]["bc_loss"]
         # a switch over REST applies on both workers at the same step: they stay identical through it
         r = api.put(f"/v1/tasks/{TASK}/algorithm", json={"algorithm": "awr", "config": {"batch_size": 16}})
@@ -60,7 +60,8 @@ def test_two_learner_workers_train_in_step_publish_and_switch_together(api, plat
             and (s.get("workers_checked_at") or 0) > s["restored_step"],
             timeout=180, what="both workers resumed and checked",
         )["learner"]  # fmt: skip
-        assert resumed["restored_step"] >= at and resumed["algorithm"] == "awr"
+        # at least the switch's checkpoint (written before the switch shows; later ones upload in the background)
+        assert resumed["restored_step"] >= learner_status["step"] and resumed["algorithm"] == "awr"
         assert resumed["workers_in_sync"] is True and resumed["version"] > after["version"]
     finally:
         delete_task(api, TASK)
