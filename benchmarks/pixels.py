@@ -73,7 +73,7 @@ BUDGETS = {  # (quick, full)
 }
 BC = {"batch_size": 64}
 ENCODER = {"kind": "cnn", "strides": [2, 2, 1, 1], "augment": "shift"}
-SERVO = ["fleetrl.robots.servo:DampedJointServo"]  # the robots' env wrapper (module doc)
+SERVO = [demos.SERVO_WRAPPER]  # the robots' env wrapper (module doc)
 
 
 def robot(mode: str, seed: int) -> SimRobot:

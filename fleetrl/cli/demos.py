@@ -14,8 +14,6 @@ from typing import Any
 from fleetrl.cli.common import add_api_arguments, add_command_group, admin_token
 from fleetrl.cli.progress import progress_bar
 
-SERVO = "fleetrl.robots.servo:DampedJointServo"  # the reacher-servo demos' robots act through it
-
 
 def cmd_demos_collect(args: argparse.Namespace) -> int:
     """Record demonstrations (OGBench scripted oracles, or a scripted policy on any sim robot) to a store."""
@@ -31,7 +29,7 @@ def cmd_demos_collect(args: argparse.Namespace) -> int:
                 on_episode=shown, log_every=0, camera=args.camera,
             )  # fmt: skip
         else:
-            wrappers = [SERVO] if args.policy == "reacher-servo" else []
+            wrappers = [demos.SERVO_WRAPPER] if args.policy == "reacher-servo" else []
             policy = {"reacher": demos.reacher_reach_policy, "reacher-servo": demos.reacher_servo_policy}.get(
                 args.policy
             ) or demos.RandomPolicy(SimRobot(args.env, wrappers=wrappers).action_spec, seed=args.seed)
@@ -120,7 +118,7 @@ def add_demos_parser(subparsers: Any) -> None:
         choices=["oracle", "reacher", "reacher-servo", "random"],
         default="oracle",
         help="OGBench oracle, the Reacher scripted controller (on torques, or on joint steps behind "
-        f"{SERVO}), or random actions (failed episodes)",
+        "fleetrl.robots.servo:DampedJointServo), or random actions (failed episodes)",
     )
     collect.add_argument(
         "--oracle", choices=["plan", "markov"], default="plan", help="clean demos or noisy play"

@@ -176,15 +176,16 @@ def earlier_state(cfg) -> str | None:
     episodes), as a sentence, or None for a fresh start. A second ``make demo`` resumes the first one's
     learners and store by design (the platform is restartable), so its "start" figures are that run's end."""
     from fleetrl.workers.data.server import default_root
+    from fleetrl.workers.locations import is_url
 
     def non_empty(path: Path) -> bool:
         return path.is_dir() and any(path.iterdir())
 
     found = []
-    if "://" not in cfg.learner_storage_path and non_empty(Path(cfg.learner_storage_path)):
+    if not is_url(cfg.learner_storage_path) and non_empty(Path(cfg.learner_storage_path)):
         found.append("learner checkpoints")
     root = default_root(cfg.state_path, cfg.data)
-    if "://" not in root and non_empty(Path(root)):
+    if not is_url(root) and non_empty(Path(root)):
         found.append("stored episodes")
     if not found:
         return None

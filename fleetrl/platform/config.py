@@ -17,7 +17,7 @@ from fleetrl.workers.config_checks import reject_bool_numbers
 from fleetrl.workers.critic import CriticConfig
 from fleetrl.workers.data.server import DataConfig
 from fleetrl.workers.gateway.session import GatewayConfig
-from fleetrl.workers.learning.paths import is_url
+from fleetrl.workers.locations import is_url
 from fleetrl.workers.task import NAME_RE, TaskConfig, frame_fit_problem
 
 

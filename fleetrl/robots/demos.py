@@ -338,6 +338,9 @@ def reacher_reach_policy(obs: Mapping[str, np.ndarray], kp: float = 3.0, kd: flo
     return np.clip(kp * _reacher_joint_error(s) - kd * s[6:8], -1.0, 1.0).astype(np.float32)
 
 
+SERVO_WRAPPER = "fleetrl.robots.servo:DampedJointServo"  # the wrapper reacher_servo_policy's robot needs
+
+
 def reacher_servo_policy(obs: Mapping[str, np.ndarray], max_step: float = 0.5) -> np.ndarray:
     """Reacher-v5 behind ``servo.DampedJointServo`` (same ``max_step``): the inverse-kinematics step to the
     target, which depends on positions only (a camera frame shows it); with the servo's defaults it

@@ -20,6 +20,8 @@ from typing import Any
 
 import ray
 
+from fleetrl.workers.locations import join
+
 # Methods whose first argument (or ``task``/``name`` keyword) names the task, or carries it as
 # ``.task`` (an episode) or ``.name`` (a task config).
 BY_TASK = {
@@ -48,8 +50,7 @@ def shard_store(config: Any, root: str, index: int) -> tuple[Any, str]:
     if config.shards == 1:
         return config, root
     catalog = None if config.catalog is None else f"{config.catalog}.shard-{index}"
-    path, sep, query = root.partition("?")
-    return config.model_copy(update={"catalog": catalog}), f"{path.rstrip('/')}/shard-{index}{sep}{query}"
+    return config.model_copy(update={"catalog": catalog}), join(root, f"shard-{index}")
 
 
 class DataShards:

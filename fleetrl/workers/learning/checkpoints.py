@@ -26,10 +26,10 @@ from fleetrl.workers.learning.paths import (
     CHECKPOINT_FILE,
     checkpoint_folder,
     exists,
-    is_url,
     read_bytes,
     saved_checkpoints,
 )
+from fleetrl.workers.locations import is_url
 
 log = logging.getLogger(__name__)
 

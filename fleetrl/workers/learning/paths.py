@@ -1,9 +1,8 @@
 """Where a task's learner keeps its files under the learner storage (no torch, no Ray: the task manager, the
 CLI and the learner all ask).
 
-The storage is a local (or shared) directory or an object store URL that pyarrow opens (``s3://bucket/prefix``,
-with ``?endpoint_override=...`` for an S3-compatible server). Locations here are strings of the same kind: a
-path, or a URL whose query stays at its end.
+The storage is a local (or shared) directory or an object store URL (``workers/locations.py``); locations here
+are strings of the same kind.
 """
 
 from __future__ import annotations
@@ -13,19 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fleetrl.workers.locations import is_url, join
+
 CHECKPOINT_FILE = "learner.pt"
-
-
-def is_url(location: str | Path) -> bool:
-    return "://" in str(location)
-
-
-def join(location: str | Path, *parts: str) -> str:
-    """``location`` / ``parts``: a path, or a URL with the parts before its query."""
-    if not is_url(location):
-        return str(Path(location).expanduser().joinpath(*parts))
-    path, sep, query = str(location).partition("?")
-    return "/".join([path.rstrip("/"), *parts]) + sep + query
 
 
 def filesystem(location: str | Path) -> tuple[Any, str]:
