@@ -198,7 +198,7 @@ def hostile_phase(platform: Platform, api: httpx.Client, clients: list, window_s
     time.sleep(3.0)  # its sockets connect before the first window
     quiet_ms: list[float] = []
     flood_ms: list[float] = []
-    pids = {"gateway": actor_pid(platform.gateway), "attacker": attacker.pid}
+    pids = {"gateway": actor_pid(platform.gateways[0]), "attacker": attacker.pid}
     cores: dict[str, dict[str, list[float]]] = {w: {p: [] for p in pids} for w in ("quiet", "flood")}
     for _ in range(3):
         for samples, flood in ((quiet_ms, False), (flood_ms, True)):

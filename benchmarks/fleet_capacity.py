@@ -78,7 +78,7 @@ def capacity(chunk_len: int, args: argparse.Namespace) -> dict[str, Any]:
 
             def try_size(n: int) -> dict[str, Any]:
                 print(f"chunk {chunk_len}, N={n} ...", flush=True)
-                stats = measure(platform, platform.gateway, platform.endpoint, n, f"cap{chunk_len}", args)
+                stats = measure(platform, platform.gateways[0], platform.endpoint, n, f"cap{chunk_len}", args)
                 run = {
                     "robots": n,
                     "holds": False,

@@ -280,7 +280,7 @@ def actor_pids(platform: Platform) -> dict[str, list[int]]:
         return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
 
     return {
-        "gateway": [pid(platform.gateway)],
+        "gateway": [pid(platform.gateways[0])],
         "replicas": [pid(r) for r in platform.replicas[TASK]],
         "data_server": [pid(platform.data)],
         "metrics_server": [pid(platform.metrics)],
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"floor: {floor}", flush=True)
             for n in args.robots:
                 print(f"N={n}: ours ...", flush=True)
-                ours = measure(platform, platform.gateway, platform.endpoint, n, "ours", args, pids)
+                ours = measure(platform, platform.gateways[0], platform.endpoint, n, "ours", args, pids)
                 print(f"N={n}: Serve baseline ...", flush=True)
                 base = measure(platform, base_gateway, base_endpoint, n, "serve", args)
                 base.pop("scheduler_queue_ms")
@@ -477,7 +477,9 @@ def main(argv: list[str] | None = None) -> None:
             repeats = [next(r for r in runs if r["robots"] == largest)]
             for k in range(1, args.repeats):
                 print(f"N={largest}: ours, repeat {k + 1}/{args.repeats} ...", flush=True)
-                repeats.append(measure(platform, platform.gateway, platform.endpoint, largest, "ours", args))
+                repeats.append(
+                    measure(platform, platform.gateways[0], platform.endpoint, largest, "ours", args)
+                )
             ray.kill(base_gateway, no_restart=True)
             serve.delete(SERVE_APP)
         finally:

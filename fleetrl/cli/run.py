@@ -214,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         platform.start(timeout=START_TIMEOUT_S)
         print(
             f"REST {platform.public_rest_url} (docs {platform.public_rest_url}/docs) · "
-            f"robots connect to {platform.endpoint}"
+            f"robots connect to {', '.join(platform.endpoints)}"
         )
         print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
         if procs:
@@ -250,7 +250,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         platform.start()
         print(f"REST {platform.public_rest_url} (docs {platform.public_rest_url}/docs)", flush=True)
-        print(f"robots connect to {platform.endpoint} (gateway bound to {cfg.gateway.bind})", flush=True)
+        binds = ", ".join(cfg.gateway.bind_of(k) for k in range(cfg.gateway.replicas))
+        print(f"robots connect to {', '.join(platform.endpoints)} (gateways bound to {binds})", flush=True)
         print(f"admin token: {cfg.rest.admin_token_env} or {cfg.state_path / 'admin_token'}", flush=True)
         while not stop.wait(1.0):
             pass

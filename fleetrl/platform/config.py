@@ -18,7 +18,7 @@ from fleetrl.workers.critic import CriticConfig
 from fleetrl.workers.data.server import DataConfig
 from fleetrl.workers.gateway.session import GatewayConfig
 from fleetrl.workers.locations import is_url
-from fleetrl.workers.task import NAME_RE, TaskConfig, frame_fit_problem
+from fleetrl.workers.task import NAME_RE, TaskConfig, frame_fit_problem, gateways_problem
 
 
 class SimFleetConfig(BaseModel):
@@ -97,6 +97,9 @@ class PlatformConfig(BaseModel):
             too_large = frame_fit_problem(task, self.gateway.max_frame_bytes)
             if too_large:
                 raise ValueError(f"tasks[{i}].observation: {too_large}")
+            several = gateways_problem(task, self.gateway.replicas)
+            if several:
+                raise ValueError(f"tasks[{i}].rollout: {several}")
         for i, sim in enumerate(self.sim_robots):
             if sim.task not in names:
                 raise ValueError(f"sim_robots[{i}].task: no task named {sim.task!r}; defined tasks: {names}")

@@ -22,8 +22,9 @@ from fleetrl.serving.deployment import deploy_rest, undeploy_rest
 from fleetrl.workers.critic import CriticServer
 from fleetrl.workers.data.server import DataServer, default_root
 from fleetrl.workers.data.shards import DataShards, shard_store
-from fleetrl.workers.gateway.actor import start_gateway
+from fleetrl.workers.gateway.actor import start_gateways
 from fleetrl.workers.gateway.curve import server_keys
+from fleetrl.workers.gateway.gateways import Gateways
 from fleetrl.workers.inference.replica import start_replicas
 from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.metrics_server import MetricsServer
@@ -83,7 +84,8 @@ class Platform:
         self.admin_token = resolve_admin_token(config)
         self.registry: Any = None
         self.metrics: Any = None
-        self.gateway: Any = None
+        self.gateway: Any = None  # Gateways: the gateway actors behind one handle
+        self.gateways: list[Any] = []
         self.data: Any = None  # the data server, or DataShards routing to several
         self.data_shards: list[Any] = []
         self.critic: Any = None
@@ -92,7 +94,8 @@ class Platform:
         self.replicas: dict[str, list[Any]] = {}
         self.rest_url: str | None = None  # where this machine reaches the API
         self.public_rest_url: str | None = None  # what users and robots on other hosts are told
-        self.endpoint: str | None = None  # the ZeroMQ endpoint robots are told
+        self.endpoint: str | None = None  # the ZeroMQ endpoint robots are told (the first gateway's)
+        self.endpoints: list[str] = []  # every gateway's
         self.curve_keys: tuple[str, str] | None = None  # the gateway's CURVE key pair (security: curve)
         self._owns_ray = False
         self.startup_s: dict[str, float] = {}  # seconds per phase of ``start`` (logged; where the time goes)
@@ -157,13 +160,14 @@ class Platform:
             [self.weights.register.remote(name, pool, keep[name]) for name, pool in self.replicas.items()]
         )
         self.curve_keys = server_keys(cfg.state_path) if cfg.gateway.security == "curve" else None
-        self.gateway = start_gateway(
+        self.gateways = start_gateways(
             cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data, self.weights,
             self.curve_keys,
         )  # fmt: skip
+        self.gateway = Gateways(self.gateways, self.registry)
         self.tasks = control_actor(TaskManager, max_concurrency=TaskManager.MAX_CONCURRENCY).remote(
             self.registry, self.gateway, self.data, self.weights, self.metrics, cfg.learner_storage_path,
-            list(cfg.tasks), cfg.gateway.max_frame_bytes,
+            list(cfg.tasks), cfg.gateway.max_frame_bytes, cfg.gateway.replicas,
         )  # fmt: skip
         # The config's tasks are the task manager's before REST answers (robots register for them); their
         # learners (Ray Train: a controller and a worker process each) start once it answers: on a small
@@ -173,7 +177,8 @@ class Platform:
         pending += [self.tasks.adopt.remote(t, self.replicas[t.name], learner=False) for t in cfg.tasks]
         gateway_info, *_ = ray.get(pending, timeout=timeout)
         phase.done("actors")  # data server, weight board, replicas, gateway, task manager: in parallel
-        self.endpoint = gateway_info["endpoint"]
+        self.endpoints = [g["endpoint"] for g in gateway_info.get("gateways", [gateway_info])]
+        self.endpoint = self.endpoints[0]
         self.rest_url = deploy_rest(
             cfg.rest,
             registry=self.registry,
@@ -182,7 +187,7 @@ class Platform:
             data=self.data,
             tasks=self.tasks,
             admin_token_sha256=hashlib.sha256(self.admin_token.encode()).hexdigest(),
-            robot_endpoint=self.endpoint,
+            robot_endpoints=self.endpoints,
             robot_server_key=self.curve_keys[0] if self.curve_keys else None,
         )
         self.public_rest_url = cfg.rest.public_url(ray.util.get_node_ip_address())
@@ -223,7 +228,7 @@ class Platform:
         """REST first, then the tasks' learners, then the gateway (no new episodes), then the rest together."""
         undeploy_rest()
         stop_actors([self.tasks], timeout=120, what="task manager")
-        stop_actors([self.gateway], timeout=10, what="gateway")
+        stop_actors(self.gateways, timeout=10, what="gateways")
         rest = [*self.data_shards, self.critic, self.weights, self.metrics, self.registry]
         stop_actors(rest + [r for p in self.replicas.values() for r in p], timeout=10)
         if self._owns_ray:

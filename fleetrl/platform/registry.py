@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS robots (
     observation_spec TEXT NOT NULL,
     action_spec TEXT NOT NULL,
     created REAL NOT NULL,
-    curve_public_key TEXT
+    curve_public_key TEXT,
+    gateway INTEGER  -- the gateway it is assigned to (the one that last welcomed it)
 );
 CREATE INDEX IF NOT EXISTS robots_task ON robots(task);
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -74,6 +75,8 @@ class Registry:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(robots)")}
         if "curve_public_key" not in columns:  # robots registered before CURVE: token mode only until
             self._db.execute("ALTER TABLE robots ADD COLUMN curve_public_key TEXT")  # re-registered
+        if "gateway" not in columns:  # a registry written before several gateways: assigned at next hello
+            self._db.execute("ALTER TABLE robots ADD COLUMN gateway INTEGER")
         self._db.execute(
             "CREATE UNIQUE INDEX IF NOT EXISTS robots_curve_key ON robots(curve_public_key)"
             " WHERE curve_public_key IS NOT NULL"
@@ -138,12 +141,17 @@ class Registry:
         observation_spec: dict[str, Any],
         action_spec: dict[str, Any],
         curve_public_key: str | None = None,
+        gateways: list[int] | None = None,
+        gateway: int | None = None,
     ) -> dict[str, Any]:
         """Create a robot, or re-register one: a name already registered for ``task`` keeps its robot id
         (and so its episodes and statistics) and gets a new token and CURVE key pair, the old ones no longer
         valid (an arm that reboots stays one robot). A name registered for another task is refused
         (ValueError). The returned record carries the plain token and, unless the robot brought its own
-        ``curve_public_key``, its CURVE secret key: neither is stored; ``reregistered`` says which case."""
+        ``curve_public_key``, its CURVE secret key: neither is stored; ``reregistered`` says which case.
+
+        Its gateway: ``gateway`` if given (pinned), else the one it had if that is among ``gateways`` (the
+        indices of the gateways answering now), else the one of ``gateways`` with the fewest robots."""
         import zmq
 
         if self._db.execute("SELECT 1 FROM tasks WHERE name = ?", (task,)).fetchone() is None:
@@ -177,6 +185,11 @@ class Registry:
                 " WHERE robot_id = ?",
                 (hash_token(token), *specs, curve_public_key, robot_id),
             )
+        if gateway is None and gateways:
+            current = self.get_robot(robot_id)["gateway"]
+            gateway = current if current in gateways else self._least_loaded(gateways)
+        if gateway is not None:
+            self.assign_gateway(robot_id, gateway)
         record = {**self.get_robot(robot_id), "token": token, "reregistered": known is not None}
         return record | ({"curve_secret_key": secret} if secret is not None else {})
 
@@ -187,6 +200,23 @@ class Registry:
         ).fetchone()
         return r["robot_id"] if r is not None else None
 
+    def _least_loaded(self, gateways: list[int]) -> int:
+        rows = self._db.execute("SELECT gateway, COUNT(*) AS n FROM robots GROUP BY gateway").fetchall()
+        load = {r["gateway"]: r["n"] for r in rows}
+        return min(gateways, key=lambda k: (load.get(k, 0), k))
+
+    def assign_gateway(self, robot_id: str, gateway: int) -> None:
+        """The robot is now ``gateway``'s (registration, or another gateway welcomed it)."""
+        self._db.execute("UPDATE robots SET gateway = ? WHERE robot_id = ?", (int(gateway), robot_id))
+
+    def robot_gateways(self, robot_ids: list[str]) -> dict[str, int | None]:
+        """The gateway each of ``robot_ids`` is assigned to (unknown ids left out)."""
+        marks = ",".join("?" * len(robot_ids))
+        rows = self._db.execute(
+            f"SELECT robot_id, gateway FROM robots WHERE robot_id IN ({marks})", tuple(robot_ids)
+        ).fetchall()
+        return {r["robot_id"]: r["gateway"] for r in rows}
+
     def _row(self, r: sqlite3.Row) -> dict[str, Any]:
         return {
             "robot_id": r["robot_id"],
@@ -196,6 +226,7 @@ class Registry:
             "action_spec": json.loads(r["action_spec"]),
             "created": r["created"],
             "curve_public_key": r["curve_public_key"],
+            "gateway": r["gateway"],
         }
 
     def list_robots(self, task: str | None = None) -> list[dict[str, Any]]:
@@ -250,13 +281,13 @@ class Registry:
         ).fetchall()
         return [json.loads(r["record"]) for r in rows]
 
-    def interrupt_evaluations(self) -> int:
-        """At a gateway's (re)start: evaluations that were running are over (the episodes they had handed
-        out ran unmarked after the restart). Returns how many."""
+    def interrupt_evaluations(self, gateway: str | None = None) -> int:
+        """At a gateway's (re)start: evaluations that were running on it (``gateway``: its name; None: on any)
+        are over (the episodes they had handed out ran unmarked after the restart). Returns how many."""
         count = 0
         for r in self._db.execute("SELECT evaluation_id, record FROM evaluations").fetchall():
             record = json.loads(r["record"])
-            if record.get("status") == "running":
+            if record.get("status") == "running" and gateway in (None, record.get("gateway", gateway)):
                 record["status"] = "interrupted"
                 self.save_evaluation(record)
                 count += 1

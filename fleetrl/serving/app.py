@@ -26,7 +26,7 @@ def create_app(
     data: Any,
     tasks: Any,
     admin_token_sha256: str,
-    robot_endpoint: str,
+    robot_endpoints: list[str],
     robot_server_key: str | None = None,
 ) -> FastAPI:
     """Build the app around actor handles (``registry``, ``gateway``, ``metrics``, ``data`` and ``tasks``,
@@ -47,7 +47,7 @@ def create_app(
         metrics=metrics,
         data=data,
         tasks=tasks,
-        robot_endpoint=robot_endpoint,
+        robot_endpoints=list(robot_endpoints),
         robot_server_key=robot_server_key,
     )
     install_error_handlers(app)

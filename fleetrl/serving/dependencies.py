@@ -13,15 +13,20 @@ from fleetrl.workers.task import TaskConfig
 
 @dataclass(frozen=True)
 class Services:
-    """The actors behind the API (``tasks`` is the task manager) and the endpoint robots connect to."""
+    """The actors behind the API (``tasks`` is the task manager; ``gateway`` the gateways' router,
+    workers/gateway/gateways.py) and the endpoints robots connect to (gateway k's is ``robot_endpoints[k]``)."""
 
     registry: Any
     gateway: Any
     metrics: Any
     data: Any
     tasks: Any
-    robot_endpoint: str
-    robot_server_key: str | None = None  # the gateway's CURVE public key (None: token mode)
+    robot_endpoints: list[str]
+    robot_server_key: str | None = None  # the gateways' CURVE public key (None: token mode)
+
+    @property
+    def robot_endpoint(self) -> str:
+        return self.robot_endpoints[0]
 
     async def task_config(self, name: str) -> TaskConfig:
         """The task's config, or a 404 naming the tasks there are."""

@@ -24,6 +24,12 @@ class RobotRegistration(BaseModel):
         description="The robot's own CURVE public key (Z85, 40 characters), when it keeps its secret key "
         "itself; if absent, the platform issues a key pair and returns its secret key once.",
     )
+    gateway: int | None = Field(
+        None,
+        ge=0,
+        description="Pin the robot to this gateway (0-based, below gateway.replicas); default: the least "
+        "loaded one that answers (a re-registered robot keeps its own while it answers).",
+    )
 
 
 class CredentialRenewal(BaseModel):
@@ -54,6 +60,12 @@ class RobotCredentials(BaseModel):
     task: str
     token: str = Field(description="Shown once; the platform keeps only its hash.")
     endpoint: str = Field(description="ZeroMQ endpoint the robot connects its DEALER socket to.")
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="Every gateway's endpoint, its own (endpoint) first: where the robot goes on when its "
+        "gateway stops answering (several gateways).",
+    )
+    gateway: int = Field(0, description="The gateway it is assigned to (0-based).")
     chunk_len: int
     curve: CurveCredentials | None = Field(
         None, description="CURVE keys for the robot's socket; null when the gateway runs security: token."
@@ -265,7 +277,8 @@ class Answer(BaseModel):
 class Health(Answer):
     status: Literal["ok"]
     api: str = Field(description="API version.")
-    robot_endpoint: str = Field(description="Where robots connect (ZeroMQ).")
+    robot_endpoint: str = Field(description="Where robots connect (ZeroMQ; the first gateway's).")
+    robot_endpoints: list[str] = Field(description="Every gateway's endpoint (gateway.replicas).")
 
 
 class LogLine(Answer):
@@ -322,6 +335,7 @@ class RobotRecord(Answer):
     action_spec: dict[str, Any]
     created: float
     curve_public_key: str | None
+    gateway: int | None = Field(None, description="The gateway it is assigned to (the last to welcome it).")
     online: bool
     control: str = Field(description="'autonomous', or 'human' while an operator has taken over.")
     stats: dict[str, Any] | None = Field(description="The gateway's live counters (None: never connected).")

@@ -32,6 +32,7 @@ class SimEvaluationRobots:
         self.stop = threading.Event()
         self.clients: list[Any] = []
         self.tag = secrets.token_hex(3)  # names of their own: two evaluations never re-register each other's
+        self.gateway: int | None = None
 
     async def start(self) -> dict[str, Any]:
         """Build and register the robots, start the evaluation on them; the robots run from here on."""
@@ -90,8 +91,11 @@ class SimEvaluationRobots:
             task=self.task,
             observation_spec=specs_to_dict(robot.observation_spec),
             action_spec=robot.action_spec.to_dict(),
+            gateway=self.gateway,  # the first robot's: one gateway runs the evaluation
         )
-        return await issue_credentials(self.svc, body)
+        credentials = await issue_credentials(self.svc, body)
+        self.gateway = credentials.gateway
+        return credentials
 
     def _run(self) -> None:
         from fleetrl.robots.client.runner import FleetRunner

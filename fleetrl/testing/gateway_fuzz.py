@@ -189,7 +189,7 @@ def fuzz(
     import ray
 
     token = admin_token or os.environ["FLEETRL_ADMIN_TOKEN"]
-    gateway_pid = ray.get(platform.gateway.__ray_call__.remote(lambda self: os.getpid()))
+    gateway_pid = ray.get(platform.gateways[0].__ray_call__.remote(lambda self: os.getpid()))
     internal_before = ray.get(platform.gateway.stats.remote())["refused"].get("internal", 0)
     codes: Counter[str] = Counter()
     sent, robots = 0, []
@@ -216,7 +216,7 @@ def fuzz(
         "frames": sent,
         "replies": dict(codes),
         "internal_refusals": stats["refused"].get("internal", 0) - internal_before,
-        "gateway_restarted": ray.get(platform.gateway.__ray_call__.remote(lambda self: os.getpid()))
+        "gateway_restarted": ray.get(platform.gateways[0].__ray_call__.remote(lambda self: os.getpid()))
         != gateway_pid,
         "robot_ids": robots,
         **stored_episode_report(platform.data, task, set(robots)),

@@ -172,12 +172,14 @@ class MetricsServer:
             lambda: deque(maxlen=window)
         )
         self._snapshots: dict[str, dict[str, Any]] = {}
+        self._gauge_parts: dict[tuple[str, tuple[str, ...]], dict[str, float]] = defaultdict(dict)
         self._logs: deque[dict[str, Any]] = deque(maxlen=log_lines)
 
     def ready(self) -> bool:
         return True
 
-    def ingest(self, events: list, gauges: list) -> None:
+    def ingest(self, events: list, gauges: list, source: str | None = None) -> None:
+        """``source``: a gauge of one of several senders (each gateway) is the sum of their latest values."""
         for name, labels, value in events:
             kind, m = self._metrics[name]
             if kind == "histogram":
@@ -186,6 +188,10 @@ class MetricsServer:
             else:
                 m.labels(*labels).inc(value)
         for name, labels, value in gauges:
+            if source is not None:
+                parts = self._gauge_parts[(name, tuple(labels))]
+                parts[source] = value
+                value = sum(parts.values())
             self._metrics[name][1].labels(*labels).set(value)
 
     def publish(self, source: str, snapshot: dict[str, Any]) -> None:

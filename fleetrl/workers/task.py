@@ -397,6 +397,17 @@ def frame_fit_problem(task: TaskConfig, max_frame_bytes: int) -> str | None:
     )
 
 
+def gateways_problem(task: TaskConfig, gateways: int) -> str | None:
+    """Why ``task`` cannot be served by ``gateways`` gateways (None if it can): a canary trial is decided by
+    one gateway on the robots it serves, so with several each would reach its own verdict."""
+    if gateways > 1 and task.rollout.mode == "canary":
+        return (
+            f"task {task.name!r}: rollout mode canary needs gateway.replicas 1 (each of {gateways} gateways "
+            "would run its own trial and verdict); use mode follow, with rollback and evaluations"
+        )
+    return None
+
+
 # -- tasks created over REST, as the registry keeps them ----------------------------------------------
 def saved_task(task: TaskConfig, replay: ReplayConfig | None) -> dict[str, Any]:
     """What the registry keeps of a task created over REST: enough to create it again."""

@@ -32,7 +32,14 @@ from fleetrl.workers.learning.learner import start_learner
 from fleetrl.workers.learning.paths import learner_checkpoint_root
 from fleetrl.workers.learning.served_checkpoint import serve_newest_checkpoint
 from fleetrl.workers.lifecycle import stop_actors
-from fleetrl.workers.task import ReplayConfig, TaskConfig, frame_fit_problem, restore_saved, saved_task
+from fleetrl.workers.task import (
+    ReplayConfig,
+    TaskConfig,
+    frame_fit_problem,
+    gateways_problem,
+    restore_saved,
+    saved_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +67,13 @@ class TaskManager:
         learner_dir: str,
         config_tasks: list[TaskConfig] | None = None,
         max_frame_bytes: int = DEFAULT_LIMITS.max_frame_bytes,
+        gateways: int = 1,
     ):
         """``config_tasks``: the config file's tasks (what a restarted task manager adopts again);
-        ``max_frame_bytes``: the gateway's frame limit, which a created task's step must fit."""
+        ``max_frame_bytes``: the gateway's frame limit, which a created task's step must fit; ``gateways``:
+        how many gateways serve it (``gateway.replicas``)."""
         self.registry, self.gateway, self.data = registry, gateway, data
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes, self.gateway_count = max_frame_bytes, gateways
         self.config_tasks = list(config_tasks or [])
         self.weights, self.metrics, self.learner_dir = weights, metrics, learner_dir
         self.tasks: dict[str, TaskConfig] = {}
@@ -157,9 +166,9 @@ class TaskManager:
                 self._busy.discard(task.name)
 
     def _create(self, task: TaskConfig, replay: ReplayConfig | None, timeout: float) -> dict[str, Any]:
-        too_large = frame_fit_problem(task, self.max_frame_bytes)
-        if too_large:
-            return {"ok": False, "code": 422, "error": too_large}
+        problem = frame_fit_problem(task, self.max_frame_bytes) or gateways_problem(task, self.gateway_count)
+        if problem:
+            return {"ok": False, "code": 422, "error": problem}
         replicas = start_replicas(task, self.metrics, self.weights)
         try:
             ray.get([r.ready.remote() for r in replicas], timeout=timeout)

@@ -74,6 +74,7 @@ class WeightBoard:
         self.history: dict[str, OrderedDict[int, tuple[ray.ObjectRef, float]]] = defaultdict(OrderedDict)
         self.keep: dict[str, int] = {}  # task -> published versions kept besides held ones
         self.holding: dict[str, list[int]] = {}  # task -> versions every replica must keep serving
+        self.holders: dict[str, dict[str, list[int]]] = {}  # task -> gateway -> the versions it needs
         if board_id and ray.get_runtime_context().was_current_actor_reconstructed:
             self._recover()
 
@@ -128,6 +129,7 @@ class WeightBoard:
         self.replicas.pop(task, None)
         self.history.pop(task, None)
         self.holding.pop(task, None)
+        self.holders.pop(task, None)
 
     def publish(self, task: str, version: int, state: dict[str, np.ndarray]) -> int:
         """Keep ``version`` as the task's newest and push it to the task's replicas (not waiting for them)."""
@@ -156,15 +158,20 @@ class WeightBoard:
         builds) and the published ones kept."""
         return [0, *sorted(self.history.get(task, {}))]
 
-    def hold(self, task: str, versions: list[int], timeout: float = 60.0) -> list[int]:
-        """Make every replica of ``task`` keep serving ``versions`` besides the newest (the previous hold is
-        released), loading what a replica lacks; returns once every live replica holds them. KeyError
-        names the versions that are not kept (any more)."""
+    def hold(
+        self, task: str, versions: list[int], timeout: float = 60.0, holder: str = "gateway"
+    ) -> list[int]:
+        """Make every replica of ``task`` keep serving ``versions`` besides the newest (``holder``'s previous
+        hold is released; replicas hold what any holder, i.e. any gateway, needs), loading what a replica
+        lacks; returns once every live replica holds them. KeyError names the versions that are not kept
+        (any more)."""
         versions = sorted(set(int(v) for v in versions))
         missing = [v for v in versions if v != 0 and v not in self.history.get(task, {})]
         if missing:
             raise KeyError(f"versions {missing} of task {task!r} are not kept; kept: {self.versions(task)}")
-        self.holding[task] = versions
+        holders = self.holders.setdefault(task, {})
+        holders[holder] = versions
+        self.holding[task] = sorted({v for held in holders.values() for v in held})
         calls = [replica.hold.remote(self.held(task)) for replica in self.replicas.get(task, [])]
         ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout)
         for ref in ready:

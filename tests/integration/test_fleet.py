@@ -267,7 +267,7 @@ def test_restarted_gateway_is_reconnected_to(platform):
     with RunningFleet(platform, n=2, hz=50.0, config=cfg, seed=40) as fleet:
         fleet.wait_for(lambda: fleet.total("replies") >= 10, what="first replies")
         holds_before = fleet.total("holds")
-        ray.kill(platform.gateway, no_restart=False)  # Ray restarts it; it binds the same endpoint
+        ray.kill(platform.gateways[0], no_restart=False)  # Ray restarts it; it binds the same endpoint
         fleet.wait_for(lambda: fleet.total("reconnects") >= 2, timeout=60, what="both robots to reconnect")
         # While the gateway was away the robots held (safety watchdog) instead of running past their chunks.
         # (Whether they also counted a link loss depends on the restart outlasting link_timeout_s: a quick one

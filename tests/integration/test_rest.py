@@ -285,7 +285,7 @@ def test_tasks_created_and_deleted_over_rest_outlive_restarts_of_the_gateway_and
     delete_task(api, "reach-dropped")
     with ThreadPoolExecutor(2) as pool:  # both at once; each waits until its new process answers
         took = list(pool.map(lambda a: kill_and_await_restart(a, lambda x: x.ready.remote(), 120),
-                             (platform.gateway, platform.data.for_task("reach-kept"))))  # fmt: skip
+                             (platform.gateways[0], platform.data.for_task("reach-kept"))))  # fmt: skip
     assert None not in took, f"not restarted within 120 s: {took}"
     pools = ray.get(platform.gateway.stats.remote())["pools"]
     assert "reach-kept" in pools and "reach-dropped" not in pools and "reach" in pools

@@ -48,6 +48,7 @@ COUNTERS = (
     "link_losses",
     "reconnects",
     "redials",
+    "gateway_moves",
     "stale_replies",
     "episodes_refused",
     "errors",
@@ -72,13 +73,15 @@ class RobotClient:
         robot: Robot,
         robot_id: str,
         token: str,
-        endpoint: str,
+        endpoint: str | list[str],
         context: zmq.Context | None = None,
         config: ClientConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         curve: dict | None = None,
     ):
-        """``curve``: the ``curve`` credentials of the registration (None for a gateway in token mode)."""
+        """``endpoint``: the robot's gateway, or every gateway's endpoint with its own first (it moves on
+        when its own stops answering); ``curve``: the ``curve`` credentials of the registration (None for a
+        gateway in token mode)."""
         self.robot = robot
         self.robot_id = robot_id
         self.cfg = config or ClientConfig()
@@ -130,7 +133,8 @@ class RobotClient:
                 "the registration issued no CURVE secret key (the robot sent its own public key): "
                 "pass curve_secret_key"
             )
-        return cls(robot, info["robot_id"], info["token"], info["endpoint"], curve=curve, **kwargs)
+        endpoints = info.get("endpoints") or [info["endpoint"]]
+        return cls(robot, info["robot_id"], info["token"], endpoints, curve=curve, **kwargs)
 
     # -- the parts' public faces ---------------------------------------------------------------------
     @property

@@ -18,7 +18,7 @@ from fleetrl.robots.client.robot import Robot
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("robot_id", "name", "task", "token", "endpoint", "chunk_len", "curve")
+FIELDS = ("robot_id", "name", "task", "token", "endpoint", "endpoints", "gateway", "chunk_len", "curve")
 
 
 def credentials_path(directory: str | Path, name: str) -> Path:
@@ -54,7 +54,7 @@ def save_credentials(path: str | Path, credentials: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump({k: credentials.get(k) for k in FIELDS}, f)
+            json.dump({k: credentials[k] for k in FIELDS if k in credentials}, f)
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:

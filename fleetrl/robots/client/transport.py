@@ -51,11 +51,15 @@ class GatewayConnection:
     ``on_message(msg, now)`` gets every decoded frame; ``on_lost()`` is called whenever the session ends
     (link timeout or the gateway's session error), so the owner forgets what it asked the old session.
     ``counters`` is the owner's table (``errors``, ``link_losses``, ``reconnects`` are counted here).
+
+    ``endpoints``: the robot's gateway first, then the platform's other gateways; when the one it talks to
+    leaves ``redial_after_hellos`` hellos unanswered, the socket moves on to the next (``gateway_moves``),
+    so a robot whose gateway is gone is welcomed by another, which takes it over.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoints: str | list[str],
         robot_id: str,
         token: str,
         cfg: ClientConfig,
@@ -66,11 +70,14 @@ class GatewayConnection:
         context: zmq.Context | None = None,
         curve: dict | None = None,
     ):
-        self.endpoint = endpoint
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise ValueError("a robot needs at least one gateway endpoint")
+        self.endpoint = self.endpoints[0]
         self.robot_id = robot_id
         self.cfg = cfg
         self.counters = counters
-        self.socket = dealer_socket(context or zmq.Context.instance(), endpoint, curve)
+        self.socket = dealer_socket(context or zmq.Context.instance(), self.endpoint, curve)
         self.welcome: P.Welcome | None = None
         self._token = token
         self._clock = clock
@@ -131,13 +138,22 @@ class GatewayConnection:
         return True
 
     def _redial(self) -> None:
-        """Connect the socket again: a gateway that refused the handshake (ZAP) is never re-dialled by
-        libzmq itself, so without this a robot refused once would wait forever. Same socket, same FD."""
+        """Connect the socket again, to the next gateway if there are several: a gateway that refused the
+        handshake (ZAP) is never re-dialled by libzmq itself, so without this a robot refused once would wait
+        forever. Same socket, same FD."""
         self._unanswered_hellos = 0
         self.counters["redials"] += 1
-        log.info("%s: no answer from %s; connecting again", self.robot_id, self.endpoint)
+        old = self.endpoint
+        self.endpoint = self.endpoints[(self.endpoints.index(old) + 1) % len(self.endpoints)]
+        if self.endpoint != old:
+            self.counters["gateway_moves"] += 1
+            log.warning(
+                "%s: no answer from %s; moving to the gateway at %s", self.robot_id, old, self.endpoint
+            )
+        else:
+            log.info("%s: no answer from %s; connecting again", self.robot_id, old)
         try:
-            self.socket.disconnect(self.endpoint)
+            self.socket.disconnect(old)
         except zmq.ZMQError:
             pass  # the refused connection is already gone
         self.socket.connect(self.endpoint)

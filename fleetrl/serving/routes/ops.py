@@ -26,7 +26,12 @@ async def healthz(svc: ServicesDep) -> dict[str, Any]:
         await svc.data.ready.remote()
     except Exception as exc:  # noqa: BLE001
         raise HTTPException(503, f"component unavailable: {type(exc).__name__}: {exc}") from None
-    return {"status": "ok", "api": API_VERSION, "robot_endpoint": svc.robot_endpoint}
+    return {
+        "status": "ok",
+        "api": API_VERSION,
+        "robot_endpoint": svc.robot_endpoint,
+        "robot_endpoints": svc.robot_endpoints,
+    }
 
 
 @public_router.get("/metrics", response_class=PlainTextResponse)

@@ -3,6 +3,7 @@ ask one to reset, and delete one (its token is revoked at the gateway)."""
 
 from __future__ import annotations
 
+import zlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -96,8 +97,16 @@ async def issue_credentials(svc: Services, body: RobotRegistration) -> RobotCred
         raise HTTPException(422, problem)
     if body.curve_public_key is not None and not is_curve_key(body.curve_public_key):
         raise HTTPException(422, "curve_public_key: not a Z85-encoded 32-byte CURVE key")
+    count = len(svc.robot_endpoints)
+    if body.gateway is not None and body.gateway >= count:
+        raise HTTPException(
+            422, f"gateway: {body.gateway} is not one of the {count} gateways (0..{count - 1})"
+        )
+    live = [0] if count == 1 else await svc.gateway.live.remote()
     try:
-        rec = await svc.registry.register_robot.remote(body.name, body.task, obs, act, body.curve_public_key)
+        rec = await svc.registry.register_robot.remote(
+            body.name, body.task, obs, act, body.curve_public_key, gateways=live or None, gateway=body.gateway
+        )
     except ValueError as exc:  # the key is another robot's, or the name another task's
         raise HTTPException(409, actor_refusal(exc)) from None
     if rec["reregistered"]:
@@ -110,13 +119,24 @@ async def issue_credentials(svc: Services, body: RobotRegistration) -> RobotCred
             secret_key=rec.get("curve_secret_key"),
         )
     fields = {k: rec[k] for k in ("robot_id", "name", "task", "token")}
+    endpoints = gateway_order(svc.robot_endpoints, rec["gateway"] or 0, rec["robot_id"])
     return RobotCredentials(
         **fields,
-        endpoint=svc.robot_endpoint,
+        endpoint=endpoints[0],
+        endpoints=endpoints,
+        gateway=rec["gateway"] or 0,
         chunk_len=task.chunk_len,
         curve=curve,
         reregistered=rec["reregistered"],
     )
+
+
+def gateway_order(endpoints: list[str], own: int, robot_id: str) -> list[str]:
+    """The robot's own gateway's endpoint first, then the others in an order of the robot's own (a rotation
+    by a hash of its id), so the robots of a gateway that stops answering spread over the others."""
+    others = [e for k, e in enumerate(endpoints) if k != own]
+    turn = zlib.crc32(robot_id.encode()) % len(others) if others else 0
+    return [endpoints[own], *others[turn:], *others[:turn]]
 
 
 @router.get("/v1/robots", response_model=list[RobotRecord])

@@ -73,21 +73,27 @@ class Gateway:
         data: Any | None = None,
         weights: Any | None = None,
         curve_keys: tuple[str, str] | None = None,
+        index: int = 0,
     ):
-        """``curve_keys``: the gateway's (public, secret) CURVE key pair (``security: curve``); ``weights``: the weight board; when given, the tasks served are the registry's, with the replicas
-        the board knows, so a gateway Ray restarts keeps the tasks created and deleted over REST since the
-        platform started (a created task whose replicas are not registered yet arrives by ``add_task``)."""
+        """``curve_keys``: the gateway's (public, secret) CURVE key pair (``security: curve``); ``weights``:
+        the weight board; when given, the tasks served are the registry's, with the replicas the board
+        knows, so a gateway Ray restarts keeps the tasks created and deleted over REST since the platform
+        started (a created task whose replicas are not registered yet arrives by ``add_task``). ``index``:
+        which of the platform's ``config.replicas`` gateways this is (its port, its share of replicas)."""
         self.cfg = config
+        self.index = index
+        self.name = "gateway" if config.replicas == 1 else f"gateway-{index}"
         if config.security == "curve" and curve_keys is None:
             raise ValueError("security: curve needs the gateway's key pair (curve.server_keys)")
         self.curve_keys = curve_keys if config.security == "curve" else None
         self.auth: RobotKeyAuthenticator | None = None
         self.node_ip = ray.util.get_node_ip_address()
-        self.endpoint = config.public_endpoint(self.node_ip)  # what robots are told
+        self.bind = config.bind_of(index)
+        self.endpoint = config.public_endpoint(self.node_ip, index)  # what robots are told
         self.registry = registry
         self.metrics_server = metrics
         if metrics is not None:
-            RemoteLogHandler.install(metrics, "gateway")
+            RemoteLogHandler.install(metrics, self.name)
         self.limits = P.Limits(max_frame_bytes=config.max_frame_bytes)
         self.metrics = MetricsBuffer()
         self.scheduler = Scheduler()
@@ -103,12 +109,13 @@ class Gateway:
         self._error: BaseException | None = None
         self._loop = asyncio.new_event_loop()
         self.dispatch = ReplicaDispatch(
-            self.scheduler, self.robots, self._send, self._refuse, self.metrics, self._loop
-        )
+            self.scheduler, self.robots, self._send, self._refuse, self.metrics, self._loop,
+            share=lambda count: config.replica_indices(index, count),
+        )  # fmt: skip
         # ``data``: the data server; None: episodes are acked and dropped (and no reset can be recorded)
         self.resets = ResetRequests(self.robots, data, self._send, random.Random(0))
         self.rollout = RolloutControl(
-            self.dispatch.rollouts, self.robots, weights, registry, self.metrics, self._loop
+            self.dispatch.rollouts, self.robots, weights, registry, self.metrics, self._loop, holder=self.name
         )
         self.intake = EpisodeIntake(
             data, self._send, self._refuse, self.refused, self.metrics, self._loop, self.resets.maybe_explore,
@@ -122,7 +129,7 @@ class Gateway:
         for task in tasks:
             self.dispatch.add_task(task, replicas.get(task.name, []))
         self.rollout.restore(ray.get(registry.rollouts.remote()))
-        interrupted = ray.get(registry.interrupt_evaluations.remote())
+        interrupted = ray.get(registry.interrupt_evaluations.remote(self.name))
         if interrupted:
             log.warning(
                 "gateway: %d evaluations that were running when it (re)started are interrupted", interrupted
@@ -133,12 +140,13 @@ class Gateway:
     # -- Ray-facing methods --------------------------------------------------------------------------
     def ready(self) -> dict[str, Any]:
         if not self._bound.wait(timeout=30):
-            raise RuntimeError(f"gateway did not bind {self.cfg.bind}: {self._error!r}")
+            raise RuntimeError(f"{self.name} did not bind {self.bind}: {self._error!r}")
         if self._error is not None:
-            raise RuntimeError(f"gateway failed to bind {self.cfg.bind}: {self._error}")
+            raise RuntimeError(f"{self.name} failed to bind {self.bind}: {self._error}")
         return {
+            "index": self.index,
             "endpoint": self.endpoint,
-            "bind": self.cfg.bind,
+            "bind": self.bind,
             "node_ip": self.node_ip,
             "node_id": ray.get_runtime_context().get_node_id(),
         }
@@ -290,7 +298,7 @@ class Gateway:
             self.sock.curve_publickey, self.sock.curve_secretkey = (k.encode() for k in self.curve_keys)
             self.sock.zap_domain = ZAP_DOMAIN.encode()
         try:
-            self.sock.bind(self.cfg.bind)
+            self.sock.bind(self.bind)
         except zmq.ZMQError as exc:
             self._error = exc
             self._bound.set()
@@ -450,6 +458,10 @@ class Gateway:
         if record is None:
             self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
             return
+        if record.get("gateway", self.index) != self.index:  # its gateway stopped answering: it is ours now
+            record["gateway"] = self.index
+            self.registry.assign_gateway.remote(msg.robot_id, self.index)
+            log.info("%s: robot %s moved here from its gateway", self.name, msg.robot_id)
         task = self.dispatch.tasks.get(record["task"])
         if task is None:
             self._refuse(ident, "unauthorized", f"task {record['task']!r} is not served here", msg.robot_id)
@@ -567,8 +579,9 @@ class Gateway:
 
     async def _stats(self) -> dict[str, Any]:
         return {
+            "index": self.index,
             "endpoint": self.endpoint,
-            "robots": [s.row() for s in self.robots.values()],
+            "robots": [{**s.row(), "gateway": self.index} for s in self.robots.values()],
             "refused": dict(self.refused),
             "zap_denied": self.auth.denied if self.auth is not None else 0,  # connections refused (CURVE)
             "episodes_committed": self.intake.episodes_committed,
@@ -596,19 +609,25 @@ class Gateway:
                 self.metrics.set("robots_online", (task,), online)
             events, gauges = self.metrics.drain()
             try:
-                self.metrics_server.ingest.remote(events, gauges)
+                self.metrics_server.ingest.remote(events, gauges, self.name)  # gauges: summed over gateways
                 if time.monotonic() - last_publish > 1.0:
                     last_publish = time.monotonic()
-                    self.metrics_server.publish.remote("gateway", await self._stats())
+                    self.metrics_server.publish.remote(self.name, await self._stats())
             except Exception:  # noqa: BLE001 - metrics are best effort
                 log.warning("gateway: metrics server unreachable")
 
 
-def start_gateway(
+def start_gateways(
     config: GatewayConfig, tasks, replicas, registry, metrics, data=None, weights=None, curve_keys=None
-) -> Any:
-    return (
+) -> list[Any]:
+    """The platform's ``config.replicas`` gateway actors; several are spread over the nodes (Ray's SPREAD,
+    within the nodes that offer ``config.resources``)."""
+    options = config.ray_options("gateway")
+    if config.replicas > 1:
+        options["scheduling_strategy"] = "SPREAD"
+    return [
         ray.remote(Gateway)
-        .options(**config.ray_options("gateway"))
-        .remote(config, tasks, replicas, registry, metrics, data, weights, curve_keys)
-    )
+        .options(**options)
+        .remote(config, tasks, replicas, registry, metrics, data, weights, curve_keys, index)
+        for index in range(config.replicas)
+    ]

@@ -63,8 +63,11 @@ class ReplicaDispatch:
         refuse: Callable[..., None],
         metrics: MetricsBuffer,
         loop: asyncio.AbstractEventLoop,
+        share: Callable[[int], list[int]] | None = None,
     ):
-        """``refuse(ident, code, message, robot_id, step)`` answers a frame with an ``error`` and counts it."""
+        """``refuse(ident, code, message, robot_id, step)`` answers a frame with an ``error`` and counts it;
+        ``share(n)``: the indices of a task's n replicas this gateway dispatches to (None: all of them)."""
+        self.share = share or (lambda n: list(range(n)))
         self.scheduler = scheduler
         self.robots = robots
         self.send = send
@@ -86,8 +89,8 @@ class ReplicaDispatch:
         self.tasks[task.name] = task
         self.rollouts[task.name] = TaskRollout(task.name, task.rollout)
         self.scheduler.add_pool(task.name, task.inference.max_batch)
-        for i, handle in enumerate(replicas):
-            rid = f"{task.name}/{i}"
+        for i in self.share(len(replicas)):
+            rid, handle = f"{task.name}/{i}", replicas[i]
             self.replicas[rid] = handle
             self.replica_pool[rid] = task.name
             if task.inference.transport == "ray":

@@ -37,9 +37,12 @@ class RolloutControl:
         registry: Any,
         metrics: MetricsBuffer,
         loop: asyncio.AbstractEventLoop,
+        holder: str = "gateway",
     ):
         """``weights``: the weight board (None: replicas are trusted to hold every version, as in tests of
-        the gateway alone); ``rollouts`` is the dispatch's table, shared."""
+        the gateway alone); ``rollouts`` is the dispatch's table, shared; ``holder``: this gateway's name
+        at the board (replicas hold what any gateway needs)."""
+        self.holder = holder
         self.rollouts, self.robots = rollouts, robots
         self.weights, self.registry, self.metrics, self.loop = weights, registry, metrics, loop
         self.saved: dict[str, dict[str, Any]] = {}  # task -> the persisted part of its rollout, as restored
@@ -105,7 +108,7 @@ class RolloutControl:
             return
         if self.weights is not None:
             try:
-                await self.weights.hold.remote(task, list(versions))
+                await self.weights.hold.remote(task, list(versions), holder=self.holder)
             except Exception as exc:  # a RayTaskError wraps the board's KeyError / a replica's ValueError
                 cause = getattr(exc, "cause", None) or exc
                 if isinstance(cause, KeyError):
@@ -134,7 +137,7 @@ class RolloutControl:
         task = state.task.name
         if "evaluation" in event:
             summary = event["evaluation"]
-            self.registry.save_evaluation.remote(summary)
+            self.registry.save_evaluation.remote({**summary, "gateway": self.holder})
             log.warning("gateway: evaluation %s of %s version %d done: success %.2f over %d episodes", summary["evaluation_id"],
                         task, summary["version"], summary["success_rate"], summary["episodes_done"])  # fmt: skip
         if "verdict" in event:
@@ -178,7 +181,7 @@ class RolloutControl:
         async with self._lock(task):
             await self._hold(task, tuple(sorted({*rollout.wanted(), version})))
             rollout.evaluations[evaluation.evaluation_id] = evaluation
-        summary = evaluation.summary()
+        summary = {**evaluation.summary(), "gateway": self.holder}
         self.registry.save_evaluation.remote(summary)
         return summary
 

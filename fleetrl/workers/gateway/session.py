@@ -69,6 +69,23 @@ class GatewayConfig(ActorResources):
     )
     metrics_flush_s: float = Field(0.5, gt=0, description="How often buffered metrics go to the log server.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the gateway.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=64,
+        strict=True,
+        description="Gateway actors (each its own ZeroMQ endpoint: gateway k binds the bind port + k). A robot "
+        "is assigned one at registration (the least loaded) and moves to another when its own stops "
+        "answering. Several are placed on different nodes where possible (Ray's SPREAD), or where "
+        "`resources` (e.g. {robot_gateway: 1}) are offered.",
+    )
+    split_replicas: bool = Field(
+        True,
+        description="With several gateways, give each gateway its own share of a task's inference replicas "
+        "(replica i goes to gateway i mod N) when the task has at least as many replicas as there are "
+        "gateways, so no two schedulers send batches to one replica; false (or fewer replicas): every "
+        "gateway uses every replica.",
+    )
 
     @model_validator(mode="after")
     def _token_mode_on_loopback_only(self) -> GatewayConfig:
@@ -85,9 +102,32 @@ class GatewayConfig(ActorResources):
         """The endpoint as seen from this machine (tools on the gateway's own node)."""
         return self.public_endpoint("127.0.0.1")
 
-    def public_endpoint(self, node_ip: str) -> str:
-        """What robots are told: ``advertise``, else the bind address with a wildcard host made concrete."""
-        return self.advertise or self.bind.replace("0.0.0.0", node_ip).replace("*", node_ip)
+    def bind_of(self, index: int) -> str:
+        """Where gateway ``index`` binds: ``bind`` with its port + index (an ipc/inproc path gets ``-index``)."""
+        return _offset(self.bind, index)
+
+    def public_endpoint(self, node_ip: str, index: int = 0) -> str:
+        """What robots are told: ``advertise``, else the bind address with a wildcard host made concrete (for
+        gateway ``index``: its port + index)."""
+        if self.advertise:
+            return _offset(self.advertise, index)
+        return self.bind_of(index).replace("0.0.0.0", node_ip).replace("*", node_ip)
+
+    def replica_indices(self, index: int, count: int) -> list[int]:
+        """The replicas (by index, out of ``count``) gateway ``index`` dispatches to (``split_replicas``)."""
+        if not self.split_replicas or count < self.replicas:
+            return list(range(count))
+        return list(range(index, count, self.replicas))
+
+
+def _offset(address: str, index: int) -> str:
+    """A ZeroMQ address for the ``index``-th of several: tcp's port + index, an ipc/inproc name + -index."""
+    if index == 0:
+        return address
+    head, sep, port = address.rpartition(":")
+    if address.startswith("tcp://") and sep and port.isdigit():
+        return f"{head}:{int(port) + index}"
+    return f"{address}-{index}"
 
 
 @dataclass

@@ -72,3 +72,18 @@ def test_the_gateway_key_pair_is_made_once_and_kept_private(tmp_path):
     public, secret = server_keys(tmp_path)
     assert is_curve_key(public) and is_curve_key(secret) and server_keys(tmp_path) == (public, secret)
     assert (tmp_path / "keys" / "gateway.curve").stat().st_mode & 0o777 == 0o600
+
+
+def test_robots_go_to_the_least_loaded_answering_gateway_unless_pinned_and_keep_their_own(tmp_path):
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.upsert_task("reach", {})
+    placed = [reg.register_robot(f"r{i}", "reach", *SPEC, gateways=[0, 1])["gateway"] for i in range(4)]
+    assert placed == [0, 1, 0, 1]
+    assert reg.register_robot("pinned", "reach", *SPEC, gateways=[0, 1], gateway=1)["gateway"] == 1
+    assert reg.register_robot("r5", "reach", *SPEC, gateways=[0, 1])["gateway"] == 0  # 2 vs 3
+    assert reg.register_robot("r0", "reach", *SPEC, gateways=[0, 1])["gateway"] == 0  # again: its own
+    assert reg.register_robot("r0", "reach", *SPEC, gateways=[1])["gateway"] == 1  # its own is down
+    robot = reg.register_robot("r9", "reach", *SPEC, gateways=[0, 1])
+    reg.assign_gateway(robot["robot_id"], 1)  # another gateway welcomed it
+    assert reg.verify(robot["robot_id"], robot["token"])["gateway"] == 1
+    assert reg.robot_gateways([robot["robot_id"], "rbt_unknown"]) == {robot["robot_id"]: 1}

@@ -308,3 +308,41 @@ def test_the_fleet_runner_freezes_the_heap_when_its_loop_starts(freeze):
         assert (gc.get_freeze_count() > 0) is freeze
     finally:
         gc.unfreeze()
+
+
+def test_a_robot_whose_gateway_stops_answering_moves_to_the_next_and_back_round(request):
+    """Several gateways: after ``redial_after_hellos`` unanswered hellos the socket moves to the next
+    endpoint of its list (its own gateway first), and from the last one back to the first."""
+    ctx = zmq.Context()
+    silent, other = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    first, second = (f"inproc://gw-{k}-{request.node.name}" for k in (0, 1))
+    silent.bind(first)  # up, but never answers (a gateway on a dead node answers no more than this)
+    other.bind(second)
+    clock = [0.0]
+    counters = {"errors": 0, "link_losses": 0, "reconnects": 0, "redials": 0, "gateway_moves": 0}
+    cfg = ClientConfig(hello_retry_s=1.0, redial_after_hellos=2)
+    conn = GatewayConnection(
+        [first, second], "r1", "tok", cfg, lambda: clock[0], counters,
+        on_message=lambda msg, now: None, on_lost=lambda: None, context=ctx,
+    )  # fmt: skip
+    try:
+        for _ in range(2):  # two hellos go to the first gateway, unanswered
+            clock[0] += 1.1
+            assert not conn.check_link(clock[0])
+            assert silent.poll(1000) and isinstance(P.decode(silent.recv_multipart()[1]), P.Hello)
+        clock[0] += 1.1
+        conn.check_link(clock[0])  # the third: sent to the next gateway
+        assert conn.endpoint == second and counters["gateway_moves"] == 1
+        assert other.poll(1000) and isinstance(P.decode(other.recv_multipart()[1]), P.Hello)
+        assert not silent.poll(100)
+        for _ in range(2):
+            clock[0] += 1.1
+            conn.check_link(clock[0])
+        clock[0] += 1.1
+        conn.check_link(clock[0])
+        assert conn.endpoint == first and counters["gateway_moves"] == 2  # round again
+    finally:
+        conn.close()
+        silent.close()
+        other.close()
+        ctx.term()

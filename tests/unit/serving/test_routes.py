@@ -65,7 +65,7 @@ def client(actors: dict[str, FakeActor]) -> TestClient:
     app = create_app(
         **actors,
         admin_token_sha256=hashlib.sha256(TOKEN.encode()).hexdigest(),
-        robot_endpoint="tcp://head:5555",
+        robot_endpoints=["tcp://head:5555"],
     )
     return TestClient(app)
 
@@ -123,7 +123,12 @@ def test_every_operation_has_a_unique_readable_id_and_a_typed_answer(client):
 def test_probes_and_console_need_no_token(client):
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "api": "v1", "robot_endpoint": "tcp://head:5555"}
+    assert health.json() == {
+        "status": "ok",
+        "api": "v1",
+        "robot_endpoint": "tcp://head:5555",
+        "robot_endpoints": ["tcp://head:5555"],
+    }
     assert client.get("/console").status_code == 200
 
 
