@@ -143,9 +143,14 @@ class Platform:
         stores = [
             shard_store(cfg.data, default_root(cfg.state_path, cfg.data), k) for k in range(cfg.data.shards)
         ]
+        spread = (
+            {"scheduling_strategy": "SPREAD"} if cfg.data.shards > 1 else {}
+        )  # over the nodes offering them
         self.data_shards = [
             ray.remote(DataServer)
-            .options(**cfg.data.ray_options(f"data server {k}" if cfg.data.shards > 1 else "data server"))
+            .options(
+                **cfg.data.ray_options(f"data server {k}" if cfg.data.shards > 1 else "data server"), **spread
+            )
             .remote(config, list(cfg.tasks), root, self.metrics, self.critic, scored, self.registry, k)
             for k, (config, root) in enumerate(stores)
         ]

@@ -29,6 +29,20 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {_PORTS}")
 
 
+def free_ports_in_a_row(n: int) -> int:
+    """A port p with p .. p + n - 1 all free (several gateways bind the configured port + their index)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            for k in range(1, n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", port + k))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no {n} free ports in a row in {_PORTS}")
+
+
 class RawRobotSocket:
     """A bare DEALER that sends whatever bytes a test wants and reads decoded replies (no SDK logic)."""
 

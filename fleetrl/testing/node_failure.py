@@ -1,17 +1,20 @@
-"""A worker node lost under load: the recovery scenario of the cluster issue, on a multi-node Ray cluster
+"""A worker node lost under load: the recovery scenario of the scale-out issue, on a multi-node Ray cluster
 built on one machine with ``ray.cluster_utils.Cluster``.
 
-Layout (what ``configs/cluster.yaml`` does with real machines):
+Layout (what ``configs/cluster-platform.yaml`` does with real machines, scaled down):
 
-* head: the driver, the control actors, REST and the robot gateway (custom resource ``robot_gateway``);
-* node A (``worker``): the data server, the learner's Ray Train worker and, spread, one inference replica;
-* node B (``worker``): joins after the platform is up, standing by, like a node the autoscaler adds.
+* head: the driver, the control actors and REST;
+* nodes A and B (each offers ``robot_gateway`` and ``worker``): one gateway each (``gateway.replicas: 2``),
+  one data-server shard each (``data.shards: 2``, SPREAD), the 2-worker learner (``learner.num_workers:
+  2``, DDP) wherever Ray Train packs it, and the inference replicas spread over all three nodes.
 
-Robots (simulated Reacher arms, in this process) run PPO on the platform over ZeroMQ; once the learner
-has published a few versions node A is removed without warning. We measure each robot's longest gap
-between action chunks, the time until the learner (resumed from its checkpoint on B) publishes again,
-the time until the data server (rebuilt from its store on B) answers again, and whether any episode a
-robot saw acknowledged is missing from the store afterwards.
+Two tasks, one per shard (``reach-a`` with the learner, ``reach-b`` without); robots (simulated Reacher
+arms, in this process) register over REST and are split over the two gateways. Once the learner has
+published a few versions the node of its first worker is removed without warning: a gateway, a shard and
+at least one learner worker go with it. We measure how long each robot of the lost gateway takes to be
+served by the other one, the time until the learner (resumed from its checkpoint on the surviving node)
+publishes again and the lost shard (rebuilt from its store) answers again, and whether any episode a robot
+saw acknowledged is missing from the store afterwards.
 
 ``python -m fleetrl.testing.node_failure --quick --out result.json`` runs it in a fresh process (a driver
 can attach to one Ray at a time, and the test session has its own); ``benchmarks/node_failure.py`` runs
@@ -35,15 +38,15 @@ from typing import Any
 import numpy as np
 
 ADMIN_TOKEN = "node-failure-admin-token"
+TASKS = ("reach-a", "reach-b")  # reach-a: shard 0 and the learner; reach-b: shard 1
 
 
 @dataclass(frozen=True)
 class Scenario:
-    robots: int = 4
-    control_hz: float = 25.0
-    versions_before_failure: int = 3  # learner versions published before node A goes
+    robots: int = 16
+    control_hz: float = 20.0
+    versions_before_failure: int = 3  # learner versions published before the node goes
     settle_s: float = 10.0  # robots keep running this long after everything recovered
-    steps_per_update: int = 256
     timeout_s: float = 240.0
     seed: int = 0
     # How fast Ray declares a silent node dead: period × threshold (Ray's defaults: 3 s × 5).
@@ -54,6 +57,7 @@ class Scenario:
     def quick(cls) -> Scenario:
         """The test's version: fewer versions, shorter settling, node death detected in ~2 s."""
         return cls(
+            control_hz=10.0,
             versions_before_failure=2,
             settle_s=5.0,
             health_check_period_ms=500,
@@ -61,45 +65,46 @@ class Scenario:
         )
 
 
-def platform_config(state_dir: str, rest_port: int, gateway_port: int, steps_per_update: int) -> dict:
+def _task(name: str, learner: dict | None) -> dict:
+    task = {
+        "name": name,
+        "observation": {"state": {"shape": [10], "dtype": "float32"}},
+        "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
+        "chunk_len": 4,
+        "policy": {"family": "flow_chunk", "hidden": [32, 32], "flow_steps": 4},
+        # one replica per node (SPREAD); asks for a GPU, runs on CPU here (cpu_fallback)
+        "inference": {"replicas": 3, "max_batch": 16, "num_cpus": 0.1, "num_gpus": 1, "spread": True},
+    }
+    return task | ({"learner": learner} if learner else {})
+
+
+def platform_config(state_dir: str, rest_port: int, gateway_port: int) -> dict:
     """The platform YAML of this scenario, as a dict: placement by custom resources, restarts on."""
     worker = {"worker": 1}
+    learner = {
+        "algorithm": "awr",
+        "config": {"batch_size": 64},
+        "num_workers": 2,
+        "publish_every": 5,
+        "checkpoint_every": 5,
+        "max_updates_per_s": 5,
+        "max_failures": -1,
+        "num_cpus": 0.5,
+        "resources": worker,
+    }
     return {
         "name": "node-failure",
         "state_dir": state_dir,
         "rest": {"host": "127.0.0.1", "port": rest_port},
         "gateway": {
-            "bind": f"tcp://127.0.0.1:{gateway_port}",
+            "bind": f"tcp://127.0.0.1:{gateway_port}",  # gateway k: the port + k
+            "replicas": 2,
             "resources": {"robot_gateway": 1},
+            "num_cpus": 0.5,
             "lease_timeout_s": 30.0,
         },
-        "data": {"resources": worker, "num_cpus": 0.25},
-        "tasks": [
-            {
-                "name": "reach",
-                "observation": {"state": {"shape": [10], "dtype": "float32"}},
-                "action": {"shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0},
-                "chunk_len": 4,
-                "policy": {"family": "gaussian_mlp", "hidden": [64, 64], "init_log_std": -0.5},
-                # one replica per node (SPREAD); asks for a GPU, runs on CPU here (cpu_fallback)
-                "inference": {
-                    "replicas": 2,
-                    "max_batch": 16,
-                    "num_cpus": 0.25,
-                    "num_gpus": 1,
-                    "spread": True,
-                },
-                "learner": {
-                    "algorithm": "ppo",
-                    "config": {"epochs": 2, "batch_size": 128, "steps_per_update": steps_per_update},
-                    "publish_every": 1,
-                    "checkpoint_every": 1,
-                    "max_failures": -1,
-                    "num_cpus": 0.5,
-                    "resources": worker,
-                },
-            }
-        ],
+        "data": {"shards": 2, "shard_of": {TASKS[0]: 0, TASKS[1]: 1}, "resources": worker, "num_cpus": 0.25},
+        "tasks": [_task(TASKS[0], learner), _task(TASKS[1], None)],
     }
 
 
@@ -126,18 +131,20 @@ class _Robots:
 
     stop: threading.Event = field(default_factory=threading.Event)
     clients: list[Any] = field(default_factory=list)
+    gateway: dict[str, int] = field(default_factory=dict)  # robot id -> the gateway registration gave it
     runner: Any = None
     thread: threading.Thread | None = None
     started: float = 0.0  # monotonic time the runner started
 
     def start(self, rest_url: str, scenario: Scenario) -> None:
-        """Register ``scenario.robots`` Reacher arms over REST and start driving them."""
+        """Register ``scenario.robots`` Reacher arms over REST, half for each task, and start driving them."""
         from fleetrl.robots.client import ClientConfig, FleetRunner, RobotClient, register
         from fleetrl.robots.sim import SimRobot
 
         for i in range(scenario.robots):
             robot = SimRobot("Reacher-v5", seed=scenario.seed + i, control_hz=scenario.control_hz)
-            info = register(rest_url, ADMIN_TOKEN, f"nf-{i}", "reach", robot)
+            info = register(rest_url, ADMIN_TOKEN, f"nf-{i}", TASKS[i % 2], robot)
+            self.gateway[info["robot_id"]] = info["gateway"]
             self.clients.append(
                 RobotClient.from_registration(
                     robot, info, config=ClientConfig(keep_episodes=100_000, keep_replies=1_000_000)
@@ -152,6 +159,14 @@ class _Robots:
         """Every ended episode acknowledged by the platform."""
         return all(ep.acked for c in self.clients for ep in c.episodes if ep.outcome is not None)
 
+    def moved(self, gateway: int) -> bool:
+        """Every robot that ``gateway`` served is welcomed by another gateway and got a chunk from it."""
+        return all(
+            c.connected and c.endpoint != c.connection.endpoints[0] and c.counters["replies"] > 0
+            for c in self.clients
+            if self.gateway[c.robot_id] == gateway
+        )
+
     def halt(self) -> None:
         """Stop driving the robots (their records stay readable)."""
         self.stop.set()
@@ -165,21 +180,22 @@ class _Timeline:
 
     robots_started: float
     failure: float
+    robots_back: float  # every robot of the lost gateway served by the other one
     data_back: float
     learner_back: float
     end: float
     all_acked: float  # every episode ended by then was acked (robots were halted just after)
 
 
-def _start_cluster(scenario: Scenario) -> tuple[Any, Any]:
-    """A head (with the gateway's resource and the scenario's node health check) and node A."""
+def _start_cluster(scenario: Scenario) -> tuple[Any, list[Any]]:
+    """A head (with the scenario's node health check) and nodes A and B, each offering a gateway's and
+    workers' resources."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": 4,
-            "resources": {"robot_gateway": 1},
             "include_dashboard": False,
             "_system_config": {
                 "health_check_period_ms": scenario.health_check_period_ms,
@@ -187,65 +203,71 @@ def _start_cluster(scenario: Scenario) -> tuple[Any, Any]:
             },
         },
     )
-    return cluster, cluster.add_node(num_cpus=2, resources={"worker": 4})
+    nodes = [cluster.add_node(num_cpus=4, resources={"robot_gateway": 1, "worker": 4}) for _ in range(2)]
+    return cluster, nodes
 
 
 def _version(platform: Any) -> int:
-    """The newest weight version published for the task (-1: none yet)."""
+    """The newest weight version published for the learning task (-1: none yet)."""
     import ray
 
-    latest = ray.get(platform.weights.latest.remote("reach"))
+    latest = ray.get(platform.weights.latest.remote(TASKS[0]))
     return -1 if latest is None else latest[0]
 
 
-def _placement(platform: Any, learner: Any, head: str, node_a: Any, node_b: Any) -> dict[str, Any]:
+def _placement(platform: Any, learner: Any, head: str, nodes: list[Any]) -> dict[str, Any]:
     """The node of every node and actor the scenario cares about."""
     import ray
 
-    learner_node = ray.get(learner.status.remote())["node_id"]
     return {
         "head": head,
-        "node_a": node_a.node_id,
-        "node_b": node_b.node_id,
-        "gateway": ray.get(platform.gateway.ready.remote())["node_id"],
-        "data": ray.get(platform.data.ready.remote())["node_id"],
-        "learner_worker": learner_node,
-        "replicas": ray.get([r.node_id.remote() for r in platform.replicas["reach"]]),
+        "nodes": [n.node_id for n in nodes],
+        "gateways": [g["node_id"] for g in ray.get([a.ready.remote() for a in platform.gateways])],
+        "data_shards": [d["node_id"] for d in ray.get([a.ready.remote() for a in platform.data_shards])],
+        "learner_worker": ray.get(learner.status.remote())["node_id"],
+        "replicas": {t: ray.get([r.node_id.remote() for r in platform.replicas[t]]) for t in TASKS},
     }
 
 
-def _ran_on_node_a(placement: dict[str, Any]) -> list[str]:
-    """What node A runs: the gateway, data server, learner worker and replicas placed there."""
-    on_a = [
-        k
-        for k, v in placement.items()
-        if k.startswith(("gateway", "data", "learner")) and v == placement["node_a"]
+def _ran_on(placement: dict[str, Any], node: str) -> list[str]:
+    """What ``node`` runs: gateways, data shards, the learner's first worker and replicas placed there."""
+    on = [f"gateway {k}" for k, n in enumerate(placement["gateways"]) if n == node]
+    on += [f"data shard {k}" for k, n in enumerate(placement["data_shards"]) if n == node]
+    on += ["learner worker"] if placement["learner_worker"] == node else []
+    return on + [
+        f"replica {t}/{i}" for t, ns in placement["replicas"].items() for i, n in enumerate(ns) if n == node
     ]
-    return on_a + [f"replica {i}" for i, n in enumerate(placement["replicas"]) if n == placement["node_a"]]
 
 
-def _fail_node_a(
-    cluster: Any, node_a: Any, platform: Any, robots: _Robots, scenario: Scenario, log: Callable[[str], Any]
-) -> _Timeline:
-    """Remove node A without warning, wait for the data server and the learner to come back elsewhere,
-    let the robots run ``settle_s`` more, then wait until every ended episode is acked and stop them."""
+def _fail_node(
+    cluster: Any, node: Any, placement: dict[str, Any], platform: Any, robots: _Robots, scenario: Scenario,
+    log: Callable[[str], Any],
+) -> _Timeline:  # fmt: skip
+    """Remove ``node`` without warning, wait for its gateway's robots to be served by the other gateway,
+    its shard and the learner to come back elsewhere, let the robots run ``settle_s`` more, then wait until
+    every ended episode is acked and stop them."""
     import ray
 
+    lost_gateway = placement["gateways"].index(node.node_id)
+    lost_shard = placement["data_shards"].index(node.node_id)
     t_fail, wall_fail = time.monotonic(), time.time()
-    cluster.remove_node(node_a, allow_graceful=False)
+    cluster.remove_node(node, allow_graceful=False)
 
     def published_after_failure() -> bool:
-        latest = ray.get(platform.weights.latest.remote("reach"))
+        latest = ray.get(platform.weights.latest.remote(TASKS[0]))
         return latest is not None and latest[2] > wall_fail
 
     def data_back() -> bool:
         try:
-            return ray.get(platform.data.ready.remote(), timeout=2)["node_id"] != node_a.node_id
+            where = ray.get(platform.data_shards[lost_shard].ready.remote(), timeout=2)["node_id"]
         except Exception:  # noqa: BLE001 - still restarting
             return False
+        return where != node.node_id
 
-    t_data = _wait(data_back, scenario.timeout_s, "the data server to come back", poll=0.2)
-    log(f"data server back after {t_data - t_fail:.1f} s")
+    t_robots = _wait(lambda: robots.moved(lost_gateway), scenario.timeout_s, "robots to move")
+    log(f"robots of gateway {lost_gateway} served by the other after {t_robots - t_fail:.1f} s")
+    t_data = _wait(data_back, scenario.timeout_s, "the lost data shard to come back", poll=0.2)
+    log(f"data shard {lost_shard} back after {t_data - t_fail:.1f} s")
     t_learner = _wait(published_after_failure, scenario.timeout_s, "the learner to publish again", poll=0.2)
     log(f"learner published again after {t_learner - t_fail:.1f} s (version {_version(platform)})")
     time.sleep(scenario.settle_s)
@@ -255,27 +277,39 @@ def _fail_node_a(
         t_acked = _wait(robots.all_acked, 60.0, "every ended episode to be acked", poll=0.5)
     finally:
         robots.halt()
-    return _Timeline(robots.started, t_fail, t_data, t_learner, t_end, t_acked)
+    return _Timeline(robots.started, t_fail, t_robots, t_data, t_learner, t_end, t_acked)
 
 
-def _timing(clients: list[Any], tl: _Timeline) -> dict[str, Any]:
-    """What the robots saw: action-chunk gaps around the failure and before it, reply intervals before it,
-    round trips after recovery."""
+def _served_again_s(times: Any, failure: float, end: float) -> float:
+    """Seconds from the failure until the chunk that ended the robot's longest wait after it (replies
+    already on their way when the node went do not count as being served again)."""
+    inside = np.asarray([t for t in times if failure <= t <= end])
+    edges = np.concatenate([[failure], inside, [end]])
+    longest = int(np.argmax(np.diff(edges)))
+    return float(edges[longest + 1] - failure)
+
+
+def _timing(robots: _Robots, lost_gateway: int, tl: _Timeline) -> dict[str, Any]:
+    """What the robots saw: how long those of the lost gateway went without a chunk before the other served
+    them, action-chunk gaps around the failure and before it, round trips after recovery."""
+    clients = robots.clients
+    moved = [c for c in clients if robots.gateway[c.robot_id] == lost_gateway]
+    reassigned = [_served_again_s(c.reply_times, tl.failure, tl.end) for c in moved]
     gaps = [_max_gap(np.asarray(c.reply_times), tl.failure - 1.0, tl.end) for c in clients]
     before = [_max_gap(np.asarray(c.reply_times), tl.robots_started + 5.0, tl.failure) for c in clients]
-    intervals = np.concatenate(
-        [np.diff([t for t in c.reply_times if tl.robots_started + 5.0 <= t <= tl.failure]) for c in clients]
-    )
     recent_rtt = [
         rtt for c in clients for (rtt, _), t in zip(c.replies, c.reply_times, strict=True) if t > tl.end - 5.0
     ]
     return {
+        "robots_reassigned": len(moved),
+        "robots_reassigned_s": {
+            "p50": float(np.median(reassigned)),
+            "max": float(np.max(reassigned)),
+            "per_robot": reassigned,
+        },
+        "gateway_moves": sum(c.counters["gateway_moves"] for c in moved),
         "action_gap_s": {"p50": float(np.median(gaps)), "max": float(np.max(gaps)), "per_robot": gaps},
         "action_gap_before_failure_s": {"p50": float(np.median(before)), "max": float(np.max(before))},
-        "reply_interval_before_failure_s": {
-            "p50": float(np.percentile(intervals, 50)),
-            "p99": float(np.percentile(intervals, 99)),
-        },
         "latency_after_recovery_ms": {
             "p50": float(np.percentile(recent_rtt, 50)),
             "p99": float(np.percentile(recent_rtt, 99)),
@@ -287,36 +321,47 @@ def _result(
     scenario: Scenario,
     platform: Any,
     learner: Any,
-    clients: list[Any],
+    robots: _Robots,
     placement: dict[str, Any],
+    failed: str,
     version_at_failure: int,
     tl: _Timeline,
 ) -> dict[str, Any]:
     """The scenario's result JSON."""
     import ray
 
+    clients = robots.clients
     acked = {ep.episode_id for c in clients for ep in c.episodes if ep.acked}
     # an episode that ended between the last all-acked check and the halt had no time to be acked: in flight
     ended = [ep for c in clients for ep in c.episodes if ep.outcome is not None and ep.steps]
     unacked = [ep.episode_id for ep in ended if not ep.acked and ep.steps[-1].action_start < tl.all_acked]
-    stored = set(ray.get(platform.data.episode_ids.remote("reach")))
+    stored = {e for task in TASKS for e in ray.get(platform.data.episode_ids.remote(task))}
     final = ray.get(learner.status.remote())
-    data_node_after = ray.get(platform.data.ready.remote())["node_id"]
+    lost_gateway = placement["gateways"].index(failed)
+    gateways_after = ray.get(platform.registry.robot_gateways.remote([c.robot_id for c in clients]))
     return {
         "scenario": dataclasses.asdict(scenario),
         "robots": scenario.robots,
         "control_hz": scenario.control_hz,
+        "gateways": len(platform.gateways),
+        "data_shards": len(platform.data_shards),
+        "learner_workers": final.get("workers"),
         "placement": placement,
-        "removed_node_ran": _ran_on_node_a(placement),
+        "failed_node": failed,
+        "removed_node_ran": _ran_on(placement, failed),
+        "robots_per_gateway_before": [sum(g == k for g in robots.gateway.values()) for k in range(2)],
+        "robots_per_gateway_after": [sum(g == k for g in gateways_after.values()) for k in range(2)],
         "version_at_failure": version_at_failure,
         "version_after": _version(platform),
         "learner_restored_step": final.get("restored_step"),
         "learner_node_after": final.get("node_id"),
-        "data_node_after": data_node_after,
+        "data_shard_nodes_after": [
+            d["node_id"] for d in ray.get([a.ready.remote() for a in platform.data_shards])
+        ],
         "replies_after_recovery": [
             sum(tl.learner_back <= t <= tl.end for t in c.reply_times) for c in clients
         ],
-        **_timing(clients, tl),
+        **_timing(robots, lost_gateway, tl),
         "episodes_acked": len(acked),
         "episodes_lost": len(acked - stored),
         "episodes_unacked_at_end": len(unacked),
@@ -331,24 +376,22 @@ def run(scenario: Scenario, log: Callable[[str], Any] = print) -> dict[str, Any]
 
     from fleetrl.platform.config import parse_config
     from fleetrl.platform.platform import Platform
-    from fleetrl.testing.net import free_port
+    from fleetrl.testing.net import free_port, free_ports_in_a_row
 
     os.environ["FLEETRL_ADMIN_TOKEN"] = ADMIN_TOKEN
     state = tempfile.mkdtemp(prefix="fleetrl-node-failure-")
-    cluster, node_a = _start_cluster(scenario)
-    cfg = parse_config(platform_config(state, free_port(), free_port(), scenario.steps_per_update))
+    cluster, nodes = _start_cluster(scenario)
+    cfg = parse_config(platform_config(state, free_port(), free_ports_in_a_row(2)))
     cfg = cfg.model_copy(update={"ray_address": cluster.address})
     platform = Platform(cfg)
     robots = _Robots()
     try:
         t0 = time.monotonic()
         platform.start(timeout=scenario.timeout_s)
-        log(f"platform up on a 2-node cluster in {time.monotonic() - t0:.1f} s")
+        log(f"platform up on a 3-node cluster in {time.monotonic() - t0:.1f} s")
         head_id = ray.get_runtime_context().get_node_id()
-        learner = platform.learner("reach")
-        # the learner's Ray Train worker starts in the background: let it land (on A) before B exists
+        learner = platform.learner(TASKS[0])
         _wait(lambda: ray.get(learner.status.remote()).get("node_id"), scenario.timeout_s, "the learner")
-        node_b = cluster.add_node(num_cpus=2, resources={"worker": 4})  # standby capacity
         robots.start(platform.rest_url, scenario)
         _wait(
             lambda: _version(platform) >= scenario.versions_before_failure,
@@ -356,12 +399,15 @@ def run(scenario: Scenario, log: Callable[[str], Any] = print) -> dict[str, Any]
             f"learner version {scenario.versions_before_failure}",
             poll=0.5,
         )
-        placement = _placement(platform, learner, head_id, node_a, node_b)
-        on_a = _ran_on_node_a(placement)
-        log(f"version {_version(platform)} published; removing node A (runs: {', '.join(on_a) or 'nothing'})")
+        placement = _placement(platform, learner, head_id, nodes)
+        failed = placement["learner_worker"]
+        node = next(n for n in nodes if n.node_id == failed)
+        log(
+            f"version {_version(platform)} published; removing the learner's node (runs: {', '.join(_ran_on(placement, failed))})"
+        )
         version_at_failure = _version(platform)
-        timeline = _fail_node_a(cluster, node_a, platform, robots, scenario, log)
-        return _result(scenario, platform, learner, robots.clients, placement, version_at_failure, timeline)
+        timeline = _fail_node(cluster, node, placement, platform, robots, scenario, log)
+        return _result(scenario, platform, learner, robots, placement, failed, version_at_failure, timeline)
     finally:
         robots.halt()
         if robots.runner is not None:
@@ -381,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     result = run(Scenario.quick() if args.quick else Scenario())
     args.out.write_text(json.dumps(result, indent=2))
     print(
-        f"action gap p50 {result['action_gap_s']['p50']:.2f} s, max {result['action_gap_s']['max']:.2f} s; "
-        f"learner resumed in {result['learner_resume_s']:.1f} s; episodes lost {result['episodes_lost']}"
+        f"robots moved to the other gateway in p50 {result['robots_reassigned_s']['p50']:.1f} s, max "
+        f"{result['robots_reassigned_s']['max']:.1f} s; learner resumed in {result['learner_resume_s']:.1f} s; "
+        f"episodes lost {result['episodes_lost']}"
     )
     return 0
 

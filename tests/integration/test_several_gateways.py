@@ -8,14 +8,13 @@ path through REST, on a multi-node cluster with a node lost, is ``tests/e2e/test
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import ray
 
 from fleetrl.robots.client import ClientConfig, RobotClient
 from fleetrl.robots.sim import SimRobot
 from fleetrl.serving.routes.robots import gateway_order
+from fleetrl.testing.net import free_ports_in_a_row
 from fleetrl.workers.gateway.actor import start_gateways
 from fleetrl.workers.gateway.gateways import Gateways
 from fleetrl.workers.gateway.session import GatewayConfig
@@ -25,25 +24,10 @@ from tests.integration.helpers import FleetThread
 SPECS = ({"state": {"shape": [10], "dtype": "float32"}}, {"shape": [2], "dtype": "float32"})
 
 
-def two_free_ports() -> int:
-    """A port p with p and p + 1 free (gateway k binds the bind port + k)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 @pytest.fixture(scope="module")
 def two_gateways(platform):
     cfg = GatewayConfig(
-        bind=f"tcp://127.0.0.1:{two_free_ports()}", security="token", replicas=2, lease_timeout_s=1.5,
+        bind=f"tcp://127.0.0.1:{free_ports_in_a_row(2)}", security="token", replicas=2, lease_timeout_s=1.5,
         resume_window_s=30.0, num_cpus=0.25,
     )  # fmt: skip
     actors = start_gateways(
