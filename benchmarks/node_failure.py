@@ -1,20 +1,22 @@
-"""Node failure: a worker node removed under load on a multi-node Ray cluster (``ray.cluster_utils.Cluster``
-on this machine): the gap in action chunks per robot, acked episodes lost, time until the learner
-publishes again.
+"""Node failure, scaled out: a node holding a gateway, a data shard and the learner's worker removed under load
+on a 3-node Ray cluster (``ray.cluster_utils.Cluster`` on this machine): how long its robots take to be
+served by the other gateway, acked episodes lost, time until the learner publishes again.
 
-The scenario (``fleetrl/testing/node_failure.py``): head (gateway, REST, control actors, one inference
-replica), node A (data server, the learner's Ray Train worker, the other replica), node B standing by.
-4 Reacher robots at 25 Hz train PPO; after a few published versions node A is removed without warning.
-Full mode keeps Ray's default node health check (3 s period x 5 misses), the time a real cluster takes
-to declare a silent node dead; ``--quick`` detects in 2 s, as the test does.
+The scenario (``fleetrl/testing/node_failure.py``): head (REST, control actors), nodes A and B (a gateway,
+a data shard each; the 2-worker DDP learner where Ray Train packs it; inference replicas spread over all
+three). 16 Reacher robots at 20 Hz on two tasks (one per shard) split over the two gateways; the learner
+(AWR) trains one task; after a few published versions the node of the learner's first worker is removed
+without warning. Full mode keeps Ray's default node health check (3 s period x 5 misses), the time a real
+cluster takes to declare a silent node dead; ``--quick`` detects in 2 s and runs at 10 Hz, as the test does.
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/node_failure.py [--quick] [--trials N]
 
-Writes ``benchmarks/results/node_failure.json``: ``action_gap_s`` {p50, max} over every robot of every
-trial (the longest time each robot went without a new chunk around the failure; compare
-``action_gap_before_failure_s``, the same measure over the minutes before it), ``episodes_lost`` (acked
-by the platform, missing from the store afterwards, summed over trials), ``learner_resume_s`` (failure
--> first publication after it; median over trials) and ``data_server_recovery_s``.
+Writes ``benchmarks/results/node_failure.json``: ``gateways``, ``data_shards``, ``learner_workers``,
+``robots_reassigned_s`` {p50, max} over the lost gateway's robots of every trial (failure -> the chunk that
+ended the robot's longest wait, i.e. served by the other gateway), ``episodes_lost`` (acked by the
+platform, missing from the store afterwards, summed over trials), ``learner_resume_s`` (failure -> first
+publication after it; median over trials), ``data_server_recovery_s`` (the lost shard answering from its
+new node) and ``action_gap_s`` over every robot (compare ``action_gap_before_failure_s``).
 """
 
 from __future__ import annotations
@@ -46,20 +48,28 @@ def main(argv: list[str] | None = None) -> None:
         results.append(run(scenario, log=lambda line: print(f"  {line}", flush=True)))
 
     gaps = [g for r in results for g in r["action_gap_s"]["per_robot"]]
+    moved = [g for r in results for g in r["robots_reassigned_s"]["per_robot"]]
     before = [r["action_gap_before_failure_s"]["max"] for r in results]
     resume = [r["learner_resume_s"] for r in results]
     data_back = [r["data_server_recovery_s"] for r in results]
+    first = results[0]
     summary = {
         **run_header(args),
         "scenario": dataclasses.asdict(base),
         "trials": trials,
-        "action_gap_s": {"p50": float(np.median(gaps)), "max": float(np.max(gaps))},
-        "action_gap_before_failure_s": {"max": float(np.max(before))},
+        "gateways": first["gateways"],
+        "data_shards": first["data_shards"],
+        "learner_workers": first["learner_workers"],
+        "robots": first["robots"],
+        "robots_reassigned": int(sum(r["robots_reassigned"] for r in results)),
+        "robots_reassigned_s": {"p50": float(np.median(moved)), "max": float(np.max(moved))},
         "episodes_lost": int(sum(r["episodes_lost"] for r in results)),
         "episodes_acked": int(sum(r["episodes_acked"] for r in results)),
         "learner_resume_s": float(np.median(resume)),
         "learner_resume_s_max": float(np.max(resume)),
         "data_server_recovery_s": float(np.median(data_back)),
+        "action_gap_s": {"p50": float(np.median(gaps)), "max": float(np.max(gaps))},
+        "action_gap_before_failure_s": {"max": float(np.max(before))},
         "latency_after_recovery_ms": {
             "p50": float(np.median([r["latency_after_recovery_ms"]["p50"] for r in results])),
             "p99": float(np.max([r["latency_after_recovery_ms"]["p99"] for r in results])),
@@ -68,10 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     out = write_json(summary, args.out)
     print(
-        f"node failure ({trials} trial(s), {summary['mode']}): action gap p50 {summary['action_gap_s']['p50']:.2f} s "
-        f"max {summary['action_gap_s']['max']:.2f} s (before: max {summary['action_gap_before_failure_s']['max']:.2f} s); "
-        f"episodes lost {summary['episodes_lost']}/{summary['episodes_acked']}; learner resumed in "
-        f"{summary['learner_resume_s']:.1f} s; data server back in {summary['data_server_recovery_s']:.1f} s -> {out}"
+        f"node failure ({trials} trial(s), {summary['mode']}; {summary['gateways']} gateways, "
+        f"{summary['data_shards']} shards, {summary['learner_workers']} learner workers, {summary['robots']} robots): "
+        f"robots moved to the other gateway in p50 {summary['robots_reassigned_s']['p50']:.1f} s, max "
+        f"{summary['robots_reassigned_s']['max']:.1f} s; episodes lost {summary['episodes_lost']}/"
+        f"{summary['episodes_acked']}; learner resumed in {summary['learner_resume_s']:.1f} s; data shard back in "
+        f"{summary['data_server_recovery_s']:.1f} s -> {out}"
     )
 
 

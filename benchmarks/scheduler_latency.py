@@ -158,7 +158,10 @@ def register_fleet(platform: Platform, endpoint: str, n: int, label: str, seed: 
     with ThreadPoolExecutor(REST_THREADS) as pool:
         made = list(pool.map(make, range(n)))
     # Sockets are made here, in the thread that will use them (ZeroMQ sockets are not thread-safe).
-    return [RobotClient.from_registration(robot, info | {"endpoint": endpoint}) for robot, info in made]
+    return [
+        RobotClient.from_registration(robot, info | {"endpoint": endpoint, "endpoints": [endpoint]})
+        for robot, info in made
+    ]
 
 
 def drain(clients: list[RobotClient], seconds: float) -> None:

@@ -93,6 +93,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
+STALE_GAUGE_S = 5.0  # a gauge sender (a gateway) silent this long no longer counts in the sum
+
+
 class MetricsBuffer:
     """Local accumulation of metric events in an actor; ``drain()`` hands them to ``MetricsServer.ingest``."""
 
@@ -172,14 +175,18 @@ class MetricsServer:
             lambda: deque(maxlen=window)
         )
         self._snapshots: dict[str, dict[str, Any]] = {}
-        self._gauge_parts: dict[tuple[str, tuple[str, ...]], dict[str, float]] = defaultdict(dict)
+        # (gauge, labels) -> sender -> (its latest value, when it came)
+        self._gauge_parts: dict[tuple[str, tuple[str, ...]], dict[str, tuple[float, float]]] = defaultdict(
+            dict
+        )
         self._logs: deque[dict[str, Any]] = deque(maxlen=log_lines)
 
     def ready(self) -> bool:
         return True
 
     def ingest(self, events: list, gauges: list, source: str | None = None) -> None:
-        """``source``: a gauge of one of several senders (each gateway) is the sum of their latest values."""
+        """``source``: a gauge of one of several senders (each gateway) is the sum of their latest values,
+        leaving out a sender silent for ``STALE_GAUGE_S`` (a gateway that is gone)."""
         for name, labels, value in events:
             kind, m = self._metrics[name]
             if kind == "histogram":
@@ -190,8 +197,8 @@ class MetricsServer:
         for name, labels, value in gauges:
             if source is not None:
                 parts = self._gauge_parts[(name, tuple(labels))]
-                parts[source] = value
-                value = sum(parts.values())
+                parts[source] = (value, now := time.monotonic())
+                value = sum(v for v, at in parts.values() if now - at < STALE_GAUGE_S)
             self._metrics[name][1].labels(*labels).set(value)
 
     def publish(self, source: str, snapshot: dict[str, Any]) -> None:

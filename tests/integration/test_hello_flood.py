@@ -80,7 +80,9 @@ def test_a_fleet_connecting_at_once_beyond_the_hello_budget_all_gets_in(platform
         for i in range(16):
             robot = SimRobot("Reacher-v5", seed=200 + i, control_hz=20.0)
             info = register(platform.rest_url, ADMIN_TOKEN, f"at-once-{i}", "reach", robot)
-            clients.append(RobotClient.from_registration(robot, info | {"endpoint": endpoint}))
+            clients.append(
+                RobotClient.from_registration(robot, info | {"endpoint": endpoint, "endpoints": [endpoint]})
+            )
         with FleetThread(clients):
             wait_until(lambda: all(c.counters["replies"] > 0 for c in clients), 30, "every robot served")
         assert ray.get(gateway.stats.remote())["zap_denied"] == 0

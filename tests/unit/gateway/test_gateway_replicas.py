@@ -7,6 +7,7 @@ import pytest
 
 from fleetrl.platform.config import parse_config
 from fleetrl.serving.routes.robots import gateway_order
+from fleetrl.workers import metrics_server
 from fleetrl.workers.gateway.gateways import merge_stats
 from fleetrl.workers.gateway.session import GatewayConfig
 from fleetrl.workers.metrics_server import MetricsServer
@@ -72,12 +73,17 @@ def test_the_gateways_stats_merge_into_one_answer_that_names_each_gateway():
     ]
 
 
-def test_a_gauge_that_several_gateways_report_is_their_sum():
+def test_a_gauge_that_several_gateways_report_is_their_sum_without_those_gone_silent(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(metrics_server.time, "monotonic", lambda: clock[0])
     server = MetricsServer()
     server.ingest([], [("robots_online", ("reach",), 3.0)], "gateway-0")
     server.ingest([], [("robots_online", ("reach",), 5.0)], "gateway-1")
     server.ingest([], [("robots_online", ("reach",), 4.0)], "gateway-0")
     assert b'fleetrl_robots_online{task="reach"} 9.0' in server.render()
+    clock[0] += metrics_server.STALE_GAUGE_S + 1  # gateway-1 is gone: its robots are no longer counted
+    server.ingest([], [("robots_online", ("reach",), 6.0)], "gateway-0")
+    assert b'fleetrl_robots_online{task="reach"} 6.0' in server.render()
 
 
 def test_canary_rollout_needs_a_single_gateway():

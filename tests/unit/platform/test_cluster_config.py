@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import shlex
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,34 @@ def offered_resources(config: dict) -> set[str]:
 
 
 def requested_resources(platform) -> set[str]:
-    parts = [platform.gateway, platform.data, platform.critic]
-    parts += [t.inference for t in platform.tasks] + [t.learner for t in platform.tasks if t.learner]
-    return {r for p in parts for r in p.resources}
+    return set(requested_counts(platform))
+
+
+def requested_counts(platform) -> Counter:
+    """Custom resources the platform holds once every actor runs: per gateway, shard, replica, learner worker."""
+    parts = [(platform.gateway, platform.gateway.replicas), (platform.data, platform.data.shards)]
+    parts += [(platform.critic, 1)] + [(t.inference, t.inference.replicas) for t in platform.tasks]
+    parts += [(t.learner, t.learner.num_workers) for t in platform.tasks if t.learner]
+    need: Counter = Counter()
+    for part, count in parts:
+        need.update({r: amount * count for r, amount in part.resources.items()})
+    return need
+
+
+def offered_counts(config: dict) -> Counter:
+    """Custom resources of the whole cluster at its largest: the head, plus each worker node type times its
+    ``max_workers`` (aws), or the worker ``ray start`` times the listed machines (local provider)."""
+    offered: Counter = Counter()
+    head_type = config.get("head_node_type")
+    for name, node in config.get("available_node_types", {}).items():
+        count = 1 if name == head_type else node.get("max_workers", 0)
+        offered.update({r: n * count for r, n in node.get("resources", {}).items()})
+    workers = len(config["provider"].get("worker_ips", []))
+    for key, count in (("head_start_ray_commands", 1), ("worker_start_ray_commands", workers)):
+        for cmd in config.get(key, []):
+            for match in re.finditer(r"--resources='([^']*)'", cmd):
+                offered.update({r: n * count for r, n in json.loads(match.group(1)).items()})
+    return offered
 
 
 def test_there_is_an_aws_and_a_local_cluster_yaml():
@@ -85,7 +111,21 @@ def test_head_serves_a_valid_platform_whose_resources_the_nodes_offer(path):
     platform = load_config(platform_yaml)  # raises ConfigError naming the bad key
     missing = requested_resources(platform) - offered_resources(config)
     assert not missing, f"{path.name}: no node offers {sorted(missing)} that {platform_yaml.name} asks for"
-    assert "robot_gateway" in platform.gateway.resources  # robots always find the gateway on the head
+    short = {r: (n, offered_counts(config)[r]) for r, n in requested_counts(platform).items()
+             if n > offered_counts(config)[r]}  # fmt: skip
+    assert not short, f"{path.name}: (needed, offered) at most: {short}: some actors would never be placed"
+
+
+def test_the_cluster_is_sized_for_200_robots_on_4_gateways_and_a_4_gpu_learner():
+    platform = load_config(ROOT / "configs" / "cluster-platform.yaml")
+    assert platform.gateway.replicas == 4 and platform.gateway.resources == {"robot_gateway": 1}
+    assert platform.data.shards == 2
+    assert max(t.learner.num_workers for t in platform.tasks if t.learner) == 4
+    config = yaml.safe_load((ROOT / "configs" / "cluster.yaml").read_text())
+    gateway_nodes = config["available_node_types"]["gateway"]
+    assert gateway_nodes["min_workers"] == 4 and gateway_nodes["resources"]["robot_gateway"] == 1
+    learner_node = config["available_node_types"]["gpu_learner"]["resources"]
+    assert learner_node["GPU"] == learner_node["learner_gpu"] == 4  # the 4 DDP workers fit one node
 
 
 @pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
