@@ -49,7 +49,7 @@ browser:
 	fi
 
 test: setup lint browser
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 tests $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/scheduler_latency.py $(BENCH_ARGS)
