@@ -3,31 +3,19 @@ gateways, two data shards and a two-worker learner land where their configured r
 lost under load moves its robots to the other gateway and costs no acked episode.
 
 The scenario runs once, in its own process (this session's driver is attached to the test platform's
-Ray), and both tests read its result.
+Ray), started when the tests are collected (``cluster_scenario.py``), and both tests read its result.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.e2e.cluster_scenario import scenario_result
 
 
 @pytest.fixture(scope="module")
-def node_failure(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("cluster") / "node_failure.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fleetrl.testing.node_failure", "--quick", "--out", str(out)],
-        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert proc.returncode == 0, f"scenario failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json.loads(out.read_text())
+def node_failure(request) -> dict:
+    return scenario_result(request.config)
 
 
 def test_actors_land_on_the_nodes_that_have_their_resources(node_failure):

@@ -458,10 +458,13 @@ class Gateway:
         if record is None:
             self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
             return
-        if record.get("gateway", self.index) != self.index:  # its gateway stopped answering: it is ours now
+        if self.cfg.replicas > 1 or record.get("gateway") != self.index:
+            # it is ours now (with several gateways it may have come from another, and may have been here
+            # before: the registry, not a cached record, knows where it is); REST routes its calls by this
+            if record.get("gateway") not in (None, self.index):
+                log.info("%s: robot %s moved here from gateway %s", self.name, msg.robot_id, record["gateway"])
             record["gateway"] = self.index
             self.registry.assign_gateway.remote(msg.robot_id, self.index)
-            log.info("%s: robot %s moved here from its gateway", self.name, msg.robot_id)
         task = self.dispatch.tasks.get(record["task"])
         if task is None:
             self._refuse(ident, "unauthorized", f"task {record['task']!r} is not served here", msg.robot_id)
