@@ -117,7 +117,10 @@ def ray_session():
     from fleetrl.testing.s3 import CREDENTIALS
 
     os.environ.update(CREDENTIALS)  # Ray's workers inherit them: the object-storage tests' local S3 server
-    ray.init(num_cpus=8, include_dashboard=False, namespace="fleetrl-tests", log_to_driver=False)
+    # address "local": never the cluster an e2e scenario started (its address file outlives a failed shutdown)
+    ray.init(
+        address="local", num_cpus=8, include_dashboard=False, namespace="fleetrl-tests", log_to_driver=False
+    )
     yield ray
     from ray import serve
 

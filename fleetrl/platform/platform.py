@@ -111,6 +111,9 @@ class Platform:
                 )
             else:
                 ray.init(
+                    # "local": a Ray of its own even where `ray start` left a cluster's address behind (a
+                    # bare ray.init() would attach to that cluster and refuse num_cpus)
+                    address="local",
                     num_cpus=cfg.local_num_cpus or max(8, os.cpu_count() or 1),
                     namespace="fleetrl",
                     include_dashboard=False,

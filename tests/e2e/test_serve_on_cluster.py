@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from ray._common import utils as ray_utils
 from ray.cluster_utils import Cluster
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -80,6 +81,21 @@ def robot_gets_actions(api: str, task: str = "reach") -> None:
         thread.join(10)
         runner.close()
     assert client.counters["replies"] >= 5, client.counters
+
+
+def shutdown_within(cluster: Cluster, seconds: float) -> None:
+    """``cluster.shutdown()``, or SIGKILL for every process of its head after ``seconds``: Ray's dashboard
+    once ignored its SIGTERM, spinning, and Ray's shutdown waited on it for good (then the test session's
+    own Ray would have attached to the half-dead cluster its address file still named)."""
+    done = threading.Thread(target=cluster.shutdown, daemon=True)
+    done.start()
+    done.join(seconds)
+    if done.is_alive() and cluster.head_node is not None:
+        for infos in cluster.head_node.all_processes.values():
+            for info in infos:
+                info.process.kill()
+        done.join(10)
+    ray_utils.reset_ray_address()
 
 
 def test_serve_attaches_to_a_running_cluster_and_runs_as_a_ray_job(tmp_path):
@@ -147,4 +163,4 @@ def test_serve_attaches_to_a_running_cluster_and_runs_as_a_ray_job(tmp_path):
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
     finally:
-        cluster.shutdown()
+        shutdown_within(cluster, 60)

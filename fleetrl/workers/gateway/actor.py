@@ -462,7 +462,9 @@ class Gateway:
             # it is ours now (with several gateways it may have come from another, and may have been here
             # before: the registry, not a cached record, knows where it is); REST routes its calls by this
             if record.get("gateway") not in (None, self.index):
-                log.info("%s: robot %s moved here from gateway %s", self.name, msg.robot_id, record["gateway"])
+                log.info(
+                    "%s: robot %s moved here from gateway %s", self.name, msg.robot_id, record["gateway"]
+                )
             record["gateway"] = self.index
             self.registry.assign_gateway.remote(msg.robot_id, self.index)
         task = self.dispatch.tasks.get(record["task"])
