@@ -83,9 +83,15 @@ class Scalars:
             self.run.log(scalars, step=step, commit=True)  # now, not when a later step arrives
 
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self.run is not None:
             self.run.finish()
             self.run = None
+            # W&B's service process outlives the run and kept 2/3 of a core busy afterwards (wandb 0.31);
+            # a learner process has one run, so it ends with it
+            require("wandb", f"learner.wandb of task {self.task!r}").teardown()
 
 
 class Reporter:
