@@ -16,25 +16,23 @@ ORDER = {"unit": 0, "e2e": 1, "integration": 2}
 
 
 def pytest_collection_modifyitems(config, items):
+    from tests.e2e.background import BACKGROUND, start_runs
+
     def rank(item) -> tuple[int, bool]:
         parts = item.path.relative_to(config.rootpath).parts
         folder = ORDER.get(parts[1], 3) if len(parts) > 2 and parts[0] == "tests" else 3
-        return folder, item.path.name != "test_cluster.py"
+        return folder, item.path.name not in BACKGROUND
 
-    # stable: the order within each folder is kept, but the cluster scenario's tests open the e2e folder
+    # stable: the order within each folder is kept, but the tests that read a background run open e2e
     items.sort(key=rank)
-    if any(item.path.name == "test_cluster.py" for item in items):
-        from tests.e2e.cluster_scenario import start_scenario
-
-        # its process starts a 3-node cluster now, beside the unit tests (which start no Ray); its tests wait
-        # for it before any other e2e test starts a Ray (a bare ray.init() would attach to its cluster)
-        start_scenario(config)
+    # those runs start now, beside the unit tests (which start no Ray); their tests wait for them
+    start_runs(config, {item.path.name for item in items if item.path.parts[-2] == "e2e"})
 
 
 def pytest_unconfigure(config):
-    from tests.e2e.cluster_scenario import stop_scenario
+    from tests.e2e.background import stop_runs
 
-    stop_scenario(config)
+    stop_runs(config)
 
 
 def platform_config_dict(state_dir: str, rest_port: int, zmq_port: int) -> dict:

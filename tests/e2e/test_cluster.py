@@ -3,19 +3,23 @@ gateways, two data shards and a two-worker learner land where their configured r
 lost under load moves its robots to the other gateway and costs no acked episode.
 
 The scenario runs once, in its own process (this session's driver is attached to the test platform's
-Ray), started when the tests are collected (``cluster_scenario.py``), and both tests read its result.
+Ray), started when the tests are collected (``background.py``), and both tests read its result.
 """
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.e2e.cluster_scenario import scenario_result
+from tests.e2e.background import finished
 
 
 @pytest.fixture(scope="module")
 def node_failure(request) -> dict:
-    return scenario_result(request.config)
+    code, out, err, folder = finished(request.config, "test_cluster.py")
+    assert code == 0, f"scenario failed ({code}):\n{out[-3000:]}\n{err[-6000:]}"
+    return json.loads((folder / "node_failure.json").read_text())
 
 
 def test_actors_land_on_the_nodes_that_have_their_resources(node_failure):
