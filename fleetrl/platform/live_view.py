@@ -179,9 +179,22 @@ def render(
     refused = gateway_stats.get("refused") or {}
     footer = Table.grid()
     footer.add_row(f"frames refused: {dict(refused) if refused else 0}    Ctrl-C to stop")
+    if several := gateways_text(gateway_stats):
+        footer.add_row(several)
     if refilling := refill_text(refill):
         footer.add_row(refilling)
     return Group(tasks, learn, robots, footer)
+
+
+def gateways_text(gateway_stats: dict[str, Any]) -> str | None:
+    """With several gateways: each one's robots online, or that it is down (None with one gateway)."""
+    gateways = gateway_stats.get("gateways")
+    if not gateways:
+        return None
+    each = ", ".join(
+        f"{g['index']}: {g['robots_online']} online" if g["up"] else f"{g['index']}: DOWN" for g in gateways
+    )
+    return f"gateways {each}"
 
 
 def summary_line(
@@ -208,6 +221,8 @@ def summary_line(
             )
         if r["versions"] not in ("-", "newest"):
             parts[-1] += f", versions: {r['versions']}"
+    if several := gateways_text(gateway_stats):
+        parts.append(several)
     if refilling := refill_text(refill):
         parts.append(refilling)
     return f"[{elapsed_s:5.0f}s] " + " | ".join(parts)

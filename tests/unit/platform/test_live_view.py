@@ -66,3 +66,11 @@ def test_the_replay_refill_shows_until_it_is_done():
     finished = {**refilling, "loaded": 5000, "done": True}
     assert "refill" not in summary_line(gw, {}, 3.0, {}, finished)
     assert "refill" not in rendered(render(gw, {}, 3.0, {}, finished))
+
+
+def test_several_gateways_show_each_ones_robots_or_that_it_is_down():
+    one = {"robots": [], "pools": {}}
+    assert "gateways" not in rendered(render(one, {}, 3.0))
+    several = {**one, "gateways": [{"index": 0, "up": True, "robots_online": 7}, {"index": 1, "up": False}]}
+    assert "gateways 0: 7 online, 1: DOWN" in rendered(render(several, {}, 3.0))
+    assert "gateways 0: 7 online, 1: DOWN" in summary_line(several, {}, 3.0)
