@@ -119,12 +119,13 @@ async def issue_credentials(svc: Services, body: RobotRegistration) -> RobotCred
             secret_key=rec.get("curve_secret_key"),
         )
     fields = {k: rec[k] for k in ("robot_id", "name", "task", "token")}
-    endpoints = gateway_order(svc.robot_endpoints, rec["gateway"] or 0, rec["robot_id"])
+    own = rec["gateway"] if rec["gateway"] is not None and rec["gateway"] < count else 0
+    endpoints = gateway_order(svc.robot_endpoints, own, rec["robot_id"])
     return RobotCredentials(
         **fields,
         endpoint=endpoints[0],
         endpoints=endpoints,
-        gateway=rec["gateway"] or 0,
+        gateway=own,
         chunk_len=task.chunk_len,
         curve=curve,
         reregistered=rec["reregistered"],

@@ -164,9 +164,13 @@ def merge_stats(answers: list[tuple[int, dict[str, Any]]], count: int) -> dict[s
 @ray.remote(num_cpus=0)
 def _routed(method: str, actors: list[Any], registry: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """A call about robots, on the gateway they are assigned to."""
-    if method in BY_ROBOT:  # (robot_id, ...): its gateway (0 before any has welcomed it)
+
+    def actor(k: int | None) -> Any:  # 0 before any gateway welcomed the robot, or for one of a larger config
+        return actors[k if k is not None and 0 <= k < len(actors) else 0]
+
+    if method in BY_ROBOT:  # (robot_id, ...): its gateway
         k = ray.get(registry.robot_gateways.remote([args[0]])).get(args[0])
-        return ray.get(getattr(actors[k or 0], method).remote(*args, **kwargs))
+        return ray.get(getattr(actor(k), method).remote(*args, **kwargs))
     task, robots = args[0], args[2] if len(args) > 2 else kwargs.get("robots")
     if robots:
         where = set(ray.get(registry.robot_gateways.remote(list(robots))).values())
@@ -184,4 +188,4 @@ def _routed(method: str, actors: list[Any], registry: Any, args: tuple, kwargs: 
             r["gateway"] for _, s in stats for r in s["robots"] if r["task"] == task and r["online"]
         )
         k = count.most_common(1)[0][0] if count else (stats[0][0] if stats else 0)
-    return ray.get(actors[k or 0].evaluate.remote(*args, **kwargs))
+    return ray.get(actor(k).evaluate.remote(*args, **kwargs))
