@@ -458,6 +458,10 @@ class Gateway:
         if record is None:
             self._refuse(ident, "unauthorized", "unknown robot id or wrong token", msg.robot_id)
             return
+        task = self.dispatch.tasks.get(record["task"])
+        if task is None:
+            self._refuse(ident, "unauthorized", f"task {record['task']!r} is not served here", msg.robot_id)
+            return
         if self.cfg.replicas > 1 or record.get("gateway") != self.index:
             # it is ours now (with several gateways it may have come from another, and may have been here
             # before: the registry, not a cached record, knows where it is); REST routes its calls by this
@@ -467,10 +471,6 @@ class Gateway:
                 )
             record["gateway"] = self.index
             self.registry.assign_gateway.remote(msg.robot_id, self.index)
-        task = self.dispatch.tasks.get(record["task"])
-        if task is None:
-            self._refuse(ident, "unauthorized", f"task {record['task']!r} is not served here", msg.robot_id)
-            return
         state = self.robots.get(msg.robot_id)
         if state is None:
             state = self.robots[msg.robot_id] = RobotState(msg.robot_id, task, record["name"])
