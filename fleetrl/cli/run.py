@@ -342,6 +342,7 @@ def cmd_robot(args: argparse.Namespace) -> int:
             wrappers=args.wrapper,
             register_wait_s=args.wait,
             credentials_dir=args.credentials,
+            gateway=args.gateway,
         )
     except RegistrationError as exc:  # refused, or the platform never came: the reason is the message
         print(f"error: {exc}", file=sys.stderr)
@@ -408,6 +409,13 @@ def add_run_parsers(subparsers: Any) -> None:
         default=None,
         help="success rule: reacher_2cm, info_success, never, 'info:KEY', 'obs_norm[A:B]<T' or 'module:function' "
         "(default: the env's preset, else never)",
+    )
+    robot.add_argument(
+        "--gateway",
+        type=int,
+        default=None,
+        metavar="K",
+        help="pin the robots to gateway K of a platform with several (default: the least loaded)",
     )
     robot.add_argument(
         "--credentials",

@@ -371,13 +371,15 @@ def run_sim_fleet(
     wrappers: Sequence[str] = (),
     register_wait_s: float = 120.0,
     credentials_dir: str | Path | None = None,
+    gateway: int | None = None,
 ) -> list[RobotClient]:
     """Register ``n`` simulated robots over REST and run them until ``duration`` or ``stop``
     (``lockstep``: they wait for their chunks instead of holding, see the module doc; ``camera``: the side
     of the RGB frame each one renders, ``state=False``: the frame alone; ``success``, ``env_kwargs``,
     ``wrappers``: see ``SimRobot``; ``register_wait_s``: how long registration waits for the platform;
     ``credentials_dir``: keep each robot's credentials there (``<name>.json``) and renew them at the next
-    start, keeping its robot id; such robots are not deregistered when they stop)."""
+    start, keeping its robot id; such robots are not deregistered when they stop); ``gateway``: pin them to
+    that gateway of a platform with several)."""
     clients = []
     for i in range(n):
         robot = SimRobot(
@@ -386,10 +388,12 @@ def run_sim_fleet(
         )  # fmt: skip
         name = f"{name_prefix}-{i}"
         if credentials_dir is None:
-            info = register(api_url, admin_token, name, task, robot, wait_s=register_wait_s)
+            info = register(api_url, admin_token, name, task, robot, wait_s=register_wait_s, gateway=gateway)
         else:
             path = credentials_path(credentials_dir, name)
-            info = register_or_renew(api_url, admin_token, name, task, robot, path, wait_s=register_wait_s)
+            info = register_or_renew(
+                api_url, admin_token, name, task, robot, path, wait_s=register_wait_s, gateway=gateway
+            )
         clients.append(RobotClient.from_registration(robot, info, config=config))
     log.info("%d %s robots registered for task %s", n, env_id, task)
     if on_start is not None:

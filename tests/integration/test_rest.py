@@ -30,6 +30,7 @@ def test_register_list_get_delete(api, platform):
     creds = r.json()
     assert creds["robot_id"].startswith("rbt_") and len(creds["token"]) >= 32
     assert creds["endpoint"] == platform.endpoint and creds["chunk_len"] == 4
+    assert creds["endpoints"] == [platform.endpoint] and creds["gateway"] == 0  # one gateway
     listed = api.get("/v1/robots").json()
     assert creds["robot_id"] in [x["robot_id"] for x in listed]
     one = api.get(f"/v1/robots/{creds['robot_id']}").json()
@@ -117,6 +118,8 @@ def test_admin_calls_need_the_token(platform, headers, status):
         ({**REACH_BODY, "name": "bad name!"}, 422, "name"),
         ({**REACH_BODY, "colour": "red"}, 422, "colour"),
         ({"task": "reach"}, 422, "name"),
+        ({**REACH_BODY, "gateway": 1}, 422, "not one of the 1 gateways"),
+        ({**REACH_BODY, "gateway": -1}, 422, "gateway"),
     ],
 )
 def test_bad_registrations_get_4xx_with_a_reason(api, body, status, needle):

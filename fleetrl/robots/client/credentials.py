@@ -70,9 +70,11 @@ def register_or_renew(
     robot: Robot,
     path: str | Path,
     wait_s: float = 120.0,
+    gateway: int | None = None,
 ) -> dict[str, Any]:
     """Credentials for ``robot``, kept in ``path``: renewed with the saved token when the file exists (no
-    admin token needed), else registered with ``admin_token``. A saved robot registered for another name
+    admin token needed; the robot keeps its gateway), else registered with ``admin_token`` (``gateway``: pinned
+    to that one). A saved robot registered for another name
     or task is refused; a saved token the platform no longer accepts (the robot was deleted) falls back to
     registering anew when an admin token is at hand."""
     saved = load_credentials(path)
@@ -94,6 +96,6 @@ def register_or_renew(
         raise RegistrationError(
             f"robot {name!r} has no saved credentials in {path}: its first registration needs the admin token"
         )
-    fresh = register(api_url, admin_token, name, task, robot, wait_s=wait_s)
+    fresh = register(api_url, admin_token, name, task, robot, wait_s=wait_s, gateway=gateway)
     save_credentials(path, fresh)
     return fresh

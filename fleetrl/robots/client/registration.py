@@ -35,10 +35,12 @@ def register(
     timeout: float = 10.0,
     curve_public_key: str | None = None,
     wait_s: float = 120.0,
+    gateway: int | None = None,
 ) -> dict[str, Any]:
-    """Register a robot over REST; returns ``{robot_id, token, endpoint, chunk_len, curve}``.
-    ``curve_public_key``: the robot's own CURVE public key (its secret never leaves the robot); without it
-    the platform issues a key pair and returns the secret once.
+    """Register a robot over REST; returns ``{robot_id, token, endpoint, endpoints, gateway, chunk_len,
+    curve}``. ``curve_public_key``: the robot's own CURVE public key (its secret never leaves the robot);
+    without it the platform issues a key pair and returns the secret once. ``gateway``: pin the robot to
+    that gateway of a platform with several (default: the least loaded).
 
     A robot PC often boots before the head: while the platform cannot be reached, answers 502/503/504, or
     its HTTP proxy is up without the API yet (a plain-text 404), this retries with backoff (0.5 s doubling
@@ -46,7 +48,7 @@ def register(
     token, a spec the task does not accept) raises at once."""
     return _waiting_for_platform(
         api_url, f"registration of {name!r}", wait_s,
-        lambda: _register_once(api_url, admin_token, name, task, robot, timeout, curve_public_key),
+        lambda: _register_once(api_url, admin_token, name, task, robot, timeout, curve_public_key, gateway),
     )  # fmt: skip
 
 
@@ -99,8 +101,9 @@ def _register_once(
     robot: Robot,
     timeout: float,
     curve_public_key: str | None,
+    gateway: int | None = None,
 ) -> dict[str, Any]:
-    body = {
+    body: dict[str, Any] = {
         "name": name,
         "task": task,
         "observation_spec": specs_to_dict(robot.observation_spec),
@@ -108,6 +111,8 @@ def _register_once(
     }
     if curve_public_key is not None:
         body["curve_public_key"] = curve_public_key
+    if gateway is not None:
+        body["gateway"] = gateway
     # 200: the name was registered before (same id, new token)
     return _post(
         f"{api_url.rstrip('/')}/v1/robots", admin_token, body, timeout, f"registration of {name!r} failed"

@@ -58,7 +58,25 @@ def test_waits_through_503s_then_registers(caplog):
         server.shutdown()
     assert info["robot_id"] == "rbt_1" and len(bodies) == 3  # the proxy's 404 (no API yet) was waited out
     assert bodies[0]["name"] == "arm-1" and bodies[0]["observation_spec"]["state"]["shape"] == [3]
+    assert "gateway" not in bodies[0]  # the platform picks the least loaded
     assert "waiting for the platform" in caplog.text
+
+
+def test_a_robot_can_pin_its_gateway():
+    ok = {
+        "robot_id": "rbt_1",
+        "token": "t",
+        "endpoint": "tcp://x:2",
+        "gateway": 1,
+        "chunk_len": 4,
+        "curve": None,
+    }
+    server, bodies = serve([(201, ok)])
+    try:
+        register(f"http://127.0.0.1:{server.server_port}", "tok", "arm-1", "reach", Robot(), gateway=1)
+    finally:
+        server.shutdown()
+    assert bodies[0]["gateway"] == 1
 
 
 def test_a_refusal_raises_at_once_and_an_absent_platform_after_the_wait():
