@@ -4,11 +4,22 @@ its end when parts are joined (no torch, no Ray)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 
 def is_url(location: str | Path) -> bool:
     return "://" in str(location)
+
+
+def filesystem(location: str | Path) -> tuple[Any, str]:
+    """(pyarrow filesystem, the location's path in it); pyarrow is imported only when asked."""
+    import pyarrow.fs as pafs
+
+    if is_url(location):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), os.path.abspath(Path(location).expanduser())
 
 
 def join(location: str | Path, *parts: str) -> str:

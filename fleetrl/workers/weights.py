@@ -73,7 +73,6 @@ class WeightBoard:
         # task -> {version: (ref, published_at)} in publication order; the last one is the newest
         self.history: dict[str, OrderedDict[int, tuple[ray.ObjectRef, float]]] = defaultdict(OrderedDict)
         self.keep: dict[str, int] = {}  # task -> published versions kept besides held ones
-        self.holding: dict[str, list[int]] = {}  # task -> versions every replica must keep serving
         self.holders: dict[str, dict[str, list[int]]] = {}  # task -> gateway -> the versions it needs
         if board_id and ray.get_runtime_context().was_current_actor_reconstructed:
             self._recover()
@@ -128,7 +127,6 @@ class WeightBoard:
         another architecture; its learner publishes anew)."""
         self.replicas.pop(task, None)
         self.history.pop(task, None)
-        self.holding.pop(task, None)
         self.holders.pop(task, None)
 
     def publish(self, task: str, version: int, state: dict[str, np.ndarray]) -> int:
@@ -149,7 +147,7 @@ class WeightBoard:
         first (the newest never: ``keep`` >= 1)."""
         kept = self.history[task]
         kept[version] = (ref, published_at)
-        spare = [v for v in kept if v not in self.holding.get(task, ())]
+        spare = [v for v in kept if v not in self.holding(task)]
         for v in spare[: max(0, len(spare) - self.keep.get(task, 8))]:
             del kept[v]
 
@@ -169,9 +167,7 @@ class WeightBoard:
         missing = [v for v in versions if v != 0 and v not in self.history.get(task, {})]
         if missing:
             raise KeyError(f"versions {missing} of task {task!r} are not kept; kept: {self.versions(task)}")
-        holders = self.holders.setdefault(task, {})
-        holders[holder] = versions
-        self.holding[task] = sorted({v for held in holders.values() for v in held})
+        self.holders.setdefault(task, {})[holder] = versions
         calls = [replica.hold.remote(self.held(task)) for replica in self.replicas.get(task, [])]
         ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout)
         for ref in ready:
@@ -185,13 +181,15 @@ class WeightBoard:
             )
         return versions
 
+    def holding(self, task: str) -> list[int]:
+        """The versions every replica of ``task`` must keep serving: what any gateway holds."""
+        return sorted({v for held in self.holders.get(task, {}).values() for v in held})
+
     def held(self, task: str) -> dict[int, list[ray.ObjectRef] | None]:
         """What every replica must hold besides the newest (``hold``; a replica that restarts asks here):
         ``{version: [ref]}``, None for version 0 (the replica's own initial weights)."""
         kept = self.history.get(task, {})
-        return {
-            v: None if v == 0 else [kept[v][0]] for v in self.holding.get(task, []) if v == 0 or v in kept
-        }
+        return {v: None if v == 0 else [kept[v][0]] for v in self.holding(task) if v == 0 or v in kept}
 
     def serving(self, task: str, timeout: float = 5.0) -> int | None:
         """The oldest version any live replica of ``task`` serves (None: no replica answered). A replica

@@ -19,8 +19,8 @@ from fleetrl.robots.protocol import ArraySpec
 from fleetrl.testing.s3 import local_s3
 from fleetrl.workers.learning.algorithm_set import AlgorithmSet
 from fleetrl.workers.learning.checkpoints import Checkpoints, newest_readable
-from fleetrl.workers.learning.paths import filesystem, learner_checkpoint_root, read_bytes, saved_checkpoints
-from fleetrl.workers.locations import join
+from fleetrl.workers.learning.paths import learner_checkpoint_root, read_bytes, saved_checkpoints
+from fleetrl.workers.locations import filesystem, join
 
 SPEC, ACT = {"state": ArraySpec((3,))}, ArraySpec((2,), "float32", -1.0, 1.0)
 

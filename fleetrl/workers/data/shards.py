@@ -68,12 +68,6 @@ class DataShards:
             raise AttributeError(f"DataShards routes no data-server method {method!r}")
         return _Method(self, method)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"actors": self.actors, "shard_of": self.shard_of}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.actors, self.shard_of = state["actors"], state["shard_of"]
-
 
 class _Method:
     def __init__(self, shards: DataShards, name: str):

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from fleetrl.robots.episode import ID_PATTERN, OUTCOMES, Episode, EpisodeConflict, check_id
 from fleetrl.robots.protocol import ArraySpec
 from fleetrl.workers.data.episode_file import read_episode, read_header, scalar_fields, to_table
+from fleetrl.workers.locations import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,7 @@ class EpisodeStore:
         self, root: str, catalog: str | None = None, *, fsync: bool = True, reconcile: bool = True
     ) -> None:
         self.root = root
-        if "://" in root:
-            self.fs, self._base = pafs.FileSystem.from_uri(root)
-        else:
-            self.fs, self._base = pafs.LocalFileSystem(), os.path.abspath(root)
+        self.fs, self._base = filesystem(root)
         self._base = self._base.rstrip("/")
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
         self._fsync = fsync and self._local

@@ -46,12 +46,6 @@ class Gateways:
             raise AttributeError(f"Gateways routes no gateway method {method!r}")
         return _Method(self, method)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"actors": self.actors, "registry": self.registry}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.actors, self.registry = state["actors"], state["registry"]
-
 
 class _Method:
     def __init__(self, gateways: Gateways, name: str):

@@ -58,7 +58,7 @@ def newest_readable(
     """The newest of ``locations`` (paths or object-store URLs; their folder names order them: step, then
     report time) that loads, with its location; a damaged one is logged and skipped. The learner resumes
     from it, and a starting task serves it."""
-    for location in sorted({str(p) for p in locations if exists(p)}, key=checkpoint_folder, reverse=True):
+    for location in sorted({str(p) for p in locations}, key=checkpoint_folder, reverse=True):
         try:
             return location, torch.load(read_bytes(location), map_location=device, weights_only=False)
         except UNREADABLE as exc:
@@ -149,6 +149,8 @@ class Checkpoints:
     def _newest(self, registered: Path | None) -> dict[str, Any] | None:
         candidates = set(saved_checkpoints(self.root))
         if registered is not None and not is_url(self.root):  # on an object store the listing has it
-            candidates.add(str(registered / CHECKPOINT_FILE))
+            handed = str(registered / CHECKPOINT_FILE)
+            if exists(handed):  # the listed ones exist: they were just listed
+                candidates.add(handed)
         found = newest_readable(candidates, self.device, f"learner {self.task}")
         return None if found is None else found[1]

@@ -25,8 +25,8 @@ from typing import Any
 
 import ray
 
-from fleetrl.workers.learning.paths import filesystem, learner_checkpoint_root
-from fleetrl.workers.locations import is_url, join
+from fleetrl.workers.learning.paths import learner_checkpoint_root
+from fleetrl.workers.locations import filesystem, is_url, join
 from fleetrl.workers.metrics_server import RemoteLogHandler
 from fleetrl.workers.placement import on_this_node
 from fleetrl.workers.task import TaskConfig

@@ -8,22 +8,11 @@ are strings of the same kind.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
-from typing import Any
 
-from fleetrl.workers.locations import is_url, join
+from fleetrl.workers.locations import filesystem, join
 
 CHECKPOINT_FILE = "learner.pt"
-
-
-def filesystem(location: str | Path) -> tuple[Any, str]:
-    """(pyarrow filesystem, the location's path in it)."""
-    import pyarrow.fs as pafs
-
-    if is_url(location):
-        return pafs.FileSystem.from_uri(str(location))
-    return pafs.LocalFileSystem(), os.path.abspath(Path(location).expanduser())
 
 
 def learner_checkpoint_root(storage_dir: str | Path, task: str) -> str:
