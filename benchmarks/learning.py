@@ -170,15 +170,18 @@ def plot_offline(offline_result: dict, path: Path) -> None:
 
 # -- (c) online: from an offline start, through the platform --------------------------------------------
 def online(args: argparse.Namespace) -> dict:
-    """Every online cell, one at a time (each is a whole platform); finished cells kept for ``--resume``."""
+    """Every online cell, one at a time (each is a whole platform); finished cells kept for ``--resume``.
+    A budget other than the contract's (``--online-minutes``) makes rows of their own, ``{alg}_{M}min``."""
     b = args.budget
     episodes = offline_cells.build_dataset("task1", "expert", args.quick)
     partial = Path(args.out).with_suffix(".online.cells.json")
     cells: dict[str, dict] = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     cells = {k: c for k, c in cells.items() if c.get("control_hz") == online_cells.CONTROL_HZ}  # same setup
+    minutes = b["online_env_steps"] / online_cells.ROBOT_HZ / 60
+    suffix = "" if args.online_minutes is None else f"_{minutes:g}min"
     for seed in offline_cells.SEEDS[: b["online_seeds"]]:  # seed-major: a cut run has every algorithm
         for alg in args.online_algorithms:
-            key = f"{alg}/{seed}"
+            key = f"{alg}{suffix}/{seed}"
             if key in cells:
                 continue
             print(f"  online {key} ...", flush=True)
@@ -187,24 +190,25 @@ def online(args: argparse.Namespace) -> dict:
             c = cells[key]
             print(f"  online {key}: success {c['success_start']:.2f} -> {c['success_end']:.2f} in "
                   f"{c['robot_minutes']} robot-minutes", flush=True)  # fmt: skip
-    by_alg: dict[str, dict[int, dict]] = {}
+    by_row: dict[str, dict[int, dict]] = {}
     for key, cell in cells.items():
-        alg, seed = key.split("/")
-        if alg in args.online_algorithms:
-            by_alg.setdefault(alg, {})[int(seed)] = cell
-    rows = {alg: online_cells.summarize(c) for alg, c in by_alg.items()}
+        row, seed = key.split("/")
+        if row in {f"{alg}{suffix}" for alg in args.online_algorithms}:
+            by_row.setdefault(row, {})[int(seed)] = cell
+    rows = {row: online_cells.summarize(c) for row, c in by_row.items()}
     earlier = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     run = earlier.get("part_runs", {}).get("online") or {k: earlier.get(k) for k in ("command", "date")}
-    for alg, row in earlier.get("online", {}).get("task1", {}).items():  # not rerun: kept, with their run
-        if alg not in rows:
-            rows[alg] = {**row, "run": row.get("run") or run}
+    for row, kept in earlier.get("online", {}).get("task1", {}).items():  # not rerun: kept, with their run
+        if row not in rows:
+            rows[row] = {**kept, "run": kept.get("run") or run}
     # the platform's algorithms first, then rows of other settings kept from --out (e.g. qam_reference_all)
     known = [a for a in online_cells.ALGORITHMS if a in rows]
     return {"task1": {a: rows[a] for a in known + sorted(rows.keys() - set(known))}}
 
 
 def plot_online(online_result: dict, path: Path) -> None:
-    """The fleet's success (last 20 episodes) vs robot-minutes, one line per algorithm and seed."""
+    """The fleet's success (last 20 episodes) vs robot-minutes, one line per algorithm and seed; dashed with
+    markers: the deterministic evaluations of rows that have them (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,6 +220,10 @@ def plot_online(online_result: dict, path: Path) -> None:
             xs = [p["robot_minutes"] for p in points if p["success"] is not None]
             ys = [p["success"] for p in points if p["success"] is not None]
             ax.plot(xs, ys, color=f"C{i}", alpha=0.8, label=alg if j == 0 else None)
+        if "success_at" in row:  # the deterministic evaluations (mean over seeds), start to end
+            xs = [0.0] + [p["robot_minutes"] for p in row["success_at"]] + [row["robot_minutes"]]
+            ys = [row["success_start"]] + [p["success"] for p in row["success_at"]] + [row["success_end"]]
+            ax.plot(xs, ys, color=f"C{i}", linestyle="--", marker="o", markersize=3)
     ax.set_xlabel("robot-minutes (10 Hz)")
     ax.set_ylabel("fleet success (last 20 episodes)")
     ax.set_title("cube-single task 1, online from an offline start", fontsize=9)
@@ -242,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(online_cells.ALGORITHMS),
         help="online cells of these algorithms only; the others keep their figures in --out",
     )
+    ap.add_argument(
+        "--online-minutes",
+        type=float,
+        help="online cells: a robot-time budget other than the contract's 50 (rows {alg}_{M}min)",
+    )
     ap.add_argument("--no-extra-seeds", action="store_true", help="skip seeds 3 and 4 of close cells")
     ap.add_argument("--chunk-len", type=int, default=ppo_cells.CHUNK_LEN, help="PPO parts: steps per chunk")
     ap.add_argument("--envs", default="Hopper-v5,HalfCheetah-v5", help="part (a''): MuJoCo tasks")
@@ -263,6 +276,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(
             f"--online-algorithms: unknown {sorted(unknown)}; known: {', '.join(online_cells.ALGORITHMS)}"
         )
+    if args.online_minutes is not None:
+        if args.online_minutes <= 0:
+            ap.error("--online-minutes must be positive")
+        args.budget["online_env_steps"] = round(args.online_minutes * 60 * online_cells.ROBOT_HZ)
     if args.online_seeds is not None:  # a run cut to fewer seeds than the contract's (say so when reporting)
         args.budget["online_seeds"] = args.online_seeds
     logging.basicConfig(level=logging.WARNING)

@@ -28,6 +28,11 @@ Fixed before any outcome was seen:
 * the curve: every ~15 s, online env steps (as robot-minutes at 10 Hz) and the success rate of the
   fleet's last 20 finished episodes (the policy as it acts, with its sampling noise);
 * seeds 0, 1, 2.
+
+Added on 2026-12-06 for a longer, stated robot-time budget (``learning.py --online-minutes M``; such rows are
+named ``{alg}_{M}min``): the weights served at each quarter of the budget are kept and evaluated after the run
+like the end ones (50 deterministic episodes), so a row's ``success_at`` and ``success_end`` are the
+deterministic success-vs-robot-time curve. Added before any run with it; nothing the robots or learner see changes.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ ALGORITHMS = ("qam", "awr", "bc")
 SETTINGS = {"awr": "awr_mixed"}  # an algorithm's offline-cell setting where it is not its default
 ROBOTS, CONTROL_HZ, ROBOT_HZ = 4, 10.0, 10.0  # sim rate (lockstep) / the task's real rate for robot time
 CURVE_EVERY_S, CURVE_WINDOW, PUBLISH_EVERY = 15.0, 20, 20
+SNAPSHOTS = 3  # served weights kept at 1/4, 2/4 and 3/4 of the budget, evaluated after the run
 
 
 def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
@@ -122,6 +128,7 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
             offline_s = time.monotonic() - t0
             start_version, start_policy = served_policy(platform, alg, seed)
             curve, shown = [], [0.0]
+            snapshots: list[tuple[float, int, torch.nn.Module]] = []  # (robot-minutes, version, policy)
 
             def look(steps: int, elapsed: float) -> None:
                 rollout = ray.get(platform.data.rollout_stats.remote(TASK, CURVE_WINDOW))
@@ -133,6 +140,10 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
                     "wall_s": round(elapsed, 1),
                 }
                 curve.append(point)
+                if len(snapshots) < SNAPSHOTS and steps >= online_steps * (len(snapshots) + 1) / (
+                    SNAPSHOTS + 1
+                ):
+                    snapshots.append((point["robot_minutes"], *served_policy(platform, alg, seed)))
                 if elapsed - shown[0] > 60:
                     shown[0] = elapsed
                     print(f"    {alg} seed {seed}: {point}", flush=True)
@@ -146,9 +157,14 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
             status = ray.get(learner.status.remote())
         finally:
             platform.stop()
+    success_at = [
+        {"robot_minutes": minutes, "version": version, "success": success_of(policy, seed, n_eval)}
+        for minutes, version, policy in snapshots
+    ]
     return {
         "success_start": success_of(start_policy, seed, n_eval),
         "success_end": success_of(end_policy, seed, n_eval),
+        "success_at": success_at,
         "robot_minutes": round(steps / ROBOT_HZ / 60, 2),
         "online_env_steps": steps,
         "versions": [start_version, end_version],
@@ -161,19 +177,30 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
     }
 
 
+def mean_sem(xs: Any) -> tuple[float, float | None]:
+    """Mean and standard error over seeds, rounded for the JSON (no spread for one seed)."""
+    spread = sem(xs)
+    return round(float(np.mean(xs)), 4), None if spread is None else round(spread, 4)
+
+
 def summarize(cells: dict[int, dict]) -> dict[str, Any]:
     """Mean and standard error over seeds of a (task, algorithm)'s cells, the per-seed curves kept."""
 
     def stat(key: str) -> tuple[float, float | None]:
-        xs = [c[key] for c in cells.values()]
-        spread = sem(xs)
-        return round(float(np.mean(xs)), 4), None if spread is None else round(spread, 4)
+        return mean_sem([c[key] for c in cells.values()])
 
     (start, start_sem), (end, end_sem) = stat("success_start"), stat("success_end")
+    success_at = []  # the deterministic curve before the end: the i-th snapshot of every seed
+    for i in range(min(len(c.get("success_at", [])) for c in cells.values())):
+        points = [c["success_at"][i] for c in cells.values()]
+        success, success_sem = mean_sem([p["success"] for p in points])
+        minutes = round(float(np.mean([p["robot_minutes"] for p in points])), 2)
+        success_at.append({"robot_minutes": minutes, "success": success, "success_sem": success_sem})
     return {
         "success_start": start, "success_start_sem": start_sem,
         "success_end": end, "success_end_sem": end_sem,
         "robot_minutes": stat("robot_minutes")[0],
+        **({"success_at": success_at} if success_at else {}),
         "seeds": sorted(cells),
         "curve": {str(s): c["curve"] for s, c in cells.items()},
         "per_seed": {str(s): {k: v for k, v in c.items() if k != "curve"} for s, c in cells.items()},
