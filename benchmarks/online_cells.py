@@ -140,9 +140,8 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
                     "wall_s": round(elapsed, 1),
                 }
                 curve.append(point)
-                if len(snapshots) < SNAPSHOTS and steps >= online_steps * (len(snapshots) + 1) / (
-                    SNAPSHOTS + 1
-                ):
+                mark = online_steps * (len(snapshots) + 1) / (SNAPSHOTS + 1)
+                if len(snapshots) < SNAPSHOTS and mark <= steps < online_steps:  # the end's: below
                     snapshots.append((point["robot_minutes"], *served_policy(platform, alg, seed)))
                 if elapsed - shown[0] > 60:
                     shown[0] = elapsed
