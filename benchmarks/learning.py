@@ -225,8 +225,12 @@ def plot_online(online_result: dict, path: Path) -> None:
             ys = [row["success_start"]] + [p["success"] for p in row["success_at"]] + [row["success_end"]]
             ax.plot(xs, ys, color=f"C{i}", linestyle="--", marker="o", markersize=3)
     ax.set_xlabel("robot-minutes (10 Hz)")
-    ax.set_ylabel("fleet success (last 20 episodes)")
-    ax.set_title("cube-single task 1, online from an offline start", fontsize=9)
+    ax.set_ylabel("success")
+    ax.set_title(
+        "cube-single task 1 online, from an offline start\nlines: the fleet's last 20 episodes; "
+        "dashed: evaluated (50 ep., mean of seeds)",
+        fontsize=8,
+    )
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
