@@ -40,7 +40,7 @@ def test_canary_promotes_a_good_version_rolls_back_a_broken_one_and_evaluations_
     try:
         clients = []
         for i in range(4):
-            robot = ThresholdRobot(control_hz=10, steps=5)
+            robot = ThresholdRobot(control_hz=20, steps=5)  # 0.25 s episodes: the trials fill quickly
             info = register(platform.rest_url, ADMIN_TOKEN, f"thr-{i}", TASK, robot)
             clients.append(RobotClient.from_registration(robot, info))
         rollout = lambda: api.get(f"/v1/tasks/{TASK}/rollout").json()  # noqa: E731
