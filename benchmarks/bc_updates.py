@@ -16,9 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import offline_cells
-from common import sem, write_json
+from common import mean_sem, write_json
 
 MARKS = {False: (2_000, 12_000, 33_000, 90_000), True: (50, 200)}  # full / quick
 EVAL_EPISODES = {False: 50, True: 5}
@@ -73,9 +72,8 @@ def main() -> None:
     rows = []
     for i, mark in enumerate(marks):
         xs = [per_seed[s][i]["success"] for s in seeds]
-        spread = sem(xs)
-        rows.append({"updates": mark, "success": round(float(np.mean(xs)), 4),
-                     "success_sem": None if spread is None else round(spread, 4), "per_seed": xs})  # fmt: skip
+        success, success_sem = mean_sem(xs)
+        rows.append({"updates": mark, "success": success, "success_sem": success_sem, "per_seed": xs})
     result = {"task": offline_cells.TASKS["task1"], "dataset": "expert", "seeds": seeds, "quick": args.quick,
               "eval_episodes": EVAL_EPISODES[args.quick], "marks": rows, "per_seed": per_seed}  # fmt: skip
     out = write_json(result, args.out)

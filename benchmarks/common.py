@@ -94,6 +94,12 @@ def sem(xs: Any) -> float | None:
     return float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None
 
 
+def mean_sem(xs: Any) -> tuple[float, float | None]:
+    """Mean and standard error over seeds, rounded for a result file (no spread for one seed)."""
+    spread = sem(xs)
+    return round(float(np.mean(xs)), 4), None if spread is None else round(spread, 4)
+
+
 def seed_means(cells: dict[int, dict[str, Any]], keys: tuple[str, ...], digits: int = 2) -> dict[str, float]:
     """Each of ``keys`` averaged over the seeds' cells, and the seeds themselves with their cells."""
     means = {k: round(float(np.mean([c[k] for c in cells.values()])), digits) for k in keys}

@@ -46,7 +46,7 @@ import numpy as np
 import offline_cells
 import ray
 import torch
-from common import run_fleet_until, sem, tasks_config, wait_for
+from common import mean_sem, run_fleet_until, tasks_config, wait_for
 from pydantic import TypeAdapter
 
 from fleetrl.models.policies import PolicyConfig, build_policy
@@ -174,12 +174,6 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
         "online_wall_s": round(time.monotonic() - t1, 1),
         "curve": curve,
     }
-
-
-def mean_sem(xs: Any) -> tuple[float, float | None]:
-    """Mean and standard error over seeds, rounded for the JSON (no spread for one seed)."""
-    spread = sem(xs)
-    return round(float(np.mean(xs)), 4), None if spread is None else round(spread, 4)
 
 
 def summarize(cells: dict[int, dict]) -> dict[str, Any]:
