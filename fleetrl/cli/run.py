@@ -159,13 +159,14 @@ def _live_view(
             while not done():
                 stop.wait(1.0)
                 live.update(render(*frame()))
-    else:
+    else:  # a line every 5 s; the statuses --until-version checks are read every second
         last = 0.0
         while not done():
             stop.wait(1.0)
+            line = summary_line(*frame())
             if time.monotonic() - last >= 5.0:
                 last = time.monotonic()
-                print(summary_line(*frame()), flush=True)
+                print(line, flush=True)
     print(summary_line(*frame()), flush=True)
     if summary.last:
         console.print(summary.table(time.monotonic() - start))
