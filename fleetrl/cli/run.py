@@ -159,14 +159,15 @@ def _live_view(
             while not done():
                 stop.wait(1.0)
                 live.update(render(*frame()))
-    else:  # a line every 5 s; the statuses --until-version checks are read every second
+    else:  # a line every 5 s; in between, only the learner statuses --until-version checks
         last = 0.0
         while not done():
             stop.wait(1.0)
-            line = summary_line(*frame())
             if time.monotonic() - last >= 5.0:
                 last = time.monotonic()
-                print(line, flush=True)
+                print(summary_line(*frame()), flush=True)
+            elif until_version is not None:
+                seen.update(ray.get(platform.tasks.learners_status.remote(), timeout=10))
     print(summary_line(*frame()), flush=True)
     if summary.last:
         console.print(summary.table(time.monotonic() - start))

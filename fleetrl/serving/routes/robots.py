@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 
 from fleetrl.workers.gateway.curve import is_curve_key
+from fleetrl.workers.gateway.gateways import robot_gateway
 from fleetrl.workers.task import spec_mismatch
 
 from ..auth import robot_token
@@ -119,7 +120,7 @@ async def issue_credentials(svc: Services, body: RobotRegistration) -> RobotCred
             secret_key=rec.get("curve_secret_key"),
         )
     fields = {k: rec[k] for k in ("robot_id", "name", "task", "token")}
-    own = rec["gateway"] if rec["gateway"] is not None and rec["gateway"] < count else 0
+    own = robot_gateway(rec["gateway"], count)
     endpoints = gateway_order(svc.robot_endpoints, own, rec["robot_id"])
     return RobotCredentials(
         **fields,

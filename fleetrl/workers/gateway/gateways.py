@@ -155,12 +155,18 @@ def merge_stats(answers: list[tuple[int, dict[str, Any]]], count: int) -> dict[s
     }
 
 
+def robot_gateway(stored: int | None, count: int) -> int:
+    """The gateway a robot belongs to from the registry's ``gateway`` column: 0 before any gateway welcomed
+    it, and for an index beyond the ``count`` configured (the platform was restarted with fewer)."""
+    return stored if stored is not None and 0 <= stored < count else 0
+
+
 @ray.remote(num_cpus=0)
 def _routed(method: str, actors: list[Any], registry: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """A call about robots, on the gateway they are assigned to."""
 
-    def actor(k: int | None) -> Any:  # 0 before any gateway welcomed the robot, or for one of a larger config
-        return actors[k if k is not None and 0 <= k < len(actors) else 0]
+    def actor(k: int | None) -> Any:
+        return actors[robot_gateway(k, len(actors))]
 
     if method in BY_ROBOT:  # (robot_id, ...): its gateway
         k = ray.get(registry.robot_gateways.remote([args[0]])).get(args[0])
