@@ -88,14 +88,22 @@ def ppo_mujoco(args: argparse.Namespace) -> dict:
 
 
 # -- (b) offline: algorithms x datasets x tasks x seeds -------------------------------------------------
-def offline(args: argparse.Namespace) -> dict:
-    """Every offline cell, ``args.workers`` at a time; seeds 3 and 4 where RL and BC are within 0.2."""
+def offline_names() -> list[str]:
+    """The offline cells' algorithms: the registered ones and their named settings (variants)."""
     names = [*offline_cells.ALGORITHMS, *offline_cells.VARIANTS]
-    algs = [a for a in names if offline_cells.resolve(a)[0] in registry()]
+    return [a for a in names if offline_cells.resolve(a)[0] in registry()]
+
+
+def offline(args: argparse.Namespace) -> dict:
+    """Every offline cell (or those of ``--offline-datasets`` x ``--offline-algorithms``), ``args.workers`` at
+    a time; seeds 3 and 4 where RL and BC are within 0.2. A budget other than the contract's
+    (``--offline-updates N``) makes rows of their own, ``{alg}_{N}u``, beside the contract's in ``--out``."""
+    algs = args.offline_algorithms
     b = args.budget
     seeds = offline_cells.SEEDS[: b["offline_seeds"]]
+    suffix = "" if args.offline_updates is None else f"_{b['offline_updates']}u"
     data = {(d, task): offline_cells.build_dataset(task, d, args.quick)
-            for d in offline_cells.DATASETS for task in offline_cells.TASKS}  # fmt: skip
+            for d in args.offline_datasets for task in offline_cells.TASKS}  # fmt: skip
     partial = Path(args.out).with_suffix(".cells.json")  # every finished cell, should the run be cut short
     cells: dict[tuple, dict] = {}
     if args.resume and partial.exists():  # cells a cut-short run finished are not run again
@@ -111,8 +119,8 @@ def offline(args: argparse.Namespace) -> dict:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(args.workers) as pool:
             jobs = {
-                k: pool.apply_async(offline_cells.run_cell, (k[1], k[2], k[3], data[(k[0], k[1])],
-                                                             b["offline_updates"], b["eval_episodes"]))
+                k: pool.apply_async(offline_cells.run_cell, (k[1], k[2].removesuffix(suffix), k[3],
+                                    data[(k[0], k[1])], b["offline_updates"], b["eval_episodes"]))
                 for k in keys
             }  # fmt: skip
             for k, job in jobs.items():
@@ -124,19 +132,38 @@ def offline(args: argparse.Namespace) -> dict:
                     flush=True,
                 )
 
-    run([(d, task, alg, s) for (d, task) in data for alg in algs for s in seeds])
-    if not args.quick and not args.no_extra_seeds:  # the contract: 5 seeds where RL and BC are within 0.2
-        close = [(d, task, alg) for (d, task) in data for alg in algs if alg != "bc"
-                 and abs(mean_of(results, d, task, alg) - mean_of(results, d, task, "bc")) < offline_cells.CLOSE]  # fmt: skip
-        close += sorted({(d, task, "bc") for d, task, _ in close})
+    rows = [f"{alg}{suffix}" for alg in algs]
+    run([(d, task, row, s) for (d, task) in data for row in rows for s in seeds])
+    bc = f"bc{suffix}"
+    if not args.quick and not args.no_extra_seeds and bc in rows:  # the contract: 5 seeds where RL and BC
+        close = [(d, task, row) for (d, task) in data for row in rows if row != bc  # are within 0.2
+                 and abs(mean_of(results, d, task, row) - mean_of(results, d, task, bc)) < offline_cells.CLOSE]  # fmt: skip
+        close += sorted({(d, task, bc) for d, task, _ in close})
         run([(*cell, s) for cell in close for s in offline_cells.EXTRA_SEEDS])
     out: dict = {}
     for (d, task), episodes in data.items():
         row = out.setdefault(d, {}).setdefault(task, {"dataset": offline_cells.dataset_stats(episodes)})
-        for alg in algs:
-            keys = sorted(k for k in results if k[:3] == (d, task, alg))
-            row[alg] = offline_cells.summarize([results[k] for k in keys], [k[3] for k in keys])
-            row[alg]["cells"] = [cells[k] for k in keys]
+        for name in rows:
+            keys = sorted(k for k in results if k[:3] == (d, task, name))
+            row[name] = offline_cells.summarize([results[k] for k in keys], [k[3] for k in keys])
+            row[name]["cells"] = [cells[k] for k in keys]
+            if suffix:
+                row[name]["updates_budget"] = b["offline_updates"]
+    return merge_kept_rows(out, args.out)
+
+
+def merge_kept_rows(out: dict, path: str) -> dict:
+    """The offline section with the rows of ``path``'s that this run did not produce kept beside (other
+    datasets, algorithms or budgets), each marked with the run that made it."""
+    earlier = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    run = earlier.get("part_runs", {}).get("offline") or {k: earlier.get(k) for k in ("command", "date")}
+    for d, tasks in earlier.get("offline", {}).items():
+        for task, kept_row in tasks.items():
+            new = out.setdefault(d, {}).get(task, {})
+            kept = {name: cell if name == "dataset" else {**cell, "run": cell.get("run") or run}
+                    for name, cell in kept_row.items() if name not in new}  # fmt: skip
+            order = [*kept_row, *(name for name in new if name not in kept_row)]  # earlier rows first
+            out[d][task] = {name: new[name] if name in new else kept[name] for name in order}
     return out
 
 
@@ -259,6 +286,21 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="online cells: a robot-time budget other than the contract's 50 (rows {alg}_{M}min)",
     )
+    ap.add_argument(
+        "--offline-updates",
+        type=int,
+        help="offline cells: an update budget other than the contract's 1000 (rows {alg}_{N}u)",
+    )
+    ap.add_argument(
+        "--offline-datasets",
+        default=",".join(offline_cells.DATASETS),
+        help="offline cells on these datasets only; the others keep their figures in --out",
+    )
+    ap.add_argument(
+        "--offline-algorithms",
+        default=",".join(offline_names()),
+        help="offline cells of these algorithms (or variants) only; the others keep their figures in --out",
+    )
     ap.add_argument("--no-extra-seeds", action="store_true", help="skip seeds 3 and 4 of close cells")
     ap.add_argument("--chunk-len", type=int, default=ppo_cells.CHUNK_LEN, help="PPO parts: steps per chunk")
     ap.add_argument("--envs", default="Hopper-v5,HalfCheetah-v5", help="part (a''): MuJoCo tasks")
@@ -280,6 +322,19 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(
             f"--online-algorithms: unknown {sorted(unknown)}; known: {', '.join(online_cells.ALGORITHMS)}"
         )
+    for flag, chosen, known in (
+        ("--offline-datasets", args.offline_datasets, list(offline_cells.DATASETS)),
+        ("--offline-algorithms", args.offline_algorithms, offline_names()),
+    ):
+        unknown = set(chosen.split(",")) - set(known)
+        if unknown:
+            ap.error(f"{flag}: unknown {sorted(unknown)}; known: {', '.join(known)}")
+    args.offline_datasets = args.offline_datasets.split(",")
+    args.offline_algorithms = args.offline_algorithms.split(",")
+    if args.offline_updates is not None:
+        if args.offline_updates <= 0:
+            ap.error("--offline-updates must be positive")
+        args.budget["offline_updates"] = args.offline_updates
     if args.online_minutes is not None:
         if args.online_minutes <= 0:
             ap.error("--online-minutes must be positive")

@@ -16,6 +16,14 @@ Fixed before any outcome was seen (the benchmark contract):
 * evaluation: 50 deterministic episodes per seed on evaluation seeds no training episode used; success rate;
 * seeds 0, 1, 2; where RL and BC differ by less than 0.2 in a cell, seeds 3 and 4 are added (5 seeds).
 
+Added 2026-12-07, decided before any run at it: the 1,000-update budget measures how fast methods start, not
+where they end (BC on the expert data reaches 0.46 at 2k updates, 0.91 at 12k, 0.99 at 33k:
+``results/bc_updates.json``). A budget where BC converges (~20k updates) costs ~70 minutes per QAM cell on
+one core here (~0.15 s per QAM update), ~8 hours for the mixed cells alone, so the longer run is the largest
+that fits ~90 minutes of both cores: ``--offline-updates 5000`` (rows ``{alg}_5000u``), the ``mixed`` dataset
+(item 3 of the learning issue, where RL must beat BC by 0.2) on tasks 1 and 4, ``bc``, ``awr_mixed`` and
+``qam``, seeds 0-2, 50 evaluation episodes, no extra seeds. Cut: the expert cells and RLPD at this budget.
+
 A worker process runs one cell (torch on one thread), so ``--workers 2`` uses both cores of a 2-core machine.
 """
 
