@@ -112,9 +112,11 @@ def delete_task(api, name: str) -> dict:
 def ray_session():
     import ray
 
+    from fleetrl.platform.platform import prepare_ray_env
     from fleetrl.testing.s3 import CREDENTIALS
 
     os.environ.update(CREDENTIALS)  # Ray's workers inherit them: the object-storage tests' local S3 server
+    prepare_ray_env()  # as Platform does before a local Ray of its own
     # address "local": never the cluster an e2e scenario started (its address file outlives a failed shutdown)
     ray.init(
         address="local", num_cpus=8, include_dashboard=False, namespace="fleetrl-tests", log_to_driver=False

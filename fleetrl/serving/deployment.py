@@ -46,10 +46,16 @@ def deploy_rest(cfg: RestConfig, **app_kwargs: Any) -> str:
     from ray import serve
 
     # One HTTP proxy, on the head (the driver's node): the URL we print is the head's.
+    # (Serve's controller kills a proxy that is not ready within RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S: Platform
+    # starts Ray with 60 s there, RAY_ENV, and the cluster configs' `ray start` lines do too)
     serve.start(proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port})
     app = create_app(**app_kwargs)
 
-    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": cfg.num_cpus})
+    # an idle replica that is told to stop sleeps one wait loop (Serve's default 2 s) before it checks for
+    # requests in flight: every platform stop waited for it
+    @serve.deployment(
+        num_replicas=1, ray_actor_options={"num_cpus": cfg.num_cpus}, graceful_shutdown_wait_loop_s=0.25
+    )
     @serve.ingress(app)
     class FleetrlApi:
         pass

@@ -137,3 +137,14 @@ def test_cluster_yaml_runs_our_images_at_the_package_version(path):
     for tag in images:
         assert tag in (f"{version}-cpu", f"{version}-cuda"), f"{path.name}: image tag {tag} is not {version}"
         assert (ROOT / "docker" / f"Dockerfile.{tag.rsplit('-', 1)[1]}").exists()
+
+
+@pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
+def test_nodes_start_ray_with_the_environment_a_local_platform_gives_it(path):
+    from fleetrl.platform.platform import RAY_ENV
+
+    config = yaml.safe_load(path.read_text())
+    env = " ".join(f"{key}={value}" for key, value in RAY_ENV.items())
+    for nodes in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[nodes] if "ray start" in c]
+        assert starts and all(f"{env} ray start" in c for c in starts), f"{path.name} {nodes}: not {env}"
