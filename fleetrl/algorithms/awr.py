@@ -22,7 +22,9 @@ al. 2019; one-step RL); ``weighting: binary`` keeps exactly the chunks with A > 
 2020); ``baseline: data`` measures A against a state value fitted to the data's own chunks (AWR's
 baseline; IQL's expectile regression, Kostrikov et al. 2021) instead of eq. 10's V^pi, which reads Q on
 the policy's chunks, where a critic fitted to the data's returns knows nothing. ``benchmarks/results/
-learning.json`` (``offline``, columns ``awr_filtered`` and ``awr_mixed``) measures them.
+learning.json`` (``offline``, columns ``awr_filtered`` and ``awr_mixed``) measures them. Trained long, critics
+fitted to returns memorise each row's return and the data baseline with them, so A is noise: ``cross_fit``
+reads each row's advantage from critics (and a baseline) that never learnt from its episode.
 
 One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``):
 
@@ -39,7 +41,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fleetrl.algorithms.base import AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
@@ -56,7 +58,13 @@ from fleetrl.algorithms.diagnostics import (
     return_correlation,
     weight_stats,
 )
-from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q
+from fleetrl.algorithms.td import (
+    FOLDS,
+    episode_folds,
+    fold_pessimistic_q,
+    n_step_chunk_target,
+    pessimistic_q,
+)
 from fleetrl.models.encoders import ObservationEncoder
 from fleetrl.models.flow import flow_matching_loss
 from fleetrl.models.nets import mlp, seeded
@@ -152,6 +160,16 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
         description="Expectile of the 'data' baseline's regression: 0.5 the mean (Peng et al.), 0.7 IQL's "
         "locomotion setting, 0.9 its AntMaze one.",
     )
+    cross_fit: bool = Field(
+        False,
+        description="Cross-fitting: half of the critic heads (and one of two 'data' baseline outputs) learn from "
+        "half of the episodes (a stable hash of the episode id), the other half from the rest, and each row's "
+        "advantage is read from the half that never learnt from its episode. Critics fitted to observed "
+        "returns otherwise memorise them: the data baseline then equals Q on every row, A is noise and the "
+        "binary filter keeps failing rows as often as successful ones (cube-single mixed data after 5,000 "
+        "critic updates). Needs an even critic.n_critics; the LayerNorm gains the heads share and a shared "
+        "camera encoder still learn from every row.",
+    )
     n_policy_samples: int = Field(
         4,
         ge=1,
@@ -181,6 +199,15 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
         description="One actor step per this many critic steps (N_Q / N_pi; AWAC's update periods 1).",
     )
 
+    @model_validator(mode="after")
+    def _cross_fit_needs_two_halves(self) -> AWRConfig:
+        if self.cross_fit and self.critic.n_critics % FOLDS:
+            raise ValueError(
+                f"cross_fit splits the critic heads in {FOLDS} halves: critic.n_critics must be even, "
+                f"not {self.critic.n_critics}"
+            )
+        return self
+
 
 class AWR(ActorCriticAlgorithm):
     name: ClassVar[str] = "awr"
@@ -195,7 +222,8 @@ class AWR(ActorCriticAlgorithm):
         if config.baseline == "data":
             with seeded(config.seed + 1):
                 encoder = ObservationEncoder(spec.observation_spec, config.critic.encoder)
-                head = mlp(encoder.out_dim, config.critic.hidden, 1, layer_norm=True)
+                outputs = FOLDS if config.cross_fit else 1  # cross-fitting: one value per fold
+                head = mlp(encoder.out_dim, config.critic.hidden, outputs, layer_norm=True)
                 self.value = (torch.nn.Sequential(encoder, head) if len(encoder.cameras) else head).to(
                     self.device
                 )
@@ -228,15 +256,40 @@ class AWR(ActorCriticAlgorithm):
         )
         return obs_rep, flat.clamp(self.policy.low, self.policy.high)
 
+    def tensors(self, batch: ChunkBatch) -> ChunkTensors:
+        """With ``cross_fit``, each row also carries its episode's fold."""
+        t = super().tensors(batch)
+        if self.config.cross_fit:
+            t.folds = torch.as_tensor(episode_folds(batch.episode_id), device=self.device)
+        return t
+
     @torch.no_grad()
-    def _q_pess(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return pessimistic_q(self.critic.forward_flat(obs, actions))
+    def _q_pess(
+        self, obs: torch.Tensor, actions: torch.Tensor, folds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``Q_pess`` of the chunks: the min over every head, or with ``folds`` over the heads of the
+        *other* fold (cross-fitting: heads that never learnt from the row's episode)."""
+        q = self.critic.forward_flat(obs, actions)
+        return pessimistic_q(q) if folds is None else fold_pessimistic_q(q, folds, other=True)
+
+    def _value(self, obs: torch.Tensor, folds: torch.Tensor | None, other: bool) -> torch.Tensor:
+        """The 'data' baseline V(s) [B]: with ``folds``, the output of the row's own fold (``other`` False:
+        what it learns) or of the other fold (True: what the advantage subtracts)."""
+        assert self.value is not None
+        v = self.value(obs)
+        if folds is None:
+            return v.squeeze(-1)
+        pick = (1 - folds) if other else folds
+        return v.gather(1, pick.long().view(-1, 1)).squeeze(1)
 
     def critic_step(self, t: ChunkTensors) -> dict[str, float]:
         """Eqs. 7-8 and the Polyak step of Algorithm 1 (lines 5-8)."""
         with torch.no_grad():
             next_obs, next_actions = self._sample_pi(t.next_obs, 1)
-            next_q = pessimistic_q(self.target_critic.forward_flat(next_obs, next_actions))
+            next_q = self.target_critic.forward_flat(next_obs, next_actions)
+            next_q = (
+                pessimistic_q(next_q) if t.folds is None else fold_pessimistic_q(next_q, t.folds, other=False)
+            )
             target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, next_q)
         fit = self.fit_critics(t, target, self.config.tau)
         metrics = {"critic_loss": fit.pop("loss"), **fit}
@@ -249,8 +302,11 @@ class AWR(ActorCriticAlgorithm):
         configured expectile (IQL eq. 5; 0.5: the data's mean, AWR's V)."""
         assert self.value is not None and self.value_optim is not None
         with torch.no_grad():
-            q_data = pessimistic_q(self.target_critic.forward_flat(t.obs, t.actions))
-        v = self.value(t.obs).squeeze(-1)
+            q_data = self.target_critic.forward_flat(t.obs, t.actions)
+            q_data = (
+                pessimistic_q(q_data) if t.folds is None else fold_pessimistic_q(q_data, t.folds, other=False)
+            )
+        v = self._value(t.obs, t.folds, other=False)  # cross-fitting: each output learns its own fold's rows
         loss = expectile_loss(v, q_data, self.config.expectile)
         self.optim_step(loss, self.value_optim, self.value.parameters())
         return {"value_loss": float(loss.detach()), "v_data_mean": float(v.detach().mean())}
@@ -261,10 +317,11 @@ class AWR(ActorCriticAlgorithm):
         (eq. 10's samples; one per state for the diagnostics when the baseline is the data's)."""
         n = self.config.n_policy_samples if self.value is None else 1
         obs_rep, pi_actions = self._sample_pi(t.obs, n)
-        q_pi = self._q_pess(obs_rep, pi_actions).reshape(n, b)
+        folds = None if t.folds is None else t.folds.repeat(n)
+        q_pi = self._q_pess(obs_rep, pi_actions, folds).reshape(n, b)
         if self.value is None:
             return policy_value(q_pi), pi_actions, q_pi
-        return self.value(t.obs).squeeze(-1), pi_actions, q_pi
+        return self._value(t.obs, t.folds, other=True), pi_actions, q_pi
 
     def bc_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 1 line 1: unit-weight flow matching (eq. 16) on the batch's offline rows."""
@@ -280,7 +337,7 @@ class AWR(ActorCriticAlgorithm):
         """Eqs. 9-11 and 15 (Algorithm 1, lines 11-14), with the diagnostics that reuse its passes."""
         b, c = t.obs.shape[0], self.config
         with torch.no_grad():
-            q_data = self._q_pess(t.obs, t.actions)
+            q_data = self._q_pess(t.obs, t.actions, t.folds)  # cross-fitting: the other fold's heads
             baseline, pi_actions, q_pi = self._baseline(t, b)
             adv = q_data - baseline  # eq. 10 (or against the data's own value)
             n = q_pi.shape[0]
@@ -363,5 +420,7 @@ class AWR(ActorCriticAlgorithm):
         super().load_state_dict(state)
         self.adv_scale = float(state.get("adv_scale", 0.0))
         if self.value is not None and self.value_optim is not None and "value" in state:
-            self.value.load_state_dict(state["value"])
-            self.value_optim.load_state_dict(state["value_optim"])
+            shapes = {k: v.shape for k, v in self.value.state_dict().items()}
+            if {k: v.shape for k, v in state["value"].items()} == shapes:  # not across a cross_fit switch
+                self.value.load_state_dict(state["value"])
+                self.value_optim.load_state_dict(state["value_optim"])

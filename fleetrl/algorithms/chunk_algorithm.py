@@ -13,6 +13,7 @@ it:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from fleetrl.algorithms.diagnostics import random_chunks
 from fleetrl.algorithms.td import (
     conservative_penalty,
     ensemble_td_loss,
+    fold_head_rows,
     observed_return_target,
     polyak_update,
 )
@@ -49,6 +51,16 @@ class ChunkTensors:
     mask: torch.Tensor  # [B, H * action_size] 1.0 for executed entries of the chunk
     offline: torch.Tensor  # [B] bool
     returns: torch.Tensor  # [B] observed discounted return to the episode's end; NaN where not observed
+    folds: torch.Tensor | None = None  # [B] int64 cross-fitting fold of the row's episode (td.episode_folds)
+
+    def take(self, rows: torch.Tensor) -> ChunkTensors:
+        """The rows ``rows`` of every field."""
+        return ChunkTensors(
+            **{
+                f.name: None if (v := getattr(self, f.name)) is None else v[rows]
+                for f in dataclasses.fields(self)
+            }
+        )
 
 
 def chunk_tensors(
@@ -209,10 +221,12 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
     def fit_critics(self, t: ChunkTensors, target: torch.Tensor, polyak: float) -> dict[str, float]:
         """One regression step of every critic head on the TD ``target`` [B] (the ensemble's mean squared
         error), then the Polyak step of the target copy at rate ``polyak``. ``critic_target`` says how the
-        row's observed return enters first (``observed_return_target``)."""
+        row's observed return enters first (``observed_return_target``). Rows with ``folds`` train only the
+        heads of their fold (cross-fitting)."""
         target = observed_return_target(target, t.returns, self.config.critic_target)
         q = self.critic.forward_flat(t.obs, t.actions)
-        loss = ensemble_td_loss(q, target)
+        head_rows = None if t.folds is None else fold_head_rows(q.shape[0], t.folds)  # cross-fitting
+        loss = ensemble_td_loss(q, target, head_rows)
         metrics = {}
         if self.config.conservative_alpha > 0:
             obs, proposals = self.conservative_proposals(t)

@@ -31,7 +31,6 @@ clipping), but for the initial temperature (above).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -94,11 +93,6 @@ def split_obs(flat: torch.Tensor, obs_spec: dict[str, ArraySpec]) -> dict[str, t
         out[key] = flat[:, at : at + spec.size].reshape(flat.shape[0], *spec.shape)
         at += spec.size
     return out
-
-
-def take(t: ChunkTensors, rows: torch.Tensor) -> ChunkTensors:
-    """The rows ``rows`` of every field of ``t``."""
-    return ChunkTensors(**{f.name: getattr(t, f.name)[rows] for f in dataclasses.fields(t)})
 
 
 class RLPD(ActorCriticAlgorithm):
@@ -209,10 +203,10 @@ class RLPD(ActorCriticAlgorithm):
         slices = strided_slices(len(t.obs), parts)
         sums: dict[str, float] = {}
         for rows in slices:
-            for k, v in self.critic_step(take(t, rows.to(self.device))).items():
+            for k, v in self.critic_step(t.take(rows.to(self.device))).items():
                 sums[k] = sums.get(k, 0.0) + v
         metrics = {k: v / parts for k, v in sums.items()}  # means over the step's critic updates
-        last = take(t, slices[-1].to(self.device))
+        last = t.take(slices[-1].to(self.device))
         actor_metrics, pi_actions, _ = self.actor_step(last)
         if self.diagnostics_due():  # between refreshes the last values are reported again
             self.last_diagnostics = self.diagnostics(last, pi_actions)
