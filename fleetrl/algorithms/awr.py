@@ -22,9 +22,9 @@ al. 2019; one-step RL); ``weighting: binary`` keeps exactly the chunks with A > 
 2020); ``baseline: data`` measures A against a state value fitted to the data's own chunks (AWR's
 baseline; IQL's expectile regression, Kostrikov et al. 2021) instead of eq. 10's V^pi, which reads Q on
 the policy's chunks, where a critic fitted to the data's returns knows nothing. ``benchmarks/results/
-learning.json`` (``offline``, columns ``awr_filtered`` and ``awr_mixed``) measures them. Trained long, critics
-fitted to returns memorise each row's return and the data baseline with them, so A is noise: ``cross_fit``
-reads each row's advantage from critics (and a baseline) that never learnt from its episode.
+learning.json`` (``offline``, columns ``awr_filtered`` and ``awr_mixed``) measures them. Trained long, the data
+baseline memorises Q of each row, so A is noise: ``cross_fit`` subtracts a baseline that never learnt from the
+row's episode.
 
 One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``):
 
@@ -38,8 +38,10 @@ One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``)
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
@@ -58,18 +60,21 @@ from fleetrl.algorithms.diagnostics import (
     return_correlation,
     weight_stats,
 )
-from fleetrl.algorithms.td import (
-    FOLDS,
-    episode_folds,
-    fold_pessimistic_q,
-    n_step_chunk_target,
-    pessimistic_q,
-)
+from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q
 from fleetrl.models.encoders import ObservationEncoder
 from fleetrl.models.flow import flow_matching_loss
 from fleetrl.models.nets import mlp, seeded
 
+FOLDS = 2  # cross_fit: the baseline's outputs, each fitted to one fold of the episodes
+
 # --- loss maths (pure functions; the TD maths is td.py's) ----------------------------------------------
+
+
+def episode_folds(episode_ids, folds: int = FOLDS) -> np.ndarray:
+    """Each row's cross-fitting fold in ``[0, folds)``, a stable hash of its episode's id: every row of an
+    episode, on every worker and after every restart, falls in the same fold, and the episodes spread
+    about evenly."""
+    return np.fromiter((zlib.crc32(str(e).encode()) % folds for e in episode_ids), np.int64, len(episode_ids))
 
 
 def policy_value(q_policy_samples: torch.Tensor) -> torch.Tensor:
@@ -162,13 +167,12 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
     )
     cross_fit: bool = Field(
         False,
-        description="Cross-fitting: half of the critic heads (and one of two 'data' baseline outputs) learn from "
-        "half of the episodes (a stable hash of the episode id), the other half from the rest, and each row's "
-        "advantage is read from the half that never learnt from its episode. Critics fitted to observed "
-        "returns otherwise memorise them: the data baseline then equals Q on every row, A is noise and the "
-        "binary filter keeps failing rows as often as successful ones (cube-single mixed data after 5,000 "
-        "critic updates). Needs an even critic.n_critics; the LayerNorm gains the heads share and a shared "
-        "camera encoder still learn from every row.",
+        description="'data' baseline only. Two baseline outputs, each fitted to half of the episodes (a "
+        "stable hash of the episode id); a row's advantage subtracts the output that never learnt from its "
+        "episode. Fitted to Q of every row for long, one baseline memorises it (V(s) = Q(s, a) on each row: A "
+        "is noise, and the binary filter kept failing chunks as often as successful ones on cube-single mixed "
+        "data after 5,000 updates); the held-out half can only say what other episodes got from such states, "
+        "so A = Q(s, a) - V_other(s) keeps ranking each chunk against them.",
     )
     n_policy_samples: int = Field(
         4,
@@ -200,13 +204,22 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
     )
 
     @model_validator(mode="after")
-    def _cross_fit_needs_two_halves(self) -> AWRConfig:
-        if self.cross_fit and self.critic.n_critics % FOLDS:
-            raise ValueError(
-                f"cross_fit splits the critic heads in {FOLDS} halves: critic.n_critics must be even, "
-                f"not {self.critic.n_critics}"
-            )
+    def _cross_fit_needs_the_data_baseline(self) -> AWRConfig:
+        if self.cross_fit and self.baseline != "data":
+            raise ValueError("cross_fit cross-fits the 'data' baseline: set baseline: data")
         return self
+
+
+class FoldValues(torch.nn.Module):
+    """``cross_fit``'s baselines: one state-value MLP per fold, no weight shared, features [B, D] ->
+    [B, FOLDS]."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(mlp(in_dim, hidden, 1, layer_norm=True) for _ in range(FOLDS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net(x) for net in self.nets], dim=-1)
 
 
 class AWR(ActorCriticAlgorithm):
@@ -222,8 +235,10 @@ class AWR(ActorCriticAlgorithm):
         if config.baseline == "data":
             with seeded(config.seed + 1):
                 encoder = ObservationEncoder(spec.observation_spec, config.critic.encoder)
-                outputs = FOLDS if config.cross_fit else 1  # cross-fitting: one value per fold
-                head = mlp(encoder.out_dim, config.critic.hidden, outputs, layer_norm=True)
+                if config.cross_fit:  # one baseline per fold, independent weights
+                    head: torch.nn.Module = FoldValues(encoder.out_dim, config.critic.hidden)
+                else:
+                    head = mlp(encoder.out_dim, config.critic.hidden, 1, layer_norm=True)
                 self.value = (torch.nn.Sequential(encoder, head) if len(encoder.cameras) else head).to(
                     self.device
                 )
@@ -264,13 +279,8 @@ class AWR(ActorCriticAlgorithm):
         return t
 
     @torch.no_grad()
-    def _q_pess(
-        self, obs: torch.Tensor, actions: torch.Tensor, folds: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``Q_pess`` of the chunks: the min over every head, or with ``folds`` over the heads of the
-        *other* fold (cross-fitting: heads that never learnt from the row's episode)."""
-        q = self.critic.forward_flat(obs, actions)
-        return pessimistic_q(q) if folds is None else fold_pessimistic_q(q, folds, other=True)
+    def _q_pess(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return pessimistic_q(self.critic.forward_flat(obs, actions))
 
     def _value(self, obs: torch.Tensor, folds: torch.Tensor | None, other: bool) -> torch.Tensor:
         """The 'data' baseline V(s) [B]: with ``folds``, the output of the row's own fold (``other`` False:
@@ -286,10 +296,7 @@ class AWR(ActorCriticAlgorithm):
         """Eqs. 7-8 and the Polyak step of Algorithm 1 (lines 5-8)."""
         with torch.no_grad():
             next_obs, next_actions = self._sample_pi(t.next_obs, 1)
-            next_q = self.target_critic.forward_flat(next_obs, next_actions)
-            next_q = (
-                pessimistic_q(next_q) if t.folds is None else fold_pessimistic_q(next_q, t.folds, other=False)
-            )
+            next_q = pessimistic_q(self.target_critic.forward_flat(next_obs, next_actions))
             target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, next_q)
         fit = self.fit_critics(t, target, self.config.tau)
         metrics = {"critic_loss": fit.pop("loss"), **fit}
@@ -302,10 +309,7 @@ class AWR(ActorCriticAlgorithm):
         configured expectile (IQL eq. 5; 0.5: the data's mean, AWR's V)."""
         assert self.value is not None and self.value_optim is not None
         with torch.no_grad():
-            q_data = self.target_critic.forward_flat(t.obs, t.actions)
-            q_data = (
-                pessimistic_q(q_data) if t.folds is None else fold_pessimistic_q(q_data, t.folds, other=False)
-            )
+            q_data = pessimistic_q(self.target_critic.forward_flat(t.obs, t.actions))
         v = self._value(t.obs, t.folds, other=False)  # cross-fitting: each output learns its own fold's rows
         loss = expectile_loss(v, q_data, self.config.expectile)
         self.optim_step(loss, self.value_optim, self.value.parameters())
@@ -317,8 +321,7 @@ class AWR(ActorCriticAlgorithm):
         (eq. 10's samples; one per state for the diagnostics when the baseline is the data's)."""
         n = self.config.n_policy_samples if self.value is None else 1
         obs_rep, pi_actions = self._sample_pi(t.obs, n)
-        folds = None if t.folds is None else t.folds.repeat(n)
-        q_pi = self._q_pess(obs_rep, pi_actions, folds).reshape(n, b)
+        q_pi = self._q_pess(obs_rep, pi_actions).reshape(n, b)
         if self.value is None:
             return policy_value(q_pi), pi_actions, q_pi
         return self._value(t.obs, t.folds, other=True), pi_actions, q_pi
@@ -337,7 +340,7 @@ class AWR(ActorCriticAlgorithm):
         """Eqs. 9-11 and 15 (Algorithm 1, lines 11-14), with the diagnostics that reuse its passes."""
         b, c = t.obs.shape[0], self.config
         with torch.no_grad():
-            q_data = self._q_pess(t.obs, t.actions, t.folds)  # cross-fitting: the other fold's heads
+            q_data = self._q_pess(t.obs, t.actions)
             baseline, pi_actions, q_pi = self._baseline(t, b)
             adv = q_data - baseline  # eq. 10 (or against the data's own value)
             n = q_pi.shape[0]

@@ -29,7 +29,6 @@ from fleetrl.algorithms.diagnostics import random_chunks
 from fleetrl.algorithms.td import (
     conservative_penalty,
     ensemble_td_loss,
-    fold_head_rows,
     observed_return_target,
     polyak_update,
 )
@@ -51,7 +50,7 @@ class ChunkTensors:
     mask: torch.Tensor  # [B, H * action_size] 1.0 for executed entries of the chunk
     offline: torch.Tensor  # [B] bool
     returns: torch.Tensor  # [B] observed discounted return to the episode's end; NaN where not observed
-    folds: torch.Tensor | None = None  # [B] int64 cross-fitting fold of the row's episode (td.episode_folds)
+    folds: torch.Tensor | None = None  # [B] int64: the row's episode's cross-fitting fold (AWR cross_fit)
 
     def take(self, rows: torch.Tensor) -> ChunkTensors:
         """The rows ``rows`` of every field."""
@@ -221,12 +220,10 @@ class ActorCriticAlgorithm(ChunkAlgorithm):
     def fit_critics(self, t: ChunkTensors, target: torch.Tensor, polyak: float) -> dict[str, float]:
         """One regression step of every critic head on the TD ``target`` [B] (the ensemble's mean squared
         error), then the Polyak step of the target copy at rate ``polyak``. ``critic_target`` says how the
-        row's observed return enters first (``observed_return_target``). Rows with ``folds`` train only the
-        heads of their fold (cross-fitting)."""
+        row's observed return enters first (``observed_return_target``)."""
         target = observed_return_target(target, t.returns, self.config.critic_target)
         q = self.critic.forward_flat(t.obs, t.actions)
-        head_rows = None if t.folds is None else fold_head_rows(q.shape[0], t.folds)  # cross-fitting
-        loss = ensemble_td_loss(q, target, head_rows)
+        loss = ensemble_td_loss(q, target)
         metrics = {}
         if self.config.conservative_alpha > 0:
             obs, proposals = self.conservative_proposals(t)

@@ -4,15 +4,11 @@ Both papers train an ensemble of chunked critics ``Q_k(s_t, a_{t:t+H})`` on the 
 (ALOE eq. 7 is LWD eq. 19 with one chunk), aggregate the ensemble pessimistically by its minimum (ALOE
 eq. 9, LWD §IV-D's clipped double Q), regress every head on the target with a squared error (ALOE eq. 8,
 LWD eq. 15) and keep Polyak-averaged target copies. The functions here are that maths, written once:
-tensors in, tensors out (``polyak_update`` writes into the target network it is given). Cross-fitting
-(``episode_folds`` and after) splits an ensemble in two halves, each fitted to half of the episodes.
+tensors in, tensors out (``polyak_update`` writes into the target network it is given).
 """
 
 from __future__ import annotations
 
-import zlib
-
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,42 +19,10 @@ def pessimistic_q(q_values: torch.Tensor) -> torch.Tensor:
     return q_values.min(dim=0).values
 
 
-def ensemble_td_loss(
-    q_values: torch.Tensor, target: torch.Tensor, head_rows: torch.Tensor | None = None
-) -> torch.Tensor:
+def ensemble_td_loss(q_values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``1/K sum_k E[(Q_k - y)^2]``: every head regresses the same target (ALOE eq. 8, LWD eq. 15);
-    ``q_values`` [K, B], ``target`` [B] (no gradient flows into it). ``head_rows`` [K, B] (0/1): the rows
-    each head learns from (cross-fitting, ``fold_head_rows``); the error is then averaged over those."""
-    error = (q_values - target.detach()).square()
-    if head_rows is None:
-        return error.mean()
-    return (error * head_rows).sum() / head_rows.sum().clamp_min(1.0)
-
-
-# --- cross-fitting: two halves of the ensemble, each fitted to half of the episodes -------------------------
-FOLDS = 2
-
-
-def episode_folds(episode_ids) -> np.ndarray:
-    """Each row's fold (0 or 1), a stable hash of its episode's id: every row of an episode, on every worker
-    and after every restart, falls in the same fold, and about half of the episodes in each."""
-    return np.fromiter((zlib.crc32(str(e).encode()) % FOLDS for e in episode_ids), np.int64, len(episode_ids))
-
-
-def fold_head_rows(n_heads: int, folds: torch.Tensor) -> torch.Tensor:
-    """[K, B] 0/1: heads ``[0, K/2)`` learn from fold 0's rows, ``[K/2, K)`` from fold 1's."""
-    head_fold = torch.arange(n_heads, device=folds.device) // (n_heads // FOLDS)
-    return (head_fold[:, None] == folds[None, :]).float()
-
-
-def fold_pessimistic_q(q_values: torch.Tensor, folds: torch.Tensor, other: bool) -> torch.Tensor:
-    """``min`` over the heads of each row's own fold (``other`` False) or of the other fold (True): the
-    other fold's heads never learnt from the row's episode, so what they say of it is what they generalise,
-    not what they memorised. ``q_values`` [K, B] (K even), ``folds`` [B] -> [B]."""
-    k, b = q_values.shape
-    per_fold = q_values.reshape(FOLDS, k // FOLDS, b).min(dim=1).values  # [2, B]
-    pick = (1 - folds) if other else folds
-    return per_fold.gather(0, pick.long().view(1, b)).squeeze(0)
+    ``q_values`` [K, B], ``target`` [B] (no gradient flows into it)."""
+    return (q_values - target.detach()).square().mean()
 
 
 def n_step_chunk_target(
