@@ -103,7 +103,7 @@ def offline(args: argparse.Namespace) -> dict:
     seeds = offline_cells.SEEDS[: b["offline_seeds"]]
     suffix = "" if args.offline_updates is None else f"_{b['offline_updates']}u"
     data = {(d, task): offline_cells.build_dataset(task, d, args.quick)
-            for d in args.offline_datasets for task in offline_cells.TASKS}  # fmt: skip
+            for d in args.offline_datasets for task in args.offline_tasks}  # fmt: skip
     partial = Path(args.out).with_suffix(".cells.json")  # every finished cell, should the run be cut short
     cells: dict[tuple, dict] = {}
     if args.resume and partial.exists():  # cells a cut-short run finished are not run again
@@ -297,6 +297,11 @@ def main(argv: list[str] | None = None) -> None:
         help="offline cells on these datasets only; the others keep their figures in --out",
     )
     ap.add_argument(
+        "--offline-tasks",
+        default=",".join(offline_cells.TASKS),
+        help="offline cells on these tasks only; the others keep their figures in --out",
+    )
+    ap.add_argument(
         "--offline-algorithms",
         default=",".join(offline_names()),
         help="offline cells of these algorithms (or variants) only; the others keep their figures in --out",
@@ -324,12 +329,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     for flag, chosen, known in (
         ("--offline-datasets", args.offline_datasets, list(offline_cells.DATASETS)),
+        ("--offline-tasks", args.offline_tasks, list(offline_cells.TASKS)),
         ("--offline-algorithms", args.offline_algorithms, offline_names()),
     ):
         unknown = set(chosen.split(",")) - set(known)
         if unknown:
             ap.error(f"{flag}: unknown {sorted(unknown)}; known: {', '.join(known)}")
     args.offline_datasets = args.offline_datasets.split(",")
+    args.offline_tasks = args.offline_tasks.split(",")
     args.offline_algorithms = args.offline_algorithms.split(",")
     if args.offline_updates is not None:
         if args.offline_updates <= 0:
