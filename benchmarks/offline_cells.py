@@ -65,11 +65,25 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # observed returns with CQL's conservative term (``conservative_alpha`` 5): random chunks ranked above the
 # data's in 5-8 % of states (48-64 % without it), success 0.04, 0.04 (task 2) and 0.02, 0.02 (task 3), seeds
 # 0-1: dropped as well.
+# ``awr_xfit`` (added 2026-12-07): ``awr_mixed`` with ``cross_fit`` (its baseline never learnt from the row's
+# episode). At 5,000 updates ``awr_mixed``'s baseline had memorised Q on the data and its filter kept failing
+# chunks as often as successful ones (``awr_filter.py``, task 2); the setting was fixed there before it ran on
+# tasks 1 and 4.
 VARIANTS = {
     "awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"}),
     "awr_mixed": (
         "awr",
         {"critic_target": "return", "weighting": "binary", "baseline": "data", "expectile": 0.7},
+    ),
+    "awr_xfit": (
+        "awr",
+        {
+            "critic_target": "return",
+            "weighting": "binary",
+            "baseline": "data",
+            "expectile": 0.7,
+            "cross_fit": True,
+        },
     ),
 }
 SEEDS, EXTRA_SEEDS, CLOSE = (0, 1, 2), (3, 4), 0.2
