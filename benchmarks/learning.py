@@ -277,11 +277,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true", help="reuse the offline cells a cut-short run finished")
     ap.add_argument("--online-seeds", type=int, help="online cells: seeds 0..N-1 (default: 3, quick 1)")
     ap.add_argument(
-        "--online-algorithms",
-        default=",".join(online_cells.ALGORITHMS),
-        help="online cells of these algorithms only; the others keep their figures in --out",
-    )
-    ap.add_argument(
         "--online-minutes",
         type=float,
         help="online cells: a robot-time budget other than the contract's 50 (rows {alg}_{M}min)",
@@ -291,21 +286,16 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="offline cells: an update budget other than the contract's 1000 (rows {alg}_{N}u)",
     )
-    ap.add_argument(
-        "--offline-datasets",
-        default=",".join(offline_cells.DATASETS),
-        help="offline cells on these datasets only; the others keep their figures in --out",
-    )
-    ap.add_argument(
-        "--offline-tasks",
-        default=",".join(offline_cells.TASKS),
-        help="offline cells on these tasks only; the others keep their figures in --out",
-    )
-    ap.add_argument(
-        "--offline-algorithms",
-        default=",".join(offline_names()),
-        help="offline cells of these algorithms (or variants) only; the others keep their figures in --out",
-    )
+    subsets = {  # flag: (what it picks, the known names); the cells left out keep their figures in --out
+        "--online-algorithms": ("online cells of these algorithms", list(online_cells.ALGORITHMS)),
+        "--offline-datasets": ("offline cells on these datasets", list(offline_cells.DATASETS)),
+        "--offline-tasks": ("offline cells on these tasks", list(offline_cells.TASKS)),
+        "--offline-algorithms": ("offline cells of these algorithms (or variants)", offline_names()),
+    }
+    for flag, (what, known) in subsets.items():
+        ap.add_argument(
+            flag, default=",".join(known), help=f"{what} only; the others keep their figures in --out"
+        )
     ap.add_argument("--no-extra-seeds", action="store_true", help="skip seeds 3 and 4 of close cells")
     ap.add_argument("--chunk-len", type=int, default=ppo_cells.CHUNK_LEN, help="PPO parts: steps per chunk")
     ap.add_argument("--envs", default="Hopper-v5,HalfCheetah-v5", help="part (a''): MuJoCo tasks")
@@ -321,23 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))
     args = ap.parse_args(argv)
     args.budget = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
-    args.online_algorithms = args.online_algorithms.split(",")
-    unknown = set(args.online_algorithms) - set(online_cells.ALGORITHMS)
-    if unknown:
-        ap.error(
-            f"--online-algorithms: unknown {sorted(unknown)}; known: {', '.join(online_cells.ALGORITHMS)}"
-        )
-    for flag, chosen, known in (
-        ("--offline-datasets", args.offline_datasets, list(offline_cells.DATASETS)),
-        ("--offline-tasks", args.offline_tasks, list(offline_cells.TASKS)),
-        ("--offline-algorithms", args.offline_algorithms, offline_names()),
-    ):
-        unknown = set(chosen.split(",")) - set(known)
-        if unknown:
+    for flag, (_, known) in subsets.items():
+        chosen = getattr(args, flag[2:].replace("-", "_")).split(",")
+        if unknown := set(chosen) - set(known):
             ap.error(f"{flag}: unknown {sorted(unknown)}; known: {', '.join(known)}")
-    args.offline_datasets = args.offline_datasets.split(",")
-    args.offline_tasks = args.offline_tasks.split(",")
-    args.offline_algorithms = args.offline_algorithms.split(",")
+        setattr(args, flag[2:].replace("-", "_"), chosen)
     if args.offline_updates is not None:
         if args.offline_updates <= 0:
             ap.error("--offline-updates must be positive")
