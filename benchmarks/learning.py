@@ -95,8 +95,8 @@ def offline_names() -> list[str]:
 
 
 def offline(args: argparse.Namespace) -> dict:
-    """Every offline cell (or those of ``--offline-datasets`` x ``--offline-algorithms``), ``args.workers`` at
-    a time; seeds 3 and 4 where RL and BC are within 0.2. A budget other than the contract's
+    """Every offline cell (or those of ``--offline-datasets`` x ``--offline-tasks`` x ``--offline-algorithms``),
+    ``args.workers`` at a time; seeds 3 and 4 where RL and BC are within 0.2. A budget other than the contract's
     (``--offline-updates N``) makes rows of their own, ``{alg}_{N}u``, beside the contract's in ``--out``."""
     algs = args.offline_algorithms
     b = args.budget
@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning.json"))
     args = ap.parse_args(argv)
-    args.budget = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
+    contract = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
+    args.budget = dict(contract)  # --offline-updates, --online-minutes and --online-seeds change this run's
     for flag, (_, known) in subsets.items():
         chosen = getattr(args, flag[2:].replace("-", "_")).split(",")
         if unknown := set(chosen) - set(known):
@@ -332,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     result = {
         **run_header(args),
-        "budgets": args.budget | {"robots": args.robots, "control_hz": args.hz},
+        "budgets": contract | {"robots": args.robots, "control_hz": args.hz},
+        "budget_overrides": {k: v for k, v in args.budget.items() if contract.get(k) != v},  # this run's
         "ppo_config": ppo_cells.PPO,
         "offline_setup": {
             "tasks": offline_cells.TASKS,
