@@ -164,6 +164,8 @@ def merge_kept_rows(out: dict, path: str) -> dict:
                     for name, cell in kept_row.items() if name not in new}  # fmt: skip
             order = [*kept_row, *(name for name in new if name not in kept_row)]  # earlier rows first
             out[d][task] = {name: new[name] if name in new else kept[name] for name in order}
+        tasks_first = [*tasks, *(task for task in out[d] if task not in tasks)]  # and earlier tasks
+        out[d] = {task: out[d][task] for task in tasks_first}
     return out
 
 
