@@ -166,7 +166,8 @@ def merge_kept_rows(out: dict, path: str) -> dict:
             out[d][task] = {name: new[name] if name in new else kept[name] for name in order}
         tasks_first = [*tasks, *(task for task in out[d] if task not in tasks)]  # and earlier tasks
         out[d] = {task: out[d][task] for task in tasks_first}
-    return out
+    earlier_first = [*earlier.get("offline", {}), *(d for d in out if d not in earlier.get("offline", {}))]
+    return {d: out[d] for d in earlier_first}  # and earlier datasets
 
 
 def mean_of(results: dict, d: str, task: str, alg: str) -> float:
