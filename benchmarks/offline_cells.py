@@ -23,6 +23,8 @@ one core here (~0.15 s per QAM update), ~8 hours for the mixed cells alone, so t
 that fits ~90 minutes of both cores: ``--offline-updates 5000`` (rows ``{alg}_5000u``), the ``mixed`` dataset
 (item 3 of the learning issue, where RL must beat BC by 0.2) on tasks 1 and 4, ``bc``, ``awr_mixed`` and
 ``qam``, seeds 0-2, 50 evaluation episodes, no extra seeds. Cut: the expert cells and RLPD at this budget.
+Outcome (``learning.json``, ``offline_5000u_provenance``): ``awr_mixed`` 0.00 on both tasks (its baseline had
+memorised Q, ``awr_filter.py``), so ``awr_xfit`` (below) was fixed on task 2 and added; QAM on task 4 was cut.
 
 A worker process runs one cell (torch on one thread), so ``--workers 2`` uses both cores of a 2-core machine.
 """
