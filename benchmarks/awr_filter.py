@@ -28,37 +28,17 @@ import offline_cells
 from common import run_header, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-TASK = ("task2", "cube-single-singletask-task2-v0")  # a development task: not scored by learning.py
+TASK = "task2"  # a development task (offline_cells.DEV_TASKS): not scored by learning.py
 PROBE_ROWS = 4096
 
 
 def run_setting(setting: str, updates: int, eval_episodes: int, quick: bool, seed: int) -> dict:
     """Train ``setting`` (an offline cell's algorithm name) as an offline cell does, reading its filter."""
-    import torch
-    from pydantic import TypeAdapter
-
-    from fleetrl.algorithms.base import PolicySpec, build_algorithm
-    from fleetrl.models.policies import PolicyConfig, build_policy
-    from fleetrl.robots.sim import SimRobot
     from fleetrl.testing.plain_loop import evaluate
-    from fleetrl.workers.data.replay import Replay
-    from fleetrl.workers.task import ReplayConfig
 
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    offline_cells.TASKS.setdefault(*TASK)
-    episodes = offline_cells.build_dataset(TASK[0], "mixed", quick)
+    episodes = offline_cells.build_dataset(TASK, "mixed", quick)
     success = {e.episode_id: bool(e.success) for e in episodes}
-    robot = SimRobot(TASK[1], seed=offline_cells.EVAL_SEED)
-    cfg = ReplayConfig(**offline_cells.REPLAY)
-    spec = PolicySpec(robot.observation_spec, robot.action_spec, offline_cells.CHUNK_LEN, cfg.gamma)
-    alg, config = offline_cells.resolve(setting)
-    policy_cfg = TypeAdapter(PolicyConfig).validate_python(offline_cells.policy_family(alg) | {"seed": seed})
-    policy = build_policy(policy_cfg, spec.observation_spec, spec.action_spec, offline_cells.CHUNK_LEN)
-    algo = build_algorithm(alg, config | {"seed": seed, "bc_steps": updates}, policy, spec, policy_cfg.family)
-    replay = Replay.from_config(cfg, chunk_len=offline_cells.CHUNK_LEN, seed=seed)
-    for ep in episodes:
-        replay.add(ep)
+    robot, policy, algo, replay = offline_cells.build_cell(TASK, setting, seed, episodes, bc_steps=updates)
     probe = replay.sample_chunks(PROBE_ROWS, 1.0)
     ok = np.array([success[str(e)] for e in probe.episode_id])
     rows, t0 = [], time.monotonic()
@@ -81,11 +61,7 @@ def run_setting(setting: str, updates: int, eval_episodes: int, quick: bool, see
 def filter_reading(algo, probe, ok: np.ndarray) -> dict:
     """The share of the probe's chunks from successful / failing episodes with A > 0, the mean A of each,
     and the RMS of A (how far the baseline is from Q on the data)."""
-    import torch
-
-    t = algo.tensors(probe)
-    with torch.no_grad():
-        adv = (algo._q_pess(t.obs, t.actions) - algo._value(t.obs, t.folds, other=True)).numpy()
+    adv = algo.data_advantages(algo.tensors(probe)).numpy()
     keep = adv > 0
     return {
         "kept_success": round(float(keep[ok].mean()), 3),

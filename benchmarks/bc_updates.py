@@ -25,32 +25,13 @@ EVAL_EPISODES = {False: 50, True: 5}
 
 def run_seed(seed: int, episodes: list, marks: tuple[int, ...], n_eval: int) -> list[dict]:
     """Train BC on ``episodes``; success at every mark (the same policy trained on, not restarted)."""
-    import torch
-    from pydantic import TypeAdapter
-
-    from fleetrl.algorithms.base import PolicySpec, build_algorithm
-    from fleetrl.models.policies import PolicyConfig, build_policy
-    from fleetrl.robots.sim import SimRobot
     from fleetrl.testing.plain_loop import evaluate
-    from fleetrl.workers.data.replay import Replay
-    from fleetrl.workers.task import ReplayConfig
 
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    robot = SimRobot(offline_cells.TASKS["task1"], seed=offline_cells.EVAL_SEED + seed)
-    cfg = ReplayConfig(**offline_cells.REPLAY)
-    spec = PolicySpec(robot.observation_spec, robot.action_spec, offline_cells.CHUNK_LEN, cfg.gamma)
-    policy_cfg = TypeAdapter(PolicyConfig).validate_python(offline_cells.policy_family("bc") | {"seed": seed})
-    policy = build_policy(policy_cfg, spec.observation_spec, spec.action_spec, offline_cells.CHUNK_LEN)
-    config = offline_cells.ALGORITHMS["bc"] | {"seed": seed}
-    algo = build_algorithm("bc", config, policy, spec, policy_cfg.family)
-    replay = Replay.from_config(cfg, chunk_len=offline_cells.CHUNK_LEN, seed=seed)
-    for ep in episodes:
-        replay.add(ep)
+    robot, policy, algo, replay = offline_cells.build_cell("task1", "bc", seed, episodes)
     points, done, t0 = [], 0, time.monotonic()
     for mark in marks:
         while done < mark:
-            algo.update(replay.sample_chunks(config["batch_size"], 1.0))
+            algo.update(replay.sample_chunks(algo.config.batch_size, 1.0))
             done += 1
         success = float(evaluate(robot, policy, n_eval).success_rate)
         points.append({"updates": mark, "success": success, "wall_s": round(time.monotonic() - t0, 1)})

@@ -154,20 +154,21 @@ def offline(args: argparse.Namespace) -> dict:
 
 def merge_kept_rows(out: dict, path: str) -> dict:
     """The offline section with the rows of ``path``'s that this run did not produce kept beside (other
-    datasets, algorithms or budgets), each marked with the run that made it."""
+    datasets, tasks, algorithms or budgets), each marked with the run that made it; earlier entries first."""
     earlier = json.loads(Path(path).read_text()) if Path(path).exists() else {}
     run = earlier.get("part_runs", {}).get("offline") or {k: earlier.get(k) for k in ("command", "date")}
-    for d, tasks in earlier.get("offline", {}).items():
-        for task, kept_row in tasks.items():
-            new = out.setdefault(d, {}).get(task, {})
-            kept = {name: cell if name == "dataset" else {**cell, "run": cell.get("run") or run}
-                    for name, cell in kept_row.items() if name not in new}  # fmt: skip
-            order = [*kept_row, *(name for name in new if name not in kept_row)]  # earlier rows first
-            out[d][task] = {name: new[name] if name in new else kept[name] for name in order}
-        tasks_first = [*tasks, *(task for task in out[d] if task not in tasks)]  # and earlier tasks
-        out[d] = {task: out[d][task] for task in tasks_first}
-    earlier_first = [*earlier.get("offline", {}), *(d for d in out if d not in earlier.get("offline", {}))]
-    return {d: out[d] for d in earlier_first}  # and earlier datasets
+    kept = {d: {task: {name: cell if name == "dataset" else {**cell, "run": cell.get("run") or run}
+                       for name, cell in row.items()} for task, row in tasks.items()}
+            for d, tasks in earlier.get("offline", {}).items()}  # fmt: skip
+    return union(kept, out, lambda tasks, new: union(tasks, new, lambda row, new: union(row, new, None)))
+
+
+def union(old: dict, new: dict, both) -> dict:
+    """``old``'s keys in their order, then ``new``'s others; ``new``'s value where only it has the key (or
+    ``both`` is None), ``both(old's, new's)`` where both have it."""
+    keys = [*old, *(k for k in new if k not in old)]
+    return {k: old[k] if k not in new else new[k] if k not in old or both is None else both(old[k], new[k])
+            for k in keys}  # fmt: skip
 
 
 def mean_of(results: dict, d: str, task: str, alg: str) -> float:

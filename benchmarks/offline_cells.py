@@ -92,6 +92,13 @@ SEEDS, EXTRA_SEEDS, CLOSE = (0, 1, 2), (3, 4), 0.2
 EVAL_SEED = 10_000
 
 
+DEV_TASKS = {
+    "task2": "cube-single-singletask-task2-v0",
+    "task3": "cube-single-singletask-task3-v0",
+}  # settings
+# are chosen on these, never on TASKS
+
+
 def build_dataset(task: str, name: str, quick: bool) -> list:
     """The fixed dataset ``name`` of ``task`` (episodes of the scripted oracle, data seed 0)."""
     from fleetrl.robots.demos import collect_oracle_demos
@@ -100,7 +107,7 @@ def build_dataset(task: str, name: str, quick: bool) -> list:
     for i, (oracle, noise, n) in enumerate(DATASETS[name]):
         n = max(2, n // 5) if quick else n
         episodes += collect_oracle_demos(
-            TASKS[task], n, oracle, noise=noise, seed=1000 * i, task=task, log_every=0
+            (TASKS | DEV_TASKS)[task], n, oracle, noise=noise, seed=1000 * i, task=task, log_every=0
         )
     return episodes
 
@@ -129,36 +136,46 @@ def policy_family(alg: str) -> dict[str, Any]:
     return {"family": sorted(families)[0], "hidden": [256, 256, 256]}
 
 
-def run_cell(task: str, alg: str, seed: int, episodes: list, updates: int, eval_episodes: int) -> dict:
-    """Train ``alg`` on ``episodes`` for the budget, evaluate; the cell's result (success, timings, metrics)."""
+def build_cell(task: str, alg: str, seed: int, episodes: list, bc_steps: int | None = None) -> tuple:
+    """A cell's parts, seeded: its evaluation robot, the policy, the algorithm (``alg`` resolved; ``bc_steps``
+    given to those with a BC start, QAM and AWR) and a replay holding ``episodes``: (robot, policy, algo,
+    replay). ``task`` may be a development task (``DEV_TASKS``)."""
     import torch
     from pydantic import TypeAdapter
 
     from fleetrl.algorithms.base import PolicySpec, build_algorithm
     from fleetrl.models.policies import PolicyConfig, build_policy
     from fleetrl.robots.sim import SimRobot
-    from fleetrl.testing.plain_loop import evaluate
     from fleetrl.workers.data.replay import Replay
     from fleetrl.workers.task import ReplayConfig
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     os.environ.setdefault("MUJOCO_GL", "egl")
-    robot = SimRobot(TASKS[task], seed=EVAL_SEED + seed)
+    robot = SimRobot((TASKS | DEV_TASKS)[task], seed=EVAL_SEED + seed)
     cfg = ReplayConfig(**REPLAY)
     spec = PolicySpec(robot.observation_spec, robot.action_spec, CHUNK_LEN, cfg.gamma)
-    alg, config = resolve(alg)
-    policy_cfg = TypeAdapter(PolicyConfig).validate_python(policy_family(alg) | {"seed": seed})
+    base, config = resolve(alg)
+    policy_cfg = TypeAdapter(PolicyConfig).validate_python(policy_family(base) | {"seed": seed})
     policy = build_policy(policy_cfg, spec.observation_spec, spec.action_spec, CHUNK_LEN)
     config = config | {"seed": seed}
-    steps = updates
-    if alg in ("qam", "awr"):
-        config["bc_steps"] = updates  # the BC start gets BC's whole budget, then as many RL steps
-        steps = 2 * updates
-    algo = build_algorithm(alg, config, policy, spec, policy_cfg.family)
+    if bc_steps is not None and base in ("qam", "awr"):
+        config["bc_steps"] = bc_steps
+    algo = build_algorithm(base, config, policy, spec, policy_cfg.family)
     replay = Replay.from_config(cfg, chunk_len=CHUNK_LEN, seed=seed)
     for ep in episodes:
         replay.add(ep)
+    return robot, policy, algo, replay
+
+
+def run_cell(task: str, alg: str, seed: int, episodes: list, updates: int, eval_episodes: int) -> dict:
+    """Train ``alg`` on ``episodes`` for the budget, evaluate; the cell's result (success, timings, metrics)."""
+    from fleetrl.testing.plain_loop import evaluate
+
+    robot, policy, algo, replay = build_cell(task, alg, seed, episodes, bc_steps=updates)
+    steps = (
+        2 * updates if resolve(alg)[0] in ("qam", "awr") else updates
+    )  # the BC start, then as many RL steps
     t0, last = time.monotonic(), {}
     for _ in range(steps):
         last = algo.update(replay.sample_chunks(algo.config.batch_size, 1.0)) or last

@@ -292,6 +292,12 @@ class AWR(ActorCriticAlgorithm):
         pick = (1 - folds) if other else folds
         return v.gather(1, pick.long().view(-1, 1)).squeeze(1)
 
+    @torch.no_grad()
+    def data_advantages(self, t: ChunkTensors) -> torch.Tensor:
+        """A = Q_pess(s, a_data) - V(s) [B] against the 'data' baseline (with ``cross_fit`` the fold that never
+        learnt from the row's episode): what the binary filter thresholds."""
+        return self._q_pess(t.obs, t.actions) - self._value(t.obs, t.folds, other=True)
+
     def critic_step(self, t: ChunkTensors) -> dict[str, float]:
         """Eqs. 7-8 and the Polyak step of Algorithm 1 (lines 5-8)."""
         with torch.no_grad():
