@@ -71,12 +71,17 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # episode). At 5,000 updates ``awr_mixed``'s baseline had memorised Q on the data and its filter kept failing
 # chunks as often as successful ones (``awr_filter.py``, task 2); the setting was fixed there before it ran on
 # tasks 1 and 4.
+# ``qam_filtered`` (added 2026-12-07): QAM whose reference clones only the chunks whose observed return beats
+# a cross-fitted expectile (0.7) value of their state (``reference_filter: return_advantage``), awr_xfit's
+# filter without its critic; every other setting QAM's default. Fixed before any run; first run on the
+# development tasks 2 and 3 (seed 0, mixed data, 5,000 updates), then on tasks 1 and 4 (seeds 0-2).
 VARIANTS = {
     "awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"}),
     "awr_mixed": (
         "awr",
         {"critic_target": "return", "weighting": "binary", "baseline": "data", "expectile": 0.7},
     ),
+    "qam_filtered": ("qam", {"reference_filter": "return_advantage"}),
     "awr_xfit": (
         "awr",
         {

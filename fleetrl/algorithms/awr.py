@@ -38,10 +38,8 @@ One ``update`` is one learner step; its schedule follows Algorithm 1 (``phase``)
 
 from __future__ import annotations
 
-import zlib
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 
@@ -53,6 +51,7 @@ from fleetrl.algorithms.chunk_algorithm import (
     ChunkAdamWConfig,
     ChunkTensors,
 )
+from fleetrl.algorithms.data_value import data_value_net, episode_folds, expectile_loss, fold_value
 from fleetrl.algorithms.diagnostics import (
     action_distance,
     q_diagnostics,
@@ -61,35 +60,16 @@ from fleetrl.algorithms.diagnostics import (
     weight_stats,
 )
 from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q
-from fleetrl.models.encoders import ObservationEncoder
 from fleetrl.models.flow import flow_matching_loss
-from fleetrl.models.nets import mlp, seeded
-
-FOLDS = 2  # cross_fit: the baseline's outputs, each fitted to one fold of the episodes
+from fleetrl.models.nets import seeded
 
 # --- loss maths (pure functions; the TD maths is td.py's) ----------------------------------------------
-
-
-def episode_folds(episode_ids, folds: int = FOLDS) -> np.ndarray:
-    """Each row's cross-fitting fold in ``[0, folds)``, a stable hash of its episode's id: every row of an
-    episode, on every worker and after every restart, falls in the same fold, and the episodes spread
-    about evenly."""
-    return np.fromiter((zlib.crc32(str(e).encode()) % folds for e in episode_ids), np.int64, len(episode_ids))
 
 
 def policy_value(q_policy_samples: torch.Tensor) -> torch.Tensor:
     """ALOE eq. 10's baseline ``sg(V^pi(s))``: the mean of ``q_policy_samples`` [N, B] (``Q_pess`` of N chunks
     sampled from the current policy), so ``A = Q_pess(s, a_data) - V^pi(s)``."""
     return q_policy_samples.mean(dim=0).detach()
-
-
-def expectile_loss(values: torch.Tensor, target: torch.Tensor, expectile: float) -> torch.Tensor:
-    """IQL's asymmetric squared error (Kostrikov et al. 2021, eq. 5): ``E[|tau - 1(y - v < 0)| (y - v)^2]``.
-    ``expectile`` 0.5 fits the mean (the plain squared error, halved); above 0.5 it leans towards the best
-    targets seen in a state. ``values`` and ``target`` [B]; no gradient flows into the target."""
-    diff = target.detach() - values
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff.square()).mean()
 
 
 def awr_weights(advantages: torch.Tensor, beta: float, eps: float, scale: float = 1.0) -> torch.Tensor:
@@ -210,18 +190,6 @@ class AWRConfig(ActorCriticConfig, ChunkAdamWConfig):
         return self
 
 
-class FoldValues(torch.nn.Module):
-    """``cross_fit``'s baselines: one state-value MLP per fold, no weight shared, features [B, D] ->
-    [B, FOLDS]."""
-
-    def __init__(self, in_dim: int, hidden: tuple[int, ...]):
-        super().__init__()
-        self.nets = torch.nn.ModuleList(mlp(in_dim, hidden, 1, layer_norm=True) for _ in range(FOLDS))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([net(x) for net in self.nets], dim=-1)
-
-
 class AWR(ActorCriticAlgorithm):
     name: ClassVar[str] = "awr"
     config_cls: ClassVar[type[AlgorithmConfig]] = AWRConfig
@@ -234,14 +202,9 @@ class AWR(ActorCriticAlgorithm):
         self.value_optim: torch.optim.Optimizer | None = None
         if config.baseline == "data":
             with seeded(config.seed + 1):
-                encoder = ObservationEncoder(spec.observation_spec, config.critic.encoder)
-                if config.cross_fit:  # one baseline per fold, independent weights
-                    head: torch.nn.Module = FoldValues(encoder.out_dim, config.critic.hidden)
-                else:
-                    head = mlp(encoder.out_dim, config.critic.hidden, 1, layer_norm=True)
-                self.value = (torch.nn.Sequential(encoder, head) if len(encoder.cameras) else head).to(
-                    self.device
-                )
+                self.value = data_value_net(
+                    spec.observation_spec, config.critic.encoder, config.critic.hidden, config.cross_fit
+                ).to(self.device)
             self.value_optim = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)
 
     def critic_optimizer(self) -> torch.optim.Optimizer:
@@ -286,11 +249,7 @@ class AWR(ActorCriticAlgorithm):
         """The 'data' baseline V(s) [B]: with ``folds``, the output of the row's own fold (``other`` False:
         what it learns) or of the other fold (True: what the advantage subtracts)."""
         assert self.value is not None
-        v = self.value(obs)
-        if folds is None:
-            return v.squeeze(-1)
-        pick = (1 - folds) if other else folds
-        return v.gather(1, pick.long().view(-1, 1)).squeeze(1)
+        return fold_value(self.value(obs), folds, other)
 
     @torch.no_grad()
     def data_advantages(self, t: ChunkTensors) -> torch.Tensor:

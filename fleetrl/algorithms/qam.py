@@ -32,6 +32,9 @@ so the reference keeps improving for the whole budget instead of stopping at ``b
 clones the batch's demonstrations (``reference_rows="offline"``, default) or every row
 (``"all"``, as the QAM authors' code does: online its batches mix the demonstrations with the fleet's own
 episodes; measured on cube-single online it was not better, and with poor online data it is worse).
+On data of mixed quality the behaviour QAM tilts is mostly failure; ``reference_filter: return_advantage``
+has that BC flow clone only the rows whose observed return beats a cross-fitted value of their state
+(``fleetrl.algorithms.data_value``), so f_beta is value-filtered cloning and the tilt starts from it.
 ``bc_steps = 0`` takes the policy as given (e.g. trained by ``bc``) as the start. Critics and
 ``V_psi`` learn from the first update: DIVL (``fleetrl.algorithms.divl``) with one-chunk TD targets (eq. 19
 with n = 1: a ``ChunkBatch`` holds one chunk per row). Every ``diagnostics_every`` updates the metrics
@@ -45,12 +48,13 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from fleetrl.algorithms.base import AlgorithmConfig, PolicySpec
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.chunk_algorithm import ActorCriticAlgorithm, ActorCriticConfig, ChunkTensors
+from fleetrl.algorithms.data_value import data_value_net, episode_folds, expectile_loss, fold_value
 from fleetrl.algorithms.diagnostics import action_distance, q_diagnostics, random_chunks, return_correlation
 from fleetrl.algorithms.divl import DIVL, DIVLConfig
 from fleetrl.algorithms.td import n_step_chunk_target, pessimistic_q, polyak_update
@@ -197,7 +201,23 @@ class QAMConfig(ActorCriticConfig):
         "offline", description="Rows the 'ema' reference's BC flow clones after bc_steps: 'offline' (the "
         "demonstrations) or 'all' (ref: its whole batch, so online f_beta follows the fleet's own data).",
     )  # fmt: skip
+    reference_filter: Literal["none", "return_advantage"] = Field(
+        "none", description="Rows the 'ema' reference's BC flow clones, among reference_rows: 'none' all of "
+        "them (pi_beta, LWD); 'return_advantage' only those whose observed return beats a cross-fitted "
+        "expectile value of their state (data_value.py; rows without an observed return are kept), so on "
+        "data of mixed quality f_beta is value-filtered cloning (seed 000's value-guided chunk selection) "
+        "and QAM tilts that instead of the failures' behaviour.",
+    )  # fmt: skip
+    filter_expectile: float = Field(
+        0.7, gt=0.0, lt=1.0, description="Expectile of reference_filter's value (IQL's 0.7, as AWR's)."
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the flows (ref: Adam, none).")
+
+    @model_validator(mode="after")
+    def _filter_needs_the_ema_reference(self) -> QAMConfig:
+        if self.reference_filter != "none" and self.reference != "ema":
+            raise ValueError("reference_filter filters the 'ema' reference's cloning: set reference: ema")
+        return self
 
     def adamw_options(self) -> dict[str, Any]:
         return {"weight_decay": self.weight_decay}
@@ -217,6 +237,14 @@ class QAM(ActorCriticAlgorithm):
         self.bc_optim: torch.optim.Optimizer | None = None
         self.bc_done = 0
         self.last_diagnostics: dict[str, float] = {}
+        self.filter_value: nn.Module | None = None  # reference_filter's cross-fitted V(s) of observed returns
+        self.filter_optim: torch.optim.Optimizer | None = None
+        if config.reference_filter != "none":
+            with seeded(config.seed + 2):
+                self.filter_value = data_value_net(
+                    spec.observation_spec, config.critic.encoder, config.critic.hidden, cross_fit=True
+                ).to(self.device)
+            self.filter_optim = torch.optim.Adam(self.filter_value.parameters(), lr=config.critic_lr)
         if config.bc_steps == 0:
             self._start_reference()
 
@@ -226,6 +254,8 @@ class QAM(ActorCriticAlgorithm):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         extra = {} if self.bc_optim is None else {"reference": self.bc_optim}
+        if self.filter_optim is not None:
+            extra["filter_value"] = self.filter_optim
         return super().optimizers() | {"value": self.divl.optim} | extra
 
     def _start_reference(self) -> None:
@@ -251,6 +281,35 @@ class QAM(ActorCriticAlgorithm):
         agg = pessimistic_q if self.config.actor_q == "min" else (lambda q: q.mean(0))
         return lambda a: agg(critic.forward_flat(obs, a))
 
+    def tensors(self, batch: ChunkBatch) -> ChunkTensors:
+        """With ``reference_filter``, each row also carries its episode's cross-fitting fold."""
+        t = super().tensors(batch)
+        if self.filter_value is not None:
+            t.folds = torch.as_tensor(episode_folds(batch.episode_id), device=self.device)
+        return t
+
+    def filter_step(self, t: ChunkTensors) -> dict[str, float]:
+        """``reference_filter``'s value: each fold's output regresses the observed returns of its own fold's
+        rows by ``filter_expectile`` (rows without a return make no step)."""
+        assert self.filter_value is not None and self.filter_optim is not None
+        seen = ~torch.isnan(t.returns)
+        if not bool(seen.any()):
+            self.idle_optim_step(self.filter_optim, self.filter_value.parameters())
+            return {}
+        v = fold_value(self.filter_value(t.obs[seen]), t.folds[seen], other=False)
+        loss = expectile_loss(v, t.returns[seen], self.config.filter_expectile)
+        self.optim_step(loss, self.filter_optim, self.filter_value.parameters())
+        return {"filter_value_loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def reference_keep(self, t: ChunkTensors) -> torch.Tensor:
+        """[B] bool: the rows ``reference_filter`` lets the reference clone: observed return above the
+        value of the fold that never learnt from the row's episode, or no observed return."""
+        if self.filter_value is None:
+            return torch.ones_like(t.offline)
+        other = fold_value(self.filter_value(t.obs), t.folds, other=True)
+        return (t.returns > other) | torch.isnan(t.returns)
+
     def critic_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 2, lines 1-4: V_psi on the EMA critics' min (eq. 12), the TD target with the
         entropy-adapted quantile of V_psi (eqs. 17-19, 23), both critics on it (eq. 15), EMA."""
@@ -260,6 +319,8 @@ class QAM(ActorCriticAlgorithm):
         boot, tau, entropy = self.divl.bootstrap(t.next_obs)
         target = n_step_chunk_target(t.chunk_reward, t.discount, t.done, boot)  # one chunk per row: n = 1
         fit = self.fit_critics(t, target, self.config.ema)
+        if self.filter_value is not None:
+            metrics |= self.filter_step(t)
         return metrics | {
             "q_loss": fit.pop("loss"),
             **fit,
@@ -267,13 +328,8 @@ class QAM(ActorCriticAlgorithm):
             "value_entropy": float(entropy.mean()),
         }
 
-    def _bc_loss(
-        self, flow: FlowChunkPolicy, t: ChunkTensors, offline_only: bool = True
-    ) -> torch.Tensor | None:
-        """Flow-matching BC (eq. 34) on the batch's offline rows (or all of them); None without rows."""
-        if not offline_only:
-            return flow_matching_loss(flow, t.obs, t.actions, mask=t.mask)
-        rows = t.offline
+    def _bc_loss(self, flow: FlowChunkPolicy, t: ChunkTensors, rows: torch.Tensor) -> torch.Tensor | None:
+        """Flow-matching BC (eq. 34) on the batch's rows ``rows`` [B] bool; None without any."""
         if not bool(rows.any()):
             return None
         return flow_matching_loss(flow, t.obs[rows], t.actions[rows], mask=t.mask[rows])
@@ -281,7 +337,7 @@ class QAM(ActorCriticAlgorithm):
     def bc_step(self, t: ChunkTensors) -> dict[str, float]:
         """The BC phase: one BC step of the policy; counts towards ``bc_steps`` (rows without offline
         data make no step and are not counted)."""
-        loss = self._bc_loss(self.policy, t)
+        loss = self._bc_loss(self.policy, t, t.offline)
         if loss is None:  # counted only if other workers of a multi-worker learner stepped
             if not self.idle_optim_step(self.actor_optim, self.trained_parameters()):
                 return {}
@@ -293,18 +349,21 @@ class QAM(ActorCriticAlgorithm):
         return {} if loss is None else {"bc_loss": float(loss.detach())}
 
     def reference_step(self, t: ChunkTensors) -> dict[str, float]:
-        """'ema' mode: one BC step of the BC flow on ``reference_rows``, then f_beta moves towards it (rate
-        ``reference_ema``)."""
+        """'ema' mode: one BC step of the BC flow on ``reference_rows`` (those ``reference_filter`` keeps), then
+        f_beta moves towards it (rate ``reference_ema``)."""
         if self.bc_flow is None or self.bc_optim is None:
             return {}
-        loss = self._bc_loss(self.bc_flow, t, offline_only=self.config.reference_rows == "offline")
+        eligible = t.offline if self.config.reference_rows == "offline" else torch.ones_like(t.offline)
+        keep = eligible & self.reference_keep(t)
+        loss = self._bc_loss(self.bc_flow, t, keep)
         if loss is not None:
             self.optim_step(loss, self.bc_optim, self.bc_flow.parameters())
         else:
             self.idle_optim_step(self.bc_optim, self.bc_flow.parameters())
         assert self.reference is not None
         polyak_update(self.reference, self.bc_flow, self.config.reference_ema)
-        return {} if loss is None else {"bc_loss": float(loss.detach())}
+        kept = {"reference_kept": float(keep.sum()) / max(int(eligible.sum()), 1)}
+        return kept if loss is None else kept | {"bc_loss": float(loss.detach())}
 
     def actor_step(self, t: ChunkTensors) -> dict[str, float]:
         """Algorithm 2, lines 5-8: fine-tuned trajectories, grad_a Q at their ends, lean adjoint along
@@ -377,6 +436,8 @@ class QAM(ActorCriticAlgorithm):
             "bc_optim": None if self.bc_optim is None else self.bc_optim.state_dict(),
             "bc_done": self.bc_done,
             "diagnostics": dict(self.last_diagnostics),
+            "filter_value": None if self.filter_value is None else self.filter_value.state_dict(),
+            "filter_optim": None if self.filter_optim is None else self.filter_optim.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -384,6 +445,9 @@ class QAM(ActorCriticAlgorithm):
         self.divl.load_state_dict(state["divl"])
         self.bc_done = int(state["bc_done"])
         self.last_diagnostics = dict(state.get("diagnostics", {}))
+        if self.filter_value is not None and self.filter_optim is not None and state.get("filter_value"):
+            self.filter_value.load_state_dict(state["filter_value"])  # else (filter just switched on): afresh
+            self.filter_optim.load_state_dict(state["filter_optim"])
         self.reference = self.bc_flow = self.bc_optim = None
         if state["reference"] is not None:
             self._start_reference()

@@ -17,14 +17,13 @@ from fleetrl.algorithms.awr import (
     AWRConfig,
     awr_weights,
     binary_weights,
-    episode_folds,
-    expectile_loss,
     policy_value,
 )
 from fleetrl.algorithms.base import PolicySpec, build_algorithm, parse_config
 from fleetrl.algorithms.batch import ChunkBatch
 from fleetrl.algorithms.bc import BC, BCConfig
 from fleetrl.algorithms.chunk_algorithm import chunk_tensors
+from fleetrl.algorithms.data_value import episode_folds, expectile_loss
 from fleetrl.algorithms.td import ensemble_td_loss, n_step_chunk_target, pessimistic_q, polyak_update
 from fleetrl.models.critics import ChunkQConfig
 from fleetrl.models.flow import FlowChunkConfig, FlowChunkPolicy, flow_matching_loss

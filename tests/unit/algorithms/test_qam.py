@@ -143,18 +143,23 @@ def test_registry_and_phases():
     assert _make(bc_steps=0).reference is not None  # the policy as given is the reference
 
 
-@pytest.mark.parametrize("reference", ["ema", "frozen"])
+@pytest.mark.parametrize("reference", ["ema", "frozen", "ema-filtered"])
 def test_state_dict_round_trip_resumes_exactly(reference):
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     batches = [_batch(rng) for _ in range(4)]
-    algo = _make(bc_steps=2, reference=reference, diagnostics_every=2)
+    for batch in batches:
+        batch.returns = rng.normal(size=len(batch)).astype(np.float32)
+    options = {"reference": reference.split("-")[0], "diagnostics_every": 2}
+    if reference.endswith("filtered"):
+        options["reference_filter"] = "return_advantage"
+    algo = _make(bc_steps=2, **options)
     for batch in batches[:3]:
         algo.update(batch)
     state = copy.deepcopy(algo.state_dict())
     policy_state = copy.deepcopy(algo.policy.state_dict())
 
-    resumed = _make(bc_steps=2, reference=reference, diagnostics_every=2)
+    resumed = _make(bc_steps=2, **options)
     resumed.policy.load_state_dict(policy_state)
     resumed.load_state_dict(state)
     assert resumed.steps == 3 and resumed.bc_done == 2 and resumed.reference is not None
@@ -169,6 +174,7 @@ def test_state_dict_round_trip_resumes_exactly(reference):
         (algo.critic, resumed.critic),
         (algo.divl.target, resumed.divl.target),
         (algo.reference, resumed.reference),
+        *([(algo.filter_value, resumed.filter_value)] if algo.filter_value is not None else []),
     ]:
         for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
             assert torch.equal(p, q)
@@ -328,3 +334,53 @@ def test_conservative_term_adds_cql_on_random_and_policy_chunks_and_ranks_them_b
             q_rand = algo.critic.forward_flat(t.obs, torch.rand(64, 4) * 2 - 1).min(0).values
         above[alpha] = float((q_rand > q_data).float().mean())
     assert above[2.0] < 0.2 and above[0.0] > 0.35, above
+
+
+def test_reference_filter_clones_only_rows_whose_return_beats_the_other_folds_value():
+    """'return_advantage': each fold's value learns only its own episodes' returns; the reference's BC flow
+    clones a row only where its return beats the value of the fold that never saw its episode (or where
+    no return was observed)."""
+    import dataclasses
+
+    from fleetrl.algorithms.data_value import episode_folds, fold_value
+    from fleetrl.models.flow import flow_matching_loss
+
+    ids = [f"ep-{i}" for i in range(64)]
+    folds = episode_folds(ids)
+    a, b = ids[int(np.argmax(folds == 0))], ids[int(np.argmax(folds == 1))]
+    rng = np.random.default_rng(7)
+    batch = dataclasses.replace(
+        _batch(rng, 8),
+        episode_id=np.array([a] * 4 + [b] * 4),
+        offline=np.ones(8, bool),
+        returns=np.array([-1, -9, -2, np.nan, -8, -3, -7, -4], np.float32),
+    )
+    torch.manual_seed(0)
+    algo = _make(bc_steps=1, reference_filter="return_advantage", critic_lr=1e-2)
+    t = algo.tensors(batch)
+    assert t.folds.tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and "filter_value" in algo.optimizers()
+    only_fold0 = dataclasses.replace(t, folds=torch.zeros_like(t.folds))
+    v0 = algo.filter_value(t.obs).detach()
+    for _ in range(300):
+        algo.filter_step(only_fold0)
+    v = algo.filter_value(t.obs).detach()
+    seen = ~torch.isnan(t.returns)
+    torch.testing.assert_close(v[seen, 0], t.returns[seen], atol=0.3, rtol=0)  # fold 0 fitted those returns
+    torch.testing.assert_close(v[:, 1], v0[:, 1], rtol=0, atol=0)  # fold 1 never learnt a thing
+    with torch.no_grad():
+        other = fold_value(algo.filter_value(t.obs), t.folds, other=True)
+    expected = (t.returns > other) | ~seen
+    keep = algo.reference_keep(t)
+    assert torch.equal(keep, expected) and bool(keep[3])  # the row without a return is kept
+    algo.update(batch)  # the BC phase; then the reference's BC flow clones the kept rows only
+    flow = copy.deepcopy(algo.bc_flow)
+    tt = algo.tensors(batch)
+    keep = algo.reference_keep(tt)
+    torch.manual_seed(5)
+    want = flow_matching_loss(flow, tt.obs[keep], tt.actions[keep], mask=tt.mask[keep])
+    torch.manual_seed(5)
+    metrics = algo.reference_step(tt)
+    assert metrics["bc_loss"] == pytest.approx(float(want.detach()), rel=1e-5)
+    assert metrics["reference_kept"] == pytest.approx(float(keep.float().mean()))
+    with pytest.raises(ValueError, match="reference: ema"):
+        QAMConfig(reference="frozen", reference_filter="return_advantage")
