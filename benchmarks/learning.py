@@ -147,6 +147,11 @@ def offline(args: argparse.Namespace) -> dict:
             keys = sorted(k for k in results if k[:3] == (d, task, name))
             row[name] = offline_cells.summarize([results[k] for k in keys], [k[3] for k in keys])
             row[name]["cells"] = [cells[k] for k in keys]
+            if keys and all("reference_success" in cells[k] for k in keys):  # QAM: its f_beta alone
+                ref = offline_cells.summarize(
+                    [cells[k]["reference_success"] for k in keys], [k[3] for k in keys]
+                )
+                row[name]["reference"] = {k: ref[k] for k in ("success_mean", "success_sem", "per_seed")}
             if suffix:
                 row[name]["updates_budget"] = b["offline_updates"]
     return merge_kept_rows(out, args.out)
