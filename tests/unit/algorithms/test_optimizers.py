@@ -37,7 +37,13 @@ CASES = {  # algorithm -> (its config, policy config, optimizer names, state-dic
             "reference",
         },  # "reference": the BC flow f_beta follows (reference="ema")
         {"critic", "target_critic", "critic_optim", "divl", "reference", "actor_optim", "steps", "bc_done"}
-        | {"bc_flow", "bc_optim", "diagnostics"},
+        | {
+            "bc_flow",
+            "bc_optim",
+            "diagnostics",
+            "filter_value",
+            "filter_optim",
+        },  # None without reference_filter
     ),
     "bc": ({}, FLOW, {"policy"}, {"optim"}),
     "residual": (
