@@ -205,7 +205,7 @@ class QAMConfig(ActorCriticConfig):
         "none", description="Rows the 'ema' reference's BC flow clones, among reference_rows: 'none' all of "
         "them (pi_beta, LWD); 'return_advantage' only those whose observed return beats a cross-fitted "
         "expectile value of their state (data_value.py; rows without an observed return are kept), so on "
-        "data of mixed quality f_beta is value-filtered cloning (seed 000's value-guided chunk selection) "
+        "data of mixed quality f_beta is value-filtered cloning (Robo-ValueRL's value-guided chunk selection) "
         "and QAM tilts that instead of the failures' behaviour.",
     )  # fmt: skip
     filter_expectile: float = Field(
