@@ -372,6 +372,7 @@ def test_reference_filter_clones_only_rows_whose_return_beats_the_other_folds_va
     expected = (t.returns > other) | ~seen
     keep = algo.reference_keep(t)
     assert torch.equal(keep, expected) and bool(keep[3])  # the row without a return is kept
+    assert 0 < int(keep[seen].sum()) < int(seen.sum())  # some rows with a return kept, some dropped
     algo.update(batch)  # the BC phase; then the reference's BC flow clones the kept rows only
     flow = copy.deepcopy(algo.bc_flow)
     tt = algo.tensors(batch)
