@@ -295,15 +295,22 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="offline cells: an update budget other than the contract's 1000 (rows {alg}_{N}u)",
     )
-    subsets = {  # flag: (what it picks, the known names); the cells left out keep their figures in --out
-        "--online-algorithms": ("online cells of these algorithms", list(online_cells.ALGORITHMS)),
+    # flag: (what it picks, the known names[, the default when not all]); cells left out keep their figures
+    subsets = {
+        "--online-algorithms": (
+            "online cells of these algorithms (or variants)",
+            online_cells.names(),
+            list(online_cells.ALGORITHMS),
+        ),
         "--offline-datasets": ("offline cells on these datasets", list(offline_cells.DATASETS)),
         "--offline-tasks": ("offline cells on these tasks", list(offline_cells.TASKS)),
         "--offline-algorithms": ("offline cells of these algorithms (or variants)", offline_names()),
     }
-    for flag, (what, known) in subsets.items():
+    for flag, (what, known, *default) in subsets.items():
         ap.add_argument(
-            flag, default=",".join(known), help=f"{what} only; the others keep their figures in --out"
+            flag,
+            default=",".join(default[0] if default else known),
+            help=f"{what} only; the others keep their figures in --out",
         )
     ap.add_argument("--no-extra-seeds", action="store_true", help="skip seeds 3 and 4 of close cells")
     ap.add_argument("--chunk-len", type=int, default=ppo_cells.CHUNK_LEN, help="PPO parts: steps per chunk")
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     contract = {k: v[0] if args.quick else v[1] for k, v in BUDGETS.items()}
     args.budget = dict(contract)  # --offline-updates, --online-minutes and --online-seeds change this run's
-    for flag, (_, known) in subsets.items():
+    for flag, (_, known, *_default) in subsets.items():
         chosen = getattr(args, flag[2:].replace("-", "_")).split(",")
         if unknown := set(chosen) - set(known):
             ap.error(f"{flag}: unknown {sorted(unknown)}; known: {', '.join(known)}")

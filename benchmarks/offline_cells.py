@@ -80,6 +80,10 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # on task 2 alone (seed 0; the other candidate, CQL's term at alpha 5, ran 2.4x slower and was stopped):
 # success 0.30, its reference alone 0.42 (cells record ``reference_success``: f_beta evaluated on the same
 # episodes). Then run on task 1, seeds 0-2 (task 4 not yet: time).
+# ``qam_filtered_t10_all`` (added 2026-12-07, for the online cells, ``learning.py --online-algorithms``):
+# ``qam_filtered_t10`` whose reference clones the filter's rows of the whole batch (``reference_rows: all``),
+# so online f_beta follows the fleet's own successes. Fixed before its 3-seed run (100 robot-minutes, as
+# ``awr_100min``); seen before it: one throwaway cell, seed 0, 50 robot-minutes, success 0.54 -> 0.84.
 VARIANTS = {
     "awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"}),
     "awr_mixed": (
@@ -88,6 +92,10 @@ VARIANTS = {
     ),
     "qam_filtered": ("qam", {"reference_filter": "return_advantage"}),
     "qam_filtered_t10": ("qam", {"reference_filter": "return_advantage", "temperature": 10.0}),
+    "qam_filtered_t10_all": (
+        "qam",
+        {"reference_filter": "return_advantage", "temperature": 10.0, "reference_rows": "all"},
+    ),
     "awr_xfit": (
         "awr",
         {

@@ -33,6 +33,10 @@ Added on 2026-12-06 for a longer, stated robot-time budget (``learning.py --onli
 named ``{alg}_{M}min``): the weights served at each quarter of the budget are kept and evaluated after the run
 like the end ones (50 deterministic episodes), so a row's ``success_at`` and ``success_end`` are the
 deterministic success-vs-robot-time curve. Added before any run with it; nothing the robots or learner see changes.
+
+Added on 2026-12-07: a row may be one of the offline cells' named settings of these algorithms
+(``--online-algorithms qam_filtered_t10_all``; ``offline_cells.VARIANTS`` says when and why each was fixed);
+its learner trains the variant's base algorithm with the variant's config, everything else as above.
 """
 
 from __future__ import annotations
@@ -64,12 +68,24 @@ CURVE_EVERY_S, CURVE_WINDOW, PUBLISH_EVERY = 15.0, 20, 20
 SNAPSHOTS = 3  # served weights kept at 1/4, 2/4 and 3/4 of the budget, evaluated after the run
 
 
+def names() -> list[str]:
+    """What ``--online-algorithms`` takes: the contract's algorithms, then the offline cells' named settings
+    of them (a variant's row is named after it and runs its settings, e.g. ``qam_filtered_t10_all``)."""
+    variants = [v for v, (base, _) in offline_cells.VARIANTS.items() if base in ALGORITHMS]
+    return [*ALGORITHMS, *variants]
+
+
+def algorithm(alg: str) -> str:
+    """The registered algorithm an online row trains (a variant's base)."""
+    return offline_cells.resolve(alg)[0]
+
+
 def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
     """The cell's task (as a platform config's ``tasks`` entry) and its number of offline-only steps."""
-    _, config = offline_cells.resolve(SETTINGS.get(alg, alg))
+    base, config = offline_cells.resolve(SETTINGS.get(alg, alg))
     config = config | {"seed": seed}
     offline_steps = offline_updates
-    if alg in ("qam", "awr"):
+    if base in ("qam", "awr"):
         config["bc_steps"] = offline_updates
         offline_steps = 2 * offline_updates
     robot = SimRobot(ENV)
@@ -78,9 +94,9 @@ def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
         "observation": specs_to_dict(robot.observation_spec),
         "action": robot.action_spec.to_dict(),
         "chunk_len": offline_cells.CHUNK_LEN,
-        "policy": offline_cells.policy_family(alg) | {"seed": seed},
+        "policy": offline_cells.policy_family(base) | {"seed": seed},
         "inference": {"replicas": 1, "max_batch": 32},
-        "learner": {"algorithm": alg, "config": config, "offline_steps": offline_steps,
+        "learner": {"algorithm": base, "config": config, "offline_steps": offline_steps,
                     "publish_every": PUBLISH_EVERY, "checkpoint_every": 1000},
     }  # fmt: skip
     robot.close()
@@ -91,7 +107,8 @@ def served_policy(platform: Platform, alg: str, seed: int) -> tuple[int, torch.n
     """The latest published version and its weights in a policy of the cell's family."""
     version, refs, _ = ray.get(platform.weights.latest.remote(TASK))
     robot = SimRobot(ENV)
-    cfg = TypeAdapter(PolicyConfig).validate_python(offline_cells.policy_family(alg) | {"seed": seed})
+    family = offline_cells.policy_family(algorithm(alg))
+    cfg = TypeAdapter(PolicyConfig).validate_python(family | {"seed": seed})
     policy = build_policy(cfg, robot.observation_spec, robot.action_spec, offline_cells.CHUNK_LEN)
     policy.load_state_dict(to_torch_state(ray.get(refs[0])))
     robot.close()
