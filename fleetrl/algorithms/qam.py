@@ -197,6 +197,12 @@ class QAMConfig(ActorCriticConfig):
         "keeps training a BC flow (reference_rows) and f_beta is its EMA copy (ref: target_actor_slow).",
     )  # fmt: skip
     reference_ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of f_beta ('ema'; ref).")
+    reference_steps: int = Field(
+        1, ge=1, le=64, description="BC steps of the 'ema' reference's BC flow per update (ref: 1), each on "
+        "the update's rows and each followed by its EMA step. A BC step costs a few % of a QAM update, so "
+        "where updates are scarce (a CPU learner online) more of them let f_beta learn from the stream about "
+        "as fast as BC alone would.",
+    )  # fmt: skip
     reference_rows: Literal["offline", "all"] = Field(
         "offline", description="Rows the 'ema' reference's BC flow clones after bc_steps: 'offline' (the "
         "demonstrations) or 'all' (ref: its whole batch, so online f_beta follows the fleet's own data).",
@@ -349,20 +355,21 @@ class QAM(ActorCriticAlgorithm):
         return {} if loss is None else {"bc_loss": float(loss.detach())}
 
     def reference_step(self, t: ChunkTensors) -> dict[str, float]:
-        """'ema' mode: one BC step of the BC flow on ``reference_rows`` (those ``reference_filter`` keeps), then
-        f_beta moves towards it (rate ``reference_ema``)."""
+        """'ema' mode: ``reference_steps`` BC steps of the BC flow on ``reference_rows`` (those
+        ``reference_filter`` keeps), each followed by f_beta's move towards it (rate ``reference_ema``)."""
         if self.bc_flow is None or self.bc_optim is None:
             return {}
+        assert self.reference is not None
         eligible = t.offline if self.config.reference_rows == "offline" else torch.ones_like(t.offline)
         keep = eligible & self.reference_keep(t)
-        loss = self._bc_loss(self.bc_flow, t, keep)
-        if loss is not None:
-            self.optim_step(loss, self.bc_optim, self.bc_flow.parameters())
-        else:
-            self.idle_optim_step(self.bc_optim, self.bc_flow.parameters())
-        assert self.reference is not None
-        polyak_update(self.reference, self.bc_flow, self.config.reference_ema)
         kept = {"reference_kept": float(keep.sum()) / max(int(eligible.sum()), 1)}
+        for _ in range(self.config.reference_steps):
+            loss = self._bc_loss(self.bc_flow, t, keep)  # fresh noise and flow times each step
+            if loss is not None:
+                self.optim_step(loss, self.bc_optim, self.bc_flow.parameters())
+            else:
+                self.idle_optim_step(self.bc_optim, self.bc_flow.parameters())
+            polyak_update(self.reference, self.bc_flow, self.config.reference_ema)
         return kept if loss is None else kept | {"bc_loss": float(loss.detach())}
 
     def actor_step(self, t: ChunkTensors) -> dict[str, float]:

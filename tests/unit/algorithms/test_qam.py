@@ -289,6 +289,30 @@ def test_the_ema_reference_clones_every_row_or_only_the_demonstrations(rows):
     assert trained == ("bc_loss" in metrics) == (rows == "all")
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_reference_steps_bc_steps_of_the_reference_per_update(steps):
+    """``reference_steps`` BC steps of the reference's BC flow per update, each followed by f_beta's EMA
+    step; the policy's actor and the critics still make one step each."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(4)
+    algo = _make(bc_steps=1, reference="ema", reference_ema=0.5, reference_steps=steps)
+    algo.update(_batch(rng))  # the BC phase, then f_beta starts
+    algo.update(_batch(rng))
+    adam_steps = {int(s["step"]) for s in algo.bc_optim.state_dict()["state"].values()}
+    assert adam_steps == {steps}
+    assert {int(s["step"]) for s in algo.actor_optim.state_dict()["state"].values()} == {2}  # BC + adjoint
+    # f_beta made `steps` EMA moves at rate 0.5: for a parameter the BC flow no longer changes, the last
+    # update leaves f_beta (1 - 0.5^steps) of the way from where it was to the BC flow
+    before = copy.deepcopy(algo.reference.state_dict())
+    for group in algo.bc_optim.param_groups:
+        group["lr"] = 0.0  # the BC flow's steps now change nothing: f_beta's moves are the EMA's alone
+    algo.update(_batch(rng))
+    for k, v in algo.reference.state_dict().items():
+        target = algo.bc_flow.state_dict()[k]
+        expected = before[k] + (1 - 0.5**steps) * (target - before[k])
+        assert torch.allclose(v, expected, atol=1e-6), k
+
+
 def test_diagnostics_reported_every_n_updates_and_kept_in_between():
     torch.manual_seed(0)
     rng = np.random.default_rng(3)
