@@ -84,6 +84,11 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # ``qam_filtered_t10`` whose reference clones the filter's rows of the whole batch (``reference_rows: all``),
 # so online f_beta follows the fleet's own successes. Fixed before its 3-seed run (100 robot-minutes, as
 # ``awr_100min``); seen before it: one throwaway cell, seed 0, 50 robot-minutes, success 0.54 -> 0.84.
+# ``qam_filtered_t10_all_ref8`` (added 2026-12-07, not run yet): the same with ``reference_steps: 8``. Online
+# on this CPU QAM makes ~7,000 updates in 100 robot-minutes (BC ~90,000 in 50, reaching 0.97), and QAM's
+# policy stays within ~0.07 RMS of its reference, so f_beta's BC steps bound it; 8 BC steps per update
+# give it BC's order of steps for ~15 % more time per update (``learner_throughput.json``: a BC update of a
+# flow policy 2 ms, a QAM update 112 ms). 8 fixed from that cost, before any run with it.
 VARIANTS = {
     "awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"}),
     "awr_mixed": (
@@ -95,6 +100,15 @@ VARIANTS = {
     "qam_filtered_t10_all": (
         "qam",
         {"reference_filter": "return_advantage", "temperature": 10.0, "reference_rows": "all"},
+    ),
+    "qam_filtered_t10_all_ref8": (
+        "qam",
+        {
+            "reference_filter": "return_advantage",
+            "temperature": 10.0,
+            "reference_rows": "all",
+            "reference_steps": 8,
+        },
     ),
     "awr_xfit": (
         "awr",
