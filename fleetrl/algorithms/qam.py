@@ -199,7 +199,7 @@ class QAMConfig(ActorCriticConfig):
     reference_ema: float = Field(0.005, gt=0.0, le=1.0, description="EMA rate of f_beta ('ema'; ref).")
     reference_steps: int = Field(
         1, ge=1, le=64, description="BC steps of the 'ema' reference's BC flow per update (ref: 1), each on "
-        "the update's rows and each followed by its EMA step. A BC step costs a few % of a QAM update, so "
+        "the update's rows and each followed by its EMA step. A BC step costs ~2 % of a QAM update, so "
         "where updates are scarce (a CPU learner online) more of them let f_beta learn from the stream about "
         "as fast as BC alone would.",
     )  # fmt: skip
@@ -223,6 +223,8 @@ class QAMConfig(ActorCriticConfig):
     def _filter_needs_the_ema_reference(self) -> QAMConfig:
         if self.reference_filter != "none" and self.reference != "ema":
             raise ValueError("reference_filter filters the 'ema' reference's cloning: set reference: ema")
+        if self.reference_steps != 1 and self.reference != "ema":
+            raise ValueError("reference_steps counts the 'ema' reference's BC steps: set reference: ema")
         return self
 
     def adamw_options(self) -> dict[str, Any]:

@@ -311,6 +311,9 @@ def test_reference_steps_bc_steps_of_the_reference_per_update(steps):
         target = algo.bc_flow.state_dict()[k]
         expected = before[k] + (1 - 0.5**steps) * (target - before[k])
         assert torch.allclose(v, expected, atol=1e-6), k
+    if steps > 1:  # a frozen reference makes no BC steps to count: refused, naming the field to change
+        with pytest.raises(ValueError, match="reference: ema"):
+            _make(bc_steps=1, reference="frozen", reference_steps=steps)
 
 
 def test_diagnostics_reported_every_n_updates_and_kept_in_between():
