@@ -28,7 +28,13 @@ before any outcome: datasets, budget, seeds, evaluation). ``offline.{expert,mixe
 the expert dataset, success vs robot time (``online_cells.py`` says what was fixed before any outcome).
 ``online.task1.{alg}`` holds ``success_start``, ``success_end``, ``robot_minutes`` and ``curve`` (per seed).
 
-    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick] [--only ppo|ppo_norm|ppo_mujoco|offline|online]
+(d) ``rlpd_reacher``: RLPD against PPO on Reacher-v5 through the whole platform from scratch, per robot step:
+the same robots, rate (the preset's 20 Hz, lockstep) and env-step budget for both (``rlpd_cells.py`` says
+what was fixed before any outcome). ``rlpd_reacher.{rlpd,ppo}`` holds ``return``, ``eval_return``,
+``eval_success`` (mean, ``_sem``) and ``curve`` (per seed).
+
+    MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick]
+        [--only ppo|ppo_norm|ppo_mujoco|offline|online|rlpd_reacher]
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import numpy as np
 import offline_cells
 import online_cells
 import ppo_cells
+import rlpd_cells
 import torch
 from common import run_header, write_json
 
@@ -56,6 +63,7 @@ PARTS = {  # --only: result key
     "ppo_mujoco": "ppo_mujoco",
     "offline": "offline",
     "online": "online",
+    "rlpd_reacher": "rlpd_reacher",
 }
 REACHER = "Reacher-v5"
 BUDGETS = {  # quick / full
@@ -66,6 +74,8 @@ BUDGETS = {  # quick / full
     "offline_seeds": (1, 3),
     "online_env_steps": (2_000, 30_000),
     "online_seeds": (1, 3),
+    "rlpd_env_steps": (2_000, 20_000),
+    "rlpd_seeds": (1, 3),
 }
 
 
@@ -274,6 +284,29 @@ def plot_online(online_result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# -- (d) RLPD against PPO on Reacher, per robot step ----------------------------------------------------
+def plot_rlpd(part: dict, path: Path) -> None:
+    """Mean return of the fleet's last 20 episodes vs online env steps, one line per side and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for i, alg in enumerate(a for a in rlpd_cells.ALGORITHMS if a in part):
+        for j, points in enumerate(part[alg]["curve"].values()):
+            xs = [p["env_steps"] for p in points if p["return"] is not None]
+            ys = [p["return"] for p in points if p["return"] is not None]
+            ax.plot(xs, ys, color=f"C{i}", alpha=0.8, label=alg if j == 0 else None)
+    ax.set_xlabel(f"online env steps ({rlpd_cells.ROBOTS} robots at {rlpd_cells.CONTROL_HZ:g} Hz, lockstep)")
+    ax.set_ylabel("return (last 20 episodes)")
+    ax.set_title("Reacher-v5 through the platform, from scratch", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -390,6 +423,10 @@ def main(argv: list[str] | None = None) -> None:
             "settings": online_cells.SETTINGS,
         }
         plot_online(result["online"], Path(args.out).with_name(Path(args.out).stem + "_online.png"))
+    if args.only in (None, "rlpd_reacher"):
+        print("(d) RLPD against PPO on Reacher-v5 through the platform ...", flush=True)
+        result["rlpd_reacher"] = rlpd_cells.rlpd_part(args.budget)
+        plot_rlpd(result["rlpd_reacher"], Path(args.out).with_name(Path(args.out).stem + "_rlpd_reacher.png"))
     result["wall_s"] = round(time.monotonic() - t0, 1)
     if args.only and Path(args.out).exists():  # one part rerun: the other parts' figures stay in the file
         earlier = json.loads(Path(args.out).read_text())
@@ -432,6 +469,17 @@ def main(argv: list[str] | None = None) -> None:
         row = result["online"]["task1"]
         line += " online task1 success " + ", ".join(
             f"{a} {r['success_start']:.2f}->{r['success_end']:.2f}" for a, r in row.items()
+        )
+    if "rlpd_reacher" in result:
+        r = result["rlpd_reacher"]
+        line += (
+            " Reacher per robot step ("
+            + f"{r['rlpd']['env_steps']} env steps): "
+            + ", ".join(
+                f"{a} return {r[a]['return']:.2f} (eval success {r[a]['eval_success']:.2f})"
+                for a in rlpd_cells.ALGORITHMS
+                if a in r
+            )
         )
     print(line)
 
