@@ -89,8 +89,11 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # policy stays within ~0.07 RMS of its reference, so f_beta's BC steps bound it; 8 BC steps per update
 # give it BC's order of steps for ~15 % more time per update (``learner_throughput.json``: a BC update of a
 # flow policy 2 ms, a QAM update 112 ms). 8 fixed from that cost, before any run with it.
+# ``rlpd_online`` (added 2026-12-07, for the online cells): RLPD with its reference's update-to-data ratio
+# (utd 20: 20 critic steps per learner step) instead of the offline cells' 1; fixed before any run.
 _QAM_FILTERED_T10 = {"reference_filter": "return_advantage", "temperature": 10.0}  # the QAM variants' base
 VARIANTS = {
+    "rlpd_online": ("rlpd", {"utd": 20}),
     "awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"}),
     "awr_mixed": (
         "awr",

@@ -37,6 +37,12 @@ deterministic success-vs-robot-time curve. Added before any run with it; nothing
 Added on 2026-12-07: a row may be one of the offline cells' named settings of these algorithms
 (``--online-algorithms qam_filtered_t10_all``; ``offline_cells.VARIANTS`` says when and why each was fixed);
 its learner trains the variant's base algorithm with the variant's config, everything else as above.
+
+Added on 2026-12-07 for RLPD against QAM per robot step (issue 15, item 5), fixed before any run of it: row
+``rlpd`` (only when named) runs ``offline_cells``' ``rlpd_online`` setting, the RLPD reference's defaults (utd
+20, 10 LayerNorm critics, batch 256; the offline cells' ``utd: 1`` is for offline-only training), the offline
+cells' squashed Gaussian policy, the same 1:1 offline/online mix (RLPD's symmetric sampling), and no offline
+pretraining (``offline_steps`` 0: RLPD's recipe; the robots start after the first published version).
 """
 
 from __future__ import annotations
@@ -61,8 +67,10 @@ from fleetrl.testing.plain_loop import evaluate
 from fleetrl.workers.weights import to_torch_state
 
 TASK, ENV = "cube-task1", offline_cells.TASKS["task1"]
-ALGORITHMS = ("qam", "awr", "bc")
-SETTINGS = {"awr": "awr_mixed"}  # an algorithm's offline-cell setting where it is not its default
+ALGORITHMS = ("qam", "awr", "bc")  # the default rows (the contract's)
+OPTIONAL = ("rlpd",)  # rows run only when named (``--online-algorithms rlpd``)
+# an algorithm's offline-cell setting where it is not its default
+SETTINGS = {"awr": "awr_mixed", "rlpd": "rlpd_online"}
 ROBOTS, CONTROL_HZ, ROBOT_HZ = 4, 10.0, 10.0  # sim rate (lockstep) / the task's real rate for robot time
 CURVE_EVERY_S, CURVE_WINDOW, PUBLISH_EVERY = 15.0, 20, 20
 SNAPSHOTS = 3  # served weights kept at 1/4, 2/4 and 3/4 of the budget, evaluated after the run
@@ -71,8 +79,9 @@ SNAPSHOTS = 3  # served weights kept at 1/4, 2/4 and 3/4 of the budget, evaluate
 def names() -> list[str]:
     """What ``--online-algorithms`` takes: the contract's algorithms, then the offline cells' named settings
     of them (a variant's row is named after it and runs its settings, e.g. ``qam_filtered_t10_all``)."""
-    variants = [v for v, (base, _) in offline_cells.VARIANTS.items() if base in ALGORITHMS]
-    return [*ALGORITHMS, *variants]
+    known = (*ALGORITHMS, *OPTIONAL)
+    variants = [v for v, (base, _) in offline_cells.VARIANTS.items() if base in known]
+    return [*known, *variants]
 
 
 def algorithm(alg: str) -> str:
@@ -88,6 +97,8 @@ def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
     if base in ("qam", "awr"):
         config["bc_steps"] = offline_updates
         offline_steps = 2 * offline_updates
+    elif base == "rlpd":  # RLPD's reference does not pretrain: the demos enter through the 50/50 mix
+        offline_steps = 0
     robot = SimRobot(ENV)
     task = {
         "name": TASK,
