@@ -89,11 +89,13 @@ ALGORITHMS = {  # batch 256 everywhere; QAM's value support covers aloe returns 
 # policy stays within ~0.07 RMS of its reference, so f_beta's BC steps bound it; 8 BC steps per update
 # give it BC's order of steps for ~15 % more time per update (``learner_throughput.json``: a BC update of a
 # flow policy 2 ms, a QAM update 112 ms). 8 fixed from that cost, before any run with it.
-# ``rlpd_online`` (added 2026-12-07, for the online cells): RLPD with its reference's update-to-data ratio
-# (utd 20: 20 critic steps per learner step) instead of the offline cells' 1; fixed before any run.
+# ``rlpd_online`` (added 2026-12-07, for the online cells): RLPD with utd 4 (critic steps per learner step)
+# instead of the offline cells' 1, fixed from cost before any run: on one thread a critic update costs ~30 ms
+# and the actor's ~20 ms, so at the 4 robots' 8 chunks/s the learner makes ~3.5 critic updates per chunk at
+# utd 4 and ~3.6 at the reference's 20, with 0.88 actor steps per chunk against 0.18 (rlpd_cells.py).
 _QAM_FILTERED_T10 = {"reference_filter": "return_advantage", "temperature": 10.0}  # the QAM variants' base
 VARIANTS = {
-    "rlpd_online": ("rlpd", {"utd": 20}),
+    "rlpd_online": ("rlpd", {"utd": 4}),
     "awr_filtered": ("awr", {"critic_target": "return", "weighting": "binary"}),
     "awr_mixed": (
         "awr",

@@ -39,8 +39,8 @@ Added on 2026-12-07: a row may be one of the offline cells' named settings of th
 its learner trains the variant's base algorithm with the variant's config, everything else as above.
 
 Added on 2026-12-07 for RLPD against QAM per robot step (issue 15, item 5), fixed before any run of it: row
-``rlpd`` (only when named) runs ``offline_cells``' ``rlpd_online`` setting, the RLPD reference's defaults (utd
-20, 10 LayerNorm critics, batch 256; the offline cells' ``utd: 1`` is for offline-only training), the offline
+``rlpd`` (only when named) runs ``offline_cells``' ``rlpd_online`` setting, the RLPD reference's defaults (10
+LayerNorm critics, batch 256) with utd 4, set from this CPU's cost (``offline_cells`` says how), the offline
 cells' squashed Gaussian policy, the same 1:1 offline/online mix (RLPD's symmetric sampling), and no offline
 pretraining (``offline_steps`` 0: RLPD's recipe; the robots start after the first published version).
 """

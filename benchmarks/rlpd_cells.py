@@ -15,10 +15,13 @@ Fixed before any outcome was seen (2026-12-07):
 * PPO: part (a)'s settings (CleanRL's ``ppo_continuous_action``: ``PPOConfig`` defaults, 2,048 env steps
   per update, its (64, 64) Gaussian policy unsquashed), trained on pieces of 512 rows of running episodes
   (2,048 over the 4 robots), publishing every update;
-* RLPD: its defaults (the reference's: 10 LayerNorm critics, target subset 2, utd 20, batch 256, lrs
-  3e-4, tau 0.005, HIL-SERL's initial temperature 0.01) and the reference's (256, 256) actor,
-  tanh-squashed (RLPD needs it); the replay's 50/50 mix has no offline data here, so every row is online;
-  publishing every 5 learner steps (100 critic updates);
+* RLPD: its defaults (the reference's: 10 LayerNorm critics, target subset 2, batch 256, lrs 3e-4, tau
+  0.005, HIL-SERL's initial temperature 0.01) and the reference's (256, 256) actor, tanh-squashed (RLPD
+  needs it), but ``utd`` 4 instead of 20, set from this CPU's cost before any run: a critic update costs
+  ~30 ms and the actor's ~20 ms on one thread, so the learner makes at most ~1.6 critic updates per chunk
+  the 4 robots collect (20 chunks/s) whatever the utd; utd 4 gets ~1.4 of them and ~0.35 actor steps per
+  chunk, utd 20 ~1.6 and ~0.08 (``ONLINE_UTD``, also the cube-single online row's). The replay's 50/50
+  mix has no offline data here, so every row is online; publishing every 5 learner steps;
 * final return: mean env return of the last 100 finished training episodes (5,000 env steps; the policy
   as it acts, with its sampling noise); also 50 deterministic evaluation episodes of the last published
   weights (return and the preset's 2 cm success);
@@ -50,10 +53,11 @@ ALGORITHMS = ("rlpd", "ppo")
 ROBOTS, CONTROL_HZ, CHUNK_LEN = 4, 20.0, ppo_cells.CHUNK_LEN
 LAST_EPISODES, CURVE_EVERY_S, CURVE_WINDOW = 100, 10.0, 20
 EVAL_SEED = 10_000  # + seed: evaluation episodes no training episode used
+ONLINE_UTD = 4  # RLPD's critic steps per learner step on this CPU (module doc)
 LEARNERS: dict[str, dict[str, Any]] = {  # the learner entry of each side's task
     "ppo": {"algorithm": "ppo", "config": dict(ppo_cells.PPO), "segment_steps": 2048 // ROBOTS,
             "publish_every": 1, "checkpoint_every": 10},
-    "rlpd": {"algorithm": "rlpd", "config": {}, "publish_every": 5, "checkpoint_every": 200},
+    "rlpd": {"algorithm": "rlpd", "config": {"utd": ONLINE_UTD}, "publish_every": 5, "checkpoint_every": 200},
 }  # fmt: skip
 POLICIES: dict[str, dict[str, Any]] = {
     "ppo": {"family": "gaussian_mlp", "squash": False},  # part (a)'s: (64, 64), as CleanRL's
