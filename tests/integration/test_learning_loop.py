@@ -176,6 +176,41 @@ def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):
     assert np.isfinite(losses["approx_kl"]) and 0.0 <= losses["clip_fraction"] <= 1.0
 
 
+def test_live_switch_to_rlpd_trains_the_robots_policy_and_back_to_ppo(api, platform):
+    """PPO -> RLPD -> PPO over REST while robots run: RLPD takes over the task's Gaussian policy (no new
+    family, no restart), trains it off-policy from the replay the fleet fills, its versions reach the
+    robots, and PPO takes the policy back."""
+    ppo_config = api.get("/v1/tasks/reach").json()["learner"]["algorithm_config"]
+    rlpd = {"batch_size": 32, "utd": 2, "critic": {"n_critics": 4, "hidden": [32, 32]}}
+    with RunningFleet(platform, n=2, hz=100.0, seed=90) as fleet:
+        r = api.put("/v1/tasks/reach/algorithm", json={"algorithm": "rlpd", "config": rlpd})
+        assert r.status_code == 200, r.text
+        status = wait_status(
+            api, "reach", lambda s: s["algorithm"] == "rlpd" and "alpha" in s["losses"], what="RLPD steps"
+        )["learner"]
+        fleet.wait_for(
+            lambda: any(
+                s.policy_version > status["version"]
+                for c in fleet.clients
+                for e in c.episodes
+                for s in e.steps
+            ),
+            timeout=30,
+            what="actions from a version RLPD published",
+        )
+        losses = status["losses"]
+        assert losses["critic_updates"] == 2 and np.isfinite(losses["critic_loss"])
+        assert losses["offline_fraction"] == 0.0  # no demos in this task: RLPD's batches are the fleet's
+        assert status["algorithm_config"]["critic"]["n_critics"] == 4
+        assert api.put(
+            "/v1/tasks/reach/algorithm", json={"algorithm": "ppo", "config": ppo_config}
+        ).is_success
+        back = wait_status(
+            api, "reach", lambda s: s["algorithm"] == "ppo" and s["step"] > status["step"], what="PPO again"
+        )["learner"]
+    assert set(back["kept_algorithms"]) >= {"ppo", "rlpd"}
+
+
 def test_create_task_over_rest(api, platform):
     body = reacher_task("reach-new", chunk_len=2)
     r = api.post("/v1/tasks", json=body, timeout=120)
