@@ -56,6 +56,18 @@ class FleetThread:
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; counters: {[c.counters for c in self.clients]}")
 
+    def wait_for_actions_above(
+        self, version: int, timeout: float = 30.0, what: str = "a newer version"
+    ) -> None:
+        """Until some robot has executed a step that a weight version above ``version`` produced."""
+        self.wait_for(
+            lambda: any(
+                s.policy_version > version for c in self.clients for e in c.episodes for s in e.steps
+            ),
+            timeout,
+            f"actions from {what}",
+        )
+
 
 _FLEETS = itertools.count()
 

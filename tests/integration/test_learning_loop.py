@@ -146,16 +146,7 @@ def test_ppo_learns_from_the_fleet_with_recomputed_log_probs(api, platform):
         status = wait_status(
             api, "reach", lambda s: s["step"] >= start["step"] + 2, timeout=90, what="two PPO updates"
         )["learner"]
-        fleet.wait_for(
-            lambda: any(
-                s.policy_version > start["version"]
-                for c in fleet.clients
-                for e in c.episodes
-                for s in e.steps
-            ),
-            timeout=30,
-            what="actions from a newly published version",
-        )
+        fleet.wait_for_actions_above(start["version"], what="a newly published version")
     losses = status["losses"]
     assert status["algorithm"] == "ppo" and losses["decisions"] > 0
     for _ in range(50):  # replicas load a just-published version within moments
@@ -188,16 +179,7 @@ def test_live_switch_to_rlpd_trains_the_robots_policy_and_back_to_ppo(api, platf
         status = wait_status(
             api, "reach", lambda s: s["algorithm"] == "rlpd" and "alpha" in s["losses"], what="RLPD steps"
         )["learner"]
-        fleet.wait_for(
-            lambda: any(
-                s.policy_version > status["version"]
-                for c in fleet.clients
-                for e in c.episodes
-                for s in e.steps
-            ),
-            timeout=30,
-            what="actions from a version RLPD published",
-        )
+        fleet.wait_for_actions_above(status["version"], what="a version RLPD published")
         losses = status["losses"]
         assert losses["critic_updates"] == 2 and np.isfinite(losses["critic_loss"])
         # RLPD's symmetric sampling: half of every batch offline where the task has offline episodes (earlier
@@ -251,11 +233,7 @@ def test_token_policy_ppo_runs_through_the_platform_on_a_bf16_backend(api, platf
     learner = platform.learner("reach-token")
     with RunningFleet(platform, n=3, hz=100.0, seed=70, task="reach-token") as fleet:
         status = wait_status(api, "reach-token", lambda s: s["step"] >= 1, timeout=150, what="a PPO update")
-        fleet.wait_for(
-            lambda: any(s.policy_version >= 1 for c in fleet.clients for e in c.episodes for s in e.steps),
-            timeout=30,
-            what="actions from a published version",
-        )
+        fleet.wait_for_actions_above(0, what="a published version")
     losses = status["learner"]["losses"]
     assert losses["decisions"] > 0 and np.isfinite(losses["policy_loss"])
     assert 0 < losses["logprob_gap"] < 0.5  # bf16 serving numerics are not the learner's fp32
