@@ -150,3 +150,26 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, poll_s: floa
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached in {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+def served_policy(
+    platform: Any, task: str, env_id: str, policy: dict[str, Any], chunk_len: int
+) -> tuple[int, Any]:
+    """The task's latest published version and its weights loaded into a policy built from ``policy`` (a
+    platform config's ``policy`` entry) for ``env_id``'s specs."""
+    import ray
+    from pydantic import TypeAdapter
+
+    from fleetrl.models.policies import PolicyConfig, build_policy
+    from fleetrl.robots.sim import SimRobot
+    from fleetrl.workers.weights import to_torch_state
+
+    version, refs, _ = ray.get(platform.weights.latest.remote(task))
+    robot = SimRobot(env_id)
+    try:
+        cfg = TypeAdapter(PolicyConfig).validate_python(policy)
+        built = build_policy(cfg, robot.observation_spec, robot.action_spec, chunk_len)
+    finally:
+        robot.close()
+    built.load_state_dict(to_torch_state(ray.get(refs[0])))
+    return version, built

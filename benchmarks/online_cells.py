@@ -52,19 +52,17 @@ import tempfile
 import time
 from typing import Any
 
+import common
 import numpy as np
 import offline_cells
 import ray
 import torch
 from common import mean_sem, run_fleet_until, tasks_config, wait_for
-from pydantic import TypeAdapter
 
-from fleetrl.models.policies import PolicyConfig, build_policy
 from fleetrl.platform.platform import Platform
 from fleetrl.robots.protocol import specs_to_dict
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import evaluate
-from fleetrl.workers.weights import to_torch_state
 
 TASK, ENV = "cube-task1", offline_cells.TASKS["task1"]
 ALGORITHMS = ("qam", "awr", "bc")  # the default rows (the contract's)
@@ -116,14 +114,8 @@ def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
 
 def served_policy(platform: Platform, alg: str, seed: int) -> tuple[int, torch.nn.Module]:
     """The latest published version and its weights in a policy of the cell's family."""
-    version, refs, _ = ray.get(platform.weights.latest.remote(TASK))
-    robot = SimRobot(ENV)
-    family = offline_cells.policy_family(algorithm(alg))
-    cfg = TypeAdapter(PolicyConfig).validate_python(family | {"seed": seed})
-    policy = build_policy(cfg, robot.observation_spec, robot.action_spec, offline_cells.CHUNK_LEN)
-    policy.load_state_dict(to_torch_state(ray.get(refs[0])))
-    robot.close()
-    return version, policy
+    family = offline_cells.policy_family(algorithm(alg)) | {"seed": seed}
+    return common.served_policy(platform, TASK, ENV, family, offline_cells.CHUNK_LEN)
 
 
 def success_of(policy: torch.nn.Module, seed: int, n: int) -> float:

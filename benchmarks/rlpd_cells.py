@@ -33,20 +33,18 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+import common
 import numpy as np
 import ppo_cells
 import ray
 import torch
 from common import mean_sem, run_fleet_until, tasks_config, wait_for
-from pydantic import TypeAdapter
 
 from fleetrl.algorithms.rlpd import RLPDConfig
-from fleetrl.models.policies import PolicyConfig, build_policy
 from fleetrl.platform.platform import Platform
 from fleetrl.robots.protocol import specs_to_dict
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import evaluate
-from fleetrl.workers.weights import to_torch_state
 
 ENV, TASK = "Reacher-v5", "reacher"
 ALGORITHMS = ("rlpd", "ppo")
@@ -82,13 +80,7 @@ def task_config(alg: str, seed: int) -> dict[str, Any]:
 
 def served_policy(platform: Platform, alg: str, seed: int) -> tuple[int, torch.nn.Module]:
     """The latest published version and its weights in the side's policy."""
-    version, refs, _ = ray.get(platform.weights.latest.remote(TASK))
-    robot = SimRobot(ENV)
-    cfg = TypeAdapter(PolicyConfig).validate_python(POLICIES[alg] | {"seed": seed})
-    policy = build_policy(cfg, robot.observation_spec, robot.action_spec, CHUNK_LEN)
-    policy.load_state_dict(to_torch_state(ray.get(refs[0])))
-    robot.close()
-    return version, policy
+    return common.served_policy(platform, TASK, ENV, POLICIES[alg] | {"seed": seed}, CHUNK_LEN)
 
 
 def run_cell(alg: str, seed: int, budget: dict[str, int]) -> dict[str, Any]:
