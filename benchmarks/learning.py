@@ -217,14 +217,16 @@ def plot_offline(offline_result: dict, path: Path) -> None:
 # -- (c) online: from an offline start, through the platform --------------------------------------------
 def online(args: argparse.Namespace) -> dict:
     """Every online cell, one at a time (each is a whole platform); finished cells kept for ``--resume``.
-    A budget other than the contract's (``--online-minutes``) makes rows of their own, ``{alg}_{M}min``."""
+    A budget other than the contract's (``--online-minutes``, ``--online-own-updates``) makes rows of their
+    own, ``{alg}_own{N}_{M}min``."""
     b = args.budget
     episodes = offline_cells.build_dataset("task1", "expert", args.quick)
     partial = Path(args.out).with_suffix(".online.cells.json")
     cells: dict[str, dict] = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     cells = {k: c for k, c in cells.items() if c.get("control_hz") == online_cells.CONTROL_HZ}  # same setup
     minutes = b["online_env_steps"] / online_cells.ROBOT_HZ / 60
-    suffix = "" if args.online_minutes is None else f"_{minutes:g}min"
+    suffix = "" if args.online_own_updates is None else f"_own{args.online_own_updates}"
+    suffix += "" if args.online_minutes is None else f"_{minutes:g}min"
     for seed in offline_cells.SEEDS[: b["online_seeds"]]:  # seed-major: a cut run has every algorithm
         for alg in args.online_algorithms:
             key = f"{alg}{suffix}/{seed}"
@@ -324,6 +326,12 @@ def main(argv: list[str] | None = None) -> None:
         help="online cells: a robot-time budget other than the contract's 50 (rows {alg}_{M}min)",
     )
     ap.add_argument(
+        "--online-own-updates",
+        type=int,
+        help="online cells: QAM/AWR's own offline updates after their BC start (default: as many as it; "
+        "rows {alg}_own{N})",
+    )
+    ap.add_argument(
         "--offline-updates",
         type=int,
         help="offline cells: an update budget other than the contract's 1000 (rows {alg}_{N}u)",
@@ -374,6 +382,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.online_minutes <= 0:
             ap.error("--online-minutes must be positive")
         args.budget["online_env_steps"] = round(args.online_minutes * 60 * online_cells.ROBOT_HZ)
+    if args.online_own_updates is not None:
+        if args.online_own_updates < 0:
+            ap.error("--online-own-updates must be >= 0")
+        if others := [a for a in args.online_algorithms if online_cells.algorithm(a) not in ("qam", "awr")]:
+            ap.error(f"--online-own-updates: only QAM and AWR rows have updates of their own, not {others}")
+        args.budget["online_own_updates"] = args.online_own_updates
     if args.online_seeds is not None:  # a run cut to fewer seeds than the contract's (say so when reporting)
         args.budget["online_seeds"] = args.online_seeds
     logging.basicConfig(level=logging.WARNING)

@@ -43,6 +43,12 @@ Added on 2026-12-07 for RLPD against QAM per robot step (issue 15, item 5), fixe
 LayerNorm critics, batch 256) with utd 4, set from this CPU's cost (``offline_cells`` says how), the offline
 cells' squashed Gaussian policy, the same 1:1 offline/online mix (RLPD's symmetric sampling), and no offline
 pretraining (``offline_steps`` 0: RLPD's recipe; the robots start after the first published version).
+
+Added on 2026-12-07 (stop 42) for item 4's "from an offline start of about 50 %", fixed before its run:
+``learning.py --online-own-updates N`` gives QAM and AWR rows N updates of their own after the BC start
+instead of as many as it (rows ``{alg}_own{N}``). Its use: ``qam_filtered_t10_all_ref8`` with N = 125, so that
+its reference clones 1,000 + 125 x 8 = 2,000 BC steps offline, as ``qam_filtered_t10_all``'s (1 per update)
+did from the same demos (that row started at 0.51; the ref8 row with 1,000 own updates started at 0.79).
 """
 
 from __future__ import annotations
@@ -87,14 +93,17 @@ def algorithm(alg: str) -> str:
     return offline_cells.resolve(alg)[0]
 
 
-def task_config(alg: str, seed: int, offline_updates: int) -> tuple[dict, int]:
-    """The cell's task (as a platform config's ``tasks`` entry) and its number of offline-only steps."""
+def task_config(
+    alg: str, seed: int, offline_updates: int, own_updates: int | None = None
+) -> tuple[dict, int]:
+    """The cell's task (as a platform config's ``tasks`` entry) and its number of offline-only steps:
+    QAM and AWR a BC start of ``offline_updates``, then ``own_updates`` of their own (default as many)."""
     base, config = offline_cells.resolve(SETTINGS.get(alg, alg))
     config = config | {"seed": seed}
     offline_steps = offline_updates
     if base in ("qam", "awr"):
         config["bc_steps"] = offline_updates
-        offline_steps = 2 * offline_updates
+        offline_steps = offline_updates + (offline_updates if own_updates is None else own_updates)
     elif base == "rlpd":  # RLPD's reference does not pretrain: the demos enter through the 50/50 mix
         offline_steps = 0
     robot = SimRobot(ENV)
@@ -128,7 +137,7 @@ def success_of(policy: torch.nn.Module, seed: int, n: int) -> float:
 
 def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dict[str, Any]:
     """One online cell (see the module doc); its start/end success, robot time and curve."""
-    task, offline_steps = task_config(alg, seed, budget["offline_updates"])
+    task, offline_steps = task_config(alg, seed, budget["offline_updates"], budget.get("online_own_updates"))
     online_steps, n_eval = budget["online_env_steps"], budget["eval_episodes"]
     with tempfile.TemporaryDirectory(prefix="fleetrl-online-") as state_dir:
         platform = Platform(
@@ -190,6 +199,7 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
         "learner_steps": status.get("step"),
         "control_hz": CONTROL_HZ,
         "setting": SETTINGS.get(alg, alg),
+        "offline_steps": offline_steps,
         "offline_wall_s": round(offline_s, 1),
         "online_wall_s": round(time.monotonic() - t1, 1),
         "curve": curve,
