@@ -49,6 +49,11 @@ Added on 2026-12-07 (stop 42) for item 4's "from an offline start of about 50 %"
 instead of as many as it (rows ``{alg}_own{N}``). Its use: ``qam_filtered_t10_all_ref8`` with N = 125, so that
 its reference clones 1,000 + 125 x 8 = 2,000 BC steps offline, as ``qam_filtered_t10_all``'s (1 per update)
 did from the same demos (that row started at 0.51; the ref8 row with 1,000 own updates started at 0.79).
+
+Added on 2026-12-07 (stop 42) for item 5's "against PPO per robot step" on cube-single, fixed before any run
+of it: row ``ppo`` (only when named) trains PPO with part (a)'s CleanRL settings (``PPO_LEARNER``,
+``PPO_POLICY``: the Reacher cells' PPO side) from scratch on the robots' episodes (on-policy, it has no use
+for the demonstrations, which stay in the replay), with the same replay reward, robots, rate and budget.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from typing import Any
 import common
 import numpy as np
 import offline_cells
+import ppo_cells
 import ray
 import torch
 from common import mean_sem, run_fleet_until, tasks_config, wait_for
@@ -72,12 +78,16 @@ from fleetrl.testing.plain_loop import evaluate
 
 TASK, ENV = "cube-task1", offline_cells.TASKS["task1"]
 ALGORITHMS = ("qam", "awr", "bc")  # the default rows (the contract's)
-OPTIONAL = ("rlpd",)  # rows run only when named (``--online-algorithms rlpd``)
+OPTIONAL = ("rlpd", "ppo")  # rows run only when named (``--online-algorithms rlpd``)
 # an algorithm's offline-cell setting where it is not its default
 SETTINGS = {"awr": "awr_mixed", "rlpd": "rlpd_online"}
 ROBOTS, CONTROL_HZ, ROBOT_HZ = 4, 10.0, 10.0  # sim rate (lockstep) / the task's real rate for robot time
 CURVE_EVERY_S, CURVE_WINDOW, PUBLISH_EVERY = 15.0, 20, 20
 SNAPSHOTS = 3  # served weights kept at 1/4, 2/4 and 3/4 of the budget, evaluated after the run
+# PPO (on-policy: no offline phase, no demonstrations) as in part (a) and the Reacher cells: CleanRL's settings,
+# its (64, 64) unsquashed Gaussian, 2,048 env steps per update in pieces of 512 rows, publishing every update
+PPO_POLICY = {"family": "gaussian_mlp", "squash": False}
+PPO_LEARNER = {"config": dict(ppo_cells.PPO), "segment_steps": 2048 // ROBOTS, "publish_every": 1}
 
 
 def names() -> list[str]:
@@ -90,7 +100,12 @@ def names() -> list[str]:
 
 def algorithm(alg: str) -> str:
     """The registered algorithm an online row trains (a variant's base)."""
-    return offline_cells.resolve(alg)[0]
+    return "ppo" if alg == "ppo" else offline_cells.resolve(alg)[0]
+
+
+def policy_of(alg: str) -> dict[str, Any]:
+    """The policy family an online row trains (without its seed)."""
+    return dict(PPO_POLICY) if alg == "ppo" else offline_cells.policy_family(algorithm(alg))
 
 
 def task_config(
@@ -98,24 +113,29 @@ def task_config(
 ) -> tuple[dict, int]:
     """The cell's task (as a platform config's ``tasks`` entry) and its number of offline-only steps:
     QAM and AWR a BC start of ``offline_updates``, then ``own_updates`` of their own (default as many)."""
-    base, config = offline_cells.resolve(SETTINGS.get(alg, alg))
+    base, config = (
+        ("ppo", PPO_LEARNER["config"]) if alg == "ppo" else offline_cells.resolve(SETTINGS.get(alg, alg))
+    )
     config = config | {"seed": seed}
+    learner = {"publish_every": PUBLISH_EVERY, "checkpoint_every": 1000}
     offline_steps = offline_updates
     if base in ("qam", "awr"):
         config["bc_steps"] = offline_updates
         offline_steps = offline_updates + (offline_updates if own_updates is None else own_updates)
     elif base == "rlpd":  # RLPD's reference does not pretrain: the demos enter through the 50/50 mix
         offline_steps = 0
+    elif base == "ppo":  # on-policy: it learns from the robots' episodes only
+        offline_steps = 0
+        learner |= {k: v for k, v in PPO_LEARNER.items() if k != "config"}
     robot = SimRobot(ENV)
     task = {
         "name": TASK,
         "observation": specs_to_dict(robot.observation_spec),
         "action": robot.action_spec.to_dict(),
         "chunk_len": offline_cells.CHUNK_LEN,
-        "policy": offline_cells.policy_family(base) | {"seed": seed},
+        "policy": policy_of(alg) | {"seed": seed},
         "inference": {"replicas": 1, "max_batch": 32},
-        "learner": {"algorithm": base, "config": config, "offline_steps": offline_steps,
-                    "publish_every": PUBLISH_EVERY, "checkpoint_every": 1000},
+        "learner": {"algorithm": base, "config": config, "offline_steps": offline_steps} | learner,
     }  # fmt: skip
     robot.close()
     return task, offline_steps
@@ -123,8 +143,7 @@ def task_config(
 
 def served_policy(platform: Platform, alg: str, seed: int) -> tuple[int, torch.nn.Module]:
     """The latest published version and its weights in a policy of the cell's family."""
-    family = offline_cells.policy_family(algorithm(alg)) | {"seed": seed}
-    return common.served_policy(platform, TASK, ENV, family, offline_cells.CHUNK_LEN)
+    return common.served_policy(platform, TASK, ENV, policy_of(alg) | {"seed": seed}, offline_cells.CHUNK_LEN)
 
 
 def success_of(policy: torch.nn.Module, seed: int, n: int) -> float:
@@ -152,8 +171,13 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
                 return int(ray.get(learner.status.remote()).get("step", 0))
 
             # the offline phase, and a version published after it (the learner trains on offline data
-            # until the robots' first episodes arrive)
-            wait_for(f"{offline_steps} offline steps", lambda: step() >= offline_steps + PUBLISH_EVERY, 3600)
+            # until the robots' first episodes arrive); PPO has nothing to train on before them
+            if algorithm(alg) == "ppo":
+                wait_for("version 0", lambda: ray.get(platform.weights.latest.remote(TASK)) is not None, 180)
+            else:
+                wait_for(
+                    f"{offline_steps} offline steps", lambda: step() >= offline_steps + PUBLISH_EVERY, 3600
+                )
             offline_s = time.monotonic() - t0
             start_version, start_policy = served_policy(platform, alg, seed)
             curve, shown = [], [0.0]
@@ -198,7 +222,7 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
         "versions": [start_version, end_version],
         "learner_steps": status.get("step"),
         "control_hz": CONTROL_HZ,
-        "setting": SETTINGS.get(alg, alg),
+        "setting": SETTINGS.get(alg, alg),  # PPO: PPO_LEARNER
         "offline_steps": offline_steps,
         "offline_wall_s": round(offline_s, 1),
         "online_wall_s": round(time.monotonic() - t1, 1),
