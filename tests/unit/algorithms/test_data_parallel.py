@@ -82,6 +82,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     commands, ready = group.turn([{"kind": "stop"}] if rank == 0 else [], has_batch=rank == 0)
     results["turn"] = (commands, ready)
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    # both ranks leave together: a rank that tears gloo down while the other still talks to it aborts the
+    # other ("terminate called without an active exception"), seen once in a full suite run
+    dist.barrier()
     dist.destroy_process_group()
 
 
