@@ -31,7 +31,8 @@ the expert dataset, success vs robot time (``online_cells.py`` says what was fix
 (d) ``rlpd_reacher``: RLPD against PPO on Reacher-v5 through the whole platform from scratch, per robot step:
 the same robots, rate (the preset's 20 Hz, lockstep) and env-step budget for both (``rlpd_cells.py`` says
 what was fixed before any outcome). ``rlpd_reacher.{rlpd,ppo}`` holds ``return``, ``eval_return``,
-``eval_success`` (mean, ``_sem``) and ``curve`` (per seed).
+``eval_success`` (mean, ``_sem``) and ``curve`` (per seed); ``--rlpd-algorithms qam`` adds QAM from scratch
+as a third side (the other sides keep their figures).
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/learning.py [--quick]
         [--only ppo|ppo_norm|ppo_mujoco|offline|online|rlpd_reacher]
@@ -287,6 +288,18 @@ def plot_online(online_result: dict, path: Path) -> None:
 
 
 # -- (d) RLPD against PPO on Reacher, per robot step ----------------------------------------------------
+def rlpd_with_kept_sides(part: dict, out: str) -> dict:
+    """Part (d) with the sides this run left out (``--rlpd-algorithms``) kept from ``out``, each marked with
+    the run that produced it."""
+    earlier = json.loads(Path(out).read_text()) if Path(out).exists() else {}
+    run = earlier.get("part_runs", {}).get("rlpd_reacher") or {k: earlier.get(k) for k in ("command", "date")}
+    for side in (*rlpd_cells.ALGORITHMS, *rlpd_cells.OPTIONAL):
+        if side in earlier.get("rlpd_reacher", {}) and side not in part:
+            kept = earlier["rlpd_reacher"][side]
+            part[side] = {**kept, "run": kept.get("run") or run}
+    return part
+
+
 def plot_rlpd(part: dict, path: Path) -> None:
     """Mean return of the fleet's last 20 episodes vs online env steps, one line per side and seed."""
     import matplotlib
@@ -295,7 +308,7 @@ def plot_rlpd(part: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for i, alg in enumerate(a for a in rlpd_cells.ALGORITHMS if a in part):
+    for i, alg in enumerate(a for a in (*rlpd_cells.ALGORITHMS, *rlpd_cells.OPTIONAL) if a in part):
         for j, points in enumerate(part[alg]["curve"].values()):
             xs = [p["env_steps"] for p in points if p["return"] is not None]
             ys = [p["return"] for p in points if p["return"] is not None]
@@ -342,6 +355,11 @@ def main(argv: list[str] | None = None) -> None:
             "online cells of these algorithms (or variants)",
             online_cells.names(),
             list(online_cells.ALGORITHMS),
+        ),
+        "--rlpd-algorithms": (
+            "part (d)'s sides",
+            [*rlpd_cells.ALGORITHMS, *rlpd_cells.OPTIONAL],
+            list(rlpd_cells.ALGORITHMS),
         ),
         "--offline-datasets": ("offline cells on these datasets", list(offline_cells.DATASETS)),
         "--offline-tasks": ("offline cells on these tasks", list(offline_cells.TASKS)),
@@ -439,7 +457,9 @@ def main(argv: list[str] | None = None) -> None:
         plot_online(result["online"], Path(args.out).with_name(Path(args.out).stem + "_online.png"))
     if args.only in (None, "rlpd_reacher"):
         print("(d) RLPD against PPO on Reacher-v5 through the platform ...", flush=True)
-        result["rlpd_reacher"] = rlpd_cells.rlpd_part(args.budget)
+        result["rlpd_reacher"] = rlpd_with_kept_sides(
+            rlpd_cells.rlpd_part(args.budget, tuple(args.rlpd_algorithms)), args.out
+        )
         plot_rlpd(result["rlpd_reacher"], Path(args.out).with_name(Path(args.out).stem + "_rlpd_reacher.png"))
     result["wall_s"] = round(time.monotonic() - t0, 1)
     if args.only and Path(args.out).exists():  # one part rerun: the other parts' figures stay in the file
@@ -455,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
                 if env not in result["ppo_mujoco"]:
                     run = part.get("run") or {"command": earlier.get("command"), "date": earlier.get("date")}
                     result["ppo_mujoco"][env] = {**part, "run": run}
+
     out = write_json(result, args.out)
     print(f"wrote {out} ({result['wall_s']} s)")
     line = "learning:"
@@ -491,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
             + f"{r['rlpd']['env_steps']} env steps): "
             + ", ".join(
                 f"{a} return {r[a]['return']:.2f} (eval success {r[a]['eval_success']:.2f})"
-                for a in rlpd_cells.ALGORITHMS
+                for a in (*rlpd_cells.ALGORITHMS, *rlpd_cells.OPTIONAL)
                 if a in r
             )
         )

@@ -26,6 +26,13 @@ Fixed before any outcome was seen (2026-12-07):
   as it acts, with its sampling noise); also 50 deterministic evaluation episodes of the last published
   weights (return and the preset's 2 cm success);
 * the curve: every 10 s, online env steps and the mean return of the last 20 finished episodes.
+
+Added on 2026-12-07 (stop 42) for "against PPO and QAM per robot step", fixed before any run of it: side
+``qam`` (only when named: ``learning.py --rlpd-algorithms qam``), QAM from scratch like the others: no
+demonstrations, so no BC start (``bc_steps`` 0: the untrained flow is its start) and its 'ema' reference
+clones the fleet's own rows (``reference_rows: all``); DIVL's support [-50, 0] (Reacher's discounted returns
+lie within it; 201 atoms of 0.25, below one chunk's reward); otherwise the online cube cells' QAM (batch 256,
+the flow chunk policy of the offline cells), publishing every 5 learner steps.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 
 import common
 import numpy as np
+import offline_cells
 import ppo_cells
 import ray
 import torch
@@ -47,7 +55,8 @@ from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.plain_loop import evaluate
 
 ENV, TASK = "Reacher-v5", "reacher"
-ALGORITHMS = ("rlpd", "ppo")
+ALGORITHMS = ("rlpd", "ppo")  # the part's default sides
+OPTIONAL = ("qam",)  # sides run only when named (module doc)
 ROBOTS, CONTROL_HZ, CHUNK_LEN = 4, 20.0, ppo_cells.CHUNK_LEN
 LAST_EPISODES, CURVE_EVERY_S, CURVE_WINDOW = 100, 10.0, 20
 EVAL_SEED = 10_000  # + seed: evaluation episodes no training episode used
@@ -56,10 +65,14 @@ LEARNERS: dict[str, dict[str, Any]] = {  # the learner entry of each side's task
     "ppo": {"algorithm": "ppo", "config": dict(ppo_cells.PPO), "segment_steps": 2048 // ROBOTS,
             "publish_every": 1, "checkpoint_every": 10},
     "rlpd": {"algorithm": "rlpd", "config": {"utd": ONLINE_UTD}, "publish_every": 5, "checkpoint_every": 200},
+    "qam": {"algorithm": "qam", "config": {"batch_size": 256, "bc_steps": 0, "reference_rows": "all",
+                                           "divl": {"value": {"v_min": -50.0, "v_max": 0.0}}},
+            "publish_every": 5, "checkpoint_every": 200},
 }  # fmt: skip
 POLICIES: dict[str, dict[str, Any]] = {
     "ppo": {"family": "gaussian_mlp", "squash": False},  # part (a)'s: (64, 64), as CleanRL's
     "rlpd": {"family": "gaussian_mlp", "hidden": [256, 256], "squash": True},
+    "qam": dict(offline_cells.POLICY),
 }
 
 
@@ -157,7 +170,7 @@ def summarize(cells: dict[int, dict]) -> dict[str, Any]:
 
 
 def rlpd_part(budget: dict[str, int], algorithms: tuple[str, ...] = ALGORITHMS) -> dict[str, Any]:
-    """Every cell, seed-major (a cut run has both sides), then each side's summary."""
+    """Every cell, seed-major (a cut run has every side), then each side's summary."""
     cells: dict[str, dict[int, dict]] = {alg: {} for alg in algorithms}
     for seed in range(budget["rlpd_seeds"]):
         for alg in algorithms:
