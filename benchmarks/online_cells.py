@@ -221,6 +221,7 @@ def run_cell(alg: str, seed: int, episodes: list, budget: dict[str, int]) -> dic
         "online_env_steps": steps,
         "versions": [start_version, end_version],
         "learner_steps": status.get("step"),
+        "learner_end": status.get("losses"),  # the last report: losses and diagnostics (Q, distances)
         "control_hz": CONTROL_HZ,
         "setting": SETTINGS.get(alg, alg),  # PPO: PPO_LEARNER
         "offline_steps": offline_steps,

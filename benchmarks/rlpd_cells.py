@@ -145,6 +145,7 @@ def run_cell(alg: str, seed: int, budget: dict[str, int]) -> dict[str, Any]:
         "env_steps": steps,
         "robot_minutes": round(steps / CONTROL_HZ / 60, 2),
         "learner_steps": updates,
+        "learner_end": status.get("losses"),  # the last report: losses and diagnostics (Q, distances)
         # RLPD's update-to-data ratio as realised: critic updates per online chunk collected
         "critic_updates_per_chunk": None
         if critic_updates is None
