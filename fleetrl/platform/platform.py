@@ -73,6 +73,10 @@ RAY_ENV = {
     # Ray Train's controller polls its workers every 2 s, so a learner told to stop ended up to 2 s after
     # its loop did (`fleetrl run`'s stop of its two learners: 5.3 -> 1.6 s)
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Ray starts its worker processes 15 steps nicer than the raylet, below every other process on the node.
+    # Ours are the workload (gateway, replicas, data server, learners): at 15 a robot program, the driver or
+    # Ray's own agents on the same core take it from them whenever they run. 0: the raylet's priority.
+    "RAY_worker_niceness": "0",
 }
 
 

@@ -287,3 +287,17 @@ def test_restarted_gateway_is_reconnected_to(platform):
         for c in fleet.clients
         for ep in c.episodes
     ]
+
+
+def test_the_platforms_workers_run_at_the_drivers_priority_not_rays_nicer_default(platform):
+    """Ray starts workers 15 niceness steps below the raylet; the platform's environment (RAY_ENV) keeps
+    them at its priority, so a robot program on the same core does not take the hot path's CPU."""
+    import os
+
+    def niceness(pid: int) -> int:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+
+    gateway = ray.get(platform.gateways[0].__ray_call__.remote(lambda self: os.getpid()))
+    data = ray.get(platform.data.for_task("reach").__ray_call__.remote(lambda self: os.getpid()))
+    replica = ray.get(platform.replicas["reach"][0].__ray_call__.remote(lambda self: os.getpid()))
+    assert [niceness(p) for p in (gateway, data, replica)] == [niceness(0)] * 3
