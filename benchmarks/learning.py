@@ -475,7 +475,6 @@ def main(argv: list[str] | None = None) -> None:
                 if env not in result["ppo_mujoco"]:
                     run = part.get("run") or {"command": earlier.get("command"), "date": earlier.get("date")}
                     result["ppo_mujoco"][env] = {**part, "run": run}
-
     out = write_json(result, args.out)
     print(f"wrote {out} ({result['wall_s']} s)")
     line = "learning:"
