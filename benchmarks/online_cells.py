@@ -66,8 +66,8 @@ from typing import Any
 import common
 import numpy as np
 import offline_cells
-import ppo_cells
 import ray
+import rlpd_cells
 import torch
 from common import mean_sem, run_fleet_until, tasks_config, wait_for
 
@@ -84,10 +84,10 @@ SETTINGS = {"awr": "awr_mixed", "rlpd": "rlpd_online"}
 ROBOTS, CONTROL_HZ, ROBOT_HZ = 4, 10.0, 10.0  # sim rate (lockstep) / the task's real rate for robot time
 CURVE_EVERY_S, CURVE_WINDOW, PUBLISH_EVERY = 15.0, 20, 20
 SNAPSHOTS = 3  # served weights kept at 1/4, 2/4 and 3/4 of the budget, evaluated after the run
-# PPO (on-policy: no offline phase, no demonstrations) as in part (a) and the Reacher cells: CleanRL's settings,
-# its (64, 64) unsquashed Gaussian, 2,048 env steps per update in pieces of 512 rows, publishing every update
-PPO_POLICY = {"family": "gaussian_mlp", "squash": False}
-PPO_LEARNER = {"config": dict(ppo_cells.PPO), "segment_steps": 2048 // ROBOTS, "publish_every": 1}
+# PPO (on-policy: no offline phase, no demonstrations): the Reacher cells' PPO side (CleanRL's settings, its
+# (64, 64) unsquashed Gaussian, 2,048 env steps per update in pieces of 512 rows, publishing every update)
+PPO_POLICY = dict(rlpd_cells.POLICIES["ppo"])
+PPO_LEARNER = {k: rlpd_cells.LEARNERS["ppo"][k] for k in ("config", "segment_steps", "publish_every")}
 
 
 def names() -> list[str]:

@@ -297,7 +297,6 @@ def test_the_platforms_workers_run_at_the_drivers_priority_not_rays_nicer_defaul
     def niceness(pid: int) -> int:
         return os.getpriority(os.PRIO_PROCESS, pid)
 
-    gateway = ray.get(platform.gateways[0].__ray_call__.remote(lambda self: os.getpid()))
-    data = ray.get(platform.data.for_task("reach").__ray_call__.remote(lambda self: os.getpid()))
-    replica = ray.get(platform.replicas["reach"][0].__ray_call__.remote(lambda self: os.getpid()))
-    assert [niceness(p) for p in (gateway, data, replica)] == [niceness(0)] * 3
+    actors = (platform.gateways[0], platform.data.for_task("reach"), platform.replicas["reach"][0])
+    pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
+    assert [niceness(p) for p in pids] == [niceness(0)] * 3
