@@ -72,6 +72,10 @@ def registered_checkpoint() -> Path | None:
     return Path(ckpt.path) if ckpt is not None else None
 
 
+class PolicyMismatch(RuntimeError):
+    """The newest checkpoint's policy does not fit the task's policy (its config changed since it was saved)."""
+
+
 class Checkpoints:
     """``save`` the policy and ``algorithms`` through Ray Train; ``restore`` the newest into them."""
 
@@ -137,20 +141,27 @@ class Checkpoints:
         worker, so one written just before a crash (e.g. right after an algorithm switch) may be
         unregistered; the files are on disk all the same, so the newest readable one wins. Folder names
         order them (step, then report time): background uploads may finish out of order."""
-        saved = self._newest(registered)
-        if saved is None:
+        found = self._newest(registered)
+        if found is None:
             return None
-        self.policy.load_state_dict(saved["policy"])
+        location, saved = found
+        try:
+            self.policy.load_state_dict(saved["policy"])
+        except RuntimeError as exc:  # missing, unexpected or reshaped weights: the policy config changed
+            raise PolicyMismatch(
+                f"learner {self.task}: checkpoint {location} holds a policy of another shape than the task's "
+                f"policy config builds ({' '.join(str(exc).split())[:300]}): the config changed since it was saved. "
+                f"Go back to that config, or move {self.root} aside to train this task from scratch."
+            ) from exc
         self.algorithms.restore(saved["algorithms"])
         self.restored_step = saved["step"]
         log.info("learner %s: resumed at step %d, version %d", self.task, saved["step"], saved["version"])
         return Resumed(saved["step"], saved["version"], saved["algorithm"], saved["algorithm_config"])
 
-    def _newest(self, registered: Path | None) -> dict[str, Any] | None:
+    def _newest(self, registered: Path | None) -> tuple[str, dict[str, Any]] | None:
         candidates = set(saved_checkpoints(self.root))
         if registered is not None and not is_url(self.root):  # on an object store the listing has it
             handed = str(registered / CHECKPOINT_FILE)
             if exists(handed):  # the listed ones exist: they were just listed
                 candidates.add(handed)
-        found = newest_readable(candidates, self.device, f"learner {self.task}")
-        return None if found is None else found[1]
+        return newest_readable(candidates, self.device, f"learner {self.task}")

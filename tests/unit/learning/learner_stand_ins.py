@@ -53,9 +53,9 @@ class Method:
             return Ref(error=exc)
 
 
-def small_policy(seed: int = 0) -> torch.nn.Module:
+def small_policy(seed: int = 0, hidden: tuple[int, ...] = (16,)) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_policy(FlowChunkConfig(hidden=(16,), flow_steps=2, seed=seed), OBS, ACT, H)
+    return build_policy(FlowChunkConfig(hidden=hidden, flow_steps=2, seed=seed), OBS, ACT, H)
 
 
 def chunk_batch(b: int = 8, seed: int = 0) -> ChunkBatch:

@@ -3,11 +3,18 @@ newest readable checkpoint winning, and the algorithm set keeping a switched-awa
 
 from __future__ import annotations
 
+import pytest
 import torch
 from learner_stand_ins import AWR_CONFIG, FAMILY, SPEC, chunk_batch, small_policy
 
 from fleetrl.workers.learning.algorithm_set import AlgorithmSet
-from fleetrl.workers.learning.checkpoints import CHECKPOINT_FILE, Checkpoints, Resumed, checkpoint_dir_name
+from fleetrl.workers.learning.checkpoints import (
+    CHECKPOINT_FILE,
+    Checkpoints,
+    PolicyMismatch,
+    Resumed,
+    checkpoint_dir_name,
+)
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -144,3 +151,14 @@ def test_switching_back_resumes_the_kept_algorithm_and_all_hear_of_new_versions(
     assert awr is not awr_before and algorithms.current is awr and awr.steps == 2
     assert_same_tensors(awr.critic.state_dict(), critic)
     assert algorithms.names() == ["awr", "bc"]
+
+
+def test_a_checkpoint_of_another_policy_shape_is_refused_naming_the_config_change(tmp_path):
+    """A task whose policy config changed since its checkpoints were saved: the learner says so and what to do
+    instead of a bare state-dict error."""
+    _, _, checkpoints = trained_learner(tmp_path)
+    checkpoints.write(tmp_path / checkpoint_dir_name(7), step=7, version=3)
+    wider = small_policy(seed=1, hidden=(32,))
+    algorithms = AlgorithmSet(wider, SPEC, FAMILY, CPU)
+    with pytest.raises(PolicyMismatch, match=r"another shape .* the config changed .* move .* aside"):
+        Checkpoints(str(tmp_path), "reach", wider, algorithms, CPU).restore(registered=None)
