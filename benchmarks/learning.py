@@ -256,32 +256,35 @@ def online(args: argparse.Namespace) -> dict:
 
 
 def plot_online(online_result: dict, path: Path) -> None:
-    """The fleet's success (last 20 episodes) vs robot-minutes, one line per algorithm and seed; dashed with
-    markers: the deterministic evaluations of rows that have them (mean over seeds)."""
+    """Two panels over robot-minutes, one colour per row: left, the fleet's own success (its last 20 episodes,
+    one thin line per seed); right, the deterministic evaluations (50 episodes per seed: start, the quarters
+    where a row has them, end), mean over seeds with the s.e.m. as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, (fleet, evaluated) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for i, (alg, row) in enumerate(online_result["task1"].items()):
-        for j, points in enumerate(row["curve"].values()):
+        color = plt.get_cmap("tab10")(i % 10)
+        for points in row["curve"].values():
             xs = [p["robot_minutes"] for p in points if p["success"] is not None]
             ys = [p["success"] for p in points if p["success"] is not None]
-            ax.plot(xs, ys, color=f"C{i}", alpha=0.8, label=alg if j == 0 else None)
-        if "success_at" in row:  # the deterministic evaluations (mean over seeds), start to end
-            xs = [0.0] + [p["robot_minutes"] for p in row["success_at"]] + [row["robot_minutes"]]
-            ys = [row["success_start"]] + [p["success"] for p in row["success_at"]] + [row["success_end"]]
-            ax.plot(xs, ys, color=f"C{i}", linestyle="--", marker="o", markersize=3)
-    ax.set_xlabel("robot-minutes (10 Hz)")
-    ax.set_ylabel("success")
-    ax.set_title(
-        "cube-single task 1 online, from an offline start\nlines: the fleet's last 20 episodes; "
-        "dashed: evaluated (50 ep., mean of seeds)",
-        fontsize=8,
-    )
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+            fleet.plot(xs, ys, color=color, alpha=0.45, linewidth=0.8)
+        at = row.get("success_at", [])
+        xs = [0.0] + [p["robot_minutes"] for p in at] + [row["robot_minutes"]]
+        ys = [row["success_start"]] + [p["success"] for p in at] + [row["success_end"]]
+        errs = [row.get("success_start_sem", 0.0)] + [p["success_sem"] for p in at] + [row["success_end_sem"]]
+        evaluated.errorbar(xs, ys, yerr=errs, color=color, marker="o", markersize=3, capsize=2, label=alg)
+    fleet.set_title("the fleet's last 20 episodes (per seed)", fontsize=9)
+    evaluated.set_title("evaluated: 50 episodes per seed, mean ± s.e.m.", fontsize=9)
+    for ax in (fleet, evaluated):
+        ax.set_xlabel("robot-minutes (10 Hz)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    fleet.set_ylabel("success")
+    evaluated.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("cube-single task 1 online through the platform, from an offline start", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
