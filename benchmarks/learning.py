@@ -274,7 +274,7 @@ def plot_online(online_result: dict, path: Path) -> None:
         at = row.get("success_at", [])
         xs = [0.0] + [p["robot_minutes"] for p in at] + [row["robot_minutes"]]
         ys = [row["success_start"]] + [p["success"] for p in at] + [row["success_end"]]
-        errs = [row.get("success_start_sem", 0.0)] + [p["success_sem"] for p in at] + [row["success_end_sem"]]
+        errs = [row["success_start_sem"]] + [p["success_sem"] for p in at] + [row["success_end_sem"]]
         evaluated.errorbar(xs, ys, yerr=errs, color=color, marker="o", markersize=3, capsize=2, label=alg)
     fleet.set_title("the fleet's last 20 episodes (per seed)", fontsize=9)
     evaluated.set_title("evaluated: 50 episodes per seed, mean ± s.e.m.", fontsize=9)
