@@ -27,11 +27,13 @@ def test_the_robot_install_is_the_base_wheel_without_the_platform(tmp_path):
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("fleetrl-*.whl")
     env = tmp_path / "robot-pc"
-    venv.create(env, with_pip=True)
-    pip = env / "bin" / "pip"
-    installed = run(pip, "install", "-q", "--disable-pip-version-check", wheel)
+    # no pip of its own (ensurepip took half of this test): this pip installs into it (--python), resolving
+    # the wheel's dependencies as the robot's own pip would
+    venv.create(env, with_pip=False)
+    pip = [sys.executable, "-m", "pip", "--python", env / "bin" / "python", "--disable-pip-version-check"]
+    installed = run(*pip, "install", "-q", wheel)
     assert installed.returncode == 0, installed.stderr[-3000:]
-    listed = json.loads(run(pip, "list", "--format=json", "--disable-pip-version-check").stdout)
+    listed = json.loads(run(*pip, "list", "--format=json").stdout)
     names = {p["name"].lower() for p in listed}
     assert {"fleetrl", "numpy", "pyzmq", "msgpack", "httpx", "simplejpeg", "pillow"} <= names, names
     assert not names & NOT_ON_A_ROBOT, names & NOT_ON_A_ROBOT
