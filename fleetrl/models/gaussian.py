@@ -4,6 +4,8 @@ a function of the executed action alone and can be recomputed exactly."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -12,6 +14,7 @@ from fleetrl.models.nets import ChunkPolicy, RunningObsNorm, mlp
 from fleetrl.robots.protocol import ArraySpec
 
 SQUASH_EPS = 1e-6  # keeps atanh finite for executed actions that sit on the bounds
+LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
 
 class GaussianChunkPolicy(ChunkPolicy):
@@ -66,33 +69,42 @@ class GaussianChunkPolicy(ChunkPolicy):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-prob, entropy) per row from one pass of the mean network."""
         dist = self.distribution(obs)
-        return self._chunk_log_prob(dist, actions, mask), dist.entropy().sum(-1)
+        return self._chunk_log_prob(dist.mean, actions, mask), dist.entropy().sum(-1)
 
-    def _log_prob_flat(self, dist: torch.distributions.Normal, flat_action: torch.Tensor) -> torch.Tensor:
-        """Per-dimension log-prob [B, D] of executed flat actions."""
-        if not self.squash:
-            return dist.log_prob(flat_action)
-        y = ((flat_action - self.center) / self.scale).clamp(-1 + SQUASH_EPS, 1 - SQUASH_EPS)
-        u = torch.atanh(y)
-        return dist.log_prob(u) - torch.log(self.scale * (1 - y.square()))
+    def _log_prob_flat(self, mean: torch.Tensor, flat_action: torch.Tensor) -> torch.Tensor:
+        """Per-dimension log-prob [B, D] of executed flat actions under N(mean, exp(log_std)), squash
+        included: the one formula the replica's ``act`` and the learner's recomputation share."""
+        if self.squash:
+            y = ((flat_action - self.center) / self.scale).clamp(-1 + SQUASH_EPS, 1 - SQUASH_EPS)
+            u, jacobian = torch.atanh(y), torch.log(self.scale * (1 - y.square()))
+        else:
+            u, jacobian = flat_action, 0.0
+        std = self.log_std.exp().expand_as(
+            mean
+        )  # the operations of torch's Normal.log_prob: the same numbers
+        return -((u - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI - jacobian
 
     def act(
         self, obs: dict[str, torch.Tensor], deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = self.distribution(obs)
-        u = dist.mean if deterministic else dist.sample()
+        """A sampled (or, ``deterministic``, the mean's) chunk and its log-prob. Plain tensor ops, no
+        ``torch.distributions`` object: a replica calls this once per batch of one or two observations,
+        where building the distribution cost more than the network (stop 44's replica profile)."""
+        mean = self.body(self.encode(obs))
+        u = mean if deterministic else mean + self.log_std.exp() * torch.randn_like(mean)  # as Normal.sample
         flat = self.center + self.scale * torch.tanh(u) if self.squash else u
-        log_prob = self._log_prob_flat(dist, flat).sum(-1)
-        return self.unflatten(flat), log_prob
+        return self.unflatten(flat), self._log_prob_flat(mean, flat).sum(-1)
 
     def log_prob(
         self, obs: dict[str, torch.Tensor], actions: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Log-prob [B] of executed chunks [B, H, *action_shape]; ``mask`` [B, H] marginalises unexecuted steps."""
-        return self._chunk_log_prob(self.distribution(obs), actions, mask)
+        return self._chunk_log_prob(self.body(self.encode(obs)), actions, mask)
 
-    def _chunk_log_prob(self, dist, actions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        per_dim = self._log_prob_flat(dist, actions.reshape(actions.shape[0], -1).float())
+    def _chunk_log_prob(
+        self, mean: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        per_dim = self._log_prob_flat(mean, actions.reshape(actions.shape[0], -1).float())
         if mask is not None:
             per_dim = per_dim * mask.float().repeat_interleave(self.step_dim, dim=1)
         return per_dim.sum(-1)

@@ -89,8 +89,27 @@ class RunningObsNorm(nn.Module):
         self.count.copy_(total)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
-        return scaled.clamp(-self.clip, self.clip)
+        shift, std = self._affine(x.dtype, x.device)
+        return torch.clamp((x - shift) / std, -self.clip, self.clip)
+
+    def _affine(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, sqrt(var + eps))`` in the input's dtype, recomputed only when the statistics
+        change (an ``update``, a weight load: both bump the buffers' version counters). A replica
+        normalises one or two observations per call, where these conversions cost more than the MLP."""
+        key = (
+            self.mean._version,
+            self.var._version,
+            self.mean.data_ptr(),
+            self.var.data_ptr(),
+            dtype,
+            device,
+        )
+        if getattr(self, "_affine_key", None) != key:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable under autograd too
+                std = torch.sqrt(self.var.to(device, dtype) + self.eps)
+                self._affine_cache = (self.mean.to(device, dtype), std)
+            self._affine_key = key
+        return self._affine_cache
 
 
 class ChunkPolicy(nn.Module):

@@ -45,3 +45,25 @@ def test_the_policy_reads_normalised_observations_and_its_statistics_travel_with
     plain = build_policy(cfg.model_copy(update={"normalize_obs": False}), OBS, ACT, 2)
     plain.observe(big)  # without the option: nothing to update, raw inputs
     assert "obs_norm.mean" not in plain.state_dict()
+
+
+def test_the_normaliser_follows_every_change_of_its_statistics_under_either_mode():
+    """``forward`` keeps its float32 mean and scale between calls: an ``update`` or a weight load (also one
+    made under inference mode, as a replica loads) must show in the next call, and a call under inference
+    mode must not leave tensors that a training step cannot backpropagate through."""
+    norm = RunningObsNorm(3)
+    x = torch.tensor([[1.0, -4.0, 9.0], [3.0, 0.0, 1.0]])
+
+    def expected() -> torch.Tensor:
+        return ((x - norm.mean.float()) / torch.sqrt(norm.var.float() + norm.eps)).clamp(-10, 10)
+
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), expected())
+    norm.update(x * 3)
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), expected())
+        norm.load_state_dict({k: v + 1 for k, v in norm.state_dict().items()})
+    torch.testing.assert_close(norm(x), expected())
+    grad_x = x.clone().requires_grad_()
+    norm(grad_x).sum().backward()
+    assert grad_x.grad is not None and grad_x.grad.abs().sum() > 0
