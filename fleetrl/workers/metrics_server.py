@@ -97,24 +97,42 @@ STALE_GAUGE_S = 5.0  # a gauge sender (a gateway) silent this long no longer cou
 
 
 class MetricsBuffer:
-    """Local accumulation of metric events in an actor; ``drain()`` hands them to ``MetricsServer.ingest``."""
+    """Local accumulation of metric events in an actor; ``drain()`` hands them to ``MetricsServer.ingest``.
+    Counters are summed and observations grouped per series here, so a flush carries one entry per series
+    (at 128 robots the gateway observes several values per observation: one entry each was half the
+    metrics server's work). Safe to fill from one thread while another drains it."""
 
     def __init__(self) -> None:
-        self._events: list[tuple[str, tuple[str, ...], float]] = []
+        self._observed: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        self._counted: dict[tuple[str, tuple[str, ...]], float] = {}
         self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._lock = threading.Lock()
 
     def observe(self, name: str, labels: tuple[str, ...], value: float) -> None:
-        self._events.append((name, labels, value))
+        with self._lock:
+            values = self._observed.get((name, labels))
+            if values is None:
+                values = self._observed[(name, labels)] = []
+            values.append(value)
 
     def inc(self, name: str, labels: tuple[str, ...], value: float = 1.0) -> None:
-        self._events.append((name, labels, value))
+        key = (name, labels)
+        with self._lock:
+            self._counted[key] = self._counted.get(key, 0.0) + value
 
     def set(self, name: str, labels: tuple[str, ...], value: float) -> None:
-        self._gauges[(name, labels)] = value
+        with self._lock:
+            self._gauges[(name, labels)] = value
 
     def drain(self) -> tuple[list, list]:
-        events, self._events = self._events, []
-        gauges = [(n, lab, v) for (n, lab), v in self._gauges.items()]
+        """``(events, gauges)``: an event is ``(name, labels, values)`` for a histogram's observations since
+        the last drain, ``(name, labels, total)`` for a counter's increments."""
+        with self._lock:
+            observed, counted, self._observed, self._counted = self._observed, self._counted, {}, {}
+            gauges = [(n, lab, v) for (n, lab), v in self._gauges.items()]
+        events = [(n, lab, v) for (n, lab), v in observed.items()] + [
+            (n, lab, v) for (n, lab), v in counted.items()
+        ]
         return events, gauges
 
 
@@ -187,13 +205,20 @@ class MetricsServer:
     def ingest(self, events: list, gauges: list, source: str | None = None) -> None:
         """``source``: a gauge of one of several senders (each gateway) is the sum of their latest values,
         leaving out a sender silent for ``STALE_GAUGE_S`` (a gateway that is gone)."""
-        for name, labels, value in events:
+        for (
+            name,
+            labels,
+            value,
+        ) in events:  # value: a histogram's list of observations (or one), a counter's sum
             kind, m = self._metrics[name]
+            series = m.labels(*labels)
             if kind == "histogram":
-                m.labels(*labels).observe(value)
-                self._windows[(name, tuple(labels))].append(value)
+                values = value if isinstance(value, list) else [value]
+                for v in values:
+                    series.observe(v)
+                self._windows[(name, tuple(labels))].extend(values)
             else:
-                m.labels(*labels).inc(value)
+                series.inc(value)
         for name, labels, value in gauges:
             if source is not None:
                 parts = self._gauge_parts[(name, tuple(labels))]

@@ -137,8 +137,10 @@ def test_no_chunk_goes_to_a_robot_under_human_control_or_computed_before_the_han
         await settle()
         assert wire.to(robots["r1"].ident) == [] and wire.to(robots["r2"].ident) == []
         assert len(wire.to(robots["r3"].ident, P.Action)) == 1
-        dropped = [lab for name, lab, _ in metrics.drain()[0] if name == "stale_chunks_dropped_total"]
-        assert dropped == [("reach",), ("reach",)]
+        dropped = {(name, lab): n for name, lab, n in metrics.drain()[0]}[
+            ("stale_chunks_dropped_total", ("reach",))
+        ]
+        assert dropped == 2
 
     asyncio.run(scenario())
 
@@ -214,5 +216,28 @@ def test_dropping_a_robots_pending_observations_keeps_the_others():
         replica.answer(0)
         await settle()
         assert replica.infer.calls[1][0]["state"][:, 0].tolist() == [2.0]
+
+    asyncio.run(scenario())
+
+
+def test_a_dispatch_interval_sends_what_it_held_back_as_one_batch_when_it_ends():
+    async def scenario():
+        first, second = Replica(answer=True), Replica(answer=True)
+        part, wire, _, robots = build([first, second], dispatch_interval_ms=30)
+        submit(part, robots, "r1", 0, 1.0)  # a quiet pool: at once
+        submit(part, robots, "r2", 0, 2.0)  # a replica is idle, but these wait for the interval's end
+        submit(part, robots, "r3", 0, 3.0)
+        await settle()
+        assert [len(r.infer.calls) for r in (first, second)] == [1, 0] and len(wire.sent) == 1
+        for _ in range(100):  # the gateway's timer sends them; nothing else arrives to trigger it
+            await asyncio.sleep(0.005)
+            if second.infer.calls:
+                break
+        [(batch, _, _)] = second.infer.calls
+        assert batch["state"][:, 0].tolist() == [2.0, 3.0]
+        await settle()
+        assert {m.robot_id for _, m in wire.sent} == {"r1", "r2", "r3"}
+        queue_ms = {m.robot_id: m.timings["queue_ms"] for _, m in wire.sent}
+        assert queue_ms["r1"] < 1 and 20 <= queue_ms["r2"] < 500
 
     asyncio.run(scenario())

@@ -46,7 +46,8 @@ def build(data: DataServer | None):
 
 
 def events(metrics: MetricsBuffer, name: str) -> list[tuple]:
-    return [labels for n, labels, _ in metrics.drain()[0] if n == name]
+    """The labels of each increment of counter ``name`` (a drained counter carries its summed count)."""
+    return [labels for n, labels, count in metrics.drain()[0] if n == name for _ in range(int(count))]
 
 
 def test_an_ended_episode_is_stored_then_acked_and_counted_once():

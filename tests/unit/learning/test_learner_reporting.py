@@ -51,7 +51,7 @@ def test_metric_names_and_tensorboard_tags(tmp_path):
     scalars.log(7, 3, "awr", {"critic_loss": 0.25, "actor_loss": float("nan")}, 2.0, rollout)
 
     events, gauges = server.ingest.calls[0]
-    assert events == [("learner_steps_total", ("reach", "awr"), 1.0)] * 2
+    assert events == [("learner_steps_total", ("reach", "awr"), 2.0)]  # two steps, summed in the flush
     assert gauges == [
         ("learner_updates_per_second", ("reach",), 2.0),
         ("learner_loss", ("reach", "critic_loss"), 0.25),  # a non-finite loss is not exported
@@ -79,7 +79,9 @@ def test_reporter_records_losses_and_update_time():
     reporter.record("bc", {"bc_loss": 0.75}, 0.5, 0.25)
     assert reporter.losses == {"bc_loss": 0.75} and reporter.update_s == 0.75
     assert reporter.update_cpu_s == 0.375
-    assert reporter.scalars.buffer.drain()[0] == [("learner_steps_total", ("reach", "bc"), 1.0)] * 2
+    assert reporter.scalars.buffer.drain()[0] == [
+        ("learner_steps_total", ("reach", "bc"), 2.0)
+    ]  # summed per flush
 
 
 def test_demo_replay_status():
