@@ -292,7 +292,7 @@ class SimRobot:
     def observe(self, state: Any) -> dict[str, np.ndarray]:
         """What the robot sends for the environment's observation ``state``: the state, and the frame it
         renders now when it has a camera (a pixel environment's observation is its frame)."""
-        if self.fast_render:
+        if self.fast_render and (self.pixels or self.camera is not None or self.dict_keys is not None):
             use_fast_rendering(self.env)
         if self.pixels:
             return {"camera": np.ascontiguousarray(state, dtype=np.uint8)}

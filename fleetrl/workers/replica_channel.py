@@ -164,23 +164,27 @@ class ChannelClient:
         # the first disconnect would never wake the loop.
         loop.call_soon(self._watch)
 
-    async def infer(
+    def infer(
         self, batch: dict[str, np.ndarray], pins: np.ndarray | None, deterministic: np.ndarray | None
-    ) -> dict[str, Any]:
-        """The replica's result for one batch; ReplicaLost if its process is gone, ReplicaError if it
-        refused or failed the batch. A caller that gives up (timeout) leaves no trace: a late reply is dropped."""
-        if self.lost:
-            raise self._lost_error()
-        rid, self._next_id = self._next_id, self._next_id + 1
+    ) -> asyncio.Future:
+        """Send one batch now; the future gets the replica's result, or ReplicaLost if its process is gone,
+        ReplicaError if it refused or failed the batch. A plain future, not a coroutine: awaiting it under
+        ``asyncio.wait_for`` then costs no task per batch. A caller that gives up (timeout, cancel) leaves
+        no trace: a late reply is dropped."""
         future = self._loop.create_future()
+        if self.lost:
+            future.set_exception(self._lost_error())
+            return future
+        rid, self._next_id = self._next_id, self._next_id + 1
         self._pending[rid] = future
+        future.add_done_callback(lambda _: self._pending.pop(rid, None))
         try:
             self._sock.send_multipart([self._token, pack({"id": rid, "batch": batch, "pins": pins,
                                                          "det": deterministic})])  # fmt: skip
-            self._schedule_drain()  # the send may have consumed the FD's edge of a reply that arrived
-            return await future
-        finally:
-            self._pending.pop(rid, None)
+        except Exception as exc:  # noqa: BLE001 - an unpackable batch, a closed socket: this batch fails
+            future.set_exception(exc)
+        self._schedule_drain()  # the send may have consumed the FD's edge of a reply that arrived
+        return future
 
     def close(self) -> None:
         """Stop reading, fail what is in flight, close the sockets (idempotent)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,11 @@ class ArraySpec:
         problem = image_spec_problem(self.shape, self.dtype, self.encoding, self.quality)
         if problem:
             raise ValueError(problem)
+
+    @cached_property
+    def np_dtype(self) -> np.dtype:
+        """``dtype`` as numpy's (compared per observation: numpy builds ``dtype.name`` in Python each time)."""
+        return np.dtype(self.dtype)
 
     @property
     def size(self) -> int:
@@ -87,7 +93,7 @@ class ArraySpec:
         """Raise ProtocolError('bad_observation') if ``arr`` does not match this spec."""
         if not isinstance(arr, np.ndarray):
             raise ProtocolError("bad_observation", f"{name}: expected an array, got {type(arr).__name__}")
-        if tuple(arr.shape) != self.shape or arr.dtype.name != self.dtype:
+        if arr.shape != self.shape or (arr.dtype != self.np_dtype and arr.dtype.name != self.dtype):
             raise ProtocolError(
                 "bad_observation",
                 f"{name}: expected shape {list(self.shape)} {self.dtype}, got {list(arr.shape)} {arr.dtype.name}",

@@ -7,7 +7,6 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from fleetrl.workers.placement import ActorResources
@@ -174,7 +173,7 @@ class RobotState:
             self.closed.popitem(last=False)
 
     def row(self) -> dict[str, Any]:
-        lat = np.fromiter(self.latency_ms, dtype=np.float64) if self.latency_ms else None
+        lat = sorted(self.latency_ms)
         episodes = sum(self.outcomes.values())
         return {
             "robot_id": self.robot_id,
@@ -189,7 +188,16 @@ class RobotState:
             "successes": self.outcomes["success"],
             "policy_version": self.policy_version,
             "outcomes": dict(self.outcomes),
-            "latency_ms": None
-            if lat is None
-            else dict(zip(("p50", "p99"), np.percentile(lat, [50, 99]).tolist(), strict=True)),
+            "latency_ms": {"p50": sorted_percentile(lat, 50), "p99": sorted_percentile(lat, 99)}
+            if lat
+            else None,
         }
+
+
+def sorted_percentile(values: list[float], q: float) -> float:
+    """numpy's default (linear) percentile of an already sorted list. The console's robot table asks for
+    two per robot every second: numpy's call overhead made that 5 % of the gateway at 128 robots."""
+    pos = (len(values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)

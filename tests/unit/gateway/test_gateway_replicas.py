@@ -3,14 +3,15 @@ robot's endpoints, how their stats merge, and which tasks they refuse."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fleetrl.platform.config import parse_config
 from fleetrl.serving.routes.robots import gateway_order
 from fleetrl.workers import metrics_server
 from fleetrl.workers.gateway.gateways import merge_stats
-from fleetrl.workers.gateway.session import GatewayConfig
-from fleetrl.workers.metrics_server import MetricsServer
+from fleetrl.workers.gateway.session import GatewayConfig, sorted_percentile
+from fleetrl.workers.metrics_server import MetricsBuffer, MetricsServer
 
 
 def test_each_gateway_binds_its_own_port_and_tells_robots_its_own_endpoint():
@@ -96,3 +97,32 @@ def test_canary_rollout_needs_a_single_gateway():
     parse_config({"tasks": [task], "gateway": {"replicas": 1}})
     with pytest.raises(ValueError, match="rollout mode canary needs gateway.replicas 1"):
         parse_config({"tasks": [task], "gateway": {"replicas": 2}})
+
+
+def test_a_metrics_flush_sums_counters_and_carries_every_observation():
+    """``MetricsBuffer`` sends one entry per series per flush; the server still counts every increment and
+    every observed value (histogram count, sum and its percentile window)."""
+    buffer, server = MetricsBuffer(), MetricsServer()
+    for value in (0.001, 0.002, 0.004):
+        buffer.observe("queue_wait_seconds", ("reach",), value)
+        buffer.inc("observations_total", ("reach",))
+    events, gauges = buffer.drain()
+    assert sorted(events) == [
+        ("observations_total", ("reach",), 3.0),
+        ("queue_wait_seconds", ("reach",), [0.001, 0.002, 0.004]),
+    ]
+    assert buffer.drain() == ([], [])  # drained: nothing is sent twice
+    server.ingest(events, gauges)
+    server.ingest([("queue_wait_seconds", ("reach",), 0.008)], [])  # one value, as older senders send
+    text = server.render()
+    assert b'fleetrl_observations_total{task="reach"} 3.0' in text
+    assert b'fleetrl_queue_wait_seconds_count{task="reach"} 4.0' in text
+    window = server.percentiles("queue_wait_seconds", ("reach",), (50,))
+    assert window["n"] == 4 and window["p50"] == pytest.approx(0.003) and window["max"] == 0.008
+
+
+def test_the_robot_tables_latency_percentiles_are_numpys():
+    values = sorted([3.0, 1.0, 7.5, 2.25, 10.0, 4.0, 0.5])
+    for q in (0, 50, 90, 99, 100):
+        assert sorted_percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert sorted_percentile([4.0], 99) == 4.0
