@@ -22,13 +22,15 @@ from fleetrl.testing.net import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def reach_config(state_dir: str, chunk_len: int, task_name: str = "reach") -> PlatformConfig:
+def reach_config(
+    state_dir: str, chunk_len: int, task_name: str = "reach", inference: dict[str, Any] | None = None
+) -> PlatformConfig:
     """The shipped local config's ``reach`` task only (2 replicas, max_batch 32, no learner); free ports, a
-    temp state dir."""
+    temp state dir; ``inference``: more of the task's inference settings."""
     data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     task = next(t for t in data["tasks"] if t["name"] == task_name)
     task["chunk_len"] = chunk_len
-    task["inference"].update(replicas=2, max_batch=32)
+    task["inference"].update(replicas=2, max_batch=32, **(inference or {}))
     task.pop("learner", None)  # serving benchmarks measure the serving path, not a learner sharing the CPUs
     data.pop("oracle_demos", None)
     data.update(state_dir=state_dir, tasks=[task], sim_robots=[])

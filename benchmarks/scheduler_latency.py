@@ -440,6 +440,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="runs of ours at the largest N (default 3, quick 1): on a shared 2-core machine one run's tail "
         "does not tell the code's; the spread and how many runs meet the goals are reported",
     )  # fmt: skip
+    ap.add_argument(
+        "--dispatch-interval-ms", type=float, default=None,
+        help="the task's inference.dispatch_interval_ms (default: the shipped config's)",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scheduler_latency.json"))
     args = ap.parse_args(argv)
     args.robots = [int(n) for n in args.robots.split(",")]
@@ -457,7 +461,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("fleetrl.robots.client").setLevel(logging.ERROR)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-") as state_dir:
-        cfg = reach_config(state_dir, 1)
+        interval = args.dispatch_interval_ms
+        cfg = reach_config(
+            state_dir, 1, inference=None if interval is None else {"dispatch_interval_ms": interval}
+        )
         print(f"starting the platform (REST {cfg.rest.url}, gateway {cfg.gateway.endpoint}) ...", flush=True)
         platform = Platform(cfg).start()
         try:
@@ -495,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
         "chunk_len": 1,
         "replicas": cfg.tasks[0].inference.replicas,
         "max_batch": cfg.tasks[0].inference.max_batch,
+        "dispatch_interval_ms": cfg.tasks[0].inference.dispatch_interval_ms,
         "wall_s": round(time.monotonic() - t0, 1),
         "targets": TARGETS,
         "cpu_floor": floor,

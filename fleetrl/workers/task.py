@@ -75,6 +75,15 @@ class InferencePoolConfig(ActorResources):
 
     replicas: int = Field(2, ge=1, le=256, description="Number of inference replicas (Ray actors).")
     max_batch: int = Field(32, ge=1, le=4096, description="Most observations one forward pass takes.")
+    dispatch_interval_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Least time between two batches of this pool while observations keep coming (0: "
+        "an observation that finds an idle replica goes at once). Under load, what arrives meanwhile goes "
+        "in one batch, so replicas make fewer, larger forward passes; an observation waits at most this "
+        "long for it, and none waits when the pool has been quiet that long.",
+    )
     backend: Literal["torch", "torch-fast", "vllm"] = Field(
         "torch",
         description="Inference backend: 'torch' (fp32), 'torch-fast' (bf16 autocast: faster, log-probs "

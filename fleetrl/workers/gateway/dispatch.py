@@ -80,6 +80,7 @@ class ReplicaDispatch:
         self.ctx = zmq.Context()
         self.replica_pool: dict[str, str] = {}  # replica id -> its task's pool
         self.rollouts: dict[str, TaskRollout] = {}  # task -> which version its episodes run
+        self.held: dict[str, asyncio.TimerHandle] = {}  # pool -> the timer that sends what it holds back
 
     # -- task pools ----------------------------------------------------------------------------------
     def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
@@ -88,7 +89,9 @@ class ReplicaDispatch:
             raise ValueError(f"task {task.name!r} is already served")
         self.tasks[task.name] = task
         self.rollouts[task.name] = TaskRollout(task.name, task.rollout)
-        self.scheduler.add_pool(task.name, task.inference.max_batch)
+        self.scheduler.add_pool(
+            task.name, task.inference.max_batch, task.inference.dispatch_interval_ms / 1e3
+        )
         for i in self.share(len(replicas)):
             rid, handle = f"{task.name}/{i}", replicas[i]
             self.replicas[rid] = handle
@@ -109,6 +112,8 @@ class ReplicaDispatch:
         """Forget a served task's pool and replicas; what waited for them is dropped, and a batch still
         running on one of them is ignored when it returns."""
         dropped = self.scheduler.remove_pool(name)
+        if (timer := self.held.pop(name, None)) is not None:
+            timer.cancel()
         for rid in [rid for rid, pool in self.replica_pool.items() if pool == name]:
             del self.replicas[rid], self.replica_pool[rid]
             self._disconnect(rid)
@@ -118,15 +123,24 @@ class ReplicaDispatch:
     # -- dispatch ------------------------------------------------------------------------------------
     def submit(self, task: TaskConfig, robot_id: str, ident: bytes, msg: P.Obs) -> None:
         """Route one accepted observation to its task's pool."""
-        self._start(self.scheduler.submit(task.name, robot_id, (ident, msg, time.time())))
+        self._start(task.name, self.scheduler.submit(task.name, robot_id, (ident, msg, time.time())))
 
     def drop_pending(self, state: RobotState) -> None:
         """Forget the robot's observations still waiting for a replica (it left, or an operator took over)."""
         self.scheduler.drop(state.task.name, lambda item: item.key == state.robot_id)
 
-    def _start(self, dispatches: list[Dispatch]) -> None:
+    def _start(self, pool: str, dispatches: list[Dispatch]) -> None:
+        """Run the batches the scheduler made; if it held observations back (the pool's dispatch interval),
+        make sure a timer sends them when the interval ends."""
         for d in dispatches:
             self.loop.create_task(self._run_batch(d))
+        if pool not in self.held and (due := self.scheduler.due(pool)) is not None:
+            self.held[pool] = self.loop.call_later(max(0.0, due - time.monotonic()), self._send_held, pool)
+
+    def _send_held(self, pool: str) -> None:
+        del self.held[pool]
+        if pool in self.tasks:
+            self._start(pool, self.scheduler.poll(pool))
 
     async def _run_batch(self, d: Dispatch) -> None:
         task = self.tasks[d.pool]
@@ -150,7 +164,7 @@ class ReplicaDispatch:
         elif failure is not None:
             log.error("gateway: inference failed on %s", d.replica, exc_info=failure)
             _, more = self.scheduler.complete(d.replica)
-            self._start(more)
+            self._start(d.pool, more)
             for item in d.items:
                 ident, msg, _ = item.payload
                 self.refuse(ident, "inference_failed", type(failure).__name__, msg.robot_id, msg.step)
@@ -166,13 +180,13 @@ class ReplicaDispatch:
             "gateway: replica %s gone (%s); re-queueing %d observations", d.replica, why, len(d.items)
         )
         self._disconnect(d.replica)
-        self._start(self.scheduler.remove_replica(d.replica))
+        self._start(d.pool, self.scheduler.remove_replica(d.replica))
         self.loop.create_task(self._connect(d.replica, back=True))
 
     def _deliver(self, d: Dispatch, messages: list[P.Obs], result: dict[str, Any], pinning: bool) -> None:
         """A batch came back: the replica takes more work and every row goes to its robot."""
         done, more = self.scheduler.complete(d.replica)
-        self._start(more)
+        self._start(d.pool, more)
         pool = (d.pool,)
         self.metrics.observe("service_seconds", pool, done.service_time)
         self.observe_result(d.pool, result, len(d.items))
@@ -274,7 +288,8 @@ class ReplicaDispatch:
                 return  # its task was deleted (or re-created) meanwhile
             if zmq_transport:
                 self.channels[replica] = ChannelClient(self.ctx, address, self.loop)
-            self._start(self.scheduler.add_replica(self.replica_pool[replica], replica))
+            pool = self.replica_pool[replica]
+            self._start(pool, self.scheduler.add_replica(pool, replica))
             if back:
                 log.info("gateway: replica %s is back", replica)
             return

@@ -5,6 +5,11 @@ observation that finds an idle replica is dispatched at once; a replica that fin
 pending for its pool, up to ``max_batch``. A replica that dies has its in-flight batch put back at the
 head of the queue. The clock is injected so the logic is tested with a fake one.
 
+A pool with a ``min_interval`` starts at most one batch per interval unless ``max_batch`` observations
+wait: what arrives meanwhile waits for the interval's end (``due``; the gateway calls ``poll`` then) and
+goes in one batch. Per batch, a replica and the gateway pay a round trip and wake-ups that cost more than
+the forward pass of a small policy; fewer, larger batches are how a fleet of hundreds fits the CPU.
+
 The gateway calls ``submit`` / ``complete`` / ``remove_replica`` and acts on the ``Dispatch`` objects
 they return; nothing here blocks or does I/O, so the scheduler adds microseconds to the hot path.
 """
@@ -55,6 +60,8 @@ class Completion:
 @dataclass
 class _Pool:
     max_batch: int
+    min_interval: float = 0.0
+    last_dispatch: float = float("-inf")
     queue: deque[Pending] = field(default_factory=deque)
     # Insertion order is idle order: the longest-idle replica is served first.
     idle: dict[Hashable, None] = field(default_factory=dict)
@@ -74,12 +81,16 @@ class Scheduler:
         self._replica_pool: dict[Hashable, str] = {}
 
     # -- configuration -------------------------------------------------------------------------------
-    def add_pool(self, pool: str, max_batch: int) -> None:
+    def add_pool(self, pool: str, max_batch: int, min_interval: float = 0.0) -> None:
+        """``min_interval`` (seconds): least time between two of the pool's batches unless ``max_batch``
+        observations wait (0: dispatch whenever a replica is idle)."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if min_interval < 0:
+            raise ValueError("min_interval must be >= 0")
         if pool in self._pools:
             raise ValueError(f"pool {pool!r} already exists")
-        self._pools[pool] = _Pool(max_batch=max_batch)
+        self._pools[pool] = _Pool(max_batch=max_batch, min_interval=min_interval)
 
     def add_replica(self, pool: str, replica: Hashable) -> list[Dispatch]:
         """A new (or recovered) replica joins idle and immediately takes pending work."""
@@ -137,6 +148,18 @@ class Scheduler:
         p.idle[replica] = None
         return done, self._drain(pool, p)
 
+    def poll(self, pool: str) -> list[Dispatch]:
+        """Dispatch what the pool's interval held back, once it is ``due`` (the gateway's timer)."""
+        return self._drain(pool, self._pool(pool))
+
+    def due(self, pool: str) -> float | None:
+        """When observations held back by the pool's interval can go (clock time), or None if none are:
+        nothing waits, no replica is idle, or nothing holds them."""
+        p = self._pool(pool)
+        if not (p.queue and p.idle):
+            return None
+        return max(self._clock(), p.last_dispatch + p.min_interval)
+
     # -- introspection -------------------------------------------------------------------------------
     def queue_depth(self, pool: str) -> int:
         return len(self._pool(pool).queue)
@@ -169,9 +192,12 @@ class Scheduler:
     def _drain(self, pool: str, p: _Pool) -> list[Dispatch]:
         out: list[Dispatch] = []
         while p.queue and p.idle:
+            now = self._clock()
+            if len(p.queue) < p.max_batch and now - p.last_dispatch < p.min_interval:
+                break  # held: more may arrive before the interval ends (``due``)
             replica = next(iter(p.idle))
             del p.idle[replica]
-            now = self._clock()
+            p.last_dispatch = now
             n = min(p.max_batch, len(p.queue))
             items = [p.queue.popleft() for _ in range(n)]
             for item in items:

@@ -398,3 +398,51 @@ def test_max_batch_below_one_is_refused(clock, max_batch):
     with pytest.raises(ValueError, match="max_batch"):
         s.add_pool("reach", max_batch)
     assert s.pools() == []
+
+
+# --------------------------------------------------------------------------------------------------
+# A dispatch interval: fewer, larger batches under load, no wait when the pool was quiet.
+
+
+def test_a_dispatch_interval_holds_arrivals_for_one_batch_at_its_end(clock):
+    s = Scheduler(clock)
+    s.add_pool("reach", 8, min_interval=0.0025)
+    for r in ("r1", "r2"):
+        s.add_replica("reach", r)
+    [first] = s.submit("reach", "o1", None)  # the pool was quiet: no wait
+    assert keys(first) == ["o1"] and first.items[0].queue_wait == 0.0
+    clock.advance(0.001)
+    assert s.submit("reach", "o2", None) == []  # r2 is idle, but the interval has not passed
+    clock.advance(0.0005)
+    assert s.submit("reach", "o3", None) == []
+    assert s.due("reach") == pytest.approx(100.0025)
+    assert s.poll("reach") == []  # too early: still held
+    clock.advance(0.001)
+    [second] = s.poll("reach")  # the interval's end: both held arrivals in one batch
+    assert keys(second) == ["o2", "o3"] and second.replica == "r2"
+    assert [item.queue_wait for item in second.items] == pytest.approx([0.0015, 0.001])
+    assert s.due("reach") is None  # nothing held
+
+
+def test_a_full_batch_goes_before_the_interval_ends_and_no_idle_replica_means_nothing_due(clock):
+    s = Scheduler(clock)
+    s.add_pool("reach", 2, min_interval=0.01)
+    s.add_replica("reach", "r1")
+    s.add_replica("reach", "r2")
+    s.submit("reach", "o1", None)
+    assert s.submit("reach", "o2", None) == []
+    [full] = s.submit("reach", "o3", None)  # max_batch waiting: no reason to hold it
+    assert keys(full) == ["o2", "o3"]
+    s.submit("reach", "o4", None)
+    assert s.due("reach") is None  # both replicas busy: o4 goes when one completes, not on a timer
+    _, more = s.complete("r1")
+    assert more == [] and s.due("reach") == pytest.approx(100.01)  # the interval counts from the last batch
+    clock.advance(0.01)
+    [after] = s.poll("reach")
+    assert keys(after) == ["o4"] and after.replica == "r1"
+
+
+def test_no_interval_keeps_dispatch_on_arrival(clock):
+    s = make(clock, ["r1", "r2"])
+    assert len(s.submit("reach", "o1", None)) == 1 and len(s.submit("reach", "o2", None)) == 1
+    assert s.due("reach") is None
