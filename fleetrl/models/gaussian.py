@@ -79,9 +79,8 @@ class GaussianChunkPolicy(ChunkPolicy):
             u, jacobian = torch.atanh(y), torch.log(self.scale * (1 - y.square()))
         else:
             u, jacobian = flat_action, 0.0
-        std = self.log_std.exp().expand_as(
-            mean
-        )  # the operations of torch's Normal.log_prob: the same numbers
+        # the operations of torch's Normal.log_prob, in its order: the same numbers to the last bit
+        std = self.log_std.exp().expand_as(mean)
         return -((u - mean) ** 2) / (2 * std**2) - std.log() - LOG_SQRT_2PI - jacobian
 
     def act(
@@ -89,7 +88,7 @@ class GaussianChunkPolicy(ChunkPolicy):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A sampled (or, ``deterministic``, the mean's) chunk and its log-prob. Plain tensor ops, no
         ``torch.distributions`` object: a replica calls this once per batch of one or two observations,
-        where building the distribution cost more than the network (stop 44's replica profile)."""
+        where building the distribution cost more than the network."""
         mean = self.body(self.encode(obs))
         u = mean if deterministic else mean + self.log_std.exp() * torch.randn_like(mean)  # as Normal.sample
         flat = self.center + self.scale * torch.tanh(u) if self.squash else u
