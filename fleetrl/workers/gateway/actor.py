@@ -38,6 +38,7 @@ from fleetrl.robots.episode import check_id
 from fleetrl.robots.pending import check_pending
 from fleetrl.workers.gateway.curve import ZAP_DOMAIN, RobotKeyAuthenticator
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
+from fleetrl.workers.gateway.gc_tuning import calm_garbage_collector
 from fleetrl.workers.gateway.hello_limits import HelloLimits
 from fleetrl.workers.gateway.intake import EpisodeIntake
 from fleetrl.workers.gateway.resets import ResetRequests
@@ -134,6 +135,7 @@ class Gateway:
             log.warning(
                 "gateway: %d evaluations that were running when it (re)started are interrupted", interrupted
             )
+        calm_garbage_collector()
         self._thread = threading.Thread(target=self._run_loop, name="fleetrl-gateway", daemon=True)
         self._thread.start()
 
