@@ -243,9 +243,7 @@ class TaskManager:
     def _serve_checkpoint(self, task: TaskConfig) -> None:
         """A task resumed from learner checkpoints serves the newest one before its learner starts."""
         if task.learner is not None:
-            serve_newest_checkpoint(
-                self.weights, task.name, learner_checkpoint_root(self.learner_dir, task.name)
-            )
+            serve_newest_checkpoint(self.weights, task, learner_checkpoint_root(self.learner_dir, task.name))
 
     def _start_learner(self, task: TaskConfig) -> None:
         if task.learner is None:
