@@ -76,6 +76,19 @@ class PolicyMismatch(RuntimeError):
     """The newest checkpoint's policy does not fit the task's policy (its config changed since it was saved)."""
 
 
+def load_policy(policy: nn.Module, state: dict[str, Any], location: str, root: str, who: str) -> None:
+    """Load a checkpoint's policy weights into ``policy``; PolicyMismatch, naming the checkpoint and the
+    remedy, when they do not fit it (missing, unexpected or reshaped weights: the policy config changed)."""
+    try:
+        policy.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PolicyMismatch(
+            f"{who}: checkpoint {location} holds a policy of another shape than the task's policy config "
+            f"builds ({' '.join(str(exc).split())[:300]}): the config changed since it was saved. Go back to "
+            f"that config, or move {root} aside to train this task from scratch."
+        ) from exc
+
+
 class Checkpoints:
     """``save`` the policy and ``algorithms`` through Ray Train; ``restore`` the newest into them."""
 
@@ -145,14 +158,7 @@ class Checkpoints:
         if found is None:
             return None
         location, saved = found
-        try:
-            self.policy.load_state_dict(saved["policy"])
-        except RuntimeError as exc:  # missing, unexpected or reshaped weights: the policy config changed
-            raise PolicyMismatch(
-                f"learner {self.task}: checkpoint {location} holds a policy of another shape than the task's "
-                f"policy config builds ({' '.join(str(exc).split())[:300]}): the config changed since it was saved. "
-                f"Go back to that config, or move {self.root} aside to train this task from scratch."
-            ) from exc
+        load_policy(self.policy, saved["policy"], location, self.root, f"learner {self.task}")
         self.algorithms.restore(saved["algorithms"])
         self.restored_step = saved["step"]
         log.info("learner %s: resumed at step %d, version %d", self.task, saved["step"], saved["version"])

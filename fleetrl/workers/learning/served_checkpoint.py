@@ -24,39 +24,25 @@ log = logging.getLogger(__name__)
 def publish_newest_checkpoint(weights: Any, task: TaskConfig, root: str) -> int | None:
     """Publish the policy of the newest readable checkpoint under ``root`` as its version; None if there is
     none, or if its policy does not fit the one ``task``'s config builds (logged with the remedy)."""
-    from fleetrl.workers.learning.checkpoints import newest_readable
+    from fleetrl.models.policies import build_policy
+    from fleetrl.workers.learning.checkpoints import PolicyMismatch, load_policy, newest_readable
     from fleetrl.workers.weights import to_numpy_state
 
     found = newest_readable(saved_checkpoints(root), "cpu", task.name)
     if found is None:
         return None
     path, saved = found
-    problem = policy_mismatch(saved["policy"], task)
-    if problem is not None:
-        log.error(
-            "%s: not serving checkpoint %s: it holds a policy of another shape than the task's policy config "
-            "builds (%s). Go back to that config, or move %s aside to train from scratch.",
-            task.name, path, problem, root,
-        )  # fmt: skip
+    policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
+    try:  # the check the learner's restore makes: replicas could not load what it refuses
+        load_policy(policy, saved["policy"], path, root, task.name)
+    except PolicyMismatch as exc:
+        log.error("%s Not served.", exc)
         return None
     served = ray.get(
         weights.publish.remote(task.name, int(saved["version"]), to_numpy_state(saved["policy"]))
     )
     log.info("%s: serving version %d from %s until its learner publishes", task.name, served, path)
     return served
-
-
-def policy_mismatch(state: dict[str, Any], task: TaskConfig) -> str | None:
-    """Why ``state`` does not load into the policy ``task``'s config builds (None: it loads): the same
-    check as the learner's restore and each replica's ``load_weights``."""
-    from fleetrl.models.policies import build_policy
-
-    policy = build_policy(task.policy, task.observation_spec, task.action_spec, task.chunk_len)
-    try:
-        policy.load_state_dict(state)
-    except RuntimeError as exc:  # missing, unexpected or reshaped weights
-        return " ".join(str(exc).split())[:300]
-    return None
 
 
 def serve_newest_checkpoint(weights: Any, task: TaskConfig, root: str) -> ray.ObjectRef | None:
