@@ -241,7 +241,9 @@ class ReplicaDispatch:
         arrived: float,
         timings: dict[str, float],
     ) -> None:
-        """Send row ``i`` of a replica result to the robot; ``to_replica_ms`` is arrival → forward pass start."""
+        """Send row ``i`` of a replica result to the robot. Timings: ``to_replica_ms`` arrival → forward pass
+        start, ``compute_ms`` the forward pass, ``gateway_ms`` arrival → reply handed to the socket (what is
+        left of a robot's round trip is its own side and the network)."""
         state = self.robots.get(msg.robot_id)
         if state is not None and state.chunk_is_stale(msg.episode_id, msg.step):
             self.metrics.inc("stale_chunks_dropped_total", (state.task.name,))
@@ -250,6 +252,7 @@ class ReplicaDispatch:
             state.policy_version = int(result["versions"][i])
         timings["compute_ms"] = result["compute_s"] * 1e3
         timings["to_replica_ms"] = (result["t_start"] - arrived) * 1e3
+        timings["gateway_ms"] = (time.time() - arrived) * 1e3
         self.send(
             ident,
             P.Action(

@@ -61,7 +61,7 @@ def metric_names(metrics: MetricsBuffer) -> set[str]:
 def test_each_row_of_a_completed_batch_goes_to_its_own_robot():
     async def scenario():
         replica = Replica()
-        part, wire, metrics, robots = build([replica])
+        part, wire, metrics, robots = build([replica], batch_timeout_s=5.0)
         submit(part, robots, "r1", 0, 1.0)  # the idle replica takes it at once
         submit(part, robots, "r2", 0, 2.0)  # these two wait for it, and then go as one batch
         submit(part, robots, "r3", 5, 3.0)
@@ -71,6 +71,7 @@ def test_each_row_of_a_completed_batch_goes_to_its_own_robot():
         await settle()
         assert len(replica.infer.calls) == 2
         assert replica.infer.calls[1][0]["state"][:, 0].tolist() == [2.0, 3.0]
+        await asyncio.sleep(0.2)  # the second batch's forward pass takes 200 ms
         replica.answer(1)
         await settle()
         for rid, step, value in (("r1", 0, 1.0), ("r2", 0, 2.0), ("r3", 5, 3.0)):
@@ -78,6 +79,8 @@ def test_each_row_of_a_completed_batch_goes_to_its_own_robot():
             assert isinstance(action, P.Action) and (action.robot_id, action.step) == (rid, step)
             assert action.actions.shape == (CHUNK, ACT_DIM) and np.all(action.actions == value)
             assert action.policy_version == 7 and action.timings["queue_ms"] >= 0
+            # arrival -> reply sent, as the gateway stamps it: only the second batch waited the 200 ms
+            assert (action.timings["gateway_ms"] >= 200) == (rid != "r1"), (rid, action.timings)
         assert {"service_seconds", "inference_seconds", "batch_size", "queue_wait_seconds"} <= metric_names(
             metrics
         )
