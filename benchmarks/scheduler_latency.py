@@ -13,10 +13,10 @@ Per N and router: queue wait = ``to_replica_ms`` (arrival at the gateway → sta
 the replica, the same definition for both), end-to-end overhead = robot-measured round trip − compute,
 and frames lost = requests − replies. The round trip is also split where the gateway stamps it: arrival →
 reply sent (``gateway_ms``) and the rest, the robot side and the transport (``outside_gateway_ms``), which
-says whether a tail comes from the platform or from the simulated fleet sharing its cores. The first second of each run is warm-up and is not measured. Ours
-runs ``--repeats`` times at the largest N (3 in full mode): the tail of one run on a shared 2-core machine
-moves by a factor of several between identical runs, so the spread and the number of runs meeting every
-goal (``GOALS``) are reported.
+says whether a tail comes from the platform or from the simulated fleet sharing its cores. The first second
+of each run is warm-up and is not measured. Ours runs ``--repeats`` times at the largest N (3 in full
+mode): the tail of one run on a shared 2-core machine moves by a factor of several between identical runs,
+so the spread and the number of runs meeting every goal (``GOALS``) are reported.
 
 CPU per observation (ours only): each component's process CPU time (user + system, from /proc) over the
 run divided by the observations it saw, in microseconds: the robot side (this process's fleet thread:
