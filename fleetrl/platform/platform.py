@@ -25,7 +25,7 @@ from fleetrl.workers.data.shards import DataShards, shard_store
 from fleetrl.workers.gateway.actor import start_gateways
 from fleetrl.workers.gateway.curve import server_keys
 from fleetrl.workers.gateway.gateways import Gateways
-from fleetrl.workers.inference.replica import start_replicas
+from fleetrl.workers.inference.replica import InferenceReplica, start_replicas
 from fleetrl.workers.lifecycle import stop_actors
 from fleetrl.workers.metrics_server import MetricsServer
 from fleetrl.workers.placement import on_this_node
@@ -194,7 +194,7 @@ class Platform:
         self.curve_keys = server_keys(cfg.state_path) if cfg.gateway.security == "curve" else None
         self.gateways = start_gateways(
             cfg.gateway, list(cfg.tasks), self.replicas, self.registry, self.metrics, self.data, self.weights,
-            self.curve_keys,
+            self.curve_keys, inline_copy=InferenceReplica,
         )  # fmt: skip
         self.gateway = Gateways(self.gateways, self.registry)
         self.tasks = control_actor(TaskManager, max_concurrency=TaskManager.MAX_CONCURRENCY).remote(

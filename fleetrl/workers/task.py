@@ -94,11 +94,14 @@ class InferencePoolConfig(ActorResources):
         description="torch-fast's numeric path: bfloat16 autocast, or int8 dynamically quantised linear layers.",
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
-    transport: Literal["zmq", "ray"] = Field(
+    transport: Literal["zmq", "ray", "inline"] = Field(
         "zmq",
         description="How the gateway sends batches to replicas: a direct ZeroMQ channel per replica ('zmq': "
         "tens of microseconds a batch; needs a free TCP port on each replica's node reachable from the "
-        "gateway's) or one Ray actor call per batch ('ray': only Ray's ports; several times the CPU a batch).",
+        "gateway's) or one Ray actor call per batch ('ray': only Ray's ports; several times the CPU a batch). "
+        "'inline': no replica actors; each gateway runs the policy in its own process, on its loop (for "
+        "small CPU policies, where the hop to a replica costs more than the forward pass; 'replicas' and "
+        "the replicas' resources are then unused).",
     )
     batch_timeout_s: float = Field(
         1.0,
@@ -116,6 +119,15 @@ class InferencePoolConfig(ActorResources):
         description="When replicas switch to newly published weights: at the next batch ('batch'), or for "
         "each robot at its next episode (an episode keeps the version that started it).",
     )
+
+    @model_validator(mode="after")
+    def _inline_on_cpu(self) -> InferencePoolConfig:
+        if self.transport == "inline" and (self.backend == "vllm" or self.num_gpus > 0):
+            raise ValueError(
+                "transport 'inline' runs the policy on the gateway's CPU: a vllm backend or num_gpus needs "
+                "replicas (transport 'zmq')"
+            )
+        return self
 
 
 class WandbConfig(BaseModel):

@@ -64,8 +64,9 @@ def named_pools(board_id: str) -> dict[str, list[Any]]:
 
 
 class WeightBoard:
-    """Ray actor: ``register(task, replicas, keep)``, ``unregister(task)``, ``pools()``, ``publish(task,
-    version, state)``, ``latest(task)``, ``versions(task)``, ``hold(task, versions)``, ``held(task)``."""
+    """Ray actor: ``register(task, replicas, keep)``, ``join(task, member)``, ``unregister(task)``, ``pools()``,
+    ``publish(task, version, state)``, ``latest(task)``, ``versions(task)``, ``hold(task, versions)``,
+    ``held(task)``."""
 
     def __init__(self, board_id: str = "") -> None:
         self.board_id = board_id  # "": replicas are not named, a restart forgets the pools
@@ -117,6 +118,16 @@ class WeightBoard:
     def register(self, task: str, replicas: list[Any], keep: int = 8) -> None:
         self.replicas[task] = list(replicas)
         self.keep[task] = keep
+
+    def join(self, task: str, member: Any) -> tuple[Any, dict] | None:
+        """Add a gateway's inline copy of ``task``'s policy to its pool (``gateway/inline.py``), replacing the
+        member with the same ``key`` (that gateway before a restart). Returns ``(latest, held)`` for the
+        copy to load what it lacks, or None when the task is not registered (deleted)."""
+        pool = self.replicas.get(task)
+        if pool is None:
+            return None
+        pool[:] = [m for m in pool if getattr(m, "key", None) != member.key] + [member]
+        return self.latest(task), self.held(task)
 
     def pools(self) -> dict[str, list[Any]]:
         """Every task's replicas (a restarted gateway finds the pools of tasks created since boot here)."""

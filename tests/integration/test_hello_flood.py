@@ -63,7 +63,7 @@ def test_a_fleet_connecting_at_once_beyond_the_hello_budget_all_gets_in(platform
     from fleetrl.robots.client import RobotClient, deregister, register
     from fleetrl.robots.sim import SimRobot
     from fleetrl.testing.net import free_port
-    from fleetrl.workers.gateway.actor import Gateway
+    from fleetrl.workers.gateway.actor import gateway_actor
     from tests.conftest import ADMIN_TOKEN
     from tests.integration.helpers import FleetThread, wait_until
 
@@ -71,7 +71,7 @@ def test_a_fleet_connecting_at_once_beyond_the_hello_budget_all_gets_in(platform
         update={"bind": f"tcp://127.0.0.1:{free_port()}", "hello_registry_per_s": 5.0}
     )
     task = next(t for t in platform.cfg.tasks if t.name == "reach")
-    gateway = ray.remote(Gateway).remote(
+    gateway = gateway_actor().remote(
         cfg, [task], {"reach": platform.replicas["reach"]}, platform.registry, curve_keys=platform.curve_keys
     )
     endpoint = ray.get(gateway.ready.remote(), timeout=60)["endpoint"]

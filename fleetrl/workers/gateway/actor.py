@@ -40,6 +40,7 @@ from fleetrl.workers.gateway.curve import ZAP_DOMAIN, RobotKeyAuthenticator
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
 from fleetrl.workers.gateway.gc_tuning import calm_garbage_collector
 from fleetrl.workers.gateway.hello_limits import HelloLimits
+from fleetrl.workers.gateway.inline import CopyFactory, InlinePolicies
 from fleetrl.workers.gateway.intake import EpisodeIntake
 from fleetrl.workers.gateway.resets import ResetRequests
 from fleetrl.workers.gateway.rollout_control import Refused, RolloutControl
@@ -75,12 +76,14 @@ class Gateway:
         weights: Any | None = None,
         curve_keys: tuple[str, str] | None = None,
         index: int = 0,
+        inline_copy: CopyFactory | None = None,
     ):
         """``curve_keys``: the gateway's (public, secret) CURVE key pair (``security: curve``); ``weights``:
         the weight board; when given, the tasks served are the registry's, with the replicas the board
         knows, so a gateway Ray restarts keeps the tasks created and deleted over REST since the platform
         started (a created task whose replicas are not registered yet arrives by ``add_task``). ``index``:
-        which of the platform's ``config.replicas`` gateways this is (its port, its share of replicas)."""
+        which of the platform's ``config.replicas`` gateways this is (its port, its share of replicas).
+        ``inline_copy``: builds this gateway's own copy of a ``transport: inline`` task's policy (inline.py)."""
         self.cfg = config
         self.index = index
         self.name = "gateway" if config.replicas == 1 else f"gateway-{index}"
@@ -127,8 +130,9 @@ class Gateway:
             pools = {**ray.get(weights.pools.remote()), **replicas}
             served = [t for t, _ in registered_tasks(ray.get(registry.task_configs.remote()), tasks)]
             tasks, replicas = [t for t in served if t.name in pools], pools
+        self.inline = InlinePolicies(inline_copy, self.name, index, weights, metrics)
         for task in tasks:
-            self.dispatch.add_task(task, replicas.get(task.name, []))
+            self.dispatch.add_task(task, replicas.get(task.name, []), self._inline_copy(task))
         self.rollout.restore(ray.get(registry.rollouts.remote()))
         interrupted = ray.get(registry.interrupt_evaluations.remote(self.name))
         if interrupted:
@@ -169,12 +173,23 @@ class Gateway:
 
     def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
         """Serve a task created at runtime (POST /v1/tasks)."""
+        copy = self._inline_copy(task)  # built here, off the loop: it waits for the weight board
 
         def add() -> None:
-            self.dispatch.add_task(task, replicas)
+            self.dispatch.add_task(task, replicas, copy)
             self.rollout.adopt(task.name)
 
         self._on_loop(add)
+
+    def _inline_copy(self, task: TaskConfig) -> Any:
+        """This gateway's copy of the task's policy when it runs it inline (``transport: inline``), else None."""
+        return self.inline.add(task) if task.inference.transport == "inline" else None
+
+    @ray.method(concurrency_group="inline")
+    def inline_call(self, task: str, method: str, *args: Any) -> Any:
+        """A replica method (``load_weights``, ``hold``, ...) the weight board calls on this gateway's inline
+        copy of ``task`` (inline.py)."""
+        return self.inline.call(task, method, *args)
 
     # -- rollout (REST: /v1/tasks/{task}/rollout, /rollback, /evaluations) ----------------------------
     def rollout_state(self, task: str, summary: bool = False) -> dict[str, Any]:
@@ -232,6 +247,7 @@ class Gateway:
             for robot_id in [r for r, s in self.robots.items() if s.task.name == name]:
                 self._forget(robot_id)
             self.dispatch.remove_task(name)
+            self.inline.remove(name)
             return True
 
         return self._on_loop(remove)
@@ -266,6 +282,7 @@ class Gateway:
         return self._call(self.resets.request(robot_id, request))
 
     def stop(self) -> None:
+        self.inline.close()
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
@@ -624,17 +641,24 @@ class Gateway:
                 log.warning("gateway: metrics server unreachable")
 
 
+def gateway_actor(cls: type[Gateway] = Gateway) -> Any:
+    """``cls`` as a Ray actor class: ``inline_call`` gets a thread of its own, since the weight board calls it
+    (a hold) while a rollback method waits for that hold (Ray runs the other methods one at a time)."""
+    return ray.remote(concurrency_groups={"inline": 1})(cls)
+
+
 def start_gateways(
-    config: GatewayConfig, tasks, replicas, registry, metrics, data=None, weights=None, curve_keys=None
-) -> list[Any]:
+    config: GatewayConfig, tasks, replicas, registry, metrics, data=None, weights=None, curve_keys=None,
+    inline_copy: CopyFactory | None = None,
+) -> list[Any]:  # fmt: skip
     """The platform's ``config.replicas`` gateway actors; several are spread over the nodes (Ray's SPREAD,
-    within the nodes that offer ``config.resources``)."""
+    within the nodes that offer ``config.resources``). ``inline_copy``: see ``Gateway``."""
     options = config.ray_options("gateway")
     if config.replicas > 1:
         options["scheduling_strategy"] = "SPREAD"
     return [
-        ray.remote(Gateway)
+        gateway_actor()
         .options(**options)
-        .remote(config, tasks, replicas, registry, metrics, data, weights, curve_keys, index)
+        .remote(config, tasks, replicas, registry, metrics, data, weights, curve_keys, index, inline_copy)
         for index in range(config.replicas)
     ]

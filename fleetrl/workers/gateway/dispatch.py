@@ -1,10 +1,11 @@
 """Task pools and replica dispatch, the gateway's inference part: every served task has a pool of
 inference replicas in the scheduler; an accepted observation is submitted to its task's pool, a dispatch
-becomes one batched ``infer`` on a replica (over the replica's ZeroMQ channel, ``replica_channel.py``,
-or as a Ray call with ``inference.transport: ray``), and each row of the result goes back to its robot as
-an action chunk. A replica joins the scheduler once it answers (its channel's address comes through Ray).
-One that dies or does not answer within ``batch_timeout_s`` has its batch re-queued, and is given back to
-the scheduler once Ray has restarted it. Tasks come and go while the gateway runs (``add_task``, ``remove_task``).
+becomes one batched ``infer`` on a replica (over the replica's ZeroMQ channel, ``replica_channel.py``, as a
+Ray call with ``inference.transport: ray``, or in this process with ``inline``: inline.py), and each row
+of the result goes back to its robot as an action chunk. A replica joins the scheduler once it answers
+(its channel's address comes through Ray). One that dies or does not answer within ``batch_timeout_s``
+has its batch re-queued, and is given back to the scheduler once Ray has restarted it. Tasks come and go
+while the gateway runs (``add_task``, ``remove_task``).
 
 Each row names the weight version its episode runs when anything pins versions (episode reload mode, a
 canary trial, a rollback, an evaluation: ``rollout.py``); otherwise a batch takes the replica's newest.
@@ -79,19 +80,30 @@ class ReplicaDispatch:
         self.channels: dict[str, ChannelClient] = {}  # replica id -> its channel (transport: zmq)
         self.ctx = zmq.Context()
         self.replica_pool: dict[str, str] = {}  # replica id -> its task's pool
+        self.inline: set[str] = set()  # replica ids that are this process's own copies (inline.py)
         self.rollouts: dict[str, TaskRollout] = {}  # task -> which version its episodes run
         self.held: dict[str, asyncio.TimerHandle] = {}  # pool -> the timer that sends what it holds back
 
     # -- task pools ----------------------------------------------------------------------------------
-    def add_task(self, task: TaskConfig, replicas: list[Any]) -> None:
-        """Serve ``task`` with its replicas (ValueError if it is served already)."""
+    def add_task(self, task: TaskConfig, replicas: list[Any], inline: Any | None = None) -> None:
+        """Serve ``task`` with its replicas, or with ``inline``, this gateway's own copy of its policy
+        (``transport: inline``, inline.py: the pool's one replica); ValueError if it is served already."""
         if task.name in self.tasks:
             raise ValueError(f"task {task.name!r} is already served")
+        if (inline is None) == (task.inference.transport == "inline"):
+            raise ValueError(
+                f"task {task.name!r}: an inline copy goes with transport inline, and only with it"
+            )
         self.tasks[task.name] = task
         self.rollouts[task.name] = TaskRollout(task.name, task.rollout)
         self.scheduler.add_pool(
             task.name, task.inference.max_batch, task.inference.dispatch_interval_ms / 1e3
         )
+        if inline is not None:
+            self.replicas[inline.name], self.replica_pool[inline.name] = inline, task.name
+            self.inline.add(inline.name)
+            self.scheduler.add_replica(task.name, inline.name)
+            return
         for i in self.share(len(replicas)):
             rid, handle = f"{task.name}/{i}", replicas[i]
             self.replicas[rid] = handle
@@ -116,6 +128,7 @@ class ReplicaDispatch:
             timer.cancel()
         for rid in [rid for rid, pool in self.replica_pool.items() if pool == name]:
             del self.replicas[rid], self.replica_pool[rid]
+            self.inline.discard(rid)
             self._disconnect(rid)
         del self.tasks[name], self.rollouts[name]
         log.info("gateway: task %s removed (%d observations dropped)", name, len(dropped))
@@ -148,13 +161,16 @@ class ReplicaDispatch:
         batch = stack_observations(messages, task)
         pins, deterministic = self._pins(task, messages)
         handle, client = self.replicas[d.replica], self.channels.get(d.replica)
-        if client is not None:
-            answer = client.infer(batch, pins, deterministic)
-        else:
-            answer = asyncio.wrap_future(handle.infer.remote(batch, pins, deterministic).future())
         result, failure = None, None
         try:
-            result = await asyncio.wait_for(answer, task.inference.batch_timeout_s)
+            if d.replica in self.inline:  # transport inline: the forward pass runs here, on the loop
+                result = handle.infer(batch, pins, deterministic)
+            else:
+                if client is not None:
+                    answer = client.infer(batch, pins, deterministic)
+                else:
+                    answer = asyncio.wrap_future(handle.infer.remote(batch, pins, deterministic).future())
+                result = await asyncio.wait_for(answer, task.inference.batch_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
             failure = exc
         if self.replicas.get(d.replica) is not handle:

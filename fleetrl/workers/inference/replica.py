@@ -26,12 +26,21 @@ class InferenceReplica:
     channel's thread and Ray's method thread share the backend under one lock, so new weights land between
     batches."""
 
-    def __init__(self, task: TaskConfig, index: int, metrics: Any | None = None, weights: Any | None = None):
-        self.name = f"{task.name}/{index}"
+    def __init__(
+        self,
+        task: TaskConfig,
+        index: int,
+        metrics: Any | None = None,
+        weights: Any | None = None,
+        name: str | None = None,
+    ):
+        """``name``: given for a copy that runs inside a gateway (``transport: inline``, gateway/inline.py),
+        whose process already sends its logs; a replica actor is named ``task/index``."""
+        self.name = name or f"{task.name}/{index}"
         self.task_name = task.name
         self.metrics_server = metrics
         self.metrics = MetricsBuffer()
-        if metrics is not None:
+        if metrics is not None and name is None:
             RemoteLogHandler.install(metrics, f"replica {self.name}")
         self.backend = build_backend(
             task.inference.backend,
@@ -134,8 +143,11 @@ class InferenceReplica:
 def start_replicas(
     task: TaskConfig, metrics: Any | None = None, weights: Any | None = None
 ) -> list[ray.actor.ActorHandle]:
-    """Start a task's pool; Ray restarts a replica that dies (up to ``max_restarts``)."""
+    """Start a task's pool; Ray restarts a replica that dies (up to ``max_restarts``). Empty for a task whose
+    gateways run its policy themselves (``transport: inline``)."""
     cfg = task.inference
+    if cfg.transport == "inline":
+        return []
     options = cfg.ray_options(f"inference pool {task.name}")
     if cfg.spread:
         options["scheduling_strategy"] = "SPREAD"
