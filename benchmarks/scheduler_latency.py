@@ -1,9 +1,11 @@
 """Scheduler latency: our gateway + scheduler vs. Ray Serve's router, same load, same replicas, same run.
 
 N simulated Reacher robots at 10 Hz with chunk_len = 1 (every control step is one inference request)
-against 2 inference replicas of one task. Two routers, run one after the other for each N:
+against 2 inference replicas of one task. Three routers, run one after the other for each N:
 
 * ours: the platform as it is (ZeroMQ gateway → our scheduler → replica actors, batching up to max_batch);
+* inline: the same task with ``inference.transport: inline`` (a second task on the same platform): the
+  gateway runs the policy itself, no replica processes;
 * baseline: a ``ServeRoutedGateway`` (the same gateway, subclassed here) whose ``_submit`` sends each
   observation through a Ray Serve ``DeploymentHandle`` to a deployment wrapping the same
   ``InferenceReplica`` (2 replicas, same policy, same CPU reservation), so Ray's own router picks the
@@ -14,11 +16,11 @@ the replica, the same definition for both), end-to-end overhead = robot-measured
 and frames lost = requests − replies. The round trip is also split where the gateway stamps it: arrival →
 reply sent (``gateway_ms``) and the rest, the robot side and the transport (``outside_gateway_ms``), which
 says whether a tail comes from the platform or from the simulated fleet sharing its cores. The first second
-of each run is warm-up and is not measured. Ours runs ``--repeats`` times at the largest N (3 in full
-mode): the tail of one run on a shared 2-core machine moves by a factor of several between identical runs,
+of each run is warm-up and is not measured. Ours and inline run ``--repeats`` times at the largest N (3 in
+full mode, alternated): the tail of one run on a shared 2-core machine moves by a factor of several between identical runs,
 so the spread and the number of runs meeting every goal (``GOALS``) are reported.
 
-CPU per observation (ours only): each component's process CPU time (user + system, from /proc) over the
+CPU per observation (ours and inline): each component's process CPU time (user + system, from /proc) over the
 run divided by the observations it saw, in microseconds: the robot side (this process's fleet thread:
 SDK + the MuJoCo step, with the MuJoCo step alone measured beside it), the gateway, the replicas, the data
 server and the metrics server; the floor is a ZeroMQ DEALER/ROUTER round trip of the same observation
@@ -53,7 +55,7 @@ from fleetrl.robots import protocol as P
 from fleetrl.robots.client import FleetRunner, RobotClient, deregister, register
 from fleetrl.robots.sim import SimRobot
 from fleetrl.testing.net import free_port
-from fleetrl.workers.gateway.actor import Gateway
+from fleetrl.workers.gateway.actor import Gateway, gateway_actor
 from fleetrl.workers.gateway.dispatch import stack_observations
 from fleetrl.workers.gateway.session import GatewayConfig
 from fleetrl.workers.inference.replica import InferenceReplica
@@ -61,6 +63,7 @@ from fleetrl.workers.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "reach"
+INLINE_TASK = "reach-inline"  # the same task served with inference.transport: inline
 ENV_ID = "Reacher-v5"
 CONTROL_HZ = 10.0
 WARMUP_S = 1.0
@@ -141,7 +144,7 @@ def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str
     handle = serve.run(deployment.bind(served), name=SERVE_APP, route_prefix=None)
     cfg = platform.cfg.gateway.model_copy(update={"bind": f"tcp://127.0.0.1:{free_port()}"})
     gateway = (
-        ray.remote(ServeRoutedGateway)
+        gateway_actor(ServeRoutedGateway)
         .options(num_cpus=cfg.num_cpus)
         .remote(cfg, [task], platform.registry, platform.metrics, handle, platform.curve_keys)
     )
@@ -150,12 +153,14 @@ def start_serve_baseline(platform: Platform, task: TaskConfig) -> tuple[Any, str
 
 
 # -- setup ---------------------------------------------------------------------------------------------
-def register_fleet(platform: Platform, endpoint: str, n: int, label: str, seed: int) -> list[RobotClient]:
-    """Register ``n`` fresh sim robots over REST (a few at a time) and connect them to ``endpoint``."""
+def register_fleet(
+    platform: Platform, endpoint: str, n: int, label: str, seed: int, task: str = TASK
+) -> list[RobotClient]:
+    """Register ``n`` fresh sim robots for ``task`` over REST (a few at a time) and connect them to ``endpoint``."""
 
     def make(i: int) -> tuple[SimRobot, dict[str, Any]]:
         robot = SimRobot(ENV_ID, seed=seed + i, control_hz=CONTROL_HZ)
-        return robot, register(platform.rest_url, platform.admin_token, f"bench-{label}-{n}-{i}", TASK, robot)
+        return robot, register(platform.rest_url, platform.admin_token, f"bench-{label}-{n}-{i}", task, robot)
 
     with ThreadPoolExecutor(REST_THREADS) as pool:
         made = list(pool.map(make, range(n)))
@@ -234,11 +239,12 @@ def measure(
     label: str,
     args: argparse.Namespace,
     components: dict[str, list[int]] | None = None,
+    task: str = TASK,
 ):
-    """One run of ``n`` robots against one router; returns the measured statistics (with ``components``,
-    name -> process ids, each one's CPU microseconds per observation)."""
+    """One run of ``n`` robots of ``task`` against one router; returns the measured statistics (with
+    ``components``, name -> process ids, each one's CPU microseconds per observation)."""
     t0 = time.monotonic()
-    clients = register_fleet(platform, endpoint, n, label, args.seed)
+    clients = register_fleet(platform, endpoint, n, label, args.seed, task)
     print(
         f"  {n} robots registered in {time.monotonic() - t0:.1f} s; running {args.duration:.0f} s", flush=True
     )
@@ -262,6 +268,16 @@ def measure(
             **{k: round(1e6 * v / obs, 1) for k, v in spent.items()},
         }
     return stats
+
+
+def add_inline_task(platform: Platform, task: TaskConfig) -> None:
+    """``task`` again as ``INLINE_TASK`` with ``inference.transport: inline``, created on the running platform."""
+    inline = task.model_copy(
+        update={"name": INLINE_TASK, "inference": task.inference.model_copy(update={"transport": "inline"})}
+    )
+    created = ray.get(platform.tasks.create.remote(TaskConfig.model_validate(inline.model_dump())))
+    if not created["ok"]:
+        raise RuntimeError(f"the inline task was refused: {created['error']}")
 
 
 # -- CPU accounting ------------------------------------------------------------------------------------
@@ -411,8 +427,8 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         + f" {'sched queue ms':>18} {'requests':>8} {'lost':>5} {'holds':>6} {'errors':>6} {'stalled':>7}"
     )
     for run in runs:
-        for name, r in (("ours", run), ("serve", run["baseline"])):
-            sched = fmt(r["scheduler_queue_ms"]) if name == "ours" else ""
+        for name, r in (("ours", run), ("inline", run["inline"]), ("serve", run["baseline"])):
+            sched = fmt(r["scheduler_queue_ms"]) if name != "serve" else ""
             print(
                 f"{run['robots']:>4} {name:<6} {fmt(r['queue_wait_ms']):>26} {fmt(r['e2e_overhead_ms']):>28}"
                 f" {sched:>18} {r['requests']:>8} {r['frames_lost']:>5} {r['holds']:>6} {r['errors']:>6}"
@@ -420,19 +436,25 @@ def print_table(runs: list[dict[str, Any]]) -> None:
             )
     for run in runs:
         print(f"CPU us per observation at N={run['robots']} (ours): {run.get('cpu_us_per_observation')}")
+        print(
+            f"CPU us per observation at N={run['robots']} (inline): {run['inline'].get('cpu_us_per_observation')}"
+        )
 
 
 def summary_line(runs: list[dict[str, Any]]) -> str:
-    def p99s(key: str, base: bool) -> str:
-        return "/".join(f"{(r['baseline'] if base else r)[key]['p99']:.1f}" for r in runs)
+    def p99s(key: str, router: str | None) -> str:
+        return "/".join(f"{(r[router] if router else r)[key]['p99']:.1f}" for r in runs)
+
+    def lost(router: str | None) -> int:
+        return sum((r[router] if router else r)["frames_lost"] for r in runs)
 
     ns = "/".join(str(r["robots"]) for r in runs)
-    lost = sum(r["frames_lost"] for r in runs)
-    lost_serve = sum(r["baseline"]["frames_lost"] for r in runs)
     return (
-        f"scheduler_latency: P99 queue wait ours {p99s('queue_wait_ms', False)} ms vs Serve "
-        f"{p99s('queue_wait_ms', True)} ms at N={ns}; P99 e2e overhead ours {p99s('e2e_overhead_ms', False)}"
-        f" ms vs Serve {p99s('e2e_overhead_ms', True)} ms; frames lost ours {lost}, Serve {lost_serve}"
+        f"scheduler_latency: P99 queue wait ours {p99s('queue_wait_ms', None)} ms, inline "
+        f"{p99s('queue_wait_ms', 'inline')} ms vs Serve {p99s('queue_wait_ms', 'baseline')} ms at N={ns}; "
+        f"P99 e2e overhead ours {p99s('e2e_overhead_ms', None)} ms, inline {p99s('e2e_overhead_ms', 'inline')}"
+        f" ms vs Serve {p99s('e2e_overhead_ms', 'baseline')} ms; frames lost ours {lost(None)}, inline "
+        f"{lost('inline')}, Serve {lost('baseline')}"
     )
 
 
@@ -477,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
         platform = Platform(cfg).start()
         try:
             base_gateway, base_endpoint = start_serve_baseline(platform, cfg.tasks[0])
+            add_inline_task(platform, cfg.tasks[0])
             print(
                 f"up in {time.monotonic() - t0:.1f} s; Serve baseline gateway at {base_endpoint}", flush=True
             )
@@ -484,19 +507,24 @@ def main(argv: list[str] | None = None) -> None:
             pids = actor_pids(platform)
             floor = {"zmq_round_trip": zmq_floor_us(), "sim_step_cpu_us": sim_step_us()}
             print(f"floor: {floor}", flush=True)
+            gateway, endpoint = platform.gateways[0], platform.endpoint
             for n in args.robots:
                 print(f"N={n}: ours ...", flush=True)
-                ours = measure(platform, platform.gateways[0], platform.endpoint, n, "ours", args, pids)
+                ours = measure(platform, gateway, endpoint, n, "ours", args, pids)
+                print(f"N={n}: inline ...", flush=True)
+                inline = measure(platform, gateway, endpoint, n, "inline", args, pids, INLINE_TASK)
                 print(f"N={n}: Serve baseline ...", flush=True)
                 base = measure(platform, base_gateway, base_endpoint, n, "serve", args)
                 base.pop("scheduler_queue_ms")
-                runs.append({"robots": n, **ours, "baseline": base})
+                runs.append({"robots": n, **ours, "inline": inline, "baseline": base})
             largest = max(args.robots)
-            repeats = [next(r for r in runs if r["robots"] == largest)]
+            at_largest = next(r for r in runs if r["robots"] == largest)
+            repeats, repeats_inline = [at_largest], [at_largest["inline"]]
             for k in range(1, args.repeats):
-                print(f"N={largest}: ours, repeat {k + 1}/{args.repeats} ...", flush=True)
-                repeats.append(
-                    measure(platform, platform.gateways[0], platform.endpoint, largest, "ours", args)
+                print(f"N={largest}: ours and inline, repeat {k + 1}/{args.repeats} ...", flush=True)
+                repeats.append(measure(platform, gateway, endpoint, largest, "ours", args, pids))
+                repeats_inline.append(
+                    measure(platform, gateway, endpoint, largest, "inline", args, pids, INLINE_TASK)
                 )
             ray.kill(base_gateway, no_restart=True)
             serve.delete(SERVE_APP)
@@ -516,16 +544,18 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_floor": floor,
         "runs": runs,
         "repeats_at_largest": repeat_summary(largest, repeats),
+        "repeats_at_largest_inline": repeat_summary(largest, repeats_inline),
     }
     out = write_json(result, args.out)
     print_table(runs)
     print(f"wrote {out} ({result['wall_s']} s)")
     print(summary_line(runs))
-    rep = result["repeats_at_largest"]
-    print(f"  at N={rep['robots']} over {len(rep['runs'])} runs: P99 queue wait {rep['spread']['queue_p99_ms']} ms, "
-          f"e2e P99 {rep['spread']['e2e_p99_ms']} ms (in the gateway {rep['spread']['gateway_p99_ms']}, outside it "
-          f"{rep['spread']['outside_gateway_p99_ms']}), e2e max {rep['spread']['e2e_max_ms']} ms (min/median/max); "
-          f"{rep['meeting_goals']} of {len(rep['runs'])} runs meet every goal")  # fmt: skip
+    for name, key in (("ours", "repeats_at_largest"), ("inline", "repeats_at_largest_inline")):
+        rep = result[key]
+        print(f"  {name} at N={rep['robots']} over {len(rep['runs'])} runs: P99 queue wait {rep['spread']['queue_p99_ms']} ms, "
+              f"e2e P99 {rep['spread']['e2e_p99_ms']} ms (in the gateway {rep['spread']['gateway_p99_ms']}, outside it "
+              f"{rep['spread']['outside_gateway_p99_ms']}), e2e max {rep['spread']['e2e_max_ms']} ms (min/median/max); "
+              f"{rep['meeting_goals']} of {len(rep['runs'])} runs meet every goal")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -123,7 +123,11 @@ class InlinePolicies:
         if newest is not None and newest[0] > copy.served_version():
             version, (ref,), published_at = newest
             copy.load_weights(ray.get(ref), version, published_at)
-        copy.hold(held)  # what the board holds now (a hold released while this copy was away included)
+        kept = set(copy.backend.kept_versions())
+        if any(v not in kept for v in held):  # a hold pushed while this copy was away (or not yet here)
+            # added to what it holds, never released here: a release is pushed, and a hold pushed since
+            # the board answered must not be undone by this older answer
+            copy.hold({**dict.fromkeys(getattr(copy.backend, "held", ())), **held})
 
     def _rejoin_loop(self) -> None:
         while not self._stop.wait(REJOIN_S):
