@@ -117,17 +117,8 @@ class InlinePolicies:
         if self._handle is None:
             self._handle = ray.get_runtime_context().current_actor
         joined = ray.get(self.weights.join.remote(task, GatewayCopy(self._handle, task, self.gateway_name)))
-        if joined is None:
-            return  # the board does not know the task (deleted meanwhile)
-        newest, held = joined
-        if newest is not None and newest[0] > copy.served_version():
-            version, (ref,), published_at = newest
-            copy.load_weights(ray.get(ref), version, published_at)
-        kept = set(copy.backend.kept_versions())
-        if any(v not in kept for v in held):  # a hold pushed while this copy was away (or not yet here)
-            # added to what it holds, never released here: a release is pushed, and a hold pushed since
-            # the board answered must not be undone by this older answer
-            copy.hold({**dict.fromkeys(getattr(copy.backend, "held", ())), **held})
+        if joined is not None:  # None: the board does not know the task (deleted meanwhile)
+            catch_up(copy, *joined, fetch=ray.get)
 
     def _rejoin_loop(self) -> None:
         while not self._stop.wait(REJOIN_S):
@@ -136,3 +127,16 @@ class InlinePolicies:
                     self._join(task, copy)
                 except Exception as exc:  # noqa: BLE001 - the board may be restarting: try again later
                     log.debug("gateway: inline copy of %s could not join the weight board: %s", task, exc)
+
+
+def catch_up(copy: Any, newest: tuple | None, held: dict, fetch: Callable[[Any], Any]) -> None:
+    """Load into ``copy`` what the board has that it lacks (``WeightBoard.join``'s answer): a newer version
+    (``fetch`` reads its weights), and held versions it does not keep. Holds are only added here, never
+    released: a release is pushed by the board, and a hold pushed since the board answered must not be
+    undone by this older answer."""
+    if newest is not None and newest[0] > copy.served_version():
+        version, (ref,), published_at = newest
+        copy.load_weights(fetch(ref), version, published_at)
+    kept = set(copy.backend.kept_versions())
+    if any(v not in kept for v in held):
+        copy.hold({**dict.fromkeys(getattr(copy.backend, "held", ())), **held})

@@ -14,7 +14,7 @@ from gateway_fakes import ACT_DIM, CHUNK, Wire, obs, robot, settle, task
 
 from fleetrl.robots import protocol as P
 from fleetrl.workers.gateway.dispatch import ReplicaDispatch
-from fleetrl.workers.gateway.inline import REPLICA_METHODS, GatewayCopy, InlinePolicies
+from fleetrl.workers.gateway.inline import REPLICA_METHODS, GatewayCopy, InlinePolicies, catch_up
 from fleetrl.workers.gateway.scheduler import Scheduler
 from fleetrl.workers.inference.replica import InferenceReplica
 from fleetrl.workers.metrics_server import MetricsBuffer
@@ -120,6 +120,21 @@ def test_the_board_lets_a_gateway_join_a_registered_pool_once_and_hands_it_the_n
     board.join("reach", GatewayCopy("h1", "reach", "gateway-1"))
     board.join("reach", GatewayCopy("h2", "reach", "gateway"))  # the same gateway, restarted
     assert [(m.key, m.gateway) for m in board.pools()["reach"]] == [("gateway-1", "h1"), ("gateway", "h2")]
+
+
+def test_a_rejoining_copy_loads_a_newer_version_and_missing_holds_but_never_releases_one():
+    copy = InferenceReplica(inline_task(), 0, name="reach/gateway")
+    zeros = {k: np.zeros_like(v) for k, v in copy.served_state().items()}
+    fetched = []
+    fetch = lambda ref: fetched.append(ref) or zeros  # noqa: E731 - what ray.get returns for the ref
+    catch_up(copy, (3, ["ref-3"], 0.0), {}, fetch)
+    assert copy.served_version() == 3 and fetched == ["ref-3"] and copy.backend.kept_versions() == [3]
+    catch_up(copy, (2, ["ref-2"], 0.0), {}, fetch)  # an older answer: nothing loaded
+    assert copy.served_version() == 3 and fetched == ["ref-3"]
+    catch_up(copy, (3, ["ref-3"], 0.0), {0: None}, fetch)  # a pin to version 0 it missed
+    assert copy.backend.kept_versions() == [0, 3] and fetched == ["ref-3"]
+    catch_up(copy, None, {}, fetch)  # a restarted board that holds nothing yet: the hold stays
+    assert copy.backend.kept_versions() == [0, 3]
 
 
 def test_an_inline_pool_runs_on_the_gateways_cpu():
