@@ -17,14 +17,14 @@ and frames lost = requests − replies. The round trip is also split where the g
 reply sent (``gateway_ms``) and the rest, the robot side and the transport (``outside_gateway_ms``), which
 says whether a tail comes from the platform or from the simulated fleet sharing its cores. The first second
 of each run is warm-up and is not measured. Ours and inline run ``--repeats`` times at the largest N (3 in
-full mode, alternated): the tail of one run on a shared 2-core machine moves by a factor of several between identical runs,
-so the spread and the number of runs meeting every goal (``GOALS``) are reported.
+full mode, alternated): the tail of one run on a shared 2-core machine moves by a factor of several between
+identical runs, so the spread and the number of runs meeting every goal (``GOALS``) are reported.
 
-CPU per observation (ours and inline): each component's process CPU time (user + system, from /proc) over the
-run divided by the observations it saw, in microseconds: the robot side (this process's fleet thread:
-SDK + the MuJoCo step, with the MuJoCo step alone measured beside it), the gateway, the replicas, the data
-server and the metrics server; the floor is a ZeroMQ DEALER/ROUTER round trip of the same observation
-frame between two processes, measured in the same run.
+CPU per observation (ours and inline): each component's process CPU time (user + system, from /proc) over
+the run divided by the observations it saw, in microseconds: the robot side (this process's fleet thread:
+SDK + the MuJoCo step, with the MuJoCo step alone measured beside it), the gateway, the replicas (for
+inline: the other task's idle ones), the data server and the metrics server; the floor is a ZeroMQ
+DEALER/ROUTER round trip of the same observation frame between two processes, measured in the same run.
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/scheduler_latency.py [--quick]
 
