@@ -272,10 +272,11 @@ def measure(
 
 def add_inline_task(platform: Platform, task: TaskConfig) -> None:
     """``task`` again as ``INLINE_TASK`` with ``inference.transport: inline``, created on the running platform."""
-    inline = task.model_copy(
-        update={"name": INLINE_TASK, "inference": task.inference.model_copy(update={"transport": "inline"})}
+    fields = task.model_dump()
+    inline = TaskConfig.model_validate(
+        {**fields, "name": INLINE_TASK, "inference": {**fields["inference"], "transport": "inline"}}
     )
-    created = ray.get(platform.tasks.create.remote(TaskConfig.model_validate(inline.model_dump())))
+    created = ray.get(platform.tasks.create.remote(inline))
     if not created["ok"]:
         raise RuntimeError(f"the inline task was refused: {created['error']}")
 

@@ -166,10 +166,11 @@ class ReplicaDispatch:
             if d.replica in self.inline:  # transport inline: the forward pass runs here, on the loop
                 result = handle.infer(batch, pins, deterministic)
             else:
-                if client is not None:
-                    answer = client.infer(batch, pins, deterministic)
-                else:
-                    answer = asyncio.wrap_future(handle.infer.remote(batch, pins, deterministic).future())
+                answer = (
+                    client.infer(batch, pins, deterministic)
+                    if client is not None
+                    else asyncio.wrap_future(handle.infer.remote(batch, pins, deterministic).future())
+                )
                 result = await asyncio.wait_for(answer, task.inference.batch_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
             failure = exc
