@@ -19,6 +19,10 @@ from fleetrl.robots.protocol import ArraySpec
 
 
 class FlowChunkPolicy(ChunkPolicy):
+    straight_line_act = (
+        True  # ``act`` branches on no tensor value: a replica may run it traced (traced_act.py)
+    )
+
     def __init__(
         self, cfg: FlowChunkConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int
     ):

@@ -106,9 +106,11 @@ class InferenceReplica:
         }
 
     def load_weights(self, state_dict: dict, version: int, published_at: float | None = None) -> int:
-        """Take a published version; it lands between batches (the backend's lock)."""
+        """Take a published version: built (and traced) while batches go on, then it lands between batches
+        (the backend's lock)."""
+        prepared = self.backend.prepare(state_dict, version)
         with self._lock:
-            self.backend.load_weights(state_dict, version)
+            self.backend.install(prepared)
         if published_at is not None:
             self.metrics.observe(
                 "model_to_actor_seconds", (self.task_name,), max(0.0, time.time() - published_at)

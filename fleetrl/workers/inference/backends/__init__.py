@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,15 @@ class InferenceBackend(Protocol):
         ...
 
     def load_weights(self, state_dict: dict, version: int) -> None: ...
+
+    def prepare(self, state_dict: dict, version: int) -> Any:
+        """What ``install`` needs to serve ``version``, made without changing what is served (a replica
+        calls it off its lock, while batches run)."""
+        ...
+
+    def install(self, prepared: Any) -> None:
+        """Serve what ``prepare`` made (under the replica's lock, between batches)."""
+        ...
 
     def hold(self, versions: dict[int, dict | None]) -> list[int]:
         """Keep serving these versions besides the newest (rollback, canary, evaluation)."""

@@ -3,6 +3,9 @@
 autocast, or int8 dynamically quantised linear layers (``fast_numerics``); its reported log-probs differ
 from fp32 the way a vLLM engine's do (VLAC §3.2.1): slightly under bf16, by tens of percent under int8.
 
+In fp32 a version's sampling forward pass runs as a TorchScript trace of the policy's ``act`` where the
+family allows it (``traced_act.py``: the same kernels, the same numbers, half the time for a small MLP).
+
 Both keep the newest few weight versions, so that in episode-boundary reload mode a robot's episode
 keeps the version that started it while new episodes get the newest one, plus the versions the gateway
 asks them to hold (a canary's stable version, a rolled-back one, one under evaluation: ``hold``).
@@ -20,7 +23,10 @@ from fleetrl.models.flow import FlowChunkConfig
 from fleetrl.models.gaussian import GaussianMLPConfig
 from fleetrl.models.policies import build_policy
 from fleetrl.robots.protocol import ArraySpec
+from fleetrl.workers.inference.backends.traced_act import TracedAct, trace_act
 from fleetrl.workers.weights import to_numpy_state
+
+Prepared = tuple[int, torch.nn.Module, TracedAct | None]  # a version built off the replica's lock
 
 
 class TorchBackend:
@@ -46,8 +52,11 @@ class TorchBackend:
         self._build = lambda: (  # version 0: the same initial weights in every replica of the pool
             build_policy(policy, observation_spec, action_spec, chunk_len).eval().to(self.device)
         )
-        self.policies: dict[int, torch.nn.Module] = {0: self._build()}
+        self._specs = (observation_spec, action_spec, chunk_len)
+        self.policies: dict[int, torch.nn.Module] = {}
+        self.traced: dict[int, TracedAct | None] = {}  # per kept version: its traced sampling act, if any
         self.held: set[int] = set()
+        self.install(self._built(0, self._build()))
         self._int8: dict[int, torch.nn.Module] = {}  # int8 copies of the kept versions (precision int8)
         torch.manual_seed(seed)  # replicas of a pool share weights but not their sampling noise
 
@@ -74,6 +83,10 @@ class TorchBackend:
     def _act(
         self, version: int, obs: dict[str, torch.Tensor], deterministic: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
+        traced = None if deterministic else self.traced.get(version)
+        if traced is not None and len(traced.keys) == len(obs) and all(k in obs for k in traced.keys):
+            actions, log_prob = traced(obs)
+            return actions.float().cpu().numpy(), log_prob.float().cpu().numpy()
         if self.precision == "int8":  # int8 kernels are CPU ones
             obs = {k: v.cpu() for k, v in obs.items()}
         with self._numerics():
@@ -91,6 +104,10 @@ class TorchBackend:
         ``deterministic[i]`` for the policy's mode instead of a sample (evaluation episodes)."""
         obs = {k: torch.from_numpy(np.asarray(v)).to(self.device) for k, v in batch.items()}
         n = next(iter(obs.values())).shape[0]
+        if pins is None and deterministic is None:  # every row samples from the newest: one pass
+            version = self.version
+            actions, log_prob = self._act(version, obs)
+            return actions, log_prob, np.full(n, version, dtype=np.int64)
         versions = np.full(n, self.version, dtype=np.int64)
         if pins is not None:
             pinned = np.asarray(pins, dtype=np.int64)
@@ -98,8 +115,8 @@ class TorchBackend:
             versions[kept] = pinned[kept]
         modes = np.zeros(n, dtype=bool) if deterministic is None else np.asarray(deterministic, dtype=bool)
         keys = versions * 2 + modes  # one forward pass per (version, mode) group
-        groups = np.unique(keys) if pins is not None or deterministic is not None else keys[:1]
-        if len(groups) == 1:  # every row alike (always so in batch reload mode): one forward pass
+        groups = np.unique(keys)
+        if len(groups) == 1:  # every row alike: one forward pass
             actions, log_prob = self._act(int(groups[0]) // 2, obs, bool(groups[0] % 2))
             return actions, log_prob, versions
         actions_out, log_out = None, np.empty(n, dtype=np.float32)
@@ -115,13 +132,31 @@ class TorchBackend:
         return to_numpy_state(self.policies[self.version].state_dict())
 
     def load_weights(self, state_dict: dict, version: int) -> None:
-        if version in self.policies or (version < self.version and version not in self.held):
-            return  # held already, or older than the newest and not asked for
-        policy = copy.deepcopy(self.policies[self.version])
+        self.install(self.prepare(state_dict, version))
+
+    def prepare(self, state_dict: dict, version: int) -> Prepared | None:
+        """``version`` built and traced, without touching what is served (a replica calls this off its lock,
+        so batches go on meanwhile); None when it would not be kept: held already, or older than the newest
+        and not asked for."""
+        policies = dict(self.policies)  # one consistent view while another thread may install
+        newest = max(policies)
+        if version in policies or (version < newest and version not in self.held):
+            return None
+        policy = copy.deepcopy(policies[newest])
         policy.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()})
-        policy.to(self.device)
-        self.policies[version] = policy
+        return self._built(version, policy.to(self.device))
+
+    def install(self, prepared: Prepared | None) -> None:
+        """Serve a prepared version (a no-op for None, or for a version another call installed first)."""
+        if prepared is None or prepared[0] in self.policies:
+            return
+        version, policy, traced = prepared
+        self.policies[version], self.traced[version] = policy, traced
         self._evict()
+
+    def _built(self, version: int, policy: torch.nn.Module) -> Prepared:
+        traced = trace_act(policy, *self._specs) if self.precision == "fp32" else None
+        return version, policy, traced
 
     def hold(self, versions: dict[int, dict | None]) -> list[int]:
         """Keep serving ``versions`` (``{version: state}``; state None: already held, or version 0, the
@@ -133,7 +168,7 @@ class TorchBackend:
             if state is not None:
                 self.load_weights(state, version)
             elif version == 0:
-                self.policies[0] = self._build()
+                self.install(self._built(0, self._build()))
         self._evict()
         return self.kept_versions()
 
@@ -144,4 +179,4 @@ class TorchBackend:
         """Drop the oldest versions beyond the newest ``keep_versions`` that nobody holds."""
         spare = sorted(v for v in self.policies if v not in self.held)
         for v in spare[: max(0, len(spare) - self.keep_versions)]:
-            del self.policies[v]
+            del self.policies[v], self.traced[v]

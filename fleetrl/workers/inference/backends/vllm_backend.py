@@ -123,6 +123,12 @@ class VLLMBackend:
     def served_state(self) -> dict[str, np.ndarray]:
         return to_numpy_state(self.policy.state_dict())
 
+    def prepare(self, state_dict: dict, version: int) -> tuple[dict, int]:
+        return state_dict, version  # the engine takes weights in place: nothing to build beforehand
+
+    def install(self, prepared: tuple[dict, int]) -> None:
+        self.load_weights(*prepared)
+
     def load_weights(self, state_dict: dict, version: int) -> None:
         if version <= self.version:
             return
