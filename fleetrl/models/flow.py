@@ -19,9 +19,8 @@ from fleetrl.robots.protocol import ArraySpec
 
 
 class FlowChunkPolicy(ChunkPolicy):
-    straight_line_act = (
-        True  # ``act`` branches on no tensor value: a replica may run it traced (traced_act.py)
-    )
+    # ``act`` branches on no tensor value: a replica may run it traced (inference/backends/traced_act.py)
+    straight_line_act = True
 
     def __init__(
         self, cfg: FlowChunkConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int

@@ -24,9 +24,8 @@ class GaussianChunkPolicy(ChunkPolicy):
     the change-of-variables term, so a log-prob is a function of the executed action alone. A chunk's
     log-prob sums its steps; ``mask`` leaves out steps that were never executed (episode ended)."""
 
-    straight_line_act = (
-        True  # ``act`` branches on no tensor value: a replica may run it traced (traced_act.py)
-    )
+    # ``act`` branches on no tensor value: a replica may run it traced (inference/backends/traced_act.py)
+    straight_line_act = True
 
     def __init__(
         self, cfg: GaussianMLPConfig, obs_spec: dict[str, ArraySpec], action_spec: ArraySpec, chunk_len: int

@@ -254,8 +254,12 @@ def _fail_node(
     cluster.remove_node(node, allow_graceful=False)
 
     def published_after_failure() -> bool:
+        """A version published after the removal, by the learner reporting from a live node: a publish the
+        removed worker had in flight can land after it, and its last status still names the removed node."""
         latest = ray.get(platform.weights.latest.remote(TASKS[0]))
-        return latest is not None and latest[2] > wall_fail
+        if latest is None or latest[2] <= wall_fail:
+            return False
+        return ray.get(platform.learner(TASKS[0]).status.remote()).get("node_id") not in (None, node.node_id)
 
     def data_back() -> bool:
         try:

@@ -146,7 +146,10 @@ class ReplicaDispatch:
         """Run the batches the scheduler made; if it held observations back (the pool's dispatch interval),
         make sure a timer sends them when the interval ends."""
         for d in dispatches:
-            self.loop.create_task(self._run_batch(d))
+            if d.replica in self.inline:  # a plain callback: the forward pass never awaits (no task to make)
+                self.loop.call_soon(self._run_inline, d)
+            else:
+                self.loop.create_task(self._run_batch(d))
         if pool not in self.held and (due := self.scheduler.due(pool)) is not None:
             self.held[pool] = self.loop.call_later(max(0.0, due - time.monotonic()), self._send_held, pool)
 
@@ -155,25 +158,49 @@ class ReplicaDispatch:
         if pool in self.tasks:
             self._start(pool, self.scheduler.poll(pool))
 
-    async def _run_batch(self, d: Dispatch) -> None:
+    def _batch(self, d: Dispatch) -> tuple[TaskConfig, list[P.Obs], tuple[Any, ...]]:
+        """The dispatch's task, its observations and the ``infer`` arguments (batch, pins, deterministic)."""
         task = self.tasks[d.pool]
         messages = [item.payload[1] for item in d.items]
-        batch = stack_observations(messages, task)
-        pins, deterministic = self._pins(task, messages)
+        return task, messages, (stack_observations(messages, task), *self._pins(task, messages))
+
+    def _run_inline(self, d: Dispatch) -> None:
+        """A batch for this process's own copy (transport inline): the forward pass runs here, on the loop."""
+        task, messages, args = self._batch(d)
+        handle = self.replicas[d.replica]
+        result, failure = None, None
+        try:
+            result = handle.infer(*args)
+        except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
+            failure = exc
+        self._finish(d, task, handle, messages, result, failure)
+
+    async def _run_batch(self, d: Dispatch) -> None:
+        """A batch for a replica: over its channel (transport zmq) or as a Ray call (ray)."""
+        task, messages, args = self._batch(d)
         handle, client = self.replicas[d.replica], self.channels.get(d.replica)
         result, failure = None, None
         try:
-            if d.replica in self.inline:  # transport inline: the forward pass runs here, on the loop
-                result = handle.infer(batch, pins, deterministic)
-            else:
-                answer = (
-                    client.infer(batch, pins, deterministic)
-                    if client is not None
-                    else asyncio.wrap_future(handle.infer.remote(batch, pins, deterministic).future())
-                )
-                result = await asyncio.wait_for(answer, task.inference.batch_timeout_s)
+            answer = (
+                client.infer(*args)
+                if client is not None
+                else asyncio.wrap_future(handle.infer.remote(*args).future())
+            )
+            result = await asyncio.wait_for(answer, task.inference.batch_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a failing forward pass must not take the gateway down
             failure = exc
+        self._finish(d, task, handle, messages, result, failure)
+
+    def _finish(
+        self,
+        d: Dispatch,
+        task: TaskConfig,
+        handle: Any,
+        messages: list[P.Obs],
+        result: dict[str, Any] | None,
+        failure: Exception | None,
+    ) -> None:
+        """A batch ended: its rows go to their robots, or its replica is handled as failed or gone."""
         if self.replicas.get(d.replica) is not handle:
             return  # the task was deleted while this batch ran (its robots went with it)
         if isinstance(failure, (*REPLICA_GONE, TimeoutError)):
