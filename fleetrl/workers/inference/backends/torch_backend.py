@@ -84,7 +84,7 @@ class TorchBackend:
         self, version: int, obs: dict[str, torch.Tensor], deterministic: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         traced = None if deterministic else self.traced.get(version)
-        if traced is not None and len(traced.keys) == len(obs) and all(k in obs for k in traced.keys):
+        if traced is not None and obs.keys() == traced.key_set:  # a batch with other keys runs eagerly
             actions, log_prob = traced(obs)
             return actions.float().cpu().numpy(), log_prob.float().cpu().numpy()
         if self.precision == "int8":  # int8 kernels are CPU ones

@@ -49,10 +49,10 @@ class _SamplingAct(nn.Module):
 
 class TracedAct:
     """A traced sampling ``act``: call it with the batch's observation dict (the same keys it was traced
-    with; ``keys`` says which)."""
+    with; ``keys`` says which, in order, ``key_set`` as a set to compare a batch's keys with)."""
 
     def __init__(self, module: torch.jit.ScriptModule, keys: list[str]):
-        self.module, self.keys = module, keys
+        self.module, self.keys, self.key_set = module, keys, frozenset(keys)
 
     def __call__(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # The plain interpreter: no profiling runs and re-optimisation when a new batch size comes (those
